@@ -1,0 +1,8 @@
+"""Exceptions shared across the package."""
+
+
+class UsageError(Exception):
+    """Bad input from the user (arguments, files): reported on stderr with exit code 2.
+
+    The message says what was expected, what was found and what to do.
+    """

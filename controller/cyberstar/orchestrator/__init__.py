@@ -1,0 +1,1 @@
+"""NF placement and orchestration (paper section 7.1, appendix A)."""

@@ -1,0 +1,1 @@
+"""The pipeline spec (the single source of truth) and the values and entries it accepts."""

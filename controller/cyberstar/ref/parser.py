@@ -1,0 +1,127 @@
+"""The PP parser of the reference model: raw frame → header instances, or a drop reason.
+
+The checks and their order are the pipeline's contract; the P4 parser and the XDP parser make
+the same checks in the same order (the differential tests hold them to it):
+
+  Ethernet (14 bytes) → optional 802.1Q tag → IPv4, if the EtherType says so:
+    20 bytes present, version 4, IHL ≥ 5, IHL*4 ≤ total length ≤ bytes available,
+    not a fragment (MF clear and offset 0), then by protocol within the total length:
+    TCP (20 bytes, 5 ≤ data offset, data offset*4 ≤ L4 length), UDP (8 bytes,
+    8 ≤ UDP length ≤ L4 length), ICMP (8 bytes).
+  UDP to port 4789 is VXLAN (8 bytes within the UDP length, I flag set), then the inner
+    Ethernet (14 bytes within the UDP length) and the inner IPv4/L4 with the same checks,
+    bounded by the end of the UDP datagram.
+Anything beyond the parsed headers is payload and is carried untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cyberstar.pipeline.model import HeaderType
+from cyberstar.pipeline.pp import CONSTANTS, ETHERNET, ICMP, IPV4, TCP, UDP, VLAN, VXLAN
+from cyberstar.ref.headers import unpack
+
+ETHERTYPE_IPV4 = CONSTANTS["ETHERTYPE_IPV4"]
+ETHERTYPE_VLAN = CONSTANTS["ETHERTYPE_VLAN"]
+VXLAN_UDP_PORT = CONSTANTS["VXLAN_UDP_PORT"]
+L4_TYPES = {
+    CONSTANTS["IP_PROTO_TCP"]: ("tcp", TCP),
+    CONSTANTS["IP_PROTO_UDP"]: ("udp", UDP),
+    CONSTANTS["IP_PROTO_ICMP"]: ("icmp", ICMP),
+}
+
+
+class Malformed(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Parsed:
+    """Valid header instances by name; `options` holds raw IPv4 options bytes."""
+
+    headers: dict[str, dict[str, int]] = field(default_factory=dict)
+    options: dict[str, bytes] = field(default_factory=dict)
+    payload_offset: int = 0
+    offsets: dict[str, int] = field(default_factory=dict)
+
+    def has(self, name: str) -> bool:
+        return name in self.headers
+
+
+def parse(frame: bytes) -> Parsed:
+    """Parse a frame; raises `Malformed(reason)` with a `drop_reasons` label."""
+    p = Parsed()
+    end = len(frame)
+    off = _extract(p, frame, "ethernet", ETHERNET, 0, end, "truncated_ethernet")
+    ether_type = p.headers["ethernet"]["ether_type"]
+    if ether_type == ETHERTYPE_VLAN:
+        off = _extract(p, frame, "vlan", VLAN, off, end, "truncated_vlan")
+        ether_type = p.headers["vlan"]["ether_type"]
+    if ether_type != ETHERTYPE_IPV4:
+        p.payload_offset = off
+        return p
+    off = _parse_ipv4(p, frame, off, end, "")
+    if p.has("udp") and p.headers["udp"]["dst_port"] == VXLAN_UDP_PORT:
+        off = _parse_vxlan(p, frame, off)
+    p.payload_offset = off
+    return p
+
+
+def _extract(
+    p: Parsed, frame: bytes, name: str, htype: HeaderType, off: int, end: int, reason: str
+) -> int:
+    if off + htype.byte_len > end:
+        raise Malformed(reason)
+    p.headers[name] = unpack(htype, frame, off)
+    p.offsets[name] = off
+    return off + htype.byte_len
+
+
+def _parse_ipv4(p: Parsed, frame: bytes, off: int, end: int, prefix: str) -> int:
+    """Parse IPv4 and its L4 header; returns the offset after the headers."""
+    inner = "inner_" if prefix else ""
+    name = f"{prefix}ipv4"
+    l3_off = off
+    off = _extract(p, frame, name, IPV4, off, end, f"truncated_{inner}ipv4")
+    ip = p.headers[name]
+    if ip["version"] != 4:
+        raise Malformed(f"bad_{inner}ipv4_version")
+    if ip["ihl"] < 5:
+        raise Malformed(f"bad_{inner}ipv4_ihl")
+    hdr_len = ip["ihl"] * 4
+    if ip["total_len"] < hdr_len or l3_off + ip["total_len"] > end:
+        raise Malformed(f"bad_{inner}ipv4_total_length")
+    if hdr_len > 20:
+        p.options[f"{prefix}ipv4_options"] = frame[off : l3_off + hdr_len]
+        p.offsets[f"{prefix}ipv4_options"] = off
+        off = l3_off + hdr_len
+    if ip["flags"] & 1 or ip["frag_offset"]:
+        raise Malformed(f"{inner}ipv4_fragment")
+    l4_len = ip["total_len"] - hdr_len
+    l4 = L4_TYPES.get(ip["protocol"])
+    if l4 is None:
+        return off
+    l4_name, l4_type = l4
+    if l4_len < l4_type.byte_len:
+        raise Malformed(f"truncated_{inner}{l4_name}")
+    off = _extract(p, frame, f"{prefix}{l4_name}", l4_type, off, end, f"truncated_{inner}{l4_name}")
+    hdr = p.headers[f"{prefix}{l4_name}"]
+    if l4_name == "tcp" and not 5 <= hdr["data_offset"] <= l4_len // 4:
+        raise Malformed(f"bad_{inner}tcp_data_offset")
+    if l4_name == "udp" and not 8 <= hdr["length"] <= l4_len:
+        raise Malformed(f"bad_{inner}udp_length")
+    return off
+
+
+def _parse_vxlan(p: Parsed, frame: bytes, off: int) -> int:
+    udp_end = p.offsets["udp"] + p.headers["udp"]["length"]
+    off = _extract(p, frame, "vxlan", VXLAN, off, udp_end, "truncated_vxlan")
+    if not p.headers["vxlan"]["flags"] & 0x08:
+        raise Malformed("bad_vxlan_flags")
+    off = _extract(p, frame, "inner_ethernet", ETHERNET, off, udp_end, "truncated_inner_ethernet")
+    if p.headers["inner_ethernet"]["ether_type"] != ETHERTYPE_IPV4:
+        return off
+    return _parse_ipv4(p, frame, off, udp_end, "inner_")
