@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-from cyberstar.errors import UsageError
+from cyberstar.errors import RuntimeFailure, UsageError
 
 # Modules that contribute sub-commands; each has `register(subparsers) -> None`.
 COMMAND_MODULES = (
@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"cyberstar: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeFailure as exc:
+        print(f"cyberstar: failed: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -6,3 +6,7 @@ class UsageError(Exception):
 
     The message says what was expected, what was found and what to do.
     """
+
+
+class RuntimeFailure(Exception):
+    """Something on the host failed (a program did not load, a daemon died): exit code 1."""

@@ -217,8 +217,7 @@ def _layout_asserts(lay: TableLayout) -> list[str]:
     ]
     if isinstance(lay.key, CStruct):
         lines += [
-            f"_Static_assert(offsetof(struct {key}, {m.name}) == {m.offset}, "
-            f'"{key}.{m.name}");'
+            f'_Static_assert(offsetof(struct {key}, {m.name}) == {m.offset}, "{key}.{m.name}");'
             for m in lay.key.members
         ]
     for aname, params in lay.params.items():

@@ -1,0 +1,96 @@
+"""Encode table entries into the XDP program's map keys and values (and decode them back).
+
+Layouts come from `cyberstar.xdp.layout`, the same computation the C generator asserts on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cyberstar.pipeline.entries import TableEntry
+from cyberstar.pipeline.model import Pipeline
+from cyberstar.pipeline.values import LpmValue, TernaryValue
+from cyberstar.xdp.layout import CStruct, LpmKey, TableLayout, table_layout, ternary_entry_offsets
+
+
+@dataclass(frozen=True)
+class DecodedValue:
+    action: str
+    params: dict[str, int]
+    priority: int
+    packets: int
+    bytes: int
+    last_hit_ns: int
+    idle_timeout_ns: int
+
+
+def encode_key(pipeline: Pipeline, entry: TableEntry) -> bytes:
+    """The hash or LPM-trie key of an entry (not for ternary tables)."""
+    lay = table_layout(pipeline, entry.table)
+    if isinstance(lay.key, LpmKey):
+        lpm = lay.table.lpm_field
+        assert lpm is not None
+        values, plen = {}, 0
+        for k in lay.table.key:
+            m = entry.match[k.name]
+            if isinstance(m, LpmValue):
+                values[k.name], plen = m.value, m.prefix_len
+            else:
+                values[k.name] = m
+        return lay.key.pack(values, plen)
+    if lay.ternary:
+        raise ValueError(f"table {entry.table} is ternary: use encode_ternary_entry")
+    return lay.key.pack({k: int(v) for k, v in entry.match.items()})  # type: ignore[arg-type]
+
+
+def encode_value(pipeline: Pipeline, entry: TableEntry) -> bytes:
+    lay = table_layout(pipeline, entry.table)
+    action = pipeline.action(entry.action)
+    head = lay.value_head.pack(
+        {
+            "action": action.id,
+            "priority": entry.priority,
+            "idle_timeout_ns": entry.idle_timeout_ns,
+        }
+    )
+    params = lay.params[entry.action].pack(entry.params)
+    out = bytearray(lay.value_size)
+    out[: len(head)] = head
+    out[lay.params_offset : lay.params_offset + len(params)] = params
+    return bytes(out)
+
+
+def encode_ternary_entry(pipeline: Pipeline, entry: TableEntry) -> bytes:
+    lay = table_layout(pipeline, entry.table)
+    assert isinstance(lay.key, CStruct) and lay.ternary
+    offs = ternary_entry_offsets(lay)
+    values, masks = {}, {}
+    for name, m in entry.match.items():
+        assert isinstance(m, TernaryValue)
+        values[name], masks[name] = m.value, m.mask
+    out = bytearray(offs["size"])
+    out[offs["value"] : offs["value"] + lay.key.size] = lay.key.pack(values)
+    out[offs["mask"] : offs["mask"] + lay.key.size] = lay.key.pack(masks)
+    out[offs["v"] : offs["v"] + lay.value_size] = encode_value(pipeline, entry)
+    return bytes(out)
+
+
+def empty_ternary_slot(pipeline: Pipeline, table: str) -> bytes:
+    """An all-zero entry: action 0 marks the end of a ternary table's entries."""
+    lay = table_layout(pipeline, table)
+    return bytes(ternary_entry_offsets(lay)["size"])
+
+
+def decode_value(pipeline: Pipeline, layout: TableLayout, data: bytes) -> DecodedValue:
+    head = layout.value_head.unpack(data)
+    action = next(a for a in pipeline.actions if a.id == head["action"])
+    params = layout.params[action.name].unpack(data[layout.params_offset :])
+    return DecodedValue(
+        action.name,
+        params,
+        head.get("priority", 0),
+        head.get("packets", 0),
+        head.get("bytes", 0),
+        head.get("last_hit_ns", 0),
+        head.get("idle_timeout_ns", 0),
+    )

@@ -1,0 +1,265 @@
+"""Load the generated XDP program with BCC, check its maps against the spec, and drive them."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cyberstar.errors import RuntimeFailure
+from cyberstar.paths import xdp_source
+from cyberstar.pipeline.entries import TableEntry
+from cyberstar.pipeline.model import Pipeline
+from cyberstar.pipeline.pp import PIPELINE
+from cyberstar.xdp.layout import punt_meta_layout, table_layout, ternary_entry_offsets
+from cyberstar.xdp.maps import (
+    empty_ternary_slot,
+    encode_key,
+    encode_ternary_entry,
+    encode_value,
+)
+from cyberstar.xdp.testrun import ProgRunResult, prog_test_run
+
+log = logging.getLogger(__name__)
+
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+PROGRAM_NAME = "pp_xdp"
+
+
+@dataclass(frozen=True)
+class Punted:
+    """A frame the program sent to the controller, with its packet_in metadata."""
+
+    metadata: dict[str, int]
+    frame: bytes
+
+
+class XdpLoadError(RuntimeFailure):
+    """The program did not compile, load or attach; the message names the log file."""
+
+
+@contextmanager
+def _captured_stderr() -> Iterator[Path]:
+    """BCC and the verifier write to fd 2; keep what they say in a file."""
+    fd, name = tempfile.mkstemp(prefix="cyberstar-xdp-", suffix=".log")
+    saved = os.dup(2)
+    os.dup2(fd, 2)
+    try:
+        yield Path(name)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(fd)
+
+
+def _first_error(path: Path) -> str:
+    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    for ln in lines:
+        if "error" in ln.lower():
+            return ln
+    return lines[-1] if lines else "no message"
+
+
+class XdpProgram:
+    """The generated PP program, loaded into the kernel, with its maps."""
+
+    def __init__(self, pipeline: Pipeline = PIPELINE, source: str | None = None) -> None:
+        from bcc import BPF  # Debian's python3-bpfcc; imported here so other commands run without
+
+        self.pipeline = pipeline
+        self._bpf_cls = BPF
+        with _captured_stderr() as log_path:
+            try:
+                text = (source or xdp_source()).encode()
+                self.bpf = BPF(text=text, cflags=["-Wno-unused-function"])
+                self.fn = self.bpf.load_func(PROGRAM_NAME.encode(), BPF.XDP)
+            except Exception as exc:
+                raise XdpLoadError(
+                    f"could not load the XDP program: {exc}; first error: "
+                    f"{_first_error(log_path)} (full compiler/verifier log: {log_path})"
+                ) from None
+        log_path.unlink(missing_ok=True)
+        self._check_layouts()
+        self._ternary: dict[str, list[TableEntry]] = {
+            t.name: [] for t in pipeline.tables if t.needs_priority
+        }
+        self.attached: dict[str, int] = {}
+        self.punts_lost = 0
+
+    def _map(self, name: str):
+        return self.bpf[name.encode()]
+
+    @property
+    def fd(self) -> int:
+        return self.fn.fd
+
+    def _check_layouts(self) -> None:
+        """Refuse to run if the compiled maps do not have the spec's layouts."""
+        for t in self.pipeline.tables:
+            lay = table_layout(self.pipeline, t.name)
+            table = self._map(t.name)
+            if lay.ternary:
+                expected_key, expected_leaf = 4, ternary_entry_offsets(lay)["size"]
+            else:
+                expected_key, expected_leaf = lay.key.size, lay.value_size
+            found = (ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf))
+            if found != (expected_key, expected_leaf):
+                raise XdpLoadError(
+                    f"map {t.name}: key/value sizes {found} differ from the spec's "
+                    f"{(expected_key, expected_leaf)}; regenerate with `cyberstar build`"
+                )
+
+    # ---- tables --------------------------------------------------------------------------
+
+    def install(self, entries: Iterable[TableEntry]) -> None:
+        touched_ternary = set()
+        for e in entries:
+            lay = table_layout(self.pipeline, e.table)
+            table = self._map(e.table)
+            if e.is_default:
+                default = self._map(f"{e.table}_default")
+                default[ctypes.c_int(0)] = default.Leaf.from_buffer_copy(
+                    encode_value(self.pipeline, e)
+                )
+            elif lay.ternary:
+                self._ternary[e.table].append(e)
+                touched_ternary.add(e.table)
+            else:
+                key = table.Key.from_buffer_copy(encode_key(self.pipeline, e))
+                table[key] = table.Leaf.from_buffer_copy(encode_value(self.pipeline, e))
+        for name in touched_ternary:
+            self._write_ternary(name)
+
+    def _write_ternary(self, name: str) -> None:
+        """Rewrite a ternary table's array: highest priority first, ties in install order."""
+        entries = sorted(self._ternary[name], key=lambda e: -e.priority)
+        table = self._map(name)
+        size = self.pipeline.table(name).size
+        if len(entries) > size:
+            raise ValueError(f"table {name} holds at most {size} entries, asked for {len(entries)}")
+        for i, e in enumerate(entries):
+            table[ctypes.c_int(i)] = table.Leaf.from_buffer_copy(
+                encode_ternary_entry(self.pipeline, e)
+            )
+        if len(entries) < size:
+            table[ctypes.c_int(len(entries))] = table.Leaf.from_buffer_copy(
+                empty_ternary_slot(self.pipeline, name)
+            )
+
+    def clear(self) -> None:
+        """Remove every entry and restore the spec's default actions."""
+        for t in self.pipeline.tables:
+            if t.name in self._ternary:
+                self._ternary[t.name] = []
+                self._write_ternary(t.name)
+            else:
+                self._map(t.name).clear()
+        self.install_defaults()
+
+    def install_defaults(self) -> None:
+        """Write each table's spec default action into its `<table>_default` map."""
+        self.install(
+            TableEntry(t.name, {}, t.default_action, {}, is_default=True)
+            for t in self.pipeline.tables
+        )
+
+    # ---- ports ----------------------------------------------------------------------------
+
+    def set_port(self, ifindex: int, port: int) -> None:
+        """Bind an interface to a port number, both ways."""
+        self.set_ingress_port(ifindex, port)
+        self.set_egress_port(port, ifindex)
+
+    def set_ingress_port(self, ifindex: int, port: int) -> None:
+        """Frames arriving on `ifindex` enter the pipeline as `port`."""
+        ports = self._map("ports")
+        ports[ports.Key(ifindex)] = ports.Leaf(port)
+
+    def set_egress_port(self, port: int, ifindex: int) -> None:
+        """Frames forwarded to `port` leave through `ifindex`."""
+        tx = self._map("tx_ports")
+        tx[tx.Key(port)] = tx.Leaf(ifindex)
+
+    # ---- counters -------------------------------------------------------------------------
+
+    def counter(self, name: str) -> list[tuple[int, int]]:
+        """(packets, bytes) per index of an indexed counter, summed over CPUs."""
+        table = self._map(name)
+        out = []
+        for i in range(self.pipeline.counter(name).size):
+            cells = table[table.Key(i)]
+            out.append((sum(c.packets for c in cells), sum(c.bytes for c in cells)))
+        return out
+
+    def counter_cell(self, name: str, index: int) -> tuple[int, int]:
+        table = self._map(name)
+        cells = table[table.Key(index)]
+        return sum(c.packets for c in cells), sum(c.bytes for c in cells)
+
+    # ---- punted packets ----------------------------------------------------------------
+
+    def open_punts(self, on_punt: Callable[[Punted], None], page_count: int = 256) -> None:
+        """Deliver each punted frame to `on_punt`; perf-buffer losses are added to
+        `punts_lost` (overflows inside the kernel are in the `punt_overflows` map)."""
+        meta = punt_meta_layout(self.pipeline)
+
+        def handle(_cpu: int, data: int, size: int) -> None:
+            raw = ctypes.string_at(data, size)
+            fields = meta.unpack(raw[: meta.size])
+            frame = raw[meta.size : meta.size + fields.pop("len")]
+            on_punt(Punted(fields, frame))
+
+        def lost(count: int) -> None:
+            self.punts_lost += count
+
+        self._map("punts").open_perf_buffer(handle, page_cnt=page_count, lost_cb=lost)
+
+    def poll_punts(self, timeout_ms: int = 0) -> None:
+        self.bpf.perf_buffer_poll(timeout=timeout_ms)
+
+    # ---- running --------------------------------------------------------------------------
+
+    def run(self, frame: bytes, repeat: int = 1) -> ProgRunResult:
+        return prog_test_run(self.fd, frame, repeat)
+
+    def attach(self, ifname: str, mode: str | None = None) -> str:
+        """Attach to an interface in native mode, falling back to skb (generic) mode.
+
+        `mode` = "native" or "skb" forces one; returns the mode used.
+        """
+        modes = [mode] if mode else ["native", "skb"]
+        last_error = ""
+        for m in modes:
+            flags = XDP_FLAGS_DRV_MODE if m == "native" else XDP_FLAGS_SKB_MODE
+            with _captured_stderr() as log_path:
+                try:
+                    self._bpf_cls.attach_xdp(ifname.encode(), self.fn, flags)
+                except Exception as exc:
+                    last_error = f"{exc}: {_first_error(log_path)}"
+                    log.warning("XDP %s mode on %s failed: %s", m, ifname, last_error)
+                    continue
+                finally:
+                    log_path.unlink(missing_ok=True)
+            if m == "skb" and mode is None:
+                log.warning("%s: native XDP unavailable, running in skb (generic) mode", ifname)
+            self.attached[ifname] = flags
+            return m
+        raise XdpLoadError(f"could not attach XDP to {ifname}: {last_error}")
+
+    def detach_all(self) -> None:
+        for ifname, flags in list(self.attached.items()):
+            try:
+                self._bpf_cls.remove_xdp(ifname.encode(), flags)
+            except Exception as exc:  # the interface may be gone already
+                log.warning("detaching XDP from %s: %s", ifname, exc)
+            del self.attached[ifname]
+
+    def close(self) -> None:
+        self.detach_all()
+        self.bpf.cleanup()
