@@ -5,9 +5,9 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 SYSTEM_PYTHON := /usr/bin/python3
 
-.PHONY: install host venv test demo build lint bench clean
+.PHONY: install host venv p4rt-shell test demo build lint bench clean
 
-install: host venv
+install: host venv p4rt-shell
 
 host:
 	bash scripts/setup-host.sh
@@ -19,6 +19,16 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+# p4runtime-shell pins protobuf < 3.21: it gets its own venv, outside the project's runtime.
+P4RT_VENV := .venv-p4rt
+p4rt-shell: $(P4RT_VENV)/.installed
+
+$(P4RT_VENV)/.installed:
+	test -x $(P4RT_VENV)/bin/python || $(SYSTEM_PYTHON) -m venv $(P4RT_VENV)
+	$(P4RT_VENV)/bin/pip install -q --upgrade pip
+	$(P4RT_VENV)/bin/pip install -q p4runtime-shell==0.0.6
 	touch $@
 
 test: install
@@ -38,4 +48,4 @@ bench: install
 	$(PY) bench/xdp_fastpath.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info controller/*.egg-info
+	rm -rf $(VENV) $(P4RT_VENV) .pytest_cache build *.egg-info controller/*.egg-info

@@ -19,6 +19,7 @@ class Outcome:
     verdict: str
     port: int | None = None
     output: bytes | None = None  # bytes that leave (forward) or reach the controller (punt)
+    drop_reason: str | None = None  # a `drop_reasons` label, for drops
 
 
 class Target(Protocol):

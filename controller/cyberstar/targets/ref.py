@@ -19,7 +19,7 @@ class RefTarget:
     def process(self, frame: bytes, ingress_port: int) -> Outcome:
         r = self.model.process(frame, ingress_port)
         output = r.output if r.verdict in ("forward", "punt") else None
-        return Outcome(r.verdict, r.port, output)
+        return Outcome(r.verdict, r.port, output, r.drop_reason)
 
     def close(self) -> None:
         pass

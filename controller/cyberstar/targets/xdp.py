@@ -11,6 +11,7 @@ import logging
 import os
 
 from cyberstar.pipeline.entries import TableEntry
+from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.targets import Outcome, TargetUnavailable
 from cyberstar.xdp.program import Punted, XdpProgram
 from cyberstar.xdp.testrun import MIN_FRAME
@@ -31,6 +32,7 @@ class XdpTarget:
         self.prog.open_punts(self._punted.append)
         self._ports: set[int] = set()
         self._ingress: int | None = None
+        self._drops = [packets for packets, _ in self.prog.counter("drop_reasons")]
 
     def install(self, entries: list[TableEntry]) -> None:
         self.prog.install(entries)
@@ -45,7 +47,7 @@ class XdpTarget:
             # No NIC delivers a frame shorter than an Ethernet header; the kernel refuses to
             # test-run one. The pipeline's answer for it is a drop (truncated_ethernet).
             log.info("%d-byte frame: below the Ethernet header, dropped", len(frame))
-            return Outcome("drop")
+            return Outcome("drop", drop_reason="truncated_ethernet")
         if ingress_port != self._ingress:
             self.prog.set_ingress_port(LOOPBACK_IFINDEX, ingress_port)
             self._ingress = ingress_port
@@ -60,7 +62,14 @@ class XdpTarget:
         if self._punted:
             punted = self._punted.pop(0)
             return Outcome("punt", None, punted.frame)
-        return Outcome("drop")
+        return Outcome("drop", drop_reason=self._last_drop_reason())
+
+    def _last_drop_reason(self) -> str | None:
+        """The reason whose counter moved since the last drop (only drops move them)."""
+        now = [packets for packets, _ in self.prog.counter("drop_reasons")]
+        moved = [i for i, (a, b) in enumerate(zip(now, self._drops, strict=True)) if a > b]
+        self._drops = now
+        return PIPELINE.drop_reasons[moved[0]] if len(moved) == 1 else None
 
     def close(self) -> None:
         self.prog.close()
