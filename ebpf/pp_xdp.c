@@ -408,7 +408,7 @@ static __always_inline __u32 udp_csum(__u32 c) {
 // ---- maps: one per P4 table (same name), its default action, counters ----
 struct tenant_classify_key {
     __u32 prefixlen;
-    __u8 data[9];
+    __u8 data[16];
 };
 struct tenant_classify_value_head {
     __u32 action;
@@ -583,7 +583,7 @@ BPF_DEVMAP(tx_ports, MAX_PORTS);
 BPF_PERF_OUTPUT(punts);
 BPF_PERCPU_ARRAY(punt_overflows, __u64, 1);
 
-_Static_assert(sizeof(struct tenant_classify_key) == 16, "tenant_classify_key size");
+_Static_assert(sizeof(struct tenant_classify_key) == 20, "tenant_classify_key size");
 _Static_assert(sizeof(struct tenant_classify_value) == 32, "tenant_classify_value size");
 _Static_assert(offsetof(struct tenant_classify_value, p.set_tenant) == 24, "tenant_classify_value.p");
 _Static_assert(sizeof(struct acl_match) == 20, "acl_match size");
@@ -947,7 +947,9 @@ static __always_inline void apply_flow_table(struct pp_meta *m, __u32 frame_len)
     if (v) {
         __sync_fetch_and_add(&v->h.packets, 1);
         __sync_fetch_and_add(&v->h.bytes, frame_len);
-        v->h.last_hit_ns = bpf_ktime_get_ns();
+        __u64 now = bpf_ktime_get_coarse_ns();
+        if (v->h.last_hit_ns != now)
+            v->h.last_hit_ns = now;
         run_flow_table(m, v);
         return;
     }

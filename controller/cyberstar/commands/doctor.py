@@ -1,5 +1,158 @@
-"""placeholder"""
+"""`cyberstar doctor`: check that this host can run cyberstar, and say what to fix."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cyberstar.paths import REPO_ROOT
 
 
-def register(sub) -> None:
-    pass
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+
+def _kernel() -> Check:
+    release = platform.release()
+    major, minor = (int(x) for x in release.split(".")[:2])
+    ok = (major, minor) >= (5, 18)
+    return Check(
+        "kernel",
+        ok,
+        f"Linux {release}",
+        "cyberstar needs Linux 5.18 or newer (XDP test runs, bpf_xdp_adjust_head, BTF)",
+    )
+
+
+def _root() -> Check:
+    return Check(
+        "root", os.geteuid() == 0, f"euid {os.geteuid()}", "run as root: BPF and netns need it"
+    )
+
+
+def _headers() -> Check:
+    build = Path(f"/lib/modules/{platform.release()}/build")
+    return Check(
+        "kernel headers",
+        build.exists(),
+        f"{build} -> {build.resolve() if build.exists() else 'missing'}",
+        "run `make install` (links Debian's linux-headers-amd64 for the running kernel)",
+    )
+
+
+def _bpffs() -> Check:
+    mounted = any(
+        line.split()[1] == "/sys/fs/bpf" and line.split()[2] == "bpf"
+        for line in Path("/proc/mounts").read_text().splitlines()
+    )
+    return Check("bpffs", mounted, "/sys/fs/bpf", "mount -t bpf bpf /sys/fs/bpf (make install)")
+
+
+def _bcc() -> Check:
+    try:
+        import bcc  # noqa: F401
+    except ImportError as exc:
+        return Check(
+            "BCC",
+            False,
+            str(exc),
+            "apt install python3-bpfcc and use the venv made by `make install` "
+            "(it sees /usr/bin/python3's packages)",
+        )
+    return Check("BCC", True, "python3-bpfcc importable")
+
+
+def _xdp_load() -> Check:
+    if os.geteuid() != 0:
+        return Check("XDP program", False, "not root", "run as root")
+    try:
+        from cyberstar.xdp.program import XdpProgram
+
+        prog = XdpProgram()
+        prog.close()
+    except Exception as exc:
+        return Check("XDP program", False, str(exc), "see the log file named above")
+    return Check("XDP program", True, "ebpf/pp_xdp.c compiles and passes the verifier")
+
+
+def _netns() -> Check:
+    name = f"cs-doctor-{os.getpid()}"
+    add = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return Check(
+        "network namespaces",
+        add.returncode == 0,
+        add.stderr.strip() or "ip netns add/del work",
+        "needs iproute2 and CAP_SYS_ADMIN",
+    )
+
+
+def _bmv2() -> Check:
+    from cyberstar.targets.bmv2 import COMPILER_BINARY, P4_TOOLS_ENV, SWITCH_BINARY, find_tool
+
+    found = {n: find_tool(n) for n in (SWITCH_BINARY, COMPILER_BINARY)}
+    missing = [n for n, p in found.items() if not p]
+    detail = ", ".join(f"{n}: {p or 'not found'}" for n, p in found.items())
+    return Check(
+        "bmv2 and p4c",
+        not missing,
+        detail,
+        f"optional: put simple_switch_grpc and p4c-bm2-ss on PATH or in ${P4_TOOLS_ENV}; "
+        "bmv2 tests are skipped without them",
+        required=False,
+    )
+
+
+def _p4rt_shell() -> Check:
+    py = REPO_ROOT / ".venv-p4rt" / "bin" / "python"
+    return Check(
+        "p4runtime-shell",
+        py.exists(),
+        str(py),
+        "run `make install` (p4runtime-shell gets its own venv)",
+        required=False,
+    )
+
+
+CHECKS: tuple[Callable[[], Check], ...] = (
+    _kernel, _root, _headers, _bpffs, _bcc, _netns, _xdp_load, _bmv2, _p4rt_shell,
+)  # fmt: skip
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "doctor",
+        help="check this host (BPF/XDP, headers, bpffs, BCC, netns, bmv2/p4c)",
+        description="Check the host and say what to fix. Exit 0 when every required check "
+        "passes, 1 otherwise; optional checks (bmv2, p4runtime-shell) only warn.",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    results = [check() for check in CHECKS]
+    if args.json:
+        print(json.dumps([asdict(r) for r in results], indent=2))
+    else:
+        for r in results:
+            mark = "ok  " if r.ok else ("FAIL" if r.required else "warn")
+            print(f"{mark} {r.name}: {r.detail}")
+            if not r.ok:
+                print(f"     fix: {r.fix}")
+    failed = [r for r in results if r.required and not r.ok]
+    if failed:
+        print(f"{len(failed)} required check(s) failed", file=sys.stderr)
+    return 1 if failed else 0

@@ -251,7 +251,7 @@ class IndexedCounter:
     doc: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity hash: layouts are cached per pipeline object
 class Pipeline:
     name: str
     headers: tuple[HeaderInstance, ...]

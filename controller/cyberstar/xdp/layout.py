@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 
 from cyberstar.pipeline.model import Action, Pipeline, Table
 
@@ -76,16 +76,20 @@ class CStruct:
         lines.append("};")
         return "\n".join(lines)
 
-    def pack(self, values: dict[str, int]) -> bytes:
-        buf = bytearray(self.size)
+    @cached_property
+    def _struct(self) -> struct.Struct:
+        fmt, offset = "<", 0
         for m in self.members:
-            struct.pack_into("<" + _PACK[m.size], buf, m.offset, values.get(m.name, 0))
-        return bytes(buf)
+            fmt += "x" * (m.offset - offset) + _PACK[m.size]
+            offset = m.offset + m.size
+        return struct.Struct(fmt + "x" * (self.size - offset))
+
+    def pack(self, values: dict[str, int]) -> bytes:
+        return self._struct.pack(*(values.get(m.name, 0) for m in self.members))
 
     def unpack(self, data: bytes) -> dict[str, int]:
-        return {
-            m.name: struct.unpack_from("<" + _PACK[m.size], data, m.offset)[0] for m in self.members
-        }
+        values = self._struct.unpack_from(data)
+        return {m.name: v for m, v in zip(self.members, values, strict=True)}
 
 
 @dataclass(frozen=True)
@@ -101,14 +105,17 @@ class LpmKey:
 
     @property
     def size(self) -> int:
-        return _round_up(4 + self.data_len, 4)  # the C struct's size, trailing bytes unused
+        # The kernel stores an LPM trie's value right after the key data: data padded to 8 bytes
+        # keeps the value's 64-bit counters aligned (a misaligned atomic add is a split lock,
+        # which costs tens of microseconds in a VM).
+        return 4 + _round_up(self.data_len, 8)
 
     @property
     def exact_bits(self) -> int:
         return 8 * sum(n for _, n in self.parts[:-1])
 
     def c_decl(self) -> str:
-        return f"struct {self.name} {{\n    __u32 prefixlen;\n    __u8 data[{self.data_len}];\n}};"
+        return f"struct {self.name} {{\n    __u32 prefixlen;\n    __u8 data[{self.size - 4}];\n}};"
 
     def pack(self, values: dict[str, int], prefix_len: int) -> bytes:
         data = b"".join(values[name].to_bytes(n, "big") for name, n in self.parts)

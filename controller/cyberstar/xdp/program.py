@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 PROGRAM_NAME = "pp_xdp"
+BPF_MAP_TYPE_HASH = 1
+BATCH = 65536  # entries per BPF_MAP_UPDATE_BATCH call
 
 
 @dataclass(frozen=True)
@@ -119,9 +121,9 @@ class XdpProgram:
 
     def install(self, entries: Iterable[TableEntry]) -> None:
         touched_ternary = set()
+        batches: dict[str, list[TableEntry]] = {}
         for e in entries:
             lay = table_layout(self.pipeline, e.table)
-            table = self._map(e.table)
             if e.is_default:
                 default = self._map(f"{e.table}_default")
                 default[ctypes.c_int(0)] = default.Leaf.from_buffer_copy(
@@ -131,10 +133,31 @@ class XdpProgram:
                 self._ternary[e.table].append(e)
                 touched_ternary.add(e.table)
             else:
-                key = table.Key.from_buffer_copy(encode_key(self.pipeline, e))
-                table[key] = table.Leaf.from_buffer_copy(encode_value(self.pipeline, e))
+                batches.setdefault(e.table, []).append(e)
+        for name, batch in batches.items():
+            self._write_exact(name, batch)
         for name in touched_ternary:
             self._write_ternary(name)
+
+    def _write_exact(self, name: str, entries: list[TableEntry]) -> None:
+        """Hash tables take one BPF_MAP_UPDATE_BATCH call per chunk; LPM tries (no batch
+        support in the kernel) one update per entry."""
+        table = self._map(name)
+        keys = b"".join(encode_key(self.pipeline, e) for e in entries)
+        values = b"".join(encode_value(self.pipeline, e) for e in entries)
+        if table.ttype != BPF_MAP_TYPE_HASH or len(entries) == 1:
+            ksize, vsize = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
+            for i in range(len(entries)):
+                table[table.Key.from_buffer_copy(keys, i * ksize)] = table.Leaf.from_buffer_copy(
+                    values, i * vsize
+                )
+            return
+        for start in range(0, len(entries), BATCH):
+            n = min(BATCH, len(entries) - start)
+            ksize, vsize = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
+            ct_keys = (table.Key * n).from_buffer_copy(keys, start * ksize)
+            ct_values = (table.Leaf * n).from_buffer_copy(values, start * vsize)
+            table.items_update_batch(ct_keys, ct_values)
 
     def _write_ternary(self, name: str) -> None:
         """Rewrite a ternary table's array: highest priority first, ties in install order."""
