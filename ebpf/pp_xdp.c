@@ -453,7 +453,8 @@ struct acl_entry {
     struct acl_match mask;
     struct acl_value v;
 };
-BPF_ARRAY(acl, struct acl_entry, 256);
+BPF_ARRAY(acl, struct acl_entry, 512);
+BPF_ARRAY(acl_active, __u32, 1);
 BPF_ARRAY(acl_default, struct acl_value, 1);
 
 struct flow_table_key {
@@ -814,6 +815,7 @@ static __always_inline void run_tenant_classify(struct pp_meta *m, struct tenant
 }
 
 static __always_inline void apply_tenant_classify(struct pp_meta *m, __u32 frame_len) {
+    __u32 zero = 0;
     struct tenant_classify_key k;
     __builtin_memset(&k, 0, sizeof(k));
     k.prefixlen = 72;
@@ -833,7 +835,6 @@ static __always_inline void apply_tenant_classify(struct pp_meta *m, __u32 frame
         run_tenant_classify(m, v);
         return;
     }
-    __u32 zero = 0;
     v = tenant_classify_default.lookup(&zero);
     if (v)
         run_tenant_classify(m, v);
@@ -851,6 +852,7 @@ static __always_inline void run_acl(struct pp_meta *m, struct acl_value *v) {
 }
 
 static __always_inline void apply_acl(struct pp_meta *m, __u32 frame_len) {
+    __u32 zero = 0;
     struct acl_match k;
     __builtin_memset(&k, 0, sizeof(k));
     k.tenant_id = m->tenant_id;
@@ -860,10 +862,12 @@ static __always_inline void apply_acl(struct pp_meta *m, __u32 frame_len) {
     k.src_port = m->l4_src;
     k.dst_port = m->l4_dst;
     struct acl_value *v = NULL;
+    __u32 *active = acl_active.lookup(&zero);
+    __u32 base = active ? *active : 0;
     // Entries are kept sorted by priority (highest first) and packed; an empty slot ends them.
     #pragma clang loop unroll(disable)
     for (__u32 i = 0; i < 256; i++) {
-        __u32 idx = i;
+        __u32 idx = base + i;
         struct acl_entry *e = acl.lookup(&idx);
         if (!e || e->v.h.action == 0)
             break;
@@ -883,7 +887,6 @@ static __always_inline void apply_acl(struct pp_meta *m, __u32 frame_len) {
         run_acl(m, v);
         return;
     }
-    __u32 zero = 0;
     v = acl_default.lookup(&zero);
     if (v)
         run_acl(m, v);
@@ -935,6 +938,7 @@ static __always_inline void run_flow_table(struct pp_meta *m, struct flow_table_
 }
 
 static __always_inline void apply_flow_table(struct pp_meta *m, __u32 frame_len) {
+    __u32 zero = 0;
     struct flow_table_key k;
     __builtin_memset(&k, 0, sizeof(k));
     k.tenant_id = m->tenant_id;
@@ -953,7 +957,6 @@ static __always_inline void apply_flow_table(struct pp_meta *m, __u32 frame_len)
         run_flow_table(m, v);
         return;
     }
-    __u32 zero = 0;
     v = flow_table_default.lookup(&zero);
     if (v)
         run_flow_table(m, v);
@@ -986,6 +989,7 @@ static __always_inline void run_next_hop(struct pp_meta *m, struct next_hop_valu
 }
 
 static __always_inline void apply_next_hop(struct pp_meta *m, __u32 frame_len) {
+    __u32 zero = 0;
     struct next_hop_key k;
     __builtin_memset(&k, 0, sizeof(k));
     k.nexthop_id = m->nexthop_id;
@@ -995,7 +999,6 @@ static __always_inline void apply_next_hop(struct pp_meta *m, __u32 frame_len) {
         run_next_hop(m, v);
         return;
     }
-    __u32 zero = 0;
     v = next_hop_default.lookup(&zero);
     if (v)
         run_next_hop(m, v);

@@ -175,7 +175,10 @@ def _maps(p: Pipeline) -> str:
                 f"_Static_assert(sizeof(struct {t.name}_entry) == {offs['size']}, "
                 f'"{t.name}_entry size");'
             )
-            out.append(f"BPF_ARRAY({t.name}, struct {t.name}_entry, {t.size});")
+            # Two halves: the control plane writes the idle one, then flips `<table>_active`, so
+            # the data plane never scans a half-written list.
+            out.append(f"BPF_ARRAY({t.name}, struct {t.name}_entry, {2 * t.size});")
+            out.append(f"BPF_ARRAY({t.name}_active, __u32, 1);")
         elif isinstance(lay.key, LpmKey):
             out.append(
                 f"BPF_LPM_TRIE({t.name}, struct {t.name}_key, struct {t.name}_value, {t.size});"
@@ -510,10 +513,12 @@ def _table_apply(p: Pipeline, t: Table) -> str:
     __builtin_memset(&k, 0, sizeof(k));
 {keys}
     struct {t.name}_value *v = NULL;
+    __u32 *active = {t.name}_active.lookup(&zero);
+    __u32 base = active ? *active : 0;
     // Entries are kept sorted by priority (highest first) and packed; an empty slot ends them.
     #pragma clang loop unroll(disable)
     for (__u32 i = 0; i < {t.size}; i++) {{
-        __u32 idx = i;
+        __u32 idx = base + i;
         struct {t.name}_entry *e = {t.name}.lookup(&idx);
         if (!e || e->v.h.action == 0)
             break;
@@ -532,12 +537,12 @@ def _table_apply(p: Pipeline, t: Table) -> str:
     return f"""\
 {run}
 static __always_inline void apply_{t.name}(struct pp_meta *m, __u32 frame_len) {{
+    __u32 zero = 0;
 {lookup}    if (v) {{
 {count_c}
         run_{t.name}(m, v);
         return;
     }}
-    __u32 zero = 0;
     v = {t.name}_default.lookup(&zero);
     if (v)
         run_{t.name}(m, v);

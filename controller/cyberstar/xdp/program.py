@@ -120,77 +120,110 @@ class XdpProgram:
     # ---- tables --------------------------------------------------------------------------
 
     def install(self, entries: Iterable[TableEntry]) -> None:
+        """Add entries (tests, the pcap runner, the demo); the P4Runtime device uses the
+        finer-grained operations below."""
         touched_ternary = set()
         batches: dict[str, list[TableEntry]] = {}
         for e in entries:
-            lay = table_layout(self.pipeline, e.table)
             if e.is_default:
-                default = self._map(f"{e.table}_default")
-                default[ctypes.c_int(0)] = default.Leaf.from_buffer_copy(
-                    encode_value(self.pipeline, e)
-                )
-            elif lay.ternary:
+                self.write_default(e)
+            elif table_layout(self.pipeline, e.table).ternary:
                 self._ternary[e.table].append(e)
                 touched_ternary.add(e.table)
             else:
                 batches.setdefault(e.table, []).append(e)
         for name, batch in batches.items():
-            self._write_exact(name, batch)
+            self.write_exact(name, batch)
         for name in touched_ternary:
-            self._write_ternary(name)
+            self.publish_ternary(name, sorted(self._ternary[name], key=lambda e: -e.priority))
 
-    def _write_exact(self, name: str, entries: list[TableEntry]) -> None:
-        """Hash tables take one BPF_MAP_UPDATE_BATCH call per chunk; LPM tries (no batch
-        support in the kernel) one update per entry."""
-        table = self._map(name)
+    def write_default(self, entry: TableEntry) -> None:
+        default = self._map(f"{entry.table}_default")
+        default[ctypes.c_int(0)] = default.Leaf.from_buffer_copy(encode_value(self.pipeline, entry))
+
+    def write_exact(self, name: str, entries: list[TableEntry]) -> None:
         keys = b"".join(encode_key(self.pipeline, e) for e in entries)
         values = b"".join(encode_value(self.pipeline, e) for e in entries)
-        if table.ttype != BPF_MAP_TYPE_HASH or len(entries) == 1:
-            ksize, vsize = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
-            for i in range(len(entries)):
+        self.write_raw(name, keys, values, len(entries))
+
+    def write_raw(self, name: str, keys: bytes, values: bytes, count: int) -> None:
+        """Upsert `count` encoded key/value pairs. Hash tables take one BPF_MAP_UPDATE_BATCH
+        call per chunk; LPM tries (no batch support in the kernel) one update per entry."""
+        table = self._map(name)
+        ksize, vsize = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
+        if table.ttype != BPF_MAP_TYPE_HASH or count == 1:
+            for i in range(count):
                 table[table.Key.from_buffer_copy(keys, i * ksize)] = table.Leaf.from_buffer_copy(
                     values, i * vsize
                 )
             return
-        for start in range(0, len(entries), BATCH):
-            n = min(BATCH, len(entries) - start)
-            ksize, vsize = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
+        for start in range(0, count, BATCH):
+            n = min(BATCH, count - start)
             ct_keys = (table.Key * n).from_buffer_copy(keys, start * ksize)
             ct_values = (table.Leaf * n).from_buffer_copy(values, start * vsize)
             table.items_update_batch(ct_keys, ct_values)
 
-    def _write_ternary(self, name: str) -> None:
-        """Rewrite a ternary table's array: highest priority first, ties in install order."""
-        entries = sorted(self._ternary[name], key=lambda e: -e.priority)
+    def delete_raw(self, name: str, keys: bytes, count: int) -> None:
         table = self._map(name)
+        ksize = ctypes.sizeof(table.Key)
+        if table.ttype != BPF_MAP_TYPE_HASH or count == 1:
+            for i in range(count):
+                del table[table.Key.from_buffer_copy(keys, i * ksize)]
+            return
+        for start in range(0, count, BATCH):
+            n = min(BATCH, count - start)
+            table.items_delete_batch((table.Key * n).from_buffer_copy(keys, start * ksize))
+
+    def lookup_raw(self, name: str, key: bytes) -> bytes | None:
+        table = self._map(name)
+        try:
+            value = table[table.Key.from_buffer_copy(key)]
+        except KeyError:
+            return None
+        return bytes(value)
+
+    def dump_raw(self, name: str) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) of a hash or LPM table."""
+        table = self._map(name)
+        if table.ttype == BPF_MAP_TYPE_HASH:
+            return [(bytes(k), bytes(v)) for k, v in table.items_lookup_batch()]
+        return [(bytes(k), bytes(v)) for k, v in table.items()]
+
+    def publish_ternary(self, name: str, entries: list[TableEntry]) -> None:
+        """Write a ternary table's entries (already in match order) to the idle half of its
+        array, end them with an empty slot, then make that half the active one."""
         size = self.pipeline.table(name).size
         if len(entries) > size:
             raise ValueError(f"table {name} holds at most {size} entries, asked for {len(entries)}")
-        for i, e in enumerate(entries):
-            table[ctypes.c_int(i)] = table.Leaf.from_buffer_copy(
-                encode_ternary_entry(self.pipeline, e)
-            )
+        table, active = self._map(name), self._map(f"{name}_active")
+        base = size - active[ctypes.c_int(0)].value  # the idle half: 0 or size
+        slots = [encode_ternary_entry(self.pipeline, e) for e in entries]
         if len(entries) < size:
-            table[ctypes.c_int(len(entries))] = table.Leaf.from_buffer_copy(
-                empty_ternary_slot(self.pipeline, name)
-            )
+            slots.append(empty_ternary_slot(self.pipeline, name))
+        for i, slot in enumerate(slots):
+            table[ctypes.c_int(base + i)] = table.Leaf.from_buffer_copy(slot)
+        active[ctypes.c_int(0)] = ctypes.c_uint32(base)
+        self._ternary[name] = list(entries)
+
+    def ternary_raw(self, name: str) -> list[bytes]:
+        """The active entries of a ternary table, in match order."""
+        table, active = self._map(name), self._map(f"{name}_active")
+        base = active[ctypes.c_int(0)].value
+        return [bytes(table[ctypes.c_int(base + i)]) for i in range(len(self._ternary[name]))]
 
     def clear(self) -> None:
         """Remove every entry and restore the spec's default actions."""
         for t in self.pipeline.tables:
             if t.name in self._ternary:
-                self._ternary[t.name] = []
-                self._write_ternary(t.name)
+                self.publish_ternary(t.name, [])
             else:
                 self._map(t.name).clear()
         self.install_defaults()
 
     def install_defaults(self) -> None:
         """Write each table's spec default action into its `<table>_default` map."""
-        self.install(
-            TableEntry(t.name, {}, t.default_action, {}, is_default=True)
-            for t in self.pipeline.tables
-        )
+        for t in self.pipeline.tables:
+            self.write_default(TableEntry(t.name, {}, t.default_action, {}, is_default=True))
 
     # ---- ports ----------------------------------------------------------------------------
 

@@ -1,0 +1,219 @@
+"""P4Runtime `TableEntry` messages → validated `TableEntry`s, with the specification's codes.
+
+Per table, the ids, widths and match kinds are looked up once (`TableDecoder`), so that decoding
+a write batch is a tight loop. Violations raise `P4RTError` with the status code the P4Runtime
+specification prescribes (§8.3 bytestrings, §9.1 table entries):
+
+* unknown table / action / field / param id, bad match or action shape → INVALID_ARGUMENT
+  (unknown table ids included);
+* a value wider than its field, or an empty bytestring → OUT_OF_RANGE;
+* lpm bits beyond the prefix, ternary value bits outside the mask, a "don't care" match that is
+  not omitted, priority missing or not allowed → INVALID_ARGUMENT;
+* an action outside its scope (table-only as default, default-only as entry) → PERMISSION_DENIED.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from finsy.proto import p4r
+
+from cyberstar.pipeline.entries import Match, TableEntry
+from cyberstar.pipeline.model import ActionScope, MatchKind, Pipeline, Table
+from cyberstar.pipeline.values import LpmValue, TernaryValue, prefix_mask
+
+Code = grpc.StatusCode
+
+
+class P4RTError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def bytes_value(data: bytes, width: int, what: str) -> int:
+    """A bytestring of a `width`-bit field: canonical or padded, never wider than the field."""
+    if not data:
+        raise P4RTError(Code.OUT_OF_RANGE, f"{what}: empty bytestring")
+    value = int.from_bytes(data, "big")
+    if value >> width:
+        raise P4RTError(Code.OUT_OF_RANGE, f"{what}: value {value:#x} does not fit in {width} bits")
+    return value
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    width: int
+    kind: MatchKind
+
+
+@dataclass(frozen=True)
+class _Action:
+    name: str
+    params: tuple[tuple[str, int], ...]  # (name, width) by param id - 1
+    scope: ActionScope
+
+
+class TableDecoder:
+    """Decodes one table's entries; built once per pipeline."""
+
+    def __init__(self, pipeline: Pipeline, table: Table) -> None:
+        self.table = table
+        self.fields = {i: _Field(k.name, k.width, k.match) for i, k in enumerate(table.key, 1)}
+        self.exact_ids = {i for i, f in self.fields.items() if f.kind is MatchKind.EXACT}
+        self.actions: dict[int, _Action] = {}
+        for ref in table.actions:
+            a = pipeline.action(ref.action)
+            self.actions[a.id] = _Action(
+                a.name, tuple((p.name, p.width) for p in a.params), ref.scope
+            )
+        self.defaults = {
+            k.name: (LpmValue(0, 0) if k.match is MatchKind.LPM else TernaryValue(0, 0))
+            for k in table.key
+            if k.match is not MatchKind.EXACT
+        }
+
+    def decode(self, msg: p4r.TableEntry, *, need_action: bool) -> TableEntry:
+        """Decode a written entry. For DELETE (`need_action=False`) the action is ignored."""
+        t = self.table
+        if msg.is_const:
+            raise P4RTError(Code.INVALID_ARGUMENT, f"table {t.name}: is_const must be false")
+        if msg.HasField("time_since_last_hit"):
+            raise P4RTError(
+                Code.INVALID_ARGUMENT, f"table {t.name}: time_since_last_hit is read-only"
+            )
+        if msg.idle_timeout_ns and not t.idle_timeout:
+            raise P4RTError(Code.INVALID_ARGUMENT, f"table {t.name} does not support idle timeout")
+        if msg.idle_timeout_ns < 0:
+            raise P4RTError(Code.INVALID_ARGUMENT, "idle_timeout_ns must not be negative")
+        if msg.is_default_action:
+            if len(msg.match) or msg.priority or msg.idle_timeout_ns:
+                raise P4RTError(
+                    Code.INVALID_ARGUMENT,
+                    f"table {t.name}: the default entry takes no match, priority or idle timeout",
+                )
+            match: dict[str, Match] = {}
+        else:
+            match = self.decode_match(msg)
+            self._check_priority(msg.priority)
+        action, params = "", {}
+        if msg.HasField("action"):
+            if need_action or msg.is_default_action:
+                action, params = self.decode_action(msg.action, msg.is_default_action)
+        elif need_action:
+            raise P4RTError(Code.INVALID_ARGUMENT, f"table {t.name}: the entry has no action")
+        return TableEntry(
+            t.name, match, action, params, msg.priority, msg.is_default_action,
+            msg.idle_timeout_ns,
+        )  # fmt: skip
+
+    def decode_match(self, msg: p4r.TableEntry) -> dict[str, Match]:
+        t = self.table
+        match: dict[str, Match] = dict(self.defaults)
+        seen: set[int] = set()
+        for fm in msg.match:
+            f = self.fields.get(fm.field_id)
+            if f is None:
+                raise P4RTError(
+                    Code.INVALID_ARGUMENT, f"table {t.name} has no match field id {fm.field_id}"
+                )
+            if fm.field_id in seen:
+                raise P4RTError(Code.INVALID_ARGUMENT, f"match field {f.name} given twice")
+            seen.add(fm.field_id)
+            what = f"table {t.name} field {f.name}"
+            kind = fm.WhichOneof("field_match_type")
+            if kind != f.kind.value:
+                raise P4RTError(
+                    Code.INVALID_ARGUMENT, f"{what} is {f.kind.value}, the update gives {kind}"
+                )
+            if f.kind is MatchKind.EXACT:
+                match[f.name] = bytes_value(fm.exact.value, f.width, what)
+            elif f.kind is MatchKind.LPM:
+                value = bytes_value(fm.lpm.value, f.width, what)
+                plen = fm.lpm.prefix_len
+                if not 0 < plen <= f.width:
+                    raise P4RTError(
+                        Code.INVALID_ARGUMENT,
+                        f"{what}: prefix length {plen} (a /0 match must be omitted)",
+                    )
+                if value & ~prefix_mask(plen, f.width):
+                    raise P4RTError(
+                        Code.INVALID_ARGUMENT, f"{what}: bits set beyond the /{plen} prefix"
+                    )
+                match[f.name] = LpmValue(value, plen)
+            else:
+                value = bytes_value(fm.ternary.value, f.width, what)
+                mask = bytes_value(fm.ternary.mask, f.width, what + " mask")
+                if mask == 0:
+                    raise P4RTError(
+                        Code.INVALID_ARGUMENT, f"{what}: a zero mask is don't-care: omit the field"
+                    )
+                if value & ~mask:
+                    raise P4RTError(Code.INVALID_ARGUMENT, f"{what}: value bits outside the mask")
+                match[f.name] = TernaryValue(value, mask)
+        missing = self.exact_ids - seen
+        if missing:
+            names = ", ".join(self.fields[i].name for i in sorted(missing))
+            raise P4RTError(
+                Code.INVALID_ARGUMENT, f"table {t.name}: exact field(s) {names} missing"
+            )
+        return match
+
+    def _check_priority(self, priority: int) -> None:
+        t = self.table
+        if t.needs_priority and priority <= 0:
+            raise P4RTError(
+                Code.INVALID_ARGUMENT, f"table {t.name} has ternary fields: priority must be > 0"
+            )
+        if not t.needs_priority and priority:
+            raise P4RTError(
+                Code.INVALID_ARGUMENT, f"table {t.name} takes no priority (found {priority})"
+            )
+
+    def decode_action(self, ta: p4r.TableAction, is_default: bool) -> tuple[str, dict[str, int]]:
+        t = self.table
+        if ta.WhichOneof("type") != "action":
+            raise P4RTError(Code.INVALID_ARGUMENT, f"table {t.name} is direct: give an action")
+        a = self.actions.get(ta.action.action_id)
+        if a is None:
+            raise P4RTError(
+                Code.INVALID_ARGUMENT,
+                f"action id {ta.action.action_id} is not an action of table {t.name}",
+            )
+        if is_default and a.scope is ActionScope.TABLE_ONLY:
+            raise P4RTError(Code.PERMISSION_DENIED, f"action {a.name} cannot be the default")
+        if not is_default and a.scope is ActionScope.DEFAULT_ONLY:
+            raise P4RTError(
+                Code.PERMISSION_DENIED, f"action {a.name} is only allowed as the default action"
+            )
+        params: dict[str, int] = {}
+        for p in ta.action.params:
+            if not 0 < p.param_id <= len(a.params):
+                raise P4RTError(
+                    Code.INVALID_ARGUMENT, f"action {a.name} has no parameter id {p.param_id}"
+                )
+            name, width = a.params[p.param_id - 1]
+            if name in params:
+                raise P4RTError(Code.INVALID_ARGUMENT, f"parameter {name} given twice")
+            params[name] = bytes_value(p.value, width, f"action {a.name} parameter {name}")
+        if len(params) != len(a.params):
+            missing = [n for n, _ in a.params if n not in params]
+            raise P4RTError(
+                Code.INVALID_ARGUMENT, f"action {a.name} is missing {', '.join(missing)}"
+            )
+        return a.name, params
+
+
+class PipelineDecoder:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.tables = {t.id: TableDecoder(pipeline, t) for t in pipeline.tables}
+
+    def table(self, table_id: int) -> TableDecoder:
+        dec = self.tables.get(table_id)
+        if dec is None:
+            raise P4RTError(Code.INVALID_ARGUMENT, f"no table with id {table_id}")
+        return dec
