@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "cyberstar.commands.doctor",
     "cyberstar.commands.pcap",
     "cyberstar.commands.demo",
+    "cyberstar.commands.pp",
     "cyberstar.orchestrator.cli",
 )
 

@@ -76,8 +76,9 @@ class TableDecoder:
             if k.match is not MatchKind.EXACT
         }
 
-    def decode(self, msg: p4r.TableEntry, *, need_action: bool) -> TableEntry:
-        """Decode a written entry. For DELETE (`need_action=False`) the action is ignored."""
+    def decode(self, msg: p4r.TableEntry, *, kind: int) -> TableEntry:
+        """Decode a written entry: INSERT needs an action, MODIFY may leave it unset (keep
+        the current one), DELETE ignores it (P4Runtime §9.1)."""
         t = self.table
         if msg.is_const:
             raise P4RTError(Code.INVALID_ARGUMENT, f"table {t.name}: is_const must be false")
@@ -100,10 +101,9 @@ class TableDecoder:
             match = self.decode_match(msg)
             self._check_priority(msg.priority)
         action, params = "", {}
-        if msg.HasField("action"):
-            if need_action or msg.is_default_action:
-                action, params = self.decode_action(msg.action, msg.is_default_action)
-        elif need_action:
+        if msg.HasField("action") and kind != p4r.Update.DELETE:
+            action, params = self.decode_action(msg.action, msg.is_default_action)
+        elif kind == p4r.Update.INSERT:
             raise P4RTError(Code.INVALID_ARGUMENT, f"table {t.name}: the entry has no action")
         return TableEntry(
             t.name, match, action, params, msg.priority, msg.is_default_action,

@@ -38,7 +38,11 @@ class TableEntry:
 
     def match_key(self) -> tuple:
         """Identity of the entry within its table (what P4Runtime INSERT/DELETE key on)."""
-        return (self.is_default, self.priority, tuple(sorted(self.match.items())))
+        return match_identity(self.match, self.priority, self.is_default)
+
+
+def match_identity(match: dict[str, Match], priority: int, is_default: bool = False) -> tuple:
+    return (is_default, priority, tuple(sorted(match.items())))
 
 
 def resolve_name(kind: str, given: str, names: list[str]) -> str:

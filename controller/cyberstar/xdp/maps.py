@@ -43,13 +43,23 @@ def encode_key(pipeline: Pipeline, entry: TableEntry) -> bytes:
     return lay.key.pack({k: int(v) for k, v in entry.match.items()})  # type: ignore[arg-type]
 
 
-def encode_value(pipeline: Pipeline, entry: TableEntry) -> bytes:
+def encode_value(
+    pipeline: Pipeline,
+    entry: TableEntry,
+    packets: int = 0,
+    byte_count: int = 0,
+    last_hit_ns: int = 0,
+) -> bytes:
+    """The map value: action id, priority, direct counters, idle state, then the params."""
     lay = table_layout(pipeline, entry.table)
     action = pipeline.action(entry.action)
     head = lay.value_head.pack(
         {
             "action": action.id,
             "priority": entry.priority,
+            "packets": packets,
+            "bytes": byte_count,
+            "last_hit_ns": last_hit_ns,
             "idle_timeout_ns": entry.idle_timeout_ns,
         }
     )
@@ -60,7 +70,9 @@ def encode_value(pipeline: Pipeline, entry: TableEntry) -> bytes:
     return bytes(out)
 
 
-def encode_ternary_entry(pipeline: Pipeline, entry: TableEntry) -> bytes:
+def encode_ternary_entry(
+    pipeline: Pipeline, entry: TableEntry, packets: int = 0, byte_count: int = 0
+) -> bytes:
     lay = table_layout(pipeline, entry.table)
     assert isinstance(lay.key, CStruct) and lay.ternary
     offs = ternary_entry_offsets(lay)
@@ -71,7 +83,7 @@ def encode_ternary_entry(pipeline: Pipeline, entry: TableEntry) -> bytes:
     out = bytearray(offs["size"])
     out[offs["value"] : offs["value"] + lay.key.size] = lay.key.pack(values)
     out[offs["mask"] : offs["mask"] + lay.key.size] = lay.key.pack(masks)
-    out[offs["v"] : offs["v"] + lay.value_size] = encode_value(pipeline, entry)
+    out[offs["v"] : offs["v"] + lay.value_size] = encode_value(pipeline, entry, packets, byte_count)
     return bytes(out)
 
 

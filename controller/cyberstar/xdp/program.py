@@ -78,8 +78,8 @@ class XdpProgram:
         self._bpf_cls = BPF
         with _captured_stderr() as log_path:
             try:
-                text = (source or xdp_source()).encode()
-                self.bpf = BPF(text=text, cflags=["-Wno-unused-function"])
+                self.source = source or xdp_source()
+                self.bpf = BPF(text=self.source.encode(), cflags=["-Wno-unused-function"])
                 self.fn = self.bpf.load_func(PROGRAM_NAME.encode(), BPF.XDP)
             except Exception as exc:
                 raise XdpLoadError(
@@ -189,21 +189,38 @@ class XdpProgram:
             return [(bytes(k), bytes(v)) for k, v in table.items_lookup_batch()]
         return [(bytes(k), bytes(v)) for k, v in table.items()]
 
-    def publish_ternary(self, name: str, entries: list[TableEntry]) -> None:
+    def publish_ternary(
+        self,
+        name: str,
+        entries: list[TableEntry],
+        counters: dict[tuple, tuple[int, int]] | None = None,
+    ) -> None:
         """Write a ternary table's entries (already in match order) to the idle half of its
-        array, end them with an empty slot, then make that half the active one."""
+        array, end them with an empty slot, then make that half the active one. `counters`
+        carries direct counters over, by entry identity."""
         size = self.pipeline.table(name).size
         if len(entries) > size:
             raise ValueError(f"table {name} holds at most {size} entries, asked for {len(entries)}")
         table, active = self._map(name), self._map(f"{name}_active")
         base = size - active[ctypes.c_int(0)].value  # the idle half: 0 or size
-        slots = [encode_ternary_entry(self.pipeline, e) for e in entries]
+        counters = counters or {}
+        slots = [
+            encode_ternary_entry(self.pipeline, e, *counters.get(e.match_key(), (0, 0)))
+            for e in entries
+        ]
         if len(entries) < size:
             slots.append(empty_ternary_slot(self.pipeline, name))
         for i, slot in enumerate(slots):
             table[ctypes.c_int(base + i)] = table.Leaf.from_buffer_copy(slot)
         active[ctypes.c_int(0)] = ctypes.c_uint32(base)
         self._ternary[name] = list(entries)
+
+    def ternary_entries(self, name: str) -> list[TableEntry]:
+        """The published entries of a ternary table, in match order."""
+        return list(self._ternary[name])
+
+    def ternary_value_offset(self, name: str) -> int:
+        return ternary_entry_offsets(table_layout(self.pipeline, name))["v"]
 
     def ternary_raw(self, name: str) -> list[bytes]:
         """The active entries of a ternary table, in match order."""
@@ -276,13 +293,20 @@ class XdpProgram:
 
         self._map("punts").open_perf_buffer(handle, page_cnt=page_count, lost_cb=lost)
 
+    def punt_overflows(self) -> int:
+        """Punts the kernel could not write to the perf buffer (it was full)."""
+        table = self._map("punt_overflows")
+        return sum(table[table.Key(0)])
+
     def poll_punts(self, timeout_ms: int = 0) -> None:
         self.bpf.perf_buffer_poll(timeout=timeout_ms)
 
     # ---- running --------------------------------------------------------------------------
 
-    def run(self, frame: bytes, repeat: int = 1) -> ProgRunResult:
-        return prog_test_run(self.fd, frame, repeat)
+    def run(
+        self, frame: bytes, repeat: int = 1, ingress_ifindex: int | None = None
+    ) -> ProgRunResult:
+        return prog_test_run(self.fd, frame, repeat, ingress_ifindex)
 
     def attach(self, ifname: str, mode: str | None = None) -> str:
         """Attach to an interface in native mode, falling back to skb (generic) mode.
@@ -307,6 +331,17 @@ class XdpProgram:
             self.attached[ifname] = flags
             return m
         raise XdpLoadError(f"could not attach XDP to {ifname}: {last_error}")
+
+    def detach_stale(self, ifname: str) -> None:
+        """Remove whatever XDP program a previous run may have left on `ifname`."""
+        for flags in (XDP_FLAGS_SKB_MODE, XDP_FLAGS_DRV_MODE):
+            with _captured_stderr() as log_path:
+                try:
+                    self._bpf_cls.remove_xdp(ifname.encode(), flags)
+                except Exception:
+                    pass
+                finally:
+                    log_path.unlink(missing_ok=True)
 
     def detach_all(self) -> None:
         for ifname, flags in list(self.attached.items()):

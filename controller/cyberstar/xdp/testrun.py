@@ -48,7 +48,26 @@ class ProgRunResult:
     duration_ns: int  # mean per repetition, as the kernel reports it
 
 
-def prog_test_run(prog_fd: int, frame: bytes, repeat: int = 1) -> ProgRunResult:
+class _XdpMd(ctypes.Structure):
+    _fields_ = [
+        ("data", ctypes.c_uint32),
+        ("data_end", ctypes.c_uint32),
+        ("data_meta", ctypes.c_uint32),
+        ("ingress_ifindex", ctypes.c_uint32),
+        ("rx_queue_index", ctypes.c_uint32),
+        ("egress_ifindex", ctypes.c_uint32),
+    ]
+
+
+BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
+
+
+def prog_test_run(
+    prog_fd: int, frame: bytes, repeat: int = 1, ingress_ifindex: int | None = None
+) -> ProgRunResult:
+    """Run the program on `frame`. With `ingress_ifindex`, run it in live-frames mode as if the
+    frame had arrived on that interface: redirects really transmit, XDP_PASS reaches the stack
+    (kernel ≥ 5.18)."""
     if not MIN_FRAME <= len(frame) <= MAX_FRAME:
         raise ValueError(
             f"XDP test runs take frames of {MIN_FRAME}..{MAX_FRAME} bytes, found {len(frame)}"
@@ -63,6 +82,13 @@ def prog_test_run(prog_fd: int, frame: bytes, repeat: int = 1) -> ProgRunResult:
         data_out=ctypes.addressof(data_out),
         repeat=repeat,
     )
+    if ingress_ifindex is not None:
+        ctx = _XdpMd(data=0, data_end=len(frame), ingress_ifindex=ingress_ifindex)
+        attr.ctx_in = ctypes.addressof(ctx)
+        attr.ctx_size_in = ctypes.sizeof(ctx)
+        attr.flags = BPF_F_TEST_XDP_LIVE_FRAMES
+        attr.data_out = 0
+        attr.data_size_out = 0
     rc = _libc.syscall(_SYS_BPF, _BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
     if rc != 0:
         err = ctypes.get_errno()

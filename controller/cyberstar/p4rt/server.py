@@ -1,0 +1,270 @@
+"""A P4Runtime server (grpcio) in front of a device.
+
+The protocol lives here — device ids, arbitration, pipeline state, per-update errors in Write
+status details, chunked Read responses, the stream — and the device (`cyberstar.pp.device`)
+does the target work. Errors follow the P4Runtime specification's status codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Protocol
+
+import grpc
+from finsy.proto import p4r, p4r_grpc, rpc_code, rpc_status
+from google.protobuf import any_pb2
+
+from cyberstar.p4rt.arbitration import Arbitration, Controller
+from cyberstar.p4rt.decode import P4RTError
+from cyberstar.xdp.program import Punted
+
+log = logging.getLogger(__name__)
+API_VERSION = "1.4.0"
+READ_CHUNK = 1000
+Action = p4r.SetForwardingPipelineConfigRequest
+_END = object()
+
+
+class Device(Protocol):
+    def verify_config(self, config: p4r.ForwardingPipelineConfig) -> None: ...
+    def commit(self, reconcile: bool) -> None: ...
+    def write(self, updates: list[p4r.Update]) -> list[P4RTError | None]: ...
+    def read(self, entity: p4r.Entity) -> Iterator[p4r.Entity]: ...
+    def packet_out(self, packet: p4r.PacketOut) -> None: ...
+    def packet_in_message(self, punted: Punted) -> p4r.StreamMessageResponse: ...
+
+
+def _abort(context: grpc.ServicerContext, err: P4RTError) -> None:
+    context.abort(err.code, err.message)
+
+
+class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
+    def __init__(self, device: Device, device_id: int) -> None:
+        self.device = device
+        self.device_id = device_id
+        self.arbitration = Arbitration(device_id)
+        self._config: p4r.ForwardingPipelineConfig | None = None  # committed
+        self._saved: p4r.ForwardingPipelineConfig | None = None  # VERIFY_AND_SAVE
+        self._write_lock = threading.Lock()
+        self.stats = {"write_errors": 0, "packet_in_dropped": 0}
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def _check_device(self, device_id: int) -> None:
+        if device_id != self.device_id:
+            raise P4RTError(
+                grpc.StatusCode.NOT_FOUND, f"device id {device_id}: this target is {self.device_id}"
+            )
+
+    def _check_pipeline(self) -> None:
+        if self._config is None:
+            raise P4RTError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "no forwarding pipeline: call SetForwardingPipelineConfig first",
+            )
+
+    def publish(self, msg: p4r.StreamMessageResponse) -> bool:
+        """Send a stream message (PacketIn, idle-timeout notification) to the primary."""
+        ok = self.arbitration.send_to_primary(msg)
+        if not ok and msg.WhichOneof("update") == "packet":
+            self.stats["packet_in_dropped"] += 1
+        return ok
+
+    @property
+    def pipeline_set(self) -> bool:
+        return self._config is not None
+
+    # ---- RPCs ---------------------------------------------------------------------------------
+
+    def Capabilities(self, request, context):
+        return p4r.CapabilitiesResponse(p4runtime_api_version=API_VERSION)
+
+    def SetForwardingPipelineConfig(self, request, context):
+        try:
+            self._check_device(request.device_id)
+            self.arbitration.check_writer(request.election_id)
+            action = request.action
+            if action in (
+                Action.VERIFY,
+                Action.VERIFY_AND_SAVE,
+                Action.VERIFY_AND_COMMIT,
+                Action.RECONCILE_AND_COMMIT,
+            ):
+                if not request.HasField("config"):
+                    raise P4RTError(grpc.StatusCode.INVALID_ARGUMENT, "no config given")
+                self.device.verify_config(request.config)
+            if action == Action.VERIFY:
+                pass
+            elif action == Action.VERIFY_AND_SAVE:
+                self._saved = request.config
+            elif action == Action.COMMIT:
+                if request.HasField("config"):
+                    raise P4RTError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "COMMIT takes no config (it commits the saved one)",
+                    )
+                if self._saved is None:
+                    raise P4RTError(grpc.StatusCode.NOT_FOUND, "no saved config to commit")
+                self._commit(self._saved, reconcile=False)
+                self._saved = None
+            elif action in (Action.VERIFY_AND_COMMIT, Action.RECONCILE_AND_COMMIT):
+                self._commit(request.config, reconcile=action == Action.RECONCILE_AND_COMMIT)
+            else:
+                raise P4RTError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown action {action}")
+        except P4RTError as err:
+            _abort(context, err)
+        return p4r.SetForwardingPipelineConfigResponse()
+
+    def _commit(self, config: p4r.ForwardingPipelineConfig, reconcile: bool) -> None:
+        with self._write_lock:
+            self.device.commit(reconcile=reconcile and self._config is not None)
+            self._config = p4r.ForwardingPipelineConfig()
+            self._config.CopyFrom(config)
+
+    def GetForwardingPipelineConfig(self, request, context):
+        try:
+            self._check_device(request.device_id)
+            self._check_pipeline()
+        except P4RTError as err:
+            _abort(context, err)
+        assert self._config is not None
+        rt = p4r.GetForwardingPipelineConfigRequest
+        out = p4r.ForwardingPipelineConfig(cookie=self._config.cookie)
+        if request.response_type in (rt.ALL, rt.P4INFO_AND_COOKIE):
+            out.p4info.CopyFrom(self._config.p4info)
+        if request.response_type in (rt.ALL, rt.DEVICE_CONFIG_AND_COOKIE):
+            out.p4_device_config = self._config.p4_device_config
+        return p4r.GetForwardingPipelineConfigResponse(config=out)
+
+    def Write(self, request, context):
+        try:
+            self._check_device(request.device_id)
+            self.arbitration.check_writer(request.election_id)
+            self._check_pipeline()
+            if request.atomicity != p4r.WriteRequest.CONTINUE_ON_ERROR:
+                raise P4RTError(
+                    grpc.StatusCode.UNIMPLEMENTED, "only CONTINUE_ON_ERROR batches are supported"
+                )
+        except P4RTError as err:
+            _abort(context, err)
+        with self._write_lock:
+            results = self.device.write(list(request.updates))
+        failed = [r for r in results if r is not None]
+        if not failed:
+            return p4r.WriteResponse()
+        self.stats["write_errors"] += len(failed)
+        status = rpc_status.Status(
+            code=rpc_code.UNKNOWN, message=f"{len(failed)} of {len(results)} updates failed"
+        )
+        for r in results:
+            err = p4r.Error(canonical_code=rpc_code.OK)
+            if r is not None:
+                err = p4r.Error(
+                    canonical_code=r.code.value[0], message=r.message, space="cyberstar"
+                )
+            detail = any_pb2.Any()
+            detail.Pack(err)
+            status.details.append(detail)
+        context.set_trailing_metadata((("grpc-status-details-bin", status.SerializeToString()),))
+        context.set_code(grpc.StatusCode.UNKNOWN)
+        context.set_details(status.message)
+        return p4r.WriteResponse()
+
+    def Read(self, request, context):
+        try:
+            self._check_device(request.device_id)
+            self._check_pipeline()
+            batch: list[p4r.Entity] = []
+            for entity in request.entities:
+                for e in self.device.read(entity):
+                    batch.append(e)
+                    if len(batch) >= READ_CHUNK:
+                        yield p4r.ReadResponse(entities=batch)
+                        batch = []
+            if batch or not request.entities:
+                yield p4r.ReadResponse(entities=batch)
+        except P4RTError as err:
+            _abort(context, err)
+
+    def StreamChannel(self, request_iterator, context):
+        outbox: queue.Queue = queue.Queue(maxsize=65536)
+        state: dict[str, Controller | None] = {"controller": None}
+        context.add_callback(lambda: outbox.put(_END))
+
+        def reader() -> None:
+            try:
+                for req in request_iterator:
+                    self._on_stream_request(req, state, outbox)
+            except P4RTError as err:
+                outbox.put(err)
+            except grpc.RpcError:
+                pass
+            except Exception:  # a bug must end this stream, not the server
+                log.exception("stream reader failed")
+            outbox.put(_END)
+
+        threading.Thread(target=reader, name="p4rt-stream-reader", daemon=True).start()
+        try:
+            while True:
+                item = outbox.get()
+                if item is _END:
+                    return
+                if isinstance(item, P4RTError):
+                    context.abort(item.code, item.message)
+                yield item
+        finally:
+            if state["controller"] is not None:
+                self.arbitration.leave(state["controller"])
+
+    def _on_stream_request(
+        self, req: p4r.StreamMessageRequest, state: dict, outbox: queue.Queue
+    ) -> None:
+        kind = req.WhichOneof("update")
+        if kind == "arbitration":
+            state["controller"] = self.arbitration.update(
+                state["controller"], req.arbitration, outbox
+            )
+            return
+        controller = state["controller"]
+        if controller is None:
+            raise P4RTError(
+                grpc.StatusCode.FAILED_PRECONDITION, "send a MasterArbitrationUpdate first"
+            )
+        if kind != "packet":
+            outbox.put(_stream_error(grpc.StatusCode.UNIMPLEMENTED, f"{kind} is not supported"))
+            return
+        try:
+            if not self.arbitration.is_primary(controller):
+                raise P4RTError(grpc.StatusCode.PERMISSION_DENIED, "only the primary sends packets")
+            self._check_pipeline()
+            self.device.packet_out(req.packet)
+        except P4RTError as err:
+            outbox.put(_stream_error(err.code, err.message, req.packet))
+
+
+def _stream_error(
+    code: grpc.StatusCode, message: str, packet: p4r.PacketOut | None = None
+) -> p4r.StreamMessageResponse:
+    err = p4r.StreamError(canonical_code=code.value[0], message=message, space="cyberstar")
+    if packet is not None:
+        err.packet_out.packet_out.CopyFrom(packet)
+    return p4r.StreamMessageResponse(error=err)
+
+
+def serve(server_impl: P4RuntimeServer, address: str, workers: int = 8) -> grpc.Server:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers),
+        options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ],
+    )
+    p4r_grpc.add_P4RuntimeServicer_to_server(server_impl, server)
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot listen on {address}")
+    server.start()
+    return server

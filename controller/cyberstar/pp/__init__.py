@@ -1,0 +1,1 @@
+"""The PP node: the XDP program served over P4Runtime (`cyberstar pp serve`)."""

@@ -1,0 +1,209 @@
+"""The PP agent: the XDP program on a host's interfaces, served over P4Runtime.
+
+`cyberstar pp serve --iface IF ... --grpc ADDR --device-id N [--mode native|skb]`
+
+Interfaces are ports 1, 2, … in the order given (or `N@IF` to choose). With `--netns NS` the
+interfaces live in network namespace NS while gRPC and metrics listen in the agent's own.
+On SIGTERM/SIGINT the agent detaches its programs; at start it removes any XDP program a
+previous run left on its interfaces, so a restart begins clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from cyberstar import netns
+from cyberstar.errors import RuntimeFailure, UsageError
+from cyberstar.metrics import Sample, serve_metrics
+from cyberstar.p4rt.server import P4RuntimeServer, serve
+from cyberstar.pp.device import Port, XdpDevice
+from cyberstar.xdp.program import XdpProgram
+
+log = logging.getLogger(__name__)
+ETH_P_ALL = 0x0003
+IDLE_SCAN_INTERVAL_S = 0.1
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    number: int
+    ifname: str
+
+
+def parse_ports(specs: list[str]) -> list[PortSpec]:
+    """`IF` (numbered 1, 2, … in order) or `N@IF`."""
+    out, used = [], set()
+    for i, spec in enumerate(specs, start=1):
+        number, sep, ifname = spec.partition("@")
+        if sep:
+            if not number.isdigit():
+                raise UsageError(f"--iface {spec!r}: expected IFNAME or PORT@IFNAME")
+            port = int(number)
+        else:
+            port, ifname = i, spec
+        if not 0 <= port < 511:
+            raise UsageError(f"--iface {spec!r}: port must be 0..510")
+        if port in used:
+            raise UsageError(f"--iface {spec!r}: port {port} given twice")
+        used.add(port)
+        out.append(PortSpec(port, ifname))
+    return out
+
+
+class PpAgent:
+    def __init__(
+        self,
+        ports: list[PortSpec],
+        grpc_address: str,
+        device_id: int,
+        mode: str | None = None,
+        ns: str | None = None,
+    ) -> None:
+        self.ns = ns
+        self.mode = mode
+        self.prog = XdpProgram()
+        self.prog.install_defaults()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.modes: dict[str, str] = {}
+        try:
+            self.ports = self._open_ports(ports)
+            self.device = XdpDevice(self.prog, self.ports)
+            self.server = P4RuntimeServer(self.device, device_id)
+            self.device.run_in_namespace = self.in_namespace
+            self.prog.open_punts(self._on_punt)
+            self.grpc = serve(self.server, grpc_address)
+        except BaseException:
+            self.close()
+            raise
+        self._spawn(self._punt_loop, "punts")
+        self._spawn(self._idle_loop, "idle-timeouts")
+
+    @contextmanager
+    def in_namespace(self) -> Iterator[None]:
+        if self.ns:
+            with netns.entered(self.ns):
+                yield
+        else:
+            yield
+
+    def _open_ports(self, specs: list[PortSpec]) -> list[Port]:
+        ports = []
+        with self.in_namespace():
+            for spec in specs:
+                try:
+                    ifindex = socket.if_nametoindex(spec.ifname)
+                except OSError:
+                    where = f" in netns {self.ns}" if self.ns else ""
+                    raise UsageError(f"no interface {spec.ifname}{where}") from None
+                self.prog.detach_stale(spec.ifname)
+                self.modes[spec.ifname] = self.prog.attach(spec.ifname, self.mode)
+                self.prog.set_port(ifindex, spec.number)
+                sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+                sock.bind((spec.ifname, 0))
+                ports.append(Port(spec.number, spec.ifname, ifindex, sock))
+                log.info(
+                    "port %d = %s (ifindex %d, XDP %s mode)",
+                    spec.number,
+                    spec.ifname,
+                    ifindex,
+                    self.modes[spec.ifname],
+                )
+        return ports
+
+    def _spawn(self, target, name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _on_punt(self, punted) -> None:
+        self.server.publish(self.device.packet_in_message(punted))
+
+    def _punt_loop(self) -> None:
+        while not self._stop.is_set():
+            self.prog.poll_punts(100)
+
+    def _idle_loop(self) -> None:
+        while not self._stop.wait(IDLE_SCAN_INTERVAL_S):
+            if not self.server.pipeline_set or not self.device.has_idle_entries():
+                continue
+            try:
+                for msg in self.device.idle_scan():
+                    self.server.publish(msg)
+            except Exception:
+                log.exception("idle-timeout scan failed")
+
+    def metrics(self) -> list[Sample]:
+        samples: list[Sample] = []
+        for name, (packets, nbytes) in zip(
+            self.prog.pipeline.verdicts, self.prog.counter("verdicts"), strict=True
+        ):
+            samples.append(("cyberstar_pp_packets_total", {"verdict": name}, packets))
+            samples.append(("cyberstar_pp_bytes_total", {"verdict": name}, nbytes))
+        for name, (packets, _) in zip(
+            self.prog.pipeline.drop_reasons, self.prog.counter("drop_reasons"), strict=True
+        ):
+            if packets:
+                samples.append(("cyberstar_pp_drops_total", {"reason": name}, packets))
+        samples += [
+            ("cyberstar_pp_packet_in_lost_total", {"where": "perf_buffer"}, self.prog.punts_lost),
+            ("cyberstar_pp_packet_in_lost_total", {"where": "kernel"}, self.prog.punt_overflows()),
+            ("cyberstar_pp_packet_in_lost_total", {"where": "stream"},
+             self.server.stats["packet_in_dropped"]),
+            ("cyberstar_pp_write_errors_total", {}, self.server.stats["write_errors"]),
+        ]  # fmt: skip
+        samples += [(f"cyberstar_pp_{k}_total", {}, v) for k, v in self.device.stats.items()]
+        return samples
+
+    def wait(self) -> None:
+        """Serve until SIGTERM or SIGINT."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stop.set())
+        self._stop.wait()
+
+    def close(self) -> None:
+        self._stop.set()
+        if getattr(self, "grpc", None) is not None:
+            self.grpc.stop(grace=1)
+        with self.in_namespace():
+            self.prog.detach_all()
+        for port in getattr(self, "ports", []):
+            if port.sock is not None:
+                with contextlib.suppress(OSError):
+                    port.sock.close()
+        self.prog.close()
+
+
+def run_agent(
+    ifaces: list[str],
+    grpc_address: str,
+    device_id: int,
+    mode: str | None,
+    ns: str | None,
+    metrics: str | None,
+) -> int:
+    ports = parse_ports(ifaces)
+    try:
+        agent = PpAgent(ports, grpc_address, device_id, mode, ns)
+    except OSError as exc:
+        raise RuntimeFailure(str(exc)) from None
+    try:
+        if metrics:
+            serve_metrics(metrics, agent.metrics)
+        log.warning(
+            "PP node %d serving P4Runtime on %s (%s)",
+            device_id,
+            grpc_address,
+            ", ".join(f"{p.number}={p.ifname}/{agent.modes[p.ifname]}" for p in agent.ports),
+        )
+        agent.wait()
+    finally:
+        agent.close()
+    return 0

@@ -1,0 +1,540 @@
+"""The XDP PP node as a P4Runtime device: table state, map writes, reads, packet I/O.
+
+The agent keeps the authoritative list of entries (for existence checks, reads and canonical
+read-back); the BPF maps hold what the data plane uses plus the direct counters and the
+last-hit times, which reads fetch from the kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import grpc
+from finsy.proto import p4i, p4r
+
+from cyberstar.codegen.p4info import build_p4info
+from cyberstar.p4rt.codec import table_entry_to_proto
+from cyberstar.p4rt.decode import P4RTError, PipelineDecoder
+from cyberstar.pipeline.entries import TableEntry, match_identity
+from cyberstar.pipeline.model import Pipeline
+from cyberstar.xdp.layout import table_layout
+from cyberstar.xdp.maps import encode_key, encode_value
+from cyberstar.xdp.program import Punted, XdpProgram
+
+log = logging.getLogger(__name__)
+Code = grpc.StatusCode
+CLOCK_MONOTONIC_COARSE = 6  # the clock bpf_ktime_get_coarse_ns reads
+INSERT, MODIFY, DELETE = p4r.Update.INSERT, p4r.Update.MODIFY, p4r.Update.DELETE
+
+
+def coarse_now_ns() -> int:
+    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+
+
+@dataclass
+class Port:
+    number: int
+    ifname: str
+    ifindex: int
+    sock: socket.socket | None = None
+
+
+@dataclass
+class _Pending:
+    """One update of a batch, once validated: what to write and where its result goes."""
+
+    index: int
+    kind: int
+    entry: TableEntry
+    key: bytes
+    counters: tuple[int, int] | None  # counter_data given in the update
+
+
+class XdpDevice:
+    """Implements the device side of `cyberstar.p4rt.server.P4RuntimeServer`."""
+
+    def __init__(self, prog: XdpProgram, ports: list[Port]) -> None:
+        self.prog = prog
+        self.pipeline: Pipeline = prog.pipeline
+        self.decoder = PipelineDecoder(self.pipeline)
+        self.p4info: p4i.P4Info = build_p4info(self.pipeline)
+        self.ports = {p.number: p for p in ports}
+        self._lock = threading.RLock()
+        self._exact: dict[str, dict[bytes, TableEntry]] = {}
+        self._ternary: dict[str, dict[tuple, tuple[int, TableEntry]]] = {}
+        self._defaults: dict[str, TableEntry] = {}
+        self._seq = 0
+        self._notified: dict[tuple[str, bytes], int] = {}
+        self.run_in_namespace = contextlib.nullcontext
+        self.stats = {
+            "packet_in": 0,
+            "packet_in_dropped": 0,
+            "packet_out": 0,
+            "idle_notifications": 0,
+        }
+        self._reset_state()
+
+    # ---- pipeline -----------------------------------------------------------------------------
+
+    def verify_config(self, config: p4r.ForwardingPipelineConfig) -> None:
+        """Only the pipeline this agent runs can be set: the generated P4Info, with an empty
+        device config or the generated XDP C."""
+        ours = self.p4info
+        theirs = config.p4info
+        if _canonical(theirs) != _canonical(ours):
+            raise P4RTError(Code.INVALID_ARGUMENT, _p4info_difference(ours, theirs))
+        blob = config.p4_device_config
+        if blob and blob.strip() != _program_source(self.prog).strip():
+            raise P4RTError(
+                Code.INVALID_ARGUMENT,
+                "p4_device_config must be empty or the generated ebpf/pp_xdp.c this agent runs",
+            )
+
+    def commit(self, reconcile: bool) -> None:
+        """A new pipeline starts empty; RECONCILE_AND_COMMIT of the same one keeps the state."""
+        if not reconcile:
+            with self._lock:
+                self.prog.clear()
+                self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._exact = {t.name: {} for t in self.pipeline.tables if not t.needs_priority}
+        self._ternary = {t.name: {} for t in self.pipeline.tables if t.needs_priority}
+        self._defaults = {
+            t.name: TableEntry(t.name, {}, t.default_action, {}, is_default=True)
+            for t in self.pipeline.tables
+        }
+        self._notified.clear()
+
+    # ---- writes -------------------------------------------------------------------------------
+
+    def write(self, updates: list[p4r.Update]) -> list[P4RTError | None]:
+        results: list[P4RTError | None] = [None] * len(updates)
+        by_table: dict[str, list[_Pending]] = {}
+        with self._lock:
+            for i, upd in enumerate(updates):
+                try:
+                    pending = self._validate(i, upd)
+                except P4RTError as err:
+                    results[i] = err
+                    continue
+                if pending is not None:
+                    by_table.setdefault(pending.entry.table, []).append(pending)
+            for table, batch in by_table.items():
+                apply = self._apply_ternary if table in self._ternary else self._apply_exact
+                for index, err in apply(table, batch):
+                    results[index] = err
+        return results
+
+    def _validate(self, index: int, upd: p4r.Update) -> _Pending | None:
+        which = upd.entity.WhichOneof("entity")
+        if which != "table_entry":
+            raise P4RTError(Code.UNIMPLEMENTED, f"writing {which} is not supported by this target")
+        msg = upd.entity.table_entry
+        if upd.type not in (INSERT, MODIFY, DELETE):
+            raise P4RTError(Code.INVALID_ARGUMENT, "update type must be INSERT, MODIFY or DELETE")
+        dec = self.decoder.table(msg.table_id)
+        t = dec.table
+        entry = dec.decode(msg, kind=upd.type)
+        counters = None
+        if msg.HasField("counter_data"):
+            if t.direct_counter is None:
+                raise P4RTError(Code.INVALID_ARGUMENT, f"table {t.name} has no direct counter")
+            counters = (msg.counter_data.packet_count, msg.counter_data.byte_count)
+        if entry.is_default:
+            if upd.type != MODIFY:
+                raise P4RTError(
+                    Code.INVALID_ARGUMENT, "the default entry can only be modified (MODIFY)"
+                )
+            if not entry.action:  # an unset action resets the default to the program's
+                entry = replace(entry, action=t.default_action, params={})
+            self.prog.write_default(entry)
+            self._defaults[t.name] = entry
+            return None
+        key = b"" if t.needs_priority else encode_key(self.pipeline, entry)
+        return _Pending(index, upd.type, entry, key, counters)
+
+    def _apply_exact(self, table: str, batch: list[_Pending]) -> list[tuple[int, P4RTError]]:
+        store = self._exact[table]
+        size = self.pipeline.table(table).size
+        errors: list[tuple[int, P4RTError]] = []
+        upserts: list[tuple[_Pending, bytes]] = []
+        deletes: list[_Pending] = []
+        now = coarse_now_ns()
+        added: set[bytes] = set()
+        for p in batch:
+            exists = p.key in store or p.key in added
+            if p.kind == INSERT:
+                if exists:
+                    errors.append(
+                        (p.index, P4RTError(Code.ALREADY_EXISTS, f"{table}: entry exists"))
+                    )
+                    continue
+                if len(store) + len(added) >= size:
+                    errors.append(
+                        (
+                            p.index,
+                            P4RTError(Code.RESOURCE_EXHAUSTED, f"table {table} is full ({size})"),
+                        )
+                    )
+                    continue
+                packets, nbytes = p.counters or (0, 0)
+                value = encode_value(self.pipeline, p.entry, packets, nbytes, now)
+                added.add(p.key)
+                upserts.append((p, value))
+            elif not exists:
+                errors.append((p.index, P4RTError(Code.NOT_FOUND, f"{table}: no such entry")))
+            elif p.kind == MODIFY:
+                upserts.append((p, self._modified_value(table, p, store, now)))
+            else:
+                deletes.append(p)
+        if upserts:
+            errors += self._write_upserts(table, upserts)
+        if deletes:
+            errors += self._write_deletes(table, deletes)
+        return errors
+
+    def _modified_value(
+        self, table: str, p: _Pending, store: dict[bytes, TableEntry], now: int
+    ) -> bytes:
+        """MODIFY keeps the counters and idle state unless the update sets them; an unset
+        action keeps the action."""
+        old = store[p.key]
+        entry = p.entry
+        if not entry.action:
+            entry = replace(entry, action=old.action, params=old.params)
+        p.entry = entry
+        lay = table_layout(self.pipeline, table)
+        raw = self.prog.lookup_raw(table, p.key)
+        head = lay.value_head.unpack(raw) if raw else {}
+        packets, nbytes = p.counters or (head.get("packets", 0), head.get("bytes", 0))
+        return encode_value(self.pipeline, entry, packets, nbytes, head.get("last_hit_ns", now))
+
+    def _write_upserts(
+        self, table: str, upserts: list[tuple[_Pending, bytes]]
+    ) -> list[tuple[int, P4RTError]]:
+        store = self._exact[table]
+        try:
+            self.prog.write_raw(
+                table, b"".join(p.key for p, _ in upserts), b"".join(v for _, v in upserts),
+                len(upserts),
+            )  # fmt: skip
+        except Exception:
+            return self._one_by_one(table, upserts)
+        for p, _ in upserts:
+            store[p.key] = p.entry
+            self._notified.pop((table, p.key), None)
+        return []
+
+    def _one_by_one(
+        self, table: str, upserts: list[tuple[_Pending, bytes]]
+    ) -> list[tuple[int, P4RTError]]:
+        """A batch the kernel refused: retry each entry alone, so each gets its own result and
+        none is left half-applied."""
+        errors = []
+        for p, value in upserts:
+            try:
+                self.prog.write_raw(table, p.key, value, 1)
+            except Exception as exc:
+                errors.append((p.index, P4RTError(Code.RESOURCE_EXHAUSTED, f"{table}: {exc}")))
+                continue
+            self._exact[table][p.key] = p.entry
+        return errors
+
+    def _write_deletes(self, table: str, deletes: list[_Pending]) -> list[tuple[int, P4RTError]]:
+        store = self._exact[table]
+        try:
+            self.prog.delete_raw(table, b"".join(p.key for p in deletes), len(deletes))
+        except Exception:
+            errors = []
+            for p in deletes:
+                try:
+                    self.prog.delete_raw(table, p.key, 1)
+                except Exception as exc:
+                    errors.append((p.index, P4RTError(Code.INTERNAL, f"{table}: {exc}")))
+                    continue
+                store.pop(p.key, None)
+            return errors
+        for p in deletes:
+            store.pop(p.key, None)
+            self._notified.pop((table, p.key), None)
+        return []
+
+    def _apply_ternary(self, table: str, batch: list[_Pending]) -> list[tuple[int, P4RTError]]:
+        store = self._ternary[table]
+        size = self.pipeline.table(table).size
+        errors: list[tuple[int, P4RTError]] = []
+        for p in batch:
+            ident = p.entry.match_key()
+            if p.kind == INSERT:
+                if ident in store:
+                    errors.append(
+                        (p.index, P4RTError(Code.ALREADY_EXISTS, f"{table}: entry exists"))
+                    )
+                elif len(store) >= size:
+                    errors.append(
+                        (
+                            p.index,
+                            P4RTError(Code.RESOURCE_EXHAUSTED, f"table {table} is full ({size})"),
+                        )
+                    )
+                else:
+                    self._seq += 1
+                    store[ident] = (self._seq, p.entry)
+            elif ident not in store:
+                errors.append((p.index, P4RTError(Code.NOT_FOUND, f"{table}: no such entry")))
+            elif p.kind == MODIFY:
+                seq, old = store[ident]
+                entry = (
+                    p.entry
+                    if p.entry.action
+                    else replace(p.entry, action=old.action, params=old.params)
+                )
+                store[ident] = (seq, entry)
+            else:
+                del store[ident]
+        counters = self._ternary_counters(table)
+        ordered = [e for _, e in sorted(store.values(), key=lambda se: (-se[1].priority, se[0]))]
+        self.prog.publish_ternary(table, ordered, counters)
+        return errors
+
+    def _ternary_counters(self, table: str) -> dict[tuple, tuple[int, int]]:
+        """Direct counters of the published entries, by entry identity (to carry them over)."""
+        lay = table_layout(self.pipeline, table)
+        out = {}
+        for entry, raw in zip(
+            self.prog.ternary_entries(table), self.prog.ternary_raw(table), strict=True
+        ):
+            head = lay.value_head.unpack(raw[self.prog.ternary_value_offset(table) :])
+            out[entry.match_key()] = (head.get("packets", 0), head.get("bytes", 0))
+        return out
+
+    # ---- reads --------------------------------------------------------------------------------
+
+    def read(self, entity: p4r.Entity) -> Iterator[p4r.Entity]:
+        which = entity.WhichOneof("entity")
+        with self._lock:
+            if which == "table_entry":
+                yield from self._read_tables(entity.table_entry)
+            elif which == "counter_entry":
+                yield from self._read_counters(entity.counter_entry)
+            elif which == "direct_counter_entry":
+                te = entity.direct_counter_entry.table_entry
+                for e in self._read_tables(te, with_counters=True):
+                    yield p4r.Entity(
+                        direct_counter_entry=p4r.DirectCounterEntry(
+                            table_entry=e.table_entry, data=e.table_entry.counter_data
+                        )
+                    )
+            else:
+                raise P4RTError(Code.UNIMPLEMENTED, f"reading {which} is not supported")
+
+    def _read_tables(
+        self, req: p4r.TableEntry, with_counters: bool = False
+    ) -> Iterator[p4r.Entity]:
+        if req.table_id == 0:
+            tables = self.pipeline.tables
+        else:
+            tables = (self.decoder.table(req.table_id).table,)
+        want_counters = with_counters or req.HasField("counter_data")
+        want_idle = req.HasField("time_since_last_hit")
+        for t in tables:
+            if want_counters and t.direct_counter is None and req.table_id:
+                raise P4RTError(Code.INVALID_ARGUMENT, f"table {t.name} has no direct counter")
+            if req.is_default_action:
+                yield p4r.Entity(
+                    table_entry=table_entry_to_proto(self.pipeline, self._defaults[t.name])
+                )
+                continue
+            for entry, head in self._entries_with_state(t.name, req, want_counters or want_idle):
+                if req.action.action.action_id and (
+                    self.pipeline.action(entry.action).id != req.action.action.action_id
+                ):
+                    continue
+                if req.priority and entry.priority != req.priority:
+                    continue
+                msg = table_entry_to_proto(self.pipeline, entry)
+                if want_counters and t.direct_counter is not None:
+                    msg.counter_data.packet_count = head.get("packets", 0)
+                    msg.counter_data.byte_count = head.get("bytes", 0)
+                if want_idle and t.idle_timeout:
+                    msg.time_since_last_hit.elapsed_ns = max(
+                        0, coarse_now_ns() - head.get("last_hit_ns", 0)
+                    )
+                yield p4r.Entity(table_entry=msg)
+
+    def _entries_with_state(
+        self, table: str, req: p4r.TableEntry, need_state: bool
+    ) -> Iterator[tuple[TableEntry, dict[str, int]]]:
+        lay = table_layout(self.pipeline, table)
+        dec = self.decoder.table(self.pipeline.table(table).id)
+        if table in self._ternary:
+            heads = {}
+            if need_state:
+                off = self.prog.ternary_value_offset(table)
+                for e, raw in zip(
+                    self.prog.ternary_entries(table), self.prog.ternary_raw(table), strict=True
+                ):
+                    heads[e.match_key()] = lay.value_head.unpack(raw[off:])
+            entries = [e for _, e in self._ternary[table].values()]
+            if len(req.match):
+                wanted = match_identity(dec.decode_match(req), req.priority)
+                entries = [e for e in entries if e.match_key() == wanted]
+            for e in entries:
+                yield e, heads.get(e.match_key(), {})
+            return
+        store = self._exact[table]
+        if len(req.match):
+            match = dec.decode_match(req)
+            key = encode_key(self.pipeline, TableEntry(table, match, "", {}))
+            entry = store.get(key)
+            if entry is None:
+                return
+            raw = self.prog.lookup_raw(table, key) if need_state else None
+            yield entry, lay.value_head.unpack(raw) if raw else {}
+            return
+        values = dict(self.prog.dump_raw(table)) if need_state else {}
+        for key, entry in store.items():
+            raw = values.get(key)
+            yield entry, lay.value_head.unpack(raw) if raw else {}
+
+    def _read_counters(self, req: p4r.CounterEntry) -> Iterator[p4r.Entity]:
+        counters = self.pipeline.counters
+        if req.counter_id:
+            counters = tuple(c for c in counters if c.id == req.counter_id)
+            if not counters:
+                raise P4RTError(Code.INVALID_ARGUMENT, f"no counter with id {req.counter_id}")
+        for c in counters:
+            cells = self.prog.counter(c.name)
+            if req.HasField("index"):
+                if not 0 <= req.index.index < c.size:
+                    raise P4RTError(
+                        Code.OUT_OF_RANGE,
+                        f"counter {c.name} index {req.index.index} not in 0..{c.size - 1}",
+                    )
+                indices = [req.index.index]
+            else:
+                indices = range(c.size)
+            for i in indices:
+                packets, nbytes = cells[i]
+                yield p4r.Entity(
+                    counter_entry=p4r.CounterEntry(
+                        counter_id=c.id,
+                        index=p4r.Index(index=i),
+                        data=p4r.CounterData(packet_count=packets, byte_count=nbytes),
+                    )
+                )
+
+    # ---- packet I/O ---------------------------------------------------------------------------
+
+    def packet_out(self, packet: p4r.PacketOut) -> None:
+        meta_fields = self.pipeline.packet_out.fields
+        meta = {}
+        for m in packet.metadata:
+            if not 0 < m.metadata_id <= len(meta_fields):
+                raise P4RTError(Code.INVALID_ARGUMENT, f"no packet_out metadata id {m.metadata_id}")
+            f = meta_fields[m.metadata_id - 1]
+            meta[f.name] = int.from_bytes(m.value, "big") if m.value else 0
+        port_no = meta.get("ingress_port" if meta.get("submit_to_ingress") else "egress_port", 0)
+        port = self.ports.get(port_no)
+        if port is None:
+            raise P4RTError(Code.INVALID_ARGUMENT, f"no port {port_no} on this PP node")
+        if meta.get("submit_to_ingress"):
+            with self.run_in_namespace():  # the kernel resolves the ifindex in our netns
+                self.prog.run(packet.payload, ingress_ifindex=port.ifindex)
+        else:
+            if port.sock is None:
+                raise P4RTError(Code.UNAVAILABLE, f"port {port_no} has no transmit socket")
+            port.sock.send(packet.payload)
+        self.stats["packet_out"] += 1
+
+    def packet_in_message(self, punted: Punted) -> p4r.StreamMessageResponse:
+        pin = p4r.PacketIn(payload=punted.frame)
+        for i, f in enumerate(self.pipeline.packet_in.fields, start=1):
+            pin.metadata.add(metadata_id=i, value=_canonical_int(punted.metadata.get(f.name, 0)))
+        return p4r.StreamMessageResponse(packet=pin)
+
+    # ---- idle timeouts ------------------------------------------------------------------------
+
+    def idle_scan(self) -> list[p4r.StreamMessageResponse]:
+        """Entries idle for at least their timeout: one notification per table, and their timers
+        reset (P4Runtime §16.1)."""
+        out = []
+        now = coarse_now_ns()
+        with self._lock:
+            for t in self.pipeline.tables:
+                if not t.idle_timeout or t.name not in self._exact:
+                    continue
+                store = self._exact[t.name]
+                if not any(e.idle_timeout_ns for e in store.values()):
+                    continue
+                lay = table_layout(self.pipeline, t.name)
+                expired = []
+                for key, raw in self.prog.dump_raw(t.name):
+                    entry = store.get(key)
+                    if entry is None or not entry.idle_timeout_ns:
+                        continue
+                    head = lay.value_head.unpack(raw)
+                    if now - head["last_hit_ns"] >= entry.idle_timeout_ns:
+                        expired.append((key, entry, raw))
+                if not expired:
+                    continue
+                note = p4r.IdleTimeoutNotification(timestamp=time.time_ns())
+                for key, entry, raw in expired:
+                    note.table_entry.append(table_entry_to_proto(self.pipeline, entry))
+                    self.prog.write_raw(t.name, key, _with_last_hit(lay, raw, now), 1)
+                self.stats["idle_notifications"] += len(expired)
+                out.append(p4r.StreamMessageResponse(idle_timeout_notification=note))
+        return out
+
+    def has_idle_entries(self) -> bool:
+        return any(e.idle_timeout_ns for store in self._exact.values() for e in store.values())
+
+
+def _with_last_hit(lay, raw: bytes, now: int) -> bytes:
+    head = lay.value_head.unpack(raw)
+    head["last_hit_ns"] = now
+    return lay.value_head.pack(head) + raw[lay.value_head.size :]
+
+
+def _canonical_int(value: int) -> bytes:
+    return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
+
+
+def _canonical(info: p4i.P4Info) -> bytes:
+    """P4Infos compare by content, not by the order of repeated objects or documentation."""
+    copy = p4i.P4Info()
+    copy.CopyFrom(info)
+    copy.ClearField("pkg_info")
+    for group in ("tables", "actions", "counters", "direct_counters", "controller_packet_metadata"):
+        items = sorted(getattr(copy, group), key=lambda o: o.preamble.id)
+        copy.ClearField(group)
+        getattr(copy, group).extend(items)
+    return copy.SerializeToString(deterministic=True)
+
+
+def _p4info_difference(ours: p4i.P4Info, theirs: p4i.P4Info) -> str:
+    mine = {o.preamble.name: o.preamble.id for g in (ours.tables, ours.actions) for o in g}
+    given = {o.preamble.name: o.preamble.id for g in (theirs.tables, theirs.actions) for o in g}
+    missing = sorted(set(mine) - set(given))
+    extra = sorted(set(given) - set(mine))
+    moved = sorted(n for n in set(mine) & set(given) if mine[n] != given[n])
+    parts = []
+    if missing:
+        parts.append(f"missing {', '.join(missing)}")
+    if extra:
+        parts.append(f"unknown {', '.join(extra)}")
+    if moved:
+        parts.append(f"different ids for {', '.join(moved)}")
+    detail = "; ".join(parts) or "fields, widths or sizes differ"
+    return f"this XDP PP node serves only the cyberstar pipeline (p4src/pp.p4info.txtpb): {detail}"
+
+
+def _program_source(prog: XdpProgram) -> bytes:
+    return prog.source.encode()

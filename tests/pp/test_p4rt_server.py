@@ -1,0 +1,402 @@
+"""The XDP PP node's P4Runtime service, driven by a real client over gRPC: pipeline config,
+writes and reads with the specification's status codes, counters, arbitration."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from finsy.proto import p4i, p4r, rpc_code
+
+from cyberstar.codegen.p4info import build_p4info
+from cyberstar.p4rt.client import P4RuntimeError
+from cyberstar.p4rt.codec import update
+from cyberstar.pipeline.entries import build_entry
+from cyberstar.pipeline.pp import PIPELINE
+
+pytestmark = pytest.mark.root
+INSERT, MODIFY, DELETE = p4r.Update.INSERT, p4r.Update.MODIFY, p4r.Update.DELETE
+FLOW = PIPELINE.table("flow_table")
+
+
+def flow_entry(sport: int = 40001, **params):
+    return build_entry(
+        PIPELINE,
+        "flow_table",
+        {"tenant_id": 7, "src_addr": "192.168.1.2", "dst_addr": "10.0.0.5", "protocol": 6,
+         "src_port": sport, "dst_port": 80},
+        "snat",
+        {"src_addr": "203.0.113.9", "src_port": 50000, "nexthop_id": 2, **params},
+    )  # fmt: skip
+
+
+def acl_entry(priority: int, port: int = 22):
+    return build_entry(
+        PIPELINE, "acl", {"dst_port": {"value": port, "mask": 0xFFFF}}, "acl_deny", {}, priority
+    )
+
+
+def codes_of(exc: P4RuntimeError) -> list[str]:
+    return [code for _, code, _ in exc.errors]
+
+
+def write_error(client, updates) -> P4RuntimeError:
+    with pytest.raises(P4RuntimeError) as err:
+        client.write(updates)
+    return err.value
+
+
+# ---- pipeline -----------------------------------------------------------------------------
+
+
+def test_write_before_pipeline_is_failed_precondition(pp_node) -> None:
+    c = pp_node.client(election_id=10)
+    err = write_error(c, [update(INSERT, PIPELINE, flow_entry())])
+    assert err.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_pipeline_set_and_get(pp_node) -> None:
+    c = pp_node.client(election_id=10)
+    c.set_pipeline(build_p4info(PIPELINE), b"", cookie=42)
+    got = c.stub.GetForwardingPipelineConfig(
+        p4r.GetForwardingPipelineConfigRequest(device_id=1), timeout=10
+    ).config
+    assert got.cookie.cookie == 42
+    assert [t.preamble.name for t in got.p4info.tables] == [t.name for t in PIPELINE.tables]
+    assert c.stub.Capabilities(p4r.CapabilitiesRequest(), timeout=10).p4runtime_api_version
+
+
+def test_foreign_p4info_is_invalid_argument(pp_node) -> None:
+    c = pp_node.client(election_id=10)
+    info = build_p4info(PIPELINE)
+    info.tables[0].preamble.name = "ipv4_lpm"
+    with pytest.raises(P4RuntimeError) as err:
+        c.set_pipeline(info, b"")
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ipv4_lpm" in str(err.value)
+    with pytest.raises(P4RuntimeError) as err:
+        c.set_pipeline(p4i.P4Info(), b"")
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_verify_and_commit_empties_tables_reconcile_keeps_them(pp_node) -> None:
+    c = pp_node.primary_with_pipeline()
+    c.write([update(INSERT, PIPELINE, flow_entry())])
+    req = p4r.SetForwardingPipelineConfigRequest(
+        device_id=1,
+        election_id=p4r.Uint128(low=10),
+        action=p4r.SetForwardingPipelineConfigRequest.RECONCILE_AND_COMMIT,
+        config=p4r.ForwardingPipelineConfig(p4info=build_p4info(PIPELINE)),
+    )
+    c.stub.SetForwardingPipelineConfig(req, timeout=10)
+    assert len(c.read([p4r.Entity(table_entry=p4r.TableEntry(table_id=FLOW.id))])) == 1
+    c.set_pipeline(build_p4info(PIPELINE), b"")
+    assert c.read([p4r.Entity(table_entry=p4r.TableEntry(table_id=FLOW.id))]) == []
+
+
+# ---- writes and reads ---------------------------------------------------------------------
+
+
+def test_insert_read_modify_delete_round_trip(primary) -> None:
+    c = primary
+    e = flow_entry()
+    c.write([update(INSERT, PIPELINE, e)])
+    (read,) = c.read([p4r.Entity(table_entry=p4r.TableEntry(table_id=FLOW.id))])
+    assert read.table_entry == update(INSERT, PIPELINE, e).entity.table_entry  # canonical form
+    c.write([update(MODIFY, PIPELINE, flow_entry(src_port=50001))])
+    (read,) = c.read([p4r.Entity(table_entry=p4r.TableEntry(table_id=FLOW.id))])
+    assert read.table_entry.action.action.params[1].value == (50001).to_bytes(2, "big")
+    c.write([update(DELETE, PIPELINE, e)])
+    assert c.read([p4r.Entity(table_entry=p4r.TableEntry(table_id=FLOW.id))]) == []
+
+
+def test_wildcard_and_filtered_reads(primary) -> None:
+    c = primary
+    c.write([update(INSERT, PIPELINE, flow_entry(sport=p)) for p in range(1000, 1010)])
+    c.write([update(INSERT, PIPELINE, acl_entry(5)), update(INSERT, PIPELINE, acl_entry(9, 23))])
+    everything = c.read([p4r.Entity(table_entry=p4r.TableEntry())])
+    assert len(everything) == 12
+    one = update(INSERT, PIPELINE, flow_entry(sport=1004)).entity.table_entry
+    del one.action.action.params[:]
+    one.ClearField("action")
+    (hit,) = c.read([p4r.Entity(table_entry=one)])
+    assert hit.table_entry.match == one.match
+    acl = PIPELINE.table("acl")
+    by_prio = c.read([p4r.Entity(table_entry=p4r.TableEntry(table_id=acl.id, priority=9))])
+    assert [e.table_entry.priority for e in by_prio] == [9]
+    default = c.read(
+        [p4r.Entity(table_entry=p4r.TableEntry(table_id=FLOW.id, is_default_action=True))]
+    )
+    assert default[0].table_entry.action.action.action_id == PIPELINE.action("punt_miss").id
+
+
+def test_default_action_modify_and_reset(primary) -> None:
+    c = primary
+    te = p4r.TableEntry(table_id=FLOW.id, is_default_action=True)
+    te.action.action.action_id = PIPELINE.action("flow_drop").id
+    c.write([p4r.Update(type=MODIFY, entity=p4r.Entity(table_entry=te))])
+    read = c.read(
+        [p4r.Entity(table_entry=p4r.TableEntry(table_id=FLOW.id, is_default_action=True))]
+    )
+    assert read[0].table_entry.action.action.action_id == PIPELINE.action("flow_drop").id
+    reset = p4r.TableEntry(table_id=FLOW.id, is_default_action=True)
+    c.write([p4r.Update(type=MODIFY, entity=p4r.Entity(table_entry=reset))])
+    read = c.read(
+        [p4r.Entity(table_entry=p4r.TableEntry(table_id=FLOW.id, is_default_action=True))]
+    )
+    assert read[0].table_entry.action.action.action_id == PIPELINE.action("punt_miss").id
+
+
+def test_batch_reports_one_error_per_update(primary) -> None:
+    c = primary
+    c.write([update(INSERT, PIPELINE, flow_entry(sport=1))])
+    batch = [
+        update(INSERT, PIPELINE, flow_entry(sport=2)),
+        update(INSERT, PIPELINE, flow_entry(sport=1)),  # exists
+        update(DELETE, PIPELINE, flow_entry(sport=3)),  # absent
+        update(INSERT, PIPELINE, flow_entry(sport=4)),
+    ]
+    err = write_error(c, batch)
+    assert err.code == grpc.StatusCode.UNKNOWN
+    assert [i for i, _, _ in err.errors] == [1, 2]
+    assert codes_of(err) == ["ALREADY_EXISTS", "NOT_FOUND"]
+    ports = sorted(
+        int.from_bytes(e.table_entry.match[4].exact.value, "big")
+        for e in c.read([p4r.Entity(table_entry=p4r.TableEntry(table_id=FLOW.id))])
+    )
+    assert ports == [1, 2, 4]  # the good updates of the failed batch were applied
+
+
+def _bad(mutate) -> p4r.Update:
+    upd = update(INSERT, PIPELINE, flow_entry())
+    mutate(upd.entity.table_entry)
+    return upd
+
+
+def _acl_update(mutate, priority: int = 5) -> p4r.Update:
+    upd = update(INSERT, PIPELINE, acl_entry(priority))
+    mutate(upd.entity.table_entry)
+    return upd
+
+
+def _lpm_beyond_prefix(te: p4r.TableEntry) -> None:
+    te.table_id = PIPELINE.table("tenant_classify").id
+    te.ClearField("match")
+    te.match.add(field_id=1).exact.value = b"\x01"
+    te.match.add(field_id=2).exact.value = b"\x00"
+    m = te.match.add(field_id=3)
+    m.lpm.value = bytes([10, 1, 0, 0])
+    m.lpm.prefix_len = 8
+    te.action.action.action_id = PIPELINE.action("set_tenant").id
+    del te.action.action.params[:]
+    te.action.action.params.add(param_id=1, value=b"\x07")
+
+
+BAD_UPDATES = [
+    ("unknown table id", lambda te: setattr(te, "table_id", 0x02FFFFFF), "INVALID_ARGUMENT"),
+    ("unknown match field id", lambda te: setattr(te.match[0], "field_id", 99), "INVALID_ARGUMENT"),
+    ("missing exact field", lambda te: te.match.pop(), "INVALID_ARGUMENT"),
+    (
+        "value wider than the field",
+        lambda te: setattr(te.match[3].exact, "value", b"\x01\x00"),
+        "OUT_OF_RANGE",
+    ),
+    ("empty bytestring", lambda te: setattr(te.match[0].exact, "value", b""), "OUT_OF_RANGE"),
+    ("wrong match kind", lambda te: te.match[0].lpm.SetInParent(), "INVALID_ARGUMENT"),
+    (
+        "unknown action id",
+        lambda te: setattr(te.action.action, "action_id", 0x01FFFFFF),
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "action of another table",
+        lambda te: setattr(te.action.action, "action_id", PIPELINE.action("set_next_hop").id),
+        "INVALID_ARGUMENT",
+    ),
+    ("missing parameter", lambda te: te.action.action.params.pop(), "INVALID_ARGUMENT"),
+    (
+        "unknown parameter id",
+        lambda te: setattr(te.action.action.params[0], "param_id", 9),
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "parameter too wide",
+        lambda te: setattr(te.action.action.params[1], "value", b"\x01\x00\x00"),
+        "OUT_OF_RANGE",
+    ),
+    ("priority on an exact table", lambda te: setattr(te, "priority", 3), "INVALID_ARGUMENT"),
+    (
+        "default-only action as entry",
+        lambda te: setattr(te.action.action, "action_id", PIPELINE.action("punt_miss").id),
+        "PERMISSION_DENIED",
+    ),
+    ("bits beyond the lpm prefix", _lpm_beyond_prefix, "INVALID_ARGUMENT"),
+    (
+        "idle timeout on a table without it",
+        lambda te: (
+            _lpm_beyond_prefix(te),
+            setattr(te.match[2].lpm, "value", bytes([10, 0, 0, 0])),
+            setattr(te, "idle_timeout_ns", 10),
+        ),
+        "INVALID_ARGUMENT",
+    ),
+    ("is_const set", lambda te: setattr(te, "is_const", True), "INVALID_ARGUMENT"),
+]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "code"), [b[1:] for b in BAD_UPDATES], ids=[b[0] for b in BAD_UPDATES]
+)
+def test_invalid_update_gets_the_spec_code(primary, mutate, code: str) -> None:
+    c = primary
+    err = write_error(c, [_bad(mutate)])
+    assert codes_of(err) == [code], err
+
+
+ACL_BAD = [
+    (
+        "ternary value outside the mask",
+        lambda te: setattr(te.match[0].ternary, "mask", b"\x0f"),
+        5,
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "zero ternary mask not omitted",
+        lambda te: (
+            setattr(te.match[0].ternary, "value", b"\x00"),
+            setattr(te.match[0].ternary, "mask", b"\x00"),
+        ),
+        5,
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "missing priority on a ternary table",
+        lambda te: setattr(te, "priority", 0),
+        5,
+        "INVALID_ARGUMENT",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "priority", "code"), [b[1:] for b in ACL_BAD], ids=[b[0] for b in ACL_BAD]
+)
+def test_invalid_ternary_update_gets_the_spec_code(primary, mutate, priority, code) -> None:
+    c = primary
+    err = write_error(c, [_acl_update(mutate, priority)])
+    assert codes_of(err) == [code]
+
+
+def test_default_entry_insert_and_table_only_default(primary) -> None:
+    c = primary
+    te = p4r.TableEntry(table_id=FLOW.id, is_default_action=True)
+    te.action.action.action_id = PIPELINE.action("flow_drop").id
+    err = write_error(c, [p4r.Update(type=INSERT, entity=p4r.Entity(table_entry=te))])
+    assert codes_of(err) == ["INVALID_ARGUMENT"]
+    snat = update(INSERT, PIPELINE, flow_entry()).entity.table_entry.action
+    te.action.CopyFrom(snat)
+    err = write_error(c, [p4r.Update(type=MODIFY, entity=p4r.Entity(table_entry=te))])
+    assert codes_of(err) == ["PERMISSION_DENIED"]
+
+
+def test_full_table_is_resource_exhausted(primary) -> None:
+    c = primary
+    size = PIPELINE.table("acl").size
+    c.write([update(INSERT, PIPELINE, acl_entry(p + 1, p)) for p in range(size)])
+    err = write_error(c, [update(INSERT, PIPELINE, acl_entry(size + 1, 9999))])
+    assert codes_of(err) == ["RESOURCE_EXHAUSTED"]
+
+
+def test_wrong_device_and_atomicity(pp_node) -> None:
+    c = pp_node.primary_with_pipeline()
+    req = p4r.WriteRequest(
+        device_id=99,
+        election_id=p4r.Uint128(low=10),
+        updates=[update(INSERT, PIPELINE, flow_entry())],
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        c.stub.Write(req, timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    req.device_id = 1
+    req.atomicity = p4r.WriteRequest.ROLLBACK_ON_ERROR
+    with pytest.raises(grpc.RpcError) as err:
+        c.stub.Write(req, timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+# ---- counters -----------------------------------------------------------------------------
+
+
+def test_counters_read_and_direct_counter_data(primary) -> None:
+    c = primary
+    e = update(INSERT, PIPELINE, flow_entry())
+    e.entity.table_entry.counter_data.packet_count = 5
+    e.entity.table_entry.counter_data.byte_count = 500
+    c.write([e])
+    req = p4r.TableEntry(table_id=FLOW.id)
+    req.counter_data.SetInParent()
+    (read,) = c.read([p4r.Entity(table_entry=req)])
+    assert (
+        read.table_entry.counter_data.packet_count,
+        read.table_entry.counter_data.byte_count,
+    ) == (5, 500)
+    dc = c.read([p4r.Entity(direct_counter_entry=p4r.DirectCounterEntry(table_entry=req))])
+    assert dc[0].direct_counter_entry.data.packet_count == 5
+    verdicts = c.read_counter(PIPELINE.counter("verdicts").id)
+    assert sorted(verdicts) == list(range(len(PIPELINE.verdicts)))
+    one = c.read(
+        [
+            p4r.Entity(
+                counter_entry=p4r.CounterEntry(
+                    counter_id=PIPELINE.counter("port_tx").id, index=p4r.Index(index=3)
+                )
+            )
+        ]
+    )
+    assert [e.counter_entry.index.index for e in one] == [3]
+    with pytest.raises(P4RuntimeError) as err:
+        c.read(
+            [
+                p4r.Entity(
+                    counter_entry=p4r.CounterEntry(
+                        counter_id=PIPELINE.counter("verdicts").id, index=p4r.Index(index=99)
+                    )
+                )
+            ]
+        )
+    assert err.value.code == grpc.StatusCode.OUT_OF_RANGE
+
+
+# ---- arbitration --------------------------------------------------------------------------
+
+
+def test_primary_backup_and_failover(pp_node) -> None:
+    primary = pp_node.client(election_id=10)
+    backup = pp_node.client(election_id=5)
+    # the backup was told a primary exists
+    assert backup.arbitrations.qsize() == 0  # its own answer was consumed by open_stream
+    primary.set_pipeline(build_p4info(PIPELINE), b"")
+    err = write_error(backup, [update(INSERT, PIPELINE, flow_entry())])
+    assert err.code == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(P4RuntimeError) as perr:
+        backup.set_pipeline(build_p4info(PIPELINE), b"")
+    assert perr.value.code == grpc.StatusCode.PERMISSION_DENIED
+    # the primary's stream drops: the backup hears there is no primary, then takes over
+    primary.close()
+    pp_node.clients.remove(primary)
+    note = backup.arbitrations.get(timeout=10)
+    assert note.status.code == rpc_code.NOT_FOUND
+    backup.election_id = 11
+    backup._requests.put(
+        p4r.StreamMessageRequest(
+            arbitration=p4r.MasterArbitrationUpdate(device_id=1, election_id=p4r.Uint128(low=11))
+        )
+    )
+    assert backup.arbitrations.get(timeout=10).status.code == rpc_code.OK
+    backup.write([update(INSERT, PIPELINE, flow_entry())])
+
+
+def test_duplicate_election_id_is_refused(pp_node) -> None:
+    pp_node.client(election_id=10)
+    dup = pp_node.client(election_id=10, arbitrate=False)
+    with pytest.raises(P4RuntimeError):
+        dup.open_stream()
