@@ -72,7 +72,16 @@ def start_agent(
     proc = subprocess.Popen(
         cmd + (extra or []), stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO
     )
-    return PpNode(ns, address, device_id, proc, log)
+    node = PpNode(ns, address, device_id, proc, log)
+    probe = P4RuntimeClient(address, device_id)
+    try:
+        probe.wait_ready(60)  # the agent listens once its program is loaded and attached
+    except Exception:
+        node.stop()
+        raise RuntimeError(f"the PP agent did not start: {log.read_text()[-3000:]}") from None
+    finally:
+        probe.close()
+    return node
 
 
 def _pp_node(name: str):
