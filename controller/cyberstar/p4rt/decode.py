@@ -24,6 +24,7 @@ from cyberstar.pipeline.model import ActionScope, MatchKind, Pipeline, Table
 from cyberstar.pipeline.values import LpmValue, TernaryValue, prefix_mask
 
 Code = grpc.StatusCode
+INSERT, DELETE = p4r.Update.INSERT, p4r.Update.DELETE
 
 
 class P4RTError(Exception):
@@ -48,6 +49,7 @@ class _Field:
     name: str
     width: int
     kind: MatchKind
+    oneof: str  # the FieldMatch oneof member this kind uses
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,13 @@ class TableDecoder:
 
     def __init__(self, pipeline: Pipeline, table: Table) -> None:
         self.table = table
-        self.fields = {i: _Field(k.name, k.width, k.match) for i, k in enumerate(table.key, 1)}
+        self.fields = {
+            i: _Field(k.name, k.width, k.match, k.match.value) for i, k in enumerate(table.key, 1)
+        }
         self.exact_ids = {i for i, f in self.fields.items() if f.kind is MatchKind.EXACT}
+        self.all_exact = len(self.exact_ids) == len(self.fields)
+        self.needs_priority = table.needs_priority
+        self.exact_bits = sum(1 << i for i in self.exact_ids)
         self.actions: dict[int, _Action] = {}
         for ref in table.actions:
             a = pipeline.action(ref.action)
@@ -80,18 +87,21 @@ class TableDecoder:
         """Decode a written entry: INSERT needs an action, MODIFY may leave it unset (keep
         the current one), DELETE ignores it (P4Runtime §9.1)."""
         t = self.table
+        idle, priority, is_default = msg.idle_timeout_ns, msg.priority, msg.is_default_action
         if msg.is_const:
             raise P4RTError(Code.INVALID_ARGUMENT, f"table {t.name}: is_const must be false")
         if msg.HasField("time_since_last_hit"):
             raise P4RTError(
                 Code.INVALID_ARGUMENT, f"table {t.name}: time_since_last_hit is read-only"
             )
-        if msg.idle_timeout_ns and not t.idle_timeout:
-            raise P4RTError(Code.INVALID_ARGUMENT, f"table {t.name} does not support idle timeout")
-        if msg.idle_timeout_ns < 0:
-            raise P4RTError(Code.INVALID_ARGUMENT, "idle_timeout_ns must not be negative")
-        if msg.is_default_action:
-            if len(msg.match) or msg.priority or msg.idle_timeout_ns:
+        if idle and (not t.idle_timeout or idle < 0):
+            raise P4RTError(
+                Code.INVALID_ARGUMENT,
+                f"table {t.name}: idle_timeout_ns {idle} "
+                + ("must not be negative" if t.idle_timeout else "(no idle timeout support)"),
+            )
+        if is_default:
+            if len(msg.match) or priority or idle:
                 raise P4RTError(
                     Code.INVALID_ARGUMENT,
                     f"table {t.name}: the default entry takes no match, priority or idle timeout",
@@ -99,39 +109,66 @@ class TableDecoder:
             match: dict[str, Match] = {}
         else:
             match = self.decode_match(msg)
-            self._check_priority(msg.priority)
+            if self.needs_priority != (priority > 0) or priority < 0:
+                self._check_priority(priority)
         action, params = "", {}
-        if msg.HasField("action") and kind != p4r.Update.DELETE:
-            action, params = self.decode_action(msg.action, msg.is_default_action)
-        elif kind == p4r.Update.INSERT:
+        if kind != DELETE and msg.HasField("action"):
+            action, params = self.decode_action(msg.action, is_default)
+        elif kind == INSERT:
             raise P4RTError(Code.INVALID_ARGUMENT, f"table {t.name}: the entry has no action")
-        return TableEntry(
-            t.name, match, action, params, msg.priority, msg.is_default_action,
-            msg.idle_timeout_ns,
-        )  # fmt: skip
+        return TableEntry(t.name, match, action, params, priority, is_default, idle)
 
     def decode_match(self, msg: p4r.TableEntry) -> dict[str, Match]:
+        """The entry's match; the common all-exact, well-formed case takes a short path and
+        anything unusual falls through to the full check, which names the problem."""
+        if self.all_exact:
+            fields, match, present = self.fields, {}, 0
+            for fm in msg.match:
+                fid = fm.field_id
+                f = fields.get(fid)
+                data = fm.exact.value
+                if f is None or not data or (present >> fid) & 1:
+                    break
+                value = int.from_bytes(data, "big")
+                if value >> f.width:
+                    break
+                present |= 1 << fid
+                match[f.name] = value
+            else:
+                if present == self.exact_bits:
+                    return match
+        return self._decode_match_checked(msg)
+
+    def _decode_match_checked(self, msg: p4r.TableEntry) -> dict[str, Match]:
         t = self.table
-        match: dict[str, Match] = dict(self.defaults)
+        match: dict[str, Match] = dict(self.defaults) if self.defaults else {}
         seen: set[int] = set()
+        fields = self.fields
         for fm in msg.match:
-            f = self.fields.get(fm.field_id)
+            fid = fm.field_id
+            f = fields.get(fid)
             if f is None:
                 raise P4RTError(
-                    Code.INVALID_ARGUMENT, f"table {t.name} has no match field id {fm.field_id}"
+                    Code.INVALID_ARGUMENT, f"table {t.name} has no match field id {fid}"
                 )
-            if fm.field_id in seen:
+            if fid in seen:
                 raise P4RTError(Code.INVALID_ARGUMENT, f"match field {f.name} given twice")
-            seen.add(fm.field_id)
-            what = f"table {t.name} field {f.name}"
+            seen.add(fid)
             kind = fm.WhichOneof("field_match_type")
-            if kind != f.kind.value:
+            if kind != f.oneof:
                 raise P4RTError(
-                    Code.INVALID_ARGUMENT, f"{what} is {f.kind.value}, the update gives {kind}"
+                    Code.INVALID_ARGUMENT,
+                    f"table {t.name} field {f.name} is {f.oneof}, the update gives {kind}",
                 )
-            if f.kind is MatchKind.EXACT:
-                match[f.name] = bytes_value(fm.exact.value, f.width, what)
-            elif f.kind is MatchKind.LPM:
+            if kind == "exact":
+                data = fm.exact.value
+                value = int.from_bytes(data, "big")
+                if not data or value >> f.width:  # rare: let bytes_value say what is wrong
+                    bytes_value(data, f.width, f"table {t.name} field {f.name}")
+                match[f.name] = value
+                continue
+            what = f"table {t.name} field {f.name}"
+            if f.kind is MatchKind.LPM:
                 value = bytes_value(fm.lpm.value, f.width, what)
                 plen = fm.lpm.prefix_len
                 if not 0 < plen <= f.width:
@@ -190,15 +227,19 @@ class TableDecoder:
                 Code.PERMISSION_DENIED, f"action {a.name} is only allowed as the default action"
             )
         params: dict[str, int] = {}
+        declared = a.params
         for p in ta.action.params:
-            if not 0 < p.param_id <= len(a.params):
-                raise P4RTError(
-                    Code.INVALID_ARGUMENT, f"action {a.name} has no parameter id {p.param_id}"
-                )
-            name, width = a.params[p.param_id - 1]
+            pid = p.param_id
+            if not 0 < pid <= len(declared):
+                raise P4RTError(Code.INVALID_ARGUMENT, f"action {a.name} has no parameter id {pid}")
+            name, width = declared[pid - 1]
             if name in params:
                 raise P4RTError(Code.INVALID_ARGUMENT, f"parameter {name} given twice")
-            params[name] = bytes_value(p.value, width, f"action {a.name} parameter {name}")
+            data = p.value
+            value = int.from_bytes(data, "big")
+            if not data or value >> width:
+                bytes_value(data, width, f"action {a.name} parameter {name}")
+            params[name] = value
         if len(params) != len(a.params):
             missing = [n for n, _ in a.params if n not in params]
             raise P4RTError(

@@ -26,7 +26,7 @@ class EntryError(ValueError):
     """An entry the pipeline cannot take; the message names the table, field or action."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TableEntry:
     table: str
     match: dict[str, Match]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -217,11 +218,11 @@ class Table:
     idle_timeout: bool = False
     doc: str = ""
 
-    @property
+    @cached_property
     def needs_priority(self) -> bool:
         return any(k.match is MatchKind.TERNARY for k in self.key)
 
-    @property
+    @cached_property
     def lpm_field(self) -> KeyField | None:
         lpm = [k for k in self.key if k.match is MatchKind.LPM]
         return lpm[0] if lpm else None
@@ -270,17 +271,25 @@ class Pipeline:
     def __post_init__(self) -> None:
         _check_pipeline(self)
 
+    @cached_property
+    def _tables_by_name(self) -> dict[str, Table]:
+        return {t.name: t for t in self.tables}
+
+    @cached_property
+    def _actions_by_name(self) -> dict[str, Action]:
+        return {a.name: a for a in self.actions}
+
     def table(self, name: str) -> Table:
-        for t in self.tables:
-            if t.name == name:
-                return t
-        raise KeyError(f"no table {name!r}")
+        try:
+            return self._tables_by_name[name]
+        except KeyError:
+            raise KeyError(f"no table {name!r}") from None
 
     def action(self, name: str) -> Action:
-        for a in self.actions:
-            if a.name == name:
-                return a
-        raise KeyError(f"no action {name!r}")
+        try:
+            return self._actions_by_name[name]
+        except KeyError:
+            raise KeyError(f"no action {name!r}") from None
 
     def counter(self, name: str) -> IndexedCounter:
         for c in self.counters:

@@ -45,7 +45,7 @@ class Port:
     sock: socket.socket | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     """One update of a batch, once validated: what to write and where its result goes."""
 
@@ -133,10 +133,11 @@ class XdpDevice:
         return results
 
     def _validate(self, index: int, upd: p4r.Update) -> _Pending | None:
-        which = upd.entity.WhichOneof("entity")
+        entity = upd.entity
+        which = entity.WhichOneof("entity")
         if which != "table_entry":
             raise P4RTError(Code.UNIMPLEMENTED, f"writing {which} is not supported by this target")
-        msg = upd.entity.table_entry
+        msg = entity.table_entry
         if upd.type not in (INSERT, MODIFY, DELETE):
             raise P4RTError(Code.INVALID_ARGUMENT, "update type must be INSERT, MODIFY or DELETE")
         dec = self.decoder.table(msg.table_id)

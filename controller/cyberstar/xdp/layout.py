@@ -15,7 +15,7 @@ from functools import cache, cached_property
 from cyberstar.pipeline.model import Action, Pipeline, Table
 
 _C_TYPES = {1: "__u8", 2: "__u16", 4: "__u32", 8: "__u64"}
-_PACK = {1: "B", 2: "H", 4: "I", 8: "Q"}
+PACK_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
 
 
 def c_size(width: int) -> int:
@@ -80,12 +80,18 @@ class CStruct:
     def _struct(self) -> struct.Struct:
         fmt, offset = "<", 0
         for m in self.members:
-            fmt += "x" * (m.offset - offset) + _PACK[m.size]
+            fmt += "x" * (m.offset - offset) + PACK_CODES[m.size]
             offset = m.offset + m.size
         return struct.Struct(fmt + "x" * (self.size - offset))
 
+    @cached_property
+    def _names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.members)
+
     def pack(self, values: dict[str, int]) -> bytes:
-        return self._struct.pack(*(values.get(m.name, 0) for m in self.members))
+        """Pack named values; missing names are zero."""
+        get = values.get
+        return self._struct.pack(*[get(n, 0) for n in self._names])
 
     def unpack(self, data: bytes) -> dict[str, int]:
         values = self._struct.unpack_from(data)

@@ -5,12 +5,22 @@ Layouts come from `cyberstar.xdp.layout`, the same computation the C generator a
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
+from functools import cache
 
 from cyberstar.pipeline.entries import TableEntry
 from cyberstar.pipeline.model import Pipeline
 from cyberstar.pipeline.values import LpmValue, TernaryValue
-from cyberstar.xdp.layout import CStruct, LpmKey, TableLayout, table_layout, ternary_entry_offsets
+from cyberstar.xdp.layout import (
+    PACK_CODES,
+    CStruct,
+    LpmKey,
+    Member,
+    TableLayout,
+    table_layout,
+    ternary_entry_offsets,
+)
 
 
 @dataclass(frozen=True)
@@ -40,7 +50,7 @@ def encode_key(pipeline: Pipeline, entry: TableEntry) -> bytes:
         return lay.key.pack(values, plen)
     if lay.ternary:
         raise ValueError(f"table {entry.table} is ternary: use encode_ternary_entry")
-    return lay.key.pack({k: int(v) for k, v in entry.match.items()})  # type: ignore[arg-type]
+    return lay.key.pack(entry.match)  # type: ignore[arg-type]
 
 
 def encode_value(
@@ -51,23 +61,39 @@ def encode_value(
     last_hit_ns: int = 0,
 ) -> bytes:
     """The map value: action id, priority, direct counters, idle state, then the params."""
-    lay = table_layout(pipeline, entry.table)
-    action = pipeline.action(entry.action)
-    head = lay.value_head.pack(
-        {
-            "action": action.id,
-            "priority": entry.priority,
-            "packets": packets,
-            "bytes": byte_count,
-            "last_hit_ns": last_hit_ns,
-            "idle_timeout_ns": entry.idle_timeout_ns,
-        }
-    )
-    params = lay.params[entry.action].pack(entry.params)
-    out = bytearray(lay.value_size)
-    out[: len(head)] = head
-    out[lay.params_offset : lay.params_offset + len(params)] = params
-    return bytes(out)
+    packer, action_id, params = _value_packer(pipeline, entry.table, entry.action)
+    head = {
+        "action": action_id,
+        "priority": entry.priority,
+        "packets": packets,
+        "bytes": byte_count,
+        "last_hit_ns": last_hit_ns,
+        "idle_timeout_ns": entry.idle_timeout_ns,
+    }
+    values = entry.params
+    return packer.pack(*[head[n] for n in _head_names(pipeline, entry.table)],
+                       *[values[n] for n in params])  # fmt: skip
+
+
+@cache
+def _head_names(pipeline: Pipeline, table: str) -> tuple[str, ...]:
+    return tuple(m.name for m in table_layout(pipeline, table).value_head.members)
+
+
+@cache
+def _value_packer(pipeline: Pipeline, table: str, action: str) -> tuple[struct.Struct, int, tuple]:
+    """One struct for a whole value of `action` in `table` (head, padding, params, padding)."""
+    lay = table_layout(pipeline, table)
+    fmt, offset = "<", 0
+    members = [*lay.value_head.members]
+    params = lay.params[action]
+    members += [Member(m.name, lay.params_offset + m.offset, m.size) for m in params.members]
+    for m in members:
+        fmt += "x" * (m.offset - offset) + PACK_CODES[m.size]
+        offset = m.offset + m.size
+    fmt += "x" * (lay.value_size - offset)
+    names = tuple(m.name for m in params.members)
+    return struct.Struct(fmt), pipeline.action(action).id, names
 
 
 def encode_ternary_entry(

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""P4Runtime throughput of a PP node: table writes, reads and PacketIn delivery.
+
+Prints one JSON object per target: flow-table entries per second through `Write` for batches
+of 1, 100 and 1000 (insert and delete), entries per second read back, and PacketIn messages per
+second delivered to a client while frames that miss the flow table are sent into the node.
+Targets: the XDP agent (`cyberstar pp serve`), and bmv2 (simple_switch_grpc) when installed,
+with the ratio between them. Goals: 100 000 entries/s with batches of 1000 (never below
+50 000) and 20 000 PacketIn/s on a 2-core machine.
+
+Run as root from the repository: .venv/bin/python bench/p4rt_write.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from finsy.proto import p4r
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from cyberstar import netns, packets  # noqa: E402
+from cyberstar.codegen.p4info import build_p4info  # noqa: E402
+from cyberstar.p4rt.codec import update  # noqa: E402
+from cyberstar.pipeline.entries import TableEntry, build_entry  # noqa: E402
+from cyberstar.pipeline.pp import PIPELINE  # noqa: E402
+from pp.conftest import start_agent  # noqa: E402
+
+INSERT, DELETE = p4r.Update.INSERT, p4r.Update.DELETE
+
+
+def flow_updates(kind: int, start: int, count: int) -> list[p4r.Update]:
+    return [
+        update(kind, PIPELINE, TableEntry(
+            "flow_table",
+            {"tenant_id": 7, "src_addr": 0x0B000000 + i, "dst_addr": 0x0A000005, "protocol": 6,
+             "src_port": 1024 + i % 60000, "dst_port": 80},
+            "snat", {"src_addr": 0xCB007109, "src_port": 1024 + i % 60000, "nexthop_id": 2},
+        ))
+        for i in range(start, start + count)
+    ]  # fmt: skip
+
+
+def write_rate(client, batch: int, total: int) -> dict[str, float]:
+    inserts = [flow_updates(INSERT, s, batch) for s in range(0, total, batch)]
+    deletes = [flow_updates(DELETE, s, batch) for s in range(0, total, batch)]
+    t0 = time.perf_counter()
+    for b in inserts:
+        client.write(b)
+    t1 = time.perf_counter()
+    read_t0 = time.perf_counter()
+    read = client.read([p4r.Entity(table_entry=p4r.TableEntry(
+        table_id=PIPELINE.table("flow_table").id))])
+    read_t1 = time.perf_counter()
+    t2 = time.perf_counter()
+    for b in deletes:
+        client.write(b)
+    t3 = time.perf_counter()
+    assert len(read) == total, (len(read), total)
+    return {
+        "insert_per_s": round(total / (t1 - t0)),
+        "delete_per_s": round(total / (t3 - t2)),
+        "read_per_s": round(total / (read_t1 - read_t0)),
+    }
+
+
+def blast(ns: str, ifname: str, seconds: float, count_out) -> None:
+    """Send frames that miss the flow table (distinct flows) into `ifname` for `seconds`."""
+    with netns.entered(ns):
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        s.bind((ifname, 0))
+    frames = [
+        packets.tcp_frame("02:00:00:00:00:0a", "02:00:00:00:00:01", "192.168.1.2", "10.0.0.5",
+                          1024 + i, 80)
+        for i in range(4096)
+    ]  # fmt: skip
+    sent, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        for f in frames[:256]:
+            try:
+                s.send(f)
+                sent += 1
+            except OSError:
+                pass
+        frames.append(frames.pop(0))
+    count_out.value = sent
+
+
+def packet_in_rate(node, client, ns: str, seconds: float) -> dict[str, float]:
+    client.write([update(INSERT, PIPELINE, build_entry(
+        PIPELINE, "tenant_classify", {"ingress_port": 1, "vni": 0, "dst_addr": "10.0.0.0/8"},
+        "set_tenant", {"tenant_id": 7}))])  # fmt: skip
+    while not client.packet_ins.empty():
+        client.packet_ins.get_nowait()
+    sent = multiprocessing.Value("q", 0)
+    sender = multiprocessing.Process(target=blast, args=(ns, "peer1", seconds, sent))
+    received, t0 = 0, time.monotonic()
+    sender.start()
+    while time.monotonic() - t0 < seconds + 1:
+        try:
+            client.packet_ins.get(timeout=0.5)
+            received += 1
+        except Exception:
+            if not sender.is_alive():
+                break
+    sender.join()
+    elapsed = time.monotonic() - t0
+    return {
+        "packet_in_per_s": round(received / min(elapsed, seconds)),
+        "frames_sent": sent.value,
+        "packet_ins_received": received,
+    }
+
+
+def bench_xdp(args) -> dict:
+    ns = f"cs-bench-p4rt-{os.getpid()}"
+    netns.create(ns)
+    netns.veth("pp1", "peer1", ns, ns)
+    netns.veth("pp2", "peer2", ns, ns)
+    node = start_agent(ns, ["pp1", "pp2"], mode="native")
+    try:
+        client = node.primary_with_pipeline()
+        out: dict = {"target": "xdp"}
+        for batch in (1, 100, 1000):
+            total = min(args.entries, 2000) if batch == 1 else args.entries
+            out[f"batch_{batch}"] = write_rate(client, batch, total)
+        out.update(packet_in_rate(node, client, ns, args.seconds))
+        return out
+    finally:
+        node.stop()
+        netns.delete(ns)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--entries", type=int, default=100_000)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("run as root", file=sys.stderr)
+        return 2
+    results = [bench_xdp(args)]
+    print(json.dumps({"goals": {"entries_per_s_batch_1000": 100_000, "floor": 50_000,
+                                "packet_in_per_s": 20_000},
+                      "results": results}))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
