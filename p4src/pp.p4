@@ -125,14 +125,14 @@ header icmp_t {
     bit<16> sequence;
 }
 
-@controller_header("packet_in")
+@controller_header("packet_in") @id(0x04000001)
 header packet_in_t {
     bit<16> ingress_port;
     bit<8> reason;
     bit<16> tenant_id;
 }
 
-@controller_header("packet_out")
+@controller_header("packet_out") @id(0x04000002)
 header packet_out_t {
     bit<16> egress_port;
     bit<16> ingress_port;
@@ -430,6 +430,112 @@ control PpVerifyChecksum(inout headers_t hdr, inout metadata_t meta) {
     apply { }
 }
 
+control RewriteOuter(inout headers_t hdr, inout metadata_t meta) {
+    apply {
+        if ((meta.rw_flags & RW_L3_SRC) != 0) {
+            hdr.ipv4.hdr_checksum = csum_replace32(hdr.ipv4.hdr_checksum, hdr.ipv4.src_addr, meta.rw_l3_src);
+            if (hdr.tcp.isValid()) {
+                hdr.tcp.checksum = csum_replace32(hdr.tcp.checksum, hdr.ipv4.src_addr, meta.rw_l3_src);
+            }
+            if (hdr.udp.isValid() && hdr.udp.checksum != 0) {
+                hdr.udp.checksum = udp_csum(csum_replace32(hdr.udp.checksum, hdr.ipv4.src_addr, meta.rw_l3_src));
+            }
+            hdr.ipv4.src_addr = meta.rw_l3_src;
+        }
+        if ((meta.rw_flags & RW_L3_DST) != 0) {
+            hdr.ipv4.hdr_checksum = csum_replace32(hdr.ipv4.hdr_checksum, hdr.ipv4.dst_addr, meta.rw_l3_dst);
+            if (hdr.tcp.isValid()) {
+                hdr.tcp.checksum = csum_replace32(hdr.tcp.checksum, hdr.ipv4.dst_addr, meta.rw_l3_dst);
+            }
+            if (hdr.udp.isValid() && hdr.udp.checksum != 0) {
+                hdr.udp.checksum = udp_csum(csum_replace32(hdr.udp.checksum, hdr.ipv4.dst_addr, meta.rw_l3_dst));
+            }
+            hdr.ipv4.dst_addr = meta.rw_l3_dst;
+        }
+        if ((meta.rw_flags & RW_L4_SRC) != 0) {
+            if (hdr.tcp.isValid()) {
+                hdr.tcp.checksum = csum_replace16(hdr.tcp.checksum, hdr.tcp.src_port, meta.rw_l4_src);
+                hdr.tcp.src_port = meta.rw_l4_src;
+            } else if (hdr.udp.isValid()) {
+                if (hdr.udp.checksum != 0) {
+                    hdr.udp.checksum = udp_csum(csum_replace16(hdr.udp.checksum, hdr.udp.src_port, meta.rw_l4_src));
+                }
+                hdr.udp.src_port = meta.rw_l4_src;
+            } else if (hdr.icmp.isValid() && (hdr.icmp.type == 0 || hdr.icmp.type == 8)) {
+                hdr.icmp.checksum = csum_replace16(hdr.icmp.checksum, hdr.icmp.identifier, meta.rw_l4_src);
+                hdr.icmp.identifier = meta.rw_l4_src;
+            }
+        }
+        if ((meta.rw_flags & RW_L4_DST) != 0) {
+            if (hdr.tcp.isValid()) {
+                hdr.tcp.checksum = csum_replace16(hdr.tcp.checksum, hdr.tcp.dst_port, meta.rw_l4_dst);
+                hdr.tcp.dst_port = meta.rw_l4_dst;
+            } else if (hdr.udp.isValid()) {
+                if (hdr.udp.checksum != 0) {
+                    hdr.udp.checksum = udp_csum(csum_replace16(hdr.udp.checksum, hdr.udp.dst_port, meta.rw_l4_dst));
+                }
+                hdr.udp.dst_port = meta.rw_l4_dst;
+            } else if (hdr.icmp.isValid() && (hdr.icmp.type == 0 || hdr.icmp.type == 8)) {
+                hdr.icmp.checksum = csum_replace16(hdr.icmp.checksum, hdr.icmp.identifier, meta.rw_l4_dst);
+                hdr.icmp.identifier = meta.rw_l4_dst;
+            }
+        }
+    }
+}
+
+control RewriteInner(inout headers_t hdr, inout metadata_t meta) {
+    apply {
+        if ((meta.rw_flags & RW_L3_SRC) != 0) {
+            hdr.inner_ipv4.hdr_checksum = csum_replace32(hdr.inner_ipv4.hdr_checksum, hdr.inner_ipv4.src_addr, meta.rw_l3_src);
+            if (hdr.inner_tcp.isValid()) {
+                hdr.inner_tcp.checksum = csum_replace32(hdr.inner_tcp.checksum, hdr.inner_ipv4.src_addr, meta.rw_l3_src);
+            }
+            if (hdr.inner_udp.isValid() && hdr.inner_udp.checksum != 0) {
+                hdr.inner_udp.checksum = udp_csum(csum_replace32(hdr.inner_udp.checksum, hdr.inner_ipv4.src_addr, meta.rw_l3_src));
+            }
+            hdr.inner_ipv4.src_addr = meta.rw_l3_src;
+        }
+        if ((meta.rw_flags & RW_L3_DST) != 0) {
+            hdr.inner_ipv4.hdr_checksum = csum_replace32(hdr.inner_ipv4.hdr_checksum, hdr.inner_ipv4.dst_addr, meta.rw_l3_dst);
+            if (hdr.inner_tcp.isValid()) {
+                hdr.inner_tcp.checksum = csum_replace32(hdr.inner_tcp.checksum, hdr.inner_ipv4.dst_addr, meta.rw_l3_dst);
+            }
+            if (hdr.inner_udp.isValid() && hdr.inner_udp.checksum != 0) {
+                hdr.inner_udp.checksum = udp_csum(csum_replace32(hdr.inner_udp.checksum, hdr.inner_ipv4.dst_addr, meta.rw_l3_dst));
+            }
+            hdr.inner_ipv4.dst_addr = meta.rw_l3_dst;
+        }
+        if ((meta.rw_flags & RW_L4_SRC) != 0) {
+            if (hdr.inner_tcp.isValid()) {
+                hdr.inner_tcp.checksum = csum_replace16(hdr.inner_tcp.checksum, hdr.inner_tcp.src_port, meta.rw_l4_src);
+                hdr.inner_tcp.src_port = meta.rw_l4_src;
+            } else if (hdr.inner_udp.isValid()) {
+                if (hdr.inner_udp.checksum != 0) {
+                    hdr.inner_udp.checksum = udp_csum(csum_replace16(hdr.inner_udp.checksum, hdr.inner_udp.src_port, meta.rw_l4_src));
+                }
+                hdr.inner_udp.src_port = meta.rw_l4_src;
+            } else if (hdr.inner_icmp.isValid() && (hdr.inner_icmp.type == 0 || hdr.inner_icmp.type == 8)) {
+                hdr.inner_icmp.checksum = csum_replace16(hdr.inner_icmp.checksum, hdr.inner_icmp.identifier, meta.rw_l4_src);
+                hdr.inner_icmp.identifier = meta.rw_l4_src;
+            }
+        }
+        if ((meta.rw_flags & RW_L4_DST) != 0) {
+            if (hdr.inner_tcp.isValid()) {
+                hdr.inner_tcp.checksum = csum_replace16(hdr.inner_tcp.checksum, hdr.inner_tcp.dst_port, meta.rw_l4_dst);
+                hdr.inner_tcp.dst_port = meta.rw_l4_dst;
+            } else if (hdr.inner_udp.isValid()) {
+                if (hdr.inner_udp.checksum != 0) {
+                    hdr.inner_udp.checksum = udp_csum(csum_replace16(hdr.inner_udp.checksum, hdr.inner_udp.dst_port, meta.rw_l4_dst));
+                }
+                hdr.inner_udp.dst_port = meta.rw_l4_dst;
+            } else if (hdr.inner_icmp.isValid() && (hdr.inner_icmp.type == 0 || hdr.inner_icmp.type == 8)) {
+                hdr.inner_icmp.checksum = csum_replace16(hdr.inner_icmp.checksum, hdr.inner_icmp.identifier, meta.rw_l4_dst);
+                hdr.inner_icmp.identifier = meta.rw_l4_dst;
+            }
+        }
+    }
+}
+
 control PpIngress(inout headers_t hdr, inout metadata_t meta,
                   inout standard_metadata_t standard_metadata) {
     @id(0x13000001) @name(".tenant_classify_counter")
@@ -618,108 +724,8 @@ control PpIngress(inout headers_t hdr, inout metadata_t meta,
         size = 4096;
     }
 
-    // Apply the rewrites the flow action asked for to the effective IPv4/L4 headers.
-    action apply_rewrites_outer() {
-        if ((meta.rw_flags & RW_L3_SRC) != 0) {
-            hdr.ipv4.hdr_checksum = csum_replace32(hdr.ipv4.hdr_checksum, hdr.ipv4.src_addr, meta.rw_l3_src);
-            if (hdr.tcp.isValid()) {
-                hdr.tcp.checksum = csum_replace32(hdr.tcp.checksum, hdr.ipv4.src_addr, meta.rw_l3_src);
-            }
-            if (hdr.udp.isValid() && hdr.udp.checksum != 0) {
-                hdr.udp.checksum = udp_csum(csum_replace32(hdr.udp.checksum, hdr.ipv4.src_addr, meta.rw_l3_src));
-            }
-            hdr.ipv4.src_addr = meta.rw_l3_src;
-        }
-        if ((meta.rw_flags & RW_L3_DST) != 0) {
-            hdr.ipv4.hdr_checksum = csum_replace32(hdr.ipv4.hdr_checksum, hdr.ipv4.dst_addr, meta.rw_l3_dst);
-            if (hdr.tcp.isValid()) {
-                hdr.tcp.checksum = csum_replace32(hdr.tcp.checksum, hdr.ipv4.dst_addr, meta.rw_l3_dst);
-            }
-            if (hdr.udp.isValid() && hdr.udp.checksum != 0) {
-                hdr.udp.checksum = udp_csum(csum_replace32(hdr.udp.checksum, hdr.ipv4.dst_addr, meta.rw_l3_dst));
-            }
-            hdr.ipv4.dst_addr = meta.rw_l3_dst;
-        }
-        if ((meta.rw_flags & RW_L4_SRC) != 0) {
-            if (hdr.tcp.isValid()) {
-                hdr.tcp.checksum = csum_replace16(hdr.tcp.checksum, hdr.tcp.src_port, meta.rw_l4_src);
-                hdr.tcp.src_port = meta.rw_l4_src;
-            } else if (hdr.udp.isValid()) {
-                if (hdr.udp.checksum != 0) {
-                    hdr.udp.checksum = udp_csum(csum_replace16(hdr.udp.checksum, hdr.udp.src_port, meta.rw_l4_src));
-                }
-                hdr.udp.src_port = meta.rw_l4_src;
-            } else if (hdr.icmp.isValid() && (hdr.icmp.type == 0 || hdr.icmp.type == 8)) {
-                hdr.icmp.checksum = csum_replace16(hdr.icmp.checksum, hdr.icmp.identifier, meta.rw_l4_src);
-                hdr.icmp.identifier = meta.rw_l4_src;
-            }
-        }
-        if ((meta.rw_flags & RW_L4_DST) != 0) {
-            if (hdr.tcp.isValid()) {
-                hdr.tcp.checksum = csum_replace16(hdr.tcp.checksum, hdr.tcp.dst_port, meta.rw_l4_dst);
-                hdr.tcp.dst_port = meta.rw_l4_dst;
-            } else if (hdr.udp.isValid()) {
-                if (hdr.udp.checksum != 0) {
-                    hdr.udp.checksum = udp_csum(csum_replace16(hdr.udp.checksum, hdr.udp.dst_port, meta.rw_l4_dst));
-                }
-                hdr.udp.dst_port = meta.rw_l4_dst;
-            } else if (hdr.icmp.isValid() && (hdr.icmp.type == 0 || hdr.icmp.type == 8)) {
-                hdr.icmp.checksum = csum_replace16(hdr.icmp.checksum, hdr.icmp.identifier, meta.rw_l4_dst);
-                hdr.icmp.identifier = meta.rw_l4_dst;
-            }
-        }
-    }
-
-    action apply_rewrites_inner() {
-        if ((meta.rw_flags & RW_L3_SRC) != 0) {
-            hdr.inner_ipv4.hdr_checksum = csum_replace32(hdr.inner_ipv4.hdr_checksum, hdr.inner_ipv4.src_addr, meta.rw_l3_src);
-            if (hdr.inner_tcp.isValid()) {
-                hdr.inner_tcp.checksum = csum_replace32(hdr.inner_tcp.checksum, hdr.inner_ipv4.src_addr, meta.rw_l3_src);
-            }
-            if (hdr.inner_udp.isValid() && hdr.inner_udp.checksum != 0) {
-                hdr.inner_udp.checksum = udp_csum(csum_replace32(hdr.inner_udp.checksum, hdr.inner_ipv4.src_addr, meta.rw_l3_src));
-            }
-            hdr.inner_ipv4.src_addr = meta.rw_l3_src;
-        }
-        if ((meta.rw_flags & RW_L3_DST) != 0) {
-            hdr.inner_ipv4.hdr_checksum = csum_replace32(hdr.inner_ipv4.hdr_checksum, hdr.inner_ipv4.dst_addr, meta.rw_l3_dst);
-            if (hdr.inner_tcp.isValid()) {
-                hdr.inner_tcp.checksum = csum_replace32(hdr.inner_tcp.checksum, hdr.inner_ipv4.dst_addr, meta.rw_l3_dst);
-            }
-            if (hdr.inner_udp.isValid() && hdr.inner_udp.checksum != 0) {
-                hdr.inner_udp.checksum = udp_csum(csum_replace32(hdr.inner_udp.checksum, hdr.inner_ipv4.dst_addr, meta.rw_l3_dst));
-            }
-            hdr.inner_ipv4.dst_addr = meta.rw_l3_dst;
-        }
-        if ((meta.rw_flags & RW_L4_SRC) != 0) {
-            if (hdr.inner_tcp.isValid()) {
-                hdr.inner_tcp.checksum = csum_replace16(hdr.inner_tcp.checksum, hdr.inner_tcp.src_port, meta.rw_l4_src);
-                hdr.inner_tcp.src_port = meta.rw_l4_src;
-            } else if (hdr.inner_udp.isValid()) {
-                if (hdr.inner_udp.checksum != 0) {
-                    hdr.inner_udp.checksum = udp_csum(csum_replace16(hdr.inner_udp.checksum, hdr.inner_udp.src_port, meta.rw_l4_src));
-                }
-                hdr.inner_udp.src_port = meta.rw_l4_src;
-            } else if (hdr.inner_icmp.isValid() && (hdr.inner_icmp.type == 0 || hdr.inner_icmp.type == 8)) {
-                hdr.inner_icmp.checksum = csum_replace16(hdr.inner_icmp.checksum, hdr.inner_icmp.identifier, meta.rw_l4_src);
-                hdr.inner_icmp.identifier = meta.rw_l4_src;
-            }
-        }
-        if ((meta.rw_flags & RW_L4_DST) != 0) {
-            if (hdr.inner_tcp.isValid()) {
-                hdr.inner_tcp.checksum = csum_replace16(hdr.inner_tcp.checksum, hdr.inner_tcp.dst_port, meta.rw_l4_dst);
-                hdr.inner_tcp.dst_port = meta.rw_l4_dst;
-            } else if (hdr.inner_udp.isValid()) {
-                if (hdr.inner_udp.checksum != 0) {
-                    hdr.inner_udp.checksum = udp_csum(csum_replace16(hdr.inner_udp.checksum, hdr.inner_udp.dst_port, meta.rw_l4_dst));
-                }
-                hdr.inner_udp.dst_port = meta.rw_l4_dst;
-            } else if (hdr.inner_icmp.isValid() && (hdr.inner_icmp.type == 0 || hdr.inner_icmp.type == 8)) {
-                hdr.inner_icmp.checksum = csum_replace16(hdr.inner_icmp.checksum, hdr.inner_icmp.identifier, meta.rw_l4_dst);
-                hdr.inner_icmp.identifier = meta.rw_l4_dst;
-            }
-        }
-    }
+    RewriteOuter() rewrite_outer;
+    RewriteInner() rewrite_inner;
 
     apply {
         meta.verdict = V_UNDECIDED;
@@ -818,9 +824,9 @@ control PpIngress(inout headers_t hdr, inout metadata_t meta,
 
         if (meta.verdict == V_FORWARD && hdr.ethernet.isValid()) {
             if (meta.is_inner == 1) {
-                apply_rewrites_inner();
+                rewrite_inner.apply(hdr, meta);
             } else if (hdr.ipv4.isValid()) {
-                apply_rewrites_outer();
+                rewrite_outer.apply(hdr, meta);
             }
             bit<32> frame_len = standard_metadata.packet_length - meta.frame_off;
             if (meta.out_vxlan == 1) {

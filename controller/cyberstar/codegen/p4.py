@@ -68,7 +68,7 @@ def generate_p4(p: Pipeline) -> str:
     for h in p.header_types:
         out.append(_header_decl(h))
     for ch in (p.packet_in, p.packet_out):
-        out.append(f'@controller_header("{ch.name}")')
+        out.append(f'@controller_header("{ch.name}") @id(0x{ch.id:08x})')
         fields = "".join(f"    bit<{f.width}> {f.name};\n" for f in ch.fields)
         out.append(f"header {ch.name}_t {{\n{fields}}}\n")
     members = [
@@ -85,6 +85,8 @@ def generate_p4(p: Pipeline) -> str:
     out.append(
         "control PpVerifyChecksum(inout headers_t hdr, inout metadata_t meta) {\n    apply { }\n}\n"
     )
+    out.append(_rewrite_control("RewriteOuter", ""))
+    out.append(_rewrite_control("RewriteInner", "inner_"))
     out.append(_ingress(p))
     out.append(
         "control PpEgress(inout headers_t hdr, inout metadata_t meta,\n"
@@ -422,6 +424,14 @@ def _rewrite_block(prefix: str) -> str:
     return "".join(blocks)
 
 
+def _rewrite_control(name: str, prefix: str) -> str:
+    """Apply the rewrites the flow action asked for to the outer or inner IPv4/L4 headers."""
+    return (
+        f"control {name}(inout headers_t hdr, inout metadata_t meta) {{\n"
+        f"    apply {{\n{_rewrite_block(prefix)}    }}\n}}\n"
+    )
+
+
 def _lookup_block(prefix: str) -> str:
     ip, tcp, udp, icmp = (f"hdr.{prefix}{n}" for n in ("ipv4", "tcp", "udp", "icmp"))
     return f"""\
@@ -461,14 +471,7 @@ def _ingress(p: Pipeline) -> str:
         out.append(f"    action {a.name}({params}) {{\n{body}    }}\n")
     for t in p.tables:
         out.append(_table_decl(t))
-    out.append(f"""\
-    // Apply the rewrites the flow action asked for to the effective IPv4/L4 headers.
-    action apply_rewrites_outer() {{
-{_rewrite_block("")}    }}
-
-    action apply_rewrites_inner() {{
-{_rewrite_block("inner_")}    }}
-""")
+    out.append("    RewriteOuter() rewrite_outer;\n    RewriteInner() rewrite_inner;\n")
     reason_chain = [
         f"if (standard_metadata.parser_error == error.{parse_error_name(r)}) "
         f"{{ meta.drop_reason = R_{r.upper()}; }}"
@@ -523,9 +526,9 @@ def _ingress(p: Pipeline) -> str:
 
         if (meta.verdict == V_FORWARD && hdr.ethernet.isValid()) {{
             if (meta.is_inner == 1) {{
-                apply_rewrites_inner();
+                rewrite_inner.apply(hdr, meta);
             }} else if (hdr.ipv4.isValid()) {{
-                apply_rewrites_outer();
+                rewrite_outer.apply(hdr, meta);
             }}
             bit<32> frame_len = standard_metadata.packet_length - meta.frame_off;
             if (meta.out_vxlan == 1) {{

@@ -124,14 +124,13 @@ METADATA = (
     F("nexthop_id", 16),
 )
 
-# P4Runtime controller headers. Their ids are the ones p4c derives from the names
-# "packet_in"/"packet_out" (p4c takes no @id on a header type).
+# P4Runtime controller headers (their ids go on the header types as @id).
 PACKET_IN = ControllerHeader(
-    "packet_in", 81826293, (F("ingress_port", 16), F("reason", 8), F("tenant_id", 16))
+    "packet_in", 0x04000001, (F("ingress_port", 16), F("reason", 8), F("tenant_id", 16))
 )
 PACKET_OUT = ControllerHeader(
     "packet_out",
-    76689799,
+    0x04000002,
     (F("egress_port", 16), F("ingress_port", 16), F("submit_to_ingress", 8)),
 )
 

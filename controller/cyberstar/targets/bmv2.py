@@ -73,9 +73,18 @@ class CompiledP4:
     p4info_path: Path
 
 
+def require_compiler() -> str:
+    compiler = find_tool(COMPILER_BINARY)
+    if compiler is None:
+        raise TargetUnavailable(
+            f"{COMPILER_BINARY} not installed: put p4c on PATH or in ${P4_TOOLS_ENV}"
+        )
+    return compiler
+
+
 def compile_p4(source: str | None = None) -> CompiledP4:
     """Compile the P4 program with p4c-bm2-ss (v1model), cached by the source's hash."""
-    _, compiler = require_tools()
+    compiler = require_compiler()
     text = source or p4_source()
     out = CACHE / hashlib.sha256(text.encode()).hexdigest()[:16]
     compiled = CompiledP4(out / "pp.json", out / "pp.p4info.txtpb")
