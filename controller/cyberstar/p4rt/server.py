@@ -35,7 +35,7 @@ class Device(Protocol):
     def write(self, updates: list[p4r.Update]) -> list[P4RTError | None]: ...
     def read(self, entity: p4r.Entity) -> Iterator[p4r.Entity]: ...
     def packet_out(self, packet: p4r.PacketOut) -> None: ...
-    def packet_in_message(self, punted: Punted) -> p4r.StreamMessageResponse: ...
+    def packet_in_message(self, punted: Punted) -> bytes: ...
 
 
 def _abort(context: grpc.ServicerContext, err: P4RTError) -> None:
@@ -67,10 +67,11 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
                 "no forwarding pipeline: call SetForwardingPipelineConfig first",
             )
 
-    def publish(self, msg: p4r.StreamMessageResponse) -> bool:
-        """Send a stream message (PacketIn, idle-timeout notification) to the primary."""
+    def publish(self, msg: p4r.StreamMessageResponse | bytes) -> bool:
+        """Send a stream message to the primary: an idle-timeout notification, or a PacketIn
+        already serialized (bytes)."""
         ok = self.arbitration.send_to_primary(msg)
-        if not ok and msg.WhichOneof("update") == "packet":
+        if not ok and isinstance(msg, bytes):
             self.stats["packet_in_dropped"] += 1
         return ok
 
@@ -255,6 +256,48 @@ def _stream_error(
     return p4r.StreamMessageResponse(error=err)
 
 
+def _serialize(msg: object) -> bytes:
+    """Stream responses may be pre-serialized bytes (PacketIns, built on the hot path)."""
+    return msg if isinstance(msg, bytes) else msg.SerializeToString()
+
+
+def _handlers(impl: P4RuntimeServer) -> grpc.GenericRpcHandler:
+    """The P4Runtime service, as the generated code registers it, except that StreamChannel
+    responses go through `_serialize`."""
+
+    def unary(method, request_type, response_type):
+        return grpc.unary_unary_rpc_method_handler(
+            method, request_deserializer=request_type.FromString,
+            response_serializer=response_type.SerializeToString,
+        )  # fmt: skip
+
+    return grpc.method_handlers_generic_handler(
+        "p4.v1.P4Runtime",
+        {
+            "Write": unary(impl.Write, p4r.WriteRequest, p4r.WriteResponse),
+            "Read": grpc.unary_stream_rpc_method_handler(
+                impl.Read, request_deserializer=p4r.ReadRequest.FromString,
+                response_serializer=p4r.ReadResponse.SerializeToString,
+            ),
+            "SetForwardingPipelineConfig": unary(
+                impl.SetForwardingPipelineConfig, p4r.SetForwardingPipelineConfigRequest,
+                p4r.SetForwardingPipelineConfigResponse,
+            ),
+            "GetForwardingPipelineConfig": unary(
+                impl.GetForwardingPipelineConfig, p4r.GetForwardingPipelineConfigRequest,
+                p4r.GetForwardingPipelineConfigResponse,
+            ),
+            "StreamChannel": grpc.stream_stream_rpc_method_handler(
+                impl.StreamChannel, request_deserializer=p4r.StreamMessageRequest.FromString,
+                response_serializer=_serialize,
+            ),
+            "Capabilities": unary(
+                impl.Capabilities, p4r.CapabilitiesRequest, p4r.CapabilitiesResponse
+            ),
+        },
+    )  # fmt: skip
+
+
 def serve(server_impl: P4RuntimeServer, address: str, workers: int = 8) -> grpc.Server:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
@@ -263,7 +306,7 @@ def serve(server_impl: P4RuntimeServer, address: str, workers: int = 8) -> grpc.
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ],
     )
-    p4r_grpc.add_P4RuntimeServicer_to_server(server_impl, server)
+    server.add_generic_rpc_handlers((_handlers(server_impl),))
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot listen on {address}")
     server.start()

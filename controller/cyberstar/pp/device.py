@@ -8,6 +8,7 @@ last-hit times, which reads fetch from the kernel.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket
 import threading
@@ -65,6 +66,9 @@ class XdpDevice:
         self.decoder = PipelineDecoder(self.pipeline)
         self.p4info: p4i.P4Info = build_p4info(self.pipeline)
         self.ports = {p.number: p for p in ports}
+        self._packet_in_fields = [
+            (i, f.name) for i, f in enumerate(self.pipeline.packet_in.fields, start=1)
+        ]
         self._lock = threading.RLock()
         self._exact: dict[str, dict[bytes, TableEntry]] = {}
         self._ternary: dict[str, dict[tuple, tuple[int, TableEntry]]] = {}
@@ -455,11 +459,21 @@ class XdpDevice:
             port.sock.send(packet.payload)
         self.stats["packet_out"] += 1
 
-    def packet_in_message(self, punted: Punted) -> p4r.StreamMessageResponse:
-        pin = p4r.PacketIn(payload=punted.frame)
-        for i, f in enumerate(self.pipeline.packet_in.fields, start=1):
-            pin.metadata.add(metadata_id=i, value=_canonical_int(punted.metadata.get(f.name, 0)))
-        return p4r.StreamMessageResponse(packet=pin)
+    def packet_in_message(self, punted: Punted) -> bytes:
+        """A serialized StreamMessageResponse carrying the PacketIn: built as bytes, since the
+        punt path is hot and protobuf objects cost more than the whole kernel→agent hop."""
+        meta = punted.metadata
+        frame = punted.frame
+        encoded = self._metadata_bytes(tuple(meta.get(n, 0) for _, n in self._packet_in_fields))
+        body = b"\x0a" + _varint(len(frame)) + frame + encoded  # PacketIn.payload, .metadata
+        return b"\x12" + _varint(len(body)) + body  # StreamMessageResponse.packet
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one device per process, few distinct values
+    def _metadata_bytes(self, values: tuple[int, ...]) -> bytes:
+        return b"".join(
+            _field_bytes(2, b"\x08" + _varint(i) + _field_bytes(2, _canonical_int(v)))
+            for (i, _), v in zip(self._packet_in_fields, values, strict=True)
+        )
 
     # ---- idle timeouts ------------------------------------------------------------------------
 
@@ -502,6 +516,20 @@ def _with_last_hit(lay, raw: bytes, now: int) -> bytes:
     head = lay.value_head.unpack(raw)
     head["last_hit_ns"] = now
     return lay.value_head.pack(head) + raw[lay.value_head.size :]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field_bytes(number: int, data: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
 
 
 def _canonical_int(value: int) -> bytes:
