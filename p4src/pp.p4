@@ -536,6 +536,20 @@ control RewriteInner(inout headers_t hdr, inout metadata_t meta) {
     }
 }
 
+// Decapsulate: everything in front of the inner Ethernet header goes.
+control Decap(inout headers_t hdr) {
+    apply {
+        hdr.ethernet.setInvalid();
+        hdr.vlan.setInvalid();
+        hdr.ipv4.setInvalid();
+        hdr.ipv4_options.setInvalid();
+        hdr.tcp.setInvalid();
+        hdr.udp.setInvalid();
+        hdr.icmp.setInvalid();
+        hdr.vxlan.setInvalid();
+    }
+}
+
 control PpIngress(inout headers_t hdr, inout metadata_t meta,
                   inout standard_metadata_t standard_metadata) {
     @id(0x13000001) @name(".tenant_classify_counter")
@@ -726,6 +740,7 @@ control PpIngress(inout headers_t hdr, inout metadata_t meta,
 
     RewriteOuter() rewrite_outer;
     RewriteInner() rewrite_inner;
+    Decap() decap;
 
     apply {
         meta.verdict = V_UNDECIDED;
@@ -833,12 +848,7 @@ control PpIngress(inout headers_t hdr, inout metadata_t meta,
                 bit<32> inner_len = frame_len;
                 if (hdr.vxlan.isValid()) {
                     inner_len = frame_len - meta.inner_off;
-                    hdr.ethernet.setInvalid();
-                    hdr.vlan.setInvalid();
-                    hdr.ipv4.setInvalid();
-                    hdr.ipv4_options.setInvalid();
-                    hdr.udp.setInvalid();
-                    hdr.vxlan.setInvalid();
+                    decap.apply(hdr);
                 } else if (hdr.vlan.isValid()) {
                     inner_len = frame_len - 4;
                     hdr.ethernet.ether_type = hdr.vlan.ether_type;
@@ -875,12 +885,7 @@ control PpIngress(inout headers_t hdr, inout metadata_t meta,
                 hdr.encap_vxlan.vni = meta.out_vni;
                 hdr.encap_vxlan.reserved2 = 0;
             } else if (hdr.vxlan.isValid()) {
-                hdr.ethernet.setInvalid();
-                hdr.vlan.setInvalid();
-                hdr.ipv4.setInvalid();
-                hdr.ipv4_options.setInvalid();
-                hdr.udp.setInvalid();
-                hdr.vxlan.setInvalid();
+                decap.apply(hdr);
                 hdr.inner_ethernet.src_addr = meta.out_smac;
                 hdr.inner_ethernet.dst_addr = meta.out_dmac;
             } else {

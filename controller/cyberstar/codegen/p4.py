@@ -8,6 +8,8 @@ Every P4Runtime object carries `@id` and a global `@name`, so p4c's P4Info equal
 from __future__ import annotations
 
 from cyberstar.pipeline.model import (
+    REWRITE_TARGETS,
+    VERDICT_UNDECIDED,
     ActionScope,
     Drop,
     Forward,
@@ -22,10 +24,9 @@ from cyberstar.pipeline.model import (
     SetNextHop,
     Table,
 )
+from cyberstar.pipeline.pp import OUTER_HEADERS
 
-V_UNDECIDED = 255
-REWRITE_BITS = {"l3_src": 1, "l3_dst": 2, "l4_src": 4, "l4_dst": 8}
-REWRITE_ORDER = ("l3_src", "l3_dst", "l4_src", "l4_dst")
+REWRITE_BITS = {t: 1 << i for i, t in enumerate(REWRITE_TARGETS)}
 
 
 def _camel(name: str) -> str:
@@ -56,7 +57,7 @@ def generate_p4(p: Pipeline) -> str:
         "",
         "// Verdicts (index into the `verdicts` counter).",
         *(f"const bit<8> V_{v.upper()} = {i};" for i, v in enumerate(p.verdicts)),
-        f"const bit<8> V_UNDECIDED = {V_UNDECIDED};",
+        f"const bit<8> V_UNDECIDED = {VERDICT_UNDECIDED};",
         "// Drop reasons (index into the `drop_reasons` counter).",
         *(f"const bit<8> R_{r.upper()} = {i};" for i, r in enumerate(p.drop_reasons)),
         "// Punt reasons (packet_in.reason).",
@@ -87,6 +88,11 @@ def generate_p4(p: Pipeline) -> str:
     )
     out.append(_rewrite_control("RewriteOuter", ""))
     out.append(_rewrite_control("RewriteInner", "inner_"))
+    invalidate = "".join(f"        hdr.{name}.setInvalid();\n" for name in OUTER_HEADERS)
+    out.append(
+        "// Decapsulate: everything in front of the inner Ethernet header goes.\n"
+        f"control Decap(inout headers_t hdr) {{\n    apply {{\n{invalidate}    }}\n}}\n"
+    )
     out.append(_ingress(p))
     out.append(
         "control PpEgress(inout headers_t hdr, inout metadata_t meta,\n"
@@ -389,7 +395,7 @@ def _counter_decl(c: IndexedCounter) -> str:
 def _rewrite_block(prefix: str) -> str:
     ip, tcp, udp, icmp = (f"hdr.{prefix}{n}" for n in ("ipv4", "tcp", "udp", "icmp"))
     blocks = []
-    for target in REWRITE_ORDER:
+    for target in REWRITE_TARGETS:
         flag = f"RW_{target.upper()}"
         val = f"meta.rw_{target}"
         if target.startswith("l3"):
@@ -471,7 +477,9 @@ def _ingress(p: Pipeline) -> str:
         out.append(f"    action {a.name}({params}) {{\n{body}    }}\n")
     for t in p.tables:
         out.append(_table_decl(t))
-    out.append("    RewriteOuter() rewrite_outer;\n    RewriteInner() rewrite_inner;\n")
+    out.append(
+        "    RewriteOuter() rewrite_outer;\n    RewriteInner() rewrite_inner;\n    Decap() decap;\n"
+    )
     reason_chain = [
         f"if (standard_metadata.parser_error == error.{parse_error_name(r)}) "
         f"{{ meta.drop_reason = R_{r.upper()}; }}"
@@ -535,12 +543,7 @@ def _ingress(p: Pipeline) -> str:
                 bit<32> inner_len = frame_len;
                 if (hdr.vxlan.isValid()) {{
                     inner_len = frame_len - meta.inner_off;
-                    hdr.ethernet.setInvalid();
-                    hdr.vlan.setInvalid();
-                    hdr.ipv4.setInvalid();
-                    hdr.ipv4_options.setInvalid();
-                    hdr.udp.setInvalid();
-                    hdr.vxlan.setInvalid();
+                    decap.apply(hdr);
                 }} else if (hdr.vlan.isValid()) {{
                     inner_len = frame_len - 4;
                     hdr.ethernet.ether_type = hdr.vlan.ether_type;
@@ -577,12 +580,7 @@ def _ingress(p: Pipeline) -> str:
                 hdr.encap_vxlan.vni = meta.out_vni;
                 hdr.encap_vxlan.reserved2 = 0;
             }} else if (hdr.vxlan.isValid()) {{
-                hdr.ethernet.setInvalid();
-                hdr.vlan.setInvalid();
-                hdr.ipv4.setInvalid();
-                hdr.ipv4_options.setInvalid();
-                hdr.udp.setInvalid();
-                hdr.vxlan.setInvalid();
+                decap.apply(hdr);
                 hdr.inner_ethernet.src_addr = meta.out_smac;
                 hdr.inner_ethernet.dst_addr = meta.out_dmac;
             }} else {{

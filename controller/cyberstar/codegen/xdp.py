@@ -9,6 +9,8 @@ flow follow `cyberstar.ref` step for step.
 from __future__ import annotations
 
 from cyberstar.pipeline.model import (
+    REWRITE_TARGETS,
+    VERDICT_UNDECIDED,
     Action,
     Drop,
     Forward,
@@ -33,7 +35,7 @@ from cyberstar.xdp.layout import (
 )
 
 _C_TYPE = {1: "__u8", 2: "__u16", 4: "__u32", 8: "__u64"}
-REWRITE_BITS = {"l3_src": 1, "l3_dst": 2, "l4_src": 4, "l4_dst": 8}
+REWRITE_BITS = {t: 1 << i for i, t in enumerate(REWRITE_TARGETS)}
 
 
 def generate_xdp(p: Pipeline) -> str:
@@ -69,7 +71,7 @@ def _constants(p: Pipeline) -> str:
     lines = ["// ---- constants ----"]
     lines += [f"#define {k} {v}" for k, v in p.constants.items()]
     lines += [f"#define V_{v.upper()} {i}" for i, v in enumerate(p.verdicts)]
-    lines += ["#define V_UNDECIDED 255"]
+    lines += [f"#define V_UNDECIDED {VERDICT_UNDECIDED}"]
     lines += [f"#define R_{r.upper()} {i}" for i, r in enumerate(p.drop_reasons)]
     lines += [f"#define PUNT_{r.upper()} {i}" for i, r in enumerate(p.punt_reasons)]
     lines += [f"#define RW_{t.upper()} {b}" for t, b in REWRITE_BITS.items()]

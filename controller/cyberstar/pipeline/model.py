@@ -113,6 +113,13 @@ class SetMeta:
     value: str | int
 
 
+# What a Rewrite may target, in the order every target applies rewrites (the order fixes the
+# checksum arithmetic, so it is part of the pipeline's contract).
+REWRITE_TARGETS = ("l3_src", "l3_dst", "l4_src", "l4_dst")
+# A verdict no primitive has set yet (the verdicts themselves are the spec's, numbered 0..).
+VERDICT_UNDECIDED = 255
+
+
 @dataclass(frozen=True)
 class Rewrite:
     """Rewrite a field of the packet's effective (inner when VXLAN) IPv4/L4 headers.
@@ -352,6 +359,8 @@ def _check_pipeline(p: Pipeline) -> None:
         for prim in a.body:
             for arg in _primitive_params(prim):
                 a.param(arg)
+            if isinstance(prim, Rewrite) and prim.target not in REWRITE_TARGETS:
+                raise ValueError(f"action {a.name}: cannot rewrite {prim.target!r}")
     for t in p.tables:
         claim(t.id, "table", t.name)
         for k in t.key:

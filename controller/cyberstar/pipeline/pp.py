@@ -111,6 +111,11 @@ HEADERS = (
     H("inner_icmp", ICMP),
 )
 
+# What decapsulation removes: everything in front of the inner Ethernet header.
+_names = [h.name for h in HEADERS]
+OUTER_HEADERS = tuple(_names[_names.index("ethernet") : _names.index("inner_ethernet")])
+del _names
+
 # The lookup metadata: what tables match on and actions set.
 METADATA = (
     F("ingress_port", 9),

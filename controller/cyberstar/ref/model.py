@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from cyberstar.pipeline.checksum import internet_checksum, replace16, replace32
 from cyberstar.pipeline.entries import TableEntry
 from cyberstar.pipeline.model import (
+    REWRITE_TARGETS,
     Drop,
     Forward,
     ForwardVxlan,
@@ -21,14 +22,12 @@ from cyberstar.pipeline.model import (
     SetMeta,
     SetNextHop,
 )
-from cyberstar.pipeline.pp import CONSTANTS, ETHERNET, IPV4, PIPELINE, UDP, VXLAN
+from cyberstar.pipeline.pp import CONSTANTS, ETHERNET, IPV4, OUTER_HEADERS, PIPELINE, UDP, VXLAN
 from cyberstar.ref.headers import pack
 from cyberstar.ref.parser import Malformed, Parsed, parse
 from cyberstar.ref.tables import RefTable
 
 ICMP_ECHO_TYPES = (0, 8)
-# Rewrites are applied in this order by every target (it fixes the checksum arithmetic).
-REWRITE_ORDER = ("l3_src", "l3_dst", "l4_src", "l4_dst")
 
 
 @dataclass
@@ -186,7 +185,7 @@ def _rewrite(p: Parsed, frame: bytes, prefix: str, st: _State) -> bytes:
 def _drop_outer(hdrs: dict[str, dict[str, int]], p: Parsed) -> None:
     """Decapsulate: everything in front of the inner Ethernet header goes."""
     if p.has("vxlan"):
-        for name in ("ethernet", "vlan", "ipv4", "tcp", "udp", "icmp", "vxlan"):
+        for name in OUTER_HEADERS:
             hdrs.pop(name, None)
 
 
@@ -206,7 +205,7 @@ def _serialize(hdrs: dict[str, dict[str, int]], p: Parsed) -> bytes:
 def _apply_l3_l4_rewrites(hdrs: dict[str, dict[str, int]], prefix: str, rw: dict[str, int]) -> None:
     ip = hdrs[f"{prefix}ipv4"]
     tcp, udp, icmp = (hdrs.get(f"{prefix}{n}") for n in ("tcp", "udp", "icmp"))
-    for target in REWRITE_ORDER:
+    for target in REWRITE_TARGETS:
         if target not in rw:
             continue
         new = rw[target]
