@@ -119,6 +119,21 @@ def test_pcap_run_xdp_equals_ref(tmp_path, capsys, xdp_target) -> None:
     assert out == ref_out
 
 
+@pytest.mark.bmv2
+def test_pcap_run_bmv2_equals_ref(tmp_path, capsys) -> None:
+    from cyberstar.targets import TargetUnavailable
+    from cyberstar.targets.bmv2 import require_tools
+
+    try:
+        require_tools()
+    except TargetUnavailable as exc:
+        pytest.skip(str(exc))
+    verdicts, out = _run(tmp_path, "bmv2", capsys)
+    ref_verdicts, ref_out = _run(tmp_path, "ref", capsys)
+    assert verdicts == ref_verdicts == EXPECTED_VERDICTS
+    assert out == ref_out
+
+
 def test_bmv2_target_without_tools_exits_2(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("CYBERSTAR_P4_BIN", raising=False)

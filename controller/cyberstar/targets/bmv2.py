@@ -16,6 +16,7 @@ import os
 import queue
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -43,7 +44,24 @@ COMPILER_BINARY = "p4c-bm2-ss"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cyberstar" / "p4c"
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
+SOL_PACKET = 263
+PACKET_AUXDATA = 8
+TP_STATUS_VLAN_VALID = 0x10
+TP_STATUS_VLAN_TPID_VALID = 0x40
 DEFAULT_PORTS = 8
+
+
+def with_vlan_tag(frame: bytes, ancillary: list[tuple[int, int, bytes]]) -> bytes:
+    """Put back the 802.1Q tag the kernel moved out of a received frame (it untags every frame
+    before packet sockets see it and reports the tag in PACKET_AUXDATA)."""
+    for level, kind, data in ancillary:
+        if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= 20:
+            status, _len, _snap, _mac, _net, tci, tpid = struct.unpack_from("=IIIHHHH", data)
+            if status & TP_STATUS_VLAN_VALID:
+                if not status & TP_STATUS_VLAN_TPID_VALID:
+                    tpid = 0x8100
+                return frame[:12] + struct.pack("!HH", tpid, tci) + frame[12:]
+    return frame
 
 
 def find_tool(name: str) -> str | None:
@@ -137,6 +155,7 @@ class Bmv2Target:
         with netns.entered(self.ns):
             for port in range(self.ports):
                 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+                s.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
                 s.bind((f"host{port}", 0))
                 s.setblocking(False)
                 self.sockets[port] = s
@@ -232,11 +251,11 @@ class Bmv2Target:
         while time.monotonic() < deadline:
             for port, s in self.sockets.items():
                 try:
-                    data, addr = s.recvfrom(65536)
+                    data, ancillary, _flags, addr = s.recvmsg(65536, 64)
                 except BlockingIOError:
                     continue
                 if addr[2] != PACKET_OUTGOING:
-                    return Outcome("forward", port, data)
+                    return Outcome("forward", port, with_vlan_tag(data, ancillary))
             time.sleep(0.001)
         raise RuntimeFailure("bmv2 counted a forward but no frame left any port within 5 s")
 
