@@ -20,19 +20,14 @@ import os
 import socket
 import sys
 import time
-from pathlib import Path
 
 from finsy.proto import p4r
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
-from cyberstar import netns, packets  # noqa: E402
-from cyberstar.codegen.p4info import build_p4info  # noqa: E402
-from cyberstar.p4rt.codec import update  # noqa: E402
-from cyberstar.pipeline.entries import TableEntry, build_entry  # noqa: E402
-from cyberstar.pipeline.pp import PIPELINE  # noqa: E402
-from pp.conftest import start_agent  # noqa: E402
+from cyberstar import netns, packets
+from cyberstar.lab.pp_process import start_agent
+from cyberstar.p4rt.codec import update
+from cyberstar.pipeline.entries import TableEntry, build_entry
+from cyberstar.pipeline.pp import PIPELINE
 
 INSERT, DELETE = p4r.Update.INSERT, p4r.Update.DELETE
 
@@ -57,8 +52,9 @@ def write_rate(client, batch: int, total: int) -> dict[str, float]:
         client.write(b)
     t1 = time.perf_counter()
     read_t0 = time.perf_counter()
-    read = client.read([p4r.Entity(table_entry=p4r.TableEntry(
-        table_id=PIPELINE.table("flow_table").id))])
+    read = client.read(
+        [p4r.Entity(table_entry=p4r.TableEntry(table_id=PIPELINE.table("flow_table").id))]
+    )
     read_t1 = time.perf_counter()
     t2 = time.perf_counter()
     for b in deletes:
@@ -94,14 +90,16 @@ def blast(ns: str, ifname: str, seconds: float, count_out) -> None:
     count_out.value = sent
 
 
-def packet_in_rate(node, client, ns: str, seconds: float) -> dict[str, float]:
+def packet_in_rate(
+    node, client, ns: str, seconds: float, ifname: str = "peer1"
+) -> dict[str, float]:
     client.write([update(INSERT, PIPELINE, build_entry(
         PIPELINE, "tenant_classify", {"ingress_port": 1, "vni": 0, "dst_addr": "10.0.0.0/8"},
         "set_tenant", {"tenant_id": 7}))])  # fmt: skip
     while not client.packet_ins.empty():
         client.packet_ins.get_nowait()
     sent = multiprocessing.Value("q", 0)
-    sender = multiprocessing.Process(target=blast, args=(ns, "peer1", seconds, sent))
+    sender = multiprocessing.Process(target=blast, args=(ns, ifname, seconds, sent))
     received, t0 = 0, time.monotonic()
     sender.start()
     while time.monotonic() - t0 < seconds + 1:
@@ -139,6 +137,26 @@ def bench_xdp(args) -> dict:
         netns.delete(ns)
 
 
+def bench_bmv2(args) -> dict | None:
+    from cyberstar.targets import TargetUnavailable
+    from cyberstar.targets.bmv2 import Bmv2Target
+
+    try:
+        target = Bmv2Target()
+    except TargetUnavailable as exc:
+        return {"target": "bmv2", "skipped": str(exc)}
+    try:
+        client = target.client
+        out: dict = {"target": "bmv2"}
+        for batch in (1, 100, 1000):
+            total = min(args.entries, 2000) if batch == 1 else args.entries
+            out[f"batch_{batch}"] = write_rate(client, batch, total)
+        out.update(packet_in_rate(None, client, target.ns, args.seconds, ifname="host1"))
+        return out
+    finally:
+        target.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--entries", type=int, default=100_000)
@@ -147,7 +165,16 @@ def main() -> int:
     if os.geteuid() != 0:
         print("run as root", file=sys.stderr)
         return 2
-    results = [bench_xdp(args)]
+    results = [bench_xdp(args), bench_bmv2(args)]
+    xdp, bmv2 = results
+    if "batch_1000" in bmv2:
+        results.append({
+            "xdp_over_bmv2": {
+                "insert_batch_1000": round(xdp["batch_1000"]["insert_per_s"]
+                                           / bmv2["batch_1000"]["insert_per_s"], 2),
+                "packet_in": round(xdp["packet_in_per_s"] / max(bmv2["packet_in_per_s"], 1), 2),
+            }
+        })  # fmt: skip
     print(json.dumps({"goals": {"entries_per_s_batch_1000": 100_000, "floor": 50_000,
                                 "packet_in_per_s": 20_000},
                       "results": results}))  # fmt: skip

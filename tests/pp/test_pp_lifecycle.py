@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from cyberstar import netns
-from pp.conftest import start_agent
+from cyberstar.lab.pp_process import start_agent
 
 pytestmark = pytest.mark.root
 

@@ -19,11 +19,11 @@ import pytest
 from finsy.proto import p4r
 
 from cyberstar import netns
+from cyberstar.lab.pp_process import start_agent
 from cyberstar.p4rt.codec import update
 from cyberstar.pipeline.entries import build_entry
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.ref.parser import parse
-from pp.conftest import start_agent
 
 pytestmark = pytest.mark.root
 PUBLIC = "203.0.113.9"

@@ -1,0 +1,1 @@
+"""Lab helpers: namespaces, processes and topologies for tests, benchmarks and demos."""
