@@ -17,11 +17,11 @@ DRIVER = Path(__file__).parent / "p4rt_shell" / "drive_agent.py"
 pytestmark = pytest.mark.root
 
 
-def drive(address: str, role: str, tmp_path) -> dict[str, dict]:
+def drive(address: str, role: str, tmp_path, device_config: bytes = b"") -> dict[str, dict]:
     if not SHELL_PYTHON.exists():
         pytest.skip("p4runtime-shell venv missing: run `make install`")
     empty = tmp_path / "device_config.bin"
-    empty.write_bytes(b"")
+    empty.write_bytes(device_config)
     proc = subprocess.run(
         [str(SHELL_PYTHON), str(DRIVER), address,
          str(REPO / "p4src" / "pp.p4info.txtpb"), str(empty), role],
@@ -37,7 +37,28 @@ def drive(address: str, role: str, tmp_path) -> dict[str, dict]:
 
 
 def test_p4runtime_shell_drives_every_table(pp_node, tmp_path) -> None:
-    steps = drive(pp_node.address, "primary", tmp_path)
+    check_primary_steps(drive(pp_node.address, "primary", tmp_path))
+
+
+@pytest.mark.bmv2
+def test_p4runtime_shell_drives_bmv2_the_same_way(tmp_path) -> None:
+    """The same script against simple_switch_grpc running the same pipeline, compiled by p4c."""
+    from cyberstar.targets import TargetUnavailable
+    from cyberstar.targets.bmv2 import Bmv2Target
+
+    try:
+        target = Bmv2Target()
+    except TargetUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        target.client.close()  # the shell becomes the primary
+        config = target.compiled.json_path.read_bytes()
+        check_primary_steps(drive(target.client.address, "primary", tmp_path, config))
+    finally:
+        target.close()
+
+
+def check_primary_steps(steps: dict[str, dict]) -> None:
     assert steps["inserted"]["counts"] == {"tenant_classify": 1, "acl": 1, "flow_table": 1,
                                            "next_hop": 1}  # fmt: skip
     assert r"\\xcb\\x00\\x71\\x09" in steps["read-flow"]["text"]  # 203.0.113.9
