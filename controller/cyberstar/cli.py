@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "cyberstar.commands.pcap",
     "cyberstar.commands.demo",
     "cyberstar.commands.pp",
+    "cyberstar.sc.cli",
     "cyberstar.orchestrator.cli",
 )
 

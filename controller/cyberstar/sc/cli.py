@@ -1,0 +1,82 @@
+"""`cyberstar sc serve --config SC.yaml`: run one SC node until SIGTERM/SIGINT.
+
+`python -m cyberstar.sc.cli [-v] sc serve --config SC.yaml` is the same command without the
+rest of the CLI (the lab and the tests start nodes that way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from cyberstar.errors import RuntimeFailure, UsageError
+from cyberstar.sc.config import ScConfig, load_config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    sc = sub.add_parser("sc", help="the Service Computing plane")
+    verbs = sc.add_subparsers(dest="verb", metavar="VERB", required=True)
+    serve = verbs.add_parser(
+        "serve",
+        help="run one SC node (a member of an SC group)",
+        description="Serves the ServiceComputing gRPC API (controller/cyberstar/proto/sc.proto), "
+        "joins its SC group's chain through etcd and runs until SIGTERM or SIGINT. Exit codes: "
+        "0 stopped, 1 runtime failure (cannot listen, etcd unreachable), 2 bad configuration.",
+    )
+    serve.add_argument("--config", type=Path, required=True, help="SC.yaml (see docs/sc.md)")
+    serve.set_defaults(func=serve_command)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    # NF state is many small long-lived objects: full collections would stall the loop.
+    gc.set_threshold(100_000, 50, 1000)
+    try:
+        asyncio.run(_serve(config))
+    except OSError as exc:
+        raise RuntimeFailure(f"SC node {config.node_id}: {exc}") from None
+    return 0
+
+
+async def _serve(config: ScConfig) -> None:
+    from cyberstar.sc.server import ScNode
+
+    node = ScNode(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, node.request_stop)
+    try:
+        await node.start()
+    except Exception as exc:
+        await node.stop()
+        raise OSError(str(exc)) from exc
+    try:
+        await node.wait_stopped()
+    finally:
+        await node.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cyberstar.sc.cli")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    register(parser.add_subparsers(dest="object", required=True))
+    args = parser.parse_args(argv)
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"cyberstar: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeFailure as exc:
+        print(f"cyberstar: failed: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

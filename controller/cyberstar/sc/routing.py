@@ -1,0 +1,214 @@
+"""What FM needs to route a flow to the SCG that owns its state.
+
+* `slot_of(tenant_id, key)` (from `flows`) — pure: the flow's slot.
+* `ShardMap` — a live copy of the etcd shard map and of every SCG's chain: `route(tenant_id,
+  key)` → `Route(shard, slot, scg, head address)`; `route_slot` for releases (use the slot from
+  the RuleReply); `wait_for(...)` to wait on a condition of the map (tests, scale helpers).
+* `ScRouter` — optional convenience on top: sends a mixed batch to the right SCGs in parallel,
+  and retries the requests a chain change or a map change bounced (NOT_HEAD, UNAVAILABLE,
+  WRONG_SHARD) after the map caught up.
+
+FM may use only `ShardMap` and its own `ScClient`s; the contract is the map and the RPCs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import aetcd
+
+from cyberstar.proto import sc_pb2
+from cyberstar.sc import coord
+from cyberstar.sc.client import ReleaseKey, Request, ScClient, release_proto, request_proto
+from cyberstar.sc.flows import FlowKey, ShardId, slot_of
+
+log = logging.getLogger(__name__)
+RETRY_CODES = (sc_pb2.NOT_HEAD, sc_pb2.UNAVAILABLE, sc_pb2.WRONG_SHARD)
+
+
+@dataclass(frozen=True)
+class Route:
+    shard: ShardId
+    slot: int
+    scg: str
+    head: str | None  # the chain head's gRPC address (None while the SCG has no live node)
+
+
+def shard_of(tenant_id: int, key: FlowKey, shards: dict[ShardId, str]) -> ShardId | None:
+    """The shard of a flow in a shard map (`{ShardId: scg}`), or None if no shard covers it."""
+    slot = slot_of(tenant_id, key)
+    return next((s for s in shards if s.tenant_id == tenant_id and s.holds(slot)), None)
+
+
+class ShardMap:
+    """Watches `shards/` and `scg/` in etcd; all reads are from memory."""
+
+    def __init__(self, endpoints: Sequence[tuple[str, int]], prefix: str = "/cyberstar") -> None:
+        self.keys = coord.Keys(prefix)
+        self._endpoints = tuple(endpoints)
+        self.etcd: aetcd.Client | None = None
+        self.shards: dict[ShardId, str] = {}
+        self.chains: dict[str, coord.Chain] = {}
+        self._changed = asyncio.Condition()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        self.etcd = coord.connect(self._endpoints)
+        await self.etcd.connect()
+        ready = [asyncio.Event(), asyncio.Event()]
+
+        def loader(fn, event):
+            async def run() -> None:
+                await fn()
+                event.set()
+
+            return run
+
+        self._tasks = [
+            asyncio.create_task(
+                coord.watch_prefix(
+                    self.etcd, self.keys.shards(), loader(self._load_shards, ready[0]), self._stop
+                )
+            ),
+            asyncio.create_task(
+                coord.watch_prefix(
+                    self.etcd, self.keys.chains(), loader(self._load_chains, ready[1]), self._stop
+                )
+            ),
+        ]
+        await asyncio.gather(*(e.wait() for e in ready))
+
+    async def close(self) -> None:
+        self._stop.set()
+        for t in self._tasks:
+            t.cancel()
+        if self.etcd is not None:
+            with contextlib.suppress(Exception):
+                await self.etcd.close()
+
+    async def _load_shards(self) -> None:
+        self.shards = await coord.read_shard_map(self.etcd, self.keys)
+        await self._notify()
+
+    async def _load_chains(self) -> None:
+        self.chains = await coord.read_chains(self.etcd, self.keys)
+        await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for(self, predicate: Callable[[ShardMap], bool], timeout: float) -> None:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self)), timeout)
+
+    def head(self, scg: str) -> str | None:
+        chain = self.chains.get(scg)
+        return chain.head.address if chain and chain.head else None
+
+    def route_slot(self, tenant_id: int, slot: int) -> Route | None:
+        for sid, scg in self.shards.items():
+            if sid.tenant_id == tenant_id and sid.holds(slot):
+                return Route(sid, slot, scg, self.head(scg))
+        return None
+
+    def route(self, tenant_id: int, key: FlowKey) -> Route | None:
+        return self.route_slot(tenant_id, slot_of(tenant_id, key))
+
+
+class ScRouter:
+    """Batches requests per SCG over one `ScClient` per head; retries bounced requests."""
+
+    def __init__(self, shard_map: ShardMap, attempts: int = 40, pause_s: float = 0.05) -> None:
+        self.map = shard_map
+        self.attempts = attempts
+        self.pause_s = pause_s
+        self._clients: dict[str, ScClient] = {}
+
+    def client(self, address: str) -> ScClient:
+        c = self._clients.get(address)
+        if c is None:
+            c = self._clients[address] = ScClient(address, timeout_s=10)
+        return c
+
+    async def close(self) -> None:
+        for c in self._clients.values():
+            await c.close()
+
+    async def compute(self, requests: Sequence[Request]) -> list[sc_pb2.RuleReply]:
+        """One reply per request, in order; a request is retried while its SCG is in flux."""
+        replies: list[sc_pb2.RuleReply | None] = [None] * len(requests)
+        todo = list(range(len(requests)))
+        for attempt in range(self.attempts):
+            groups: dict[str, list[int]] = defaultdict(list)
+            for i in todo:
+                p = requests[i].packet
+                route = self.map.route(p.tenant_id, p.key)
+                if route is None or route.head is None:
+                    replies[i] = sc_pb2.RuleReply(
+                        request_id=requests[i].request_id,
+                        status=sc_pb2.Status(
+                            code=sc_pb2.WRONG_SHARD, message="no SCG owns this flow's slot"
+                        ),
+                    )
+                    continue
+                groups[route.head].append(i)
+            results = await asyncio.gather(
+                *(self._send(head, [requests[i] for i in idx]) for head, idx in groups.items())
+            )
+            todo = []
+            for (_head, idx), got in zip(groups.items(), results, strict=True):
+                for i, rep in zip(idx, got, strict=True):
+                    replies[i] = rep
+                    if rep.status.code in RETRY_CODES:
+                        todo.append(i)
+            if not todo or attempt == self.attempts - 1:
+                break
+            await asyncio.sleep(self.pause_s)  # let the etcd watch bring the new chain or map
+        return [r for r in replies if r is not None]
+
+    async def _send(self, head: str, reqs: list[Request]) -> list[sc_pb2.RuleReply]:
+        try:
+            return await self.client(head).compute([request_proto(r) for r in reqs])
+        except Exception as exc:
+            st = sc_pb2.Status(code=sc_pb2.UNAVAILABLE, message=f"{head}: {exc}")
+            return [sc_pb2.RuleReply(request_id=r.request_id, status=st) for r in reqs]
+
+    async def release(self, keys: Sequence[ReleaseKey]) -> sc_pb2.ReleaseReply:
+        total = sc_pb2.ReleaseReply(status=sc_pb2.Status(code=sc_pb2.OK))
+        todo = list(keys)
+        for attempt in range(self.attempts):
+            groups: dict[str, list[ReleaseKey]] = defaultdict(list)
+            pending, todo = todo, []
+            for k in pending:
+                slot = k.slot if k.slot is not None else slot_of(k.tenant_id, k.key)
+                route = self.map.route_slot(k.tenant_id, slot)
+                if route is None or route.head is None:
+                    todo.append(k)  # no owner with a live head right now: try again
+                else:
+                    groups[route.head].append(k)
+            for head, ks in groups.items():
+                try:
+                    got = await self.client(head).release([release_proto(k) for k in ks])
+                except Exception:
+                    todo += ks
+                    continue
+                if got.status.code in RETRY_CODES:
+                    todo += ks
+                    continue
+                for f in ("released_keys", "freed_connections", "unknown_keys", "forwarded"):
+                    setattr(total, f, getattr(total, f) + getattr(got, f))
+            if not todo or attempt == self.attempts - 1:
+                break
+            await asyncio.sleep(self.pause_s)
+        if todo:
+            total.status.CopyFrom(
+                sc_pb2.Status(code=sc_pb2.UNAVAILABLE, message=f"{len(todo)} keys not released")
+            )
+        return total

@@ -1,0 +1,106 @@
+"""Scale out and in with real processes while requests flow: 1 → 2 → 4 SC groups and back to 1.
+
+Every move goes through the Scale RPC (`start`) to the owning SCG's head and ends with `fin`
+(ScaleStatus); the load must see no failed request and no element handed out twice, and at
+the end the one remaining group holds exactly the live allocations and every other element
+free."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+
+from cyberstar.sc.client import ScClient
+from cyberstar.sc.lab import ScLab, SnatLoad, cluster_census
+from cyberstar.sc.routing import ScRouter, ShardMap
+from sc.test_chain import TENANTS, UNIVERSE
+
+NODES_PER_SCG = 2
+
+
+async def move(shard_map: ShardMap, kind: str, shard: str, target: str) -> None:
+    sid = next(s for s in shard_map.shards if str(s) == shard)
+    async with ScClient(shard_map.head(shard_map.shards[sid])) as client:
+        start = client.scale_out if kind == "out" else client.scale_in
+        op = await start(shard, target)
+        reply = await client.scale_status(op, wait_s=30)
+    assert reply.phase == "fin", reply
+    return list(reply.shards)
+
+
+def owners(shard_map: ShardMap) -> dict[str, str]:
+    return {str(s): scg for s, scg in shard_map.shards.items()}
+
+
+@pytest.mark.usefixtures("need_etcd")
+def test_scale_out_to_four_groups_and_back_to_one_under_load() -> None:
+    asyncio.run(_scale_out_and_in())
+
+
+async def _scale_out_and_in() -> None:
+    with ScLab(TENANTS, lease_ttl_s=2) as lab:
+        for scg in ("scg1", "scg2", "scg3", "scg4"):
+            lab.add_scg(scg, NODES_PER_SCG)
+        shard_map = ShardMap([lab.etcd.endpoint])
+        await shard_map.start()
+        router = ScRouter(shard_map, attempts=400, pause_s=0.05)
+        load = SnatLoad(router, 7, batch=10, release_ratio=0.3)
+        try:
+            await shard_map.wait_for(
+                lambda m: (
+                    len(m.shards) == 1
+                    and all(len(c.nodes) == NODES_PER_SCG for c in m.chains.values())
+                    and len(m.chains) == 4
+                ),
+                30,
+            )
+            load.start()
+            await load.wait_for_more(300, 30)
+            # 1 → 2
+            await move(shard_map, "out", "7:0-1024", "scg2")
+            await shard_map.wait_for(
+                lambda m: owners(m) == {"7:0-512": "scg1", "7:512-1024": "scg2"}, 10
+            )
+            await load.wait_for_more(200, 30)
+            # 2 → 4, both moves at once
+            await asyncio.gather(
+                move(shard_map, "out", "7:0-512", "scg3"),
+                move(shard_map, "out", "7:512-1024", "scg4"),
+            )
+            await shard_map.wait_for(lambda m: len(m.shards) == 4, 10)
+            assert set(owners(shard_map).values()) == {"scg1", "scg2", "scg3", "scg4"}
+            await load.wait_for_more(200, 30)
+            # 4 → 2: each new group's shard merges back into its neighbour
+            await asyncio.gather(
+                move(shard_map, "in", "7:256-512", "scg1"),
+                move(shard_map, "in", "7:768-1024", "scg2"),
+            )
+            await shard_map.wait_for(lambda m: len(m.shards) == 2, 10)
+            await load.wait_for_more(200, 30)
+            # 2 → 1
+            await move(shard_map, "in", "7:512-1024", "scg1")
+            await shard_map.wait_for(lambda m: owners(m) == {"7:0-1024": "scg1"}, 10)
+            await load.wait_for_more(200, 30)
+            await load.stop()
+        finally:
+            await load.stop()
+            await router.close()
+            await shard_map.close()
+        assert not load.failed, load.failed[:5]
+        census = await cluster_census([n.address for n in lab.nodes.values()])
+        expected = Counter(list(load.held))
+        for node_id, (free, held, shards, _info) in census.items():
+            if node_id.startswith("scg1"):
+                assert [s[0] for s in shards] == ["7:0-1024"], shards
+                extra = Counter(held) - expected
+                missing = expected - Counter(held)
+                assert not extra, f"{node_id} invented {[hex(e) for e in extra]}"
+                assert not missing, f"{node_id} lost {[hex(e) for e in missing]}"
+                everything = Counter(free) + Counter(held)
+                assert max(everything.values()) == 1, f"{node_id} holds an element twice"
+                assert len(everything) == UNIVERSE, f"{node_id} leaked elements"
+            else:
+                assert not shards, f"{node_id} still holds {shards}"
+        assert load.ok > 1000
