@@ -31,7 +31,7 @@ class P4RuntimeError(RuntimeError):
         self.errors = errors or []
 
 
-def _write_error(exc: grpc.RpcError) -> P4RuntimeError:
+def decode_write_error(exc: grpc.RpcError) -> P4RuntimeError:
     """Decode the per-update p4.v1.Error details of a failed batch (P4Runtime §12.3)."""
     errors: list[tuple[int, str, str]] = []
     trailers = dict(exc.trailing_metadata() or ())
@@ -160,7 +160,7 @@ class P4RuntimeClient:
         try:
             self.stub.Write(req, timeout=self.timeout)
         except grpc.RpcError as exc:
-            raise _write_error(exc) from None
+            raise decode_write_error(exc) from None
 
     def read(self, entities: list[p4r.Entity]) -> list[p4r.Entity]:
         req = p4r.ReadRequest(device_id=self.device_id, entities=entities)

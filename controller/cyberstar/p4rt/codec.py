@@ -44,6 +44,8 @@ def table_entry_to_proto(pipeline: Pipeline, entry: TableEntry) -> p4r.TableEntr
         msg.priority = entry.priority
     if entry.idle_timeout_ns:
         msg.idle_timeout_ns = entry.idle_timeout_ns
+    if entry.metadata:
+        msg.metadata = entry.metadata
     return msg
 
 

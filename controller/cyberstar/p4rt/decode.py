@@ -116,7 +116,7 @@ class TableDecoder:
             action, params = self.decode_action(msg.action, is_default)
         elif kind == INSERT:
             raise P4RTError(Code.INVALID_ARGUMENT, f"table {t.name}: the entry has no action")
-        return TableEntry(t.name, match, action, params, priority, is_default, idle)
+        return TableEntry(t.name, match, action, params, priority, is_default, idle, msg.metadata)
 
     def decode_match(self, msg: p4r.TableEntry) -> dict[str, Match]:
         """The entry's match; the common all-exact, well-formed case takes a short path and

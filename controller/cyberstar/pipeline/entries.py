@@ -35,6 +35,7 @@ class TableEntry:
     priority: int = 0
     is_default: bool = False
     idle_timeout_ns: int = 0
+    metadata: bytes = b""  # the controller's opaque cookie (P4Runtime TableEntry.metadata)
 
     def match_key(self) -> tuple:
         """Identity of the entry within its table (what P4Runtime INSERT/DELETE key on)."""

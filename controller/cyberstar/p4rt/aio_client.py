@@ -1,0 +1,150 @@
+"""An asyncio P4Runtime client (grpc.aio), for controllers that run an event loop (FM).
+
+The stream is read by a task that sorts messages into queues; `stream_closed` is set when the
+stream ends, so a controller notices a restarted or dead device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from finsy.proto import p4i, p4r, p4r_grpc
+
+from cyberstar.p4rt.client import P4RuntimeError, decode_write_error
+
+log = logging.getLogger(__name__)
+Action = p4r.SetForwardingPipelineConfigRequest
+
+
+def uint128(value: int) -> p4r.Uint128:
+    return p4r.Uint128(high=value >> 64, low=value & ((1 << 64) - 1))
+
+
+class AioP4RuntimeClient:
+    def __init__(self, address: str, device_id: int, election_id: int, timeout: float = 10.0
+                 ) -> None:  # fmt: skip
+        self.address = address
+        self.device_id = device_id
+        self.election_id = election_id
+        self.timeout = timeout
+        self.channel = grpc.aio.insecure_channel(
+            address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        )
+        self.stub = p4r_grpc.P4RuntimeStub(self.channel)
+        self.packet_ins: asyncio.Queue[p4r.PacketIn] = asyncio.Queue()
+        self.idle_notifications: asyncio.Queue[p4r.IdleTimeoutNotification] = asyncio.Queue()
+        self.arbitrations: asyncio.Queue[p4r.MasterArbitrationUpdate] = asyncio.Queue()
+        self.stream_closed = asyncio.Event()
+        self._out: asyncio.Queue[p4r.StreamMessageRequest | None] = asyncio.Queue()
+        self._reader: asyncio.Task | None = None
+        self._call = None
+
+    async def open_stream(self) -> p4r.MasterArbitrationUpdate:
+        """Open the StreamChannel and arbitrate with `election_id`; returns the answer."""
+
+        async def requests() -> AsyncIterator[p4r.StreamMessageRequest]:
+            while (msg := await self._out.get()) is not None:
+                yield msg
+
+        self._call = self.stub.StreamChannel(requests())
+        self._reader = asyncio.create_task(self._read())
+        await self.arbitrate(self.election_id)
+        try:
+            return await asyncio.wait_for(self.arbitrations.get(), self.timeout)
+        except TimeoutError:
+            raise P4RuntimeError(f"{self.address}: no arbitration answer") from None
+
+    async def arbitrate(self, election_id: int) -> None:
+        self.election_id = election_id
+        await self._out.put(p4r.StreamMessageRequest(arbitration=p4r.MasterArbitrationUpdate(
+            device_id=self.device_id, election_id=uint128(election_id))))  # fmt: skip
+
+    async def _read(self) -> None:
+        try:
+            async for msg in self._call:
+                kind = msg.WhichOneof("update")
+                if kind == "packet":
+                    self.packet_ins.put_nowait(msg.packet)
+                elif kind == "idle_timeout_notification":
+                    self.idle_notifications.put_nowait(msg.idle_timeout_notification)
+                elif kind == "arbitration":
+                    self.arbitrations.put_nowait(msg.arbitration)
+                elif kind == "error":
+                    log.warning("%s: stream error: %s", self.address, msg.error.message)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                log.info("%s: stream ended: %s", self.address, exc.details())
+        finally:
+            self.stream_closed.set()
+
+    async def packet_out(self, payload: bytes, metadata: list[tuple[int, bytes]]) -> None:
+        out = p4r.PacketOut(payload=payload)
+        for mid, value in metadata:
+            out.metadata.add(metadata_id=mid, value=value)
+        await self._out.put(p4r.StreamMessageRequest(packet=out))
+
+    async def get_pipeline(self) -> p4r.ForwardingPipelineConfig | None:
+        """The device's pipeline, or None before one is set."""
+        req = p4r.GetForwardingPipelineConfigRequest(
+            device_id=self.device_id,
+            response_type=p4r.GetForwardingPipelineConfigRequest.P4INFO_AND_COOKIE,
+        )
+        try:
+            resp = await self.stub.GetForwardingPipelineConfig(req, timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                return None
+            raise P4RuntimeError(
+                f"GetForwardingPipelineConfig: {exc.details()}", exc.code()
+            ) from None
+        return resp.config if resp.config.HasField("p4info") else None
+
+    async def set_pipeline(self, p4info: p4i.P4Info, device_config: bytes = b"",
+                           action: int = Action.VERIFY_AND_COMMIT) -> None:  # fmt: skip
+        req = Action(
+            device_id=self.device_id,
+            election_id=uint128(self.election_id),
+            action=action,
+            config=p4r.ForwardingPipelineConfig(p4info=p4info, p4_device_config=device_config),
+        )
+        try:
+            await self.stub.SetForwardingPipelineConfig(req, timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise P4RuntimeError(
+                f"SetForwardingPipelineConfig: {exc.details()}", exc.code()
+            ) from None
+
+    async def write(self, updates: list[p4r.Update]) -> None:
+        if not updates:
+            return
+        req = p4r.WriteRequest(
+            device_id=self.device_id, election_id=uint128(self.election_id), updates=updates
+        )
+        try:
+            await self.stub.Write(req, timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise decode_write_error(exc) from None
+
+    async def read(self, entities: list[p4r.Entity]) -> list[p4r.Entity]:
+        req = p4r.ReadRequest(device_id=self.device_id, entities=entities)
+        out: list[p4r.Entity] = []
+        try:
+            async for resp in self.stub.Read(req, timeout=self.timeout):
+                out.extend(resp.entities)
+        except grpc.aio.AioRpcError as exc:
+            raise P4RuntimeError(f"Read: {exc.details()}", exc.code()) from None
+        return out
+
+    async def close(self) -> None:
+        await self._out.put(None)
+        if self._call is not None:
+            self._call.cancel()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        await self.channel.close()
