@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "cyberstar.commands.demo",
     "cyberstar.commands.pp",
     "cyberstar.sc.cli",
+    "cyberstar.fm.cli",
     "cyberstar.orchestrator.cli",
 )
 

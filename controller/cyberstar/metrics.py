@@ -1,4 +1,4 @@
-"""A minimal Prometheus text-format endpoint (stdlib HTTP server, one thread)."""
+"""A minimal HTTP endpoint (stdlib, one thread): Prometheus metrics and small admin calls."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import logging
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
 
 log = logging.getLogger(__name__)
 
 # A sample: metric name, labels, value.
 Sample = tuple[str, dict[str, str], float]
+# A route: query parameters → (HTTP status, content type, body).
+Route = Callable[[dict[str, str]], tuple[int, str, str]]
 
 
 def render(samples: list[Sample]) -> str:
@@ -21,18 +24,22 @@ def render(samples: list[Sample]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def serve_metrics(address: str, collect: Callable[[], list[Sample]]) -> ThreadingHTTPServer:
-    """Serve GET /metrics on HOST:PORT from `collect()`; returns the running server."""
+def serve_http(address: str, routes: dict[str, Route]) -> ThreadingHTTPServer:
+    """Serve GET routes on HOST:PORT; returns the running server."""
     host, _, port = address.rpartition(":")
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path != "/metrics":
-                self.send_error(404)
+            url = urlparse(self.path)
+            route = routes.get(url.path)
+            if route is None:
+                self.send_error(404, f"known paths: {', '.join(sorted(routes))}")
                 return
-            body = render(collect()).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            status, ctype, text = route(query)
+            body = text.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -41,5 +48,14 @@ def serve_metrics(address: str, collect: Callable[[], list[Sample]]) -> Threadin
             log.debug(fmt, *args)
 
     server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server
+
+
+def metrics_route(collect: Callable[[], list[Sample]]) -> Route:
+    return lambda _query: (200, "text/plain; version=0.0.4", render(collect()))
+
+
+def serve_metrics(address: str, collect: Callable[[], list[Sample]]) -> ThreadingHTTPServer:
+    """Serve GET /metrics on HOST:PORT from `collect()`."""
+    return serve_http(address, {"/metrics": metrics_route(collect)})

@@ -57,9 +57,15 @@ def start_agent(
     device_id: int = 1,
     mode: str = "skb",
     extra: list[str] | None = None,
+    address: str | None = None,
 ) -> PpNode:
+    """Start `cyberstar pp serve` on `ifaces` of netns `ns`; P4Runtime on a unix socket in a
+    fresh directory unless `address` is given (a restart keeps its predecessor's)."""
     tmp = Path(tempfile.mkdtemp(prefix="cyberstar-pp-"))
-    address = f"unix:{tmp / 'p4rt.sock'}"
+    if address is None:
+        address = f"unix:{tmp / 'p4rt.sock'}"
+    elif address.startswith("unix:"):
+        Path(address.removeprefix("unix:")).unlink(missing_ok=True)
     log = tmp / "agent.log"
     cmd = [*CYBERSTAR, "-v", "pp", "serve", "--netns", ns, "--grpc", address,
            "--device-id", str(device_id), "--mode", mode]  # fmt: skip

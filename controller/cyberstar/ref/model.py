@@ -136,6 +136,17 @@ class RefModel:
                     st.verdict = "pass"
 
 
+def frame_metadata(frame: bytes, ingress_port: int = 0) -> dict[str, int] | None:
+    """The lookup metadata the pipeline derives from a frame (tenant_id aside), or None for a
+    frame it would not look up (malformed, not IPv4). FM uses it on punted frames."""
+    try:
+        p = parse(frame)
+    except Malformed:
+        return None
+    prefix = _effective_prefix(p)
+    return None if prefix is None else _lookup_metadata(p, prefix, ingress_port)
+
+
 def _effective_prefix(p: Parsed) -> str | None:
     """Which IPv4 the pipeline works on: the inner one of VXLAN, else the outer; None if neither."""
     if p.has("vxlan"):

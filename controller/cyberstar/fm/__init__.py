@@ -1,0 +1,1 @@
+"""The Fabric Master: PacketIns from PP nodes → SC groups → rules cached and installed."""

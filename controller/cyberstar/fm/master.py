@@ -1,0 +1,278 @@
+"""`cyberstar fm serve`: the Fabric Master process.
+
+FMs elect a leader through etcd (`fm/leader`, create-if-absent on a lease). Every FM keeps a
+P4Runtime session to every PP node: the leader as primary, the others as hot standbys (backups
+with lower election ids). A new leader takes an election id above every earlier leader's
+((1 << 32) + the etcd revision of its leader key), becomes primary on each PP, rebuilds the rule
+cache from the PP nodes' flow tables (each rule carries its connection and SC slot in the entry
+metadata) and starts answering PacketIns, so no rule is lost across a failover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import zlib
+from collections import defaultdict
+
+import aetcd
+
+from cyberstar.fm.cache import CachedRule, Connection, RuleCache, entry_key, parse_cookie
+from cyberstar.fm.config import FabricConfig, FmConfig
+from cyberstar.fm.sessions import PpSession
+from cyberstar.fm.slowpath import SlowPath
+from cyberstar.metrics import Sample, metrics_route, serve_http
+from cyberstar.p4rt.decode import PipelineDecoder
+from cyberstar.pipeline.entries import TableEntry, build_entry
+from cyberstar.pipeline.pp import PIPELINE
+from cyberstar.sc import coord
+from cyberstar.sc.routing import ScRouter, ShardMap
+
+log = logging.getLogger(__name__)
+
+
+def fabric_entries(fabric: FabricConfig, node_id: str) -> list[TableEntry]:
+    """Next hops from PP `node_id` to every other fabric node: a VXLAN tunnel each (§5.2)."""
+    me = next((n for n in fabric.nodes if n.id == node_id), None)
+    if me is None:
+        return []
+    return [
+        build_entry(
+            PIPELINE,
+            "next_hop",
+            {"nexthop_id": fabric.nexthop_base + i},
+            "set_next_hop_vxlan",
+            {
+                "port": me.port,
+                "smac": me.mac,
+                "dmac": me.gateway_mac,
+                "src_addr": me.address,
+                "dst_addr": peer.address,
+                "vni": fabric.vni,
+            },
+        )
+        for i, peer in enumerate(fabric.nodes)
+        if peer.id != node_id
+    ]
+
+
+class FabricMaster:
+    def __init__(self, config: FmConfig) -> None:
+        self.config = config
+        self.keys = coord.Keys(config.etcd_prefix)
+        self.cache = RuleCache(PIPELINE)
+        self.shard_map = ShardMap(config.etcd, config.etcd_prefix)
+        self.router = ScRouter(self.shard_map)
+        self.slowpath = SlowPath(self.cache, self.router, config.max_batch, config.max_delay_s)
+        # A standby's id: below any leader's, distinct per FM.
+        self.standby_id = (zlib.crc32(config.fm_id.encode()) & 0x7FFFFFFF) + 1
+        self.sessions = [
+            PpSession(
+                pp,
+                i,
+                fabric_entries(config.fabric, pp.id) if config.fabric else [],
+                self.slowpath.on_packet_in,
+                self.slowpath.on_idle,
+                self.slowpath.forget_pp,
+            )
+            for i, pp in enumerate(config.pp_nodes)
+        ]
+        self.leader = False
+        self.election_id = self.standby_id
+        self.stats: dict[str, int] = defaultdict(int)
+        self.etcd: aetcd.Client | None = None
+        self._lease = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    async def run(self) -> None:
+        self.etcd = coord.connect(self.config.etcd)
+        await self.etcd.connect()
+        await self.shard_map.start()
+        self._lease = await self.etcd.lease(self.config.lease_ttl_s)
+        await self.etcd.put(self.keys.member(self.config.fm_id, "fm"),
+                            json.dumps({"fm_id": self.config.fm_id}).encode(),
+                            lease=self._lease)  # fmt: skip
+        for s in self.sessions:
+            s.start(self.standby_id)
+        self._tasks = [
+            asyncio.create_task(self.slowpath.run(), name="slow-path"),
+            asyncio.create_task(self.slowpath.sweep_orphans(), name="orphans"),
+            asyncio.create_task(self._keepalive(), name="lease"),
+            asyncio.create_task(self._campaign(), name="leader-election"),
+        ]
+        if self.config.http:
+            loop = asyncio.get_running_loop()
+            serve_http(self.config.http, {
+                "/metrics": metrics_route(self.metrics),
+                "/status": lambda _q: (200, "application/json", json.dumps(self.status())),
+                "/scale": lambda q: self._scale_route(q, loop),
+            })  # fmt: skip
+        await self._stop.wait()
+
+    def status(self) -> dict:
+        return {
+            "fm_id": self.config.fm_id,
+            "leader": self.leader,
+            "election_id": self.election_id,
+            "cached_rules": len(self.cache),
+            "cached_connections": self.cache.connections,
+            "shards": {str(k): v for k, v in sorted(self.shard_map.shards.items(), key=str)},
+            "pp_nodes": {s.name: {"primary": s.primary, "connections": s.connections}
+                         for s in self.sessions},
+            "slow_path": dict(self.slowpath.stats),
+        }  # fmt: skip
+
+    def _scale_route(self, query: dict[str, str], loop: asyncio.AbstractEventLoop
+                     ) -> tuple[int, str, str]:  # fmt: skip
+        """GET /scale?kind=out|in&shard=T:LO-HI&to=SCG[&wait_s=S]: FM sends `start` to the SCG
+        owning the shard and waits for `fin` (paper §4.1)."""
+        kind, shard, target = query.get("kind"), query.get("shard"), query.get("to")
+        if kind not in ("out", "in") or not shard or not target:
+            return 400, "text/plain", "expected kind=out|in, shard=T:LO-HI and to=SCG\n"
+        wait_s = float(query.get("wait_s", "30"))
+        future = asyncio.run_coroutine_threadsafe(self.scale(kind, shard, target, wait_s), loop)
+        try:
+            result = future.result(wait_s + 5)
+        except Exception as exc:
+            return 409, "application/json", json.dumps({"error": str(exc)})
+        return 200, "application/json", json.dumps(result)
+
+    async def scale(self, kind: str, shard: str, target: str, wait_s: float) -> dict:
+        owner = next((scg for sid, scg in self.shard_map.shards.items() if str(sid) == shard),
+                     None)  # fmt: skip
+        if owner is None:
+            raise ValueError(f"no shard {shard}; shards: {sorted(map(str, self.shard_map.shards))}")
+        head = self.shard_map.head(owner)
+        if head is None:
+            raise ValueError(f"SCG {owner} has no live head")
+        client = self.router.client(head)
+        op = await (client.scale_out if kind == "out" else client.scale_in)(shard, target)
+        reply = await client.scale_status(op, wait_s=wait_s)
+        if reply.phase != "fin":
+            raise RuntimeError(f"scale {op}: phase {reply.phase}: {reply.status.message}")
+        produced = set(reply.shards)
+        await self.shard_map.wait_for(  # FM routes by the new map from here on
+            lambda m: any(str(sid) in produced and scg == target for sid, scg in m.shards.items()),
+            10,
+        )
+        return {"op_id": op, "phase": reply.phase, "shards": list(reply.shards),
+                "moved_connections": reply.moved_connections, "seconds": reply.seconds}  # fmt: skip
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.lease_ttl_s / 3)
+            try:
+                reply = await self._lease.refresh()
+            except Exception as exc:
+                log.warning("lease refresh failed: %s", exc)
+                continue
+            if reply.TTL <= 0 and self.leader:
+                log.error("leadership lease expired: stepping down")
+                self.leader = False
+                self.slowpath.enabled.clear()
+                self._stop.set()  # another FM may already lead; restart clean
+
+    async def _campaign(self) -> None:
+        """Become the leader when the key is free; keep trying while another FM holds it."""
+        etcd = self.etcd
+        key = self.keys.fm_leader()
+        while not self.leader:
+            ok, _ = await etcd.transaction(
+                compare=[etcd.transactions.create(key) == 0],
+                success=[etcd.transactions.put(key, self.config.fm_id.encode(), lease=self._lease)],
+                failure=[],
+            )
+            if ok:
+                kv = await etcd.get(key)
+                await self._lead((1 << 32) + kv.create_revision)
+                return
+            await asyncio.sleep(self.config.lease_ttl_s / 3)
+
+    async def _lead(self, election_id: int) -> None:
+        log.warning("%s leads (election id %d)", self.config.fm_id, election_id)
+        self.leader = True
+        self.election_id = election_id
+        await asyncio.gather(*(s.become_primary(election_id) for s in self.sessions))
+        await self._rebuild_cache()
+        self.slowpath.enabled.set()
+
+    async def _rebuild_cache(self) -> None:
+        """Rebuild the rule cache from what the PP nodes hold (a previous leader's rules)."""
+        decoder = PipelineDecoder(PIPELINE).table(PIPELINE.table("flow_table").id)
+        conns: dict[int, Connection] = {}
+        for s in self.sessions:
+            try:
+                await asyncio.wait_for(s.ready.wait(), 10)
+                entries = await s.read_flow_entries()
+            except Exception as exc:
+                log.warning("%s: cannot read its rules to rebuild the cache: %s", s.name, exc)
+                continue
+            for te in entries:
+                cookie = parse_cookie(te.metadata)
+                if cookie is None:
+                    continue
+                conn_id, slot = cookie
+                entry = decoder.decode(te, kind=1)
+                key = entry_key(entry)
+                conn = conns.setdefault(conn_id, Connection(conn_id, slot, []))
+                rule = next((r for r in conn.rules if r.key == key), None)
+                if rule is None:
+                    conn.rules.append(CachedRule(key, 1 << s.index, entry))
+                else:
+                    rule.installed |= 1 << s.index
+        for conn in conns.values():
+            self.cache.put(conn)
+        log.warning("rule cache rebuilt from the PP nodes: %d connections", len(conns))
+
+    def metrics(self) -> list[Sample]:
+        out: list[Sample] = [
+            ("cyberstar_fm_leader", {"fm": self.config.fm_id}, int(self.leader)),
+            ("cyberstar_fm_cached_rules", {}, len(self.cache)),
+            ("cyberstar_fm_cached_connections", {}, self.cache.connections),
+        ]
+        out += [(f"cyberstar_fm_{k}_total", {}, v) for k, v in self.slowpath.stats.items()]
+        for s in self.sessions:
+            out.append(("cyberstar_fm_pp_primary", {"pp": s.name}, int(s.primary)))
+            out.append(("cyberstar_fm_pp_connections_total", {"pp": s.name}, s.connections))
+        lat = sorted(self.slowpath.latencies)
+        if lat:
+            out.append(("cyberstar_fm_first_packet_seconds", {"quantile": "0.5"},
+                        lat[len(lat) // 2]))  # fmt: skip
+            out.append(("cyberstar_fm_first_packet_seconds", {"quantile": "0.99"},
+                        lat[int(len(lat) * 0.99)]))  # fmt: skip
+        return out
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await self.slowpath.close()
+        for s in self.sessions:
+            await s.close()
+        await self.router.close()
+        with contextlib.suppress(Exception):
+            await self.shard_map.close()
+        if self._lease is not None:
+            with contextlib.suppress(Exception):
+                await self._lease.revoke()
+        if self.etcd is not None:
+            with contextlib.suppress(Exception):
+                await self.etcd.close()
+
+
+async def serve_fm(config: FmConfig) -> int:
+    fm = FabricMaster(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, fm.stop)
+    try:
+        await fm.run()
+    finally:
+        await fm.close()
+    return 0

@@ -1,0 +1,173 @@
+"""One P4Runtime session per PP node: connect, arbitrate, program, reconnect.
+
+A session keeps its PP node reachable for FM: it connects (retrying while the node is down),
+arbitrates with the FM's current election id, and when FM leads makes sure the node runs the
+pipeline and holds its static entries (a restarted node starts empty). PacketIns and idle-timeout
+notifications are handed to FM's callbacks with the session they came from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from finsy.proto import p4r, rpc_code
+
+from cyberstar.codegen.p4info import build_p4info, canonical_p4info
+from cyberstar.fm.config import PpNodeConfig
+from cyberstar.p4rt.aio_client import Action, AioP4RuntimeClient
+from cyberstar.p4rt.client import P4RuntimeError
+from cyberstar.p4rt.codec import update
+from cyberstar.pipeline.entries import TableEntry
+from cyberstar.pipeline.pp import PIPELINE
+
+log = logging.getLogger(__name__)
+RETRY_S = 0.2
+
+
+class PpSession:
+    def __init__(
+        self,
+        config: PpNodeConfig,
+        index: int,
+        extra_entries: list[TableEntry],
+        on_packet_in: Callable[[PpSession, p4r.PacketIn], None],
+        on_idle: Callable[[PpSession, p4r.IdleTimeoutNotification], None],
+        on_reset: Callable[[PpSession], Awaitable[None]],
+    ) -> None:
+        self.config = config
+        self.index = index  # bit in the rule cache's installed masks
+        self.entries = [*config.static_entries, *extra_entries]
+        self.on_packet_in = on_packet_in
+        self.on_idle = on_idle
+        self.on_reset = on_reset
+        self.client: AioP4RuntimeClient | None = None
+        self.election_id = 0
+        self.primary = False
+        self.ready = asyncio.Event()  # connected, and programmed if primary
+        self.connections = 0  # how many times the stream was (re)established
+        self._task: asyncio.Task | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.id
+
+    def start(self, election_id: int) -> None:
+        self.election_id = election_id
+        self._task = asyncio.create_task(self._run(), name=f"pp-session-{self.name}")
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._connect_and_serve()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("%s: %s; reconnecting", self.name, exc)
+            self.ready.clear()
+            self.primary = False
+            if self.client is not None:
+                with contextlib.suppress(Exception):
+                    await self.client.close()
+                self.client = None
+            await asyncio.sleep(RETRY_S)
+
+    async def _connect_and_serve(self) -> None:
+        c = AioP4RuntimeClient(self.config.address, self.config.device_id, self.election_id)
+        self.client = c
+        await asyncio.wait_for(c.channel.channel_ready(), 5)
+        answer = await c.open_stream()
+        self.connections += 1
+        await self._settle(answer)
+        pumps = [
+            asyncio.create_task(self._pump(c.packet_ins, self.on_packet_in)),
+            asyncio.create_task(self._pump(c.idle_notifications, self.on_idle)),
+            asyncio.create_task(self._watch_arbitration(c)),
+        ]
+        try:
+            await c.stream_closed.wait()
+        finally:
+            for t in pumps:
+                t.cancel()
+        raise ConnectionError("stream closed")
+
+    async def _pump(self, q: asyncio.Queue, handler: Callable) -> None:
+        while True:
+            handler(self, await q.get())
+
+    async def _watch_arbitration(self, c: AioP4RuntimeClient) -> None:
+        while True:
+            await self._settle(await c.arbitrations.get())
+
+    async def _settle(self, answer: p4r.MasterArbitrationUpdate) -> None:
+        was = self.primary
+        self.primary = answer.status.code == rpc_code.OK
+        if self.primary and not was:
+            await self._program()
+        if not self.primary:
+            self.ready.set()
+
+    async def become_primary(self, election_id: int) -> None:
+        """Arbitrate with a (higher) election id; `ready` is set once the node is programmed."""
+        self.election_id = election_id
+        self.ready.clear()
+        if self.client is not None and not self.client.stream_closed.is_set():
+            await self.client.arbitrate(election_id)
+
+    async def _program(self) -> None:
+        """Make sure the node runs our pipeline (keeping its entries if it already does) and
+        holds the static entries."""
+        assert self.client is not None
+        ours = build_p4info(PIPELINE)
+        current = await self.client.get_pipeline()
+        if current is None or canonical_p4info(current.p4info) != canonical_p4info(ours):
+            log.info("%s: setting the pipeline (the node starts empty)", self.name)
+            await self.client.set_pipeline(ours, b"", Action.VERIFY_AND_COMMIT)
+            await self.on_reset(self)
+        await self.write_idempotent(self.entries)
+        self.ready.set()
+        log.info("%s: primary, programmed (%d static entries)", self.name, len(self.entries))
+
+    async def write_idempotent(self, entries: list[TableEntry]) -> None:
+        """Insert entries; ones that exist are modified to match (MODIFY for default actions)."""
+        assert self.client is not None
+        ups = [
+            update(p4r.Update.MODIFY if e.is_default else p4r.Update.INSERT, PIPELINE, e)
+            for e in entries
+        ]
+        try:
+            await self.client.write(ups)
+        except P4RuntimeError as err:
+            again = [
+                update(p4r.Update.MODIFY, PIPELINE, entries[i])
+                for i, code, _ in err.errors
+                if code == "ALREADY_EXISTS"
+            ]
+            if len(again) != len(err.errors):
+                raise
+            await self.client.write(again)
+
+    async def write(self, updates: list[p4r.Update]) -> None:
+        if self.client is None or not self.primary:
+            raise P4RuntimeError(f"{self.name}: not connected as primary")
+        await self.client.write(updates)
+
+    async def packet_out(self, payload: bytes, metadata: list[tuple[int, bytes]]) -> None:
+        if self.client is not None:
+            await self.client.packet_out(payload, metadata)
+
+    async def read_flow_entries(self) -> list[p4r.TableEntry]:
+        assert self.client is not None
+        req = p4r.TableEntry(table_id=PIPELINE.table("flow_table").id)
+        return [e.table_entry for e in await self.client.read([p4r.Entity(table_entry=req)])]
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                await self.client.close()

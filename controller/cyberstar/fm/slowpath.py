@@ -1,0 +1,331 @@
+"""The slow path (paper §3.2, §5.1): PacketIn → rules → Write → PacketOut, batched.
+
+Punted first packets are collected for up to `max_delay` or `max_batch` packets. Each is answered
+from the rule cache when FM knows its flow (a restarted PP, a new PP in the ECMP group, a flow
+moved by ECMP); otherwise one request per flow goes to the SC group that owns it (packets of a
+flow already asked about wait for that answer instead of asking again). Rules are written to the
+PP that punted, in one batch per PP, and the packets are sent back through its pipeline.
+Idle-timeout notifications delete the idle rule from that PP; a connection is released in SC
+only when no PP holds any of its rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from finsy.proto import p4r
+
+from cyberstar.fm.cache import (
+    CachedRule,
+    Connection,
+    RuleCache,
+    connection_cookie,
+    entry_key,
+    flow_key,
+)
+from cyberstar.fm.sessions import PpSession
+from cyberstar.p4rt.codec import update
+from cyberstar.p4rt.decode import P4RTError, PipelineDecoder
+from cyberstar.pipeline.entries import TableEntry
+from cyberstar.pipeline.pp import PIPELINE
+from cyberstar.proto import sc_pb2
+from cyberstar.ref.model import frame_metadata
+from cyberstar.sc.client import ReleaseKey, Request
+from cyberstar.sc.flows import FlowKey, Packet
+from cyberstar.sc.routing import ScRouter
+from cyberstar.sc.rules import table_entry
+
+log = logging.getLogger(__name__)
+PACKET_IN_FIELDS = {f.name: i for i, f in enumerate(PIPELINE.packet_in.fields, start=1)}
+PACKET_OUT_FIELDS = {f.name: i for i, f in enumerate(PIPELINE.packet_out.fields, start=1)}
+FLOW_TABLE_ID = PIPELINE.table("flow_table").id
+MAX_IN_FLIGHT = 4  # SC batches outstanding at once
+
+
+@dataclass
+class Punt:
+    session: PpSession
+    packet: p4r.PacketIn
+    ingress_port: int
+    key: bytes
+    arrived: float
+
+
+class SlowPath:
+    def __init__(self, cache: RuleCache, router: ScRouter, max_batch: int, max_delay: float
+                 ) -> None:  # fmt: skip
+        self.cache = cache
+        self.router = router
+        self.max_batch = max_batch
+        self.max_delay = max_delay
+        self.decoder = PipelineDecoder(PIPELINE)
+        self.stats: dict[str, int] = defaultdict(int)
+        self.latencies: list[float] = []  # seconds from PacketIn to PacketOut, recent
+        self._queue: asyncio.Queue[tuple[PpSession, p4r.PacketIn]] = asyncio.Queue()
+        self._pending: dict[bytes, list[Punt]] = {}
+        self._ids = itertools.count(1)
+        self._conn_ids = itertools.count(int(time.time() * 1000) << 16)
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._tasks: set[asyncio.Task] = set()
+        self._orphans: dict[bytes, float] = {}  # a key of each connection no PP holds → deadline
+        self.enabled = asyncio.Event()  # set while FM leads
+
+    # ---- inputs (called from the sessions' pumps) --------------------------------------------
+
+    def on_packet_in(self, session: PpSession, pin: p4r.PacketIn) -> None:
+        self.stats["packet_in"] += 1
+        self._queue.put_nowait((session, pin))
+
+    def on_idle(self, session: PpSession, note: p4r.IdleTimeoutNotification) -> None:
+        self._spawn(self._expire(session, list(note.table_entry)))
+
+    # ---- the batch loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            await self.enabled.wait()
+            batch = [first]
+            deadline = time.monotonic() + self.max_delay
+            while len(batch) < self.max_batch:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
+                except TimeoutError:
+                    break
+            await self._in_flight.acquire()
+            self._spawn(self._process(batch), release=self._in_flight)
+
+    def _spawn(self, coro, release: asyncio.Semaphore | None = None) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            if release is not None:
+                release.release()
+            if not t.cancelled() and t.exception() is not None:
+                self.stats["internal_errors"] += 1
+                log.error("slow path task failed", exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    async def _process(self, batch: list[tuple[PpSession, p4r.PacketIn]]) -> None:
+        hits: dict[PpSession, list[tuple[Connection, Punt]]] = defaultdict(list)
+        requests: list[Request] = []
+        waiting: dict[int, bytes] = {}
+        now = time.monotonic()
+        for session, pin in batch:
+            punt, packet = self._classify(session, pin, now)
+            if punt is None:
+                continue
+            conn = self.cache.get(punt.key)
+            if conn is not None:
+                self.stats["cache_hits"] += 1
+                hits[session].append((conn, punt))
+            elif punt.key in self._pending:
+                self._pending[punt.key].append(punt)
+            else:
+                self._pending[punt.key] = [punt]
+                request_id = next(self._ids)
+                waiting[request_id] = punt.key
+                requests.append(Request(request_id, packet))
+        for session, items in hits.items():
+            await self._install(session, items)
+        if requests:
+            self.stats["sc_requests"] += len(requests)
+            replies = await self.router.compute(requests)
+            await self._answer(replies, waiting)
+
+    def _classify(self, session: PpSession, pin: p4r.PacketIn, now: float
+                  ) -> tuple[Punt | None, Packet | None]:  # fmt: skip
+        meta = {m.metadata_id: int.from_bytes(m.value, "big") for m in pin.metadata if m.value}
+        port_id, tenant_id = PACKET_IN_FIELDS["ingress_port"], PACKET_IN_FIELDS["tenant_id"]
+        if port_id not in meta or tenant_id not in meta:
+            self.stats["packet_in_without_metadata"] += 1
+            return None, None
+        ingress_port, tenant = meta[port_id], meta[tenant_id]
+        m = frame_metadata(pin.payload, ingress_port)
+        if m is None:
+            self.stats["packet_in_unparsable"] += 1
+            return None, None
+        fkey = FlowKey(m["l3_proto"], m["l3_src"], m["l3_dst"], m["l4_src"], m["l4_dst"])
+        key = flow_key(tenant, *fkey)
+        punt = Punt(session, pin, ingress_port, key, now)
+        return punt, Packet(tenant, ingress_port, m["vni"], fkey)
+
+    async def _answer(self, replies: list[sc_pb2.RuleReply], waiting: dict[int, bytes]) -> None:
+        by_session: dict[PpSession, list[tuple[Connection, Punt]]] = defaultdict(list)
+        for reply in replies:
+            key = waiting.get(reply.request_id)
+            punts = self._pending.pop(key, []) if key is not None else []
+            code = reply.status.code
+            if code not in (sc_pb2.OK, sc_pb2.POOL_EXHAUSTED):
+                self.stats[f"sc_{sc_pb2.Code.Name(code).lower()}"] += 1
+                log.warning("no rules for a flow: %s %s", sc_pb2.Code.Name(code),
+                            reply.status.message)  # fmt: skip
+                continue
+            conn = self._connection(reply)
+            if conn is None:
+                continue
+            if code == sc_pb2.POOL_EXHAUSTED:
+                self.stats["pool_exhausted_alarms"] += 1
+                conn.cacheable = False  # a short drop rule: the next first packet asks again
+            for punt in punts:
+                by_session[punt.session].append((conn, punt))
+        for session, items in by_session.items():
+            await self._install(session, items)
+
+    def _connection(self, reply: sc_pb2.RuleReply) -> Connection | None:
+        conn_id = next(self._conn_ids)
+        rules = []
+        try:
+            for rule in reply.rules:
+                entry = table_entry(rule)
+                entry = TableEntry(
+                    entry.table, entry.match, entry.action, entry.params, entry.priority,
+                    entry.is_default, entry.idle_timeout_ns, connection_cookie(conn_id, reply.slot),
+                )  # fmt: skip
+                rules.append(CachedRule(entry_key(entry), 0, entry))
+        except Exception as exc:
+            self.stats["sc_bad_rules"] += 1
+            log.error("SC returned a rule the pipeline refuses: %s", exc)
+            return None
+        return Connection(conn_id, reply.slot, rules)
+
+    async def _install(self, session: PpSession, items: list[tuple[Connection, Punt]]) -> None:
+        """Write the connections' rules to the PP (one batch), cache them, send the packets
+        back. A punt means the PP lacks the rules, whatever FM believed it held."""
+        bit = 1 << session.index
+        updates: list[p4r.Update] = []
+        seen: set[int] = set()
+        for conn, _ in items:
+            if conn.conn_id in seen:
+                continue
+            seen.add(conn.conn_id)
+            updates += [update(p4r.Update.INSERT, PIPELINE, r.entry) for r in conn.rules]
+        if updates:
+            try:
+                await session.write(updates)
+            except Exception as exc:
+                failed = getattr(exc, "errors", None)
+                if not failed or any(code != "ALREADY_EXISTS" for _, code, _ in failed):
+                    self.stats["pp_write_errors"] += 1
+                    log.warning("%s: writing rules failed: %s", session.name, exc)
+                    return
+            self.stats["rules_written"] += len(updates)
+        for conn, _ in items:
+            if conn.conn_id in seen:
+                seen.discard(conn.conn_id)
+                for rule in conn.rules:
+                    rule.installed |= bit
+                if conn.cacheable:
+                    self.cache.put(conn)
+        out_meta = (PACKET_OUT_FIELDS["submit_to_ingress"], PACKET_OUT_FIELDS["ingress_port"])
+        now = time.monotonic()
+        for _, punt in items:
+            await session.packet_out(
+                punt.packet.payload,
+                [(out_meta[0], b"\x01"), (out_meta[1], punt.ingress_port.to_bytes(2, "big"))],
+            )
+            self.latencies.append(now - punt.arrived)
+        self.stats["packet_out"] += len(items)
+        del self.latencies[:-10000]
+
+    # ---- PP resets and idle timeouts → release -----------------------------------------------
+
+    async def forget_pp(self, session: PpSession) -> None:
+        """A PP came back empty (restarted): it holds none of the rules FM gave it before.
+
+        Its connections stay cached: live flows punt again and are answered from the cache. A
+        connection no PP holds is released only if nobody asks for it within its idle timeout
+        (`sweep_orphans`), the time after which the PP would have reported it idle anyway.
+        """
+        bit = 1 << session.index
+        now = time.monotonic()
+        for conn in list(self.cache.items()):
+            if not any(r.installed & bit for r in conn.rules):
+                continue
+            for rule in conn.rules:
+                rule.installed &= ~bit
+            self.cache.put(conn)
+            if not any(r.installed for r in conn.rules):
+                idle_s = max(r.entry.idle_timeout_ns for r in conn.rules) / 1e9
+                self._orphans[conn.rule_keys()[0]] = now + idle_s
+
+    async def sweep_orphans(self, interval_s: float = 1.0) -> None:
+        """Release connections that no PP re-requested within their idle timeout."""
+        while True:
+            await asyncio.sleep(interval_s)
+            now, releases = time.monotonic(), []
+            for key, deadline in list(self._orphans.items()):
+                if deadline > now:
+                    continue
+                del self._orphans[key]
+                conn = self.cache.get(key)
+                if conn is None or any(r.installed for r in conn.rules):
+                    continue
+                self.cache.remove(conn)
+                releases += _release_keys(conn)
+            if releases:
+                self.stats["orphans_released"] += len(releases)
+                await self._release(releases)
+
+    async def _release(self, keys: list[ReleaseKey]) -> None:
+        reply = await self.router.release(keys)
+        self.stats["sc_releases"] += len(keys)
+        if reply.status.code != sc_pb2.OK:
+            log.warning("release: %s", reply.status.message)
+
+    async def _expire(self, session: PpSession, entries: list[p4r.TableEntry]) -> None:
+        bit = 1 << session.index
+        deletes, releases = [], []
+        for te in entries:
+            if te.table_id != FLOW_TABLE_ID:
+                continue
+            try:
+                match = self.decoder.table(FLOW_TABLE_ID).decode_match(te)
+            except P4RTError:
+                continue
+            key = entry_key(TableEntry("flow_table", match, "", {}))
+            deletes.append(p4r.Update(type=p4r.Update.DELETE,
+                                      entity=p4r.Entity(table_entry=te)))  # fmt: skip
+            conn = self.cache.get(key)
+            if conn is None:
+                continue
+            for rule in conn.rules:
+                if rule.key == key:
+                    rule.installed &= ~bit
+            if any(r.installed for r in conn.rules):
+                self.cache.put(conn)
+                continue
+            self.cache.remove(conn)
+            releases += _release_keys(conn)
+        if deletes:
+            with contextlib.suppress(Exception):
+                await session.write(deletes)
+            self.stats["rules_expired"] += len(deletes)
+        if releases:
+            await self._release(releases)
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+
+
+def _release_keys(conn: Connection) -> list[ReleaseKey]:
+    """What SC needs to free a connection: each of its rule keys, with the connection's slot."""
+    keys = []
+    for rule in conn.rules:
+        m = rule.entry.match
+        flow = FlowKey(m["protocol"], m["src_addr"], m["dst_addr"], m["src_port"], m["dst_port"])
+        keys.append(ReleaseKey(m["tenant_id"], flow, conn.slot))
+    return keys

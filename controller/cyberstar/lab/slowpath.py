@@ -1,0 +1,280 @@
+"""The slow-path lab: real TCP through an XDP PP node programmed by FM with rules from SC.
+
+    client ns 10.1.0.2 ── c0|pp1 ─[ PP ns: `cyberstar pp serve` ]─ pp2|s0 ── server ns 10.2.0.2
+                                                │ P4Runtime                       (and .3)
+                               `cyberstar fm serve` ── gRPC ── SC groups (`cyberstar sc serve`)
+                                                └────── etcd ──────┘
+
+Tenant 7: clients 10.1.0.0/24 reach servers 10.2.0.0/24 through SNAT (pool 203.0.113.9), and
+the web VIP 198.51.100.10:80 through a load balancer to 10.2.0.2:8080 and 10.2.0.3:8080.
+Everything runs as processes on one machine; `close()` removes it all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from cyberstar import netns
+from cyberstar.lab.pp_process import CYBERSTAR, PpNode, start_agent
+from cyberstar.paths import REPO_ROOT
+from cyberstar.sc.lab import ScLab, free_port
+
+TENANT = 7
+CLIENT_NET, SERVER_NET = "10.1.0.0/24", "10.2.0.0/24"
+CLIENT_IP, GATEWAY_CLIENT, GATEWAY_SERVER = "10.1.0.2", "10.1.0.1", "10.2.0.1"
+SERVERS = ("10.2.0.2", "10.2.0.3")
+PUBLIC_IP, VIP, VIP_PORT, SERVER_PORT = "203.0.113.9", "198.51.100.10", 80, 8080
+
+
+def tenant_config(idle_timeout_s: float) -> dict:
+    return {
+        "id": TENANT,
+        "chain": ["web", "nat"],
+        "forward_nexthop": 2,
+        "return_nexthop": 1,
+        "home_scg": "scg1",
+        "idle_timeout_s": idle_timeout_s,
+        "nfs": {
+            "web": {
+                "kind": "lb",
+                "vips": [
+                    {
+                        "addr": VIP,
+                        "port": VIP_PORT,
+                        "protocol": "tcp",
+                        "backends": [{"to": f"{s}:{SERVER_PORT}", "nexthop": 2} for s in SERVERS],
+                    }
+                ],
+            },
+            "nat": {"kind": "snat", "pool": [f"{PUBLIC_IP}:20000-59999"], "sources": [CLIENT_NET]},
+        },
+    }
+
+
+def mac_of(ifname: str, ns: str) -> str:
+    return netns.ip("-o", "link", "show", ifname, ns=ns).stdout.split("link/ether ")[1].split()[0]
+
+
+class SlowPathLab:
+    def __init__(self, scgs: int = 1, nodes_per_scg: int = 3, idle_timeout_s: float = 30,
+                 mode: str = "skb", workdir: Path | None = None) -> None:  # fmt: skip
+        self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="cyberstar-lab-")
+        self.workdir = Path(workdir or self._tmp.name)
+        pid = os.getpid()
+        self.ns = {"client": f"cs-lc-{pid}", "pp": f"cs-lp-{pid}", "server": f"cs-ls-{pid}"}
+        self.scgs = scgs
+        self.nodes_per_scg = nodes_per_scg
+        self.mode = mode
+        self.sc = ScLab([tenant_config(idle_timeout_s)], workdir=self.workdir / "sc")
+        self.pp: PpNode | None = None
+        self.fms: dict[str, subprocess.Popen] = {}
+        self.fm_http_ports: dict[str, int] = {}
+        self._servers: list[threading.Thread] = []
+        self._stop = threading.Event()
+        # (client ip:port, source the server saw), one per connection, in arrival order
+        self.accepted: list[tuple[str, tuple[str, int]]] = []
+        self._lock = threading.Lock()
+
+    # ---- bring-up ---------------------------------------------------------------------------
+
+    def __enter__(self) -> SlowPathLab:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        (self.workdir / "sc").mkdir(parents=True, exist_ok=True)
+        self._topology()
+        self.sc.__enter__()
+        for i in range(1, self.scgs + 1):
+            self.sc.add_scg(f"scg{i}", self.nodes_per_scg)
+        self.start_pp()
+        self.start_fm("fm1")
+        self._serve()
+
+    def _topology(self) -> None:
+        ns = self.ns
+        for name in ns.values():
+            netns.create(name)
+        netns.veth("c0", "pp1", ns["client"], ns["pp"])
+        netns.veth("s0", "pp2", ns["server"], ns["pp"])
+        netns.ip("addr", "add", f"{CLIENT_IP}/24", "dev", "c0", ns=ns["client"])
+        netns.ip("route", "add", "default", "via", GATEWAY_CLIENT, ns=ns["client"])
+        netns.ip("addr", "add", f"{GATEWAY_CLIENT}/24", "dev", "pp1", ns=ns["pp"])
+        netns.ip("addr", "add", f"{GATEWAY_SERVER}/24", "dev", "pp2", ns=ns["pp"])
+        for addr in SERVERS:
+            netns.ip("addr", "add", f"{addr}/24", "dev", "s0", ns=ns["server"])
+        netns.ip("route", "add", "default", "via", GATEWAY_SERVER, ns=ns["server"])
+        netns.exec_in(ns["pp"], "sysctl", "-qw", "net.ipv4.ip_forward=0")
+        for name, dev in ((ns["client"], "c0"), (ns["server"], "s0")):
+            # Native XDP_REDIRECT into veth needs GRO on the peer; frames crossing XDP must carry
+            # full checksums (see the README's note on veth).
+            netns.exec_in(name, "ethtool", "-K", dev, "gro", "on", "tx", "off", check=False)
+        netns.exec_in(ns["client"], "sysctl", "-qw", "net.ipv4.ip_local_port_range=32768 60999")
+
+    def static_rules(self) -> list[dict]:
+        ns = self.ns
+        pp1, pp2 = mac_of("pp1", ns["pp"]), mac_of("pp2", ns["pp"])
+        c0, s0 = mac_of("c0", ns["client"]), mac_of("s0", ns["server"])
+
+        def classify(port: int, prefix: str) -> dict:
+            return {"table": "tenant_classify", "action": "set_tenant",
+                    "match": {"ingress_port": port, "vni": 0, "dst_addr": prefix},
+                    "params": {"tenant_id": TENANT}}  # fmt: skip
+
+        return [
+            classify(1, SERVER_NET),
+            classify(1, f"{VIP}/32"),
+            classify(2, f"{PUBLIC_IP}/32"),
+            {"table": "next_hop", "match": {"nexthop_id": 1}, "action": "set_next_hop",
+             "params": {"port": 1, "smac": pp1, "dmac": c0}},
+            {"table": "next_hop", "match": {"nexthop_id": 2}, "action": "set_next_hop",
+             "params": {"port": 2, "smac": pp2, "dmac": s0}},
+        ]  # fmt: skip
+
+    def start_pp(self, address: str | None = None) -> None:
+        self.pp = start_agent(self.ns["pp"], ["pp1", "pp2"], mode=self.mode, address=address)
+
+    def restart_pp(self) -> None:
+        """Stop the PP agent (its tables go with it) and start a new one at the same address."""
+        assert self.pp is not None
+        self.pp.stop()
+        self.start_pp(self.pp.address)
+
+    def fm_config(self, fm_id: str) -> Path:
+        assert self.pp is not None and self.sc.etcd is not None
+        rules = self.workdir / "pp1-rules.json"
+        rules.write_text(json.dumps(self.static_rules()))
+        path = self.workdir / f"{fm_id}.yaml"
+        path.write_text(yaml.safe_dump({
+            "fm_id": fm_id,
+            "etcd": [f"127.0.0.1:{self.sc.etcd.client_port}"],
+            "lease_ttl_s": 2,
+            "http": f"127.0.0.1:{self.fm_http_ports.setdefault(fm_id, free_port())}",
+            "pp_nodes": [{"id": "pp1", "address": self.pp.address, "device_id": 1,
+                          "rules": rules.name}],
+        }))  # fmt: skip
+        return path
+
+    def start_fm(self, fm_id: str) -> subprocess.Popen:
+        log = (self.workdir / f"{fm_id}.log").open("w")
+        proc = subprocess.Popen(
+            [*CYBERSTAR, "-v", "fm", "serve", "--config", str(self.fm_config(fm_id))],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+        )  # fmt: skip
+        self.fms[fm_id] = proc
+        return proc
+
+    def kill_fm(self, fm_id: str) -> None:
+        proc = self.fms.pop(fm_id)
+        proc.kill()
+        proc.wait(10)
+
+    def fm_get(self, fm_id: str, path: str, timeout: float = 60) -> dict:
+        """GET an FM admin path (`/status`, `/scale?...`) and decode its JSON."""
+        url = f"http://127.0.0.1:{self.fm_http_ports[fm_id]}{path}"
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return json.loads(resp.read())
+
+    def fm_log(self, fm_id: str) -> str:
+        return (self.workdir / f"{fm_id}.log").read_text()
+
+    # ---- traffic ----------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        for addr in SERVERS:
+            with netns.entered(self.ns["server"]):
+                srv = socket.socket()
+            srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            srv.bind((addr, SERVER_PORT))
+            srv.listen(1024)
+            srv.settimeout(0.2)
+            t = threading.Thread(target=self._accept, args=(srv,), daemon=True)
+            t.start()
+            self._servers.append(t)
+
+    def _accept(self, srv: socket.socket) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, peer = srv.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._echo, args=(conn, peer), daemon=True).start()
+        srv.close()
+
+    def _echo(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        with conn:
+            conn.settimeout(30)
+            try:
+                while data := conn.recv(4096):
+                    # The client says who it is; remember what source the server saw for it.
+                    if data.startswith(b"hello "):
+                        with self._lock:
+                            self.accepted.append((data[6:].decode().strip(), peer))
+                    conn.sendall(b"echo:" + data)
+            except OSError:
+                pass
+
+    def client_socket(self) -> socket.socket:
+        with netns.entered(self.ns["client"]):
+            return socket.socket()
+
+    def connect(self, dst: str, port: int, timeout: float = 10.0) -> socket.socket:
+        s = self.client_socket()
+        s.settimeout(timeout)
+        s.connect((dst, port))
+        me = f"{s.getsockname()[0]}:{s.getsockname()[1]}"
+        s.sendall(f"hello {me}\n".encode())
+        if not s.recv(100).startswith(b"echo:hello"):
+            raise ConnectionError(f"bad echo on {me}")
+        return s
+
+    def close(self) -> None:
+        self._stop.set()
+        for proc in self.fms.values():
+            with contextlib.suppress(Exception):
+                proc.terminate()
+                proc.wait(10)
+        if self.pp is not None:
+            with contextlib.suppress(Exception):
+                self.pp.stop()
+        with contextlib.suppress(Exception):
+            self.sc.close()
+        for name in self.ns.values():
+            netns.delete(name)
+        if self._tmp is not None:
+            with contextlib.suppress(Exception):
+                self._tmp.cleanup()
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    """Poll `predicate` until it is truthy; a process still starting may refuse connections."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        try:
+            value = predicate()
+        except OSError as exc:
+            value, last = None, exc
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}" + (f" ({last})" if last else ""))
+        time.sleep(interval)

@@ -1,0 +1,175 @@
+"""End to end: real TCP connections through the XDP PP node, FM and SC groups (processes).
+
+Tenant clients → PP (XDP) → servers, with FM and SC groups of three nodes as real processes
+(see `cyberstar.lab.slowpath`). Connections go through SNAT and through the load balancer; the
+PP agent restarts under established connections (FM answers from its cache, SC is not asked);
+SC scales out 1 → 2 → 4 SC groups and back to 1 while connections keep coming; a standby FM
+takes over from a killed leader without losing rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from cyberstar.lab.slowpath import (
+    PUBLIC_IP,
+    SERVER_PORT,
+    SERVERS,
+    VIP,
+    VIP_PORT,
+    SlowPathLab,
+    wait_for,
+)
+from cyberstar.sc.client import ScClient
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def lab():
+    if os.geteuid() != 0:
+        pytest.skip("needs root (BPF, network namespaces)")
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd (Debian's etcd-server) is not installed: run `make install`")
+    with SlowPathLab(scgs=2, nodes_per_scg=3, mode="native") as lab:
+        wait_for(lambda: lab.fm_get("fm1", "/status")["leader"], 30, "fm1 to lead")
+        yield lab
+
+
+def open_connections(lab: SlowPathLab, dst: str, port: int, n: int, workers: int = 16,
+                     keep: bool = False) -> tuple[list, list[Exception]]:  # fmt: skip
+    sockets, errors = [], []
+    lock = threading.Lock()
+
+    def one(_: int) -> None:
+        try:
+            s = lab.connect(dst, port, timeout=15)
+        except Exception as exc:
+            with lock:
+                errors.append(exc)
+            return
+        if keep:
+            with lock:
+                sockets.append(s)
+        else:
+            s.close()
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, range(n)))
+    return sockets, errors
+
+
+def sc_requests(lab: SlowPathLab) -> int:
+    """Compute requests the SC nodes have answered (heads count requests they received)."""
+
+    async def census() -> int:
+        total = 0
+        for node in lab.sc.nodes.values():
+            if not node.alive:
+                continue
+            async with ScClient(node.config["listen"]) as c:
+                reply = await c.inspect()
+            total += reply.counters.get("requests", 0)
+        return total
+
+    return asyncio.run(census())
+
+
+def test_a_thousand_connections_through_snat(lab) -> None:
+    before = len(lab.accepted)
+    _, errors = open_connections(lab, SERVERS[0], SERVER_PORT, 1000)
+    assert errors == []
+    seen = [peer for _, peer in lab.accepted[before:]]
+    assert len(seen) == 1000
+    assert {ip for ip, _ in seen} == {PUBLIC_IP}
+    assert len({port for _, port in seen}) == 1000, "a public port was handed out twice"
+
+
+def test_a_thousand_connections_through_the_load_balancer(lab) -> None:
+    before = len(lab.accepted)
+    _, errors = open_connections(lab, VIP, VIP_PORT, 1000)
+    assert errors == []
+    assert len(lab.accepted) - before == 1000
+
+
+def test_pp_restart_keeps_established_connections_from_fm_cache(lab) -> None:
+    sockets, errors = open_connections(lab, SERVERS[1], SERVER_PORT, 50, keep=True)
+    assert errors == []
+    asked = sc_requests(lab)
+    lab.restart_pp()
+    try:
+        for s in sockets:  # every established connection still works, through a fresh PP
+            s.sendall(b"still there?")
+            assert s.recv(100) == b"echo:still there?"
+        assert sc_requests(lab) == asked, "FM should answer repeated requests from its cache"
+        status = lab.fm_get("fm1", "/status")
+        assert status["slow_path"]["cache_hits"] >= 50
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def test_scale_out_to_four_groups_and_back_while_connections_flow(lab) -> None:
+    lab.sc.add_scg("scg3", 2)
+    lab.sc.add_scg("scg4", 2)
+    stop, errors, done = threading.Event(), [], [0]
+
+    def traffic() -> None:
+        while not stop.is_set():
+            _, errs = open_connections(lab, SERVERS[0], SERVER_PORT, 16, workers=8)
+            errors.extend(errs)
+            done[0] += 16
+
+    t = threading.Thread(target=traffic)
+    t.start()
+    try:
+        out1 = lab.fm_get("fm1", "/scale?kind=out&shard=7:0-1024&to=scg2")
+        assert out1["phase"] == "fin"
+        shards = lab.fm_get("fm1", "/status")["shards"]
+        by_scg = {scg: sid for sid, scg in shards.items()}
+        lab.fm_get("fm1", f"/scale?kind=out&shard={by_scg['scg1']}&to=scg3")
+        lab.fm_get("fm1", f"/scale?kind=out&shard={by_scg['scg2']}&to=scg4")
+        shards = lab.fm_get("fm1", "/status")["shards"]
+        assert sorted(shards.values()) == ["scg1", "scg2", "scg3", "scg4"]
+        # back to one group: merge every shard into scg1's, neighbour by neighbour
+        while len(shards) > 1:
+            order = sorted(shards, key=lambda s: int(s.split(":")[1].split("-")[0]))
+            moving = next(s for s in order if shards[s] != "scg1")
+            lab.fm_get("fm1", f"/scale?kind=in&shard={moving}&to=scg1")
+            shards = lab.fm_get("fm1", "/status")["shards"]
+        assert list(shards.values()) == ["scg1"]
+    finally:
+        stop.set()
+        t.join(60)
+    assert errors == [], f"{len(errors)} of {done[0]} connections failed: {errors[:3]}"
+    assert done[0] > 0
+
+
+def test_standby_fm_takes_over_without_losing_rules(lab) -> None:
+    lab.start_fm("fm2")
+    wait_for(lambda: lab.fm_get("fm2", "/status")["pp_nodes"]["pp1"]["connections"], 30,
+             "fm2 to connect to pp1 as a standby")  # fmt: skip
+    sockets, errors = open_connections(lab, SERVERS[0], SERVER_PORT, 30, keep=True)
+    assert errors == []
+    lab.kill_fm("fm1")
+    wait_for(lambda: lab.fm_get("fm2", "/status")["leader"], 30, "fm2 to lead")
+    status = lab.fm_get("fm2", "/status")
+    assert status["cached_connections"] >= 30, "the new leader rebuilt the cache from the PP"
+    asked = sc_requests(lab)
+    lab.restart_pp()  # established connections now depend on fm2's rebuilt cache
+    try:
+        for s in sockets:
+            s.sendall(b"after failover")
+            assert s.recv(100) == b"echo:after failover"
+        assert sc_requests(lab) == asked
+        _, errors = open_connections(lab, SERVERS[1], SERVER_PORT, 20)
+        assert errors == []  # and new connections go through the new leader
+    finally:
+        for s in sockets:
+            s.close()
