@@ -115,6 +115,11 @@ def test_pp_restart_keeps_established_connections_from_fm_cache(lab) -> None:
             s.close()
 
 
+def tenant_shards(lab: SlowPathLab, tenant: int = 7) -> dict[str, str]:
+    shards = lab.fm_get("fm1", "/status")["shards"]
+    return {sid: scg for sid, scg in shards.items() if sid.startswith(f"{tenant}:")}
+
+
 def test_scale_out_to_four_groups_and_back_while_connections_flow(lab) -> None:
     lab.sc.add_scg("scg3", 2)
     lab.sc.add_scg("scg4", 2)
@@ -131,24 +136,51 @@ def test_scale_out_to_four_groups_and_back_while_connections_flow(lab) -> None:
     try:
         out1 = lab.fm_get("fm1", "/scale?kind=out&shard=7:0-1024&to=scg2")
         assert out1["phase"] == "fin"
-        shards = lab.fm_get("fm1", "/status")["shards"]
+        shards = tenant_shards(lab)
         by_scg = {scg: sid for sid, scg in shards.items()}
         lab.fm_get("fm1", f"/scale?kind=out&shard={by_scg['scg1']}&to=scg3")
         lab.fm_get("fm1", f"/scale?kind=out&shard={by_scg['scg2']}&to=scg4")
-        shards = lab.fm_get("fm1", "/status")["shards"]
+        shards = tenant_shards(lab)
         assert sorted(shards.values()) == ["scg1", "scg2", "scg3", "scg4"]
         # back to one group: merge every shard into scg1's, neighbour by neighbour
         while len(shards) > 1:
             order = sorted(shards, key=lambda s: int(s.split(":")[1].split("-")[0]))
             moving = next(s for s in order if shards[s] != "scg1")
             lab.fm_get("fm1", f"/scale?kind=in&shard={moving}&to=scg1")
-            shards = lab.fm_get("fm1", "/status")["shards"]
+            shards = tenant_shards(lab)
         assert list(shards.values()) == ["scg1"]
     finally:
         stop.set()
         t.join(60)
     assert errors == [], f"{len(errors)} of {done[0]} connections failed: {errors[:3]}"
     assert done[0] > 0
+
+
+def test_bad_requests_are_counted_not_fatal(lab) -> None:
+    """A tenant SC does not know, and an exhausted SNAT pool: errors and an alarm, no crash."""
+    from cyberstar.lab.slowpath import SMALL_POOL_SIZE, SMALL_SERVER, UNKNOWN_TENANT_SERVER
+
+    with pytest.raises(OSError):
+        lab.connect(UNKNOWN_TENANT_SERVER, SERVER_PORT, timeout=1.5)
+    stats = lab.fm_get("fm1", "/status")["slow_path"]
+    assert stats.get("unknown_tenant", 0) >= 1
+
+    held, errors = open_connections(lab, SMALL_SERVER, SERVER_PORT, SMALL_POOL_SIZE, keep=True)
+    assert errors == []
+    try:
+        with pytest.raises(OSError):  # the pool is empty: the PP gets a drop rule
+            lab.connect(SMALL_SERVER, SERVER_PORT, timeout=1.5)
+        stats = lab.fm_get("fm1", "/status")["slow_path"]
+        assert stats.get("pool_exhausted_alarms", 0) >= 1
+        for s in held:  # the connections holding the pool are untouched
+            s.sendall(b"ok?")
+            assert s.recv(100) == b"echo:ok?"
+    finally:
+        for s in held:
+            s.close()
+    # FM and the PP are still serving
+    _, errors = open_connections(lab, SERVERS[0], SERVER_PORT, 5)
+    assert errors == []
 
 
 def test_standby_fm_takes_over_without_losing_rules(lab) -> None:

@@ -73,7 +73,8 @@ class SlowPath:
         self._conn_ids = itertools.count(int(time.time() * 1000) << 16)
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._tasks: set[asyncio.Task] = set()
-        self._orphans: dict[bytes, float] = {}  # a key of each connection no PP holds → deadline
+        self._orphans: dict[bytes, float] = {}
+        self._warned_tenants: set[int] = set()  # a key of each connection no PP holds → deadline
         self.enabled = asyncio.Event()  # set while FM leads
 
     # ---- inputs (called from the sessions' pumps) --------------------------------------------
@@ -133,6 +134,17 @@ class SlowPath:
                 hits[session].append((conn, punt))
             elif punt.key in self._pending:
                 self._pending[punt.key].append(punt)
+            elif self.router.map.route(packet.tenant_id, packet.key) is None:
+                # No SC group holds any state for this tenant: its PP classification names a
+                # tenant SC is not configured for.
+                self.stats["unknown_tenant"] += 1
+                if packet.tenant_id not in self._warned_tenants:
+                    self._warned_tenants.add(packet.tenant_id)
+                    log.warning(
+                        "PacketIn for tenant %d, which no SC group serves; check the PP "
+                        "classification and the SC tenants",
+                        packet.tenant_id,
+                    )
             else:
                 self._pending[punt.key] = [punt]
                 request_id = next(self._ids)

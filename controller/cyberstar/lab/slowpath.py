@@ -35,6 +35,10 @@ CLIENT_NET, SERVER_NET = "10.1.0.0/24", "10.2.0.0/24"
 CLIENT_IP, GATEWAY_CLIENT, GATEWAY_SERVER = "10.1.0.2", "10.1.0.1", "10.2.0.1"
 SERVERS = ("10.2.0.2", "10.2.0.3")
 PUBLIC_IP, VIP, VIP_PORT, SERVER_PORT = "203.0.113.9", "198.51.100.10", 80, 8080
+# Tenant 8 reaches one server through a two-port SNAT pool (to exhaust it); tenant 99 is
+# classified by the PP but unknown to SC.
+SMALL_TENANT, SMALL_SERVER, SMALL_PUBLIC_IP, SMALL_POOL_SIZE = 8, "10.2.0.4", "203.0.113.20", 2
+UNKNOWN_TENANT, UNKNOWN_TENANT_SERVER = 99, "10.2.0.5"
 
 
 def tenant_config(idle_timeout_s: float) -> dict:
@@ -62,6 +66,19 @@ def tenant_config(idle_timeout_s: float) -> dict:
     }
 
 
+def small_tenant_config(idle_timeout_s: float) -> dict:
+    return {
+        "id": SMALL_TENANT,
+        "chain": ["nat"],
+        "forward_nexthop": 2,
+        "return_nexthop": 1,
+        "home_scg": "scg1",
+        "idle_timeout_s": idle_timeout_s,
+        "nfs": {"nat": {"kind": "snat", "sources": [CLIENT_NET],
+                        "pool": [f"{SMALL_PUBLIC_IP}:30000-{30000 + SMALL_POOL_SIZE - 1}"]}},
+    }  # fmt: skip
+
+
 def mac_of(ifname: str, ns: str) -> str:
     return netns.ip("-o", "link", "show", ifname, ns=ns).stdout.split("link/ether ")[1].split()[0]
 
@@ -76,7 +93,8 @@ class SlowPathLab:
         self.scgs = scgs
         self.nodes_per_scg = nodes_per_scg
         self.mode = mode
-        self.sc = ScLab([tenant_config(idle_timeout_s)], workdir=self.workdir / "sc")
+        tenants = [tenant_config(idle_timeout_s), small_tenant_config(idle_timeout_s)]
+        self.sc = ScLab(tenants, workdir=self.workdir / "sc")
         self.pp: PpNode | None = None
         self.fms: dict[str, subprocess.Popen] = {}
         self.fm_http_ports: dict[str, int] = {}
@@ -119,7 +137,7 @@ class SlowPathLab:
         netns.ip("route", "add", "default", "via", GATEWAY_CLIENT, ns=ns["client"])
         netns.ip("addr", "add", f"{GATEWAY_CLIENT}/24", "dev", "pp1", ns=ns["pp"])
         netns.ip("addr", "add", f"{GATEWAY_SERVER}/24", "dev", "pp2", ns=ns["pp"])
-        for addr in SERVERS:
+        for addr in (*SERVERS, SMALL_SERVER, UNKNOWN_TENANT_SERVER):
             netns.ip("addr", "add", f"{addr}/24", "dev", "s0", ns=ns["server"])
         netns.ip("route", "add", "default", "via", GATEWAY_SERVER, ns=ns["server"])
         netns.exec_in(ns["pp"], "sysctl", "-qw", "net.ipv4.ip_forward=0")
@@ -134,15 +152,18 @@ class SlowPathLab:
         pp1, pp2 = mac_of("pp1", ns["pp"]), mac_of("pp2", ns["pp"])
         c0, s0 = mac_of("c0", ns["client"]), mac_of("s0", ns["server"])
 
-        def classify(port: int, prefix: str) -> dict:
+        def classify(port: int, prefix: str, tenant: int = TENANT) -> dict:
             return {"table": "tenant_classify", "action": "set_tenant",
                     "match": {"ingress_port": port, "vni": 0, "dst_addr": prefix},
-                    "params": {"tenant_id": TENANT}}  # fmt: skip
+                    "params": {"tenant_id": tenant}}  # fmt: skip
 
         return [
             classify(1, SERVER_NET),
             classify(1, f"{VIP}/32"),
             classify(2, f"{PUBLIC_IP}/32"),
+            classify(1, f"{SMALL_SERVER}/32", SMALL_TENANT),
+            classify(2, f"{SMALL_PUBLIC_IP}/32", SMALL_TENANT),
+            classify(1, f"{UNKNOWN_TENANT_SERVER}/32", UNKNOWN_TENANT),
             {"table": "next_hop", "match": {"nexthop_id": 1}, "action": "set_next_hop",
              "params": {"port": 1, "smac": pp1, "dmac": c0}},
             {"table": "next_hop", "match": {"nexthop_id": 2}, "action": "set_next_hop",
@@ -199,7 +220,7 @@ class SlowPathLab:
     # ---- traffic ----------------------------------------------------------------------------
 
     def _serve(self) -> None:
-        for addr in SERVERS:
+        for addr in (*SERVERS, SMALL_SERVER, UNKNOWN_TENANT_SERVER):
             with netns.entered(self.ns["server"]):
                 srv = socket.socket()
             srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
