@@ -1,0 +1,120 @@
+"""FM's pieces on their own: the rule cache's packing, FM.yaml errors, fabric next hops, and
+PacketIns FM cannot use."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from finsy.proto import p4r
+
+from cyberstar.fm.cache import (
+    CachedRule,
+    Connection,
+    RuleCache,
+    connection_cookie,
+    entry_key,
+    parse_cookie,
+)
+from cyberstar.fm.config import parse_fm_config
+from cyberstar.fm.master import fabric_entries
+from cyberstar.fm.slowpath import SlowPath
+from cyberstar.pipeline.entries import build_entry
+from cyberstar.pipeline.pp import PIPELINE
+from cyberstar.yamlconf import ConfigError
+
+
+def flow(sport: int, action: str, params: dict, src: str = "10.1.0.2") -> CachedRule:
+    e = build_entry(
+        PIPELINE, "flow_table",
+        {"tenant_id": 7, "src_addr": src, "dst_addr": "10.2.0.2", "protocol": 6,
+         "src_port": sport, "dst_port": 8080},
+        action, params, idle_timeout_ns=30_000_000_000,
+    )  # fmt: skip
+    return CachedRule(entry_key(e), 0b101, e)
+
+
+def test_cache_packs_and_unpacks_connections() -> None:
+    cache = RuleCache(PIPELINE)
+    conn = Connection(
+        42, 777,
+        [flow(40000, "snat", {"src_addr": "203.0.113.9", "src_port": 20000, "nexthop_id": 2}),
+         flow(40001, "nat", {"src_addr": "203.0.113.9", "src_port": 20001,
+                             "dst_addr": "10.2.0.3", "dst_port": 8080, "nexthop_id": 2})],
+    )  # fmt: skip
+    cache.put(conn)
+    assert len(cache) == 2 and cache.connections == 1
+    back = cache.get(conn.rules[1].key)
+    assert back is not None and back.conn_id == 42 and back.slot == 777
+    for got, want in zip(back.rules, conn.rules, strict=True):
+        assert got.key == want.key and got.installed == want.installed
+        assert (got.entry.action, got.entry.params, got.entry.match) == (
+            want.entry.action, want.entry.params, want.entry.match)  # fmt: skip
+        assert got.entry.idle_timeout_ns == want.entry.idle_timeout_ns
+        assert parse_cookie(got.entry.metadata) == (42, 777)
+    cache.remove(back)
+    assert len(cache) == 0 and cache.connections == 0
+    assert parse_cookie(b"junk") is None
+    assert parse_cookie(connection_cookie(1, 2)) == (1, 2)
+
+
+def test_fm_config_errors_name_the_line(tmp_path) -> None:
+    good = "fm_id: fm1\npp_nodes:\n  - id: pp1\n    address: 127.0.0.1:9559\n"
+    cfg = parse_fm_config(good, "fm.yaml")
+    assert cfg.pp_nodes[0].address == "127.0.0.1:9559"
+    cases = [
+        ("fm_id: fm1\npp_nodes:\n  - id: pp1\n    adress: x\n", "fm.yaml:3", "missing"),
+        ("fm_id: fm1\nbatchh: {}\n", "fm.yaml:2", "unknown key"),
+        ("fm_id: fm1\npp_nodes:\n  - {id: a, address: x}\n  - {id: a, address: y}\n",
+         "fm.yaml:4", "listed twice"),
+        ("fm_id: fm1\nfabric:\n  vni: 5\n  nodes:\n    - {id: a, port: 1, mac: nope,"
+         " address: 1.2.3.4, gateway_mac: '02:00:00:00:00:01'}\n", "fm.yaml:5", "nope"),
+        ("fm_id: [\n", "fm.yaml:2", "not valid YAML"),
+    ]  # fmt: skip
+    for text, where, what in cases:
+        with pytest.raises(ConfigError) as err:
+            parse_fm_config(text, "fm.yaml")
+        assert str(err.value).startswith(where), str(err.value)
+        assert what in str(err.value)
+    rules = tmp_path / "bad.json"
+    rules.write_text(json.dumps([{"table": "nope", "action": "x"}]))
+    with pytest.raises(ConfigError, match="entry 0: unknown table 'nope'"):
+        parse_fm_config(
+            "fm_id: fm1\npp_nodes:\n  - {id: a, address: x, rules: bad.json}\n",
+            "fm.yaml",
+            tmp_path,
+        )
+
+
+def test_fabric_is_a_full_mesh_of_vxlan_next_hops() -> None:
+    cfg = parse_fm_config(
+        "fm_id: fm1\nfabric:\n  vni: 9000\n  nexthop_base: 1000\n  nodes:\n"
+        + "".join(
+            f"    - {{id: pp{i}, port: 2, mac: '02:00:00:00:00:0{i}', address: 198.51.100.{i},"
+            f" gateway_mac: '02:00:00:00:00:fe'}}\n"
+            for i in (1, 2, 3)
+        ),
+        "fm.yaml",
+    )
+    assert cfg.fabric is not None
+    entries = fabric_entries(cfg.fabric, "pp2")
+    assert [e.match["nexthop_id"] for e in entries] == [1000, 1002]
+    assert {e.params["dst_addr"] for e in entries} == {0xC6336401, 0xC6336403}
+    assert all(e.action == "set_next_hop_vxlan" and e.params["vni"] == 9000 for e in entries)
+    assert fabric_entries(cfg.fabric, "not-a-fabric-node") == []
+
+
+class _NoRouter:
+    map = None
+
+
+def test_packet_ins_fm_cannot_use_are_counted() -> None:
+    slow = SlowPath(RuleCache(PIPELINE), _NoRouter(), 16, 0.001)
+    no_meta = p4r.PacketIn(payload=b"\x00" * 60)
+    assert slow._classify(None, no_meta, 0.0) == (None, None)
+    assert slow.stats["packet_in_without_metadata"] == 1
+    garbage = p4r.PacketIn(payload=b"\x00" * 10)
+    garbage.metadata.add(metadata_id=1, value=b"\x01")
+    garbage.metadata.add(metadata_id=3, value=b"\x07")
+    assert slow._classify(None, garbage, 0.0) == (None, None)
+    assert slow.stats["packet_in_unparsable"] == 1
