@@ -124,6 +124,7 @@ class FabricMaster:
             "pp_nodes": {s.name: {"primary": s.primary, "connections": s.connections}
                          for s in self.sessions},
             "slow_path": dict(self.slowpath.stats),
+            "first_packet_ms": self.slowpath.latency_percentiles(),
         }  # fmt: skip
 
     def _scale_route(self, query: dict[str, str], loop: asyncio.AbstractEventLoop
@@ -241,12 +242,8 @@ class FabricMaster:
         for s in self.sessions:
             out.append(("cyberstar_fm_pp_primary", {"pp": s.name}, int(s.primary)))
             out.append(("cyberstar_fm_pp_connections_total", {"pp": s.name}, s.connections))
-        lat = sorted(self.slowpath.latencies)
-        if lat:
-            out.append(("cyberstar_fm_first_packet_seconds", {"quantile": "0.5"},
-                        lat[len(lat) // 2]))  # fmt: skip
-            out.append(("cyberstar_fm_first_packet_seconds", {"quantile": "0.99"},
-                        lat[int(len(lat) * 0.99)]))  # fmt: skip
+        for q, ms in self.slowpath.latency_percentiles().items():
+            out.append(("cyberstar_fm_first_packet_seconds", {"quantile": q}, ms / 1000))
         return out
 
     async def close(self) -> None:

@@ -77,6 +77,14 @@ class SlowPath:
         self._warned_tenants: set[int] = set()  # a key of each connection no PP holds → deadline
         self.enabled = asyncio.Event()  # set while FM leads
 
+    def latency_percentiles(self) -> dict[str, float]:
+        """PacketIn arrival to PacketOut, in ms, over the recent first packets."""
+        lat = sorted(self.latencies)
+        if not lat:
+            return {}
+        return {q: round(lat[min(len(lat) - 1, int(len(lat) * float(q)))] * 1000, 3)
+                for q in ("0.5", "0.99")}  # fmt: skip
+
     # ---- inputs (called from the sessions' pumps) --------------------------------------------
 
     def on_packet_in(self, session: PpSession, pin: p4r.PacketIn) -> None:

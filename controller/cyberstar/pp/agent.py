@@ -28,7 +28,7 @@ from cyberstar.xdp.program import XdpProgram
 
 log = logging.getLogger(__name__)
 ETH_P_ALL = 0x0003
-IDLE_SCAN_INTERVAL_S = 0.1
+IDLE_SCAN_INTERVAL_S = 0.5  # when no entry has an idle timeout
 
 
 @dataclass(frozen=True)
@@ -131,8 +131,8 @@ class PpAgent:
             self.prog.poll_punts(100)
 
     def _idle_loop(self) -> None:
-        while not self._stop.wait(IDLE_SCAN_INTERVAL_S):
-            if not self.server.pipeline_set or not self.device.has_idle_entries():
+        while not self._stop.wait(self.device.idle_scan_interval() or IDLE_SCAN_INTERVAL_S):
+            if not self.server.pipeline_set or self.device.idle_scan_interval() is None:
                 continue
             try:
                 for msg in self.device.idle_scan():

@@ -13,13 +13,14 @@ import logging
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import grpc
 from finsy.proto import p4i, p4r
 
-from cyberstar.codegen.p4info import build_p4info
+from cyberstar.codegen.p4info import build_p4info, canonical_p4info
 from cyberstar.p4rt.codec import table_entry_to_proto
 from cyberstar.p4rt.decode import P4RTError, PipelineDecoder
 from cyberstar.pipeline.entries import TableEntry, match_identity
@@ -91,7 +92,7 @@ class XdpDevice:
         device config or the generated XDP C."""
         ours = self.p4info
         theirs = config.p4info
-        if _canonical(theirs) != _canonical(ours):
+        if canonical_p4info(theirs) != canonical_p4info(ours):
             raise P4RTError(Code.INVALID_ARGUMENT, _p4info_difference(ours, theirs))
         blob = config.p4_device_config
         if blob and blob.strip() != _program_source(self.prog).strip():
@@ -115,6 +116,7 @@ class XdpDevice:
             for t in self.pipeline.tables
         }
         self._notified.clear()
+        self._idle_timeouts: Counter[int] = Counter()
 
     # ---- writes -------------------------------------------------------------------------------
 
@@ -224,7 +226,6 @@ class XdpDevice:
     def _write_upserts(
         self, table: str, upserts: list[tuple[_Pending, bytes]]
     ) -> list[tuple[int, P4RTError]]:
-        store = self._exact[table]
         try:
             self.prog.write_raw(
                 table, b"".join(p.key for p, _ in upserts), b"".join(v for _, v in upserts),
@@ -233,7 +234,7 @@ class XdpDevice:
         except Exception:
             return self._one_by_one(table, upserts)
         for p, _ in upserts:
-            store[p.key] = p.entry
+            self._store_put(table, p.key, p.entry)
             self._notified.pop((table, p.key), None)
         return []
 
@@ -249,11 +250,10 @@ class XdpDevice:
             except Exception as exc:
                 errors.append((p.index, P4RTError(Code.RESOURCE_EXHAUSTED, f"{table}: {exc}")))
                 continue
-            self._exact[table][p.key] = p.entry
+            self._store_put(table, p.key, p.entry)
         return errors
 
     def _write_deletes(self, table: str, deletes: list[_Pending]) -> list[tuple[int, P4RTError]]:
-        store = self._exact[table]
         try:
             self.prog.delete_raw(table, b"".join(p.key for p in deletes), len(deletes))
         except Exception:
@@ -264,10 +264,10 @@ class XdpDevice:
                 except Exception as exc:
                     errors.append((p.index, P4RTError(Code.INTERNAL, f"{table}: {exc}")))
                     continue
-                store.pop(p.key, None)
+                self._store_pop(table, p.key)
             return errors
         for p in deletes:
-            store.pop(p.key, None)
+            self._store_pop(table, p.key)
             self._notified.pop((table, p.key), None)
         return []
 
@@ -404,7 +404,7 @@ class XdpDevice:
             raw = self.prog.lookup_raw(table, key) if need_state else None
             yield entry, lay.value_head.unpack(raw) if raw else {}
             return
-        values = dict(self.prog.dump_raw(table)) if need_state else {}
+        values = dict(self.prog.dump_raw(table, len(store))) if need_state else {}
         for key, entry in store.items():
             raw = values.get(key)
             yield entry, lay.value_head.unpack(raw) if raw else {}
@@ -491,7 +491,7 @@ class XdpDevice:
                     continue
                 lay = table_layout(self.pipeline, t.name)
                 expired = []
-                for key, raw in self.prog.dump_raw(t.name):
+                for key, raw in self.prog.dump_raw(t.name, len(store)):
                     entry = store.get(key)
                     if entry is None or not entry.idle_timeout_ns:
                         continue
@@ -508,8 +508,25 @@ class XdpDevice:
                 out.append(p4r.StreamMessageResponse(idle_timeout_notification=note))
         return out
 
-    def has_idle_entries(self) -> bool:
-        return any(e.idle_timeout_ns for store in self._exact.values() for e in store.values())
+    def _store_put(self, table: str, key: bytes, entry: TableEntry) -> None:
+        self._store_pop(table, key)
+        self._exact[table][key] = entry
+        if entry.idle_timeout_ns:
+            self._idle_timeouts[entry.idle_timeout_ns] += 1
+
+    def _store_pop(self, table: str, key: bytes) -> None:
+        old = self._exact[table].pop(key, None)
+        if old is not None and old.idle_timeout_ns:
+            self._idle_timeouts[old.idle_timeout_ns] -= 1
+            if not self._idle_timeouts[old.idle_timeout_ns]:
+                del self._idle_timeouts[old.idle_timeout_ns]
+
+    def idle_scan_interval(self) -> float | None:
+        """How often to scan for idle entries: a quarter of the shortest timeout (0.1 s to 2 s),
+        or None when no entry has one."""
+        if not self._idle_timeouts:
+            return None
+        return min(2.0, max(0.1, min(self._idle_timeouts) / 4e9))
 
 
 def _with_last_hit(lay, raw: bytes, now: int) -> bytes:
@@ -534,18 +551,6 @@ def _field_bytes(number: int, data: bytes) -> bytes:
 
 def _canonical_int(value: int) -> bytes:
     return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
-
-
-def _canonical(info: p4i.P4Info) -> bytes:
-    """P4Infos compare by content, not by the order of repeated objects or documentation."""
-    copy = p4i.P4Info()
-    copy.CopyFrom(info)
-    copy.ClearField("pkg_info")
-    for group in ("tables", "actions", "counters", "direct_counters", "controller_packet_metadata"):
-        items = sorted(getattr(copy, group), key=lambda o: o.preamble.id)
-        copy.ClearField(group)
-        getattr(copy, group).extend(items)
-    return copy.SerializeToString(deterministic=True)
 
 
 def _p4info_difference(ours: p4i.P4Info, theirs: p4i.P4Info) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import tempfile
@@ -73,9 +74,11 @@ class XdpProgram:
 
     def __init__(self, pipeline: Pipeline = PIPELINE, source: str | None = None) -> None:
         from bcc import BPF  # Debian's python3-bpfcc; imported here so other commands run without
+        from bcc.libbcc import lib
 
         self.pipeline = pipeline
         self._bpf_cls = BPF
+        self._lib = lib
         with _captured_stderr() as log_path:
             try:
                 self.source = source or xdp_source()
@@ -182,12 +185,42 @@ class XdpProgram:
             return None
         return bytes(value)
 
-    def dump_raw(self, name: str) -> list[tuple[bytes, bytes]]:
-        """Every (key, value) of a hash or LPM table."""
+    def dump_raw(self, name: str, expected: int = 0) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) of a hash or LPM table. `expected` (how many entries the caller
+        believes there are) sizes the buffers of a hash table's batch lookups."""
         table = self._map(name)
-        if table.ttype == BPF_MAP_TYPE_HASH:
+        if table.ttype != BPF_MAP_TYPE_HASH:
+            return [(bytes(k), bytes(v)) for k, v in table.items()]
+        ksize, vsize = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
+        capacity = max(64, expected + expected // 4 + 64)
+        keys = ctypes.create_string_buffer(ksize * capacity)
+        values = ctypes.create_string_buffer(vsize * capacity)
+        token, count, total = ctypes.c_uint32(0), ctypes.c_uint32(0), 0
+        while total < capacity:
+            count.value = capacity - total
+            rc = self._lib.bpf_lookup_batch(
+                table.map_fd,
+                ctypes.byref(token) if total else None,
+                ctypes.byref(token),
+                ctypes.byref(keys, ksize * total),
+                ctypes.byref(values, vsize * total),
+                ctypes.byref(count),
+            )
+            err = ctypes.get_errno()
+            total += count.value
+            if rc != 0:
+                if err != errno.ENOENT:
+                    raise OSError(err, f"BPF_MAP_LOOKUP_BATCH on {name}: {os.strerror(err)}")
+                break  # the whole map was read
+            if count.value == 0:
+                break
+        if total >= capacity:  # more entries than expected: fall back to a full read
             return [(bytes(k), bytes(v)) for k, v in table.items_lookup_batch()]
-        return [(bytes(k), bytes(v)) for k, v in table.items()]
+        kraw, vraw = keys.raw, values.raw
+        return [
+            (kraw[i * ksize : (i + 1) * ksize], vraw[i * vsize : (i + 1) * vsize])
+            for i in range(total)
+        ]
 
     def publish_ternary(
         self,
