@@ -125,6 +125,7 @@ class FabricMaster:
                          for s in self.sessions},
             "slow_path": dict(self.slowpath.stats),
             "first_packet_ms": self.slowpath.latency_percentiles(),
+            "timings_s": {k: round(v, 3) for k, v in self.slowpath.timings.items()},
         }  # fmt: skip
 
     def _scale_route(self, query: dict[str, str], loop: asyncio.AbstractEventLoop

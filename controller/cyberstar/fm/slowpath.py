@@ -66,6 +66,7 @@ class SlowPath:
         self.max_delay = max_delay
         self.decoder = PipelineDecoder(PIPELINE)
         self.stats: dict[str, int] = defaultdict(int)
+        self.timings: dict[str, float] = defaultdict(float)  # seconds spent per phase
         self.latencies: list[float] = []  # seconds from PacketIn to PacketOut, recent
         self._queue: asyncio.Queue[tuple[PpSession, p4r.PacketIn]] = asyncio.Queue()
         self._pending: dict[bytes, list[Punt]] = {}
@@ -97,21 +98,26 @@ class SlowPath:
     # ---- the batch loop -------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Form batches: wait for a free slot first, so that while SC is busy the queue fills
+        and the next batch takes what accumulated (adaptive batching); when idle, a batch
+        waits at most `max_delay` for company."""
         while True:
+            await self._in_flight.acquire()
             first = await self._queue.get()
             await self.enabled.wait()
             batch = [first]
-            deadline = time.monotonic() + self.max_delay
-            while len(batch) < self.max_batch:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
-                except TimeoutError:
-                    break
-            await self._in_flight.acquire()
+            self._drain(batch)
+            if len(batch) < self.max_batch and self.max_delay > 0:
+                await asyncio.sleep(self.max_delay)
+                self._drain(batch)
             self._spawn(self._process(batch), release=self._in_flight)
+
+    def _drain(self, batch: list) -> None:
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return
 
     def _spawn(self, coro, release: asyncio.Semaphore | None = None) -> None:
         task = asyncio.create_task(coro)
@@ -158,12 +164,18 @@ class SlowPath:
                 request_id = next(self._ids)
                 waiting[request_id] = punt.key
                 requests.append(Request(request_id, packet))
+        self.stats["batches"] += 1
+        self.stats["batched_packets"] += len(batch)
         for session, items in hits.items():
             await self._install(session, items)
         if requests:
             self.stats["sc_requests"] += len(requests)
+            t0 = time.monotonic()
             replies = await self.router.compute(requests)
+            self.timings["sc_seconds"] += time.monotonic() - t0
+            t0 = time.monotonic()
             await self._answer(replies, waiting)
+            self.timings["install_seconds"] += time.monotonic() - t0
 
     def _classify(self, session: PpSession, pin: p4r.PacketIn, now: float
                   ) -> tuple[Punt | None, Packet | None]:  # fmt: skip
