@@ -12,11 +12,13 @@ import ipaddress
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from cyberstar import packets
 from cyberstar.codegen import artifacts, write_artifacts
+from cyberstar.errors import RuntimeFailure
 from cyberstar.paths import REPO_ROOT
 from cyberstar.pcap.pcapfile import Packet, write_pcap
 from cyberstar.pipeline.pp import PIPELINE
@@ -85,6 +87,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rules", type=Path, default=DEMO_RULES, help="rules file to install")
     p.add_argument("--out-dir", type=Path, default=Path("out/demo"), help="where to write pcaps")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--no-lab",
+        action="store_true",
+        help="skip the second part: real TCP through PP, FM and SC processes",
+    )
     p.set_defaults(func=run)
 
 
@@ -154,11 +161,75 @@ def run(args: argparse.Namespace) -> int:
         }
         for f, outcomes in zip(flows, results, strict=True)
     ]
+    lab = None if args.no_lab else run_lab()
     if args.json:
-        print(json.dumps({"artifacts_match_spec": same, "flows": report, "note": note}))
+        print(json.dumps({"artifacts_match_spec": same, "flows": report, "note": note,
+                          "lab": lab}))  # fmt: skip
     else:
         _print_report(report, [t.name for t in targets], same, len(entries), args, note)
-    return 0 if all(r["agree"] for r in report) and same else 1
+        _print_lab(lab)
+    ok = all(r["agree"] for r in report) and same
+    return 0 if ok else 1
+
+
+def run_lab() -> dict:
+    """Part two: the slow path for real. Returns what happened (or why it was skipped)."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("etcd") is None:
+        return {"skipped": "needs root and etcd (make install)"}
+    from cyberstar.lab.slowpath import (
+        SERVER_PORT,
+        SERVERS,
+        VIP,
+        VIP_PORT,
+        SlowPathLab,
+        wait_for,
+    )
+
+    out: dict = {"steps": []}
+    with SlowPathLab(scgs=1, nodes_per_scg=3, mode="native") as lab:
+        wait_for(lambda: lab.fm_get("fm1", "/status")["leader"], 30, "FM to lead")
+        conns = []
+        for dst, port, what in ((SERVERS[0], SERVER_PORT, "SNAT"), (VIP, VIP_PORT, "LB")):
+            t0 = time.perf_counter()
+            s = lab.connect(dst, port)
+            client, seen = lab.accepted[-1]
+            out["steps"].append(
+                f"{what}: client {client} → {dst}:{port} connected in "
+                f"{(time.perf_counter() - t0) * 1000:.1f} ms; the server saw {seen[0]}:{seen[1]}"
+            )
+            conns.append(s)
+        status = lab.fm_get("fm1", "/status")
+        out["steps"].append(
+            f"FM: {status['slow_path'].get('sc_requests', 0)} rule requests to SC, "
+            f"{status['cached_rules']} rules cached"
+        )
+        lab.restart_pp()
+        for s in conns:
+            s.sendall(b"after the PP restart")
+            if s.recv(100) != b"echo:after the PP restart":
+                raise RuntimeFailure("a connection broke across the PP restart")
+            s.close()
+        after = lab.fm_get("fm1", "/status")["slow_path"]
+        out["steps"].append(
+            "PP agent restarted: both connections still work, answered from FM's cache "
+            f"({after.get('cache_hits', 0)} cache hits, "
+            f"{after.get('sc_requests', 0)} SC requests in all)"
+        )
+    return out
+
+
+def _print_lab(lab: dict | None) -> None:
+    if lab is None:
+        return
+    print()
+    print("  the slow path, for real: client ns → XDP PP → server ns; FM and an SC group of three")
+    if "skipped" in lab:
+        print(f"  skipped: {lab['skipped']}")
+        return
+    for step in lab["steps"]:
+        print(f"    {step}")
 
 
 def _print_report(
