@@ -50,7 +50,7 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
         self._config: p4r.ForwardingPipelineConfig | None = None  # committed
         self._saved: p4r.ForwardingPipelineConfig | None = None  # VERIFY_AND_SAVE
         self._write_lock = threading.Lock()
-        self.stats = {"write_errors": 0, "packet_in_dropped": 0}
+        self.stats = {"write_errors": 0, "packet_in": 0, "packet_in_dropped": 0}
 
     # ---- helpers ------------------------------------------------------------------------------
 
@@ -71,8 +71,8 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
         """Send a stream message to the primary: an idle-timeout notification, or a PacketIn
         already serialized (bytes)."""
         ok = self.arbitration.send_to_primary(msg)
-        if not ok and isinstance(msg, bytes):
-            self.stats["packet_in_dropped"] += 1
+        if isinstance(msg, bytes):
+            self.stats["packet_in" if ok else "packet_in_dropped"] += 1
         return ok
 
     @property

@@ -158,6 +158,7 @@ class PpAgent:
             ("cyberstar_pp_packet_in_lost_total", {"where": "stream"},
              self.server.stats["packet_in_dropped"]),
             ("cyberstar_pp_write_errors_total", {}, self.server.stats["write_errors"]),
+            ("cyberstar_pp_packet_in_total", {}, self.server.stats["packet_in"]),
         ]  # fmt: skip
         samples += [(f"cyberstar_pp_{k}_total", {}, v) for k, v in self.device.stats.items()]
         return samples

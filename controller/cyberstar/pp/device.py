@@ -75,11 +75,8 @@ class XdpDevice:
         self._ternary: dict[str, dict[tuple, tuple[int, TableEntry]]] = {}
         self._defaults: dict[str, TableEntry] = {}
         self._seq = 0
-        self._notified: dict[tuple[str, bytes], int] = {}
         self.run_in_namespace = contextlib.nullcontext
         self.stats = {
-            "packet_in": 0,
-            "packet_in_dropped": 0,
             "packet_out": 0,
             "idle_notifications": 0,
         }
@@ -115,7 +112,6 @@ class XdpDevice:
             t.name: TableEntry(t.name, {}, t.default_action, {}, is_default=True)
             for t in self.pipeline.tables
         }
-        self._notified.clear()
         self._idle_timeouts: Counter[int] = Counter()
 
     # ---- writes -------------------------------------------------------------------------------
@@ -235,7 +231,6 @@ class XdpDevice:
             return self._one_by_one(table, upserts)
         for p, _ in upserts:
             self._store_put(table, p.key, p.entry)
-            self._notified.pop((table, p.key), None)
         return []
 
     def _one_by_one(
@@ -268,7 +263,6 @@ class XdpDevice:
             return errors
         for p in deletes:
             self._store_pop(table, p.key)
-            self._notified.pop((table, p.key), None)
         return []
 
     def _apply_ternary(self, table: str, batch: list[_Pending]) -> list[tuple[int, P4RTError]]:
