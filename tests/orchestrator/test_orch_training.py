@@ -1,0 +1,80 @@
+"""Training runs for a tiny epoch and produces a model that loads and places (real torch)."""
+
+from __future__ import annotations
+
+import json
+
+from orch_cases import cli
+
+from cyberstar.orchestrator.checker import check_placement
+from cyberstar.orchestrator.drl import AgentConfig, default_model_path, load_model, save_model
+from cyberstar.orchestrator.files import load_instance, save_instance
+from cyberstar.orchestrator.generator import generate
+from cyberstar.orchestrator.search import place_all
+from cyberstar.orchestrator.training import TrainSettings, train
+
+
+def test_train_two_tiny_epochs_then_load_and_place(tmp_path):
+    instances = [generate("paper-a", 90 + s, tenants=40, machines=16) for s in range(2)]
+    settings = TrainSettings(epochs=2, seed=3, warmup=20, batch=16, target_sync=25)
+    net, info = train(
+        instances, settings, AgentConfig(hidden=16), validation=instances[:1], progress=False
+    )
+    assert [h["epoch"] for h in info["history"]] == [1, 2]
+    assert all(h["loss"] is not None and h["validation_cost"] > 0 for h in info["history"])
+    path = tmp_path / "m.pt"
+    save_model(path, net, AgentConfig(hidden=16), info)
+    policy, loaded_info = load_model(path)
+    assert loaded_info["settings"]["seed"] == 3
+    placement = place_all(instances[0], policy)
+    assert check_placement(instances[0], placement).ok
+
+
+def test_training_is_reproducible_from_its_seed():
+    instances = [generate("nat70", 95, tenants=30, machines=12)]
+    settings = TrainSettings(epochs=1, seed=7, warmup=10, batch=8, target_sync=10)
+    runs = [train(instances, settings, AgentConfig(hidden=8), progress=False)[0] for _ in range(2)]
+    first, second = (r.state_dict() for r in runs)
+    assert all(first[k].equal(second[k]) for k in first)
+
+
+def test_train_command_writes_model_and_recipe(tmp_path, capsys):
+    data = tmp_path / "train"
+    data.mkdir()
+    save_instance(generate("nat50", 5, tenants=30, machines=12), data / "a.json")
+    out = tmp_path / "model.pt"
+    code = cli("place", "train", "--instances", data, "--out", out, "--epochs", "1", "--seed", "1")
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "epoch 1/1" in captured.err  # the progress bar
+    summary = json.loads(captured.out)
+    assert summary["model"] == str(out)
+    recipe = json.loads(out.with_suffix(".json").read_text())
+    assert recipe["instances"][0]["family"] == "nat50"
+    assert recipe["settings"]["seed"] == 1
+    instance = data / "a.json"
+    placement = tmp_path / "p.json"
+    code = cli("place", "--algo", "drl", "--model", out, "--instance", instance, "--out", placement)
+    assert code == 0
+    assert cli("place", "check", "--instance", instance, "--placement", placement) == 0
+    assert load_instance(instance).requests
+
+
+def test_packaged_model_and_recipe_exist():
+    path = default_model_path()
+    assert path.is_file() and path.stat().st_size < 5_000_000
+    recipe = json.loads(path.with_suffix(".json").read_text())
+    assert recipe["instances"] and recipe["history"]
+    _, info = load_model()
+    assert info["instances"] == recipe["instances"]
+
+
+def test_bad_model_file_is_a_usage_error(tmp_path, capsys):
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(b"not a model")
+    instance = tmp_path / "i.json"
+    save_instance(generate("small", 0), instance)
+    out = tmp_path / "p.json"
+    code = cli("place", "--algo", "drl", "--model", bogus, "--instance", instance, "--out", out)
+    assert code == 2
+    assert "--model" in capsys.readouterr().err
