@@ -77,3 +77,15 @@ def generate_p4info_text(p: Pipeline) -> str:
 
 def parse_p4info_text(text: str) -> p4i.P4Info:
     return text_format.Parse(text, p4i.P4Info())
+
+
+def canonical_p4info(info: p4i.P4Info) -> bytes:
+    """P4Infos compare by content, not by the order of repeated objects or documentation."""
+    copy = p4i.P4Info()
+    copy.CopyFrom(info)
+    copy.ClearField("pkg_info")
+    for group in ("tables", "actions", "counters", "direct_counters", "controller_packet_metadata"):
+        items = sorted(getattr(copy, group), key=lambda o: o.preamble.id)
+        copy.ClearField(group)
+        getattr(copy, group).extend(items)
+    return copy.SerializeToString(deterministic=True)
