@@ -32,7 +32,7 @@ class AioP4RuntimeClient:
         self.election_id = election_id
         self.timeout = timeout
         self.channel = grpc.aio.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+            address, options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)]
         )
         self.stub = p4r_grpc.P4RuntimeStub(self.channel)
         self.packet_ins: asyncio.Queue[p4r.PacketIn] = asyncio.Queue()
