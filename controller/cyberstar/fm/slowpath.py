@@ -99,16 +99,17 @@ class SlowPath:
 
     async def run(self) -> None:
         """Form batches: wait for a free slot first, so that while SC is busy the queue fills
-        and the next batch takes what accumulated (adaptive batching); when idle, a batch
-        waits at most `max_delay` for company."""
+        and the next batch takes what accumulated (adaptive batching). An idle FM sends a
+        first packet at once; a busy one waits up to `max_delay` for company."""
         while True:
             await self._in_flight.acquire()
             first = await self._queue.get()
             await self.enabled.wait()
             batch = [first]
             self._drain(batch)
-            if len(batch) < self.max_batch and self.max_delay > 0:
-                await asyncio.sleep(self.max_delay)
+            busy = self._in_flight._value < MAX_IN_FLIGHT - 1  # other batches in flight
+            if busy and len(batch) < self.max_batch and self.max_delay > 0:
+                await asyncio.sleep(self.max_delay)  # company is likely: wait a little
                 self._drain(batch)
             self._spawn(self._process(batch), release=self._in_flight)
 
