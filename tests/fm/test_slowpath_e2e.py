@@ -81,6 +81,24 @@ def sc_requests(lab: SlowPathLab) -> int:
     return asyncio.run(census())
 
 
+def test_membership_in_etcd(lab) -> None:
+    """SC nodes register themselves; FM registers itself and the PP nodes it reaches."""
+    import aetcd
+
+    async def members() -> set[str]:
+        client = aetcd.Client(host="127.0.0.1", port=lab.sc.etcd.client_port)
+        async with client:
+            out = set()
+            for kv in await client.get_prefix(b"/cyberstar/members/"):
+                out.add(kv.key.decode().removeprefix("/cyberstar/members/"))
+            return out
+
+    wait_for(lambda: "pp/pp1" in asyncio.run(members()), 15, "members/pp/pp1 in etcd")
+    found = asyncio.run(members())
+    assert {"fm/fm1", "pp/pp1"} <= found
+    assert sum(1 for m in found if m.startswith("sc/")) == 6
+
+
 def test_a_thousand_connections_through_snat(lab) -> None:
     before = len(lab.accepted)
     _, errors = open_connections(lab, SERVERS[0], SERVER_PORT, 1000)

@@ -103,6 +103,7 @@ class FabricMaster:
             asyncio.create_task(self.slowpath.sweep_orphans(), name="orphans"),
             asyncio.create_task(self._keepalive(), name="lease"),
             asyncio.create_task(self._campaign(), name="leader-election"),
+            asyncio.create_task(self._publish_pp_members(), name="pp-membership"),
         ]
         if self.config.http:
             loop = asyncio.get_running_loop()
@@ -180,6 +181,32 @@ class FabricMaster:
                 self.leader = False
                 self.slowpath.enabled.clear()
                 self._stop.set()  # another FM may already lead; restart clean
+
+    async def _publish_pp_members(self) -> None:
+        """The leader records which PP nodes it reaches (`members/pp/<id>` on its lease), so
+        membership shows PP nodes appearing and disappearing as FM sees them."""
+        listed: set[str] = set()
+        while True:
+            await asyncio.sleep(self.config.lease_ttl_s / 3)
+            if not self.leader:
+                continue
+            for s in self.sessions:
+                key = self.keys.member(s.name, "pp")
+                up = s.primary and s.ready.is_set()
+                try:
+                    if up and s.name not in listed:
+                        value = {
+                            "address": s.config.address,
+                            "device_id": s.config.device_id,
+                            "fm": self.config.fm_id,
+                        }
+                        await self.etcd.put(key, json.dumps(value).encode(), lease=self._lease)
+                        listed.add(s.name)
+                    elif not up and s.name in listed:
+                        await self.etcd.delete(key)
+                        listed.discard(s.name)
+                except Exception as exc:
+                    log.warning("membership of %s: %s", s.name, exc)
 
     async def _campaign(self) -> None:
         """Become the leader when the key is free; keep trying while another FM holds it."""
