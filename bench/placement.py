@@ -230,7 +230,8 @@ def plot(results: dict, path: str) -> None:
     a.set_xticks(np.arange(len(families)) + 1.5 * width, families)
     a.set_ylabel("cost / FF cost")
     a.set_title("(a) static placement cost")
-    a.legend()
+    a.set_ylim(0, 1.3)
+    a.legend(ncol=4, loc="upper center", fontsize="small")
     if mixes:
         x = [int(f[3:]) for f in mixes]
         for name, key in [
