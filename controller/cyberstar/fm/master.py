@@ -176,7 +176,7 @@ class FabricMaster:
             except Exception as exc:
                 log.warning("lease refresh failed: %s", exc)
                 continue
-            if reply.TTL <= 0 and self.leader:
+            if reply.TTL <= 0 and self.election_id != self.standby_id:  # leading or taking over
                 log.error("leadership lease expired: stepping down")
                 self.leader = False
                 self.slowpath.enabled.clear()
@@ -226,10 +226,11 @@ class FabricMaster:
 
     async def _lead(self, election_id: int) -> None:
         log.warning("%s leads (election id %d)", self.config.fm_id, election_id)
-        self.leader = True
         self.election_id = election_id
         await asyncio.gather(*(s.become_primary(election_id) for s in self.sessions))
         await self._rebuild_cache()
+        # Report leadership only once the cache is rebuilt and the slow path serves.
+        self.leader = True
         self.slowpath.enabled.set()
 
     async def _rebuild_cache(self) -> None:
