@@ -14,6 +14,9 @@ then prints one JSON object:
   of 100 through the FM-side router) got in the `--window` seconds before the start and
   between start and fin.
 * `scale_in`: the moved half merges back (whole-shard move), same figures.
+* `compute_latency`: milliseconds per Compute call of 1, 3 and 10 new-connection requests
+  (one caller, one call at a time: FM's latency for a small slow-path batch), and with 4
+  callers of 3 (median and the requests per second they got).
 
 Run from the repository: .venv/bin/python bench/sc_scale.py [--mappings 100000]
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -80,6 +84,28 @@ async def rate(client: ScClient, flows: Flows, batch: int, clients: int, seconds
     start = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(clients)))
     return done / (time.monotonic() - start)
+
+
+async def latency(client: ScClient, flows: Flows, batch: int, callers: int, seconds: float) -> dict:
+    """Per-call latency of Compute batches of new flows, `callers` calls in flight."""
+    lat: list[float] = []
+    deadline = time.monotonic() + seconds
+
+    async def caller() -> None:
+        while time.monotonic() < deadline:
+            t0 = time.perf_counter()
+            check(await client.compute(flows.take(batch)))
+            lat.append(time.perf_counter() - t0)
+
+    start = time.monotonic()
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    lat.sort()
+    return {
+        "callers": callers,
+        "median_ms": round(statistics.median(lat) * 1e3, 3),
+        "p90_ms": round(lat[int(len(lat) * 0.9)] * 1e3, 3),
+        "requests_per_s": round(len(lat) * batch / (time.monotonic() - start)),
+    }
 
 
 async def repeated_rate(client: ScClient, reqs: list[Request], seconds: float) -> float:
@@ -184,6 +210,12 @@ async def main(args: argparse.Namespace) -> dict:
             result["compute"]["repeated_batch_1000"] = {
                 "clients": 1,
                 "per_s": round(await repeated_rate(client, sample, args.seconds)),
+            }
+            result["compute_latency"] = {
+                f"batch_{batch}" + ("" if callers == 1 else f"_x{callers}"): await latency(
+                    client, flows, batch, callers, args.seconds
+                )
+                for batch, callers in ((1, 1), (3, 1), (10, 1), (3, 4))
             }
         await shard_map.close()
         return result

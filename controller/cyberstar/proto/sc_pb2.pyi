@@ -266,14 +266,16 @@ class ChainHello(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., from_node: _Optional[str] = ...) -> None: ...
 
 class ChainUpdate(_message.Message):
-    __slots__ = ("seq", "ops", "snapshot")
+    __slots__ = ("seq", "ops", "snapshot", "blobs")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     OPS_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     ops: bytes
     snapshot: bool
-    def __init__(self, seq: _Optional[int] = ..., ops: _Optional[bytes] = ..., snapshot: _Optional[bool] = ...) -> None: ...
+    blobs: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, seq: _Optional[int] = ..., ops: _Optional[bytes] = ..., snapshot: _Optional[bool] = ..., blobs: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ChainMessage(_message.Message):
     __slots__ = ("hello", "update")
@@ -284,17 +286,19 @@ class ChainMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[ChainHello, _Mapping]] = ..., update: _Optional[_Union[ChainUpdate, _Mapping]] = ...) -> None: ...
 
 class ChainAck(_message.Message):
-    __slots__ = ("acked_seq", "applied_seq", "fresh")
+    __slots__ = ("acked_seq", "applied_seq", "fresh", "refused")
     ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
     APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
     FRESH_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
     acked_seq: int
     applied_seq: int
     fresh: bool
-    def __init__(self, acked_seq: _Optional[int] = ..., applied_seq: _Optional[int] = ..., fresh: _Optional[bool] = ...) -> None: ...
+    refused: str
+    def __init__(self, acked_seq: _Optional[int] = ..., applied_seq: _Optional[int] = ..., fresh: _Optional[bool] = ..., refused: _Optional[str] = ...) -> None: ...
 
 class TransferRequest(_message.Message):
-    __slots__ = ("op_id", "kind", "shard", "payload", "coalesce_with", "from_scg")
+    __slots__ = ("op_id", "kind", "shard", "payload", "coalesce_with", "from_scg", "part")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         SEED: _ClassVar[TransferRequest.Kind]
@@ -309,13 +313,15 @@ class TransferRequest(_message.Message):
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     COALESCE_WITH_FIELD_NUMBER: _ClassVar[int]
     FROM_SCG_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
     op_id: str
     kind: TransferRequest.Kind
     shard: str
     payload: bytes
     coalesce_with: str
     from_scg: str
-    def __init__(self, op_id: _Optional[str] = ..., kind: _Optional[_Union[TransferRequest.Kind, str]] = ..., shard: _Optional[str] = ..., payload: _Optional[bytes] = ..., coalesce_with: _Optional[str] = ..., from_scg: _Optional[str] = ...) -> None: ...
+    part: int
+    def __init__(self, op_id: _Optional[str] = ..., kind: _Optional[_Union[TransferRequest.Kind, str]] = ..., shard: _Optional[str] = ..., payload: _Optional[bytes] = ..., coalesce_with: _Optional[str] = ..., from_scg: _Optional[str] = ..., part: _Optional[int] = ...) -> None: ...
 
 class TransferReply(_message.Message):
     __slots__ = ("status", "shard")

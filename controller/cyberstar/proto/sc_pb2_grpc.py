@@ -59,11 +59,6 @@ class ServiceComputingStub:
                 request_serializer=cyberstar_dot_proto_dot_sc__pb2.InspectRequest.SerializeToString,
                 response_deserializer=cyberstar_dot_proto_dot_sc__pb2.InspectReply.FromString,
                 _registered_method=True)
-        self.Replicate = channel.stream_stream(
-                '/cyberstar.sc.v1.ServiceComputing/Replicate',
-                request_serializer=cyberstar_dot_proto_dot_sc__pb2.ChainMessage.SerializeToString,
-                response_deserializer=cyberstar_dot_proto_dot_sc__pb2.ChainAck.FromString,
-                _registered_method=True)
         self.Transfer = channel.unary_unary(
                 '/cyberstar.sc.v1.ServiceComputing/Transfer',
                 request_serializer=cyberstar_dot_proto_dot_sc__pb2.TransferRequest.SerializeToString,
@@ -112,16 +107,10 @@ class ServiceComputingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Replicate(self, request_iterator, context):
-        """Chain-internal: the predecessor streams state updates in order, the successor acks the
-        highest sequence number that reached the tail.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def Transfer(self, request, context):
-        """SCG head → SCG head during a scale operation: seed (free half of a pool) and merge (the
+        """(Chain replication is not an RPC: it runs over one TCP connection per link of the chain,
+        frames of ChainMessage and ChainAck below; docs/sc.md, cyberstar/sc/replication.py.)
+        SCG head → SCG head during a scale operation: seed (free half of a pool) and merge (the
         shard's connections and the rest of its pool).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -155,11 +144,6 @@ def add_ServiceComputingServicer_to_server(servicer, server):
                     servicer.Inspect,
                     request_deserializer=cyberstar_dot_proto_dot_sc__pb2.InspectRequest.FromString,
                     response_serializer=cyberstar_dot_proto_dot_sc__pb2.InspectReply.SerializeToString,
-            ),
-            'Replicate': grpc.stream_stream_rpc_method_handler(
-                    servicer.Replicate,
-                    request_deserializer=cyberstar_dot_proto_dot_sc__pb2.ChainMessage.FromString,
-                    response_serializer=cyberstar_dot_proto_dot_sc__pb2.ChainAck.SerializeToString,
             ),
             'Transfer': grpc.unary_unary_rpc_method_handler(
                     servicer.Transfer,
@@ -302,33 +286,6 @@ class ServiceComputing:
             '/cyberstar.sc.v1.ServiceComputing/Inspect',
             cyberstar_dot_proto_dot_sc__pb2.InspectRequest.SerializeToString,
             cyberstar_dot_proto_dot_sc__pb2.InspectReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Replicate(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
-            target,
-            '/cyberstar.sc.v1.ServiceComputing/Replicate',
-            cyberstar_dot_proto_dot_sc__pb2.ChainMessage.SerializeToString,
-            cyberstar_dot_proto_dot_sc__pb2.ChainAck.FromString,
             options,
             channel_credentials,
             insecure,

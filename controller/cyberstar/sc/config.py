@@ -2,7 +2,9 @@
 
 ```yaml
 node_id: sc1a                # unique in the cluster
-listen: 127.0.0.1:7101       # gRPC address (FM and the chain peers dial it)
+listen: 127.0.0.1:7101       # gRPC address (FM and the other SCGs dial it)
+chain_listen: 127.0.0.1:0    # replication link from the predecessor (default: listen's host,
+                             # a free port; the address in use is published in etcd)
 etcd: [127.0.0.1:2379]       # endpoints; the first that answers is used
 scg: scg1                    # the SC group this node belongs to
 idle_timeout_s: 30           # default idle timeout of the rules (per tenant overridable)
@@ -125,6 +127,12 @@ class ScConfig:
     lease_ttl_s: int = 3
     commit_timeout_s: float = 5.0
     etcd_prefix: str = "/cyberstar"
+    chain_listen: str = ""  # host:port of the replication listener; "" = listen's host, port 0
+
+    @property
+    def chain_endpoint(self) -> tuple[str, int]:
+        host, _, port = (self.chain_listen or self.listen.rpartition(":")[0] + ":0").rpartition(":")
+        return host.strip("[]"), int(port)
 
 
 def load_config(path: Path) -> ScConfig:
@@ -139,6 +147,9 @@ def parse_config(text: str, name: str = "<config>") -> ScConfig:
     listen = top.str("listen")
     if ":" not in listen:
         raise top.error("listen", f"expected host:port, found {listen!r}")
+    chain_listen = top.str("chain_listen", "")
+    if chain_listen and not chain_listen.rpartition(":")[2].isdigit():
+        raise top.error("chain_listen", f"expected host:port, found {chain_listen!r}")
     etcd = []
     for i, ep in enumerate(top.list("etcd", ["127.0.0.1:2379"])):
         host, sep, port = str(ep).rpartition(":")
@@ -189,4 +200,6 @@ def parse_config(text: str, name: str = "<config>") -> ScConfig:
         )
         t.done()
     top.done()
-    return ScConfig(node_id, listen, tuple(etcd), scg, tenants, lease_ttl, commit_timeout, prefix)
+    return ScConfig(
+        node_id, listen, tuple(etcd), scg, tenants, lease_ttl, commit_timeout, prefix, chain_listen
+    )

@@ -4,10 +4,10 @@ Key layout (all under a prefix, `/cyberstar` by default; values are JSON):
 
 | key | value (writer) |
 |---|---|
-| `members/sc/<node_id>` | `{"scg", "address", "incarnation"}` on the node's lease (the node) |
-| `members/fm/<id>`, `members/pp/<id>` | `{"address", ...}` on a lease (FM, PP agents) |
+| `members/sc/<node_id>` | `{"scg", "address", "chain", "incarnation"}` on the node's lease |
+| `members/fm/<id>`, `members/pp/<id>` | `{"address", ...}` on a lease (written by FM) |
 | `fm/leader` | leader's node id on its lease; create-if-absent election (FM) |
-| `scg/<scg>/chain` | `{"epoch", "nodes": [{"id", "address", "incarnation"}]}` head first (locker) |
+| `scg/<scg>/chain` | `{"epoch", "nodes": [{"id", "address", "chain", "incarnation"}]}` (locker) |
 | `scg/<scg>/lock` | etcd lock: whoever holds it may rewrite the chain (SC nodes) |
 | `tenants/<tenant>/claimed` | the SCG that created the tenant's first shard (its head) |
 | `shards/<tenant>/<lo>-<hi>` | `{"scg"}`: the SCG owning slots [lo, hi) of the tenant (SCG heads) |
@@ -82,8 +82,9 @@ class Keys:
 @dataclass(frozen=True)
 class ChainNode:
     id: str
-    address: str
+    address: str  # gRPC (FM, other SCGs)
     incarnation: str
+    chain: str = ""  # replication listener (its predecessor connects to it)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,8 @@ class Chain:
 
     def to_json(self) -> bytes:
         nodes = [
-            {"id": n.id, "address": n.address, "incarnation": n.incarnation} for n in self.nodes
+            {"id": n.id, "address": n.address, "chain": n.chain, "incarnation": n.incarnation}
+            for n in self.nodes
         ]
         return json.dumps({"epoch": self.epoch, "nodes": nodes}).encode()
 

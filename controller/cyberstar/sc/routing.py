@@ -159,9 +159,13 @@ class ScRouter:
                     )
                     continue
                 groups[route.head].append(i)
-            results = await asyncio.gather(
-                *(self._send(head, [requests[i] for i in idx]) for head, idx in groups.items())
-            )
+            if len(groups) == 1:  # the common case: no task per batch
+                ((head, idx),) = groups.items()
+                results = [await self._send(head, [requests[i] for i in idx])]
+            else:
+                results = await asyncio.gather(
+                    *(self._send(head, [requests[i] for i in idx]) for head, idx in groups.items())
+                )
             todo = []
             for (_head, idx), got in zip(groups.items(), results, strict=True):
                 for i, rep in zip(idx, got, strict=True):

@@ -44,6 +44,7 @@ from cyberstar.sc.state import (
     MissingParts,
     StateError,
     deferred_actions,
+    pack_connections,
 )
 
 if TYPE_CHECKING:
@@ -273,14 +274,11 @@ class ScaleDriver:
             window = asyncio.Semaphore(PARTS_IN_FLIGHT)
             sent: list[asyncio.Task] = []
             for n in range(parts):
-                wires = []
-                for c in conns[n * PART_SIZE : (n + 1) * PART_SIZE]:
-                    w = c.wire()
-                    w[3] = bits[c.forward.key]
-                    wires.append(w)
-                data = json.dumps({"part": n, "conns": wires}, separators=(",", ":")).encode()
+                data = pack_connections(conns[n * PART_SIZE : (n + 1) * PART_SIZE], bits)
                 await window.acquire()
-                task = asyncio.create_task(self._transfer(op, sc_pb2.TransferRequest.PART, data))
+                task = asyncio.create_task(
+                    self._transfer(op, sc_pb2.TransferRequest.PART, data, part=n)
+                )
                 task.add_done_callback(lambda _t, w=window: w.release())
                 sent.append(task)
             await asyncio.gather(*sent)
@@ -291,7 +289,9 @@ class ScaleDriver:
             log.warning("scale op %s: %s; sending the parts again", op.op_id, reply.status.message)
         raise StateError(f"target SCG {op.target} kept losing parts of the move")
 
-    async def _transfer(self, op: ScaleOp, kind: int, payload: bytes) -> sc_pb2.TransferReply:
+    async def _transfer(
+        self, op: ScaleOp, kind: int, payload: bytes, part: int = 0
+    ) -> sc_pb2.TransferReply:
         node = self.node
         req = sc_pb2.TransferRequest(
             op_id=op.op_id,
@@ -300,6 +300,7 @@ class ScaleDriver:
             payload=payload,
             coalesce_with=op.coalesce_with if kind == sc_pb2.TransferRequest.MERGE else "",
             from_scg=node.config.scg,
+            part=part,
         )
         deadline = time.monotonic() + TRANSFER_DEADLINE_S
         last = ""
@@ -367,18 +368,18 @@ class ScaleDriver:
             ShardId.parse(req.shard)
         except ValueError as exc:
             return sc_pb2.TransferReply(status=sc_pb2.Status(code=Code.MALFORMED, message=str(exc)))
-        head = json.dumps(req.shard) + "," + json.dumps(req.op_id) + ","
-        if req.kind == sc_pb2.TransferRequest.SEED:
-            raw = b'[["seed_in",' + head.encode() + req.payload + b"]]"
-        elif req.kind == sc_pb2.TransferRequest.PART:
-            raw = b'[["merge_part",' + head.encode() + req.payload + b"]]"
-        else:
-            tail = "," + json.dumps(req.coalesce_with)
-            raw = b'[["merge_in",' + head.encode() + req.payload + tail.encode() + b"]]"
-        # A part is acknowledged once applied here: the last message's commit covers them all.
-        wait = req.kind != sc_pb2.TransferRequest.PART
         try:
-            ok, results = await node.submit(json.loads(raw), raw, wait=wait)
+            if req.kind == sc_pb2.TransferRequest.SEED:
+                op = ["seed_in", req.shard, req.op_id, json.loads(req.payload)]
+            elif req.kind == sc_pb2.TransferRequest.PART:
+                # The packed connections go down the chain as they came (a blob of the update).
+                op = ["merge_part", req.shard, req.op_id, {"part": req.part, "conns": req.payload}]
+            else:
+                payload = json.loads(req.payload)
+                op = ["merge_in", req.shard, req.op_id, payload, req.coalesce_with]
+            # A part is acknowledged once applied here: the last message's commit covers them all.
+            wait = req.kind != sc_pb2.TransferRequest.PART
+            ok, results = await node.submit([op], wait=wait)
         except MissingParts as exc:
             return sc_pb2.TransferReply(status=sc_pb2.Status(code=Code.NOT_FOUND, message=str(exc)))
         except (StateError, ValueError) as exc:

@@ -1,7 +1,7 @@
 """One SC node: the gRPC service, its place in its SCG's chain, and its etcd membership.
 
 Everything runs on one asyncio loop: gRPC handlers, the engine (synchronous, so each batch is
-decided atomically), replication streams and etcd watches.
+decided atomically), the replication links (TCP, `replication.py`) and etcd watches.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from cyberstar.sc.engine import Engine, Outcome, validate_flow
 from cyberstar.sc.flows import FlowKey, Packet, ShardId
 from cyberstar.sc.metrics import Counters
 from cyberstar.sc.replication import GRPC_OPTIONS, Replicator, encode_ops
-from cyberstar.sc.rules import rule_proto
+from cyberstar.sc.rules import fill_rule
 from cyberstar.sc.scale import ScaleDriver
 from cyberstar.sc.state import NodeState
 
@@ -39,13 +39,14 @@ def status(code: int, message: str = "") -> sc_pb2.Status:
 
 
 def reply_of(request_id: int, out: Outcome) -> sc_pb2.RuleReply:
-    return sc_pb2.RuleReply(
-        request_id=request_id,
-        status=status(out.code, out.message),
-        rules=[rule_proto(out.tenant_id, r, out.timeout_ns) for r in out.rules],
-        slot=out.slot,
-        shard=out.shard,
-    )
+    reply = sc_pb2.RuleReply(request_id=request_id, slot=out.slot, shard=out.shard)
+    reply.status.code = out.code
+    if out.message:
+        reply.status.message = out.message
+    add = reply.rules.add
+    for rule in out.rules:
+        fill_rule(add(), out.tenant_id, rule, out.timeout_ns)
+    return reply
 
 
 def _hops(context: grpc.aio.ServicerContext) -> int:
@@ -71,6 +72,8 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
         self.scale = ScaleDriver(self)
         self._clients: dict[str, ScClient] = {}
         self._server: grpc.aio.Server | None = None
+        self._chain_server: asyncio.Server | None = None
+        self.chain_address = ""
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._lease: aetcd.leases.Lease | None = None
@@ -86,6 +89,12 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
         if self._server.add_insecure_port(self.config.listen) == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
         await self._server.start()
+        host, port = self.config.chain_endpoint
+        self._chain_server = await asyncio.get_running_loop().create_server(
+            self.replicator.accept, host, port
+        )
+        bound = self._chain_server.sockets[0].getsockname()[1]
+        self.chain_address = f"{host}:{bound}"
         self.etcd = coord.connect(self.config.etcd)
         await self.etcd.connect()
         await self._register()
@@ -99,10 +108,11 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
             ),
         ]
         log.info(
-            "SC node %s of %s listening on %s",
+            "SC node %s of %s listening on %s (chain link on %s)",
             self.config.node_id,
             self.config.scg,
             self.config.listen,
+            self.chain_address,
         )
 
     def request_stop(self) -> None:
@@ -121,6 +131,8 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
                 await self._lease.revoke()
         for client in self._clients.values():
             await client.close()
+        if self._chain_server is not None:
+            self._chain_server.close()
         if self._server is not None:
             await self._server.stop(0.5)
         if self.etcd is not None:
@@ -133,6 +145,7 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
         value = {
             "scg": self.config.scg,
             "address": self.config.listen,
+            "chain": self.chain_address,
             "incarnation": self.incarnation,
         }
         await self.etcd.put(
@@ -185,7 +198,8 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
             kept = {n.id for n in keep}
             joiners = sorted((rev, nid, m) for nid, (rev, m) in members.items() if nid not in kept)
             nodes = tuple(keep) + tuple(
-                coord.ChainNode(nid, m["address"], m["incarnation"]) for _, nid, m in joiners
+                coord.ChainNode(nid, m["address"], m["incarnation"], m.get("chain", ""))
+                for _, nid, m in joiners
             )
             if nodes != chain.nodes:
                 new = coord.Chain(self.config.scg, chain.epoch + 1, nodes)
@@ -243,7 +257,6 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
     async def submit(
         self,
         ops: list,
-        raw: bytes | None = None,
         then: Callable[[], object] | None = None,
         wait: bool = True,
     ) -> tuple[bool, list]:
@@ -252,11 +265,11 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
         Returns (committed, what each op returned); `then`, if given, runs right after the
         ops are applied, before any other request can change the state, and its result is
         appended to the list."""
-        data = raw if raw is not None else encode_ops(ops)
+        data, blobs = encode_ops(ops)
         results = [self.engine.state.apply(op) for op in ops]
         if then is not None:
             results.append(then())
-        seq = self.replicator.submit(data)
+        seq = self.replicator.submit(data, blobs)
         if not wait:
             return True, results
         return await self.replicator.commit(seq, self.config.commit_timeout_s), results
@@ -296,7 +309,7 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
             if out.proxy_to and hops < MAX_HOPS:
                 proxied[out.proxy_to].append(i)
             replies.append(reply_of(r.request_id, out))
-        seq = self.replicator.submit(encode_ops(ops)) if ops else self.replicator.applied
+        seq = self.replicator.submit(*encode_ops(ops)) if ops else self.replicator.applied
         if proxied:
             await asyncio.gather(
                 *(
@@ -378,7 +391,7 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
                 out.released_keys += 1
             else:
                 out.unknown_keys += 1
-        seq = self.replicator.submit(encode_ops(ops)) if ops else self.replicator.applied
+        seq = self.replicator.submit(*encode_ops(ops)) if ops else self.replicator.applied
         for scg, items in proxied.items():
             address = self.head_address(scg)
             if address is None:
@@ -444,7 +457,3 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
             counters=dict(self.counters.values),
             metrics_text=self.counters.text(labels),
         )
-
-    # -- chain-internal ------------------------------------------------------------------------
-    async def Replicate(self, request_iterator, context) -> None:
-        await self.replicator.serve_upstream(context)
