@@ -96,6 +96,14 @@ def bench_cyberstar(args) -> tuple[dict, dict]:
                           args.workers)  # fmt: skip
         fm = lab.fm_get("fm1", "/status")
         cps["fm_punt_to_packet_out_ms"] = fm["first_packet_ms"]
+        # Where a batch of first packets spends FM's time: asking SC, then Write + PacketOut.
+        sc_batches = max(fm["slow_path"].get("sc_batches", 0), 1)
+        cps["fm_ms_per_sc_batch"] = {
+            phase.removesuffix("_seconds"): round(1000 * s / sc_batches, 2)
+            for phase, s in fm["timings_s"].items()
+        }
+        sc_requests = fm["slow_path"].get("sc_requests", 0)
+        cps["fm_packets_per_sc_batch"] = round(sc_requests / sc_batches, 1)
         # Synthetic PacketIns: a sender floods new flows into the PP's client-side port.
         before = fm["slow_path"].get("sc_requests", 0)
         pp_mac = netns.ip("-o", "link", "show", "pp1", ns=lab.ns["pp"]).stdout.split(

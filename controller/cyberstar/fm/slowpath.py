@@ -171,6 +171,7 @@ class SlowPath:
             await self._install(session, items)
         if requests:
             self.stats["sc_requests"] += len(requests)
+            self.stats["sc_batches"] += 1
             t0 = time.monotonic()
             replies = await self.router.compute(requests)
             self.timings["sc_seconds"] += time.monotonic() - t0
