@@ -62,7 +62,10 @@ def test_fm_config_errors_name_the_line(tmp_path) -> None:
     good = "fm_id: fm1\npp_nodes:\n  - id: pp1\n    address: 127.0.0.1:9559\n"
     cfg = parse_fm_config(good, "fm.yaml")
     assert cfg.pp_nodes[0].address == "127.0.0.1:9559"
+    assert cfg.max_in_flight == 2
+    assert parse_fm_config(good + "batch: {max_in_flight: 1}\n").max_in_flight == 1
     cases = [
+        ("fm_id: fm1\nbatch: {max_in_flight: 0}\n", "fm.yaml:2", "max_in_flight"),
         ("fm_id: fm1\npp_nodes:\n  - id: pp1\n    adress: x\n", "fm.yaml:3", "missing"),
         ("fm_id: fm1\nbatchh: {}\n", "fm.yaml:2", "unknown key"),
         ("fm_id: fm1\npp_nodes:\n  - {id: a, address: x}\n  - {id: a, address: y}\n",

@@ -16,7 +16,7 @@ fabric:                         # optional: VXLAN next hops between PP nodes (pa
   nodes:
     - {id: pp1, port: 2, mac: "02:00:00:00:01:02", address: 198.51.100.1,
        gateway_mac: "02:00:00:00:00:fe"}
-batch: {max_packets: 256, max_delay_ms: 1.0}
+batch: {max_packets: 256, max_delay_ms: 1.0, max_in_flight: 2}  # SC batches outstanding
 ```
 """
 
@@ -67,6 +67,7 @@ class FmConfig:
     fabric: FabricConfig | None = None
     max_batch: int = 256
     max_delay_s: float = 0.001
+    max_in_flight: int = 2
     etcd_prefix: str = "/cyberstar"
 
 
@@ -94,16 +95,17 @@ def parse_fm_config(text: str, name: str = "<fm config>", base: Path = Path(".")
         seen.add(node.id)
         nodes.append(node)
     fabric = _fabric(top.section("fabric")) if top.has("fabric") else None
-    max_batch, max_delay = 256, 0.001
+    max_batch, max_delay, in_flight = 256, 0.001, 2
     if top.has("batch"):
         b = top.section("batch")
         max_batch = b.int("max_packets", 256, lo=1, hi=65536)
         max_delay = b.number("max_delay_ms", 1.0) / 1000
+        in_flight = b.int("max_in_flight", 2, lo=1, hi=64)
         b.done()
     prefix = top.str("etcd_prefix", "/cyberstar")
     top.done()
     return FmConfig(fm_id, tuple(etcd), tuple(nodes), http, lease, fabric, max_batch,
-                    max_delay, prefix)  # fmt: skip
+                    max_delay, in_flight, prefix)  # fmt: skip
 
 
 def _pp_node(sec: Section, base: Path) -> PpNodeConfig:

@@ -66,7 +66,9 @@ class FabricMaster:
         self.cache = RuleCache(PIPELINE)
         self.shard_map = ShardMap(config.etcd, config.etcd_prefix)
         self.router = ScRouter(self.shard_map)
-        self.slowpath = SlowPath(self.cache, self.router, config.max_batch, config.max_delay_s)
+        self.slowpath = SlowPath(
+            self.cache, self.router, config.max_batch, config.max_delay_s, config.max_in_flight
+        )
         # A standby's id: below any leader's, distinct per FM.
         self.standby_id = (zlib.crc32(config.fm_id.encode()) & 0x7FFFFFFF) + 1
         self.sessions = [
