@@ -10,7 +10,7 @@ APT_PACKAGES=(
   linux-headers-amd64
   mininet bridge-utils iproute2 iputils-ping tcpdump ethtool nftables conntrack
   etcd-server etcd-client
-  build-essential pkg-config git
+  build-essential pkg-config git util-linux
 )
 
 log() { printf 'setup-host: %s\n' "$*" >&2; }

@@ -12,6 +12,7 @@ from cyberstar.codegen.p4info import build_p4info
 from cyberstar.p4rt.client import P4RuntimeClient
 from cyberstar.paths import REPO_ROOT
 from cyberstar.pipeline.pp import PIPELINE
+from cyberstar.subprocs import tied_to_parent
 
 CYBERSTAR = [sys.executable, "-m", "cyberstar.cli"]
 
@@ -71,9 +72,8 @@ def start_agent(
            "--device-id", str(device_id), "--mode", mode]  # fmt: skip
     for i in ifaces:
         cmd += ["--iface", i]
-    proc = subprocess.Popen(
-        cmd + (extra or []), stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO_ROOT
-    )
+    cmd = tied_to_parent(cmd + (extra or []))
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO_ROOT)
     node = PpNode(ns, address, device_id, proc, log)
     probe = P4RuntimeClient(address, device_id)
     try:

@@ -29,6 +29,7 @@ from cyberstar import netns
 from cyberstar.lab.pp_process import CYBERSTAR, PpNode, start_agent
 from cyberstar.paths import REPO_ROOT
 from cyberstar.sc.lab import ScLab, free_port
+from cyberstar.subprocs import tied_to_parent
 
 TENANT = 7
 CLIENT_NET, SERVER_NET = "10.1.0.0/24", "10.2.0.0/24"
@@ -196,8 +197,9 @@ class SlowPathLab:
 
     def start_fm(self, fm_id: str) -> subprocess.Popen:
         log = (self.workdir / f"{fm_id}.log").open("w")
+        cmd = [*CYBERSTAR, "-v", "fm", "serve", "--config", str(self.fm_config(fm_id))]
         proc = subprocess.Popen(
-            [*CYBERSTAR, "-v", "fm", "serve", "--config", str(self.fm_config(fm_id))],
+            tied_to_parent(cmd),
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
         )  # fmt: skip
         self.fms[fm_id] = proc

@@ -26,6 +26,7 @@ import yaml
 from cyberstar.sc.client import ReleaseKey, Request, ScClient
 from cyberstar.sc.flows import FlowKey, Packet
 from cyberstar.sc.pool import AddressPool
+from cyberstar.subprocs import tied_to_parent
 
 ETCD_BIN = "etcd"
 
@@ -67,25 +68,27 @@ class LocalEtcd:
         peer = f"http://127.0.0.1:{peer_port}"
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(
-                [
-                    ETCD_BIN,
-                    "--name",
-                    "lab",
-                    "--data-dir",
-                    str(self.dir),
-                    "--listen-client-urls",
-                    url,
-                    "--advertise-client-urls",
-                    url,
-                    "--listen-peer-urls",
-                    peer,
-                    "--initial-advertise-peer-urls",
-                    peer,
-                    "--initial-cluster",
-                    f"lab={peer}",
-                    "--log-level",
-                    "warn",
-                ],
+                tied_to_parent(
+                    [
+                        ETCD_BIN,
+                        "--name",
+                        "lab",
+                        "--data-dir",
+                        str(self.dir),
+                        "--listen-client-urls",
+                        url,
+                        "--advertise-client-urls",
+                        url,
+                        "--listen-peer-urls",
+                        peer,
+                        "--initial-advertise-peer-urls",
+                        peer,
+                        "--initial-cluster",
+                        f"lab={peer}",
+                        "--log-level",
+                        "warn",
+                    ]
+                ),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -118,16 +121,18 @@ class ScProcess:
         env["PYTHONPATH"] = pkg_root + os.pathsep + env.get("PYTHONPATH", "")
         with self.log.open("a") as out:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "cyberstar.sc.cli",
-                    "-v",
-                    "sc",
-                    "serve",
-                    "--config",
-                    str(self.path),
-                ],
+                tied_to_parent(
+                    [
+                        sys.executable,
+                        "-m",
+                        "cyberstar.sc.cli",
+                        "-v",
+                        "sc",
+                        "serve",
+                        "--config",
+                        str(self.path),
+                    ]
+                ),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,

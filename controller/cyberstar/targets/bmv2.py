@@ -33,6 +33,7 @@ from cyberstar.p4rt.codec import update
 from cyberstar.paths import p4_source
 from cyberstar.pipeline.entries import TableEntry
 from cyberstar.pipeline.pp import PIPELINE
+from cyberstar.subprocs import tied_to_parent
 from cyberstar.targets import Outcome, TargetUnavailable
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,9 @@ class Bmv2Target:
             "--cpu-port", str(PIPELINE.constants["CPU_PORT"]),
         ]  # fmt: skip
         self.log_path = self.workdir / "switch.out"
-        self.proc = subprocess.Popen(cmd, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            tied_to_parent(cmd), stdout=self.log_path.open("w"), stderr=subprocess.STDOUT
+        )
         self.client = P4RuntimeClient(f"unix://{grpc_sock}", device_id=1, election_id=1)
         deadline = time.monotonic() + 20
         while not grpc_sock.exists():
