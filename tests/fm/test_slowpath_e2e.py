@@ -13,7 +13,6 @@ import asyncio
 import os
 import shutil
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -26,7 +25,7 @@ from cyberstar.lab.slowpath import (
     SlowPathLab,
     wait_for,
 )
-from cyberstar.sc.client import ScClient
+from fm.helpers import open_connections, sc_requests
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -40,45 +39,6 @@ def lab():
     with SlowPathLab(scgs=2, nodes_per_scg=3, mode="native") as lab:
         wait_for(lambda: lab.fm_get("fm1", "/status")["leader"], 30, "fm1 to lead")
         yield lab
-
-
-def open_connections(lab: SlowPathLab, dst: str, port: int, n: int, workers: int = 16,
-                     keep: bool = False) -> tuple[list, list[Exception]]:  # fmt: skip
-    sockets, errors = [], []
-    lock = threading.Lock()
-
-    def one(_: int) -> None:
-        try:
-            s = lab.connect(dst, port, timeout=15)
-        except Exception as exc:
-            with lock:
-                errors.append(exc)
-            return
-        if keep:
-            with lock:
-                sockets.append(s)
-        else:
-            s.close()
-
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(one, range(n)))
-    return sockets, errors
-
-
-def sc_requests(lab: SlowPathLab) -> int:
-    """Compute requests the SC nodes have answered (heads count requests they received)."""
-
-    async def census() -> int:
-        total = 0
-        for node in lab.sc.nodes.values():
-            if not node.alive:
-                continue
-            async with ScClient(node.config["listen"]) as c:
-                reply = await c.inspect()
-            total += reply.counters.get("requests", 0)
-        return total
-
-    return asyncio.run(census())
 
 
 def test_membership_in_etcd(lab) -> None:

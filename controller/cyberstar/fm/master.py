@@ -124,8 +124,8 @@ class FabricMaster:
             "cached_rules": len(self.cache),
             "cached_connections": self.cache.connections,
             "shards": {str(k): v for k, v in sorted(self.shard_map.shards.items(), key=str)},
-            "pp_nodes": {s.name: {"primary": s.primary, "connections": s.connections}
-                         for s in self.sessions},
+            "pp_nodes": {s.name: {"primary": s.primary, "connections": s.connections,
+                                  "packet_in": s.packet_ins} for s in self.sessions},
             "slow_path": dict(self.slowpath.stats),
             "first_packet_ms": self.slowpath.latency_percentiles(),
             "timings_s": {k: round(v, 3) for k, v in self.slowpath.timings.items()},

@@ -48,6 +48,7 @@ class PpSession:
         self.primary = False
         self.ready = asyncio.Event()  # connected, and programmed if primary
         self.connections = 0  # how many times the stream was (re)established
+        self.packet_ins = 0
         self._task: asyncio.Task | None = None
 
     @property

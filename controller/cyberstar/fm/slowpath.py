@@ -92,6 +92,7 @@ class SlowPath:
 
     def on_packet_in(self, session: PpSession, pin: p4r.PacketIn) -> None:
         self.stats["packet_in"] += 1
+        session.packet_ins += 1
         self._queue.put_nowait((session, pin))
 
     def on_idle(self, session: PpSession, note: p4r.IdleTimeoutNotification) -> None:

@@ -5,6 +5,10 @@
                                `cyberstar fm serve` ── gRPC ── SC groups (`cyberstar sc serve`)
                                                 └────── etcd ──────┘
 
+With `pps=N`, PP node i (0-based) has its own namespace, linked to the client by c<i> and to
+the server by s<i>, gateway addresses 10.1.0.<1+10i> and 10.2.0.<1+10i>; client and server
+route over all of them (multipath, hashed on ports), as an ECMP group of PP nodes would see.
+
 Tenant 7: clients 10.1.0.0/24 reach servers 10.2.0.0/24 through SNAT (pool 203.0.113.9), and
 the web VIP 198.51.100.10:80 through a load balancer to 10.2.0.2:8080 and 10.2.0.3:8080.
 Everything runs as processes on one machine; `close()` removes it all.
@@ -80,23 +84,32 @@ def small_tenant_config(idle_timeout_s: float) -> dict:
     }  # fmt: skip
 
 
+def gateway(first: str, index: int) -> str:
+    """PP node `index`'s address on a side whose first PP node has `first` (10.x.0.1)."""
+    a, b, c, d = first.split(".")
+    return f"{a}.{b}.{c}.{int(d) + 10 * index}"
+
+
 def mac_of(ifname: str, ns: str) -> str:
     return netns.ip("-o", "link", "show", ifname, ns=ns).stdout.split("link/ether ")[1].split()[0]
 
 
 class SlowPathLab:
     def __init__(self, scgs: int = 1, nodes_per_scg: int = 3, idle_timeout_s: float = 30,
-                 mode: str = "skb", workdir: Path | None = None) -> None:  # fmt: skip
+                 mode: str = "skb", workdir: Path | None = None, pps: int = 1) -> None:  # fmt: skip
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="cyberstar-lab-")
         self.workdir = Path(workdir or self._tmp.name)
         pid = os.getpid()
         self.ns = {"client": f"cs-lc-{pid}", "pp": f"cs-lp-{pid}", "server": f"cs-ls-{pid}"}
+        # one namespace per PP node; the first is also ns["pp"]
+        self.pp_ns = [self.ns["pp"], *(f"cs-lp{i}-{pid}" for i in range(1, pps))]
+        self.ns.update({f"pp{i}": name for i, name in enumerate(self.pp_ns) if i})
         self.scgs = scgs
         self.nodes_per_scg = nodes_per_scg
         self.mode = mode
         tenants = [tenant_config(idle_timeout_s), small_tenant_config(idle_timeout_s)]
         self.sc = ScLab(tenants, workdir=self.workdir / "sc")
-        self.pp: PpNode | None = None
+        self.pps: list[PpNode | None] = [None] * pps
         self.fms: dict[str, subprocess.Popen] = {}
         self.fm_http_ports: dict[str, int] = {}
         self._servers: list[threading.Thread] = []
@@ -124,7 +137,8 @@ class SlowPathLab:
         self.sc.__enter__()
         for i in range(1, self.scgs + 1):
             self.sc.add_scg(f"scg{i}", self.nodes_per_scg)
-        self.start_pp()
+        for i in range(len(self.pp_ns)):
+            self.start_pp(index=i)
         self.start_fm("fm1")
         self._serve()
 
@@ -132,26 +146,42 @@ class SlowPathLab:
         ns = self.ns
         for name in ns.values():
             netns.create(name)
-        netns.veth("c0", "pp1", ns["client"], ns["pp"])
-        netns.veth("s0", "pp2", ns["server"], ns["pp"])
+        for i, pp_ns in enumerate(self.pp_ns):
+            netns.veth(f"c{i}", "pp1", ns["client"], pp_ns)
+            netns.veth(f"s{i}", "pp2", ns["server"], pp_ns)
+            netns.ip("addr", "add", f"{gateway(GATEWAY_CLIENT, i)}/24", "dev", "pp1", ns=pp_ns)
+            netns.ip("addr", "add", f"{gateway(GATEWAY_SERVER, i)}/24", "dev", "pp2", ns=pp_ns)
+            netns.exec_in(pp_ns, "sysctl", "-qw", "net.ipv4.ip_forward=0")
+            for name, dev in ((ns["client"], f"c{i}"), (ns["server"], f"s{i}")):
+                # Native XDP_REDIRECT into veth needs GRO on the peer; frames crossing XDP must
+                # carry full checksums (see the README's note on veth).
+                netns.exec_in(name, "ethtool", "-K", dev, "gro", "on", "tx", "off", check=False)
         netns.ip("addr", "add", f"{CLIENT_IP}/24", "dev", "c0", ns=ns["client"])
-        netns.ip("route", "add", "default", "via", GATEWAY_CLIENT, ns=ns["client"])
-        netns.ip("addr", "add", f"{GATEWAY_CLIENT}/24", "dev", "pp1", ns=ns["pp"])
-        netns.ip("addr", "add", f"{GATEWAY_SERVER}/24", "dev", "pp2", ns=ns["pp"])
         for addr in (*SERVERS, SMALL_SERVER, UNKNOWN_TENANT_SERVER):
             netns.ip("addr", "add", f"{addr}/24", "dev", "s0", ns=ns["server"])
-        netns.ip("route", "add", "default", "via", GATEWAY_SERVER, ns=ns["server"])
-        netns.exec_in(ns["pp"], "sysctl", "-qw", "net.ipv4.ip_forward=0")
-        for name, dev in ((ns["client"], "c0"), (ns["server"], "s0")):
-            # Native XDP_REDIRECT into veth needs GRO on the peer; frames crossing XDP must carry
-            # full checksums (see the README's note on veth).
-            netns.exec_in(name, "ethtool", "-K", dev, "gro", "on", "tx", "off", check=False)
+        for name in (ns["client"], ns["server"]):
+            # Replies may come back through another PP node than the one a flow left by.
+            netns.exec_in(name, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0",
+                          "net.ipv4.fib_multipath_hash_policy=1")  # fmt: skip
+        self.route_via(range(len(self.pp_ns)))
         netns.exec_in(ns["client"], "sysctl", "-qw", "net.ipv4.ip_local_port_range=32768 60999")
 
-    def static_rules(self) -> list[dict]:
-        ns = self.ns
-        pp1, pp2 = mac_of("pp1", ns["pp"]), mac_of("pp2", ns["pp"])
-        c0, s0 = mac_of("c0", ns["client"]), mac_of("s0", ns["server"])
+    def route_via(self, pps: range | list[int], side: str = "both") -> None:
+        """Route the client's (and/or the server's) traffic over these PP nodes (0-based):
+        one of them is a plain default route, several an ECMP multipath route."""
+        sides = {"client": ("c", GATEWAY_CLIENT), "server": ("s", GATEWAY_SERVER)}
+        for name in sides if side == "both" else (side,):
+            prefix, gw = sides[name]
+            hops = [("nexthop", "via", gateway(gw, i), "dev", f"{prefix}{i}", "onlink")
+                    for i in pps]  # fmt: skip
+            args = hops[0][1:] if len(hops) == 1 else [a for hop in hops for a in hop]
+            netns.ip("route", "replace", "default", *args, ns=self.ns[name])
+
+    def static_rules(self, index: int = 0) -> list[dict]:
+        """PP node `index`'s classification and next hops (its own ports' MACs)."""
+        ns, pp_ns = self.ns, self.pp_ns[index]
+        pp1, pp2 = mac_of("pp1", pp_ns), mac_of("pp2", pp_ns)
+        c0, s0 = mac_of(f"c{index}", ns["client"]), mac_of(f"s{index}", ns["server"])
 
         def classify(port: int, prefix: str, tenant: int = TENANT) -> dict:
             return {"table": "tenant_classify", "action": "set_tenant",
@@ -171,27 +201,38 @@ class SlowPathLab:
              "params": {"port": 2, "smac": pp2, "dmac": s0}},
         ]  # fmt: skip
 
-    def start_pp(self, address: str | None = None) -> None:
-        self.pp = start_agent(self.ns["pp"], ["pp1", "pp2"], mode=self.mode, address=address)
+    @property
+    def pp(self) -> PpNode | None:
+        """The first PP node."""
+        return self.pps[0]
 
-    def restart_pp(self) -> None:
-        """Stop the PP agent (its tables go with it) and start a new one at the same address."""
-        assert self.pp is not None
-        self.pp.stop()
-        self.start_pp(self.pp.address)
+    def start_pp(self, address: str | None = None, index: int = 0) -> None:
+        self.pps[index] = start_agent(self.pp_ns[index], ["pp1", "pp2"], mode=self.mode,
+                                      address=address)  # fmt: skip
+
+    def restart_pp(self, index: int = 0) -> None:
+        """Stop a PP agent (its tables go with it) and start a new one at the same address."""
+        node = self.pps[index]
+        assert node is not None
+        node.stop()
+        self.start_pp(node.address, index)
 
     def fm_config(self, fm_id: str) -> Path:
-        assert self.pp is not None and self.sc.etcd is not None
-        rules = self.workdir / "pp1-rules.json"
-        rules.write_text(json.dumps(self.static_rules()))
+        assert self.sc.etcd is not None
+        nodes = []
+        for i, node in enumerate(self.pps):
+            assert node is not None
+            rules = self.workdir / f"pp{i + 1}-rules.json"
+            rules.write_text(json.dumps(self.static_rules(i)))
+            nodes.append({"id": f"pp{i + 1}", "address": node.address, "device_id": 1,
+                          "rules": rules.name})  # fmt: skip
         path = self.workdir / f"{fm_id}.yaml"
         path.write_text(yaml.safe_dump({
             "fm_id": fm_id,
             "etcd": [f"127.0.0.1:{self.sc.etcd.client_port}"],
             "lease_ttl_s": 2,
             "http": f"127.0.0.1:{self.fm_http_ports.setdefault(fm_id, free_port())}",
-            "pp_nodes": [{"id": "pp1", "address": self.pp.address, "device_id": 1,
-                          "rules": rules.name}],
+            "pp_nodes": nodes,
         }))  # fmt: skip
         return path
 
@@ -275,9 +316,10 @@ class SlowPathLab:
             with contextlib.suppress(Exception):
                 proc.terminate()
                 proc.wait(10)
-        if self.pp is not None:
-            with contextlib.suppress(Exception):
-                self.pp.stop()
+        for node in self.pps:
+            if node is not None:
+                with contextlib.suppress(Exception):
+                    node.stop()
         with contextlib.suppress(Exception):
             self.sc.close()
         for name in self.ns.values():
