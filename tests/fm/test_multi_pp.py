@@ -1,4 +1,4 @@
-"""Two PP nodes in an ECMP group, programmed by one FM (paper §5.1).
+"""Two PP nodes in an ECMP group, programmed by one FM (paper §5.1, §5.2).
 
 Flows rehashed to another PP node, and replies returning through a different PP node than
 their flow left by, are answered from FM's rule cache: SC is asked once per connection.
@@ -8,10 +8,26 @@ from __future__ import annotations
 
 import os
 import shutil
+from ipaddress import ip_address
 
 import pytest
+from finsy.proto import p4r
 
-from cyberstar.lab.slowpath import SERVER_PORT, SERVERS, VIP, VIP_PORT, SlowPathLab, wait_for
+from cyberstar.lab.slowpath import (
+    FABRIC_NEXTHOP_BASE,
+    FABRIC_VNI,
+    GATEWAY_SERVER,
+    SERVER_PORT,
+    SERVERS,
+    VIP,
+    VIP_PORT,
+    SlowPathLab,
+    gateway,
+    wait_for,
+)
+from cyberstar.p4rt.client import P4RuntimeClient
+from cyberstar.p4rt.decode import PipelineDecoder
+from cyberstar.pipeline.pp import PIPELINE
 from fm.helpers import open_connections, sc_requests
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -30,6 +46,28 @@ def lab():
             30, "fm1 to be primary on both PP nodes",
         )  # fmt: skip
         yield lab
+
+
+def test_fm_installs_the_fabric_next_hops_between_pp_nodes(lab) -> None:
+    decoder = PipelineDecoder(PIPELINE)
+    next_hop = PIPELINE.table("next_hop").id
+    for i, node in enumerate(lab.pps):
+        client = P4RuntimeClient(node.address, node.device_id, election_id=1)
+        try:
+            client.wait_ready(10)
+            entities = client.read([p4r.Entity(table_entry=p4r.TableEntry(table_id=next_hop))])
+        finally:
+            client.close()
+        entries = [decoder.table(next_hop).decode(e.table_entry, kind=p4r.Update.INSERT)
+                   for e in entities]  # fmt: skip
+        tunnels = {e.match["nexthop_id"]: e.params for e in entries
+                   if e.action == "set_next_hop_vxlan"}  # fmt: skip
+        peer = 1 - i
+        assert set(tunnels) == {FABRIC_NEXTHOP_BASE + peer}, f"pp{i + 1}: {tunnels}"
+        params = tunnels[FABRIC_NEXTHOP_BASE + peer]
+        assert params["vni"] == FABRIC_VNI and params["port"] == 2
+        assert params["src_addr"] == int(ip_address(gateway(GATEWAY_SERVER, i)))
+        assert params["dst_addr"] == int(ip_address(gateway(GATEWAY_SERVER, peer)))
 
 
 def packet_ins(lab: SlowPathLab) -> dict[str, int]:

@@ -44,6 +44,7 @@ PUBLIC_IP, VIP, VIP_PORT, SERVER_PORT = "203.0.113.9", "198.51.100.10", 80, 8080
 # classified by the PP but unknown to SC.
 SMALL_TENANT, SMALL_SERVER, SMALL_PUBLIC_IP, SMALL_POOL_SIZE = 8, "10.2.0.4", "203.0.113.20", 2
 UNKNOWN_TENANT, UNKNOWN_TENANT_SERVER = 99, "10.2.0.5"
+FABRIC_VNI, FABRIC_NEXTHOP_BASE = 9000, 1000
 
 
 def tenant_config(idle_timeout_s: float) -> dict:
@@ -226,15 +227,30 @@ class SlowPathLab:
             rules.write_text(json.dumps(self.static_rules(i)))
             nodes.append({"id": f"pp{i + 1}", "address": node.address, "device_id": 1,
                           "rules": rules.name})  # fmt: skip
-        path = self.workdir / f"{fm_id}.yaml"
-        path.write_text(yaml.safe_dump({
+        config = {
             "fm_id": fm_id,
             "etcd": [f"127.0.0.1:{self.sc.etcd.client_port}"],
             "lease_ttl_s": 2,
             "http": f"127.0.0.1:{self.fm_http_ports.setdefault(fm_id, free_port())}",
             "pp_nodes": nodes,
-        }))  # fmt: skip
+        }
+        if len(self.pps) > 1:
+            config["fabric"] = self.fabric()
+        path = self.workdir / f"{fm_id}.yaml"
+        path.write_text(yaml.safe_dump(config))
         return path
+
+    def fabric(self) -> dict:
+        """VXLAN next hops between the PP nodes (§5.2), over their server-side links as the
+        underlay: FM installs next hop FABRIC_NEXTHOP_BASE + j on every node but node j."""
+        return {
+            "vni": FABRIC_VNI,
+            "nexthop_base": FABRIC_NEXTHOP_BASE,
+            "nodes": [{"id": f"pp{i + 1}", "port": 2, "mac": mac_of("pp2", pp_ns),
+                       "address": gateway(GATEWAY_SERVER, i),
+                       "gateway_mac": mac_of(f"s{i}", self.ns["server"])}
+                      for i, pp_ns in enumerate(self.pp_ns)],
+        }  # fmt: skip
 
     def start_fm(self, fm_id: str) -> subprocess.Popen:
         log = (self.workdir / f"{fm_id}.log").open("w")
