@@ -219,6 +219,21 @@ BAD_UPDATES = [
         "INVALID_ARGUMENT",
     ),
     (
+        "parameter given twice",
+        lambda te: setattr(te.action.action.params[1], "param_id", 1),
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "empty parameter bytestring",
+        lambda te: setattr(te.action.action.params[2], "value", b""),
+        "OUT_OF_RANGE",
+    ),
+    (
+        "action profile member on a direct table",
+        lambda te: setattr(te.action, "action_profile_member_id", 1),
+        "INVALID_ARGUMENT",
+    ),
+    (
         "parameter too wide",
         lambda te: setattr(te.action.action.params[1], "value", b"\x01\x00\x00"),
         "OUT_OF_RANGE",

@@ -70,7 +70,9 @@ class TableDecoder:
         self.exact_ids = {i for i, f in self.fields.items() if f.kind is MatchKind.EXACT}
         self.all_exact = len(self.exact_ids) == len(self.fields)
         self.needs_priority = table.needs_priority
-        self.exact_bits = sum(1 << i for i in self.exact_ids)
+        # the all-exact short path's view: field id → (name, width)
+        self.exact_by_id = {i: (f.name, f.width) for i, f in self.fields.items()
+                            if f.kind is MatchKind.EXACT}  # fmt: skip
         self.actions: dict[int, _Action] = {}
         for ref in table.actions:
             a = pipeline.action(ref.action)
@@ -122,20 +124,18 @@ class TableDecoder:
         """The entry's match; the common all-exact, well-formed case takes a short path and
         anything unusual falls through to the full check, which names the problem."""
         if self.all_exact:
-            fields, match, present = self.fields, {}, 0
+            exact, match = self.exact_by_id, {}
             for fm in msg.match:
-                fid = fm.field_id
-                f = fields.get(fid)
                 data = fm.exact.value
-                if f is None or not data or (present >> fid) & 1:
+                f = exact.get(fm.field_id)
+                if f is None or not data or f[0] in match:
                     break
                 value = int.from_bytes(data, "big")
-                if value >> f.width:
+                if value >> f[1]:
                     break
-                present |= 1 << fid
-                match[f.name] = value
+                match[f[0]] = value
             else:
-                if present == self.exact_bits:
+                if len(match) == len(exact):
                     return match
         return self._decode_match_checked(msg)
 
@@ -211,6 +211,30 @@ class TableDecoder:
             )
 
     def decode_action(self, ta: p4r.TableAction, is_default: bool) -> tuple[str, dict[str, int]]:
+        """The entry's action and params; the common well-formed case takes a short path and
+        anything unusual falls through to the full check, which names the problem."""
+        act = ta.action
+        a = self.actions.get(act.action_id)  # 0 (unset) when `ta` is not a direct action
+        out_of_scope = ActionScope.TABLE_ONLY if is_default else ActionScope.DEFAULT_ONLY
+        if a is not None and a.scope is not out_of_scope:
+            declared, params = a.params, {}
+            for p in act.params:
+                data = p.value
+                pid = p.param_id
+                if not 0 < pid <= len(declared) or not data:
+                    break
+                name, width = declared[pid - 1]
+                value = int.from_bytes(data, "big")
+                if value >> width or name in params:
+                    break
+                params[name] = value
+            else:
+                if len(params) == len(declared):
+                    return a.name, params
+        return self._decode_action_checked(ta, is_default)
+
+    def _decode_action_checked(self, ta: p4r.TableAction, is_default: bool
+                               ) -> tuple[str, dict[str, int]]:  # fmt: skip
         t = self.table
         if ta.WhichOneof("type") != "action":
             raise P4RTError(Code.INVALID_ARGUMENT, f"table {t.name} is direct: give an action")

@@ -229,8 +229,14 @@ class XdpDevice:
             )  # fmt: skip
         except Exception:
             return self._one_by_one(table, upserts)
+        store, idle = self._exact[table], self._idle_timeouts
         for p, _ in upserts:
-            self._store_put(table, p.key, p.entry)
+            if p.kind == INSERT:  # known absent: no old entry to forget
+                store[p.key] = p.entry
+                if p.entry.idle_timeout_ns:
+                    idle[p.entry.idle_timeout_ns] += 1
+            else:
+                self._store_put(table, p.key, p.entry)
         return []
 
     def _one_by_one(
