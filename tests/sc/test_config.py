@@ -51,6 +51,8 @@ def test_good_config_loads() -> None:
         ("    forward_nexthop: 2", "    forward_nexthop: -2", 9, "integer in 0..65535"),
         ("    return_nexthop: 1", "    return_nexthop: 1\n    color: red", 11, "unknown key"),
         ("listen: 127.0.0.1:7101", "listen: [", 4, "not valid YAML"),
+        ("listen: 127.0.0.1:7101", "listen: 0.0.0.0:7101", 2, "wildcard"),
+        ("listen: 127.0.0.1:7101", "listen: 127.0.0.1:7101\nchain_listen: '[::]:0'", 3, "dial"),
         ("sets: {clients: [10.0.0.0/8]}", "sets: {clients: [10.0.0.1/8]}", 15, "host bits"),
     ],
 )

@@ -2,7 +2,7 @@
 
 ```yaml
 node_id: sc1a                # unique in the cluster
-listen: 127.0.0.1:7101       # gRPC address (FM and the other SCGs dial it)
+listen: 127.0.0.1:7101       # gRPC address (FM and the other SCGs dial it: no wildcard)
 chain_listen: 127.0.0.1:0    # replication link from the predecessor (default: listen's host,
                              # a free port; the address in use is published in etcd)
 etcd: [127.0.0.1:2379]       # endpoints; the first that answers is used
@@ -150,6 +150,11 @@ def parse_config(text: str, name: str = "<config>") -> ScConfig:
     chain_listen = top.str("chain_listen", "")
     if chain_listen and not chain_listen.rpartition(":")[2].isdigit():
         raise top.error("chain_listen", f"expected host:port, found {chain_listen!r}")
+    for key, value in (("listen", listen), ("chain_listen", chain_listen)):
+        # Both are published in etcd for other nodes to dial: a wildcard cannot be dialled.
+        if value.rpartition(":")[0].strip("[]") in ("0.0.0.0", "::"):
+            raise top.error(key, f"{value!r} is a wildcard, but other nodes dial this address: "
+                                 "give this host's address on the SC network")  # fmt: skip
     etcd = []
     for i, ep in enumerate(top.list("etcd", ["127.0.0.1:2379"])):
         host, sep, port = str(ep).rpartition(":")
