@@ -3,11 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
-from cyberstar.lab.slowpath import SlowPathLab
+import pytest
+
+from cyberstar.lab.slowpath import SlowPathLab, wait_for
 from cyberstar.sc.client import ScClient
+
+
+@contextmanager
+def running_lab(**options) -> Iterator[SlowPathLab]:
+    """A `SlowPathLab(**options)` whose FM leads and is primary on every PP node; skips the
+    test where the lab cannot run."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (BPF, network namespaces)")
+    if shutil.which("etcd") is None:
+        pytest.skip("etcd (Debian's etcd-server) is not installed: run `make install`")
+    with SlowPathLab(**options) as lab:
+        wait_for(lambda: lab.fm_get("fm1", "/status")["leader"], 30, "fm1 to lead")
+        wait_for(
+            lambda: all(n["primary"] for n in lab.fm_get("fm1", "/status")["pp_nodes"].values()),
+            30, "fm1 to be primary on every PP node",
+        )  # fmt: skip
+        yield lab
 
 
 def open_connections(lab: SlowPathLab, dst: str, port: int, n: int, workers: int = 16,

@@ -6,8 +6,6 @@ their flow left by, are answered from FM's rule cache: SC is asked once per conn
 
 from __future__ import annotations
 
-import os
-import shutil
 from ipaddress import ip_address
 
 import pytest
@@ -23,28 +21,18 @@ from cyberstar.lab.slowpath import (
     VIP_PORT,
     SlowPathLab,
     gateway,
-    wait_for,
 )
 from cyberstar.p4rt.client import P4RuntimeClient
 from cyberstar.p4rt.decode import PipelineDecoder
 from cyberstar.pipeline.pp import PIPELINE
-from fm.helpers import open_connections, sc_requests
+from fm.helpers import open_connections, running_lab, sc_requests
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def lab():
-    if os.geteuid() != 0:
-        pytest.skip("needs root (BPF, network namespaces)")
-    if shutil.which("etcd") is None:
-        pytest.skip("etcd (Debian's etcd-server) is not installed: run `make install`")
-    with SlowPathLab(scgs=1, nodes_per_scg=3, mode="native", pps=2) as lab:
-        wait_for(lambda: lab.fm_get("fm1", "/status")["leader"], 30, "fm1 to lead")
-        wait_for(
-            lambda: all(n["primary"] for n in lab.fm_get("fm1", "/status")["pp_nodes"].values()),
-            30, "fm1 to be primary on both PP nodes",
-        )  # fmt: skip
+    with running_lab(scgs=1, nodes_per_scg=3, mode="native", pps=2) as lab:
         yield lab
 
 

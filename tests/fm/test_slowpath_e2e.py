@@ -10,8 +10,6 @@ takes over from a killed leader without losing rules.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import threading
 
 import pytest
@@ -25,19 +23,14 @@ from cyberstar.lab.slowpath import (
     SlowPathLab,
     wait_for,
 )
-from fm.helpers import open_connections, sc_requests
+from fm.helpers import open_connections, running_lab, sc_requests
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def lab():
-    if os.geteuid() != 0:
-        pytest.skip("needs root (BPF, network namespaces)")
-    if shutil.which("etcd") is None:
-        pytest.skip("etcd (Debian's etcd-server) is not installed: run `make install`")
-    with SlowPathLab(scgs=2, nodes_per_scg=3, mode="native") as lab:
-        wait_for(lambda: lab.fm_get("fm1", "/status")["leader"], 30, "fm1 to lead")
+    with running_lab(scgs=2, nodes_per_scg=3, mode="native") as lab:
         yield lab
 
 
