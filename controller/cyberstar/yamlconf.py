@@ -132,6 +132,18 @@ class Section:
             raise self.error(key, f"expected a list, found {value!r}")
         return value
 
+    def endpoints(self, key: str, default: object = _REQUIRED) -> list[tuple[str, int]]:
+        """A non-empty list of `host:port` strings, as (host, port) pairs."""
+        out = []
+        for i, ep in enumerate(self.list(key, default)):
+            host, sep, port = str(ep).rpartition(":")
+            if not sep or not port.isdigit():
+                raise self.item_error(key, i, f"expected host:port, found {ep!r}")
+            out.append((host, int(port)))
+        if not out:
+            raise self.error(key, "needs at least one endpoint")
+        return out
+
     def item_line(self, key: str, index: int) -> int:
         value = self.data.get(key)
         lines = getattr(value, "item_lines", None)

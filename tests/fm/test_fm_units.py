@@ -68,6 +68,8 @@ def test_fm_config_errors_name_the_line(tmp_path) -> None:
         ("fm_id: fm1\nbatch: {max_in_flight: 0}\n", "fm.yaml:2", "max_in_flight"),
         ("fm_id: fm1\npp_nodes:\n  - id: pp1\n    adress: x\n", "fm.yaml:3", "missing"),
         ("fm_id: fm1\nbatchh: {}\n", "fm.yaml:2", "unknown key"),
+        ("fm_id: fm1\netcd: [nohost]\n", "fm.yaml:2", "expected host:port"),
+        ("fm_id: fm1\netcd: []\n", "fm.yaml:2", "at least one endpoint"),
         ("fm_id: fm1\npp_nodes:\n  - {id: a, address: x}\n  - {id: a, address: y}\n",
          "fm.yaml:4", "listed twice"),
         ("fm_id: fm1\nfabric:\n  vni: 5\n  nodes:\n    - {id: a, port: 1, mac: nope,"

@@ -78,12 +78,7 @@ def load_fm_config(path: Path) -> FmConfig:
 def parse_fm_config(text: str, name: str = "<fm config>", base: Path = Path(".")) -> FmConfig:
     top = load_yaml(text, name)
     fm_id = top.str("fm_id")
-    etcd = []
-    for i, ep in enumerate(top.list("etcd", ["127.0.0.1:2379"])):
-        host, sep, port = str(ep).rpartition(":")
-        if not sep or not port.isdigit():
-            raise top.item_error("etcd", i, f"expected host:port, found {ep!r}")
-        etcd.append((host, int(port)))
+    etcd = top.endpoints("etcd", ["127.0.0.1:2379"])
     http = top.str("http", None)
     lease = top.int("lease_ttl_s", 3, lo=1, hi=600)
     nodes = []

@@ -155,14 +155,7 @@ def parse_config(text: str, name: str = "<config>") -> ScConfig:
         if value.rpartition(":")[0].strip("[]") in ("0.0.0.0", "::"):
             raise top.error(key, f"{value!r} is a wildcard, but other nodes dial this address: "
                                  "give this host's address on the SC network")  # fmt: skip
-    etcd = []
-    for i, ep in enumerate(top.list("etcd", ["127.0.0.1:2379"])):
-        host, sep, port = str(ep).rpartition(":")
-        if not sep or not port.isdigit():
-            raise top.item_error("etcd", i, f"expected host:port, found {ep!r}")
-        etcd.append((host, int(port)))
-    if not etcd:
-        raise top.error("etcd", "needs at least one endpoint")
+    etcd = top.endpoints("etcd", ["127.0.0.1:2379"])
     scg = top.str("scg")
     default_timeout = top.number("idle_timeout_s", 30.0)
     lease_ttl = top.int("lease_ttl_s", 3, lo=1, hi=600)
