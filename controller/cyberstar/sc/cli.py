@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import logging
 import signal
 import sys
 from pathlib import Path
 
-from cyberstar.errors import RuntimeFailure, UsageError
+from cyberstar.errors import RuntimeFailure
 from cyberstar.sc.config import ScConfig, load_config
 
 
@@ -62,20 +61,12 @@ async def _serve(config: ScConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cyberstar.cli import run
+
     parser = argparse.ArgumentParser(prog="python -m cyberstar.sc.cli")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     register(parser.add_subparsers(dest="object", required=True))
-    args = parser.parse_args(argv)
-    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except UsageError as exc:
-        print(f"cyberstar: error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeFailure as exc:
-        print(f"cyberstar: failed: {exc}", file=sys.stderr)
-        return 1
+    return run(parser, argv)
 
 
 if __name__ == "__main__":
