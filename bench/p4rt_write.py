@@ -169,23 +169,19 @@ def _packet_ins_at(client, ns: str, seconds: float, ifname: str, rate: float) ->
 
 
 def bench_xdp(args) -> dict:
-    ns = f"cs-bench-p4rt-{os.getpid()}"
-    netns.create(ns)
-    netns.veth("pp1", "peer1", ns, ns)
-    netns.veth("pp2", "peer2", ns, ns)
-    node = start_agent(ns, ["pp1", "pp2"], mode="native")
-    try:
-        client = node.primary_with_pipeline()
-        out: dict = {"target": "xdp"}
-        for batch in (1, 100, 1000):
-            total = min(args.entries, 2000) if batch == 1 else args.entries
-            out[f"batch_{batch}"] = write_rate(client, batch, total)
-        out["batch_1000_two_writers"] = two_writer_rate(client, args.entries)
-        out.update(packet_in_rate(node, client, ns, args.seconds))
-        return out
-    finally:
-        node.stop()
-        netns.delete(ns)
+    with netns.with_pp_ports(f"cs-bench-p4rt-{os.getpid()}") as ns:
+        node = start_agent(ns, ["pp1", "pp2"], mode="native")
+        try:
+            client = node.primary_with_pipeline()
+            out: dict = {"target": "xdp"}
+            for batch in (1, 100, 1000):
+                total = min(args.entries, 2000) if batch == 1 else args.entries
+                out[f"batch_{batch}"] = write_rate(client, batch, total)
+            out["batch_1000_two_writers"] = two_writer_rate(client, args.entries)
+            out.update(packet_in_rate(node, client, ns, args.seconds))
+            return out
+        finally:
+            node.stop()
 
 
 def bench_bmv2(args) -> dict | None:

@@ -20,12 +20,8 @@ pytestmark = pytest.mark.root
 def pp_ns():
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    ns = f"cs-attach-{os.getpid()}"
-    netns.create(ns)
-    netns.veth("pp1", "peer1", ns, ns)
-    netns.veth("pp2", "peer2", ns, ns)
-    yield ns
-    netns.delete(ns)
+    with netns.with_pp_ports(f"cs-attach-{os.getpid()}") as ns:
+        yield ns
 
 
 @pytest.fixture

@@ -53,6 +53,19 @@ def exists(ns: str) -> bool:
     return os.path.exists(f"/run/netns/{ns}")
 
 
+@contextmanager
+def with_pp_ports(ns: str) -> Iterator[str]:
+    """A fresh namespace `ns` holding a PP node's two ports, pp1 and pp2, each a veth whose
+    peer (peer1, peer2) stays in `ns` to send and capture frames; deleted on exit."""
+    create(ns)
+    try:
+        veth("pp1", "peer1", ns, ns)
+        veth("pp2", "peer2", ns, ns)
+        yield ns
+    finally:
+        delete(ns)
+
+
 def veth(a: str, b: str, ns_a: str | None, ns_b: str | None, mtu: int | None = None) -> None:
     """Create the veth pair a <-> b and move each end into its namespace (None: current)."""
     ip("link", "add", a, "type", "veth", "peer", "name", b, ns=ns_a)

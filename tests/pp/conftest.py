@@ -15,17 +15,13 @@ from cyberstar.pipeline.pp import PIPELINE
 def _pp_node(name: str):
     if os.geteuid() != 0:
         pytest.skip("needs root (BPF, network namespaces)")
-    ns = f"cs-{name}-{os.getpid()}"
-    netns.create(ns)
-    netns.veth("pp1", "peer1", ns, ns)
-    netns.veth("pp2", "peer2", ns, ns)
-    node = start_agent(ns, ["pp1", "pp2"])
-    try:
-        yield node
-    finally:
-        code = node.stop()
-        netns.delete(ns)
-        assert code == 0, f"agent exited with {code}; log: {node.log.read_text()[-2000:]}"
+    with netns.with_pp_ports(f"cs-{name}-{os.getpid()}") as ns:
+        node = start_agent(ns, ["pp1", "pp2"])
+        try:
+            yield node
+        finally:
+            code = node.stop()
+    assert code == 0, f"agent exited with {code}; log: {node.log.read_text()[-2000:]}"
 
 
 @pytest.fixture

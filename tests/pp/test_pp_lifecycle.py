@@ -33,12 +33,8 @@ def xdp_prog_ids(ns: str, ifname: str) -> list[int]:
 def two_port_ns():
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    ns = f"cs-life-{os.getpid()}"
-    netns.create(ns)
-    netns.veth("pp1", "peer1", ns, ns)
-    netns.veth("pp2", "peer2", ns, ns)
-    yield ns
-    netns.delete(ns)
+    with netns.with_pp_ports(f"cs-life-{os.getpid()}") as ns:
+        yield ns
 
 
 def test_sigterm_detaches_and_a_killed_agent_leaves_nothing_stale(two_port_ns) -> None:
