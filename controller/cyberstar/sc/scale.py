@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from cyberstar.proto import sc_pb2
+from cyberstar.sc.client import flow_proto
 from cyberstar.sc.coord import read_shard_map
 from cyberstar.sc.flows import FlowKey, ShardId, adjacent
 from cyberstar.sc.state import (
@@ -337,10 +338,10 @@ class ScaleDriver:
             tenant = moving.tenant_id
             for kind, key, slot in actions:
                 if kind == "rel":
-                    item = sc_pb2.ReleaseItem(flow=_flow(tenant, key), slot=slot)
+                    item = sc_pb2.ReleaseItem(flow=flow_proto(tenant, key), slot=slot)
                     await client.release([item], hops=1)
                 else:
-                    await client.compute([sc_pb2.RuleRequest(flow=_flow(tenant, key))], hops=1)
+                    await client.compute([sc_pb2.RuleRequest(flow=flow_proto(tenant, key))], hops=1)
 
     async def _switch_map(self, op: ScaleOp, result: str) -> None:
         node = self.node
@@ -390,14 +391,3 @@ class ScaleDriver:
             )
         shard = results[0] if isinstance(results[0], str) else req.shard
         return sc_pb2.TransferReply(status=sc_pb2.Status(code=Code.OK), shard=shard)
-
-
-def _flow(tenant_id: int, key: FlowKey) -> sc_pb2.Flow:
-    return sc_pb2.Flow(
-        tenant_id=tenant_id,
-        protocol=key.protocol,
-        src_addr=key.src_addr,
-        dst_addr=key.dst_addr,
-        src_port=key.src_port,
-        dst_port=key.dst_port,
-    )
