@@ -30,7 +30,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from cyberstar import netns, packets
-from cyberstar.lab.slowpath import PUBLIC_IP, SERVER_PORT, SERVERS, SlowPathLab, wait_for
+from cyberstar.lab.slowpath import PUBLIC_IP, SERVER_PORT, SERVERS, SlowPathLab
+from cyberstar.lab.wait import wait_until
 
 
 def measure_cps(connect, seconds: float, workers: int) -> dict:
@@ -90,7 +91,7 @@ def blast(ns: str, ifname: str, dst_mac: str, seconds: float, sent) -> None:
 
 def bench_cyberstar(args) -> tuple[dict, dict]:
     with SlowPathLab(scgs=1, nodes_per_scg=3, mode="native") as lab:
-        wait_for(lambda: lab.fm_get("fm1", "/status")["leader"], 30, "fm1 to lead")
+        wait_until(lambda: lab.fm_get("fm1", "/status")["leader"], 30, "fm1 to lead")
         lab.connect(SERVERS[0], SERVER_PORT).close()  # warm up
         cps = measure_cps(lambda: lab.connect(SERVERS[0], SERVER_PORT, 5), args.seconds,
                           args.workers)  # fmt: skip

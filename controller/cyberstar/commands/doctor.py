@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cyberstar.paths import REPO_ROOT
+from cyberstar.verbs import Verb
 
 
 @dataclass(frozen=True)
@@ -131,15 +132,8 @@ CHECKS: tuple[Callable[[], Check], ...] = (
 )  # fmt: skip
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "doctor",
-        help="check this host (BPF/XDP, headers, bpffs, BCC, netns, bmv2/p4c)",
-        description="Check the host and say what to fix. Exit 0 when every required check "
-        "passes, 1 otherwise; optional checks (bmv2, p4runtime-shell) only warn.",
-    )
+def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,3 +150,12 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         print(f"{len(failed)} required check(s) failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+DOCTOR = Verb(
+    help="check this host (BPF/XDP, headers, bpffs, BCC, netns, bmv2/p4c)",
+    description="Check the host and say what to fix. Exit 0 when every required check "
+    "passes, 1 otherwise; optional checks (bmv2, p4runtime-shell) only warn.",
+    arguments=arguments,
+    run=run,
+)

@@ -160,7 +160,7 @@ class FabricMaster:
         if reply.phase != "fin":
             raise RuntimeError(f"scale {op}: phase {reply.phase}: {reply.status.message}")
         produced = set(reply.shards)
-        await self.shard_map.wait_for(  # FM routes by the new map from here on
+        await self.shard_map.wait_until(  # FM routes by the new map from here on
             lambda m: any(str(sid) in produced and scg == target for sid, scg in m.shards.items()),
             10,
         )

@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from cyberstar.verbs import Verb
 
-def register(sub: argparse._SubParsersAction) -> None:
-    pp = sub.add_parser("pp", help="packet-processing (PP) nodes")
-    verbs = pp.add_subparsers(dest="verb", metavar="VERB", required=True)
-    serve = verbs.add_parser(
-        "serve",
-        help="load the XDP program on interfaces and serve P4Runtime",
-        description="Load the generated XDP program on the given interfaces (ports 1, 2, ... "
-        "in the order given, or PORT@IFNAME) and serve P4Runtime. Native XDP where the driver "
-        "supports it, with a logged fallback to skb mode unless --mode forces one. Stops "
-        "cleanly on SIGTERM/SIGINT.",
-    )
+
+def arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--iface",
         action="append",
@@ -33,10 +25,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--mode", choices=["native", "skb"], help="force an XDP mode")
     serve.add_argument("--netns", help="the interfaces live in this network namespace")
     serve.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics")
-    serve.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from cyberstar.pp.agent import run_agent
 
     return run_agent(args.iface, args.grpc, args.device_id, args.mode, args.netns, args.metrics)
+
+
+SERVE = Verb(
+    help="load the XDP program on interfaces and serve P4Runtime",
+    description="Load the generated XDP program on the given interfaces (ports 1, 2, ... "
+    "in the order given, or PORT@IFNAME) and serve P4Runtime. Native XDP where the driver "
+    "supports it, with a logged fallback to skb mode unless --mode forces one. Stops "
+    "cleanly on SIGTERM/SIGINT.",
+    arguments=arguments,
+    run=run,
+)
