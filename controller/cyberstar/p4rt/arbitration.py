@@ -119,10 +119,6 @@ class Arbitration:
     def is_primary(self, controller: Controller) -> bool:
         return controller is self._primary
 
-    @property
-    def has_primary(self) -> bool:
-        return self._primary is not None
-
     # ---- notifications ----------------------------------------------------------------------
 
     def _announce(self, only: Controller | None) -> None:

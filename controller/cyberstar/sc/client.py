@@ -14,7 +14,7 @@ reply = await client.scale_status(op, wait_s=10)   # phase "fin"
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import grpc
@@ -141,7 +141,3 @@ class ScaleError(RuntimeError):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
-
-
-def replies_by_id(replies: Sequence[sc_pb2.RuleReply]) -> dict[int, sc_pb2.RuleReply]:
-    return {r.request_id: r for r in replies}

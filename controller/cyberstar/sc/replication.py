@@ -165,10 +165,6 @@ class Replicator:
 
     # -- roles ---------------------------------------------------------------------------------
     @property
-    def in_chain(self) -> bool:
-        return self.index is not None
-
-    @property
     def is_head(self) -> bool:
         return self.index == 0 and not self.fresh
 
