@@ -665,7 +665,7 @@ struct parsed {
 };
 
 // Parse one IPv4 header and its L4 header at `off`, bounded by `end` (checks and their order as
-// in cyberstar.ref.parser). Returns a drop reason, or -1. `inner` selects the inner_ reasons.
+// in cyberstar.pipeline.frames). Returns a drop reason, or -1. `inner` selects the inner_ reasons.
 static __always_inline int parse_ipv4(void *data, void *data_end, __u32 off, __u32 end,
                                       int inner, __u32 *l4_off, __u32 *l4_kind) {
     off &= OFF_MASK;

@@ -22,8 +22,8 @@ from cyberstar import netns
 from cyberstar.lab.pp_process import start_agent
 from cyberstar.p4rt.codec import update
 from cyberstar.pipeline.entries import build_entry
+from cyberstar.pipeline.frames import parse
 from cyberstar.pipeline.pp import PIPELINE
-from cyberstar.ref.parser import parse
 
 pytestmark = pytest.mark.root
 PUBLIC = "203.0.113.9"

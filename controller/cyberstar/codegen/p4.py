@@ -172,7 +172,7 @@ bit<16> udp_csum(in bit<16> c) {
 
 
 def _ipv4_states(outer: bool) -> str:
-    """Parser states for one IPv4 header and its L4 header (checks as in `cyberstar.ref.parser`)."""
+    """Parser states for one IPv4 header and its L4 header (checks: `cyberstar.pipeline.frames`)."""
     s = "" if outer else "inner_"
     ip = f"hdr.{s}ipv4"
     end = "end" if outer else "udp_end"

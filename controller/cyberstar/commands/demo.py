@@ -21,9 +21,9 @@ from cyberstar.codegen import artifacts, write_artifacts
 from cyberstar.errors import RuntimeFailure
 from cyberstar.paths import REPO_ROOT
 from cyberstar.pcap.pcapfile import Packet, write_pcap
+from cyberstar.pipeline.frames import Malformed, parse
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.pipeline.rules import load_rules
-from cyberstar.ref.parser import Malformed, parse
 from cyberstar.targets import Outcome, Target, TargetUnavailable
 from cyberstar.verbs import Verb
 

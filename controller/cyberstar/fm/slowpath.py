@@ -33,9 +33,9 @@ from cyberstar.fm.sessions import PpSession
 from cyberstar.p4rt.codec import update
 from cyberstar.p4rt.decode import P4RTError, PipelineDecoder
 from cyberstar.pipeline.entries import TableEntry
+from cyberstar.pipeline.frames import frame_metadata
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.proto import sc_pb2
-from cyberstar.ref.model import frame_metadata
 from cyberstar.sc.client import ReleaseKey, Request
 from cyberstar.sc.flows import FlowKey, Packet
 from cyberstar.sc.routing import ScRouter

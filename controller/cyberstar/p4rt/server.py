@@ -20,7 +20,7 @@ from google.protobuf import any_pb2
 
 from cyberstar.p4rt.arbitration import Arbitration, Controller
 from cyberstar.p4rt.decode import P4RTError
-from cyberstar.xdp.program import Punted
+from cyberstar.pipeline.frames import Punted
 
 log = logging.getLogger(__name__)
 API_VERSION = "1.4.0"

@@ -24,10 +24,11 @@ from cyberstar.codegen.p4info import build_p4info, canonical_p4info
 from cyberstar.p4rt.codec import table_entry_to_proto
 from cyberstar.p4rt.decode import P4RTError, PipelineDecoder
 from cyberstar.pipeline.entries import TableEntry, match_identity
+from cyberstar.pipeline.frames import Punted
 from cyberstar.pipeline.model import Pipeline
 from cyberstar.xdp.layout import table_layout
 from cyberstar.xdp.maps import encode_key, encode_value
-from cyberstar.xdp.program import Punted, XdpProgram
+from cyberstar.xdp.program import XdpProgram
 
 log = logging.getLogger(__name__)
 Code = grpc.StatusCode

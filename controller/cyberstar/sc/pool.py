@@ -4,8 +4,9 @@ An element is `addr << 16 | port`. The set is kept as sorted disjoint half-open 
 never-used elements plus a set of released ones, so a pool of a few public addresses costs a
 handful of integers until it is used. Iteration yields never-used elements first, so the head,
 which takes the first free one, reuses a released port last (out of TIME_WAIT trouble);
-`split` hands half of the elements to another shard; `merge` is a union. Removing distinct present elements commutes, which is what
-lets two SCGs allocate from the two halves independently.
+`split` hands half of the elements to another shard; `merge` is a union. Removing distinct
+present elements commutes, which is what lets two SCGs allocate from the two halves
+independently.
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ import logging
 import os
 
 from cyberstar.pipeline.entries import TableEntry
+from cyberstar.pipeline.frames import Punted
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.targets import Outcome, TargetUnavailable
-from cyberstar.xdp.program import Punted, XdpProgram
+from cyberstar.xdp.program import XdpProgram
 from cyberstar.xdp.testrun import MIN_FRAME
 
 log = logging.getLogger(__name__)

@@ -9,12 +9,12 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from cyberstar.errors import RuntimeFailure
 from cyberstar.paths import xdp_source
 from cyberstar.pipeline.entries import TableEntry
+from cyberstar.pipeline.frames import Punted
 from cyberstar.pipeline.model import Pipeline
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.xdp.layout import punt_meta_layout, table_layout, ternary_entry_offsets
@@ -33,14 +33,6 @@ XDP_FLAGS_DRV_MODE = 1 << 2
 PROGRAM_NAME = "pp_xdp"
 BPF_MAP_TYPE_HASH = 1
 BATCH = 65536  # entries per BPF_MAP_UPDATE_BATCH call
-
-
-@dataclass(frozen=True)
-class Punted:
-    """A frame the program sent to the controller, with its packet_in metadata."""
-
-    metadata: dict[str, int]
-    frame: bytes
 
 
 class XdpLoadError(RuntimeFailure):
