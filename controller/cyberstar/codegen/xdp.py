@@ -2,12 +2,21 @@
 
 One BPF map per P4 table, named like the table; `<table>_default` holds the table's current
 default action. Header accessors and map structs are generated from the spec (struct sizes and
-offsets are asserted at compile time against `cyberstar.xdp.layout`); the parser and control
+offsets are asserted at compile time against `cyberstar.codegen.xdp_layout`); the parser and control
 flow follow `cyberstar.ref` step for step.
 """
 
 from __future__ import annotations
 
+from cyberstar.codegen.xdp_layout import (
+    CStruct,
+    LpmKey,
+    TableLayout,
+    c_size,
+    punt_meta_layout,
+    table_layout,
+    ternary_entry_offsets,
+)
 from cyberstar.pipeline.model import (
     REWRITE_TARGETS,
     VERDICT_UNDECIDED,
@@ -23,15 +32,6 @@ from cyberstar.pipeline.model import (
     SetMeta,
     SetNextHop,
     Table,
-)
-from cyberstar.xdp.layout import (
-    CStruct,
-    LpmKey,
-    TableLayout,
-    c_size,
-    punt_meta_layout,
-    table_layout,
-    ternary_entry_offsets,
 )
 
 _C_TYPE = {1: "__u8", 2: "__u16", 4: "__u32", 8: "__u64"}

@@ -19,6 +19,7 @@ import zlib
 from collections import defaultdict
 
 import aetcd
+from finsy.proto import p4r
 
 from cyberstar.fm.cache import CachedRule, Connection, RuleCache, entry_key, parse_cookie
 from cyberstar.fm.config import FabricConfig, FmConfig
@@ -251,7 +252,7 @@ class FabricMaster:
                 if cookie is None:
                     continue
                 conn_id, slot = cookie
-                entry = decoder.decode(te, kind=1)
+                entry = decoder.decode(te, kind=p4r.Update.INSERT)
                 key = entry_key(entry)
                 conn = conns.setdefault(conn_id, Connection(conn_id, slot, []))
                 rule = next((r for r in conn.rules if r.key == key), None)

@@ -13,13 +13,15 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+import grpc
 from finsy.proto import p4r, rpc_code
 
 from cyberstar.codegen.p4info import build_p4info, canonical_p4info
 from cyberstar.fm.config import PpNodeConfig
-from cyberstar.p4rt.aio_client import Action, AioP4RuntimeClient
-from cyberstar.p4rt.client import P4RuntimeError
+from cyberstar.p4rt.aio_client import AioP4RuntimeClient
 from cyberstar.p4rt.codec import update
+from cyberstar.p4rt.errors import P4RuntimeError
+from cyberstar.p4rt.messages import Action
 from cyberstar.pipeline.entries import TableEntry
 from cyberstar.pipeline.pp import PIPELINE
 
@@ -152,7 +154,9 @@ class PpSession:
 
     async def write(self, updates: list[p4r.Update]) -> None:
         if self.client is None or not self.primary:
-            raise P4RuntimeError(f"{self.name}: not connected as primary")
+            raise P4RuntimeError(
+                grpc.StatusCode.FAILED_PRECONDITION, f"{self.name}: not connected as primary"
+            )
         await self.client.write(updates)
 
     async def packet_out(self, payload: bytes, metadata: list[tuple[int, bytes]]) -> None:

@@ -31,7 +31,8 @@ from cyberstar.fm.cache import (
 )
 from cyberstar.fm.sessions import PpSession
 from cyberstar.p4rt.codec import update
-from cyberstar.p4rt.decode import P4RTError, PipelineDecoder
+from cyberstar.p4rt.decode import PipelineDecoder
+from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.pipeline.entries import TableEntry
 from cyberstar.pipeline.frames import frame_metadata
 from cyberstar.pipeline.pp import PIPELINE
@@ -330,7 +331,7 @@ class SlowPath:
                 continue
             try:
                 match = self.decoder.table(FLOW_TABLE_ID).decode_match(te)
-            except P4RTError:
+            except P4RuntimeError:
                 continue
             key = entry_key(TableEntry("flow_table", match, "", {}))
             deletes.append(p4r.Update(type=p4r.Update.DELETE,

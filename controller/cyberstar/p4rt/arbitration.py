@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import grpc
 from finsy.proto import p4r, rpc_code, rpc_status
 
-from cyberstar.p4rt.decode import P4RTError
+from cyberstar.p4rt.errors import P4RuntimeError
 
 
 def election_int(eid: p4r.Uint128) -> int:
@@ -54,16 +54,20 @@ class Arbitration:
                 if controller is None
                 else grpc.StatusCode.FAILED_PRECONDITION
             )
-            raise P4RTError(code, f"device id {msg.device_id}: this target is {self.device_id}")
+            raise P4RuntimeError(
+                code, f"device id {msg.device_id}: this target is {self.device_id}"
+            )
         if msg.role.name or msg.role.id:
-            raise P4RTError(grpc.StatusCode.INVALID_ARGUMENT, "only the default role is served")
+            raise P4RuntimeError(
+                grpc.StatusCode.INVALID_ARGUMENT, "only the default role is served"
+            )
         if not msg.HasField("election_id"):
-            raise P4RTError(grpc.StatusCode.INVALID_ARGUMENT, "an election id is required")
+            raise P4RuntimeError(grpc.StatusCode.INVALID_ARGUMENT, "an election id is required")
         eid = election_int(msg.election_id)
         with self._lock:
             for other in self._controllers:
                 if other is not controller and other.election_id == eid:
-                    raise P4RTError(
+                    raise P4RuntimeError(
                         grpc.StatusCode.INVALID_ARGUMENT,
                         f"election id {eid} is already used by another controller",
                     )
@@ -98,7 +102,7 @@ class Arbitration:
         eid = election_int(election_id)
         with self._lock:
             if self._primary is None or self._primary.election_id != eid:
-                raise P4RTError(
+                raise P4RuntimeError(
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"election id {eid} is not the primary's"
                     + (f" ({self._primary.election_id})" if self._primary else " (no primary)"),

@@ -19,7 +19,7 @@ from finsy.proto import p4r, p4r_grpc, rpc_code, rpc_status
 from google.protobuf import any_pb2
 
 from cyberstar.p4rt.arbitration import Arbitration, Controller
-from cyberstar.p4rt.decode import P4RTError
+from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.pipeline.frames import Punted
 
 log = logging.getLogger(__name__)
@@ -32,13 +32,13 @@ _END = object()
 class Device(Protocol):
     def verify_config(self, config: p4r.ForwardingPipelineConfig) -> None: ...
     def commit(self, reconcile: bool) -> None: ...
-    def write(self, updates: list[p4r.Update]) -> list[P4RTError | None]: ...
+    def write(self, updates: list[p4r.Update]) -> list[P4RuntimeError | None]: ...
     def read(self, entity: p4r.Entity) -> Iterator[p4r.Entity]: ...
     def packet_out(self, packet: p4r.PacketOut) -> None: ...
     def packet_in_message(self, punted: Punted) -> bytes: ...
 
 
-def _abort(context: grpc.ServicerContext, err: P4RTError) -> None:
+def _abort(context: grpc.ServicerContext, err: P4RuntimeError) -> None:
     context.abort(err.code, err.message)
 
 
@@ -56,13 +56,13 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
 
     def _check_device(self, device_id: int) -> None:
         if device_id != self.device_id:
-            raise P4RTError(
+            raise P4RuntimeError(
                 grpc.StatusCode.NOT_FOUND, f"device id {device_id}: this target is {self.device_id}"
             )
 
     def _check_pipeline(self) -> None:
         if self._config is None:
-            raise P4RTError(
+            raise P4RuntimeError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "no forwarding pipeline: call SetForwardingPipelineConfig first",
             )
@@ -96,7 +96,7 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
                 Action.RECONCILE_AND_COMMIT,
             ):
                 if not request.HasField("config"):
-                    raise P4RTError(grpc.StatusCode.INVALID_ARGUMENT, "no config given")
+                    raise P4RuntimeError(grpc.StatusCode.INVALID_ARGUMENT, "no config given")
                 self.device.verify_config(request.config)
             if action == Action.VERIFY:
                 pass
@@ -104,19 +104,19 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
                 self._saved = request.config
             elif action == Action.COMMIT:
                 if request.HasField("config"):
-                    raise P4RTError(
+                    raise P4RuntimeError(
                         grpc.StatusCode.INVALID_ARGUMENT,
                         "COMMIT takes no config (it commits the saved one)",
                     )
                 if self._saved is None:
-                    raise P4RTError(grpc.StatusCode.NOT_FOUND, "no saved config to commit")
+                    raise P4RuntimeError(grpc.StatusCode.NOT_FOUND, "no saved config to commit")
                 self._commit(self._saved, reconcile=False)
                 self._saved = None
             elif action in (Action.VERIFY_AND_COMMIT, Action.RECONCILE_AND_COMMIT):
                 self._commit(request.config, reconcile=action == Action.RECONCILE_AND_COMMIT)
             else:
-                raise P4RTError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown action {action}")
-        except P4RTError as err:
+                raise P4RuntimeError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown action {action}")
+        except P4RuntimeError as err:
             _abort(context, err)
         return p4r.SetForwardingPipelineConfigResponse()
 
@@ -130,7 +130,7 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
         try:
             self._check_device(request.device_id)
             self._check_pipeline()
-        except P4RTError as err:
+        except P4RuntimeError as err:
             _abort(context, err)
         assert self._config is not None
         rt = p4r.GetForwardingPipelineConfigRequest
@@ -147,10 +147,10 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
             self.arbitration.check_writer(request.election_id)
             self._check_pipeline()
             if request.atomicity != p4r.WriteRequest.CONTINUE_ON_ERROR:
-                raise P4RTError(
+                raise P4RuntimeError(
                     grpc.StatusCode.UNIMPLEMENTED, "only CONTINUE_ON_ERROR batches are supported"
                 )
-        except P4RTError as err:
+        except P4RuntimeError as err:
             _abort(context, err)
         with self._write_lock:
             results = self.device.write(list(request.updates))
@@ -188,7 +188,7 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
                         batch = []
             if batch or not request.entities:
                 yield p4r.ReadResponse(entities=batch)
-        except P4RTError as err:
+        except P4RuntimeError as err:
             _abort(context, err)
 
     def StreamChannel(self, request_iterator, context):
@@ -200,7 +200,7 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
             try:
                 for req in request_iterator:
                     self._on_stream_request(req, state, outbox)
-            except P4RTError as err:
+            except P4RuntimeError as err:
                 outbox.put(err)
             except grpc.RpcError:
                 pass
@@ -214,7 +214,7 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
                 item = outbox.get()
                 if item is _END:
                     return
-                if isinstance(item, P4RTError):
+                if isinstance(item, P4RuntimeError):
                     context.abort(item.code, item.message)
                 yield item
         finally:
@@ -232,7 +232,7 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
             return
         controller = state["controller"]
         if controller is None:
-            raise P4RTError(
+            raise P4RuntimeError(
                 grpc.StatusCode.FAILED_PRECONDITION, "send a MasterArbitrationUpdate first"
             )
         if kind != "packet":
@@ -240,10 +240,12 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
             return
         try:
             if not self.arbitration.is_primary(controller):
-                raise P4RTError(grpc.StatusCode.PERMISSION_DENIED, "only the primary sends packets")
+                raise P4RuntimeError(
+                    grpc.StatusCode.PERMISSION_DENIED, "only the primary sends packets"
+                )
             self._check_pipeline()
             self.device.packet_out(req.packet)
-        except P4RTError as err:
+        except P4RuntimeError as err:
             outbox.put(_stream_error(err.code, err.message, req.packet))
 
 

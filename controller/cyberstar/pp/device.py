@@ -17,21 +17,21 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-import grpc
 from finsy.proto import p4i, p4r
+from grpc import StatusCode
 
 from cyberstar.codegen.p4info import build_p4info, canonical_p4info
+from cyberstar.codegen.xdp_layout import table_layout
 from cyberstar.p4rt.codec import table_entry_to_proto
-from cyberstar.p4rt.decode import P4RTError, PipelineDecoder
+from cyberstar.p4rt.decode import PipelineDecoder
+from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.pipeline.entries import TableEntry, match_identity
 from cyberstar.pipeline.frames import Punted
 from cyberstar.pipeline.model import Pipeline
-from cyberstar.xdp.layout import table_layout
 from cyberstar.xdp.maps import encode_key, encode_value
 from cyberstar.xdp.program import XdpProgram
 
 log = logging.getLogger(__name__)
-Code = grpc.StatusCode
 CLOCK_MONOTONIC_COARSE = 6  # the clock bpf_ktime_get_coarse_ns reads
 INSERT, MODIFY, DELETE = p4r.Update.INSERT, p4r.Update.MODIFY, p4r.Update.DELETE
 
@@ -91,11 +91,11 @@ class XdpDevice:
         ours = self.p4info
         theirs = config.p4info
         if canonical_p4info(theirs) != canonical_p4info(ours):
-            raise P4RTError(Code.INVALID_ARGUMENT, _p4info_difference(ours, theirs))
+            raise P4RuntimeError(StatusCode.INVALID_ARGUMENT, _p4info_difference(ours, theirs))
         blob = config.p4_device_config
         if blob and blob.strip() != _program_source(self.prog).strip():
-            raise P4RTError(
-                Code.INVALID_ARGUMENT,
+            raise P4RuntimeError(
+                StatusCode.INVALID_ARGUMENT,
                 "p4_device_config must be empty or the generated ebpf/pp_xdp.c this agent runs",
             )
 
@@ -117,14 +117,14 @@ class XdpDevice:
 
     # ---- writes -------------------------------------------------------------------------------
 
-    def write(self, updates: list[p4r.Update]) -> list[P4RTError | None]:
-        results: list[P4RTError | None] = [None] * len(updates)
+    def write(self, updates: list[p4r.Update]) -> list[P4RuntimeError | None]:
+        results: list[P4RuntimeError | None] = [None] * len(updates)
         by_table: dict[str, list[_Pending]] = {}
         with self._lock:
             for i, upd in enumerate(updates):
                 try:
                     pending = self._validate(i, upd)
-                except P4RTError as err:
+                except P4RuntimeError as err:
                     results[i] = err
                     continue
                 if pending is not None:
@@ -139,22 +139,28 @@ class XdpDevice:
         entity = upd.entity
         which = entity.WhichOneof("entity")
         if which != "table_entry":
-            raise P4RTError(Code.UNIMPLEMENTED, f"writing {which} is not supported by this target")
+            raise P4RuntimeError(
+                StatusCode.UNIMPLEMENTED, f"writing {which} is not supported by this target"
+            )
         msg = entity.table_entry
         if upd.type not in (INSERT, MODIFY, DELETE):
-            raise P4RTError(Code.INVALID_ARGUMENT, "update type must be INSERT, MODIFY or DELETE")
+            raise P4RuntimeError(
+                StatusCode.INVALID_ARGUMENT, "update type must be INSERT, MODIFY or DELETE"
+            )
         dec = self.decoder.table(msg.table_id)
         t = dec.table
         entry = dec.decode(msg, kind=upd.type)
         counters = None
         if msg.HasField("counter_data"):
             if t.direct_counter is None:
-                raise P4RTError(Code.INVALID_ARGUMENT, f"table {t.name} has no direct counter")
+                raise P4RuntimeError(
+                    StatusCode.INVALID_ARGUMENT, f"table {t.name} has no direct counter"
+                )
             counters = (msg.counter_data.packet_count, msg.counter_data.byte_count)
         if entry.is_default:
             if upd.type != MODIFY:
-                raise P4RTError(
-                    Code.INVALID_ARGUMENT, "the default entry can only be modified (MODIFY)"
+                raise P4RuntimeError(
+                    StatusCode.INVALID_ARGUMENT, "the default entry can only be modified (MODIFY)"
                 )
             if not entry.action:  # an unset action resets the default to the program's
                 entry = replace(entry, action=t.default_action, params={})
@@ -164,10 +170,10 @@ class XdpDevice:
         key = b"" if t.needs_priority else encode_key(self.pipeline, entry)
         return _Pending(index, upd.type, entry, key, counters)
 
-    def _apply_exact(self, table: str, batch: list[_Pending]) -> list[tuple[int, P4RTError]]:
+    def _apply_exact(self, table: str, batch: list[_Pending]) -> list[tuple[int, P4RuntimeError]]:
         store = self._exact[table]
         size = self.pipeline.table(table).size
-        errors: list[tuple[int, P4RTError]] = []
+        errors: list[tuple[int, P4RuntimeError]] = []
         upserts: list[tuple[_Pending, bytes]] = []
         deletes: list[_Pending] = []
         now = coarse_now_ns()
@@ -177,14 +183,19 @@ class XdpDevice:
             if p.kind == INSERT:
                 if exists:
                     errors.append(
-                        (p.index, P4RTError(Code.ALREADY_EXISTS, f"{table}: entry exists"))
+                        (
+                            p.index,
+                            P4RuntimeError(StatusCode.ALREADY_EXISTS, f"{table}: entry exists"),
+                        )
                     )
                     continue
                 if len(store) + len(added) >= size:
                     errors.append(
                         (
                             p.index,
-                            P4RTError(Code.RESOURCE_EXHAUSTED, f"table {table} is full ({size})"),
+                            P4RuntimeError(
+                                StatusCode.RESOURCE_EXHAUSTED, f"table {table} is full ({size})"
+                            ),
                         )
                     )
                     continue
@@ -193,7 +204,9 @@ class XdpDevice:
                 added.add(p.key)
                 upserts.append((p, value))
             elif not exists:
-                errors.append((p.index, P4RTError(Code.NOT_FOUND, f"{table}: no such entry")))
+                errors.append(
+                    (p.index, P4RuntimeError(StatusCode.NOT_FOUND, f"{table}: no such entry"))
+                )
             elif p.kind == MODIFY:
                 upserts.append((p, self._modified_value(table, p, store, now)))
             else:
@@ -222,7 +235,7 @@ class XdpDevice:
 
     def _write_upserts(
         self, table: str, upserts: list[tuple[_Pending, bytes]]
-    ) -> list[tuple[int, P4RTError]]:
+    ) -> list[tuple[int, P4RuntimeError]]:
         try:
             self.prog.write_raw(
                 table, b"".join(p.key for p, _ in upserts), b"".join(v for _, v in upserts),
@@ -242,7 +255,7 @@ class XdpDevice:
 
     def _one_by_one(
         self, table: str, upserts: list[tuple[_Pending, bytes]]
-    ) -> list[tuple[int, P4RTError]]:
+    ) -> list[tuple[int, P4RuntimeError]]:
         """A batch the kernel refused: retry each entry alone, so each gets its own result and
         none is left half-applied."""
         errors = []
@@ -250,12 +263,16 @@ class XdpDevice:
             try:
                 self.prog.write_raw(table, p.key, value, 1)
             except Exception as exc:
-                errors.append((p.index, P4RTError(Code.RESOURCE_EXHAUSTED, f"{table}: {exc}")))
+                errors.append(
+                    (p.index, P4RuntimeError(StatusCode.RESOURCE_EXHAUSTED, f"{table}: {exc}"))
+                )
                 continue
             self._store_put(table, p.key, p.entry)
         return errors
 
-    def _write_deletes(self, table: str, deletes: list[_Pending]) -> list[tuple[int, P4RTError]]:
+    def _write_deletes(
+        self, table: str, deletes: list[_Pending]
+    ) -> list[tuple[int, P4RuntimeError]]:
         try:
             self.prog.delete_raw(table, b"".join(p.key for p in deletes), len(deletes))
         except Exception:
@@ -264,7 +281,7 @@ class XdpDevice:
                 try:
                     self.prog.delete_raw(table, p.key, 1)
                 except Exception as exc:
-                    errors.append((p.index, P4RTError(Code.INTERNAL, f"{table}: {exc}")))
+                    errors.append((p.index, P4RuntimeError(StatusCode.INTERNAL, f"{table}: {exc}")))
                     continue
                 self._store_pop(table, p.key)
             return errors
@@ -272,29 +289,36 @@ class XdpDevice:
             self._store_pop(table, p.key)
         return []
 
-    def _apply_ternary(self, table: str, batch: list[_Pending]) -> list[tuple[int, P4RTError]]:
+    def _apply_ternary(self, table: str, batch: list[_Pending]) -> list[tuple[int, P4RuntimeError]]:
         store = self._ternary[table]
         size = self.pipeline.table(table).size
-        errors: list[tuple[int, P4RTError]] = []
+        errors: list[tuple[int, P4RuntimeError]] = []
         for p in batch:
             ident = p.entry.match_key()
             if p.kind == INSERT:
                 if ident in store:
                     errors.append(
-                        (p.index, P4RTError(Code.ALREADY_EXISTS, f"{table}: entry exists"))
+                        (
+                            p.index,
+                            P4RuntimeError(StatusCode.ALREADY_EXISTS, f"{table}: entry exists"),
+                        )
                     )
                 elif len(store) >= size:
                     errors.append(
                         (
                             p.index,
-                            P4RTError(Code.RESOURCE_EXHAUSTED, f"table {table} is full ({size})"),
+                            P4RuntimeError(
+                                StatusCode.RESOURCE_EXHAUSTED, f"table {table} is full ({size})"
+                            ),
                         )
                     )
                 else:
                     self._seq += 1
                     store[ident] = (self._seq, p.entry)
             elif ident not in store:
-                errors.append((p.index, P4RTError(Code.NOT_FOUND, f"{table}: no such entry")))
+                errors.append(
+                    (p.index, P4RuntimeError(StatusCode.NOT_FOUND, f"{table}: no such entry"))
+                )
             elif p.kind == MODIFY:
                 seq, old = store[ident]
                 entry = (
@@ -339,7 +363,7 @@ class XdpDevice:
                         )
                     )
             else:
-                raise P4RTError(Code.UNIMPLEMENTED, f"reading {which} is not supported")
+                raise P4RuntimeError(StatusCode.UNIMPLEMENTED, f"reading {which} is not supported")
 
     def _read_tables(
         self, req: p4r.TableEntry, with_counters: bool = False
@@ -352,7 +376,9 @@ class XdpDevice:
         want_idle = req.HasField("time_since_last_hit")
         for t in tables:
             if want_counters and t.direct_counter is None and req.table_id:
-                raise P4RTError(Code.INVALID_ARGUMENT, f"table {t.name} has no direct counter")
+                raise P4RuntimeError(
+                    StatusCode.INVALID_ARGUMENT, f"table {t.name} has no direct counter"
+                )
             if req.is_default_action:
                 yield p4r.Entity(
                     table_entry=table_entry_to_proto(self.pipeline, self._defaults[t.name])
@@ -415,13 +441,15 @@ class XdpDevice:
         if req.counter_id:
             counters = tuple(c for c in counters if c.id == req.counter_id)
             if not counters:
-                raise P4RTError(Code.INVALID_ARGUMENT, f"no counter with id {req.counter_id}")
+                raise P4RuntimeError(
+                    StatusCode.INVALID_ARGUMENT, f"no counter with id {req.counter_id}"
+                )
         for c in counters:
             cells = self.prog.counter(c.name)
             if req.HasField("index"):
                 if not 0 <= req.index.index < c.size:
-                    raise P4RTError(
-                        Code.OUT_OF_RANGE,
+                    raise P4RuntimeError(
+                        StatusCode.OUT_OF_RANGE,
                         f"counter {c.name} index {req.index.index} not in 0..{c.size - 1}",
                     )
                 indices = [req.index.index]
@@ -444,19 +472,23 @@ class XdpDevice:
         meta = {}
         for m in packet.metadata:
             if not 0 < m.metadata_id <= len(meta_fields):
-                raise P4RTError(Code.INVALID_ARGUMENT, f"no packet_out metadata id {m.metadata_id}")
+                raise P4RuntimeError(
+                    StatusCode.INVALID_ARGUMENT, f"no packet_out metadata id {m.metadata_id}"
+                )
             f = meta_fields[m.metadata_id - 1]
             meta[f.name] = int.from_bytes(m.value, "big") if m.value else 0
         port_no = meta.get("ingress_port" if meta.get("submit_to_ingress") else "egress_port", 0)
         port = self.ports.get(port_no)
         if port is None:
-            raise P4RTError(Code.INVALID_ARGUMENT, f"no port {port_no} on this PP node")
+            raise P4RuntimeError(StatusCode.INVALID_ARGUMENT, f"no port {port_no} on this PP node")
         if meta.get("submit_to_ingress"):
             with self.run_in_namespace():  # the kernel resolves the ifindex in our netns
                 self.prog.run(packet.payload, ingress_ifindex=port.ifindex)
         else:
             if port.sock is None:
-                raise P4RTError(Code.UNAVAILABLE, f"port {port_no} has no transmit socket")
+                raise P4RuntimeError(
+                    StatusCode.UNAVAILABLE, f"port {port_no} has no transmit socket"
+                )
             port.sock.send(packet.payload)
         self.stats["packet_out"] += 1
 

@@ -21,9 +21,13 @@ import grpc
 
 from cyberstar.proto import sc_pb2, sc_pb2_grpc
 from cyberstar.sc.flows import FlowKey, Packet
-from cyberstar.sc.replication import GRPC_OPTIONS
 
 HOPS_METADATA = "x-cyberstar-hops"
+# Channel options of the ServiceComputing API, for its clients and its server (sc.server).
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", 512 << 20),
+    ("grpc.max_receive_message_length", 512 << 20),
+]
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Encode table entries into the XDP program's map keys and values (and decode them back).
 
-Layouts come from `cyberstar.xdp.layout`, the same computation the C generator asserts on.
+Layouts come from `cyberstar.codegen.xdp_layout`, the same computation the C generator asserts on.
 """
 
 from __future__ import annotations
@@ -8,10 +8,7 @@ from __future__ import annotations
 import struct
 from functools import cache
 
-from cyberstar.pipeline.entries import TableEntry
-from cyberstar.pipeline.model import Pipeline
-from cyberstar.pipeline.values import LpmValue, TernaryValue
-from cyberstar.xdp.layout import (
+from cyberstar.codegen.xdp_layout import (
     PACK_CODES,
     CStruct,
     LpmKey,
@@ -19,6 +16,9 @@ from cyberstar.xdp.layout import (
     table_layout,
     ternary_entry_offsets,
 )
+from cyberstar.pipeline.entries import TableEntry
+from cyberstar.pipeline.model import Pipeline
+from cyberstar.pipeline.values import LpmValue, TernaryValue
 
 
 def encode_key(pipeline: Pipeline, entry: TableEntry) -> bytes:

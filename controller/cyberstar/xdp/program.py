@@ -11,13 +11,13 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from cyberstar.codegen.xdp_layout import punt_meta_layout, table_layout, ternary_entry_offsets
 from cyberstar.errors import RuntimeFailure
 from cyberstar.paths import xdp_source
 from cyberstar.pipeline.entries import TableEntry
 from cyberstar.pipeline.frames import Punted
 from cyberstar.pipeline.model import Pipeline
 from cyberstar.pipeline.pp import PIPELINE
-from cyberstar.xdp.layout import punt_meta_layout, table_layout, ternary_entry_offsets
 from cyberstar.xdp.maps import (
     empty_ternary_slot,
     encode_key,
