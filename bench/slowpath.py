@@ -129,20 +129,10 @@ def bench_cyberstar(args) -> tuple[dict, dict]:
 
 
 def bench_nftables(args) -> dict:
-    pid = os.getpid()
-    ns = {"client": f"cs-nc-{pid}", "router": f"cs-nr-{pid}", "server": f"cs-ns-{pid}"}
-    for n in ns.values():
-        netns.create(n)
-    try:
-        netns.veth("c0", "r1", ns["client"], ns["router"])
-        netns.veth("s0", "r2", ns["server"], ns["router"])
-        netns.ip("addr", "add", "10.1.0.2/24", "dev", "c0", ns=ns["client"])
-        netns.ip("route", "add", "default", "via", "10.1.0.1", ns=ns["client"])
-        netns.ip("addr", "add", "10.1.0.1/24", "dev", "r1", ns=ns["router"])
-        netns.ip("addr", "add", "10.2.0.1/24", "dev", "r2", ns=ns["router"])
+    assert SERVERS[0] == "10.2.0.2"  # netns.line's server address
+    with netns.line("n", ports=("r1", "r2")) as line:
+        ns = {"client": line.client, "router": line.middle, "server": line.server}
         netns.ip("addr", "add", f"{PUBLIC_IP}/32", "dev", "r2", ns=ns["router"])
-        netns.ip("addr", "add", f"{SERVERS[0]}/24", "dev", "s0", ns=ns["server"])
-        netns.ip("route", "add", "default", "via", "10.2.0.1", ns=ns["server"])
         netns.exec_in(ns["router"], "sysctl", "-qw", "net.ipv4.ip_forward=1")
         netns.exec_in(ns["client"], "sysctl", "-qw", "net.ipv4.ip_local_port_range=32768 60999")
         ruleset = (
@@ -191,9 +181,6 @@ def bench_nftables(args) -> dict:
         result = measure_cps(connect, args.seconds, args.workers)
         stop.set()
         return result
-    finally:
-        for n in ns.values():
-            netns.delete(n)
 
 
 def main() -> int:
