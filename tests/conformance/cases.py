@@ -517,16 +517,7 @@ def _malformed_cases(syn: Ether, vx_in: Ether) -> list[Case]:
     tagged = bytes(
         Ether(src=CLIENT_MAC, dst=PP_MAC) / Dot1Q(vlan=42) / IP(src=CLIENT, dst=VIP) / TCP()
     )
-    c.append(
-        Case(
-            "truncated 802.1q tag",
-            tagged[:16],
-            rules,
-            "drop",
-            drop_reason="truncated_vlan",
-            tags=("malformed", "untagged-by-linux"),
-        )
-    )
+    drop("truncated 802.1q tag", tagged[:16], "truncated_vlan")
     bad_version = bytearray(raw_syn)
     bad_version[14] = (6 << 4) | 5
     drop("ip version 6 in an ipv4 frame", bytes(bad_version), "bad_ipv4_version")
