@@ -5,12 +5,17 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 SYSTEM_PYTHON := /usr/bin/python3
 
-.PHONY: install host venv p4rt-shell test demo build lint bench clean
+.PHONY: install host p4-tools venv p4rt-shell test demo build lint bench clean
 
-install: host venv p4rt-shell
+install: host p4-tools venv p4rt-shell
 
 host:
 	bash scripts/setup-host.sh
+
+# bmv2 and p4c from a prebuilt p4lang toolchain archive: `make install CYBERSTAR_P4_ARCHIVE=PATH`
+# (a relative PATH is taken from the repository). Without it they stay optional.
+p4-tools:
+	bash scripts/install-p4.sh
 
 # BCC and Mininet are Debian packages for /usr/bin/python3: the venv must see system site-packages.
 venv: $(VENV)/.installed

@@ -38,7 +38,12 @@ _.scale_downs
 doc
 PACKETS
 BYTES
-# pytest: module marks, fixtures used by name, hypothesis state-machine invariants.
+# pytest: module marks, hooks and their arguments, fixtures used by name (bmv2_tools for the
+# skip it makes), hypothesis state-machine invariants.
 pytestmark
 need_etcd
+bmv2_tools
+pytest_runtest_makereport
+pytest_collection_modifyitems
+call
 _.each_element_once

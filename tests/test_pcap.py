@@ -7,6 +7,7 @@ import json
 import pytest
 from conformance.cases import BASE_RULES, SNAT, client_tcp
 
+from cyberstar import p4tools
 from cyberstar.cli import main
 from cyberstar.pcap.pcapfile import Packet, PcapError, read_pcap, write_pcap
 
@@ -120,14 +121,8 @@ def test_pcap_run_xdp_equals_ref(tmp_path, capsys, xdp_target) -> None:
 
 
 @pytest.mark.bmv2
+@pytest.mark.usefixtures("bmv2_tools")
 def test_pcap_run_bmv2_equals_ref(tmp_path, capsys) -> None:
-    from cyberstar.targets import TargetUnavailable
-    from cyberstar.targets.bmv2 import require_tools
-
-    try:
-        require_tools()
-    except TargetUnavailable as exc:
-        pytest.skip(str(exc))
     verdicts, out = _run(tmp_path, "bmv2", capsys)
     ref_verdicts, ref_out = _run(tmp_path, "ref", capsys)
     assert verdicts == ref_verdicts == EXPECTED_VERDICTS
@@ -137,6 +132,7 @@ def test_pcap_run_bmv2_equals_ref(tmp_path, capsys) -> None:
 def test_bmv2_target_without_tools_exits_2(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("CYBERSTAR_P4_BIN", raising=False)
+    monkeypatch.setattr(p4tools, "DEFAULT_P4_BIN", tmp_path)
     (tmp_path / "rules.json").write_text("[]")
     write_pcap(tmp_path / "in.pcap", [])
     code = main(

@@ -83,11 +83,6 @@ def test_xdp_matches_ref(case: Case, xdp_target) -> None:
 @pytest.mark.bmv2
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bmv2_matches_ref(case: Case, bmv2_target) -> None:
-    if "untagged-by-linux" in case.tags:
-        pytest.skip(
-            "the bmv2 harness feeds frames through veth, and Linux drops a frame whose 802.1Q "
-            "tag is cut before any packet socket (bmv2's libpcap) sees it"
-        )
     bmv2_target.reset()
     bmv2_target.install(parse_rules(case.rules, PIPELINE))
     outcome = bmv2_target.process(case.frame, 1)

@@ -18,13 +18,13 @@ from pathlib import Path
 
 from cyberstar import packets
 from cyberstar.codegen import artifacts, write_artifacts
-from cyberstar.errors import RuntimeFailure
+from cyberstar.errors import RuntimeFailure, TargetUnavailable
 from cyberstar.paths import REPO_ROOT
 from cyberstar.pcap.pcapfile import Packet, write_pcap
 from cyberstar.pipeline.frames import Malformed, parse
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.pipeline.rules import load_rules
-from cyberstar.targets import Outcome, Target, TargetUnavailable
+from cyberstar.targets import Outcome, Target
 from cyberstar.verbs import Verb
 
 DEMO_RULES = REPO_ROOT / "examples" / "demo-rules.json"

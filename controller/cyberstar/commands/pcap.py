@@ -7,12 +7,12 @@ import json
 import logging
 from pathlib import Path
 
-from cyberstar.errors import UsageError
+from cyberstar.errors import TargetUnavailable, UsageError
 from cyberstar.pcap.pcapfile import PcapError, read_pcap
 from cyberstar.pcap.runner import run_packets, write_results
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.pipeline.rules import RulesError, load_rules
-from cyberstar.targets import Target, TargetUnavailable
+from cyberstar.targets import Target
 from cyberstar.verbs import Verb
 
 log = logging.getLogger(__name__)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import os
 
+from cyberstar.errors import TargetUnavailable
 from cyberstar.pipeline.entries import TableEntry
 from cyberstar.pipeline.frames import Punted
 from cyberstar.pipeline.pp import PIPELINE
-from cyberstar.targets import Outcome, TargetUnavailable
+from cyberstar.targets import Outcome
 from cyberstar.xdp.program import XdpProgram
 from cyberstar.xdp.testrun import MIN_FRAME
 
