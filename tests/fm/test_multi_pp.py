@@ -9,14 +9,17 @@ reprogrammed and its established connections answered from the cache.
 
 from __future__ import annotations
 
+import socket
 from ipaddress import ip_address
 
 import pytest
 from finsy.proto import p4r
 
+from cyberstar import netns
 from cyberstar.lab.slowpath import (
     FABRIC_NEXTHOP_BASE,
     FABRIC_VNI,
+    GATEWAY_CLIENT,
     GATEWAY_SERVER,
     PUBLIC_IP,
     SERVER_PORT,
@@ -28,6 +31,7 @@ from cyberstar.lab.slowpath import (
 )
 from cyberstar.p4rt.client import P4RuntimeClient
 from cyberstar.p4rt.decode import PipelineDecoder
+from cyberstar.p4tools import THRIFT_PORT
 from cyberstar.pipeline.pp import PIPELINE
 from fm.helpers import open_connections, running_lab, sc_requests
 
@@ -140,3 +144,21 @@ def test_a_restarted_node_serves_established_connections_from_the_cache(lab, ind
 def pp_connections(lab: SlowPathLab) -> dict[str, int]:
     """How many times FM (re)established its stream to each PP node."""
     return {pp: n["connections"] for pp, n in lab.fm_get("fm1", "/status")["pp_nodes"].items()}
+
+
+def test_bmv2_thrift_server_is_not_reachable_from_tenants(lab) -> None:
+    """bmv2 always opens an unauthenticated Thrift server; only its own namespace reaches it."""
+    if "bmv2" not in lab.pp_kinds:
+        pytest.skip("no bmv2 node in this group")
+    for i, kind in enumerate(lab.pp_kinds):
+        if kind != "bmv2":
+            continue
+        with netns.entered(lab.pp_ns[i]):
+            inside = socket.create_connection(("127.0.0.1", THRIFT_PORT), timeout=5)
+        inside.close()
+        s = lab.client_socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, f"c{i}".encode())
+        s.settimeout(1)
+        with pytest.raises(OSError):
+            s.connect((gateway(GATEWAY_CLIENT, i), THRIFT_PORT))
+        s.close()
