@@ -8,8 +8,10 @@ import pytest
 from finsy.proto import p4i, p4r, rpc_code
 
 from cyberstar.codegen.p4info import build_p4info
-from cyberstar.p4rt.client import P4RuntimeError
+from cyberstar.p4rt.arbitration import election_int
+from cyberstar.p4rt.client import P4RuntimeClient, P4RuntimeError
 from cyberstar.p4rt.codec import update
+from cyberstar.p4rt.messages import arbitration_request
 from cyberstar.pipeline.entries import build_entry
 from cyberstar.pipeline.pp import PIPELINE
 
@@ -381,14 +383,16 @@ def test_counters_read_and_direct_counter_data(primary) -> None:
     assert err.value.code == grpc.StatusCode.OUT_OF_RANGE
 
 
-# ---- arbitration --------------------------------------------------------------------------
+# ---- arbitration (P4Runtime §5) ------------------------------------------------------------
 
 
 def test_primary_backup_and_failover(pp_node) -> None:
     primary = pp_node.client(election_id=10)
-    backup = pp_node.client(election_id=5)
-    # the backup was told a primary exists
-    assert backup.arbitrations.qsize() == 0  # its own answer was consumed by open_stream
+    backup = P4RuntimeClient(pp_node.address, 1, election_id=5)
+    pp_node.clients.append(backup)
+    told = backup.open_stream()
+    assert told.status.code == rpc_code.ALREADY_EXISTS  # a primary exists
+    assert election_int(told.election_id) == 10
     primary.set_pipeline(build_p4info(PIPELINE), b"")
     err = write_error(backup, [update(INSERT, PIPELINE, flow_entry())])
     assert err.code == grpc.StatusCode.PERMISSION_DENIED
@@ -400,18 +404,77 @@ def test_primary_backup_and_failover(pp_node) -> None:
     pp_node.clients.remove(primary)
     note = backup.arbitrations.get(timeout=10)
     assert note.status.code == rpc_code.NOT_FOUND
+    assert election_int(note.election_id) == 10  # the highest id the server has seen
     backup.election_id = 11
-    backup._requests.put(
-        p4r.StreamMessageRequest(
-            arbitration=p4r.MasterArbitrationUpdate(device_id=1, election_id=p4r.Uint128(low=11))
-        )
-    )
+    backup._requests.put(arbitration_request(1, 11))
     assert backup.arbitrations.get(timeout=10).status.code == rpc_code.OK
     backup.write([update(INSERT, PIPELINE, flow_entry())])
 
 
-def test_duplicate_election_id_is_refused(pp_node) -> None:
+def stream_end(client: P4RuntimeClient) -> grpc.StatusCode:
+    """How the server ended a client's stream (waits for it)."""
+    client._stream_thread.join(10)
+    assert not client._stream_thread.is_alive(), "the server kept the stream open"
+    return client._stream_call.code()
+
+
+def test_duplicate_election_id_is_invalid_argument(pp_node) -> None:
     pp_node.client(election_id=10)
     dup = pp_node.client(election_id=10, arbitrate=False)
+    dup.timeout = 3
     with pytest.raises(P4RuntimeError):
-        dup.open_stream()
+        dup.open_stream()  # no answer: the server ended the stream instead
+    assert stream_end(dup) == grpc.StatusCode.INVALID_ARGUMENT
+    # a live controller may not move to an id another one holds either
+    other = pp_node.client(election_id=4)
+    other._requests.put(arbitration_request(1, 10))
+    assert stream_end(other) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_rogue_election_id_is_remembered_and_can_be_reached(pp_node) -> None:
+    """§5.3: the server keeps the highest id it has ever seen. A rogue that arbitrated with
+    2^100 and left leaves no primary; a lower id is a backup, told the id to reach; that id
+    makes a controller primary again."""
+    fm = pp_node.client(election_id=(1 << 32) + 7)
+    rogue = pp_node.client(election_id=1 << 100)
+    note = fm.arbitrations.get(timeout=10)
+    assert (note.status.code, election_int(note.election_id)) == (rpc_code.ALREADY_EXISTS, 1 << 100)
+    rogue.close()
+    pp_node.clients.remove(rogue)
+    note = fm.arbitrations.get(timeout=10)
+    assert (note.status.code, election_int(note.election_id)) == (rpc_code.NOT_FOUND, 1 << 100)
+    fm._requests.put(arbitration_request(1, (1 << 32) + 8))  # higher than before, not enough
+    assert fm.arbitrations.get(timeout=10).status.code == rpc_code.NOT_FOUND
+    fm.election_id = 1 << 100
+    fm._requests.put(arbitration_request(1, fm.election_id))
+    assert fm.arbitrations.get(timeout=10).status.code == rpc_code.OK
+    fm.set_pipeline(build_p4info(PIPELINE), b"")
+    fm.write([update(INSERT, PIPELINE, flow_entry())])
+
+
+def test_unset_election_id_is_a_backup_forever(pp_node) -> None:
+    """§5.3: an unset election id is below every id; several controllers may leave it unset."""
+    quiet = [pp_node.client(arbitrate=False) for _ in range(2)]
+    for c in quiet:
+        c._stream_call = c.stub.StreamChannel(iter([p4r.StreamMessageRequest(
+            arbitration=p4r.MasterArbitrationUpdate(device_id=1))]))  # fmt: skip
+        first = next(c._stream_call)
+        assert first.arbitration.status.code == rpc_code.NOT_FOUND
+        assert not first.arbitration.HasField("election_id")  # there never was a primary
+    primary = pp_node.client(election_id=1)
+    assert primary.arbitrations.empty()  # open_stream took its answer: OK
+    primary.set_pipeline(build_p4info(PIPELINE), b"")
+
+
+def test_write_from_a_connection_that_never_arbitrated_is_refused(tcp_pp_node) -> None:
+    """The election id is not a password: a client on another connection reusing the primary's
+    id (FM's is 2^32 + its etcd revision, easy to guess) may not write."""
+    primary = tcp_pp_node.primary_with_pipeline(election_id=(1 << 32) + 5)
+    rogue = tcp_pp_node.client(election_id=(1 << 32) + 5, arbitrate=False)
+    err = write_error(rogue, [update(INSERT, PIPELINE, flow_entry())])
+    assert err.code == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(P4RuntimeError) as perr:
+        rogue.set_pipeline(build_p4info(PIPELINE), b"")
+    assert perr.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert primary.read([p4r.Entity(table_entry=p4r.TableEntry(table_id=FLOW.id))]) == []
+    primary.write([update(INSERT, PIPELINE, flow_entry())])  # its own connection may

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import socket
 import threading
@@ -33,6 +34,7 @@ from cyberstar.xdp.program import XdpProgram
 
 log = logging.getLogger(__name__)
 CLOCK_MONOTONIC_COARSE = 6  # the clock bpf_ktime_get_coarse_ns reads
+READ_CHUNK = 1000  # entities gathered under the lock at a time
 INSERT, MODIFY, DELETE = p4r.Update.INSERT, p4r.Update.MODIFY, p4r.Update.DELETE
 
 
@@ -347,23 +349,32 @@ class XdpDevice:
 
     # ---- reads --------------------------------------------------------------------------------
 
-    def read(self, entity: p4r.Entity) -> Iterator[p4r.Entity]:
+    def read(self, entity: p4r.Entity) -> Iterator[list[p4r.Entity]]:
+        """The entities `entity` asks for, in chunks of at most `READ_CHUNK`; the device lock is
+        held while a chunk is gathered, never while the caller sends it."""
         which = entity.WhichOneof("entity")
-        with self._lock:
-            if which == "table_entry":
-                yield from self._read_tables(entity.table_entry)
-            elif which == "counter_entry":
-                yield from self._read_counters(entity.counter_entry)
-            elif which == "direct_counter_entry":
-                te = entity.direct_counter_entry.table_entry
-                for e in self._read_tables(te, with_counters=True):
-                    yield p4r.Entity(
-                        direct_counter_entry=p4r.DirectCounterEntry(
-                            table_entry=e.table_entry, data=e.table_entry.counter_data
-                        )
-                    )
-            else:
-                raise P4RuntimeError(StatusCode.UNIMPLEMENTED, f"reading {which} is not supported")
+        if which == "table_entry":
+            source = self._read_tables(entity.table_entry)
+        elif which == "counter_entry":
+            source = self._read_counters(entity.counter_entry)
+        elif which == "direct_counter_entry":
+            source = self._read_direct_counters(entity.direct_counter_entry)
+        else:
+            raise P4RuntimeError(StatusCode.UNIMPLEMENTED, f"reading {which} is not supported")
+        while True:
+            with self._lock:
+                chunk = list(itertools.islice(source, READ_CHUNK))
+            if not chunk:
+                return
+            yield chunk
+
+    def _read_direct_counters(self, req: p4r.DirectCounterEntry) -> Iterator[p4r.Entity]:
+        for e in self._read_tables(req.table_entry, with_counters=True):
+            yield p4r.Entity(
+                direct_counter_entry=p4r.DirectCounterEntry(
+                    table_entry=e.table_entry, data=e.table_entry.counter_data
+                )
+            )
 
     def _read_tables(
         self, req: p4r.TableEntry, with_counters: bool = False
@@ -384,7 +395,7 @@ class XdpDevice:
                     table_entry=table_entry_to_proto(self.pipeline, self._defaults[t.name])
                 )
                 continue
-            for entry, head in self._entries_with_state(t.name, req, want_counters or want_idle):
+            for entry, head in self._entries_with_state(t.name, req):
                 if req.action.action.action_id and (
                     self.pipeline.action(entry.action).id != req.action.action.action_id
                 ):
@@ -402,18 +413,21 @@ class XdpDevice:
                 yield p4r.Entity(table_entry=msg)
 
     def _entries_with_state(
-        self, table: str, req: p4r.TableEntry, need_state: bool
+        self, table: str, req: p4r.TableEntry
     ) -> Iterator[tuple[TableEntry, dict[str, int]]]:
+        """The table's entries (one, if `req` names a match) with their map state: counters
+        and last hit. Exact tables are walked in the kernel map, chunk by chunk, so writes
+        between chunks are seen or not but never break the walk."""
         lay = table_layout(self.pipeline, table)
         dec = self.decoder.table(self.pipeline.table(table).id)
         if table in self._ternary:
-            heads = {}
-            if need_state:
-                off = self.prog.ternary_value_offset(table)
+            off = self.prog.ternary_value_offset(table)
+            heads = {
+                e.match_key(): lay.value_head.unpack(raw[off:])
                 for e, raw in zip(
                     self.prog.ternary_entries(table), self.prog.ternary_raw(table), strict=True
-                ):
-                    heads[e.match_key()] = lay.value_head.unpack(raw[off:])
+                )
+            }
             entries = [e for _, e in self._ternary[table].values()]
             if len(req.match):
                 wanted = match_identity(dec.decode_match(req), req.priority)
@@ -428,13 +442,14 @@ class XdpDevice:
             entry = store.get(key)
             if entry is None:
                 return
-            raw = self.prog.lookup_raw(table, key) if need_state else None
+            raw = self.prog.lookup_raw(table, key)
             yield entry, lay.value_head.unpack(raw) if raw else {}
             return
-        values = dict(self.prog.dump_raw(table, len(store))) if need_state else {}
-        for key, entry in store.items():
-            raw = values.get(key)
-            yield entry, lay.value_head.unpack(raw) if raw else {}
+        for chunk in self.prog.iter_raw(table, READ_CHUNK):
+            for key, raw in chunk:
+                entry = store.get(key)
+                if entry is not None:
+                    yield entry, lay.value_head.unpack(raw)
 
     def _read_counters(self, req: p4r.CounterEntry) -> Iterator[p4r.Entity]:
         counters = self.pipeline.counters
