@@ -17,6 +17,7 @@
 #define IP_PROTO_TCP 6
 #define IP_PROTO_UDP 17
 #define ENCAP_TTL 64
+#define MAX_FRAME 3520
 #define V_FORWARD 0
 #define V_DROP 1
 #define V_PUNT 2
@@ -47,10 +48,11 @@
 #define R_TRUNCATED_INNER_UDP 22
 #define R_BAD_INNER_UDP_LENGTH 23
 #define R_TRUNCATED_INNER_ICMP 24
-#define R_ACL_DENY 25
-#define R_FLOW_DROP 26
-#define R_NO_NEXT_HOP 27
-#define R_PORT_DOWN 28
+#define R_FRAME_TOO_LONG 25
+#define R_ACL_DENY 26
+#define R_FLOW_DROP 27
+#define R_NO_NEXT_HOP 28
+#define R_PORT_DOWN 29
 #define PUNT_NONE 0
 #define PUNT_MISS 1
 #define PUNT_HOST 2
@@ -545,7 +547,7 @@ struct counter_cell {
     __u64 packets;
     __u64 bytes;
 };
-BPF_PERCPU_ARRAY(drop_reasons, struct counter_cell, 29);
+BPF_PERCPU_ARRAY(drop_reasons, struct counter_cell, 30);
 static __always_inline void count_drop_reasons(__u32 index, __u32 len) {
     struct counter_cell *cell = drop_reasons.lookup(&index);
     if (cell) {
@@ -1161,6 +1163,11 @@ int pp_xdp(struct xdp_md *ctx) {
     __u32 *port = ports.lookup(&ifindex);
     if (!port)
         return XDP_PASS;  // not one of our interfaces
+    if (frame_len > MAX_FRAME) {  // the parser's first check, made here: in pp_parse it
+        count_verdicts(V_DROP, frame_len);  // costs the verifier twice the states
+        count_drop_reasons(R_FRAME_TOO_LONG, frame_len);
+        return XDP_DROP;
+    }
 
     struct parsed ps;
     __builtin_memset(&ps, 0, sizeof(ps));

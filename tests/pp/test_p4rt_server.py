@@ -3,11 +3,15 @@ writes and reads with the specification's status codes, counters, arbitration.""
 
 from __future__ import annotations
 
+import socket
+
 import grpc
 import pytest
 from finsy.proto import p4i, p4r, rpc_code
 
+from cyberstar import netns
 from cyberstar.codegen.p4info import build_p4info
+from cyberstar.lab.wait import wait_until
 from cyberstar.p4rt.arbitration import election_int
 from cyberstar.p4rt.client import P4RuntimeClient, P4RuntimeError
 from cyberstar.p4rt.codec import update
@@ -478,3 +482,66 @@ def test_write_from_a_connection_that_never_arbitrated_is_refused(tcp_pp_node) -
     assert perr.value.code == grpc.StatusCode.PERMISSION_DENIED
     assert primary.read([p4r.Entity(table_entry=p4r.TableEntry(table_id=FLOW.id))]) == []
     primary.write([update(INSERT, PIPELINE, flow_entry())])  # its own connection may
+
+
+# ---- packet I/O and the pipeline's frame size -----------------------------------------------
+
+OUT = {f.name: i for i, f in enumerate(PIPELINE.packet_out.fields, start=1)}
+
+
+def _to_port(port: int) -> list[tuple[int, bytes]]:
+    return [(OUT["egress_port"], port.to_bytes(2, "big"))]
+
+
+def _into_pipeline(port: int) -> list[tuple[int, bytes]]:
+    return [(OUT["ingress_port"], port.to_bytes(2, "big")), (OUT["submit_to_ingress"], b"\x01")]
+
+
+def _capture(ns: str, ifname: str) -> socket.socket:
+    with netns.entered(ns):
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        s.bind((ifname, 0))
+    s.settimeout(5)
+    return s
+
+
+def test_packet_out_outside_the_frame_sizes_is_invalid_argument(pp_node) -> None:
+    """A PacketOut under 14 or over 3520 bytes raised ValueError and tore down the primary's
+    stream (FM re-injecting a frame from a port with a larger MTU lost its session). Each is
+    now a StreamError INVALID_ARGUMENT, and the stream goes on."""
+    c = pp_node.primary_with_pipeline()
+    bad = [(13, _to_port(1)), (13, _into_pipeline(1)), (3521, _into_pipeline(1)),
+           (3521, _to_port(1)), (65000, _into_pipeline(1))]  # fmt: skip
+    for size, meta in bad:
+        c.packet_out(b"\x02" * size, meta)
+        err = c.stream_errors.get(timeout=10)
+        assert err.canonical_code == grpc.StatusCode.INVALID_ARGUMENT.value[0], err.message
+        assert len(err.packet_out.packet_out.payload) == size
+    rx = _capture(pp_node.ns, "peer1")
+    frame = bytes.fromhex("0200000000aa0200000000bb88b5") + bytes(1000)  # local EtherType
+    c.packet_out(frame, _to_port(1))
+    while (got := rx.recv(65536)) != frame:
+        assert got  # other traffic on the veth (IPv6 neighbour discovery) is skipped
+    rx.close()
+    assert c.stream_errors.empty()
+    c.write([update(INSERT, PIPELINE, flow_entry())])  # and the session is whole
+
+
+def test_frames_over_the_limit_are_counted_drops_on_a_live_port(pp_node) -> None:
+    """The XDP program drops and counts a frame longer than MAX_FRAME (a jumbo or GSO frame
+    reaches generic XDP on a port with a larger MTU)."""
+    for ifname in ("pp1", "peer1"):
+        netns.ip("link", "set", ifname, "mtu", "9000", ns=pp_node.ns)
+    c = pp_node.primary_with_pipeline()
+    with netns.entered(pp_node.ns):
+        tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        tx.bind(("peer1", 0))
+    ipv4 = bytes.fromhex("0200000000aa0200000000bb0800")
+    for size in (3520, 5000, 9014):
+        tx.send(ipv4 + bytes(size - 14))
+    tx.close()
+    reasons = PIPELINE.counter("drop_reasons").id
+    too_long = PIPELINE.drop_reason("frame_too_long")
+    wait_until(lambda: c.read_counter(reasons).get(too_long, (0, 0))[0] >= 2, 10,
+               "two frame_too_long drops")  # fmt: skip
+    assert c.read_counter(reasons)[too_long] == (2, 5000 + 9014)

@@ -712,6 +712,11 @@ int pp_xdp(struct xdp_md *ctx) {
     __u32 *port = ports.lookup(&ifindex);
     if (!port)
         return XDP_PASS;  // not one of our interfaces
+    if (frame_len > MAX_FRAME) {  // the parser's first check, made here: in pp_parse it
+        count_verdicts(V_DROP, frame_len);  // costs the verifier twice the states
+        count_drop_reasons(R_FRAME_TOO_LONG, frame_len);
+        return XDP_DROP;
+    }
 
     struct parsed ps;
     __builtin_memset(&ps, 0, sizeof(ps));

@@ -50,10 +50,12 @@ class P4RuntimeClient:
         self.packet_ins: queue.Queue[p4r.PacketIn] = queue.Queue()
         self.idle_notifications: queue.Queue[p4r.IdleTimeoutNotification] = queue.Queue()
         self.arbitrations: queue.Queue[p4r.MasterArbitrationUpdate] = queue.Queue()
+        self.stream_errors: queue.Queue[p4r.StreamError] = queue.Queue()
         self._sinks = {
             "arbitration": self.arbitrations.put,
             "packet": self.packet_ins.put,
             "idle_timeout_notification": self.idle_notifications.put,
+            "error": self.stream_errors.put,
         }
         self._requests: queue.Queue[p4r.StreamMessageRequest | None] = queue.Queue()
         self._stream_thread: threading.Thread | None = None

@@ -318,6 +318,9 @@ class P4RuntimeServer:
             self.device.packet_out(req.packet)
         except P4RuntimeError as err:
             outbox.put_urgent(_stream_error(err.code, err.message, req.packet))
+        except Exception as exc:  # a bug: answer this PacketOut, keep the stream
+            log.exception("PacketOut failed")
+            outbox.put_urgent(_stream_error(grpc.StatusCode.INTERNAL, str(exc), req.packet))
 
 
 class _StreamState:

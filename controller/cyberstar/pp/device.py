@@ -35,6 +35,7 @@ from cyberstar.xdp.program import XdpProgram
 log = logging.getLogger(__name__)
 CLOCK_MONOTONIC_COARSE = 6  # the clock bpf_ktime_get_coarse_ns reads
 READ_CHUNK = 1000  # entities gathered under the lock at a time
+ETHERNET_HEADER = 14  # the shortest frame a PacketOut may carry
 INSERT, MODIFY, DELETE = p4r.Update.INSERT, p4r.Update.MODIFY, p4r.Update.DELETE
 
 
@@ -483,6 +484,13 @@ class XdpDevice:
     # ---- packet I/O ---------------------------------------------------------------------------
 
     def packet_out(self, packet: p4r.PacketOut) -> None:
+        size, limit = len(packet.payload), self.pipeline.constants["MAX_FRAME"]
+        if not ETHERNET_HEADER <= size <= limit:
+            raise P4RuntimeError(
+                StatusCode.INVALID_ARGUMENT,
+                f"PacketOut payload of {size} bytes: a frame is {ETHERNET_HEADER}..{limit} bytes "
+                "(the pipeline's MAX_FRAME)",
+            )
         meta_fields = self.pipeline.packet_out.fields
         meta = {}
         for m in packet.metadata:
@@ -496,15 +504,20 @@ class XdpDevice:
         port = self.ports.get(port_no)
         if port is None:
             raise P4RuntimeError(StatusCode.INVALID_ARGUMENT, f"no port {port_no} on this PP node")
-        if meta.get("submit_to_ingress"):
-            with self.run_in_namespace():  # the kernel resolves the ifindex in our netns
-                self.prog.run(packet.payload, ingress_ifindex=port.ifindex)
-        else:
-            if port.sock is None:
-                raise P4RuntimeError(
-                    StatusCode.UNAVAILABLE, f"port {port_no} has no transmit socket"
-                )
-            port.sock.send(packet.payload)
+        try:
+            if meta.get("submit_to_ingress"):
+                with self.run_in_namespace():  # the kernel resolves the ifindex in our netns
+                    self.prog.run(packet.payload, ingress_ifindex=port.ifindex)
+            else:
+                if port.sock is None:
+                    raise P4RuntimeError(
+                        StatusCode.UNAVAILABLE, f"port {port_no} has no transmit socket"
+                    )
+                port.sock.send(packet.payload)
+        except OSError as exc:
+            raise P4RuntimeError(
+                StatusCode.UNAVAILABLE, f"PacketOut on port {port_no}: {exc.strerror or exc}"
+            ) from None
         self.stats["packet_out"] += 1
 
     def packet_in_message(self, punted: Punted) -> bytes:
