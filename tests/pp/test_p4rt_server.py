@@ -545,3 +545,42 @@ def test_frames_over_the_limit_are_counted_drops_on_a_live_port(pp_node) -> None
     wait_until(lambda: c.read_counter(reasons).get(too_long, (0, 0))[0] >= 2, 10,
                "two frame_too_long drops")  # fmt: skip
     assert c.read_counter(reasons)[too_long] == (2, 5000 + 9014)
+
+
+def _flow_ports(c) -> dict[int, int]:
+    """src_port → the snat's new source port, for every flow entry."""
+    out = {}
+    for e in c.read([p4r.Entity(table_entry=p4r.TableEntry(table_id=FLOW.id))]):
+        te = e.table_entry
+        out[int.from_bytes(te.match[4].exact.value, "big")] = int.from_bytes(
+            te.action.action.params[1].value, "big"
+        )
+    return out
+
+
+def test_updates_of_one_key_in_a_batch_each_get_a_result(primary) -> None:
+    """An INSERT and a MODIFY of one key in a batch raised KeyError: the whole batch failed
+    with UNKNOWN and no details. Each update sees the ones before it (§12.2's serial order)."""
+    c = primary
+    c.write([
+        update(INSERT, PIPELINE, flow_entry(sport=1)),
+        update(MODIFY, PIPELINE, flow_entry(sport=1, src_port=50001)),
+        update(INSERT, PIPELINE, flow_entry(sport=2)),
+        update(DELETE, PIPELINE, flow_entry(sport=2)),
+        update(INSERT, PIPELINE, flow_entry(sport=3)),
+        update(MODIFY, PIPELINE, flow_entry(sport=3, src_port=50003)),
+        update(MODIFY, PIPELINE, flow_entry(sport=3, src_port=50004)),
+    ])  # fmt: skip
+    assert _flow_ports(c) == {1: 50001, 3: 50004}
+    err = write_error(c, [
+        update(DELETE, PIPELINE, flow_entry(sport=4)),  # not there yet
+        update(INSERT, PIPELINE, flow_entry(sport=4)),
+        update(INSERT, PIPELINE, flow_entry(sport=4)),  # there now
+        update(MODIFY, PIPELINE, flow_entry(sport=4, src_port=50005)),
+        update(INSERT, PIPELINE, acl_entry(5)),
+        update(MODIFY, PIPELINE, acl_entry(5)),
+        update(INSERT, PIPELINE, acl_entry(5)),
+    ])  # fmt: skip
+    assert [(i, code) for i, code, _ in err.errors] == [
+        (0, "NOT_FOUND"), (2, "ALREADY_EXISTS"), (6, "ALREADY_EXISTS")]  # fmt: skip
+    assert _flow_ports(c) == {1: 50001, 3: 50004, 4: 50005}

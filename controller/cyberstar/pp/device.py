@@ -121,8 +121,12 @@ class XdpDevice:
     # ---- writes -------------------------------------------------------------------------------
 
     def write(self, updates: list[p4r.Update]) -> list[P4RuntimeError | None]:
+        """One result per update, always. Updates are grouped by table and applied a group at
+        a time (one map batch); an update whose entry is already in its table's group (an INSERT
+        and a MODIFY of one key, say) first applies the group, so that each update sees the
+        ones before it."""
         results: list[P4RuntimeError | None] = [None] * len(updates)
-        by_table: dict[str, list[_Pending]] = {}
+        groups: dict[str, dict[object, _Pending]] = {}
         with self._lock:
             for i, upd in enumerate(updates):
                 try:
@@ -130,13 +134,35 @@ class XdpDevice:
                 except P4RuntimeError as err:
                     results[i] = err
                     continue
-                if pending is not None:
-                    by_table.setdefault(pending.entry.table, []).append(pending)
-            for table, batch in by_table.items():
-                apply = self._apply_ternary if table in self._ternary else self._apply_exact
-                for index, err in apply(table, batch):
-                    results[index] = err
+                except Exception as exc:  # a bug: this update fails, the others go on
+                    log.exception("validating update %d", i)
+                    results[i] = P4RuntimeError(StatusCode.INTERNAL, f"update {i}: {exc}")
+                    continue
+                if pending is None:
+                    continue
+                table = pending.entry.table
+                group = groups.setdefault(table, {})
+                ident = pending.key if table in self._exact else pending.entry.match_key()
+                if ident in group:
+                    self._apply(table, group, results)
+                group[ident] = pending
+            for table, group in groups.items():
+                self._apply(table, group, results)
         return results
+
+    def _apply(
+        self, table: str, group: dict[object, _Pending], results: list[P4RuntimeError | None]
+    ) -> None:
+        batch = list(group.values())
+        group.clear()
+        apply = self._apply_ternary if table in self._ternary else self._apply_exact
+        try:
+            for index, err in apply(table, batch):
+                results[index] = err
+        except Exception as exc:  # a bug: these updates fail, the others go on
+            log.exception("writing %d updates to %s", len(batch), table)
+            for p in batch:
+                results[p.index] = P4RuntimeError(StatusCode.INTERNAL, f"{table}: {exc}")
 
     def _validate(self, index: int, upd: p4r.Update) -> _Pending | None:
         entity = upd.entity
@@ -293,7 +319,9 @@ class XdpDevice:
         return []
 
     def _apply_ternary(self, table: str, batch: list[_Pending]) -> list[tuple[int, P4RuntimeError]]:
-        store = self._ternary[table]
+        """The batch applied to a copy of the table's entries, published, and only then kept:
+        if publishing fails, the agent's view stays what the kernel has."""
+        store = dict(self._ternary[table])
         size = self.pipeline.table(table).size
         errors: list[tuple[int, P4RuntimeError]] = []
         for p in batch:
@@ -335,6 +363,7 @@ class XdpDevice:
         counters = self._ternary_counters(table)
         ordered = [e for _, e in sorted(store.values(), key=lambda se: (-se[1].priority, se[0]))]
         self.prog.publish_ternary(table, ordered, counters)
+        self._ternary[table] = store
         return errors
 
     def _ternary_counters(self, table: str) -> dict[tuple, tuple[int, int]]:
