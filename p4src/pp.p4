@@ -50,6 +50,7 @@ const bit<8> R_ACL_DENY = 26;
 const bit<8> R_FLOW_DROP = 27;
 const bit<8> R_NO_NEXT_HOP = 28;
 const bit<8> R_PORT_DOWN = 29;
+const bit<8> R_FLOW_QUOTA = 30;
 // Punt reasons (packet_in.reason).
 const bit<8> PUNT_NONE = 0;
 const bit<8> PUNT_MISS = 1;
@@ -563,7 +564,7 @@ control PpIngress(inout headers_t hdr, inout metadata_t meta,
     @id(0x13000003) @name(".flow_counter")
     direct_counter(CounterType.packets_and_bytes) flow_counter;
     @id(0x12000001) @name(".drop_reasons")
-    counter(30, CounterType.packets_and_bytes) drop_reasons;
+    counter(31, CounterType.packets_and_bytes) drop_reasons;
     @id(0x12000002) @name(".verdicts")
     counter(4, CounterType.packets_and_bytes) verdicts;
     @id(0x12000003) @name(".port_tx")

@@ -174,6 +174,7 @@ DROP_REASONS = (
     "flow_drop",
     "no_next_hop",
     "port_down",  # XDP only: the egress port has no interface attached
+    "flow_quota",  # XDP only: a flow-table miss of a tenant at its quota (pp serve --flow-quota)
 )
 # Reasons a packet reaches the CPU port. "host" is bmv2's stand-in for the XDP `pass` verdict.
 PUNT_REASONS = ("none", "miss", "host")

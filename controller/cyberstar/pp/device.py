@@ -29,6 +29,7 @@ from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.pipeline.entries import TableEntry, match_identity
 from cyberstar.pipeline.frames import Punted
 from cyberstar.pipeline.model import Pipeline
+from cyberstar.pp.quota import FlowQuota
 from cyberstar.xdp.maps import encode_key, encode_value
 from cyberstar.xdp.program import XdpProgram
 
@@ -37,6 +38,7 @@ CLOCK_MONOTONIC_COARSE = 6  # the clock bpf_ktime_get_coarse_ns reads
 READ_CHUNK = 1000  # entities gathered under the lock at a time
 ETHERNET_HEADER = 14  # the shortest frame a PacketOut may carry
 INSERT, MODIFY, DELETE = p4r.Update.INSERT, p4r.Update.MODIFY, p4r.Update.DELETE
+FLOW_TABLE = "flow_table"  # the table per-tenant quotas apply to (keyed by tenant_id first)
 
 
 def coarse_now_ns() -> int:
@@ -65,8 +67,10 @@ class _Pending:
 class XdpDevice:
     """Implements the device side of `cyberstar.p4rt.server.P4RuntimeServer`."""
 
-    def __init__(self, prog: XdpProgram, ports: list[Port]) -> None:
+    def __init__(self, prog: XdpProgram, ports: list[Port], quota: FlowQuota | None = None) -> None:
         self.prog = prog
+        self.quota = quota or FlowQuota()
+        self.quota.on_full = prog.set_tenant_over_quota
         self.pipeline: Pipeline = prog.pipeline
         self.decoder = PipelineDecoder(self.pipeline)
         self.p4info: p4i.P4Info = build_p4info(self.pipeline)
@@ -108,6 +112,7 @@ class XdpDevice:
             with self._lock:
                 self.prog.clear()
                 self._reset_state()
+                self.quota.clear()
 
     def _reset_state(self) -> None:
         self._exact = {t.name: {} for t in self.pipeline.tables if not t.needs_priority}
@@ -207,6 +212,7 @@ class XdpDevice:
         deletes: list[_Pending] = []
         now = coarse_now_ns()
         added: set[bytes] = set()
+        new_by_tenant: Counter[int] = Counter()
         for p in batch:
             exists = p.key in store or p.key in added
             if p.kind == INSERT:
@@ -228,6 +234,12 @@ class XdpDevice:
                         )
                     )
                     continue
+                if table == FLOW_TABLE:
+                    tenant = p.entry.match["tenant_id"]
+                    if not self.quota.room(tenant, new_by_tenant[tenant]):
+                        errors.append((p.index, self._over_quota(tenant)))
+                        continue
+                    new_by_tenant[tenant] += 1
                 packets, nbytes = p.counters or (0, 0)
                 value = encode_value(self.pipeline, p.entry, packets, nbytes, now)
                 added.add(p.key)
@@ -245,6 +257,13 @@ class XdpDevice:
         if deletes:
             errors += self._write_deletes(table, deletes)
         return errors
+
+    def _over_quota(self, tenant: int) -> P4RuntimeError:
+        return P4RuntimeError(
+            StatusCode.RESOURCE_EXHAUSTED,
+            f"{FLOW_TABLE}: tenant {tenant} holds its quota of {self.quota.limit(tenant)} "
+            "entries on this PP node (pp serve --flow-quota)",
+        )
 
     def _modified_value(
         self, table: str, p: _Pending, store: dict[bytes, TableEntry], now: int
@@ -278,6 +297,8 @@ class XdpDevice:
                 store[p.key] = p.entry
                 if p.entry.idle_timeout_ns:
                     idle[p.entry.idle_timeout_ns] += 1
+                if table == FLOW_TABLE:
+                    self.quota.add(p.entry.match["tenant_id"])
             else:
                 self._store_put(table, p.key, p.entry)
         return []
@@ -603,13 +624,19 @@ class XdpDevice:
         self._exact[table][key] = entry
         if entry.idle_timeout_ns:
             self._idle_timeouts[entry.idle_timeout_ns] += 1
+        if table == FLOW_TABLE:
+            self.quota.add(entry.match["tenant_id"])
 
     def _store_pop(self, table: str, key: bytes) -> None:
         old = self._exact[table].pop(key, None)
-        if old is not None and old.idle_timeout_ns:
+        if old is None:
+            return
+        if old.idle_timeout_ns:
             self._idle_timeouts[old.idle_timeout_ns] -= 1
             if not self._idle_timeouts[old.idle_timeout_ns]:
                 del self._idle_timeouts[old.idle_timeout_ns]
+        if table == FLOW_TABLE:
+            self.quota.remove(old.match["tenant_id"])
 
     def idle_scan_interval(self) -> float | None:
         """How often to scan for idle entries: a quarter of the shortest timeout (0.1 s to 2 s),

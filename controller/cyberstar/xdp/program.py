@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from cyberstar.codegen.xdp import QUOTA_MAP
 from cyberstar.codegen.xdp_layout import punt_meta_layout, table_layout, ternary_entry_offsets
 from cyberstar.errors import RuntimeFailure
 from cyberstar.paths import xdp_source
@@ -339,6 +340,11 @@ class XdpProgram:
         """Frames forwarded to `port` leave through `ifindex`."""
         tx = self._map("tx_ports")
         tx[tx.Key(port)] = tx.Leaf(ifindex)
+
+    def set_tenant_over_quota(self, tenant: int, full: bool) -> None:
+        """Mark a tenant at its flow-entry quota (its flow-table misses are dropped) or not."""
+        flags = self._map(QUOTA_MAP)
+        flags[ctypes.c_int(tenant)] = ctypes.c_uint8(int(full))
 
     # ---- counters -------------------------------------------------------------------------
 
