@@ -159,9 +159,10 @@ class PpSession:
             )
         await self.client.write(updates)
 
-    async def packet_out(self, payload: bytes, metadata: list[tuple[int, bytes]]) -> None:
+    async def packet_out(self, payload: bytes, metadata: list[tuple[int, bytes]],
+                         on_sent: Callable[[], None] | None = None) -> None:  # fmt: skip
         if self.client is not None:
-            await self.client.packet_out(payload, metadata)
+            await self.client.packet_out(payload, metadata, on_sent)
 
     async def read_flow_entries(self) -> list[p4r.TableEntry]:
         assert self.client is not None

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 
 from finsy.proto import p4r
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 PACKET_IN_FIELDS = {f.name: i for i, f in enumerate(PIPELINE.packet_in.fields, start=1)}
 PACKET_OUT_FIELDS = {f.name: i for i, f in enumerate(PIPELINE.packet_out.fields, start=1)}
 FLOW_TABLE_ID = PIPELINE.table("flow_table").id
+LATENCY_SAMPLES = 200_000  # first-packet latencies kept for /status
 
 
 @dataclass
@@ -70,8 +72,9 @@ class SlowPath:
         self.decoder = PipelineDecoder(PIPELINE)
         self.stats: dict[str, int] = defaultdict(int)
         self.timings: dict[str, float] = defaultdict(float)  # seconds spent per phase
-        self.latencies: list[float] = []  # seconds from PacketIn to PacketOut, recent
-        self._queue: asyncio.Queue[tuple[PpSession, p4r.PacketIn]] = asyncio.Queue()
+        # (when sent, seconds from the PacketIn's arrival to its PacketOut's sending), recent
+        self.latencies: deque[tuple[float, float]] = deque(maxlen=LATENCY_SAMPLES)
+        self._queue: asyncio.Queue[tuple[PpSession, p4r.PacketIn, float]] = asyncio.Queue()
         self._pending: dict[bytes, list[Punt]] = {}
         self._ids = itertools.count(1)
         self._conn_ids = itertools.count(int(time.time() * 1000) << 16)
@@ -81,20 +84,24 @@ class SlowPath:
         self._warned_tenants: set[int] = set()  # a key of each connection no PP holds → deadline
         self.enabled = asyncio.Event()  # set while FM leads
 
-    def latency_percentiles(self) -> dict[str, float]:
-        """PacketIn arrival to PacketOut, in ms, over the recent first packets."""
-        lat = sorted(self.latencies)
+    def latency_percentiles(self, since: float = 0.0) -> dict[str, float]:
+        """PacketIn arrival at FM to its PacketOut written to the stream, in µs, over the
+        recent first packets whose PacketOut left after `since` (time.monotonic())."""
+        recent = list(self.latencies)  # one copy under the GIL: the loop appends meanwhile
+        lat = sorted(dt for t, dt in recent if t >= since)
         if not lat:
-            return {}
-        return {q: round(lat[min(len(lat) - 1, int(len(lat) * float(q)))] * 1000, 3)
-                for q in ("0.5", "0.99")}  # fmt: skip
+            return {"count": 0}
+        out = {q: round(lat[min(len(lat) - 1, int(len(lat) * float(q)))] * 1e6, 1)
+               for q in ("0.5", "0.9", "0.99")}  # fmt: skip
+        out["count"] = len(lat)
+        return out
 
     # ---- inputs (called from the sessions' pumps) --------------------------------------------
 
     def on_packet_in(self, session: PpSession, pin: p4r.PacketIn) -> None:
         self.stats["packet_in"] += 1
         session.packet_ins += 1
-        self._queue.put_nowait((session, pin))
+        self._queue.put_nowait((session, pin, time.monotonic()))
 
     def on_idle(self, session: PpSession, note: p4r.IdleTimeoutNotification) -> None:
         self._spawn(self._expire(session, list(note.table_entry)))
@@ -138,13 +145,12 @@ class SlowPath:
 
         task.add_done_callback(done)
 
-    async def _process(self, batch: list[tuple[PpSession, p4r.PacketIn]]) -> None:
+    async def _process(self, batch: list[tuple[PpSession, p4r.PacketIn, float]]) -> None:
         hits: dict[PpSession, list[tuple[Connection, Punt]]] = defaultdict(list)
         requests: list[Request] = []
         waiting: dict[int, bytes] = {}
-        now = time.monotonic()
-        for session, pin in batch:
-            punt, packet = self._classify(session, pin, now)
+        for session, pin, arrived in batch:
+            punt, packet = self._classify(session, pin, arrived)
             if punt is None:
                 continue
             conn = self.cache.get(punt.key)
@@ -183,7 +189,7 @@ class SlowPath:
             await self._answer(replies, waiting)
             self.timings["install_seconds"] += time.monotonic() - t0
 
-    def _classify(self, session: PpSession, pin: p4r.PacketIn, now: float
+    def _classify(self, session: PpSession, pin: p4r.PacketIn, arrived: float
                   ) -> tuple[Punt | None, Packet | None]:  # fmt: skip
         meta = {m.metadata_id: int.from_bytes(m.value, "big") for m in pin.metadata if m.value}
         port_id, tenant_id = PACKET_IN_FIELDS["ingress_port"], PACKET_IN_FIELDS["tenant_id"]
@@ -197,7 +203,7 @@ class SlowPath:
             return None, None
         fkey = FlowKey(m["l3_proto"], m["l3_src"], m["l3_dst"], m["l4_src"], m["l4_dst"])
         key = flow_key(tenant, *fkey)
-        punt = Punt(session, pin, ingress_port, key, now)
+        punt = Punt(session, pin, ingress_port, key, arrived)
         return punt, Packet(tenant, ingress_port, m["vni"], fkey)
 
     async def _answer(self, replies: list[sc_pb2.RuleReply], waiting: dict[int, bytes]) -> None:
@@ -268,15 +274,17 @@ class SlowPath:
                 if conn.cacheable:
                     self.cache.put(conn)
         out_meta = (PACKET_OUT_FIELDS["submit_to_ingress"], PACKET_OUT_FIELDS["ingress_port"])
-        now = time.monotonic()
         for _, punt in items:
             await session.packet_out(
                 punt.packet.payload,
                 [(out_meta[0], b"\x01"), (out_meta[1], punt.ingress_port.to_bytes(2, "big"))],
+                functools.partial(self._sent, punt.arrived),
             )
-            self.latencies.append(now - punt.arrived)
         self.stats["packet_out"] += len(items)
-        del self.latencies[:-10000]
+
+    def _sent(self, arrived: float) -> None:
+        now = time.monotonic()
+        self.latencies.append((now, now - arrived))
 
     # ---- PP resets and idle timeouts → release -----------------------------------------------
 

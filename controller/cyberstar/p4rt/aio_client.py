@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 
 import grpc
 from finsy.proto import p4i, p4r, p4r_grpc
@@ -50,19 +50,20 @@ class AioP4RuntimeClient:
             "idle_timeout_notification": self.idle_notifications.put_nowait,
         }
         self.stream_closed = asyncio.Event()
-        self._out: asyncio.Queue[p4r.StreamMessageRequest | None] = asyncio.Queue()
+        # stream requests to write, each with what to call once gRPC has sent it
+        self._out: asyncio.Queue[tuple[p4r.StreamMessageRequest, Callable | None] | None] = (
+            asyncio.Queue()
+        )
         self._reader: asyncio.Task | None = None
+        self._writer: asyncio.Task | None = None
         self._call = None
 
     async def open_stream(self) -> p4r.MasterArbitrationUpdate:
         """Open the StreamChannel and arbitrate with `election_id`; returns the answer."""
 
-        async def requests() -> AsyncIterator[p4r.StreamMessageRequest]:
-            while (msg := await self._out.get()) is not None:
-                yield msg
-
-        self._call = self.stub.StreamChannel(requests())
+        self._call = self.stub.StreamChannel()
         self._reader = asyncio.create_task(self._read())
+        self._writer = asyncio.create_task(self._write())
         await self.arbitrate(self.election_id)
         try:
             return await asyncio.wait_for(self.arbitrations.get(), self.timeout)
@@ -73,7 +74,18 @@ class AioP4RuntimeClient:
 
     async def arbitrate(self, election_id: int) -> None:
         self.election_id = election_id
-        await self._out.put(arbitration_request(self.device_id, election_id))
+        await self._out.put((arbitration_request(self.device_id, election_id), None))
+
+    async def _write(self) -> None:
+        try:
+            while (item := await self._out.get()) is not None:
+                msg, on_sent = item
+                await self._call.write(msg)
+                if on_sent is not None:
+                    on_sent()
+            await self._call.done_writing()
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
+            log.info("%s: stream writer ended: %s", self.address, exc)
 
     async def _read(self) -> None:
         try:
@@ -85,8 +97,10 @@ class AioP4RuntimeClient:
         finally:
             self.stream_closed.set()
 
-    async def packet_out(self, payload: bytes, metadata: list[tuple[int, bytes]]) -> None:
-        await self._out.put(packet_out_request(payload, metadata))
+    async def packet_out(self, payload: bytes, metadata: list[tuple[int, bytes]],
+                         on_sent: Callable[[], None] | None = None) -> None:  # fmt: skip
+        """Queue a PacketOut; `on_sent` is called once gRPC has written it to the stream."""
+        await self._out.put((packet_out_request(payload, metadata), on_sent))
 
     async def get_pipeline(self) -> p4r.ForwardingPipelineConfig | None:
         """The device's pipeline, or None before one is set."""
@@ -133,8 +147,9 @@ class AioP4RuntimeClient:
         await self._out.put(None)
         if self._call is not None:
             self._call.cancel()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
+        for task in (self._writer, self._reader):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         await self.channel.close()
