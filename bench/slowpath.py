@@ -38,10 +38,12 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from cyberstar import netns, packets
 from cyberstar.lab.cpu import CpuMeter
 from cyberstar.lab.endpoints import Nginx, run_client
+from cyberstar.lab.profile import Profiler
 from cyberstar.lab.slowpath import SERVERS, SlowPathLab, mac_of
 from cyberstar.lab.wait import wait_until
 from cyberstar.sc.client import ScClient
@@ -73,9 +75,9 @@ def add_client_addresses(ns: str, dev: str) -> None:
     subprocess.run(["ip", "-n", ns, "-b", "-"], input=cmds, text=True, check=True)
 
 
-def load(args, ns: str, sources: Sources, threads: int | None = None, rate: float = 0,
+def load(args, ns: str, sources: Sources, threads: int, rate: float = 0,
          seconds: float | None = None) -> dict:  # fmt: skip
-    return run_client(ns, args.client_cpus, SERVER, HTTP_PORT, threads or args.threads,
+    return run_client(ns, args.client_cpus, SERVER, HTTP_PORT, threads,
                       seconds or args.seconds, (CLIENT_FIRST, CLIENT_COUNT), sources.take(),
                       rate)  # fmt: skip
 
@@ -89,7 +91,10 @@ def summary(run: dict, cpu: CpuMeter) -> dict:
         "connect_us": run["connect_us"],
         "total_us": run["total_us"],
         "client_threads": run["threads"],
-        "cpu_us_per_connection": per_conn,
+        "cpu_us_per_connection": {
+            **per_conn,
+            "client": round(run["cpu_s"] * 1e6 / max(run["connections"], 1), 1),
+        },
         "cores_busy": cpu.utilisation(),
     }
 
@@ -119,14 +124,13 @@ def bench_router(args, nat: bool) -> dict:
                            input=ruleset, text=True, check=True)  # fmt: skip
         with Nginx(line.server, SERVER, HTTP_PORT, server_cpus(args)) as nginx:
             load(args, line.client, sources, threads=1, seconds=0.5)  # warm up (ARP, caches)
-            cpu = CpuMeter({"nginx": nginx.pids()})
-            cpu.start()
-            run = load(args, line.client, sources)
-            cpu.stop()
-            out = summary(run, cpu)
-            out["cpu_us_per_connection"]["client"] = round(
-                run["cpu_s"] * 1e6 / max(run["connections"], 1), 1
-            )
+            out: dict = {}
+            for threads in args.threads:
+                cpu = CpuMeter({"nginx": nginx.pids()})
+                cpu.start()
+                run = load(args, line.client, sources, threads)
+                cpu.stop()
+                out[f"threads_{threads}"] = summary(run, cpu)
             if nat:
                 out["conntrack_entries"] = _conntrack_count(line.middle)
             return out
@@ -181,54 +185,82 @@ def bench_cyberstar(args) -> dict:
             "sc_group": [n.proc.pid for n in lab.sc.nodes.values() if n.proc is not None],
             "etcd": [lab.sc.etcd.proc.pid],
         }
-        head = sc_head(lab)
+        out: dict = {}
         with Nginx(lab.ns["server"], SERVER, HTTP_PORT, server_cpus(args)) as nginx:
             warm = load(args, lab.ns["client"], sources, threads=1, seconds=0.5)
             if not warm["connections"]:
                 raise SystemExit(f"no connection through cyberstar: {warm}; see {lab.workdir}")
-            cpu = CpuMeter({**daemons, "nginx": nginx.pids()})
-            sc_before = asyncio.run(sc_requests(head))
-            fm_before = lab.fm_get("fm1", "/status")["slow_path"].get("sc_requests", 0)
-            cpu.start()
-            t0 = time.monotonic()
-            run = load(args, lab.ns["client"], sources)
-            cpu.stop()
-            out = summary(run, cpu)
-            out["cpu_us_per_connection"]["client"] = round(
-                run["cpu_s"] * 1e6 / max(run["connections"], 1), 1
-            )
-            per = out["cpu_us_per_connection"]
-            out["cpu_us_per_connection_pp_fm_sc"] = round(
-                per["pp_agent"] + per["fm"] + per["sc_group"], 1
-            )
-            time.sleep(0.5)  # a connection's last SC request may still be in flight
-            status = lab.fm_get("fm1", f"/status?since={t0}")
-            out["sc_requests_at_sc_head"] = asyncio.run(sc_requests(head)) - sc_before
-            out["sc_requests_from_fm"] = status["slow_path"].get("sc_requests", 0) - fm_before
-            out["fm_packet_in_to_packet_out_us"] = status["first_packet_us"]
-            out["fm_slow_path"] = status["slow_path"]
-            # Every connection a new 5-tuple: one SC request each, none from a cache.
-            out["every_connection_asked_sc"] = (
-                out["sc_requests_at_sc_head"] == run["attempts"] == out["sc_requests_from_fm"]
-            )
-            half = max(run["cps"] / 2, 1)
-            t1 = time.monotonic()
-            paced = load(args, lab.ns["client"], sources, threads=args.paced_threads, rate=half)
-            fm_paced = lab.fm_get("fm1", f"/status?since={t1}")["first_packet_us"]
-            out["half_load"] = {
-                "offered_cps": round(half),
-                "cps": round(paced["cps"]),
-                "failed": paced["attempts"] - paced["connections"],
-                "connect_us": paced["connect_us"],
-                "fm_packet_in_to_packet_out_us": fm_paced,
-            }
-        out["flood"] = flood(args, lab, head)
+            for i, threads in enumerate(args.threads):
+                profile = args.profile if i == len(args.threads) - 1 else None
+                cpu = CpuMeter({**daemons, "nginx": nginx.pids()})
+                out[f"threads_{threads}"] = saturate(args, lab, sources, threads, cpu, profile)
+            best = max(r["cps"] for r in out.values())
+            out["half_load"] = half_load(args, lab, sources, best)
+        out["flood"] = flood(args, lab)
         return out
 
 
-def flood(args, lab: SlowPathLab, head: str) -> dict:
+def saturate(args, lab: SlowPathLab, sources: Sources, threads: int, cpu: CpuMeter,
+             profile: Path | None) -> dict:  # fmt: skip
+    """One closed-loop run of `threads` client threads: cps, latencies, CPU per connection,
+    SC requests (asserted one per connection), FM's first-packet latency."""
+    head = sc_head(lab)
+    sc_before = asyncio.run(sc_requests(head))
+    fm_before = lab.fm_get("fm1", "/status")["slow_path"]
+    profiler = None
+    if profile:
+        assert lab.pp is not None
+        sc = {n.node_id: n.proc.pid for n in lab.sc.nodes.values() if n.proc}
+        pids = {"pp_agent": lab.pp.proc.pid, "fm": lab.fms["fm1"].pid, **sc}
+        profiler = Profiler(profile / f"threads_{threads}", pids, args.seconds)
+        profiler.start()
+    cpu.start()
+    t0 = time.monotonic()
+    run = load(args, lab.ns["client"], sources, threads)
+    cpu.stop()
+    out = summary(run, cpu)
+    if profiler is not None:
+        out["profile"] = {"dir": str(profiler.out_dir), "top": profiler.finish()}
+    per = out["cpu_us_per_connection"]
+    out["cpu_us_per_connection_pp_fm_sc"] = round(per["pp_agent"] + per["fm"] + per["sc_group"], 1)
+    time.sleep(0.5)  # a timed-out connection's SC request may still be in flight
+    status = lab.fm_get("fm1", f"/status?since={t0}")
+    fm = {k: v - fm_before.get(k, 0) for k, v in status["slow_path"].items()}
+    out["sc_requests_at_sc_head"] = asyncio.run(sc_requests(head)) - sc_before
+    out["sc_requests_from_fm"] = fm.get("sc_requests", 0)
+    # Every connection a new 5-tuple: one SC request each, none answered from a cache.
+    out["every_connection_asked_sc"] = (
+        out["sc_requests_at_sc_head"] == run["attempts"] == out["sc_requests_from_fm"]
+    )
+    out["fm_packet_in_to_packet_out_us"] = status["first_packet_us"]
+    out["fm_packets_per_batch"] = round(
+        fm.get("batched_packets", 0) / max(fm.get("batches", 0), 1), 1
+    )
+    return out
+
+
+def half_load(args, lab: SlowPathLab, sources: Sources, saturating_cps: float) -> dict:
+    """A paced run at half the saturating rate: the first packet's latency when FM and SC are
+    not queueing."""
+    rate = max(saturating_cps / 2, 1)
+    t0 = time.monotonic()
+    run = load(args, lab.ns["client"], sources, args.paced_threads, rate=rate)
+    return {
+        "offered_cps": round(rate),
+        "cps": round(run["cps"]),
+        "failed": run["attempts"] - run["connections"],
+        "client_threads": args.paced_threads,
+        "connect_us": run["connect_us"],
+        "fm_packet_in_to_packet_out_us": lab.fm_get("fm1", f"/status?since={t0}")[
+            "first_packet_us"
+        ],
+    }
+
+
+def flood(args, lab: SlowPathLab) -> dict:
     """Rule requests per second FM + SC answer while a raw sender floods the PP with first
     packets of new flows from the SNAT NF's sources."""
+    head = sc_head(lab)
     before = asyncio.run(sc_requests(head))
     pin_before = lab.fm_get("fm1", "/status")["slow_path"].get("packet_in", 0)
     sent = multiprocessing.Value("q", 0)
@@ -262,7 +294,12 @@ def machine_load() -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="per measured run")
-    ap.add_argument("--threads", type=int, default=8, help="load-generator threads")
+    ap.add_argument(
+        "--threads",
+        type=lambda v: [int(t) for t in v.split(",")],
+        default=[8, 64],
+        help="load-generator threads, one saturating run per count (default 8,64)",
+    )
     ap.add_argument(
         "--paced-threads",
         type=int,
@@ -271,6 +308,12 @@ def main() -> int:
     )
     ap.add_argument("--client-cpus", default="0", help="taskset CPU list of the load generator")
     ap.add_argument("--server-cpus", default="1", help="nginx workers, one per CPU")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy profiles of the daemons during cyberstar's saturating run",
+    )
     ap.add_argument("--only", choices=("routing", "nftables", "cyberstar"), action="append",
                     help="run only these middles (default: all three)")  # fmt: skip
     args = ap.parse_args()
@@ -287,13 +330,17 @@ def main() -> int:
         out["nftables"] = bench_router(args, nat=True)
     if "cyberstar" in only:
         out["cyberstar"] = bench_cyberstar(args)
-    if "nftables" in out and "cyberstar" in out:
-        out["cps_ratio_cyberstar_over_nftables"] = round(
-            out["cyberstar"]["cps"] / max(out["nftables"]["cps"], 1), 3
-        )
-    if "routing" in out and "nftables" in out:
-        ratio = out["nftables"]["cps"] / max(out["routing"]["cps"], 1)
-        out["nftables_over_routing"] = round(ratio, 3)
+    for threads in args.threads:
+        key = f"threads_{threads}"
+        cps = {m: out[m][key]["cps"] for m in ("routing", "nftables", "cyberstar") if m in out}
+        if "nftables" in cps and "cyberstar" in cps:
+            out.setdefault("cps_ratio_cyberstar_over_nftables", {})[key] = round(
+                cps["cyberstar"] / max(cps["nftables"], 1), 3
+            )
+        if "nftables" in cps and "routing" in cps:
+            out.setdefault("cps_ratio_nftables_over_routing", {})[key] = round(
+                cps["nftables"] / max(cps["routing"], 1), 3
+            )
     out["machine_after"] = machine_load()
     out["goals"] = {"cps_ratio_min": 1.0, "cps_ratio_floor": 0.25,
                     "cpu_us_per_connection_pp_fm_sc_max": 300,

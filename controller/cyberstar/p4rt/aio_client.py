@@ -14,6 +14,7 @@ from collections.abc import Callable
 import grpc
 from finsy.proto import p4i, p4r, p4r_grpc
 
+from cyberstar.p4rt import batching
 from cyberstar.p4rt.client import MAX_RECEIVE
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.p4rt.messages import (
@@ -56,6 +57,7 @@ class AioP4RuntimeClient:
         )
         self._reader: asyncio.Task | None = None
         self._writer: asyncio.Task | None = None
+        self.batch = 1  # packets per stream message, once the server agreed to batches
         self._call = None
 
     async def open_stream(self) -> p4r.MasterArbitrationUpdate:
@@ -66,23 +68,57 @@ class AioP4RuntimeClient:
         self._writer = asyncio.create_task(self._write())
         await self.arbitrate(self.election_id)
         try:
-            return await asyncio.wait_for(self.arbitrations.get(), self.timeout)
+            answer = await asyncio.wait_for(self.arbitrations.get(), self.timeout)
         except TimeoutError:
             raise P4RuntimeError(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"{self.address}: no arbitration answer"
             ) from None
+        await self._negotiate_batching()
+        return answer
+
+    async def _negotiate_batching(self) -> None:
+        """PacketIns and PacketOuts in batches when the server offers it (cyberstar's stream
+        extension, `p4rt/batching.py`); standard messages otherwise."""
+        try:
+            caps = await self.stub.Capabilities(p4r.CapabilitiesRequest(), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            log.info("%s: Capabilities: %s; no batching", self.address, exc.details())
+            return
+        offered = batching.server_max_packets(caps)
+        if offered:
+            self.batch = min(offered, batching.MAX_PACKETS)
+            await self._out.put((batching.opt_in_request(self.batch), None))
 
     async def arbitrate(self, election_id: int) -> None:
         self.election_id = election_id
         await self._out.put((arbitration_request(self.device_id, election_id), None))
 
     async def _write(self) -> None:
+        """Write queued requests in order; with batching, PacketOuts queued together leave in
+        one PacketOutBatch."""
+        held: list = []  # a request taken while gathering PacketOuts: written next
         try:
-            while (item := await self._out.get()) is not None:
+            while True:
+                item = held.pop() if held else await self._out.get()
+                if item is None:
+                    break
                 msg, on_sent = item
+                sent = [on_sent]
+                if self.batch > 1 and msg.WhichOneof("update") == "packet":
+                    packets = [msg.packet]
+                    while len(packets) < self.batch and not self._out.empty():
+                        nxt = self._out.get_nowait()
+                        if nxt is None or nxt[0].WhichOneof("update") != "packet":
+                            held.append(nxt)
+                            break
+                        packets.append(nxt[0].packet)
+                        sent.append(nxt[1])
+                    if len(packets) > 1:
+                        msg = batching.packet_out_batch_request(packets)
                 await self._call.write(msg)
-                if on_sent is not None:
-                    on_sent()
+                for callback in sent:
+                    if callback is not None:
+                        callback()
             await self._call.done_writing()
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
             log.info("%s: stream writer ended: %s", self.address, exc)

@@ -18,6 +18,7 @@ import grpc
 from finsy.proto import p4r, p4r_grpc, rpc_code, rpc_status
 from google.protobuf import any_pb2
 
+from cyberstar.p4rt import batching
 from cyberstar.p4rt.arbitration import Arbitration, Controller
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.pipeline.frames import Punted
@@ -34,8 +35,32 @@ class Device(Protocol):
     def commit(self, reconcile: bool) -> None: ...
     def write(self, updates: list[p4r.Update]) -> list[P4RuntimeError | None]: ...
     def read(self, entity: p4r.Entity) -> Iterator[p4r.Entity]: ...
-    def packet_out(self, packet: p4r.PacketOut) -> None: ...
-    def packet_in_message(self, punted: Punted) -> bytes: ...
+    def packet_outs(self, packets: list[p4r.PacketOut]) -> list[P4RuntimeError | None]: ...
+    def packet_in(self, punted: Punted) -> bytes: ...
+
+
+class PacketIns(list):
+    """Serialized PacketIns queued for a stream as one item (a perf-buffer poll's worth)."""
+
+
+class _Outbox(queue.Queue):
+    """A stream's outgoing messages, bounded in packets: a PacketIns item weighs its length."""
+
+    def _init(self, maxsize: int) -> None:
+        super()._init(maxsize)
+        self._weight = 0
+
+    def _qsize(self) -> int:
+        return self._weight
+
+    def _put(self, item: object) -> None:
+        self._weight += len(item) if isinstance(item, PacketIns) else 1
+        super()._put(item)
+
+    def _get(self) -> object:
+        item = super()._get()
+        self._weight -= len(item) if isinstance(item, PacketIns) else 1
+        return item
 
 
 def _abort(context: grpc.ServicerContext, err: P4RuntimeError) -> None:
@@ -67,12 +92,12 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
                 "no forwarding pipeline: call SetForwardingPipelineConfig first",
             )
 
-    def publish(self, msg: p4r.StreamMessageResponse | bytes) -> bool:
-        """Send a stream message to the primary: an idle-timeout notification, or a PacketIn
-        already serialized (bytes)."""
+    def publish(self, msg: p4r.StreamMessageResponse | PacketIns) -> bool:
+        """Send the primary a stream message (an idle-timeout notification) or PacketIns;
+        each stream sends those as batches or one by one, as its controller asked."""
         ok = self.arbitration.send_to_primary(msg)
-        if isinstance(msg, bytes):
-            self.stats["packet_in" if ok else "packet_in_dropped"] += 1
+        if isinstance(msg, PacketIns):
+            self.stats["packet_in" if ok else "packet_in_dropped"] += len(msg)
         return ok
 
     @property
@@ -82,7 +107,9 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
     # ---- RPCs ---------------------------------------------------------------------------------
 
     def Capabilities(self, request, context):
-        return p4r.CapabilitiesResponse(p4runtime_api_version=API_VERSION)
+        return p4r.CapabilitiesResponse(
+            p4runtime_api_version=API_VERSION, experimental=batching.capability()
+        )
 
     def SetForwardingPipelineConfig(self, request, context):
         try:
@@ -192,8 +219,10 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
             _abort(context, err)
 
     def StreamChannel(self, request_iterator, context):
-        outbox: queue.Queue = queue.Queue(maxsize=65536)
-        state: dict[str, Controller | None] = {"controller": None}
+        outbox: queue.Queue = _Outbox(maxsize=65536)
+        # the controller's arbitration state; how many PacketIns a message may carry (1 until
+        # the controller asks for batches)
+        state: dict = {"controller": None, "batch": 1}
         context.add_callback(lambda: outbox.put(_END))
 
         def reader() -> None:
@@ -209,14 +238,34 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
             outbox.put(_END)
 
         threading.Thread(target=reader, name="p4rt-stream-reader", daemon=True).start()
+        held = None  # an item taken while coalescing PacketIns, sent next
         try:
             while True:
-                item = outbox.get()
+                item, held = (held, None) if held is not None else (outbox.get(), None)
                 if item is _END:
                     return
                 if isinstance(item, P4RuntimeError):
                     context.abort(item.code, item.message)
-                yield item
+                if not isinstance(item, PacketIns):
+                    yield item
+                    continue
+                limit = state["batch"]
+                if limit == 1:
+                    yield from map(batching.packet_in_response, item)
+                    continue
+                # PacketIns queued behind this item go in the same messages
+                packets = list(item)
+                while len(packets) < limit:
+                    try:
+                        nxt = outbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if not isinstance(nxt, PacketIns):
+                        held = nxt
+                        break
+                    packets += nxt
+                for i in range(0, len(packets), limit):
+                    yield batching.packet_in_batch_response(packets[i : i + limit])
         finally:
             if state["controller"] is not None:
                 self.arbitration.leave(state["controller"])
@@ -235,18 +284,42 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
             raise P4RuntimeError(
                 grpc.StatusCode.FAILED_PRECONDITION, "send a MasterArbitrationUpdate first"
             )
-        if kind != "packet":
-            outbox.put(_stream_error(grpc.StatusCode.UNIMPLEMENTED, f"{kind} is not supported"))
-            return
+        if kind == "packet":
+            self._packet_outs(controller, [req.packet], outbox)
+        elif kind == "other" and req.other.type_url == batching.STREAM_BATCHING:
+            try:
+                wanted = batching.requested_max_packets(req.other)
+            except ValueError as exc:
+                outbox.put(_stream_error(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+                return
+            state["batch"] = max(1, min(wanted, batching.MAX_PACKETS))
+        elif kind == "other" and req.other.type_url == batching.PACKET_OUT_BATCH:
+            try:
+                packets = batching.packet_outs_of(req.other)
+            except ValueError as exc:
+                outbox.put(_stream_error(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+                return
+            self._packet_outs(controller, packets, outbox)
+        else:
+            what = f"other ({req.other.type_url})" if kind == "other" else kind
+            outbox.put(_stream_error(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not supported"))
+
+    def _packet_outs(
+        self, controller: Controller, packets: list[p4r.PacketOut], outbox: queue.Queue
+    ) -> None:
         try:
             if not self.arbitration.is_primary(controller):
                 raise P4RuntimeError(
                     grpc.StatusCode.PERMISSION_DENIED, "only the primary sends packets"
                 )
             self._check_pipeline()
-            self.device.packet_out(req.packet)
         except P4RuntimeError as err:
-            outbox.put(_stream_error(err.code, err.message, req.packet))
+            for packet in packets:
+                outbox.put(_stream_error(err.code, err.message, packet))
+            return
+        for packet, err in zip(packets, self.device.packet_outs(packets), strict=True):
+            if err is not None:
+                outbox.put(_stream_error(err.code, err.message, packet))
 
 
 def _stream_error(
@@ -259,7 +332,7 @@ def _stream_error(
 
 
 def _serialize(msg: object) -> bytes:
-    """Stream responses may be pre-serialized bytes (PacketIns, built on the hot path)."""
+    """Stream responses may be pre-serialized bytes (PacketIns, built on the punt path)."""
     return msg if isinstance(msg, bytes) else msg.SerializeToString()
 
 

@@ -467,7 +467,20 @@ class XdpDevice:
 
     # ---- packet I/O ---------------------------------------------------------------------------
 
-    def packet_out(self, packet: p4r.PacketOut) -> None:
+    def packet_outs(self, packets: list[p4r.PacketOut]) -> list[P4RuntimeError | None]:
+        """Send PacketOuts in order (in our network namespace once for all); one result each."""
+        results: list[P4RuntimeError | None] = []
+        with self.run_in_namespace():  # the kernel resolves ingress ifindexes in our netns
+            for packet in packets:
+                try:
+                    self._packet_out(packet)
+                except P4RuntimeError as err:
+                    results.append(err)
+                    continue
+                results.append(None)
+        return results
+
+    def _packet_out(self, packet: p4r.PacketOut) -> None:
         meta_fields = self.pipeline.packet_out.fields
         meta = {}
         for m in packet.metadata:
@@ -482,8 +495,7 @@ class XdpDevice:
         if port is None:
             raise P4RuntimeError(StatusCode.INVALID_ARGUMENT, f"no port {port_no} on this PP node")
         if meta.get("submit_to_ingress"):
-            with self.run_in_namespace():  # the kernel resolves the ifindex in our netns
-                self.prog.run(packet.payload, ingress_ifindex=port.ifindex)
+            self.prog.run(packet.payload, ingress_ifindex=port.ifindex)
         else:
             if port.sock is None:
                 raise P4RuntimeError(
@@ -492,14 +504,13 @@ class XdpDevice:
             port.sock.send(packet.payload)
         self.stats["packet_out"] += 1
 
-    def packet_in_message(self, punted: Punted) -> bytes:
-        """A serialized StreamMessageResponse carrying the PacketIn: built as bytes, since the
-        punt path is hot and protobuf objects cost more than the whole kernel→agent hop."""
+    def packet_in(self, punted: Punted) -> bytes:
+        """A serialized PacketIn: built as bytes, since the punt path is hot and protobuf
+        objects cost more than the whole kernel→agent hop."""
         meta = punted.metadata
         frame = punted.frame
         encoded = self._metadata_bytes(tuple(meta.get(n, 0) for _, n in self._packet_in_fields))
-        body = b"\x0a" + _varint(len(frame)) + frame + encoded  # PacketIn.payload, .metadata
-        return b"\x12" + _varint(len(body)) + body  # StreamMessageResponse.packet
+        return b"\x0a" + _varint(len(frame)) + frame + encoded  # PacketIn.payload, .metadata
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one device per process, few distinct values
     def _metadata_bytes(self, values: tuple[int, ...]) -> bytes:
