@@ -1,7 +1,9 @@
-"""Benchmark endpoints that are not the bottleneck: nginx as the server, a C load generator.
+"""Benchmark endpoints that are not the bottleneck: nginx as the server, a C load generator,
+a C frame sender.
 
-Both run in a network namespace, pinned to the CPUs the benchmark names (`taskset`). The load
-generator (`bench/cps_client.c`) is compiled with gcc on first use and cached by source hash.
+They run in a network namespace, pinned to the CPUs the benchmark names (`taskset`). The C
+programs (`bench/cps_client.c`, `bench/frame_sender.c`) are compiled with gcc on first use and
+cached by source hash.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -19,7 +22,7 @@ from cyberstar.lab.procs import LabError
 from cyberstar.paths import REPO_ROOT
 from cyberstar.subprocs import tied_to_parent
 
-CLIENT_SOURCE = REPO_ROOT / "bench" / "cps_client.c"
+BENCH_DIR = REPO_ROOT / "bench"
 CACHE = Path.home() / ".cache" / "cyberstar" / "bench"
 
 
@@ -28,24 +31,50 @@ def _in_ns(ns: str, cpus: str | None, cmd: list[str]) -> list[str]:
     return ["ip", "netns", "exec", ns, *pinned]
 
 
-def build_client() -> Path:
-    """The compiled load generator (gcc -O2), rebuilt when its source changes."""
-    source = CLIENT_SOURCE.read_bytes()
-    binary = CACHE / f"cps_client-{hashlib.sha256(source).hexdigest()[:12]}"
+def build(name: str) -> Path:
+    """bench/NAME.c compiled (gcc -O2), cached by source hash."""
+    path = BENCH_DIR / f"{name}.c"
+    source = path.read_bytes()
+    binary = CACHE / f"{name}-{hashlib.sha256(source).hexdigest()[:12]}"
     if not binary.exists():
         if shutil.which("gcc") is None:
-            raise LabError("gcc is needed to build bench/cps_client.c: run `make install`")
+            raise LabError(f"gcc is needed to build {path}: run `make install`")
         CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = binary.with_suffix(".tmp")
+        tmp = binary.with_suffix(f".{os.getpid()}.tmp")
         proc = subprocess.run(
-            ["gcc", "-O2", "-Wall", "-pthread", "-o", str(tmp), str(CLIENT_SOURCE)],
+            ["gcc", "-O2", "-Wall", "-pthread", "-o", str(tmp), str(path)],
             capture_output=True,
             text=True,
         )
         if proc.returncode != 0:
-            raise LabError(f"building {CLIENT_SOURCE} failed: {proc.stderr}")
+            raise LabError(f"building {path} failed: {proc.stderr}")
         tmp.rename(binary)
     return binary
+
+
+class FrameSender:
+    """bench/frame_sender.c sending `frames` (cycling) into `ifname` of `ns` for `seconds`
+    at `rate` frames/s (0: as fast as it can), in the background; `result()` waits for it."""
+
+    def __init__(self, ns: str, ifname: str, frames: list[bytes], seconds: float,
+                 rate: float = 0) -> None:  # fmt: skip
+        fd, name = tempfile.mkstemp(prefix="cyberstar-frames-", suffix=".bin")
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"".join(len(frame).to_bytes(2, "big") + frame for frame in frames))
+        self.path = Path(name)
+        cmd = [str(build("frame_sender")), ifname, name, str(seconds), str(rate)]
+        self.proc = subprocess.Popen(_in_ns(ns, None, cmd), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)  # fmt: skip
+        self.seconds = seconds
+
+    def result(self) -> dict:
+        try:
+            out, err = self.proc.communicate(timeout=self.seconds + 60)
+        finally:
+            self.path.unlink(missing_ok=True)
+        if self.proc.returncode != 0:
+            raise LabError(f"the frame sender failed ({self.proc.returncode}): {err.strip()}")
+        return json.loads(out)
 
 
 def run_client(
@@ -62,7 +91,7 @@ def run_client(
     """Run the load generator in `ns` for `seconds`; its JSON summary (connections, cps,
     connect and total latency percentiles in µs, errors by kind). `sources` is (first address,
     count): every connection takes a new (source address, source port) of those."""
-    cmd = [str(build_client()), dst, str(port), str(threads), str(seconds), sources[0],
+    cmd = [str(build("cps_client")), dst, str(port), str(threads), str(seconds), sources[0],
            str(sources[1]), str(ports[0]), str(ports[1]), str(rate)]  # fmt: skip
     proc = subprocess.run(_in_ns(ns, cpus, cmd), capture_output=True, text=True,
                           timeout=seconds + 60)  # fmt: skip
