@@ -3,12 +3,12 @@
 
 Prints one JSON object per target: flow-table entries per second through `Write` for batches
 of 1, 100 and 1000 (insert and delete), entries per second read back, and PacketIn messages per
-second delivered to a primary while a sender process puts frames that miss the flow table into
-the node at 20 000, 50 000, 100 000 frames/s and unpaced (bench/frame_sender.c): PacketIns that reached the primary within the
-sender's window divided by the window (what arrived later, and what never did, is printed
-beside it), to a standard controller and to one that asked for PacketInBatch messages (the
-stream extension, p4rt/batching.py); the primary only counts, so it is not the limit. Batches
-of 1000 are also written by two threads with a Write in flight each
+second delivered to a primary while bench/frame_sender.c puts frames that miss the flow table
+into the node at 20 000, 50 000, 100 000 frames/s and unpaced: PacketIns that reached the
+primary within the sender's window divided by the window (what arrived later, and what never
+did, is printed beside it), to a standard controller and to one that asked for PacketInBatch
+messages (the stream extension, p4rt/batching.py); the primary only counts, so it is not the
+limit. Batches of 1000 are also written by two threads with a Write in flight each
 (`batch_1000_two_writers`), as a pipelining controller would.
 Targets: the XDP agent (`cyberstar pp serve`), and bmv2 (simple_switch_grpc) when installed.
 Goals: 100 000 entries/s with batches of 1000 (never below 50 000) and 50 000 PacketIn/s
