@@ -15,7 +15,6 @@ from collections.abc import Iterable, Iterator
 import grpc
 from finsy.proto import p4i, p4r, p4r_grpc
 
-from cyberstar.p4rt import batching
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.p4rt.messages import (
     arbitration_request,
@@ -87,15 +86,6 @@ class P4RuntimeClient:
             raise P4RuntimeError(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"{self.address}: no arbitration answer"
             ) from None
-
-    def request_batching(self, max_packets: int = batching.MAX_PACKETS) -> int:
-        """Ask for PacketIns in batches (cyberstar's stream extension) if the server offers
-        them; returns the batch size granted (0: the server sends standard PacketIns)."""
-        caps = self.stub.Capabilities(p4r.CapabilitiesRequest(), timeout=self.timeout)
-        offered = batching.server_max_packets(caps)
-        if offered:
-            self._requests.put(batching.opt_in_request(min(max_packets, offered)))
-        return min(max_packets, offered)
 
     def _read_stream(self) -> None:
         try:
