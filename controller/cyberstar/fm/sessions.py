@@ -152,7 +152,7 @@ class PpSession:
                 raise
             await self.client.write(again)
 
-    async def write(self, updates: list[p4r.Update]) -> None:
+    async def write(self, updates: list[p4r.Update | bytes]) -> None:
         if self.client is None or not self.primary:
             raise P4RuntimeError(
                 grpc.StatusCode.FAILED_PRECONDITION, f"{self.name}: not connected as primary"

@@ -31,7 +31,7 @@ from cyberstar.fm.cache import (
     flow_key,
 )
 from cyberstar.fm.sessions import PpSession
-from cyberstar.p4rt.codec import update
+from cyberstar.p4rt.codec import ExactTableEncoder
 from cyberstar.p4rt.decode import PipelineDecoder
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.pipeline.entries import TableEntry
@@ -41,12 +41,13 @@ from cyberstar.proto import sc_pb2
 from cyberstar.sc.client import ReleaseKey, Request
 from cyberstar.sc.flows import FlowKey, Packet
 from cyberstar.sc.routing import ScRouter
-from cyberstar.sc.rules import table_entry
+from cyberstar.sc.rules import flow_table_entry
 
 log = logging.getLogger(__name__)
 PACKET_IN_FIELDS = {f.name: i for i, f in enumerate(PIPELINE.packet_in.fields, start=1)}
 PACKET_OUT_FIELDS = {f.name: i for i, f in enumerate(PIPELINE.packet_out.fields, start=1)}
 FLOW_TABLE_ID = PIPELINE.table("flow_table").id
+FLOW_UPDATES = ExactTableEncoder(PIPELINE, "flow_table")
 LATENCY_SAMPLES = 200_000  # first-packet latencies kept for /status
 
 
@@ -232,12 +233,9 @@ class SlowPath:
         conn_id = next(self._conn_ids)
         rules = []
         try:
+            cookie = connection_cookie(conn_id, reply.slot)
             for rule in reply.rules:
-                entry = table_entry(rule)
-                entry = TableEntry(
-                    entry.table, entry.match, entry.action, entry.params, entry.priority,
-                    entry.is_default, entry.idle_timeout_ns, connection_cookie(conn_id, reply.slot),
-                )  # fmt: skip
+                entry = flow_table_entry(rule, cookie)
                 rules.append(CachedRule(entry_key(entry), 0, entry))
         except Exception as exc:
             self.stats["sc_bad_rules"] += 1
@@ -255,7 +253,7 @@ class SlowPath:
             if conn.conn_id in seen:
                 continue
             seen.add(conn.conn_id)
-            updates += [update(p4r.Update.INSERT, PIPELINE, r.entry) for r in conn.rules]
+            updates += [FLOW_UPDATES.update(p4r.Update.INSERT, r.entry) for r in conn.rules]
         if updates:
             try:
                 await session.write(updates)

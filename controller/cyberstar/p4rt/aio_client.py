@@ -16,6 +16,7 @@ from finsy.proto import p4i, p4r, p4r_grpc
 
 from cyberstar.p4rt import batching
 from cyberstar.p4rt.client import MAX_RECEIVE
+from cyberstar.p4rt.codec import write_request_bytes
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.p4rt.messages import (
     Action,
@@ -25,7 +26,6 @@ from cyberstar.p4rt.messages import (
     pipeline_request,
     route_stream_message,
     rpc_error,
-    write_request,
 )
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,10 @@ class AioP4RuntimeClient:
             address, options=[("grpc.max_receive_message_length", MAX_RECEIVE)]
         )
         self.stub = p4r_grpc.P4RuntimeStub(self.channel)
+        # Write with a request serialized by us (FM builds its updates as bytes)
+        self._write_serialized = self.channel.unary_unary(
+            "/p4.v1.P4Runtime/Write", response_deserializer=p4r.WriteResponse.FromString
+        )
         self.packet_ins: asyncio.Queue[p4r.PacketIn] = asyncio.Queue()
         self.idle_notifications: asyncio.Queue[p4r.IdleTimeoutNotification] = asyncio.Queue()
         self.arbitrations: asyncio.Queue[p4r.MasterArbitrationUpdate] = asyncio.Queue()
@@ -160,12 +164,15 @@ class AioP4RuntimeClient:
         except grpc.aio.AioRpcError as exc:
             raise rpc_error("SetForwardingPipelineConfig", exc) from None
 
-    async def write(self, updates: list[p4r.Update]) -> None:
+    async def write(self, updates: list[p4r.Update | bytes]) -> None:
+        """One Write of `updates`, messages or already serialized (`ExactTableEncoder`)."""
         if not updates:
             return
-        req = write_request(self.device_id, self.election_id, updates)
+        req = write_request_bytes(self.device_id, self.election_id,
+                                  [u if isinstance(u, bytes) else u.SerializeToString()
+                                   for u in updates])  # fmt: skip
         try:
-            await self.stub.Write(req, timeout=self.timeout)
+            await self._write_serialized(req, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             raise decode_write_error(exc) from None
 
