@@ -204,7 +204,7 @@ def bench_cyberstar(args) -> dict:
                 out[f"threads_{threads}"] = saturate(args, lab, sources, threads, cpu, profile)
             best = max(r["cps"] for r in out.values())
             out["half_load"] = half_load(args, lab, sources, best)
-        out["flood"] = flood(args, lab)
+        out["flood"] = flood(args, lab, CpuMeter(daemons))
         return out
 
 
@@ -265,9 +265,10 @@ def half_load(args, lab: SlowPathLab, sources: Sources, saturating_cps: float) -
     }
 
 
-def flood(args, lab: SlowPathLab) -> dict:
+def flood(args, lab: SlowPathLab, cpu: CpuMeter) -> dict:
     """Rule requests per second FM + SC answer while a raw sender floods the PP with first
-    packets of new flows from the SNAT NF's sources."""
+    packets of new flows from the SNAT NF's sources, and the daemons' CPU per request: with
+    batches as large as FM makes them, what is left is the per-packet cost."""
     head = sc_head(lab)
     before = asyncio.run(sc_requests(head))
     pin_before = lab.fm_get("fm1", "/status")["slow_path"].get("packet_in", 0)
@@ -277,13 +278,18 @@ def flood(args, lab: SlowPathLab) -> dict:
                             sent),
     )  # fmt: skip
     t0 = time.monotonic()
+    cpu.start()
     sender.start()
     sender.join()
     elapsed = time.monotonic() - t0
     time.sleep(1.0)  # what was punted before the end is still answered: count it separately
+    cpu.stop()
     done = asyncio.run(sc_requests(head)) - before
     status = lab.fm_get("fm1", "/status")["slow_path"]
+    per = cpu.per_unit(done)
     return {
+        "cpu_us_per_request": per,
+        "cpu_us_per_request_pp_fm_sc": round(per["pp_agent"] + per["fm"] + per["sc_group"], 1),
         "frames_sent": sent.value,
         "frames_per_s": round(sent.value / elapsed),
         "packet_ins_at_fm": status.get("packet_in", 0) - pin_before,
