@@ -14,12 +14,21 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+# Frames every sample of a thread passes through (interpreter start, event loop, thread
+# bootstrap, the CLI): their inclusive share says nothing, so it is not listed.
+WRAPPERS = ("<frozen runpy>", "asyncio/runners.py", "asyncio/base_events.py", "asyncio/events.py",
+            "threading.py", "concurrent/futures/thread.py", "cyberstar/cli.py")  # fmt: skip
+
 
 def _frame_name(frame: str) -> str:
-    """`func (path/to/module.py:123)` → `func (module.py)`: lines vary, functions do not."""
+    """`func (pkg/module.py:123)` → `func (pkg/module.py)`: lines vary, functions do not."""
     func, _, where = frame.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
-    return f"{func} ({path.rsplit('/', 1)[-1]})" if path else func
+    return f"{func} ({path})" if path else func
+
+
+def _is_wrapper(name: str) -> bool:
+    return name.endswith(tuple(f"({w})" for w in WRAPPERS)) or name.endswith("/cli.py)")
 
 
 def summarise(raw: Path, top: int = 15) -> dict:
@@ -36,7 +45,8 @@ def summarise(raw: Path, top: int = 15) -> dict:
         total += n
         own[frames[-1]] += n
         for name in set(frames):
-            under[name] += n
+            if not _is_wrapper(name):
+                under[name] += n
     if not total:
         return {"samples": 0}
 
