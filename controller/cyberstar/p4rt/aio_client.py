@@ -22,7 +22,6 @@ from cyberstar.p4rt.messages import (
     Action,
     arbitration_request,
     decode_write_error,
-    packet_out_request,
     pipeline_request,
     route_stream_message,
     rpc_error,
@@ -42,9 +41,15 @@ class AioP4RuntimeClient:
             address, options=[("grpc.max_receive_message_length", MAX_RECEIVE)]
         )
         self.stub = p4r_grpc.P4RuntimeStub(self.channel)
-        # Write with a request serialized by us (FM builds its updates as bytes)
+        # Write with a request serialized by us (FM builds its updates as bytes), and the
+        # stream, whose requests may be messages or bytes (PacketOuts built by hand)
         self._write_serialized = self.channel.unary_unary(
             "/p4.v1.P4Runtime/Write", response_deserializer=p4r.WriteResponse.FromString
+        )
+        self._stream_channel = self.channel.stream_stream(
+            "/p4.v1.P4Runtime/StreamChannel",
+            request_serializer=_serialize,
+            response_deserializer=p4r.StreamMessageResponse.FromString,
         )
         self.packet_ins: asyncio.Queue[p4r.PacketIn] = asyncio.Queue()
         self.idle_notifications: asyncio.Queue[p4r.IdleTimeoutNotification] = asyncio.Queue()
@@ -67,7 +72,7 @@ class AioP4RuntimeClient:
     async def open_stream(self) -> p4r.MasterArbitrationUpdate:
         """Open the StreamChannel and arbitrate with `election_id`; returns the answer."""
 
-        self._call = self.stub.StreamChannel()
+        self._call = self._stream_channel()
         self._reader = asyncio.create_task(self._read())
         self._writer = asyncio.create_task(self._write())
         await self.arbitrate(self.election_id)
@@ -108,17 +113,17 @@ class AioP4RuntimeClient:
                     break
                 msg, on_sent = item
                 sent = [on_sent]
-                if self.batch > 1 and msg.WhichOneof("update") == "packet":
-                    packets = [msg.packet]
+                if isinstance(msg, bytes):  # a serialized PacketOut
+                    packets = [msg]
                     while len(packets) < self.batch and not self._out.empty():
                         nxt = self._out.get_nowait()
-                        if nxt is None or nxt[0].WhichOneof("update") != "packet":
+                        if nxt is None or not isinstance(nxt[0], bytes):
                             held.append(nxt)
                             break
-                        packets.append(nxt[0].packet)
+                        packets.append(nxt[0])
                         sent.append(nxt[1])
-                    if len(packets) > 1:
-                        msg = batching.packet_out_batch_request(packets)
+                    msg = (batching.packet_out_batch_request(packets) if len(packets) > 1
+                           else batching.packet_out_request(msg))  # fmt: skip
                 await self._call.write(msg)
                 for callback in sent:
                     if callback is not None:
@@ -140,7 +145,7 @@ class AioP4RuntimeClient:
     async def packet_out(self, payload: bytes, metadata: list[tuple[int, bytes]],
                          on_sent: Callable[[], None] | None = None) -> None:  # fmt: skip
         """Queue a PacketOut; `on_sent` is called once gRPC has written it to the stream."""
-        await self._out.put((packet_out_request(payload, metadata), on_sent))
+        await self._out.put((batching.packet_out(payload, metadata), on_sent))
 
     async def get_pipeline(self) -> p4r.ForwardingPipelineConfig | None:
         """The device's pipeline, or None before one is set."""
@@ -196,3 +201,7 @@ class AioP4RuntimeClient:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         await self.channel.close()
+
+
+def _serialize(msg: p4r.StreamMessageRequest | bytes) -> bytes:
+    return msg if isinstance(msg, bytes) else msg.SerializeToString()

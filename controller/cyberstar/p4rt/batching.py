@@ -84,9 +84,24 @@ def packet_ins_of(other: any_pb2.Any) -> list[p4r.PacketIn]:
     return [p4r.PacketIn.FromString(p) for p in pb.PacketInBatch.FromString(other.value).packets]
 
 
-def packet_out_batch_request(packet_outs: list[p4r.PacketOut]) -> p4r.StreamMessageRequest:
-    batch = pb.PacketOutBatch(packets=[p.SerializeToString() for p in packet_outs])
-    return p4r.StreamMessageRequest(other=_any(PACKET_OUT_BATCH, batch))
+_PACKET_OUT_BATCH_URL = _field(1, PACKET_OUT_BATCH.encode())
+
+
+def packet_out(payload: bytes, metadata: list[tuple[int, bytes]]) -> bytes:
+    """A serialized PacketOut (ids below 128): FM builds one per first packet."""
+    meta = b"".join([_field(2, bytes((0x08, mid)) + _field(2, value)) for mid, value in metadata])
+    return _field(1, payload) + meta
+
+
+def packet_out_request(packet_out: bytes) -> bytes:
+    """A standard StreamMessageRequest (`packet`) around one serialized PacketOut."""
+    return _field(2, packet_out)
+
+
+def packet_out_batch_request(packet_outs: list[bytes]) -> bytes:
+    """A StreamMessageRequest whose `other` is a PacketOutBatch of serialized PacketOuts."""
+    batch = b"".join([_field(1, p) for p in packet_outs])
+    return _field(4, _PACKET_OUT_BATCH_URL + _field(2, batch))
 
 
 def packet_outs_of(other: any_pb2.Any) -> list[p4r.PacketOut]:
