@@ -163,14 +163,15 @@ def classify_punts(client) -> None:
 
 
 def packet_in_rate(client, ns: str, seconds: float, ifname: str = "peer1",
-                   batch: int = 0) -> dict:  # fmt: skip
+                   batch: int = 0, senders: int = 1) -> dict:  # fmt: skip
     """PacketIns delivered per second to a primary, at each offered load: those that reached
     the client within the sender's window of `seconds`, divided by `seconds`; and what came
     after the window (a backlog) and never (lost), once the node drained."""
     counter = PacketInCounter(client.address, client.device_id, next(_counter_ids), batch)
     try:
         time.sleep(0.5)  # arbitration and the opt-in are handled before any punt
-        runs = {str(rate or "unpaced"): _packet_ins_at(counter, ns, seconds, ifname, rate)
+        runs = {str(rate or "unpaced"): _packet_ins_at(counter, ns, seconds, ifname, rate,
+                                                       senders)
                 for rate in OFFERED}  # fmt: skip
     finally:
         counter.close()
@@ -178,13 +179,17 @@ def packet_in_rate(client, ns: str, seconds: float, ifname: str = "peer1",
 
 
 def _packet_ins_at(counter: PacketInCounter, ns: str, seconds: float, ifname: str,
-                   rate: float) -> dict:  # fmt: skip
+                   rate: float, senders: int) -> dict:  # fmt: skip
+    """`senders` processes share the offered rate (each frame's XDP run and punt happen in its
+    sender's system call: one sender on one core may be the ceiling)."""
     before = counter.count()
-    sender = FrameSender(ns, ifname, miss_frames(), seconds, rate)
-    while sender.proc.poll() is None and not counter.count() - before:
+    frames = miss_frames()
+    procs = [FrameSender(ns, ifname, frames[i::senders], seconds, rate / senders)
+             for i in range(senders)]  # fmt: skip
+    while procs[0].proc.poll() is None and not counter.count() - before:
         time.sleep(0.001)  # the first frame's punt marks the window's start
     t0 = time.monotonic()
-    sent = sender.result()["frames_sent"]
+    sent = sum(p.result()["frames_sent"] for p in procs)
     t1 = t0 + seconds
     last = -1
     while (now := counter.count()) != last:  # drained: nothing came in the last half second
@@ -221,8 +226,10 @@ def bench_xdp(args) -> dict:
                 out.update(writes(client, args))
             if "packet_in" in args.parts:
                 classify_punts(client)
-                out["packet_in_standard"] = packet_in_rate(client, ns, args.seconds)
-                out["packet_in_batched"] = packet_in_rate(client, ns, args.seconds, batch=256)
+                out["packet_in_standard"] = packet_in_rate(client, ns, args.seconds,
+                                                           senders=args.senders)  # fmt: skip
+                out["packet_in_batched"] = packet_in_rate(client, ns, args.seconds, batch=256,
+                                                          senders=args.senders)  # fmt: skip
             return out
         finally:
             node.stop()
@@ -243,7 +250,8 @@ def bench_bmv2(args) -> dict | None:
             out.update(writes(client, args))
         if "packet_in" in args.parts:
             classify_punts(client)
-            out["packet_in_standard"] = packet_in_rate(client, target.ns, args.seconds, "host1")
+            out["packet_in_standard"] = packet_in_rate(client, target.ns, args.seconds, "host1",
+                                                       senders=args.senders)  # fmt: skip
         return out
     finally:
         target.close()
