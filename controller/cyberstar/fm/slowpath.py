@@ -35,7 +35,7 @@ from cyberstar.p4rt.codec import ExactTableEncoder
 from cyberstar.p4rt.decode import PipelineDecoder
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.pipeline.entries import TableEntry
-from cyberstar.pipeline.frames import frame_metadata
+from cyberstar.pipeline.frames import frame_flow
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.proto import sc_pb2
 from cyberstar.sc.client import ReleaseKey, Request
@@ -204,14 +204,14 @@ class SlowPath:
             self.stats["packet_in_host"] += 1
             return None, None
         ingress_port, tenant = meta[port_id], meta[tenant_id]
-        m = frame_metadata(pin.payload, ingress_port)
-        if m is None:
+        flow = frame_flow(pin.payload, ingress_port)
+        if flow is None:
             self.stats["packet_in_unparsable"] += 1
             return None, None
-        fkey = FlowKey(m["l3_proto"], m["l3_src"], m["l3_dst"], m["l4_src"], m["l4_dst"])
+        fkey = FlowKey(*flow[1:])
         key = flow_key(tenant, *fkey)
         punt = Punt(session, pin, ingress_port, key, arrived)
-        return punt, Packet(tenant, ingress_port, m["vni"], fkey)
+        return punt, Packet(tenant, ingress_port, flow[0], fkey)
 
     async def _answer(self, replies: list[sc_pb2.RuleReply], waiting: dict[int, bytes]) -> None:
         by_session: dict[PpSession, list[tuple[Connection, Punt]]] = defaultdict(list)
