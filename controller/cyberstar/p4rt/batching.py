@@ -13,6 +13,7 @@ from finsy.proto import p4r
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 
+from cyberstar.p4rt.wire import field
 from cyberstar.proto import p4rt_batch_pb2 as pb
 
 MAX_PACKETS = 256  # the most packets this server puts in one batch, and accepts in one
@@ -52,56 +53,43 @@ def requested_max_packets(other: any_pb2.Any) -> int:
         raise ValueError("a StreamBatching that does not parse") from None
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(number: int, data: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
-
-
-_PACKET_IN_BATCH_URL = _field(1, PACKET_IN_BATCH.encode())
+_PACKET_IN_BATCH_URL = field(1, PACKET_IN_BATCH.encode())
 
 
 def packet_in_response(packet_in: bytes) -> bytes:
     """A standard StreamMessageResponse (`packet`) around one serialized PacketIn."""
-    return _field(2, packet_in)
+    return field(2, packet_in)
 
 
 def packet_in_batch_response(packet_ins: list[bytes]) -> bytes:
     """A StreamMessageResponse whose `other` is a PacketInBatch of serialized PacketIns.
     Built as bytes: it is on the punt path, once per batch."""
-    batch = b"".join([_field(1, p) for p in packet_ins])
-    return _field(5, _PACKET_IN_BATCH_URL + _field(2, batch))
+    batch = b"".join([field(1, p) for p in packet_ins])
+    return field(5, _PACKET_IN_BATCH_URL + field(2, batch))
 
 
 def packet_ins_of(other: any_pb2.Any) -> list[p4r.PacketIn]:
     return [p4r.PacketIn.FromString(p) for p in pb.PacketInBatch.FromString(other.value).packets]
 
 
-_PACKET_OUT_BATCH_URL = _field(1, PACKET_OUT_BATCH.encode())
+_PACKET_OUT_BATCH_URL = field(1, PACKET_OUT_BATCH.encode())
 
 
 def packet_out(payload: bytes, metadata: list[tuple[int, bytes]]) -> bytes:
     """A serialized PacketOut (ids below 128): FM builds one per first packet."""
-    meta = b"".join([_field(2, bytes((0x08, mid)) + _field(2, value)) for mid, value in metadata])
-    return _field(1, payload) + meta
+    meta = b"".join([field(2, bytes((0x08, mid)) + field(2, value)) for mid, value in metadata])
+    return field(1, payload) + meta
 
 
 def packet_out_request(packet_out: bytes) -> bytes:
     """A standard StreamMessageRequest (`packet`) around one serialized PacketOut."""
-    return _field(2, packet_out)
+    return field(2, packet_out)
 
 
 def packet_out_batch_request(packet_outs: list[bytes]) -> bytes:
     """A StreamMessageRequest whose `other` is a PacketOutBatch of serialized PacketOuts."""
-    batch = b"".join([_field(1, p) for p in packet_outs])
-    return _field(4, _PACKET_OUT_BATCH_URL + _field(2, batch))
+    batch = b"".join([field(1, p) for p in packet_outs])
+    return field(4, _PACKET_OUT_BATCH_URL + field(2, batch))
 
 
 def packet_outs_of(other: any_pb2.Any) -> list[p4r.PacketOut]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from finsy.proto import p4r
 
+from cyberstar.p4rt.wire import field, tag, varint
 from cyberstar.pipeline.entries import Match, TableEntry
 from cyberstar.pipeline.model import MatchKind, Pipeline
 from cyberstar.pipeline.values import LpmValue, TernaryValue, canonical_bytes
@@ -76,7 +77,7 @@ class ExactTableEncoder:
         if any(k.match is not MatchKind.EXACT for k in t.key):
             raise ValueError(f"table {table} has non-exact key fields")
         self.table = table
-        self._head = _tag(1, 0) + _varint(t.id)  # TableEntry.table_id
+        self._head = tag(1, 0) + varint(t.id)  # TableEntry.table_id
         # FieldMatch.field_id (1), then .exact (2) holding Exact.value (1)
         self.fields = tuple((bytes((0x08, i)), k.name) for i, k in enumerate(t.key, 1))
         self.actions: dict[str, tuple[bytes, tuple[tuple[bytes, str], ...]]] = {}
@@ -84,7 +85,7 @@ class ExactTableEncoder:
             action = pipeline.action(ref.action)
             # Action.action_id (1); Param.param_id (2), .value (3)
             params = tuple((bytes((0x10, j)), p.name) for j, p in enumerate(action.params, 1))
-            self.actions[ref.action] = (_tag(1, 0) + _varint(action.id), params)
+            self.actions[ref.action] = (tag(1, 0) + varint(action.id), params)
         widths = [k.width for k in t.key] + [
             p.width for r in t.actions for p in pipeline.action(r.action).params
         ]
@@ -109,40 +110,23 @@ class ExactTableEncoder:
             v = values[name]
             v = v.to_bytes((v.bit_length() + 7) // 8 or 1, "big")
             action.append(b"\x22" + bytes((len(v) + 4,)) + param_id + bytes((0x1A, len(v))) + v)
-        body.append(_len_field(3, _len_field(1, b"".join(action))))
+        body.append(field(3, field(1, b"".join(action))))
         if entry.priority:
-            body.append(_tag(4, 0) + _varint(entry.priority))
+            body.append(tag(4, 0) + varint(entry.priority))
         if entry.idle_timeout_ns:
-            body.append(_tag(9, 0) + _varint(entry.idle_timeout_ns))
+            body.append(tag(9, 0) + varint(entry.idle_timeout_ns))
         if entry.metadata:
-            body.append(_len_field(11, entry.metadata))
-        entity = _len_field(2, b"".join(body))  # Entity.table_entry
-        return bytes((0x08, kind)) + _len_field(2, entity)  # Update.type, .entity
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _tag(number: int, wire_type: int) -> bytes:
-    return _varint(number << 3 | wire_type)
-
-
-def _len_field(number: int, data: bytes) -> bytes:
-    return _tag(number, 2) + _varint(len(data)) + data
+            body.append(field(11, entry.metadata))
+        entity = field(2, b"".join(body))  # Entity.table_entry
+        return bytes((0x08, kind)) + field(2, entity)  # Update.type, .entity
 
 
 def write_request_bytes(device_id: int, election_id: int, updates: list[bytes]) -> bytes:
     """A serialized WriteRequest (CONTINUE_ON_ERROR) of serialized Updates."""
     eid = b""
     if election_id >> 64:
-        eid += _tag(1, 0) + _varint(election_id >> 64)
+        eid += tag(1, 0) + varint(election_id >> 64)
     if election_id & ((1 << 64) - 1):
-        eid += _tag(2, 0) + _varint(election_id & ((1 << 64) - 1))
-    head = (_tag(1, 0) + _varint(device_id) if device_id else b"") + _len_field(3, eid)
-    return head + b"".join([_len_field(4, u) for u in updates])
+        eid += tag(2, 0) + varint(election_id & ((1 << 64) - 1))
+    head = (tag(1, 0) + varint(device_id) if device_id else b"") + field(3, eid)
+    return head + b"".join([field(4, u) for u in updates])

@@ -28,6 +28,7 @@ API_VERSION = "1.4.0"
 READ_CHUNK = 1000
 Action = p4r.SetForwardingPipelineConfigRequest
 _END = object()
+_EXTENSIONS = (batching.STREAM_BATCHING, batching.PACKET_OUT_BATCH)
 
 
 class Device(Protocol):
@@ -286,15 +287,12 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
             )
         if kind == "packet":
             self._packet_outs(controller, [req.packet], outbox)
-        elif kind == "other" and req.other.type_url == batching.STREAM_BATCHING:
-            try:
-                wanted = batching.requested_max_packets(req.other)
-            except ValueError as exc:
-                outbox.put(_stream_error(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
-                return
-            state["batch"] = max(1, min(wanted, batching.MAX_PACKETS))
-        elif kind == "other" and req.other.type_url == batching.PACKET_OUT_BATCH:
-            try:
+        elif kind == "other" and req.other.type_url in _EXTENSIONS:
+            try:  # cyberstar's stream batching (p4rt/batching.py)
+                if req.other.type_url == batching.STREAM_BATCHING:
+                    wanted = batching.requested_max_packets(req.other)
+                    state["batch"] = max(1, min(wanted, batching.MAX_PACKETS))
+                    return
                 packets = batching.packet_outs_of(req.other)
             except ValueError as exc:
                 outbox.put(_stream_error(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))

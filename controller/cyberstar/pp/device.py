@@ -25,6 +25,7 @@ from cyberstar.codegen.xdp_layout import table_layout
 from cyberstar.p4rt.codec import table_entry_to_proto
 from cyberstar.p4rt.decode import PipelineDecoder
 from cyberstar.p4rt.errors import P4RuntimeError
+from cyberstar.p4rt.wire import field, varint
 from cyberstar.pipeline.entries import TableEntry, match_identity
 from cyberstar.pipeline.frames import Punted
 from cyberstar.pipeline.model import Pipeline
@@ -510,12 +511,12 @@ class XdpDevice:
         meta = punted.metadata
         frame = punted.frame
         encoded = self._metadata_bytes(tuple(meta.get(n, 0) for _, n in self._packet_in_fields))
-        return b"\x0a" + _varint(len(frame)) + frame + encoded  # PacketIn.payload, .metadata
+        return b"\x0a" + varint(len(frame)) + frame + encoded  # PacketIn.payload, .metadata
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one device per process, few distinct values
     def _metadata_bytes(self, values: tuple[int, ...]) -> bytes:
         return b"".join(
-            _field_bytes(2, b"\x08" + _varint(i) + _field_bytes(2, _canonical_int(v)))
+            field(2, b"\x08" + varint(i) + field(2, _canonical_int(v)))
             for (i, _), v in zip(self._packet_in_fields, values, strict=True)
         )
 
@@ -577,20 +578,6 @@ def _with_last_hit(lay, raw: bytes, now: int) -> bytes:
     head = lay.value_head.unpack(raw)
     head["last_hit_ns"] = now
     return lay.value_head.pack(head) + raw[lay.value_head.size :]
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field_bytes(number: int, data: bytes) -> bytes:
-    """A length-delimited protobuf field."""
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
 
 
 def _canonical_int(value: int) -> bytes:
