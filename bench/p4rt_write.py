@@ -261,6 +261,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--entries", type=int, default=100_000)
     ap.add_argument("--seconds", type=float, default=5.0, help="per PacketIn run")
+    ap.add_argument("--senders", type=int, default=1,
+                    help="frame-sender processes sharing the offered load (default 1)")  # fmt: skip
     ap.add_argument(
         "--parts",
         default="writes,packet_in",
