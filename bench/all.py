@@ -27,6 +27,7 @@ QUICK = {
     "p4rt_write": ["--entries", "20000", "--seconds", "2"],
     "slowpath": ["--seconds", "2"],
     "fm_cache": ["--rules", "200000", "--lookups", "50000"],
+    "fm_encoding": ["--connections", "1000", "--runs", "3"],
     "sc_scale": ["--mappings", "20000", "--seconds", "1", "--window", "1"],
     "placement": ["--seeds", "0", "--ilp-time-limit", "10", "--no-dynamic"],
 }
