@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import socket
-import statistics
 import struct
 
 from cyberstar.xdp.testrun import prog_test_run
@@ -114,17 +113,12 @@ class FlowDriver:
         progs = self.bpf[b"target"]
         progs[ctypes.c_int(0)] = ctypes.c_int(prog_fd)
 
-    def run(self, repeat: int) -> tuple[str, int]:
-        """One test run of `repeat` repetitions: (the last verdict, mean ns per repetition)."""
+    def run(self, prog_fd: int, repeat: int) -> tuple[str, int]:
+        """One test run of the driver tail-calling `prog_fd` `repeat` times: (the last verdict,
+        mean ns per repetition, the driver's own cost included)."""
+        self.target(prog_fd)
         r = prog_test_run(self.fn.fd, self.frame, repeat)
         return r.action, r.duration_ns
-
-    def measure(self, prog_fd: int, repeat: int, runs: int) -> tuple[str, float]:
-        """Median ns/packet of the driver tail-calling `prog_fd` (the driver's cost included)."""
-        self.target(prog_fd)
-        self.run(min(repeat, self.count))  # warm up: every flow once
-        results = [self.run(repeat) for _ in range(runs)]
-        return results[-1][0], statistics.median(ns for _, ns in results)
 
     def close(self) -> None:
         self.bpf.cleanup()
