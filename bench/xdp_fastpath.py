@@ -36,7 +36,7 @@ from pathlib import Path
 
 from katran_lb import BPF_XDP, KatranLb, build
 from xdp_drive import FlowDriver, pack_flow
-from xdp_live import LiveVeth
+from xdp_live import LiveVeth, bpf_stats
 
 from cyberstar import netns, packets
 from cyberstar.pipeline.entries import TableEntry, build_entry
@@ -215,7 +215,8 @@ def live(prog: XdpProgram, katran: KatranLb | None, frame: bytes, flows: list[by
         }
         for name, fd in runs.items():
             before = verdict_counts(prog)
-            out[name] = bench.measure(bench.attach_fd(fd), args.live_seconds)
+            with bpf_stats():
+                out[name] = bench.measure(bench.attach_fd(fd), args.live_seconds)
             if name == "pp":
                 moved = [a - b for a, b in zip(verdict_counts(prog), before, strict=True)]
                 out[name]["verdicts"] = dict(zip(PIPELINE.verdicts, moved, strict=True))

@@ -13,17 +13,22 @@ returns XDP_TX, which transmits the frame on g0, so it arrives on r0. r0's NAPI 
 kernel thread (threaded NAPI) pinned to the receiving core, where the program under test runs;
 its output crosses one more veth to a sink that counts and drops. Packets per second are
 counted at the sink; the receiving core's busy share (from /proc/stat) says whether it was the
-bottleneck. Ceilings of the harness, measured in the same run: XDP_DROP on r0 (no second hop),
+bottleneck, and the kernel's BPF statistics (run time / runs of the program on r0, enabled
+for the run) give the program's own ns per packet in live traffic, whatever share of the
+core it got. Ceilings of the harness, measured in the same run: XDP_DROP on r0 (no second hop),
 and a reflector (XDP_TX on r0, the same second hop as the programs under test).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from xdp_drive import FlowDriver
 
@@ -56,6 +61,27 @@ def _detach(ifname: str) -> None:
     from bcc.libbcc import lib
 
     lib.bpf_attach_xdp(ifname.encode(), -1, XDP_FLAGS_DRV_MODE)
+
+
+def _prog_stats(ns: str) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of the program attached to r0, from the kernel's BPF stats."""
+    out = netns.exec_in(ns, "bpftool", "-j", "net", "show", "dev", "r0").stdout
+    prog_id = json.loads(out)[0]["xdp"][0]["id"]
+    show = ["bpftool", "-j", "prog", "show", "id", str(prog_id)]
+    info = json.loads(subprocess.run(show, capture_output=True, text=True, check=True).stdout)
+    return info.get("run_time_ns", 0), info.get("run_cnt", 0)
+
+
+@contextmanager
+def bpf_stats() -> Iterator[None]:
+    """The kernel's per-program run time and count (kernel.bpf_stats_enabled), on meanwhile."""
+    path = Path("/proc/sys/kernel/bpf_stats_enabled")
+    old = path.read_text().strip()
+    path.write_text("1")
+    try:
+        yield
+    finally:
+        path.write_text(old)
 
 
 def _cpu_times(cpu: int) -> tuple[int, int]:
@@ -150,8 +176,10 @@ class LiveVeth:
             try:
                 time.sleep(0.5)
                 c0, (b0, t0), w0 = self.sink_count(), _cpu_times(self.rx_cpu), time.monotonic()
+                r0, n0 = _prog_stats(self.ns)
                 time.sleep(seconds)
                 c1, (b1, t1), w1 = self.sink_count(), _cpu_times(self.rx_cpu), time.monotonic()
+                r1, n1 = _prog_stats(self.ns)
             finally:
                 stop.set()
                 thread.join()
@@ -161,6 +189,7 @@ class LiveVeth:
         return {
             "pps": round((c1 - c0) / (w1 - w0)),
             "rx_core_busy": round((b1 - b0) / max(t1 - t0, 1), 2),
+            "program_ns": round((r1 - r0) / max(n1 - n0, 1), 1),
         }
 
     def attach_fd(self, fd: int) -> Callable[[], None]:
