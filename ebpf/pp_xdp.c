@@ -52,6 +52,7 @@
 #define R_FLOW_DROP 26
 #define R_NO_NEXT_HOP 27
 #define R_PORT_DOWN 28
+#define R_RATE_LIMITED 29
 #define PUNT_NONE 0
 #define PUNT_MISS 1
 #define PUNT_HOST 2
@@ -542,7 +543,7 @@ struct next_hop_value {
 BPF_ARRAY(next_hop, struct next_hop_value, 65536);
 BPF_ARRAY(next_hop_default, struct next_hop_value, 1);
 
-BPF_PERCPU_ARRAY(drop_reasons, struct counter_cell, 29);
+BPF_PERCPU_ARRAY(drop_reasons, struct counter_cell, 30);
 static __always_inline void count_drop_reasons(__u32 index, __u32 len) {
     struct counter_cell *cell = drop_reasons.lookup(&index);
     if (cell) {
@@ -566,6 +567,35 @@ static __always_inline void count_port_tx(__u32 index, __u32 len) {
         cell->bytes += len;
     }
 }
+BPF_PERCPU_ARRAY(tenant_packets, struct counter_cell, 65536);
+static __always_inline void count_tenant_packets(__u32 index, __u32 len) {
+    struct counter_cell *cell = tenant_packets.lookup(&index);
+    if (cell) {
+        cell->packets += 1;
+        cell->bytes += len;
+    }
+}
+BPF_PERCPU_ARRAY(tenant_rate_drops, struct counter_cell, 65536);
+static __always_inline void count_tenant_rate_drops(__u32 index, __u32 len) {
+    struct counter_cell *cell = tenant_rate_drops.lookup(&index);
+    if (cell) {
+        cell->packets += 1;
+        cell->bytes += len;
+    }
+}
+struct meter_config {
+    __u64 peak_increment;
+    __u64 peak_depth;
+    __u64 committed_increment;
+    __u64 committed_depth;
+};
+struct meter_state {
+    __u64 peak_tat;
+    __u64 committed_tat;
+};
+// Meter tenant_rate: configuration (written by the loader), state (the data plane's).
+BPF_ARRAY(tenant_rate, struct meter_config, 65536);
+BPF_ARRAY(tenant_rate_state, struct meter_state, 65536);
 struct punt_meta {
     __u16 ingress_port;
     __u8 reason;
@@ -639,6 +669,28 @@ static __always_inline __u64 hit_now(void) {
     struct hit_clock *c = hit_clock.lookup(&zero);
     __u64 j = bpf_jiffies64();
     return c ? j * c->tick_ns + c->offset_ns : 0;
+}
+
+// One GCRA test (cyberstar.pipeline.meters) on a theoretical arrival time shared by every
+// core, without locks: charge with an atomic add, take the charge back if it does not fit.
+// Resetting an idle TAT to now may race with another core's charge and lose that one charge.
+static __always_inline int gcra_conforms(__u64 *tat, __u64 now, __u64 increment, __u64 depth,
+                                         __u32 units) {
+    if (increment > depth)
+        return 0;  // a rate or a burst of 0
+    __u64 cost = increment * units;
+    if (cost > depth)
+        return 0;
+    if ((__s64)(*tat - now) < 0)
+        *tat = now;  // idle: the bucket is full
+    __u64 start = __sync_fetch_and_add(tat, cost);
+    if ((__s64)(start - now) < 0)
+        start = now;
+    if (start + cost > now + depth) {
+        __sync_fetch_and_add(tat, -cost);
+        return 0;
+    }
+    return 1;
 }
 
 // The loader's clock calibration: jiffies and CLOCK_MONOTONIC_COARSE read together.
@@ -1179,6 +1231,27 @@ static __always_inline void apply_next_hop(struct pp_meta *m, __u32 frame_len) {
     run_next_hop(m, v);
 }
 
+// tenant_rate: count the packet's arrival, mark it; red is dropped (rate_limited).
+static __always_inline void meter_tenant_rate(struct pp_meta *m, __u32 frame_len) {
+    __u32 index = m->tenant_id;
+    count_tenant_packets(index, frame_len);
+    struct meter_config *c = tenant_rate.lookup(&index);
+    if (!c || !c->peak_increment)
+        return;  // never configured: green
+    struct meter_state *s = tenant_rate_state.lookup(&index);
+    if (!s)
+        return;
+    __u64 now = bpf_ktime_get_ns();
+    if (!gcra_conforms(&s->peak_tat, now, c->peak_increment, c->peak_depth, 1)) {
+        count_tenant_rate_drops(index, frame_len);  // red
+        m->verdict = V_DROP;
+        m->drop_reason = R_RATE_LIMITED;
+        return;
+    }
+    // yellow or green (only red is dropped): the committed test charges its bucket if it fits
+    gcra_conforms(&s->committed_tat, now, c->committed_increment, c->committed_depth, 1);
+}
+
 // `kind` is a constant at every call: each L4 header's code is checked under its own bound.
 static __always_inline void rewrite_headers(__u8 *ip, __u8 *l4, const __u32 kind,
                                             struct pp_meta *m) {
@@ -1373,6 +1446,8 @@ int pp_xdp(struct xdp_md *ctx) {
     } else {
         load_lookup_meta(data, data_end, ps, &m);
         apply_tenant_classify(&m, frame_len);
+        if (m.verdict == V_UNDECIDED)
+            meter_tenant_rate(&m, frame_len);
         if (m.verdict == V_UNDECIDED)
             apply_flow_table(&m, frame_len);  // the ACL first (see there)
         if (m.verdict == V_UNDECIDED && m.has_next_hop)

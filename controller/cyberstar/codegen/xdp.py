@@ -13,6 +13,8 @@ from cyberstar.codegen.xdp_layout import (
     HIT_CLOCK,
     HOST_MASK,
     LPM_CACHE_SLOTS,
+    METER_CONFIG,
+    METER_STATE,
     PORT_SLOT,
     PORT_SLOTS,
     TableKind,
@@ -31,6 +33,8 @@ from cyberstar.pipeline.model import (
     Forward,
     ForwardVxlan,
     HeaderType,
+    IndexedMeter,
+    MeterUnit,
     Pass,
     Pipeline,
     Punt,
@@ -56,6 +60,7 @@ def generate_xdp(p: Pipeline) -> str:
         _meta_struct(p),
         _PARSER_C,
         *(_table_apply(p, t) for t in p.tables),
+        *(_meter_c(m) for m in p.meters),
         _FINISH_C,
         _main_c(p),
     ]
@@ -210,6 +215,13 @@ def _maps(p: Pipeline) -> str:
     for c in p.counters:
         out.append(f"BPF_PERCPU_ARRAY({c.name}, struct counter_cell, {c.size});")
         out.append(_count_fn(c.name))
+    out += [METER_CONFIG.c_decl(), METER_STATE.c_decl()]
+    for m in p.meters:
+        out.append(
+            f"// Meter {m.name}: configuration (written by the loader), state (the data plane's)."
+        )
+        out.append(f"BPF_ARRAY({m.name}, struct {METER_CONFIG.name}, {m.size});")
+        out.append(f"BPF_ARRAY({m.name}_state, struct {METER_STATE.name}, {m.size});")
     punt = punt_meta_layout(p)
     out.append(punt.c_decl())
     asserts.append(f'_Static_assert(sizeof(struct {punt.name}) == {punt.size}, "punt_meta size");')
@@ -325,6 +337,28 @@ static __always_inline __u64 hit_now(void) {
     struct hit_clock *c = hit_clock.lookup(&zero);
     __u64 j = bpf_jiffies64();
     return c ? j * c->tick_ns + c->offset_ns : 0;
+}
+
+// One GCRA test (cyberstar.pipeline.meters) on a theoretical arrival time shared by every
+// core, without locks: charge with an atomic add, take the charge back if it does not fit.
+// Resetting an idle TAT to now may race with another core's charge and lose that one charge.
+static __always_inline int gcra_conforms(__u64 *tat, __u64 now, __u64 increment, __u64 depth,
+                                         __u32 units) {
+    if (increment > depth)
+        return 0;  // a rate or a burst of 0
+    __u64 cost = increment * units;
+    if (cost > depth)
+        return 0;
+    if ((__s64)(*tat - now) < 0)
+        *tat = now;  // idle: the bucket is full
+    __u64 start = __sync_fetch_and_add(tat, cost);
+    if ((__s64)(start - now) < 0)
+        start = now;
+    if (start + cost > now + depth) {
+        __sync_fetch_and_add(tat, -cost);
+        return 0;
+    }
+    return 1;
 }
 
 // The loader's clock calibration: jiffies and CLOCK_MONOTONIC_COARSE read together.
@@ -1007,6 +1041,33 @@ static __always_inline int forward(struct xdp_md *ctx, struct parsed *ps, struct
 """
 
 
+def _meter_c(m: IndexedMeter) -> str:
+    units = "1" if m.unit is MeterUnit.PACKETS else "frame_len"
+    index = f"m->{m.index}"
+    return f"""\
+// {m.name}: count the packet's arrival, mark it; red is dropped ({m.drop_reason}).
+static __always_inline void meter_{m.name}(struct pp_meta *m, __u32 frame_len) {{
+    __u32 index = {index};
+    count_{m.arrivals}(index, frame_len);
+    struct meter_config *c = {m.name}.lookup(&index);
+    if (!c || !c->peak_increment)
+        return;  // never configured: green
+    struct meter_state *s = {m.name}_state.lookup(&index);
+    if (!s)
+        return;
+    __u64 now = bpf_ktime_get_ns();
+    if (!gcra_conforms(&s->peak_tat, now, c->peak_increment, c->peak_depth, {units})) {{
+        count_{m.drops}(index, frame_len);  // red
+        m->verdict = V_DROP;
+        m->drop_reason = R_{m.drop_reason.upper()};
+        return;
+    }}
+    // yellow or green (only red is dropped): the committed test charges its bucket if it fits
+    gcra_conforms(&s->committed_tat, now, c->committed_increment, c->committed_depth, {units});
+}}
+"""
+
+
 def _main_c(p: Pipeline) -> str:
     """The program: the fixed pipeline order, with the ACL folded into the flow table when
     flow entries carry its result."""
@@ -1018,7 +1079,11 @@ def _main_c(p: Pipeline) -> str:
             "        if (m.verdict == V_UNDECIDED)\n"
             "            apply_flow_table(&m, frame_len);"
         )
-    return _MAIN_C.replace("%(acl_then_flow)s", calls)
+    meters = "".join(
+        f"        if (m.verdict == V_UNDECIDED)\n            meter_{mt.name}(&m, frame_len);\n"
+        for mt in p.meters
+    )
+    return _MAIN_C.replace("%(acl_then_flow)s", calls).replace("%(meters)s", meters)
 
 
 _MAIN_C = """\
@@ -1052,7 +1117,7 @@ int pp_xdp(struct xdp_md *ctx) {
     } else {
         load_lookup_meta(data, data_end, ps, &m);
         apply_tenant_classify(&m, frame_len);
-        if (m.verdict == V_UNDECIDED)
+%(meters)s        if (m.verdict == V_UNDECIDED)
 %(acl_then_flow)s
         if (m.verdict == V_UNDECIDED && m.has_next_hop)
             apply_next_hop(&m, frame_len);

@@ -310,3 +310,10 @@ PORT_SLOTS = 256  # direct-mapped ifindex → port cache; collisions go to the `
 PORT_SLOT = CStruct.build("port_slot", [("ifindex", 4), ("port", 4)])
 HIT_CLOCK = CStruct.build("hit_clock", [("tick_ns", 8), ("offset_ns", 8)])
 CLOCK_SAMPLE = CStruct.build("clock_sample", [("jiffies", 8), ("coarse_ns", 8)])
+# A meter cell (`cyberstar.pipeline.meters`): its configuration as two GCRA tests (increment
+# 0: never configured), and its state, the two theoretical arrival times (CLOCK_MONOTONIC ns).
+METER_CONFIG = CStruct.build(
+    "meter_config",
+    [("peak_increment", 8), ("peak_depth", 8), ("committed_increment", 8), ("committed_depth", 8)],
+)
+METER_STATE = CStruct.build("meter_state", [("peak_tat", 8), ("committed_tat", 8)])

@@ -14,6 +14,7 @@ from pathlib import Path
 from cyberstar.codegen.xdp_layout import (
     CLOCK_SAMPLE,
     HIT_CLOCK,
+    METER_CONFIG,
     PORT_SLOT,
     PORT_SLOTS,
     punt_meta_layout,
@@ -22,6 +23,7 @@ from cyberstar.codegen.xdp_layout import (
 from cyberstar.errors import RuntimeFailure
 from cyberstar.paths import xdp_source
 from cyberstar.pipeline.frames import Punted
+from cyberstar.pipeline.meters import Gcra, MeterConfig, gcra_pair
 from cyberstar.pipeline.model import Pipeline
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.xdp.tables import TableMaps
@@ -86,6 +88,7 @@ class XdpProgram(TableMaps):
         self._check_layouts()
         self._init_tables(lib)
         self._port_slots: dict[int, int] = {}  # slot of `ports` → the ifindex it holds
+        self._configured_meters: dict[str, set[int]] = {}
         self.calibrate_hit_clock()
         self.attached: dict[str, int] = {}
         self.punts_lost = 0
@@ -128,6 +131,31 @@ class XdpProgram(TableMaps):
         else:
             spill = self._map("ports_spill")
             spill[spill.Key(ifindex)] = spill.Leaf(port)
+
+    # ---- meters ---------------------------------------------------------------------------
+
+    def set_meter(self, name: str, index: int, config: MeterConfig | None) -> None:
+        """Configure a meter cell (None: never configured, green). Its state stays: a new
+        rate applies from the bucket's current level."""
+        peak, committed = gcra_pair(config) if config else (Gcra(0, 0), Gcra(0, 0))
+        raw = METER_CONFIG.pack({
+            "peak_increment": peak.increment, "peak_depth": peak.depth,
+            "committed_increment": committed.increment, "committed_depth": committed.depth,
+        })  # fmt: skip
+        cells = self._map(name)
+        cells[ctypes.c_int(index)] = cells.Leaf.from_buffer_copy(raw)
+        configured = self._configured_meters.setdefault(name, set())
+        if config is None:
+            configured.discard(index)
+        else:
+            configured.add(index)
+
+    def clear(self) -> None:
+        """Remove every entry, restore the default actions, unconfigure every meter cell."""
+        super().clear()
+        for name, cells in self._configured_meters.items():
+            for index in list(cells):
+                self.set_meter(name, index, None)
 
     # ---- time ---------------------------------------------------------------------------
 
