@@ -40,6 +40,7 @@ from xdp_live import LiveVeth, bpf_stats
 
 from cyberstar import netns, packets
 from cyberstar.pipeline.entries import TableEntry, build_entry
+from cyberstar.pipeline.meters import MeterConfig
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.pipeline.values import TernaryValue
 from cyberstar.xdp.program import XdpProgram
@@ -47,6 +48,7 @@ from cyberstar.xdp.testrun import prog_test_run
 
 CLIENT_MAC, PP_MAC, GW_MAC = "02:00:00:00:00:0a", "02:00:00:00:00:01", "02:00:00:00:00:02"
 NEXT_HOPS = 4
+UNREACHED = MeterConfig(cir=10**9, cburst=10**6, pir=10**9, pburst=10**6)
 REALS = 16
 TCP_ACK = 0x10
 BLOCKED_PORTS = (23, 445, 3389, 5900, 11211, 6379, 9200, 27017)
@@ -158,6 +160,7 @@ def measure_flows(
     floors: dict[str, list[int]] = {k: [] for k in drivers}
     pp: dict[int, list[int]] = {a: [] for a in acl_counts}
     peer: list[int] = []
+    metered: list[int] = []
     forwarded = dict.fromkeys(acl_counts, 0)
     verdicts_ok = True
     k_before = katran.counters() if katran else None
@@ -174,6 +177,12 @@ def measure_flows(
                 verdicts_ok &= verdict == "XDP_REDIRECT" and after[1:] == before[1:]
                 forwarded[a] += after[0] - before[0] - n - repeat
                 pp[a].append(ns)
+            for t in range(args.tenants):  # a rate no flow reaches: every packet metered, green
+                prog.set_meter("tenant_rate", 100 + t, UNREACHED)
+            drivers["pp"].run(prog.fd, n)
+            metered.append(drivers["pp"].run(prog.fd, repeat)[1])
+            for t in range(args.tenants):
+                prog.set_meter("tenant_rate", 100 + t, None)
             if katran:
                 drivers["katran"].run(katran.fd, n)
                 peer.append(drivers["katran"].run(katran.fd, repeat)[1])
@@ -186,6 +195,10 @@ def measure_flows(
          "every_packet_forwarded": verdicts_ok and forwarded[a] == 0}
         for a in acl_counts
     ]  # fmt: skip
+    cases[-1]["metered"] = summary(metered, floors["pp"])
+    cases[-1]["meter_overhead"] = round(
+        cases[-1]["metered"]["ns"] / cases[-1]["ns"] - 1, 3
+    )  # goal: at most 0.15
     if not katran:
         return cases, None
     moved = {k: v - k_before[k] for k, v in katran.counters().items()}

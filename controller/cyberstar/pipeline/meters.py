@@ -6,8 +6,9 @@ each cell keeps a theoretical arrival time TAT: a packet of L units at time t co
 max(TAT, t) + L·I ≤ t + B·I, with I = 1e9 / R ns per unit, and then TAT = max(TAT, t) + L·I.
 The peak test runs first: a packet failing it is red and charges neither; one failing the
 committed test is yellow and charges only the peak; otherwise green. A cell never configured
-is green. Times are nanoseconds; the reference model takes them as an input, the XDP program
-reads bpf_ktime_get_ns().
+is green. Times are nanoseconds; the reference model takes them as an input. The XDP program
+reads jiffies (one tick, 1-10 ms, of resolution: a bucket refills by a tick's worth of tokens
+at once) and runs only the peak test, the one that can drop a packet.
 """
 
 from __future__ import annotations
