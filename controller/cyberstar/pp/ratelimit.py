@@ -34,9 +34,13 @@ States and the rate each sets (Figure 6b, transitions checked every interval, in
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
+from cyberstar.pipeline.meters import MeterConfig
+
 CREDIT_CAP_SECONDS = 60.0  # default balance cap: a minute of base rate
+METER_BURST_SECONDS = 0.05  # a meter bucket holds 50 ms at the rate: clock ticks, batching
 INTENSE = 0.05  # resources are intense when less than this share of the capacity is unused
 
 
@@ -136,6 +140,13 @@ class RatePolicy:
             burst = s.state is State.BURST
             s.rate = min(s.policy.burst, s.policy.base + share) if burst else s.policy.base
         return {t: s.rate for t, s in self.tenants.items()}
+
+
+def meter_config(rate: float) -> MeterConfig:
+    """The tenant_rate cell that enforces `rate`: one rate (cir = pir), a bucket of
+    METER_BURST_SECONDS at that rate."""
+    burst = max(1, math.ceil(rate * METER_BURST_SECONDS))
+    return MeterConfig(cir=round(rate), cburst=burst, pir=round(rate), pburst=burst)
 
 
 def _new(policy: TenantPolicy) -> TenantState:
