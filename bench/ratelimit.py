@@ -26,7 +26,8 @@ import time
 from cyberstar import packets
 from cyberstar.pipeline.entries import build_entry
 from cyberstar.pipeline.pp import PIPELINE
-from cyberstar.pp.ratelimit import Measurement, RatePolicy, TenantPolicy, meter_config
+from cyberstar.pp.ratelimit import RatePolicy, TenantPolicy
+from cyberstar.pp.ratemanager import RateManager
 from cyberstar.xdp.program import XdpProgram
 
 TENANT, IDLE = 7, 8
@@ -66,12 +67,11 @@ def run(args) -> dict:
         policy = RatePolicy(args.capacity)
         for t in (TENANT, IDLE):
             policy.add(t, TenantPolicy(args.base, args.burst))
-            prog.set_meter("tenant_rate", t, meter_config(args.base))
+        manager = RateManager(prog, policy, PIPELINE.meters[0])
         frame = packets.tcp_frame("02:00:00:00:00:0a", "02:00:00:00:00:01", "192.168.1.2",
                                   f"10.{TENANT}.0.5", 40000, 80, b"x" * 6, flags=0x10)  # fmt: skip
         series = []
         start = last = time.monotonic()
-        counts = {t: (0, 0) for t in (TENANT, IDLE)}
         owed = 0.0
         while (now := time.monotonic()) - start < args.seconds:
             owed = min(
@@ -81,22 +81,13 @@ def run(args) -> dict:
                 prog.run(frame, repeat=int(owed))
                 owed -= int(owed)
             if now - last >= args.interval:
-                dt, last = now - last, now
-                measured = {}
-                for t in (TENANT, IDLE):
-                    arrived = prog.counter_cell("tenant_packets", t)[0]
-                    dropped = prog.counter_cell("tenant_rate_drops", t)[0]
-                    a, d = arrived - counts[t][0], dropped - counts[t][1]
-                    counts[t] = (arrived, dropped)
-                    measured[t] = Measurement(a / dt, (a - d) / dt)
-                rates = policy.step(dt, measured)
-                for t, rate in rates.items():
-                    prog.set_meter("tenant_rate", t, meter_config(rate))
+                last = now
+                measured = manager.tick()
                 s = policy.tenants[TENANT]
                 series.append({
                     "t": round(now - start, 3), "offered": round(measured[TENANT].arrival),
                     "delivered": round(measured[TENANT].delivered), "credit": round(s.credit),
-                    "state": s.state.value, "rate": round(rates[TENANT]),
+                    "state": s.state.value, "rate": round(s.rate),
                 })  # fmt: skip
             time.sleep(max(0.0, BATCH - (time.monotonic() - now)))
     finally:

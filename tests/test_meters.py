@@ -186,3 +186,46 @@ def test_meter_entries_over_p4runtime_configure_the_cells(xdp_target) -> None:
     before = prog.counter_cell("verdicts", PIPELINE.verdict("forward"))[0]
     prog.run(FRAME, repeat=10_000)
     assert prog.counter_cell("verdicts", PIPELINE.verdict("forward"))[0] - before == 10_000
+
+
+@pytest.mark.root
+def test_rate_manager_reads_the_counters_and_sets_the_meter(xdp_target) -> None:
+    """The policy loop on the program: measured rates come from tenant_packets and
+    tenant_rate_drops, the rates it decides land in tenant_rate (read back as written)."""
+    from cyberstar.codegen.xdp_layout import METER_CONFIG
+    from cyberstar.pipeline.meters import gcra_pair
+    from cyberstar.pp.ratelimit import RatePolicy, State, TenantPolicy, meter_config
+    from cyberstar.pp.ratemanager import RateManager
+
+    prog = xdp_target.prog
+    prog.clear()
+    xdp_target.install(RULES)
+    prog.set_ingress_port(1, 1)
+    xdp_target._ingress = 1
+    now = [100.0]
+    policy = RatePolicy(4000.0)
+    policy.add(TENANT, TenantPolicy(1000.0, 3000.0, initial_credit=10_000))
+    policy.add(8, TenantPolicy(1000.0, 3000.0))
+    manager = RateManager(prog, policy, PIPELINE.meters[0], clock=lambda: now[0])
+
+    def cell() -> dict[str, int]:
+        return METER_CONFIG.unpack(bytes(prog._map("tenant_rate")[TENANT]))
+
+    peak, _ = gcra_pair(meter_config(1000.0))
+    assert cell()["peak_increment"] == peak.increment  # the base rate, from the start
+    prog.run(FRAME, repeat=200)  # 200 packets in "one second": 200 packets/s
+    now[0] += 1.0
+    measured = manager.tick()
+    assert measured[TENANT].arrival == pytest.approx(200)
+    assert measured[8].arrival == 0
+    before = prog.counter_cell("tenant_rate_drops", TENANT)[0]
+    prog.run(FRAME, repeat=2500)  # heavy: over the 1000 base; the bucket (50 ms) drops most
+    now[0] += 1.0
+    measured = manager.tick()
+    assert measured[TENANT].arrival == pytest.approx(2500)
+    dropped = prog.counter_cell("tenant_rate_drops", TENANT)[0] - before
+    assert dropped > 0
+    assert measured[TENANT].delivered == pytest.approx(2500 - dropped)
+    assert policy.tenants[TENANT].state is State.BURST  # heavy, with credit, capacity free
+    peak, _ = gcra_pair(meter_config(3000.0))
+    assert cell()["peak_increment"] == peak.increment  # its burst rate now
