@@ -174,3 +174,26 @@ def test_fair_bases_share_the_capacity_equally() -> None:
     assert [s.policy.base for s in p.tenants.values()] == [300.0, 300.0, 300.0]
     assert [s.policy.burst for s in p.tenants.values()] == [600.0, 300.0, 900.0]  # >= base
     assert all(s.state is State.BASE and s.rate == 300.0 for s in p.tenants.values())
+
+
+def test_rate_policy_file(tmp_path) -> None:
+    from cyberstar.pp.ratemanager import load_rate_policy
+    from cyberstar.yamlconf import ConfigError
+
+    good = tmp_path / "rates.yaml"
+    good.write_text(
+        "capacity: 900\ntenants:\n  - id: 7\n    burst: 600\n"
+        "  - id: 8\n    base: 100\n    unlimited: true\n    debt_limit: 50\n"
+    )
+    loaded = load_rate_policy(good)
+    assert loaded.interval == 0.1
+    t7, t8 = loaded.policy.tenants[7].policy, loaded.policy.tenants[8].policy
+    assert (t7.base, t7.burst, t7.unlimited) == (450, 600, False)  # base: capacity / 2
+    assert (t8.base, t8.burst, t8.debt_limit) == (100, 100, 50)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("capacity: 900\ntenants:\n  - id: 7\n    burst: 600\n    bursst: 1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: .*bursst"):
+        load_rate_policy(bad)
+    bad.write_text("capacity: 900\ntenants:\n  - id: 7\n    base: 500\n    burst: 100\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:3: tenants\[0\]: need 0 < base <= burst"):
+        load_rate_policy(bad)

@@ -24,6 +24,7 @@ from cyberstar.errors import RuntimeFailure, UsageError
 from cyberstar.metrics import Sample, serve_metrics
 from cyberstar.p4rt.server import P4RuntimeServer, serve
 from cyberstar.pp.device import Port, XdpDevice
+from cyberstar.pp.ratemanager import RateManager, RatePolicyFile
 from cyberstar.xdp.program import XdpProgram
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class PpAgent:
         device_id: int,
         mode: str | None = None,
         ns: str | None = None,
+        rate_policy: RatePolicyFile | None = None,
     ) -> None:
         self.ns = ns
         self.mode = mode
@@ -85,6 +87,11 @@ class PpAgent:
             raise
         self._spawn(self._punt_loop, "punts")
         self._spawn(self._idle_loop, "idle-timeouts")
+        self.rates: RateManager | None = None
+        if rate_policy is not None:
+            meter = self.prog.pipeline.meters[0]
+            self.rates = RateManager(self.prog, rate_policy.policy, meter)
+            self._spawn(lambda: self._rate_loop(rate_policy.interval), "rate-policy")
 
     @contextmanager
     def in_namespace(self) -> Iterator[None]:
@@ -140,6 +147,14 @@ class PpAgent:
             except Exception:
                 log.exception("idle-timeout scan failed")
 
+    def _rate_loop(self, interval: float) -> None:
+        assert self.rates is not None
+        while not self._stop.wait(interval):
+            try:
+                self.rates.tick()
+            except Exception:
+                log.exception("rate policy step failed")
+
     def metrics(self) -> list[Sample]:
         samples: list[Sample] = []
         for name, (packets, nbytes) in zip(
@@ -161,6 +176,14 @@ class PpAgent:
             ("cyberstar_pp_packet_in_total", {}, self.server.stats["packet_in"]),
         ]  # fmt: skip
         samples += [(f"cyberstar_pp_{k}_total", {}, v) for k, v in self.device.stats.items()]
+        if self.rates is not None:
+            for t, s in self.rates.policy.tenants.items():
+                labels = {"tenant": str(t), "state": s.state.value}
+                samples += [
+                    ("cyberstar_pp_tenant_rate", labels, s.rate),
+                    ("cyberstar_pp_tenant_credit", labels, s.credit),
+                    ("cyberstar_pp_tenant_arrival_rate", labels, s.arrival),
+                ]
         return samples
 
     def wait(self) -> None:
@@ -189,10 +212,11 @@ def run_agent(
     mode: str | None,
     ns: str | None,
     metrics: str | None,
+    rate_policy: RatePolicyFile | None = None,
 ) -> int:
     ports = parse_ports(ifaces)
     try:
-        agent = PpAgent(ports, grpc_address, device_id, mode, ns)
+        agent = PpAgent(ports, grpc_address, device_id, mode, ns, rate_policy)
     except OSError as exc:
         raise RuntimeFailure(str(exc)) from None
     try:

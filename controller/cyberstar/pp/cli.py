@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from cyberstar.verbs import Verb
 
@@ -25,12 +26,22 @@ def arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--mode", choices=["native", "skb"], help="force an XDP mode")
     serve.add_argument("--netns", help="the interfaces live in this network namespace")
     serve.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics")
+    serve.add_argument(
+        "--rate-policy",
+        type=Path,
+        metavar="FILE",
+        help="per-tenant credit-based rates (YAML: capacity, interval, tenants; see README)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from cyberstar.pp.agent import run_agent
+    from cyberstar.pp.ratemanager import load_rate_policy
 
-    return run_agent(args.iface, args.grpc, args.device_id, args.mode, args.netns, args.metrics)
+    policy = load_rate_policy(args.rate_policy) if args.rate_policy else None
+    return run_agent(
+        args.iface, args.grpc, args.device_id, args.mode, args.netns, args.metrics, policy
+    )
 
 
 SERVE = Verb(

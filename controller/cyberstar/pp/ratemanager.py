@@ -10,10 +10,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from cyberstar.pipeline.model import IndexedMeter
-from cyberstar.pp.ratelimit import Measurement, RatePolicy, meter_config
+from cyberstar.pp.ratelimit import Measurement, RatePolicy, TenantPolicy, meter_config
 from cyberstar.xdp.program import XdpProgram
+from cyberstar.yamlconf import load_yaml, read_text
 
 
 @dataclass
@@ -46,3 +48,52 @@ class RateManager:
         for t, rate in self.policy.step(dt, measured).items():
             self.prog.set_meter(self.meter.name, t, meter_config(rate))
         return measured
+
+
+@dataclass(frozen=True)
+class RatePolicyFile:
+    """`pp serve --rate-policy FILE`: the node's capacity, the interval, the tenants."""
+
+    policy: RatePolicy
+    interval: float
+
+
+def load_rate_policy(path: Path) -> RatePolicyFile:
+    """A YAML file:
+
+        capacity: 1000000     # packets/s the node processes
+        interval: 0.1         # seconds between policy steps (default 0.1)
+        tenants:
+          - id: 7
+            burst: 900000     # packets/s it may reach on idle capacity
+            base: 300000      # default: capacity / number of tenants
+            credit_cap: 0     # packets (default: a minute of base)
+            unlimited: false  # may go into debt
+            debt_limit: 0     # packets, unlimited only
+
+    Errors name the file, the line and the key."""
+    top = load_yaml(read_text(path), str(path))
+    capacity = top.number("capacity", lo=1.0)
+    interval = top.number("interval", 0.1, lo=0.01)
+    tenants = top.sections("tenants")
+    top.done()
+    if not tenants:
+        raise top.error("tenants", "list at least one tenant")
+    policy = RatePolicy(capacity)
+    for i, sec in enumerate(tenants):
+        tenant = sec.int("id", hi=(1 << 16) - 1)
+        if tenant in policy.tenants:
+            raise top.item_error("tenants", i, f"tenant {tenant} given twice")
+        base = sec.number("base", capacity / len(tenants), lo=1.0)
+        unlimited = sec.raw("unlimited", False)
+        if not isinstance(unlimited, bool):
+            raise sec.error("unlimited", f"expected true or false, found {unlimited!r}")
+        values = (sec.number("burst", base), sec.number("credit_cap", 0.0) or None, unlimited,
+                  sec.number("debt_limit", 0.0))  # fmt: skip
+        sec.done()
+        try:
+            params = TenantPolicy(base, *values)
+        except ValueError as exc:
+            raise top.item_error("tenants", i, str(exc)) from None
+        policy.add(tenant, params)
+    return RatePolicyFile(policy, interval)
