@@ -21,6 +21,7 @@ and a reflector (XDP_TX on r0, the same second hop as the programs under test).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -168,8 +169,9 @@ class LiveVeth:
                 os.sched_setaffinity(0, {self.gen_cpu})
                 with netns.entered(self.ns):
                     while not stop.is_set():
-                        prog_test_run(self.generator.fn.fd, self.generator.frame, 1 << 20,
-                                      ingress_ifindex=self.ifindex["g0"])  # fmt: skip
+                        with contextlib.suppress(InterruptedError):  # a signal: send on
+                            prog_test_run(self.generator.fn.fd, self.generator.frame, 1 << 20,
+                                          ingress_ifindex=self.ifindex["g0"])  # fmt: skip
 
             thread = threading.Thread(target=generate)
             thread.start()
