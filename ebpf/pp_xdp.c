@@ -17,6 +17,7 @@
 #define IP_PROTO_TCP 6
 #define IP_PROTO_UDP 17
 #define ENCAP_TTL 64
+#define MAX_FRAME 3520
 #define V_FORWARD 0
 #define V_DROP 1
 #define V_PUNT 2
@@ -48,11 +49,13 @@
 #define R_TRUNCATED_INNER_UDP 22
 #define R_BAD_INNER_UDP_LENGTH 23
 #define R_TRUNCATED_INNER_ICMP 24
-#define R_ACL_DENY 25
-#define R_FLOW_DROP 26
-#define R_NO_NEXT_HOP 27
-#define R_PORT_DOWN 28
-#define R_RATE_LIMITED 29
+#define R_FRAME_TOO_LONG 25
+#define R_ACL_DENY 26
+#define R_FLOW_DROP 27
+#define R_NO_NEXT_HOP 28
+#define R_PORT_DOWN 29
+#define R_FLOW_QUOTA 30
+#define R_RATE_LIMITED 31
 #define PUNT_NONE 0
 #define PUNT_MISS 1
 #define PUNT_HOST 2
@@ -543,7 +546,7 @@ struct next_hop_value {
 BPF_ARRAY(next_hop, struct next_hop_value, 65536);
 BPF_ARRAY(next_hop_default, struct next_hop_value, 1);
 
-BPF_PERCPU_ARRAY(drop_reasons, struct counter_cell, 30);
+BPF_PERCPU_ARRAY(drop_reasons, struct counter_cell, 32);
 static __always_inline void count_drop_reasons(__u32 index, __u32 len) {
     struct counter_cell *cell = drop_reasons.lookup(&index);
     if (cell) {
@@ -627,6 +630,8 @@ BPF_PERCPU_ARRAY(punt_overflows, __u64, 1);
 // Last-hit times: jiffies (read inline) turned into CLOCK_MONOTONIC_COARSE nanoseconds
 // with the tick length and offset the loader measures (cyberstar.xdp.program).
 BPF_ARRAY(hit_clock, struct hit_clock, 1);
+// Tenants at their flow-entry quota (the agent's --flow-quota): a miss is dropped.
+BPF_ARRAY(tenant_over_quota, __u8, 65536);
 
 _Static_assert(sizeof(struct tenant_classify_key) == 16, "tenant_classify_key size");
 _Static_assert(sizeof(struct tenant_classify_value) == 12, "tenant_classify_value size");
@@ -1424,6 +1429,11 @@ int pp_xdp(struct xdp_md *ctx) {
     int port = ingress_port(ctx->ingress_ifindex);
     if (port < 0)
         return XDP_PASS;  // not one of our interfaces
+    if (frame_len > MAX_FRAME) {  // the parser's first check, made here: in pp_parse it
+        count_verdicts(V_DROP, frame_len);  // costs the verifier twice the states
+        count_drop_reasons(R_FRAME_TOO_LONG, frame_len);
+        return XDP_DROP;
+    }
 
     // The parse results live in a per-CPU map value, not on the stack: the verifier then sees
     // every parse path leave the same state (a map pointer), and checks the tables once
@@ -1468,6 +1478,13 @@ int pp_xdp(struct xdp_md *ctx) {
         m.drop_reason = R_PORT_DOWN;
     }
     if (m.verdict == V_PUNT) {
+        __u32 tenant = m.tenant_id;
+        __u8 *full = tenant_over_quota.lookup(&tenant);
+        if (full && *full && m.punt_reason == PUNT_MISS) {  // no room for its rules
+            count_verdicts(V_DROP, frame_len);
+            count_drop_reasons(R_FLOW_QUOTA, frame_len);
+            return XDP_DROP;
+        }
         struct punt_meta pm;
         __builtin_memset(&pm, 0, sizeof(pm));
         pm.ingress_port = m.ingress_port;

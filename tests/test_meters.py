@@ -156,10 +156,13 @@ def test_meter_entries_over_p4runtime_configure_the_cells(xdp_target) -> None:
 
     cfg = p4r.MeterConfig(cir=2000, cburst=50, pir=2000, pburst=50)
     assert device.write([update(p4r.Update.MODIFY, TENANT, cfg)]) == [None]
-    (read,) = device.read(
-        p4r.Entity(meter_entry=p4r.MeterEntry(meter_id=meter.id, index=p4r.Index(index=TENANT)))
-    )
-    assert read.meter_entry.config == cfg
+
+    def read_cell() -> p4r.Entity:
+        request = p4r.MeterEntry(meter_id=meter.id, index=p4r.Index(index=TENANT))
+        (entity,) = [e for chunk in device.read(p4r.Entity(meter_entry=request)) for e in chunk]
+        return entity
+
+    assert read_cell().meter_entry.config == cfg
     # the data plane now limits tenant 7 (the burst, then the rate)
     xdp_target.install(RULES)
     prog.set_ingress_port(1, 1)
@@ -179,10 +182,7 @@ def test_meter_entries_over_p4runtime_configure_the_cells(xdp_target) -> None:
     ]  # fmt: skip
     # a MODIFY without config resets the cell: no limit
     assert device.write([update(p4r.Update.MODIFY, TENANT)]) == [None]
-    (read,) = device.read(
-        p4r.Entity(meter_entry=p4r.MeterEntry(meter_id=meter.id, index=p4r.Index(index=TENANT)))
-    )
-    assert not read.meter_entry.HasField("config")
+    assert not read_cell().meter_entry.HasField("config")
     before = prog.counter_cell("verdicts", PIPELINE.verdict("forward"))[0]
     prog.run(FRAME, repeat=10_000)
     assert prog.counter_cell("verdicts", PIPELINE.verdict("forward"))[0] - before == 10_000

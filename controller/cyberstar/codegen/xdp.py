@@ -240,6 +240,8 @@ def _maps(p: Pipeline) -> str:
         "// Last-hit times: jiffies (read inline) turned into CLOCK_MONOTONIC_COARSE nanoseconds\n"
         "// with the tick length and offset the loader measures (cyberstar.xdp.program).\n"
         f"BPF_ARRAY(hit_clock, struct {HIT_CLOCK.name}, 1);\n"
+        "// Tenants at their flow-entry quota (the agent's --flow-quota): a miss is dropped.\n"
+        f"BPF_ARRAY({QUOTA_MAP}, __u8, {1 << p.meta_field('tenant_id').width});\n"
     )
     out += asserts
     return "\n".join(out) + "\n"
@@ -1040,6 +1042,9 @@ static __always_inline int forward(struct xdp_md *ctx, struct parsed *ps, struct
 }
 """
 
+# The agent marks a tenant at its flow-entry quota here; _MAIN_C names it too.
+QUOTA_MAP = "tenant_over_quota"
+
 
 def _meter_c(m: IndexedMeter) -> str:
     units = "1" if m.unit is MeterUnit.PACKETS else "frame_len"
@@ -1095,6 +1100,11 @@ int pp_xdp(struct xdp_md *ctx) {
     int port = ingress_port(ctx->ingress_ifindex);
     if (port < 0)
         return XDP_PASS;  // not one of our interfaces
+    if (frame_len > MAX_FRAME) {  // the parser's first check, made here: in pp_parse it
+        count_verdicts(V_DROP, frame_len);  // costs the verifier twice the states
+        count_drop_reasons(R_FRAME_TOO_LONG, frame_len);
+        return XDP_DROP;
+    }
 
     // The parse results live in a per-CPU map value, not on the stack: the verifier then sees
     // every parse path leave the same state (a map pointer), and checks the tables once
@@ -1137,6 +1147,13 @@ int pp_xdp(struct xdp_md *ctx) {
         m.drop_reason = R_PORT_DOWN;
     }
     if (m.verdict == V_PUNT) {
+        __u32 tenant = m.tenant_id;
+        __u8 *full = tenant_over_quota.lookup(&tenant);
+        if (full && *full && m.punt_reason == PUNT_MISS) {  // no room for its rules
+            count_verdicts(V_DROP, frame_len);
+            count_drop_reasons(R_FLOW_QUOTA, frame_len);
+            return XDP_DROP;
+        }
         struct punt_meta pm;
         __builtin_memset(&pm, 0, sizeof(pm));
         pm.ingress_port = m.ingress_port;

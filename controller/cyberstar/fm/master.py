@@ -126,7 +126,8 @@ class FabricMaster:
             "cached_connections": self.cache.connections,
             "shards": {str(k): v for k, v in sorted(self.shard_map.shards.items(), key=str)},
             "pp_nodes": {s.name: {"primary": s.primary, "connections": s.connections,
-                                  "packet_in": s.packet_ins} for s in self.sessions},
+                                  "packet_in": s.packet_ins, "lost_primary": s.lost_primary,
+                                  "election_id": s.election_id} for s in self.sessions},
             "slow_path": dict(self.slowpath.stats),
             "first_packet_ms": self.slowpath.latency_percentiles(),
             "timings_s": {k: round(v, 3) for k, v in self.slowpath.timings.items()},
@@ -274,6 +275,7 @@ class FabricMaster:
         for s in self.sessions:
             out.append(("cyberstar_fm_pp_primary", {"pp": s.name}, int(s.primary)))
             out.append(("cyberstar_fm_pp_connections_total", {"pp": s.name}, s.connections))
+            out.append(("cyberstar_fm_pp_lost_primary_total", {"pp": s.name}, s.lost_primary))
         for q, ms in self.slowpath.latency_percentiles().items():
             out.append(("cyberstar_fm_first_packet_seconds", {"quantile": q}, ms / 1000))
         return out

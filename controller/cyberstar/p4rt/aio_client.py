@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import grpc
 from finsy.proto import p4i, p4r, p4r_grpc
 
-from cyberstar.p4rt.client import MAX_RECEIVE
+from cyberstar.p4rt.client import CHANNEL_OPTIONS
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.p4rt.messages import (
     Action,
@@ -37,9 +37,7 @@ class AioP4RuntimeClient:
         self.device_id = device_id
         self.election_id = election_id
         self.timeout = timeout
-        self.channel = grpc.aio.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", MAX_RECEIVE)]
-        )
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = p4r_grpc.P4RuntimeStub(self.channel)
         self.packet_ins: asyncio.Queue[p4r.PacketIn] = asyncio.Queue()
         self.idle_notifications: asyncio.Queue[p4r.IdleTimeoutNotification] = asyncio.Queue()

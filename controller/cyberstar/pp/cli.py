@@ -27,6 +27,15 @@ def arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--netns", help="the interfaces live in this network namespace")
     serve.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics")
     serve.add_argument(
+        "--flow-quota",
+        action="append",
+        default=[],
+        metavar="N|TENANT=N",
+        help="flow-table entries a tenant may hold on this node: N for every tenant, "
+        "TENANT=N for one (repeat); beyond it INSERTs are RESOURCE_EXHAUSTED and the "
+        "tenant's misses are dropped (counted as flow_quota). Default: no quota",
+    )
+    serve.add_argument(
         "--rate-policy",
         type=Path,
         metavar="FILE",
@@ -40,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
 
     policy = load_rate_policy(args.rate_policy) if args.rate_policy else None
     return run_agent(
-        args.iface, args.grpc, args.device_id, args.mode, args.netns, args.metrics, policy
-    )
+        args.iface, args.grpc, args.device_id, args.mode, args.netns, args.metrics,
+        args.flow_quota, policy,
+    )  # fmt: skip
 
 
 SERVE = Verb(

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from cyberstar.codegen.xdp import QUOTA_MAP
 from cyberstar.codegen.xdp_layout import (
     CLOCK_SAMPLE,
     HIT_CLOCK,
@@ -31,8 +34,11 @@ from cyberstar.xdp.testrun import ProgRunResult, prog_test_run
 
 log = logging.getLogger(__name__)
 
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0  # never replace a program attached meanwhile
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_FLAGS_HW_MODE = 1 << 3
+_MODE_FLAGS = {1: XDP_FLAGS_DRV_MODE, 2: XDP_FLAGS_SKB_MODE, 3: XDP_FLAGS_HW_MODE}  # ip's modes
 PROGRAM_NAME = "pp_xdp"
 CLOCK_SAMPLER = "pp_clock_sample"
 HZ_CHOICES = (100, 250, 300, 1000)  # the kernel's CONFIG_HZ choices
@@ -54,6 +60,18 @@ def _captured_stderr() -> Iterator[Path]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(fd)
+
+
+def attached_programs(ifname: str) -> list[tuple[int, dict]]:
+    """(mode, program) of each XDP program on `ifname`, as `ip -d link` reports them (in the
+    caller's network namespace)."""
+    out = subprocess.run(
+        ["ip", "-j", "-d", "link", "show", "dev", ifname], capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        return []
+    xdp = json.loads(out.stdout)[0].get("xdp") or {}
+    return [(a.get("mode", 0), a["prog"]) for a in xdp.get("attached") or [xdp] if "prog" in a]
 
 
 def _first_error(path: Path) -> str:
@@ -188,6 +206,11 @@ class XdpProgram(TableMaps):
         tx = self._map("tx_ports")
         tx[tx.Key(port)] = tx.Leaf(ifindex)
 
+    def set_tenant_over_quota(self, tenant: int, full: bool) -> None:
+        """Mark a tenant at its flow-entry quota (its flow-table misses are dropped) or not."""
+        flags = self._map(QUOTA_MAP)
+        flags[ctypes.c_int(tenant)] = ctypes.c_uint8(int(full))
+
     # ---- counters -------------------------------------------------------------------------
 
     def counter(self, name: str) -> list[tuple[int, int]]:
@@ -248,7 +271,9 @@ class XdpProgram(TableMaps):
             flags = XDP_FLAGS_DRV_MODE if m == "native" else XDP_FLAGS_SKB_MODE
             with _captured_stderr() as log_path:
                 try:
-                    self._bpf_cls.attach_xdp(ifname.encode(), self.fn, flags)
+                    self._bpf_cls.attach_xdp(
+                        ifname.encode(), self.fn, flags | XDP_FLAGS_UPDATE_IF_NOEXIST
+                    )
                 except Exception as exc:
                     last_error = f"{exc}: {_first_error(log_path)}"
                     log.warning("XDP %s mode on %s failed: %s", m, ifname, last_error)
@@ -262,15 +287,21 @@ class XdpProgram(TableMaps):
         raise XdpLoadError(f"could not attach XDP to {ifname}: {last_error}")
 
     def detach_stale(self, ifname: str) -> None:
-        """Remove whatever XDP program a previous run may have left on `ifname`."""
-        for flags in (XDP_FLAGS_SKB_MODE, XDP_FLAGS_DRV_MODE):
+        """Remove the program a previous run of ours left on `ifname` (a killed agent cannot
+        detach); another program on it is not ours to remove: refuse to start."""
+        for mode, prog in attached_programs(ifname):
+            if prog.get("name") != PROGRAM_NAME:
+                raise XdpLoadError(
+                    f"{ifname} runs another XDP program ({prog.get('name')}, id {prog.get('id')})"
+                    f"; cyberstar does not replace it: detach it (ip link set dev {ifname} xdp "
+                    "off) or choose another interface"
+                )
             with _captured_stderr() as log_path:
                 try:
-                    self._bpf_cls.remove_xdp(ifname.encode(), flags)
-                except Exception:
-                    pass
+                    self._bpf_cls.remove_xdp(ifname.encode(), _MODE_FLAGS.get(mode, 0))
                 finally:
                     log_path.unlink(missing_ok=True)
+            log.info("%s: removed the XDP program (id %s) a previous run left", ifname, prog["id"])
 
     def detach_all(self) -> None:
         for ifname, flags in list(self.attached.items()):

@@ -13,7 +13,7 @@ import ctypes
 import errno
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from cyberstar.codegen.xdp_layout import (
     DIRECT_INDEX,
@@ -300,6 +300,46 @@ class TableMaps:
             (kraw[i * ksize : (i + 1) * ksize], vraw[i * vsize : (i + 1) * vsize])
             for i in range(total)
         ]
+
+    def iter_raw(self, name: str, chunk: int) -> Iterator[list[tuple[bytes, bytes]]]:
+        """Every (key, entry value) of an exact, LPM or direct table, at most `chunk` per step:
+        one BPF_MAP_LOOKUP_BATCH call each for a flow (hash) table, so a walk of millions of
+        entries needs no buffer of their size and the caller may let go of its lock between
+        steps (entries changed meanwhile are seen or not, never twice). The other kinds are
+        small: one step."""
+        if table_layout(self.pipeline, name).kind is not TableKind.HASH:
+            yield self.dump_raw(name)
+            return
+        table = self._map(name)
+        ksize, vsize = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
+        keys = ctypes.create_string_buffer(ksize * chunk)
+        values = ctypes.create_string_buffer(vsize * chunk)
+        token_in, token_out, count = ctypes.c_uint32(0), ctypes.c_uint32(0), ctypes.c_uint32(0)
+        first = True
+        while True:
+            count.value = chunk
+            rc = self._lib.bpf_lookup_batch(
+                table.map_fd,
+                None if first else ctypes.byref(token_in),
+                ctypes.byref(token_out),
+                keys,
+                values,
+                ctypes.byref(count),
+            )
+            err = ctypes.get_errno()
+            n = count.value
+            if n:
+                kraw, vraw = keys.raw, values.raw
+                yield [
+                    (kraw[i * ksize : (i + 1) * ksize], vraw[i * vsize : (i + 1) * vsize])
+                    for i in range(n)
+                ]
+            if rc != 0:
+                if err == errno.ENOENT:
+                    return  # the whole map was read
+                raise OSError(err, f"BPF_MAP_LOOKUP_BATCH on {name}: {os.strerror(err)}")
+            token_in.value = token_out.value
+            first = False
 
     # ---- ternary tables ----------------------------------------------------------------
 
