@@ -26,6 +26,7 @@ from cyberstar.p4rt.server import P4RuntimeServer, PacketIns, serve
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.pp.device import Port, XdpDevice
 from cyberstar.pp.quota import FlowQuota, parse_quotas
+from cyberstar.pp.ratemanager import RateManager, RatePolicyFile
 from cyberstar.xdp.program import XdpProgram
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class PpAgent:
         mode: str | None = None,
         ns: str | None = None,
         quota: FlowQuota | None = None,
+        rate_policy: RatePolicyFile | None = None,
     ) -> None:
         self.ns = ns
         self.mode = mode
@@ -89,6 +91,11 @@ class PpAgent:
             raise
         self._spawn(self._punt_loop, "punts")
         self._spawn(self._idle_loop, "idle-timeouts")
+        self.rates: RateManager | None = None
+        if rate_policy is not None:
+            meter = self.prog.pipeline.meters[0]
+            self.rates = RateManager(self.prog, rate_policy.policy, meter)
+            self._spawn(lambda: self._rate_loop(rate_policy.interval), "rate-policy")
 
     @contextmanager
     def in_namespace(self) -> Iterator[None]:
@@ -149,6 +156,14 @@ class PpAgent:
             except Exception:
                 log.exception("idle-timeout scan failed")
 
+    def _rate_loop(self, interval: float) -> None:
+        assert self.rates is not None
+        while not self._stop.wait(interval):
+            try:
+                self.rates.tick()
+            except Exception:
+                log.exception("rate policy step failed")
+
     def metrics(self) -> list[Sample]:
         samples: list[Sample] = []
         for name, (packets, nbytes) in zip(
@@ -170,6 +185,14 @@ class PpAgent:
             ("cyberstar_pp_packet_in_total", {}, self.server.stats["packet_in"]),
         ]  # fmt: skip
         samples += [(f"cyberstar_pp_{k}_total", {}, v) for k, v in self.device.stats.items()]
+        if self.rates is not None:
+            for t, s in self.rates.policy.tenants.items():
+                labels = {"tenant": str(t), "state": s.state.value}
+                samples += [
+                    ("cyberstar_pp_tenant_rate", labels, s.rate),
+                    ("cyberstar_pp_tenant_credit", labels, s.credit),
+                    ("cyberstar_pp_tenant_arrival_rate", labels, s.arrival),
+                ]
         return samples
 
     def wait(self) -> None:
@@ -199,12 +222,13 @@ def run_agent(
     ns: str | None,
     metrics: str | None,
     flow_quota: list[str] | None = None,
+    rate_policy: RatePolicyFile | None = None,
 ) -> int:
     ports = parse_ports(ifaces)
     tenant_bits = PIPELINE.meta_field("tenant_id").width
     quota = parse_quotas(flow_quota or [], (1 << tenant_bits) - 1)
     try:
-        agent = PpAgent(ports, grpc_address, device_id, mode, ns, quota)
+        agent = PpAgent(ports, grpc_address, device_id, mode, ns, quota, rate_policy)
     except OSError as exc:
         raise RuntimeFailure(str(exc)) from None
     try:
