@@ -13,7 +13,7 @@ from cyberstar.sc.config import ConfigError, load_config, parse_config
 GOOD = """\
 node_id: sc1a
 listen: 127.0.0.1:7101
-etcd: [127.0.0.1:2379]
+etcd: {endpoints: [127.0.0.1:2379], plaintext: true}
 scg: scg1
 idle_timeout_s: 20
 tenants:
@@ -28,6 +28,7 @@ tenants:
         sets: {clients: [10.0.0.0/8]}
         rules: [{action: allow, src: [clients]}]
       nat: {kind: snat, pool: ["203.0.113.1:1024-65535", "198.51.100.0/30"]}
+plaintext: true
 """
 
 
@@ -36,7 +37,8 @@ def test_good_config_loads() -> None:
     t = cfg.tenants[7]
     assert [nf.kind for nf in t.chain] == ["firewall", "snat"]
     assert t.idle_timeout_ns == 20 * 10**9 and t.home_scg == "scg1"
-    assert cfg.etcd == (("127.0.0.1", 2379),)
+    assert cfg.etcd.endpoints == (("127.0.0.1", 2379),) and cfg.etcd.tls is None
+    assert cfg.tls is None
     assert len(t.chain[1].pools()["ports"]) == 5  # one address + a /30
 
 
