@@ -42,7 +42,7 @@ def test_tcp_through_static_snat_in_mininet() -> None:
 
     line = PpLine()
     try:
-        client = P4RuntimeClient(line.address, device_id=1, election_id=1)
+        client = P4RuntimeClient(line.address, device_id=1, election_id=1, tls=line.tls)
         client.wait_ready(60)
         client.open_stream()
         client.set_pipeline(build_p4info(PIPELINE), b"")

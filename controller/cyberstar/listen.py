@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -105,3 +107,37 @@ def _why(address: str) -> str:
                 return "not an address of this host"
             return exc.strerror or str(exc)
     return "gRPC refused it (it is free now: another process may have held it a moment ago)"
+
+
+class PeerLog:
+    """Bad requests logged at most once per peer (host) per `interval_s`, the rest counted: a
+    client sending garbage must not flood the log, and one line per peer still says who."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 60.0,
+                 max_peers: int = 4096) -> None:  # fmt: skip
+        self.logger = logger
+        self.interval_s = interval_s
+        self.max_peers = max_peers
+        self._last: dict[str, tuple[float, int]] = {}  # peer → (last logged, suppressed since)
+
+    def bad_request(self, peer: str, message: str) -> None:
+        host = peer_host(peer)
+        now = time.monotonic()
+        last, quiet = self._last.get(host, (-1e18, 0))
+        if now - last < self.interval_s:
+            self._last[host] = (last, quiet + 1)
+            return
+        if len(self._last) >= self.max_peers:
+            self._last.clear()
+        self._last[host] = (now, 0)
+        more = f" ({quiet} more from it since the last report)" if quiet else ""
+        self.logger.warning("bad request from %s: %s%s", host, message, more)
+
+
+def peer_host(peer: str) -> str:
+    """gRPC's `context.peer()` (`ipv4:1.2.3.4:5678`, `ipv6:[::1]:5678`, `unix:...`) without the
+    client's port: one peer per host."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return rest.rpartition(":")[0].strip("[]")
+    return peer

@@ -1,14 +1,22 @@
 """p4runtime-shell, the tool users poke PP nodes with, drives the XDP agent (from its own venv,
-since it pins an old protobuf): pipeline from the committed files, insert/read/modify/delete on
-every table, and a second client with a lower election id is a backup that cannot write."""
+since it pins an old protobuf) over mutual TLS, as the README says: pipeline from the committed
+files, insert/read/modify/delete on every table, and a second client with a lower election id
+is a backup that cannot write. The agent listens on TCP here: gRPC checks a unix socket's
+certificate against the socket's path, which p4runtime-shell cannot override."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from cyberstar import netns
+from cyberstar.lab.pp_process import start_agent
+from cyberstar.lab.procs import free_port
+from cyberstar.tls import TlsFiles
 
 REPO = Path(__file__).resolve().parents[2]
 SHELL_PYTHON = REPO / ".venv-p4rt" / "bin" / "python"
@@ -17,14 +25,27 @@ DRIVER = Path(__file__).parent / "p4rt_shell" / "drive_agent.py"
 pytestmark = pytest.mark.root
 
 
-def drive(address: str, role: str, tmp_path, device_config: bytes = b"") -> dict[str, dict]:
+@pytest.fixture
+def tcp_pp_node():
+    """A PP agent serving P4Runtime over mutual TLS on 127.0.0.1."""
+    with netns.with_pp_ports(f"cs-shell-{os.getpid()}") as ns:
+        node = start_agent(ns, ["pp1", "pp2"], address=f"127.0.0.1:{free_port()}")
+        try:
+            yield node
+        finally:
+            node.stop()
+
+
+def drive(address: str, role: str, tmp_path, device_config: bytes = b"",
+          tls: TlsFiles | None = None) -> dict[str, dict]:  # fmt: skip
     if not SHELL_PYTHON.exists():
-        pytest.skip("p4runtime-shell venv missing: run `make install`")
+        pytest.fail("p4runtime-shell venv missing: run `make install`")
     empty = tmp_path / "device_config.bin"
     empty.write_bytes(device_config)
+    certs = [str(tls.ca), str(tls.cert), str(tls.key)] if tls else []
     proc = subprocess.run(
         [str(SHELL_PYTHON), str(DRIVER), address,
-         str(REPO / "p4src" / "pp.p4info.txtpb"), str(empty), role],
+         str(REPO / "p4src" / "pp.p4info.txtpb"), str(empty), role, *certs],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -36,8 +57,18 @@ def drive(address: str, role: str, tmp_path, device_config: bytes = b"") -> dict
     return steps
 
 
-def test_p4runtime_shell_drives_every_table(pp_node, tmp_path) -> None:
-    check_primary_steps(drive(pp_node.address, "primary", tmp_path))
+def test_p4runtime_shell_drives_every_table(tcp_pp_node, tmp_path) -> None:
+    check_primary_steps(drive(tcp_pp_node.address, "primary", tmp_path, tls=tcp_pp_node.tls))
+
+
+def test_p4runtime_shell_without_a_certificate_is_refused(tcp_pp_node, tmp_path) -> None:
+    proc = subprocess.run(
+        [str(SHELL_PYTHON), str(DRIVER), tcp_pp_node.address,
+         str(REPO / "p4src" / "pp.p4info.txtpb"), str(tmp_path / "none.bin"), "backup"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "UNAVAILABLE" in proc.stderr, proc.stderr
 
 
 @pytest.mark.bmv2
@@ -67,9 +98,9 @@ def check_primary_steps(steps: dict[str, dict]) -> None:
     assert steps["counters"]["cells"] == 4
 
 
-def test_lower_election_id_is_a_backup_that_cannot_write(pp_node, tmp_path) -> None:
-    primary = pp_node.primary_with_pipeline(election_id=10)
-    steps = drive(pp_node.address, "backup", tmp_path)
+def test_lower_election_id_is_a_backup_that_cannot_write(tcp_pp_node, tmp_path) -> None:
+    primary = tcp_pp_node.primary_with_pipeline(election_id=10)
+    steps = drive(tcp_pp_node.address, "backup", tmp_path, tls=tcp_pp_node.tls)
     assert steps["backup-insert"]["ok"] is False
     assert "PERMISSION_DENIED" in steps["backup-insert"]["error"]
     assert steps["backup-read"]["count"] == 0

@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cyberstar.codegen.p4info import build_p4info
+from cyberstar.lab.certs import LabCerts
 from cyberstar.p4rt.client import P4RuntimeClient
 from cyberstar.paths import REPO_ROOT
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.subprocs import tied_to_parent
+from cyberstar.tls import TlsFiles
 
 CYBERSTAR = [sys.executable, "-m", "cyberstar.cli"]
 
@@ -24,10 +26,16 @@ class PpNode:
     device_id: int
     proc: subprocess.Popen
     log: Path
+    certs: LabCerts
     clients: list[P4RuntimeClient] = field(default_factory=list)
 
+    @property
+    def tls(self) -> TlsFiles:
+        """A controller's certificate for this node (role admin)."""
+        return self.certs.files("admin", "lab-admin")
+
     def client(self, election_id: int = 1, arbitrate: bool = True) -> P4RuntimeClient:
-        c = P4RuntimeClient(self.address, self.device_id, election_id)
+        c = P4RuntimeClient(self.address, self.device_id, election_id, tls=self.tls)
         c.wait_ready(30)
         if arbitrate:
             c.open_stream()
@@ -59,23 +67,29 @@ def start_agent(
     mode: str = "skb",
     extra: list[str] | None = None,
     address: str | None = None,
+    certs: LabCerts | None = None,
+    name: str = "pp",
 ) -> PpNode:
-    """Start `cyberstar pp serve` on `ifaces` of netns `ns`; P4Runtime on a unix socket in a
-    fresh directory unless `address` is given (a restart keeps its predecessor's)."""
+    """Start `cyberstar pp serve` on `ifaces` of netns `ns`; P4Runtime (mutual TLS, with a
+    certificate for `name` from `certs`, a new lab CA unless given) on a unix socket in a fresh
+    directory unless `address` is given (a restart keeps its predecessor's)."""
     tmp = Path(tempfile.mkdtemp(prefix="cyberstar-pp-"))
+    if certs is None:
+        certs = LabCerts(tmp / "certs")
     if address is None:
         address = f"unix:{tmp / 'p4rt.sock'}"
     elif address.startswith("unix:"):
         Path(address.removeprefix("unix:")).unlink(missing_ok=True)
     log = tmp / "agent.log"
     cmd = [*CYBERSTAR, "-v", "pp", "serve", "--netns", ns, "--grpc", address,
-           "--device-id", str(device_id), "--mode", mode]  # fmt: skip
+           "--device-id", str(device_id), "--mode", mode,
+           *certs.flags("pp", name)]  # fmt: skip
     for i in ifaces:
         cmd += ["--iface", i]
     cmd = tied_to_parent(cmd + (extra or []))
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-    node = PpNode(ns, address, device_id, proc, log)
-    probe = P4RuntimeClient(address, device_id)
+    node = PpNode(ns, address, device_id, proc, log, certs)
+    probe = P4RuntimeClient(address, device_id, tls=node.tls)
     try:
         probe.wait_ready(60)  # the agent listens once its program is loaded and attached
     except Exception:

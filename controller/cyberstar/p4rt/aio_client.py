@@ -26,20 +26,20 @@ from cyberstar.p4rt.messages import (
     rpc_error,
     write_request,
 )
+from cyberstar.tls import TlsFiles, aio_channel
 
 log = logging.getLogger(__name__)
 
 
 class AioP4RuntimeClient:
-    def __init__(self, address: str, device_id: int, election_id: int, timeout: float = 10.0
-                 ) -> None:  # fmt: skip
+    def __init__(self, address: str, device_id: int, election_id: int, timeout: float = 10.0,
+                 *, tls: TlsFiles | None) -> None:  # fmt: skip
         self.address = address
         self.device_id = device_id
         self.election_id = election_id
         self.timeout = timeout
-        self.channel = grpc.aio.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", MAX_RECEIVE)]
-        )
+        options = [("grpc.max_receive_message_length", MAX_RECEIVE)]
+        self.channel = aio_channel(address, tls, options, "P4Runtime server")
         self.stub = p4r_grpc.P4RuntimeStub(self.channel)
         self.packet_ins: asyncio.Queue[p4r.PacketIn] = asyncio.Queue()
         self.idle_notifications: asyncio.Queue[p4r.IdleTimeoutNotification] = asyncio.Queue()

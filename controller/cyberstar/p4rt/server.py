@@ -18,13 +18,16 @@ import grpc
 from finsy.proto import p4r, p4r_grpc, rpc_code, rpc_status
 from google.protobuf import any_pb2
 
+from cyberstar.listen import GrpcLimits, bind, server_options
 from cyberstar.p4rt.arbitration import Arbitration, Controller
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.pipeline.frames import Punted
+from cyberstar.tls import TlsFiles, grpc_peer
 
 log = logging.getLogger(__name__)
 API_VERSION = "1.4.0"
 READ_CHUNK = 1000
+CONTROLLER_ROLES = ("fm", "admin")  # certificate roles that may use the P4Runtime service
 Action = p4r.SetForwardingPipelineConfigRequest
 _END = object()
 
@@ -300,16 +303,46 @@ def _handlers(impl: P4RuntimeServer) -> grpc.GenericRpcHandler:
     )  # fmt: skip
 
 
-def serve(server_impl: P4RuntimeServer, address: str, workers: int = 8) -> grpc.Server:
+class _RoleCheck(grpc.GenericRpcHandler):
+    """Over mutual TLS, only controllers (certificate role `fm` or `admin`) reach the service."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, roles: frozenset[str]) -> None:
+        self.inner = inner
+        self.roles = roles
+
+    def service(self, handler_call_details):
+        handler = self.inner.service(handler_call_details)
+        if handler is None:
+            return None
+        kind = next(k for k in ("unary_unary", "unary_stream", "stream_stream")
+                    if getattr(handler, k) is not None)  # fmt: skip
+        behavior = getattr(handler, kind)
+        roles = self.roles
+
+        def checked(request, context):
+            peer = grpc_peer(context)
+            if peer is not None and peer.role not in roles:
+                context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                              f"P4Runtime is not open to {peer.role}:{peer.name} (allowed roles: "
+                              f"{', '.join(sorted(roles))})")  # fmt: skip
+            return behavior(request, context)
+
+        return handler._replace(**{kind: checked})
+
+
+def serve(server_impl: P4RuntimeServer, address: str, tls: TlsFiles | None,
+          workers: int = 8) -> grpc.Server:  # fmt: skip
+    """Serve P4Runtime on `address`: mutual TLS with `tls` (clients need a certificate of role
+    `fm` or `admin` from the same CA), or plaintext (None: loopback or a unix socket only).
+    Raises OSError naming the address when it cannot listen (taken by another process:
+    SO_REUSEPORT is off)."""
+    limits = GrpcLimits(max_message_bytes=64 << 20)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers),
-        options=[
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
-        ],
+        futures.ThreadPoolExecutor(max_workers=workers), options=server_options(limits)
     )
-    server.add_generic_rpc_handlers((_handlers(server_impl),))
-    if server.add_insecure_port(address) == 0:
-        raise OSError(f"cannot listen on {address}")
+    server.add_generic_rpc_handlers(
+        (_RoleCheck(_handlers(server_impl), frozenset(CONTROLLER_ROLES)),)
+    )
+    bind(server, address, tls, "P4Runtime")
     server.start()
     return server

@@ -18,12 +18,14 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from cyberstar import netns
 from cyberstar.errors import RuntimeFailure, UsageError
 from cyberstar.metrics import Sample, serve_metrics
 from cyberstar.p4rt.server import P4RuntimeServer, serve
 from cyberstar.pp.device import Port, XdpDevice
+from cyberstar.tls import TlsFiles, require_local
 from cyberstar.xdp.program import XdpProgram
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ class PpAgent:
         device_id: int,
         mode: str | None = None,
         ns: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.ns = ns
         self.mode = mode
@@ -79,7 +82,7 @@ class PpAgent:
             self.server = P4RuntimeServer(self.device, device_id)
             self.device.run_in_namespace = self.in_namespace
             self.prog.open_punts(self._on_punt)
-            self.grpc = serve(self.server, grpc_address)
+            self.grpc = serve(self.server, grpc_address, tls)
         except BaseException:
             self.close()
             raise
@@ -101,8 +104,7 @@ class PpAgent:
                 try:
                     ifindex = socket.if_nametoindex(spec.ifname)
                 except OSError:
-                    where = f" in netns {self.ns}" if self.ns else ""
-                    raise UsageError(f"no interface {spec.ifname}{where}") from None
+                    raise UsageError(_no_interface(spec.ifname, self.ns)) from None
                 self.prog.detach_stale(spec.ifname)
                 self.modes[spec.ifname] = self.prog.attach(spec.ifname, self.mode)
                 self.prog.set_port(ifindex, spec.number)
@@ -182,6 +184,41 @@ class PpAgent:
         self.prog.close()
 
 
+def _no_interface(ifname: str, ns: str | None) -> str:
+    if ns:
+        return f"no interface {ifname} in network namespace {ns} (`ip -n {ns} link` lists its own)"
+    holders = [n for n in _namespaces() if _has_interface(n, ifname)]
+    hint = (
+        f"; it exists in network namespace {', '.join(holders)}: add --netns {holders[0]}"
+        if holders
+        else "; if it lives in a network namespace, add --netns NS"
+    )
+    return f"no interface {ifname} in this network namespace{hint}"
+
+
+def _namespaces() -> list[str]:
+    try:
+        return sorted(p.name for p in Path("/run/netns").iterdir())
+    except OSError:
+        return []
+
+
+def _has_interface(ns: str, ifname: str) -> bool:
+    try:
+        with netns.entered(ns):
+            socket.if_nametoindex(ifname)
+    except (OSError, netns.NetnsError):
+        return False
+    return True
+
+
+def check_namespace(ns: str) -> None:
+    """An unknown namespace is bad input (exit 2), said in words, not as an errno."""
+    if not Path(f"/run/netns/{ns}").exists():
+        known = ", ".join(_namespaces()) or "none"
+        raise UsageError(f"no network namespace {ns!r} (known: {known}; `ip netns add {ns}`)")
+
+
 def run_agent(
     ifaces: list[str],
     grpc_address: str,
@@ -189,19 +226,29 @@ def run_agent(
     mode: str | None,
     ns: str | None,
     metrics: str | None,
+    tls: TlsFiles | None,
 ) -> int:
     ports = parse_ports(ifaces)
+    if ns:
+        check_namespace(ns)
+    if tls is None:
+        require_local(grpc_address, "P4Runtime")
+        if metrics:
+            require_local(metrics, "the metrics endpoint")
+    else:
+        tls.read()  # unreadable files are bad input (exit 2), before any program is loaded
     try:
-        agent = PpAgent(ports, grpc_address, device_id, mode, ns)
+        agent = PpAgent(ports, grpc_address, device_id, mode, ns, tls)
     except OSError as exc:
         raise RuntimeFailure(str(exc)) from None
     try:
         if metrics:
             serve_metrics(metrics, agent.metrics)
-        log.warning(
-            "PP node %d serving P4Runtime on %s (%s)",
+        log.info(
+            "PP node %d serving P4Runtime on %s (%s; %s)",
             device_id,
             grpc_address,
+            "mutual TLS" if tls else "PLAINTEXT",
             ", ".join(f"{p.number}={p.ifname}/{agent.modes[p.ifname]}" for p in agent.ports),
         )
         agent.wait()
