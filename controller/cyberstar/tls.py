@@ -172,10 +172,12 @@ def _attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str:
 
 
 # -- plain sockets (the SC chain link) ----------------------------------------------------------
-def server_ssl(tls: TlsFiles) -> ssl.SSLContext:
+def server_ssl(tls: TlsFiles, client_auth: bool = True) -> ssl.SSLContext:
+    """A TLS server context; clients must show a certificate of the CA unless not
+    `client_auth` (HTTPS, where a bearer token authenticates)."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tls.ca))
     ctx.load_cert_chain(str(tls.cert), str(tls.key))
-    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.verify_mode = ssl.CERT_REQUIRED if client_auth else ssl.CERT_NONE
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
 

@@ -65,7 +65,7 @@ def sc_requests(lab: SlowPathLab) -> int:
         for node in lab.sc.nodes.values():
             if not node.alive:
                 continue
-            async with ScClient(node.config["listen"]) as c:
+            async with ScClient(node.config["listen"], lab.sc.client_tls) as c:
                 reply = await c.inspect()
             total += reply.counters.get("requests", 0)
         return total

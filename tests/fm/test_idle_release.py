@@ -25,7 +25,7 @@ def sc_counter(lab: SlowPathLab, name: str) -> int:
     async def total() -> int:
         n = 0
         for node in lab.sc.nodes.values():
-            async with ScClient(node.config["listen"]) as c:
+            async with ScClient(node.config["listen"], lab.sc.client_tls) as c:
                 n += (await c.inspect()).counters.get(name, 0)
         return n
 
