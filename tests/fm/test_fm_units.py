@@ -120,7 +120,8 @@ def test_fm_admin_token_is_required_and_long_enough(tmp_path) -> None:
 
 def test_fabric_is_a_full_mesh_of_vxlan_next_hops() -> None:
     cfg = parse_fm_config(
-        BASE + "fabric:\n  vni: 9000\n  nexthop_base: 1000\n  nodes:\n"
+        BASE
+        + "fabric:\n  vni: 9000\n  nexthop_base: 1000\n  nodes:\n"
         + "".join(
             f"    - {{id: pp{i}, port: 2, mac: '02:00:00:00:00:0{i}', address: 198.51.100.{i},"
             f" gateway_mac: '02:00:00:00:00:fe'}}\n"

@@ -390,6 +390,9 @@ class FabricMaster:
 
 
 async def serve_fm(config: FmConfig) -> int:
+    for files in (config.tls, config.etcd.tls):
+        if files is not None:
+            files.read()  # unreadable certificates are bad input (exit 2), said in words
     fm = FabricMaster(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

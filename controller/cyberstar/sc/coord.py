@@ -247,12 +247,6 @@ class Chain:
         ]
         return json.dumps({"epoch": self.epoch, "nodes": nodes}).encode()
 
-    @classmethod
-    def from_json(cls, scg: str, raw: bytes | None) -> Chain:
-        if not raw:
-            return cls(scg, 0, ())
-        d = json.loads(raw)
-        return cls(scg, d["epoch"], tuple(ChainNode(**n) for n in d["nodes"]))
 
 
 async def watch_prefix(

@@ -23,9 +23,10 @@ from collections.abc import Callable
 
 import aetcd
 import grpc
+from google.protobuf.message import DecodeError
 
 from cyberstar.listen import PeerLog, bind, server_options
-from cyberstar.proto import sc_pb2, sc_pb2_grpc
+from cyberstar.proto import sc_pb2
 from cyberstar.sc import coord
 from cyberstar.sc.client import HOPS_METADATA, ScClient
 from cyberstar.sc.config import ScConfig
@@ -76,7 +77,25 @@ def _hops(context: grpc.aio.ServicerContext) -> int:
     return 0
 
 
-class ScNode(sc_pb2_grpc.ServiceComputingServicer):
+class Unparsable:
+    """A request that is not the message its method takes."""
+
+    def __init__(self, kind: str, size: int) -> None:
+        self.kind = kind
+        self.size = size
+
+
+def _lenient(message: type):
+    def parse(data: bytes):
+        try:
+            return message.FromString(data)
+        except DecodeError:
+            return Unparsable(message.__name__, len(data))
+
+    return parse
+
+
+class ScNode:
     def __init__(self, config: ScConfig) -> None:
         self.config = config
         self.counters = Counters()
@@ -84,6 +103,9 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
         self.keys = coord.Keys(config.etcd_prefix)
         self.incarnation = uuid.uuid4().hex[:12]
         tls = config.tls
+        for files in (tls, config.etcd.tls):
+            if files is not None:
+                files.read()  # unreadable certificates are bad input (exit 2), said in words
         self._server_ssl = server_ssl(tls) if tls else None
         self.replicator = Replicator(
             config.node_id,
@@ -120,7 +142,7 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
         self._server = grpc.aio.server(
             options=server_options(limits.grpc), maximum_concurrent_rpcs=limits.grpc.max_calls
         )
-        sc_pb2_grpc.add_ServiceComputingServicer_to_server(self, self._server)
+        self._server.add_generic_rpc_handlers((self._service(),))
         bind(self._server, config.listen, config.tls, f"{me} gRPC")
         await self._server.start()
         host, port = config.chain_endpoint
@@ -373,34 +395,61 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
         where = f"; the head is {head.id} at {head.address}" if head else ""
         return f"{self.config.node_id} is not the head of {self.config.scg}{where}"
 
-    # -- who may call ----------------------------------------------------------------------------
+    # -- who may call, with what ----------------------------------------------------------------
+    def _service(self) -> grpc.GenericRpcHandler:
+        """The ServiceComputing service as the generated code registers it, except that every
+        call goes through `_guarded`: a message that does not parse is refused (no traceback
+        in the log), and so is a caller whose role may not call the method or a batch over
+        the limit."""
+        service = sc_pb2.DESCRIPTOR.services_by_name["ServiceComputing"]
+        handlers = {}
+        for method in service.methods:
+            request = getattr(sc_pb2, method.input_type.name)
+            reply = getattr(sc_pb2, method.output_type.name)
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                self._guarded(method.name),
+                request_deserializer=_lenient(request),
+                response_serializer=reply.SerializeToString,
+            )
+        return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+    def _guarded(self, method: str):
+        serve = getattr(self, method)
+
+        async def call(request, context):
+            if isinstance(request, Unparsable):
+                await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"{method}: {request.size} bytes that are not a "
+                                   f"{request.kind}")  # fmt: skip
+            peer = grpc_peer(context)
+            if peer is not None and peer.role not in ALLOWED[method]:
+                await self._refuse(
+                    context,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"{method} is not open to {peer.role}:{peer.name} "
+                    f"(allowed roles: {', '.join(sorted(ALLOWED[method]))})",
+                )
+            items = len(request.requests) if method == "Compute" else (
+                len(request.items) if method == "Release" else 0)  # fmt: skip
+            limit = self.config.limits.max_batch
+            if items > limit:
+                await self._refuse(
+                    context,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{method} of {items} items: at most {limit} per call; split the batch",
+                )
+            return await serve(request, context)
+
+        return call
+
     async def _refuse(self, context, code: grpc.StatusCode, message: str) -> None:
         self.counters.inc("refused_calls")
         self._bad_requests.bad_request(context.peer(), message)
         await context.abort(code, message)
 
-    async def _authorize(self, context, method: str, items: int = 0) -> None:
-        """Abort the call unless the caller's role may call `method` and its batch fits."""
-        peer = grpc_peer(context)
-        if peer is not None and peer.role not in ALLOWED[method]:
-            await self._refuse(
-                context,
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"{method} is not open to {peer.role}:{peer.name} "
-                f"(allowed roles: {', '.join(sorted(ALLOWED[method]))})",
-            )
-        limit = self.config.limits.max_batch
-        if items > limit:
-            await self._refuse(
-                context,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{method} of {items} items: at most {limit} per call; split the batch",
-            )
-
     # -- FM-facing RPCs ------------------------------------------------------------------------
     async def Compute(self, request: sc_pb2.RuleBatch, context) -> sc_pb2.RuleReplyBatch:
         reqs = request.requests
-        await self._authorize(context, "Compute", len(reqs))
         if not self.replicator.is_head:
             self.counters.inc("not_head", len(reqs))
             st = status(Code.NOT_HEAD, self.not_head_message())
@@ -473,7 +522,6 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
                 replies[i].status.CopyFrom(st)
 
     async def Release(self, request: sc_pb2.ReleaseBatch, context) -> sc_pb2.ReleaseReply:
-        await self._authorize(context, "Release", len(request.items))
         if not self.replicator.is_head:
             self.counters.inc("not_head")
             return sc_pb2.ReleaseReply(status=status(Code.NOT_HEAD, self.not_head_message()))
@@ -522,7 +570,6 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
         return out
 
     async def Scale(self, request: sc_pb2.ScaleRequest, context) -> sc_pb2.ScaleReply:
-        await self._authorize(context, "Scale")
         if not self.replicator.is_head:
             return sc_pb2.ScaleReply(
                 op_id=request.op_id, status=status(Code.NOT_HEAD, self.not_head_message())
@@ -530,17 +577,14 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
         return self.scale.start(request)
 
     async def ScaleStatus(self, request: sc_pb2.ScaleStatusRequest, context) -> sc_pb2.ScaleReply:
-        await self._authorize(context, "ScaleStatus")
         return await self.scale.status(request.op_id, request.wait_ms / 1000)
 
     async def Transfer(self, request: sc_pb2.TransferRequest, context) -> sc_pb2.TransferReply:
-        await self._authorize(context, "Transfer")
         if not self.replicator.is_head:
             return sc_pb2.TransferReply(status=status(Code.NOT_HEAD, self.not_head_message()))
         return await self.scale.receive(request)
 
     async def Inspect(self, request: sc_pb2.InspectRequest, context) -> sc_pb2.InspectReply:
-        await self._authorize(context, "Inspect")
         shards = []
         for s in self.engine.shards():
             detail = ""
