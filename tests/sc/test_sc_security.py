@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import socket
 import subprocess
@@ -318,10 +317,3 @@ def _host_address() -> str:
         except OSError:
             return "192.0.2.10"
 
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch) -> None:
-    # gRPC honours http_proxy: keep the lab's loopback calls direct.
-    for name in ("http_proxy", "https_proxy", "grpc_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    os.environ.pop("no_proxy", None)
