@@ -316,4 +316,3 @@ def _host_address() -> str:
             return s.getsockname()[0]
         except OSError:
             return "192.0.2.10"
-

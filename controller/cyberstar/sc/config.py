@@ -195,7 +195,7 @@ def _refuse_overlapping_pools(pools: list[tuple[int, int, str, Section]]) -> Non
             where = f"{addr >> 24}.{addr >> 16 & 255}.{addr >> 8 & 255}.{addr & 255}:{port}"
             raise sec.error(
                 "pool",
-                f"overlaps {holder}'s pool (both hold {where}): pools must be disjoint across "
+                f"overlaps the pool of {holder} (both hold {where}): pools must be disjoint across "
                 "tenants and NFs",
             )
         if hi > reach:
