@@ -3,12 +3,12 @@ client host reaches the server host through static SNAT entries installed over P
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import needs
 import pytest
 from finsy.proto import p4r
 
@@ -35,9 +35,11 @@ s.bind(("10.1.0.2", 40001)); s.connect(("10.2.0.2", 8080)); print(s.recv(100).de
 
 
 def test_tcp_through_static_snat_in_mininet() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    pytest.importorskip("mininet")
+    needs.root()
+    try:
+        import mininet  # noqa: F401
+    except ImportError:
+        pytest.fail("Mininet is not importable: run `make install` (Debian's mininet)")
     from pp_line import PpLine
 
     line = PpLine()

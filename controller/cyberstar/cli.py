@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, dict[str | None, str]]] = {
         {None: "cyberstar.commands.build:BUILD"},
     ),
     "doctor": (
-        "check this host (BPF/XDP, headers, bpffs, BCC, netns, bmv2/p4c)",
+        "check this host (BPF/XDP, headers, bpffs, BCC, netns, bmv2/p4c, etcd)",
         {None: "cyberstar.commands.doctor:DOCTOR"},
     ),
     "demo": (

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 
+import needs
 import pytest
 
 from cyberstar import netns
@@ -31,8 +32,7 @@ def xdp_prog_ids(ns: str, ifname: str) -> list[int]:
 
 @pytest.fixture
 def two_port_ns():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    needs.root()
     with netns.with_pp_ports(f"cs-life-{os.getpid()}") as ns:
         yield ns
 
@@ -85,11 +85,10 @@ def test_metrics_endpoint_counts_verdicts(two_port_ns) -> None:
 
 
 def test_bad_interface_is_a_clear_error() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    needs.root()
     proc = subprocess.run(
         [sys.executable, "-m", "cyberstar.cli", "pp", "serve", "--iface", "no-such-if0",
-         "--grpc", "127.0.0.1:0"],
+         "--grpc", "127.0.0.1:0", "--plaintext"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2

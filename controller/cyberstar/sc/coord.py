@@ -248,7 +248,6 @@ class Chain:
         return json.dumps({"epoch": self.epoch, "nodes": nodes}).encode()
 
 
-
 async def watch_prefix(
     client: aetcd.Client,
     prefix: bytes,
