@@ -36,10 +36,10 @@ def lab():
 
 def test_membership_in_etcd(lab) -> None:
     """SC nodes register themselves; FM registers itself and the PP nodes it reaches."""
-    import aetcd
+    from cyberstar.sc import coord
 
     async def members() -> set[str]:
-        client = aetcd.Client(host="127.0.0.1", port=lab.sc.etcd.client_port)
+        client = await coord.connect(lab.sc.etcd_config(), "test")
         async with client:
             out = set()
             for kv in await client.get_prefix(b"/cyberstar/members/"):

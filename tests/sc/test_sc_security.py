@@ -316,3 +316,20 @@ def _host_address() -> str:
             return s.getsockname()[0]
         except OSError:
             return "192.0.2.10"
+
+
+def test_half_open_grpc_connections_are_closed(lab: ScLab) -> None:
+    """Hundreds of connections that never finish the TLS handshake are dropped after the
+    handshake timeout (10 s); the unhardened node kept them for ever."""
+    head = run(chain_of(lab)).nodes[0]
+    host, _, port = head.address.rpartition(":")
+    socks = [socket.create_connection((host, int(port)), timeout=5) for _ in range(300)]
+    try:
+        t0 = time.monotonic()
+        closed = [chainwire.closed_by_peer(s, 25) for s in socks]
+        assert all(closed), f"{closed.count(False)} half-open connections still open"
+        assert time.monotonic() - t0 < 25
+    finally:
+        for s in socks:
+            s.close()
+    assert run(inspect(head.address, lab.client_tls)).role == "head"
