@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -70,8 +71,13 @@ def test_metrics_endpoint_counts_verdicts(two_port_ns) -> None:
             tx.send(arp)
         tx.close()
         deadline = time.monotonic() + 10
+        # Under TLS the endpoint is HTTPS and wants a certificate of the lab CA.
+        tls = node.tls
+        context = ssl.create_default_context(cafile=str(tls.ca))
+        context.load_cert_chain(str(tls.cert), str(tls.key))
         while True:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+            url = f"https://127.0.0.1:{port}/metrics"
+            text = urllib.request.urlopen(url, context=context).read().decode()
             line = next(
                 ln for ln in text.splitlines() if 'verdict="pass"' in ln and "packets" in ln
             )

@@ -25,7 +25,7 @@ from cyberstar.errors import RuntimeFailure, UsageError
 from cyberstar.metrics import Sample, serve_metrics
 from cyberstar.p4rt.server import P4RuntimeServer, serve
 from cyberstar.pp.device import Port, XdpDevice
-from cyberstar.tls import TlsFiles, require_local
+from cyberstar.tls import TlsFiles, require_local, server_ssl
 from cyberstar.xdp.program import XdpProgram
 
 log = logging.getLogger(__name__)
@@ -243,7 +243,8 @@ def run_agent(
         raise RuntimeFailure(str(exc)) from None
     try:
         if metrics:
-            serve_metrics(metrics, agent.metrics)
+            # Over TLS the metrics endpoint is HTTPS and wants a certificate of the CA too.
+            serve_metrics(metrics, agent.metrics, server_ssl(tls) if tls else None)
         log.info(
             "PP node %d serving P4Runtime on %s (%s; %s)",
             device_id,

@@ -38,7 +38,11 @@ def arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--device-id", type=int, default=1)
     serve.add_argument("--mode", choices=["native", "skb"], help="force an XDP mode")
     serve.add_argument("--netns", help="the interfaces live in this network namespace")
-    serve.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics")
+    serve.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics (HTTPS wanting a client certificate of the CA under TLS)",
+    )
 
 
 def tls_files(args: argparse.Namespace) -> TlsFiles | None:

@@ -156,7 +156,9 @@ async def connect(config: EtcdConfig, what: str, timeout: float = 10.0) -> EtcdC
     client = EtcdClient(config)
     try:
         await client.connect()
-        await asyncio.wait_for(client.get(b"/"), timeout)
+        # Status needs no permission on any key: it tests reachability, TLS and the user.
+        status = aetcd.rpc.StatusRequest()
+        await client.maintenancestub.Status(status, timeout=timeout, metadata=client.metadata)
     except EtcdError:
         raise
     except Exception as exc:
