@@ -213,3 +213,21 @@ def test_packet_ins_queue_by_tenant() -> None:
         assert {int.from_bytes(p.metadata[1].value, "big") for _, p in first} == {7, 8}
 
     asyncio.run(go())
+
+
+def test_the_stream_queues_from_a_pp_are_bounded() -> None:
+    """A PP streaming PacketIns faster than FM takes them costs dropped (counted) messages,
+    not FM's memory: the unhardened client queued them without bound."""
+    from cyberstar.p4rt.aio_client import QUEUE_LIMIT, AioP4RuntimeClient, route_stream_message
+
+    async def go() -> None:
+        client = AioP4RuntimeClient("unix:/nonexistent.sock", 1, 1, tls=None)
+        try:
+            message = p4r.StreamMessageResponse(packet=p4r.PacketIn(payload=b"x" * 60))
+            for _ in range(QUEUE_LIMIT + 1000):
+                route_stream_message(message, client._sinks, "pp")
+            assert client.packet_ins.qsize() == QUEUE_LIMIT and client.dropped == 1000
+        finally:
+            await client.close()
+
+    asyncio.run(go())

@@ -156,3 +156,10 @@ def test_tls_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     )
     cfg = load_config(path)
     assert cfg.tls is not None and cfg.tls.ca == tmp_path / "c" / "ca.crt"
+
+
+def test_a_missing_top_level_key_has_no_empty_field() -> None:
+    """The unhardened message read 'missing.yaml:1: : missing required key'."""
+    with pytest.raises(ConfigError) as exc:
+        parse_config("listen: 127.0.0.1:1\n", "missing.yaml")
+    assert str(exc.value) == "missing.yaml:1: missing required key 'node_id'"

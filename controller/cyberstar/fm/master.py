@@ -360,6 +360,7 @@ class FabricMaster:
         for s in self.sessions:
             out.append(("cyberstar_fm_pp_primary", {"pp": s.name}, int(s.primary)))
             out.append(("cyberstar_fm_pp_connections_total", {"pp": s.name}, s.connections))
+            out.append(("cyberstar_fm_pp_stream_dropped_total", {"pp": s.name}, s.stream_dropped))
         out.append(("cyberstar_fm_queued_packets", {}, len(self.slowpath.queue)))
         for tenant, n in sorted(self.slowpath.queue.shed.items()):
             out.append(("cyberstar_fm_packet_in_shed_total", {"tenant": str(tenant)}, n))

@@ -109,6 +109,11 @@ class PpSession:
                 t.cancel()
         raise ConnectionError("stream closed")
 
+    @property
+    def stream_dropped(self) -> int:
+        """Stream messages the current connection dropped because FM did not take them."""
+        return self.client.dropped if self.client is not None else 0
+
     async def _pump(self, q: asyncio.Queue, handler: Callable) -> None:
         while True:
             handler(self, await q.get())

@@ -29,6 +29,7 @@ from cyberstar.p4rt.messages import (
 from cyberstar.tls import TlsFiles, aio_channel
 
 log = logging.getLogger(__name__)
+QUEUE_LIMIT = 65536  # stream messages waiting for the controller, per kind
 
 
 class AioP4RuntimeClient:
@@ -41,18 +42,32 @@ class AioP4RuntimeClient:
         options = [("grpc.max_receive_message_length", MAX_RECEIVE)]
         self.channel = aio_channel(address, tls, options, "P4Runtime server")
         self.stub = p4r_grpc.P4RuntimeStub(self.channel)
-        self.packet_ins: asyncio.Queue[p4r.PacketIn] = asyncio.Queue()
-        self.idle_notifications: asyncio.Queue[p4r.IdleTimeoutNotification] = asyncio.Queue()
+        # Bounded: what the controller does not take in time is dropped and counted (a
+        # PacketIn's flow punts again), never buffered without end.
+        self.packet_ins: asyncio.Queue[p4r.PacketIn] = asyncio.Queue(QUEUE_LIMIT)
+        self.idle_notifications: asyncio.Queue[p4r.IdleTimeoutNotification] = asyncio.Queue(
+            QUEUE_LIMIT
+        )
         self.arbitrations: asyncio.Queue[p4r.MasterArbitrationUpdate] = asyncio.Queue()
+        self.dropped = 0
         self._sinks = {
             "arbitration": self.arbitrations.put_nowait,
-            "packet": self.packet_ins.put_nowait,
-            "idle_timeout_notification": self.idle_notifications.put_nowait,
+            "packet": self._bounded(self.packet_ins),
+            "idle_timeout_notification": self._bounded(self.idle_notifications),
         }
         self.stream_closed = asyncio.Event()
         self._out: asyncio.Queue[p4r.StreamMessageRequest | None] = asyncio.Queue()
         self._reader: asyncio.Task | None = None
         self._call = None
+
+    def _bounded(self, queue: asyncio.Queue):
+        def put(msg: object) -> None:
+            try:
+                queue.put_nowait(msg)
+            except asyncio.QueueFull:
+                self.dropped += 1
+
+        return put
 
     async def open_stream(self) -> p4r.MasterArbitrationUpdate:
         """Open the StreamChannel and arbitrate with `election_id`; returns the answer."""
