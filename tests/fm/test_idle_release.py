@@ -42,6 +42,6 @@ def test_idle_flows_are_released_and_their_ports_reused() -> None:
             wait_until(lambda: lab.fm_get("fm1", "/status")["cached_connections"] == 0, 20,
                      "the closed connections to idle out of FM's cache")  # fmt: skip
         stats = lab.fm_get("fm1", "/status")["slow_path"]
-        assert stats["rules_expired"] >= 4 * SMALL_POOL_SIZE
+        assert stats["rules_expired"] >= 4 * SMALL_POOL_SIZE, stats
         assert stats.get("pool_exhausted_alarms", 0) == 0
         assert sc_counter(lab, "freed_connections") >= 2 * SMALL_POOL_SIZE

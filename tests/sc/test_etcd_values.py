@@ -76,9 +76,9 @@ def test_a_group_repairs_its_chain_around_bad_values() -> None:
                 await client.put(b"/cyberstar/shards/7/2000-3000", b"{")
                 victim = chain_ids(smap, "scg1")[1]
                 lab.nodes[victim].kill()
-                await smap.wait_until(lambda m: victim not in chain_ids(m, "scg1"), 20)
+                await smap.wait_until(lambda m: victim not in chain_ids(m, "scg1"), 60)
                 lab.restart_node(victim)
-                await smap.wait_until(lambda m: len(chain_ids(m, "scg1")) == 3, 20)
+                await smap.wait_until(lambda m: len(chain_ids(m, "scg1")) == 3, 60)
             finally:
                 await client.close()
                 await smap.close()

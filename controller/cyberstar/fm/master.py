@@ -145,7 +145,7 @@ class FabricMaster:
             self.config.etcd,
             self._lease.id,
             self.config.lease_ttl_s,
-            stall_limit_s=self.config.lease_ttl_s,
+            stall_limit_s=max(self.config.lease_ttl_s, coord.STALL_LIMIT_S),
             what=f"FM {self.config.fm_id}",
         )
         self._keeper.start()

@@ -277,6 +277,10 @@ async def watch_prefix(
                 await asyncio.wait_for(stop.wait(), 0.5)
 
 
+# A loop that has not answered for this long (or the lease's TTL, if longer) is taken as stuck.
+STALL_LIMIT_S = 10.0
+
+
 class LeaseKeeper:
     """Keeps an etcd lease alive from a thread of its own (its own gRPC channel), so that a
     busy or briefly stalled event loop does not let the lease lapse and get a live node taken

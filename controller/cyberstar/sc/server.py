@@ -235,7 +235,7 @@ class ScNode:
             self.config.etcd,
             self._lease.id,
             self.config.lease_ttl_s,
-            stall_limit_s=self.config.lease_ttl_s,
+            stall_limit_s=max(self.config.lease_ttl_s, coord.STALL_LIMIT_S),
             what=f"SC node {self.config.node_id}",
         )
         self._keeper.start()
