@@ -7,15 +7,15 @@ certificate against the socket's path, which p4runtime-shell cannot override."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
+from finsy.proto import p4r
 
-from cyberstar import netns
-from cyberstar.lab.pp_process import start_agent
-from cyberstar.lab.procs import free_port
+from cyberstar.p4rt.codec import update
+from cyberstar.pipeline.entries import build_entry
+from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.tls import TlsFiles
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,17 +23,6 @@ SHELL_PYTHON = REPO / ".venv-p4rt" / "bin" / "python"
 DRIVER = Path(__file__).parent / "p4rt_shell" / "drive_agent.py"
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def tcp_pp_node():
-    """A PP agent serving P4Runtime over mutual TLS on 127.0.0.1."""
-    with netns.with_pp_ports(f"cs-shell-{os.getpid()}") as ns:
-        node = start_agent(ns, ["pp1", "pp2"], address=f"127.0.0.1:{free_port()}")
-        try:
-            yield node
-        finally:
-            node.stop()
 
 
 def drive(address: str, role: str, tmp_path, device_config: bytes = b"",
@@ -100,8 +89,20 @@ def check_primary_steps(steps: dict[str, dict]) -> None:
 
 def test_lower_election_id_is_a_backup_that_cannot_write(tcp_pp_node, tmp_path) -> None:
     primary = tcp_pp_node.primary_with_pipeline(election_id=10)
+    mine = build_entry(
+        PIPELINE,
+        "next_hop",
+        {"nexthop_id": 3},
+        "set_next_hop",
+        {"port": 2, "smac": "02:00:00:00:00:03", "dmac": "02:00:00:00:00:04"},
+    )
+    primary.write([update(p4r.Update.INSERT, PIPELINE, mine)])  # fmt: skip
     steps = drive(tcp_pp_node.address, "backup", tmp_path, tls=tcp_pp_node.tls)
     assert steps["backup-insert"]["ok"] is False
     assert "PERMISSION_DENIED" in steps["backup-insert"]["error"]
-    assert steps["backup-read"]["count"] == 0
-    assert primary.read([]) == []
+    assert steps["backup-read"]["count"] == 1  # a backup reads what the primary wrote
+    table = p4r.TableEntry(table_id=PIPELINE.table("next_hop").id)
+    read = primary.read([p4r.Entity(table_entry=table)])
+    assert [e.table_entry for e in read] == [
+        update(p4r.Update.INSERT, PIPELINE, mine).entity.table_entry
+    ]

@@ -178,7 +178,8 @@ class FabricMaster:
             "cached_connections": self.cache.connections,
             "shards": {str(k): v for k, v in sorted(self.shard_map.shards.items(), key=str)},
             "pp_nodes": {s.name: {"primary": s.primary, "connections": s.connections,
-                                  "packet_in": s.packet_ins} for s in self.sessions},
+                                  "packet_in": s.packet_ins, "lost_primary": s.lost_primary,
+                                  "election_id": s.election_id} for s in self.sessions},
             "slow_path": dict(self.slowpath.stats),
             "first_packet_ms": self.slowpath.latency_percentiles(),
             "timings_s": {k: round(v, 3) for k, v in self.slowpath.timings.items()},
@@ -361,6 +362,7 @@ class FabricMaster:
             out.append(("cyberstar_fm_pp_primary", {"pp": s.name}, int(s.primary)))
             out.append(("cyberstar_fm_pp_connections_total", {"pp": s.name}, s.connections))
             out.append(("cyberstar_fm_pp_stream_dropped_total", {"pp": s.name}, s.stream_dropped))
+            out.append(("cyberstar_fm_pp_lost_primary_total", {"pp": s.name}, s.lost_primary))
         out.append(("cyberstar_fm_queued_packets", {}, len(self.slowpath.queue)))
         for tenant, n in sorted(self.slowpath.queue.shed.items()):
             out.append(("cyberstar_fm_packet_in_shed_total", {"tenant": str(tenant)}, n))

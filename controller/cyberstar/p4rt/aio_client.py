@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import grpc
 from finsy.proto import p4i, p4r, p4r_grpc
 
-from cyberstar.p4rt.client import MAX_RECEIVE
+from cyberstar.p4rt.client import CHANNEL_OPTIONS
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.p4rt.messages import (
     Action,
@@ -39,8 +39,7 @@ class AioP4RuntimeClient:
         self.device_id = device_id
         self.election_id = election_id
         self.timeout = timeout
-        options = [("grpc.max_receive_message_length", MAX_RECEIVE)]
-        self.channel = aio_channel(address, tls, options, "P4Runtime server")
+        self.channel = aio_channel(address, tls, CHANNEL_OPTIONS, "P4Runtime server")
         self.stub = p4r_grpc.P4RuntimeStub(self.channel)
         # Bounded: what the controller does not take in time is dropped and counted (a
         # PacketIn's flow punts again), never buffered without end.

@@ -24,7 +24,9 @@ from cyberstar import netns
 from cyberstar.errors import RuntimeFailure, UsageError
 from cyberstar.metrics import Sample, serve_metrics
 from cyberstar.p4rt.server import P4RuntimeServer, serve
+from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.pp.device import Port, XdpDevice
+from cyberstar.pp.quota import FlowQuota, parse_quotas
 from cyberstar.tls import TlsFiles, require_local, server_ssl
 from cyberstar.xdp.program import XdpProgram
 
@@ -67,6 +69,7 @@ class PpAgent:
         device_id: int,
         mode: str | None = None,
         ns: str | None = None,
+        quota: FlowQuota | None = None,
         tls: TlsFiles | None = None,
     ) -> None:
         self.ns = ns
@@ -78,7 +81,7 @@ class PpAgent:
         self.modes: dict[str, str] = {}
         try:
             self.ports = self._open_ports(ports)
-            self.device = XdpDevice(self.prog, self.ports)
+            self.device = XdpDevice(self.prog, self.ports, quota)
             self.server = P4RuntimeServer(self.device, device_id)
             self.device.run_in_namespace = self.in_namespace
             self.prog.open_punts(self._on_punt)
@@ -227,8 +230,11 @@ def run_agent(
     ns: str | None,
     metrics: str | None,
     tls: TlsFiles | None,
+    flow_quota: list[str] | None = None,
 ) -> int:
     ports = parse_ports(ifaces)
+    tenant_bits = PIPELINE.meta_field("tenant_id").width
+    quota = parse_quotas(flow_quota or [], (1 << tenant_bits) - 1)
     if ns:
         check_namespace(ns)
     if tls is None:
@@ -238,7 +244,7 @@ def run_agent(
     else:
         tls.read()  # unreadable files are bad input (exit 2), before any program is loaded
     try:
-        agent = PpAgent(ports, grpc_address, device_id, mode, ns, tls)
+        agent = PpAgent(ports, grpc_address, device_id, mode, ns, quota, tls)
     except OSError as exc:
         raise RuntimeFailure(str(exc)) from None
     try:

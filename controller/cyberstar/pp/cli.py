@@ -43,6 +43,15 @@ def arguments(serve: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="serve Prometheus metrics (HTTPS wanting a client certificate of the CA under TLS)",
     )
+    serve.add_argument(
+        "--flow-quota",
+        action="append",
+        default=[],
+        metavar="N|TENANT=N",
+        help="flow-table entries a tenant may hold on this node: N for every tenant, "
+        "TENANT=N for one (repeat); beyond it INSERTs are RESOURCE_EXHAUSTED and the "
+        "tenant's misses are dropped (counted as flow_quota). Default: no quota",
+    )
 
 
 def tls_files(args: argparse.Namespace) -> TlsFiles | None:
@@ -65,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
 
     tls = tls_files(args)
     return run_agent(
-        args.iface, args.grpc, args.device_id, args.mode, args.netns, args.metrics, tls
-    )
+        args.iface, args.grpc, args.device_id, args.mode, args.netns, args.metrics, tls,
+        args.flow_quota,
+    )  # fmt: skip
 
 
 SERVE = Verb(
