@@ -30,6 +30,8 @@ INIT
 _.connection_made
 _.data_received
 _.connection_lost
+# queue.Queue's hook, overridden by p4rt/server.py's _Outbox (bounded in packets).
+_._qsize
 # Dataclass fields serialised with dataclasses.asdict (simulator results).
 scale_downs
 _.scale_downs

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 
 import grpc
 from finsy.proto import p4r
@@ -124,7 +125,7 @@ def test_a_connection_whose_rules_were_not_written_is_released() -> None:
         session = FailingSession()
         sweeper = asyncio.create_task(slow.sweep_orphans(interval_s=0.1))
         try:
-            await slow._process([(session, packet_in(7, 40000))])
+            await slow._process([(session, packet_in(7, 40000), time.monotonic())])
             assert len(session.written) == 2 and session.sent == 0
             assert slow.stats["connections_not_installed"] == 1
             for _ in range(30):
@@ -177,7 +178,9 @@ def test_a_reply_batch_of_the_wrong_length_leaves_nothing_pending() -> None:
             assert re.search(r"answered \d+ replies to \d+ requests", replies[2].status.message)
             slow = SlowPath(RuleCache(PIPELINE), router, 16, 0.0, queue=QueueConfig())
             session = FailingSession()
-            await slow._process([(session, packet_in(7, 41000 + i)) for i in range(3)])
+            await slow._process(
+                [(session, packet_in(7, 41000 + i), time.monotonic()) for i in range(3)]
+            )
             assert slow._pending == {}, "flows left pending: black-holed until FM restarts"
         finally:
             await router.close()
@@ -194,7 +197,7 @@ def test_an_sc_error_leaves_nothing_pending() -> None:
     async def go() -> None:
         slow = SlowPath(RuleCache(PIPELINE), Broken(), 16, 0.0)
         with contextlib.suppress(ConnectionError):
-            await slow._process([(FailingSession(), packet_in(7, 42000))])
+            await slow._process([(FailingSession(), packet_in(7, 42000), time.monotonic())])
         assert slow._pending == {} and slow.stats["sc_unanswered"] == 1
 
     asyncio.run(go())
@@ -210,7 +213,7 @@ def test_packet_ins_queue_by_tenant() -> None:
         slow.on_packet_in(session, packet_in(8, 44000))
         assert slow.stats["packet_in_shed"] == 40 and slow.queue.shed == {7: 40}
         first = slow.queue.take(2)
-        assert {int.from_bytes(p.metadata[1].value, "big") for _, p in first} == {7, 8}
+        assert {int.from_bytes(p.metadata[1].value, "big") for _, p, _ in first} == {7, 8}
 
     asyncio.run(go())
 

@@ -156,8 +156,7 @@ class FabricMaster:
         self._http = HttpServer(
             {
                 "/metrics": metrics_route(self.metrics),
-                "/status": Route("GET", lambda _r: (200, "application/json",
-                                                    json.dumps(self.status()))),
+                "/status": Route("GET", self._status_route),
                 "/scale": Route("POST", self._scale_route),
             },
             token=http.token,
@@ -169,7 +168,8 @@ class FabricMaster:
         if tls is None:
             warn_plaintext(f"FM {self.config.fm_id} HTTP", http.listen)
 
-    def status(self) -> dict:
+    def status(self, since: float = 0.0) -> dict:
+        """`since` (time.monotonic() of this host): first-packet latencies after it only."""
         return {
             "fm_id": self.config.fm_id,
             "leader": self.leader,
@@ -181,9 +181,20 @@ class FabricMaster:
                                   "packet_in": s.packet_ins, "lost_primary": s.lost_primary,
                                   "election_id": s.election_id} for s in self.sessions},
             "slow_path": dict(self.slowpath.stats),
-            "first_packet_ms": self.slowpath.latency_percentiles(),
+            "first_packet_us": self.slowpath.latency_percentiles(since),
             "timings_s": {k: round(v, 3) for k, v in self.slowpath.timings.items()},
         }  # fmt: skip
+
+    def _status_route(self, request: Request) -> tuple[int, str, str]:
+        """GET /status[?since=T]: `since` is a time.monotonic() of this host (benchmarks)."""
+        text = request.query.get("since", "0")
+        try:
+            since = float(text)
+        except ValueError:
+            since = math.nan
+        if not math.isfinite(since):
+            raise HttpError(400, f"since: expected a time.monotonic() value, found {text!r}")
+        return 200, "application/json", json.dumps(self.status(since))
 
     async def _scale_route(self, request: Request) -> tuple[int, str, str]:
         """POST /scale?kind=out|in&shard=T:LO-HI&to=SCG[&wait_s=S]: FM sends `start` to the SCG
@@ -367,8 +378,9 @@ class FabricMaster:
         for tenant, n in sorted(self.slowpath.queue.shed.items()):
             out.append(("cyberstar_fm_packet_in_shed_total", {"tenant": str(tenant)}, n))
         out.append(("cyberstar_fm_etcd_bad_values_total", {}, self.shard_map.bad_values.count))
-        for q, ms in self.slowpath.latency_percentiles().items():
-            out.append(("cyberstar_fm_first_packet_seconds", {"quantile": q}, ms / 1000))
+        for q, us in self.slowpath.latency_percentiles().items():
+            if q != "count":
+                out.append(("cyberstar_fm_first_packet_seconds", {"quantile": q}, us / 1e6))
         return out
 
     async def close(self) -> None:

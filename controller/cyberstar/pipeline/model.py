@@ -32,11 +32,11 @@ class HeaderType:
     fields: tuple[Field, ...] = ()
     varbit: Field | None = None
 
-    @property
+    @cached_property  # read per header per parsed frame (FM parses every PacketIn)
     def bit_width(self) -> int:
         return sum(f.width for f in self.fields)
 
-    @property
+    @cached_property
     def byte_len(self) -> int:
         if self.bit_width % 8:
             raise ValueError(f"header {self.name} is {self.bit_width} bits, not whole bytes")

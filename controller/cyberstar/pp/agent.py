@@ -23,7 +23,7 @@ from pathlib import Path
 from cyberstar import netns
 from cyberstar.errors import RuntimeFailure, UsageError
 from cyberstar.metrics import Sample, serve_metrics
-from cyberstar.p4rt.server import P4RuntimeServer, serve
+from cyberstar.p4rt.server import P4RuntimeServer, PacketIns, serve
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.pp.device import Port, XdpDevice
 from cyberstar.pp.quota import FlowQuota, parse_quotas
@@ -78,6 +78,7 @@ class PpAgent:
         self.prog.install_defaults()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._punted = PacketIns()  # PacketIns of the current perf-buffer poll
         self.modes: dict[str, str] = {}
         try:
             self.ports = self._open_ports(ports)
@@ -129,11 +130,16 @@ class PpAgent:
         self._threads.append(t)
 
     def _on_punt(self, punted) -> None:
-        self.server.publish(self.device.packet_in_message(punted))
+        self._punted.append(self.device.packet_in(punted))
 
     def _punt_loop(self) -> None:
+        """Every punt a poll of the perf buffer delivers goes to the primary as one item: its
+        stream sends them in PacketInBatch messages if its controller asked, else one by one."""
         while not self._stop.is_set():
             self.prog.poll_punts(100)
+            if self._punted:
+                self.server.publish(self._punted)
+                self._punted = PacketIns()
 
     def _idle_loop(self) -> None:
         while not self._stop.wait(self.device.idle_scan_interval() or IDLE_SCAN_INTERVAL_S):

@@ -26,6 +26,7 @@ from cyberstar.codegen.xdp_layout import table_layout
 from cyberstar.p4rt.codec import table_entry_to_proto
 from cyberstar.p4rt.decode import PipelineDecoder
 from cyberstar.p4rt.errors import P4RuntimeError
+from cyberstar.p4rt.wire import field, varint
 from cyberstar.pipeline.entries import TableEntry, match_identity
 from cyberstar.pipeline.frames import Punted
 from cyberstar.pipeline.model import Pipeline
@@ -533,7 +534,20 @@ class XdpDevice:
 
     # ---- packet I/O ---------------------------------------------------------------------------
 
-    def packet_out(self, packet: p4r.PacketOut) -> None:
+    def packet_outs(self, packets: list[p4r.PacketOut]) -> list[P4RuntimeError | None]:
+        """Send PacketOuts in order (in our network namespace once for all); one result each."""
+        results: list[P4RuntimeError | None] = []
+        with self.run_in_namespace():  # the kernel resolves ingress ifindexes in our netns
+            for packet in packets:
+                try:
+                    self._packet_out(packet)
+                except P4RuntimeError as err:
+                    results.append(err)
+                    continue
+                results.append(None)
+        return results
+
+    def _packet_out(self, packet: p4r.PacketOut) -> None:
         size, limit = len(packet.payload), self.pipeline.constants["MAX_FRAME"]
         if not ETHERNET_HEADER <= size <= limit:
             raise P4RuntimeError(
@@ -556,8 +570,7 @@ class XdpDevice:
             raise P4RuntimeError(StatusCode.INVALID_ARGUMENT, f"no port {port_no} on this PP node")
         try:
             if meta.get("submit_to_ingress"):
-                with self.run_in_namespace():  # the kernel resolves the ifindex in our netns
-                    self.prog.run(packet.payload, ingress_ifindex=port.ifindex)
+                self.prog.run(packet.payload, ingress_ifindex=port.ifindex)
             else:
                 if port.sock is None:
                     raise P4RuntimeError(
@@ -570,19 +583,18 @@ class XdpDevice:
             ) from None
         self.stats["packet_out"] += 1
 
-    def packet_in_message(self, punted: Punted) -> bytes:
-        """A serialized StreamMessageResponse carrying the PacketIn: built as bytes, since the
-        punt path is hot and protobuf objects cost more than the whole kernel→agent hop."""
+    def packet_in(self, punted: Punted) -> bytes:
+        """A serialized PacketIn: built as bytes, since the punt path is hot and protobuf
+        objects cost more than the whole kernel→agent hop."""
         meta = punted.metadata
         frame = punted.frame
         encoded = self._metadata_bytes(tuple(meta.get(n, 0) for _, n in self._packet_in_fields))
-        body = b"\x0a" + _varint(len(frame)) + frame + encoded  # PacketIn.payload, .metadata
-        return b"\x12" + _varint(len(body)) + body  # StreamMessageResponse.packet
+        return b"\x0a" + varint(len(frame)) + frame + encoded  # PacketIn.payload, .metadata
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one device per process, few distinct values
     def _metadata_bytes(self, values: tuple[int, ...]) -> bytes:
         return b"".join(
-            _field_bytes(2, b"\x08" + _varint(i) + _field_bytes(2, _canonical_int(v)))
+            field(2, b"\x08" + varint(i) + field(2, _canonical_int(v)))
             for (i, _), v in zip(self._packet_in_fields, values, strict=True)
         )
 
@@ -650,20 +662,6 @@ def _with_last_hit(lay, raw: bytes, now: int) -> bytes:
     head = lay.value_head.unpack(raw)
     head["last_hit_ns"] = now
     return lay.value_head.pack(head) + raw[lay.value_head.size :]
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field_bytes(number: int, data: bytes) -> bytes:
-    """A length-delimited protobuf field."""
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
 
 
 def _canonical_int(value: int) -> bytes:
