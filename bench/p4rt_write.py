@@ -39,6 +39,7 @@ from cyberstar.p4rt.messages import arbitration_request
 from cyberstar.pipeline.entries import TableEntry, build_entry
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.proto import p4rt_batch_pb2
+from cyberstar.tls import TlsFiles, secure_or_plain_channel
 
 INSERT, DELETE = p4r.Update.INSERT, p4r.Update.DELETE
 
@@ -116,8 +117,9 @@ class PacketInCounter:
     the client is not what limits delivery. With `batch`, it asks for PacketInBatch messages
     (cyberstar's stream extension); without, it is a standard controller."""
 
-    def __init__(self, address: str, device_id: int, election_id: int, batch: int) -> None:
-        self.channel = grpc.insecure_channel(address)
+    def __init__(self, address: str, device_id: int, election_id: int, batch: int,
+                 tls: TlsFiles | None) -> None:  # fmt: skip
+        self.channel = secure_or_plain_channel(address, tls, [], "P4Runtime server")
         stub = p4r_grpc.P4RuntimeStub(self.channel)
         self.requests: queue.Queue = queue.Queue()
         self.arrivals: list[tuple[float, int]] = []  # (time.monotonic(), PacketIns in it)
@@ -163,11 +165,12 @@ def classify_punts(client) -> None:
 
 
 def packet_in_rate(client, ns: str, seconds: float, ifname: str = "peer1",
-                   batch: int = 0, senders: int = 1) -> dict:  # fmt: skip
+                   batch: int = 0, senders: int = 1,
+                   tls: TlsFiles | None = None) -> dict:  # fmt: skip
     """PacketIns delivered per second to a primary, at each offered load: those that reached
     the client within the sender's window of `seconds`, divided by `seconds`; and what came
     after the window (a backlog) and never (lost), once the node drained."""
-    counter = PacketInCounter(client.address, client.device_id, next(_counter_ids), batch)
+    counter = PacketInCounter(client.address, client.device_id, next(_counter_ids), batch, tls)
     try:
         time.sleep(0.5)  # arbitration and the opt-in are handled before any punt
         runs = {str(rate or "unpaced"): _packet_ins_at(counter, ns, seconds, ifname, rate,
@@ -227,9 +230,11 @@ def bench_xdp(args) -> dict:
             if "packet_in" in args.parts:
                 classify_punts(client)
                 out["packet_in_standard"] = packet_in_rate(client, ns, args.seconds,
-                                                           senders=args.senders)  # fmt: skip
+                                                           senders=args.senders,
+                                                           tls=node.tls)  # fmt: skip
                 out["packet_in_batched"] = packet_in_rate(client, ns, args.seconds, batch=256,
-                                                          senders=args.senders)  # fmt: skip
+                                                          senders=args.senders,
+                                                          tls=node.tls)  # fmt: skip
             return out
         finally:
             node.stop()

@@ -147,7 +147,7 @@ async def scale(
     figure (`seconds_reported_by_sc`) is taken before its final etcd transaction."""
     sid = next(s for s in shard_map.shards if str(s) == shard)
     await asyncio.sleep(window)  # let the background load run a window before the start
-    async with ScClient(shard_map.head(shard_map.shards[sid])) as client:
+    async with ScClient(shard_map.head(shard_map.shards[sid]), bg.router.tls) as client:
         info = await client.inspect()
         held = next(s.connections for s in info.shards if s.id == shard)
         before = set(shard_map.shards)
@@ -179,7 +179,7 @@ async def main(args: argparse.Namespace) -> dict:
     with ScLab(TENANTS, lease_ttl_s=3, workdir=args.workdir) as lab:
         lab.add_scg("scg1", 3)
         lab.add_scg("scg2", 3)
-        shard_map = ShardMap([lab.etcd.endpoint])
+        shard_map = ShardMap(lab.etcd_config())
         await shard_map.start()
         await shard_map.wait_until(
             lambda m: (
@@ -192,12 +192,12 @@ async def main(args: argparse.Namespace) -> dict:
         head = shard_map.head("scg1")
         flows = Flows()
         result: dict = {"scg_size": 3, "mappings": args.mappings}
-        async with ScClient(head, timeout_s=120) as client:
+        async with ScClient(head, lab.client_tls, timeout_s=120) as client:
             t0 = time.monotonic()
             while flows.n < args.mappings:
                 check(await client.compute(flows.take(min(1000, args.mappings - flows.n))))
             result["fill_per_s"] = round(args.mappings / (time.monotonic() - t0))
-        router = ScRouter(shard_map, attempts=400, pause_s=0.01)
+        router = ScRouter(shard_map, lab.client_tls, attempts=400, pause_s=0.01)
         bg = Background(router, flows, batch=100, concurrency=4)
         task = asyncio.create_task(bg.run())
         try:
@@ -211,7 +211,7 @@ async def main(args: argparse.Namespace) -> dict:
             await router.close()
         result["background"] = {"batch": bg.batch, "concurrent_batches": bg.concurrency}
         result["compute"] = {}
-        async with ScClient(shard_map.head("scg1"), timeout_s=120) as client:
+        async with ScClient(shard_map.head("scg1"), lab.client_tls, timeout_s=120) as client:
             for batch, clients in ((1, 8), (100, 4), (1000, 2)):
                 r = await rate(client, flows, batch, clients, args.seconds)
                 result["compute"][f"new_batch_{batch}"] = {"clients": clients, "per_s": round(r)}

@@ -47,6 +47,7 @@ from cyberstar.lab.profile import Profiler
 from cyberstar.lab.slowpath import SERVERS, SlowPathLab, mac_of
 from cyberstar.lab.wait import wait_until
 from cyberstar.sc.client import ScClient
+from cyberstar.tls import TlsFiles
 
 SERVER, HTTP_PORT = SERVERS[0], 80
 PUBLIC_NET = "203.0.113.64/26"  # the SNAT pool of both cyberstar and nftables
@@ -144,8 +145,8 @@ def _conntrack_count(ns: str) -> int | None:
 # ---- cyberstar ---------------------------------------------------------------------------
 
 
-async def sc_requests(address: str) -> int:
-    async with ScClient(address) as client:
+async def sc_requests(address: str, tls: TlsFiles) -> int:
+    async with ScClient(address, tls) as client:
         return (await client.inspect()).counters.get("requests", 0)
 
 
@@ -153,7 +154,7 @@ def sc_head(lab: SlowPathLab) -> str:
     """The address of scg1's chain head (the node FM sends Compute to), as the nodes say."""
 
     async def role(address: str) -> str:
-        async with ScClient(address) as client:
+        async with ScClient(address, lab.sc.client_tls) as client:
             return (await client.inspect()).role
 
     for node in lab.sc.nodes.values():
@@ -213,7 +214,7 @@ def saturate(args, lab: SlowPathLab, sources: Sources, threads: int, cpu: CpuMet
     """One closed-loop run of `threads` client threads: cps, latencies, CPU per connection,
     SC requests (asserted one per connection), FM's first-packet latency."""
     head = sc_head(lab)
-    sc_before = asyncio.run(sc_requests(head))
+    sc_before = asyncio.run(sc_requests(head, lab.sc.client_tls))
     fm_before = lab.fm_get("fm1", "/status")["slow_path"]
     profiler = None
     if profile:
@@ -234,7 +235,7 @@ def saturate(args, lab: SlowPathLab, sources: Sources, threads: int, cpu: CpuMet
     time.sleep(0.5)  # a timed-out connection's SC request may still be in flight
     status = lab.fm_get("fm1", f"/status?since={t0}")
     fm = {k: v - fm_before.get(k, 0) for k, v in status["slow_path"].items()}
-    out["sc_requests_at_sc_head"] = asyncio.run(sc_requests(head)) - sc_before
+    out["sc_requests_at_sc_head"] = asyncio.run(sc_requests(head, lab.sc.client_tls)) - sc_before
     out["sc_requests_from_fm"] = fm.get("sc_requests", 0)
     # Every connection a new 5-tuple: one SC request each, none answered from a cache.
     out["every_connection_asked_sc"] = (
@@ -270,7 +271,7 @@ def flood(args, lab: SlowPathLab, cpu: CpuMeter) -> dict:
     packets of new flows from the SNAT NF's sources, and the daemons' CPU per request: with
     batches as large as FM makes them, what is left is the per-packet cost."""
     head = sc_head(lab)
-    before = asyncio.run(sc_requests(head))
+    before = asyncio.run(sc_requests(head, lab.sc.client_tls))
     pin_before = lab.fm_get("fm1", "/status")["slow_path"].get("packet_in", 0)
     sent = multiprocessing.Value("q", 0)
     sender = multiprocessing.Process(
@@ -284,7 +285,7 @@ def flood(args, lab: SlowPathLab, cpu: CpuMeter) -> dict:
     elapsed = time.monotonic() - t0
     time.sleep(1.0)  # what was punted before the end is still answered: count it separately
     cpu.stop()
-    done = asyncio.run(sc_requests(head)) - before
+    done = asyncio.run(sc_requests(head, lab.sc.client_tls)) - before
     status = lab.fm_get("fm1", "/status")["slow_path"]
     per = cpu.per_unit(done)
     return {

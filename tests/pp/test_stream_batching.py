@@ -24,6 +24,7 @@ from cyberstar.p4rt.messages import arbitration_request
 from cyberstar.pipeline.entries import build_entry
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.proto import p4rt_batch_pb2 as pb
+from cyberstar.tls import secure_or_plain_channel
 
 pytestmark = pytest.mark.root
 BATCHING_URL = "type.googleapis.com/cyberstar.p4rt.v1.StreamBatching"
@@ -37,7 +38,7 @@ class RawStream:
     """One StreamChannel with the messages exactly as received."""
 
     def __init__(self, node) -> None:
-        self.channel = grpc.insecure_channel(node.address)
+        self.channel = secure_or_plain_channel(node.address, node.tls, [], "P4Runtime server")
         self.stub = p4r_grpc.P4RuntimeStub(self.channel)
         self.election_id = next(_election)
         self.requests: queue.Queue = queue.Queue()

@@ -26,18 +26,20 @@ from cyberstar.p4rt.messages import (
     route_stream_message,
     rpc_error,
 )
+from cyberstar.tls import TlsFiles, aio_channel
 
 log = logging.getLogger(__name__)
+QUEUE_LIMIT = 65536  # stream messages waiting for the controller, per kind
 
 
 class AioP4RuntimeClient:
-    def __init__(self, address: str, device_id: int, election_id: int, timeout: float = 10.0
-                 ) -> None:  # fmt: skip
+    def __init__(self, address: str, device_id: int, election_id: int, timeout: float = 10.0,
+                 *, tls: TlsFiles | None) -> None:  # fmt: skip
         self.address = address
         self.device_id = device_id
         self.election_id = election_id
         self.timeout = timeout
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = aio_channel(address, tls, CHANNEL_OPTIONS, "P4Runtime server")
         self.stub = p4r_grpc.P4RuntimeStub(self.channel)
         # Write with a request serialized by us (FM builds its updates as bytes), and the
         # stream, whose requests may be messages or bytes (PacketOuts built by hand)
@@ -49,13 +51,18 @@ class AioP4RuntimeClient:
             request_serializer=_serialize,
             response_deserializer=p4r.StreamMessageResponse.FromString,
         )
-        self.packet_ins: asyncio.Queue[p4r.PacketIn] = asyncio.Queue()
-        self.idle_notifications: asyncio.Queue[p4r.IdleTimeoutNotification] = asyncio.Queue()
+        # Bounded: what the controller does not take in time is dropped and counted (a
+        # PacketIn's flow punts again), never buffered without end.
+        self.packet_ins: asyncio.Queue[p4r.PacketIn] = asyncio.Queue(QUEUE_LIMIT)
+        self.idle_notifications: asyncio.Queue[p4r.IdleTimeoutNotification] = asyncio.Queue(
+            QUEUE_LIMIT
+        )
         self.arbitrations: asyncio.Queue[p4r.MasterArbitrationUpdate] = asyncio.Queue()
+        self.dropped = 0
         self._sinks = {
             "arbitration": self.arbitrations.put_nowait,
-            "packet": self.packet_ins.put_nowait,
-            "idle_timeout_notification": self.idle_notifications.put_nowait,
+            "packet": self._bounded(self.packet_ins),
+            "idle_timeout_notification": self._bounded(self.idle_notifications),
         }
         self.stream_closed = asyncio.Event()
         # stream requests to write, each with what to call once gRPC has sent it
@@ -66,6 +73,15 @@ class AioP4RuntimeClient:
         self._writer: asyncio.Task | None = None
         self.batch = 1  # packets per stream message, once the server agreed to batches
         self._call = None
+
+    def _bounded(self, queue: asyncio.Queue):
+        def put(msg: object) -> None:
+            try:
+                queue.put_nowait(msg)
+            except asyncio.QueueFull:
+                self.dropped += 1
+
+        return put
 
     async def open_stream(self) -> p4r.MasterArbitrationUpdate:
         """Open the StreamChannel and arbitrate with `election_id`; returns the answer."""

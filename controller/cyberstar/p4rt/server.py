@@ -10,6 +10,10 @@ no thread; device work runs in a small thread pool and takes the device's lock o
 time, so a Read whose client stops consuming holds no lock (and is cancelled when one chunk
 waits longer than `SEND_TIMEOUT_S`); streams are capped, and one that does not arbitrate
 within `ARBITRATION_TIMEOUT_S` is closed.
+
+The door (`serve`): mutual TLS with certificates of a CA (`cyberstar certs init`), only callers
+of certificate role `fm` or `admin`, or plaintext on loopback or a unix socket when asked for;
+no SO_REUSEPORT; connections, handshakes and idle time bounded (`cyberstar.listen`).
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ import grpc
 from finsy.proto import p4r, rpc_code, rpc_status
 from google.protobuf import any_pb2
 
+from cyberstar.listen import GrpcLimits, bind, server_options
 from cyberstar.p4rt import batching
 from cyberstar.p4rt.arbitration import Arbitration, Controller
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.p4rt.outbox import Outbox
 from cyberstar.pipeline.frames import Punted
+from cyberstar.tls import TlsFiles, grpc_peer
 
 log = logging.getLogger(__name__)
 API_VERSION = "1.4.0"
@@ -41,6 +47,7 @@ ARBITRATION_TIMEOUT_S = 10.0  # a stream must arbitrate this soon after it opens
 MAX_STREAMS = 32  # open StreamChannels, arbitrated or not
 OUTBOX_LIMIT = 65536  # messages queued for one stream (PacketIns beyond it are dropped)
 MAX_MESSAGE_BYTES = 16 << 20
+CONTROLLER_ROLES = frozenset({"fm", "admin"})  # certificate roles that may use the service
 Action = p4r.SetForwardingPipelineConfigRequest
 _END = object()
 _EXTENSIONS = (batching.STREAM_BATCHING, batching.PACKET_OUT_BATCH)
@@ -444,11 +451,42 @@ def _handlers(impl: P4RuntimeServer) -> grpc.GenericRpcHandler:
     )  # fmt: skip
 
 
+class _RoleCheck(grpc.GenericRpcHandler):
+    """Over mutual TLS, only controllers (certificate role `fm` or `admin`) reach the service:
+    each method's behavior is wrapped, the servicer is unchanged."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, roles: frozenset[str]) -> None:
+        self.inner = inner
+        self.roles = roles
+
+    def service(self, handler_call_details):
+        handler = self.inner.service(handler_call_details)
+        if handler is None:
+            return None
+        kinds = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+        kind = next(k for k in kinds if getattr(handler, k) is not None)
+        behavior = getattr(handler, kind)
+        roles = self.roles
+
+        async def checked(request, context):
+            peer = grpc_peer(context)
+            if peer is not None and peer.role not in roles:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"P4Runtime is not open to {peer.role}:{peer.name} (allowed roles: "
+                    f"{', '.join(sorted(roles))})",
+                )
+            return await behavior(request, context)
+
+        return handler._replace(**{kind: checked})
+
+
 class ServingThread:
     """The server's event loop, in a thread of its own; `stop` ends it."""
 
-    def __init__(self, server_impl: P4RuntimeServer, address: str) -> None:
+    def __init__(self, server_impl: P4RuntimeServer, address: str, tls: TlsFiles | None) -> None:
         self.address = address
+        self.tls = tls
         self._loop = asyncio.new_event_loop()
         self._server: grpc.aio.Server | None = None
         started: concurrent.futures.Future = concurrent.futures.Future()
@@ -472,24 +510,14 @@ class ServingThread:
 
     async def _start(self, impl: P4RuntimeServer) -> None:
         impl.bind_loop(self._loop)
+        # No SO_REUSEPORT (a port another process holds is an error), bounded connections,
+        # handshakes and idle time: `cyberstar.listen`.
+        limits = GrpcLimits(max_message_bytes=MAX_MESSAGE_BYTES)
         server = grpc.aio.server(
-            options=[
-                ("grpc.so_reuseport", 0),  # a port another process holds is an error
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-            maximum_concurrent_rpcs=4 * MAX_STREAMS,
+            options=server_options(limits), maximum_concurrent_rpcs=4 * MAX_STREAMS
         )
-        server.add_generic_rpc_handlers((_handlers(impl),))
-        try:
-            port = server.add_insecure_port(self.address)
-        except RuntimeError:
-            port = 0
-        if port == 0:
-            raise OSError(
-                f"P4Runtime: cannot listen on {self.address}: the address is taken by another "
-                "process or is not an address of this host"
-            )
+        server.add_generic_rpc_handlers((_RoleCheck(_handlers(impl), CONTROLLER_ROLES),))
+        bind(server, self.address, self.tls, "P4Runtime")
         if self.address.startswith("unix:"):  # on a socket file, its mode is the door's lock
             os.chmod(self.address.removeprefix("unix:"), 0o600)
         await server.start()
@@ -505,6 +533,8 @@ class ServingThread:
             self._thread.join(5)
 
 
-def serve(server_impl: P4RuntimeServer, address: str) -> ServingThread:
-    """Serve P4Runtime on `address` (host:port or unix:PATH) until `stop`."""
-    return ServingThread(server_impl, address)
+def serve(server_impl: P4RuntimeServer, address: str, tls: TlsFiles | None) -> ServingThread:
+    """Serve P4Runtime on `address` (host:port or unix:PATH) until `stop`: mutual TLS with
+    `tls`, or plaintext (None: loopback or a unix socket only). Raises OSError naming the
+    address when it cannot listen."""
+    return ServingThread(server_impl, address, tls)

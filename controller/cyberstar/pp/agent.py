@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from cyberstar import netns
 from cyberstar.errors import RuntimeFailure, UsageError
@@ -27,6 +28,7 @@ from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.pp.device import Port, XdpDevice
 from cyberstar.pp.quota import FlowQuota, parse_quotas
 from cyberstar.pp.ratemanager import RateManager, RatePolicyFile
+from cyberstar.tls import TlsFiles, require_local, server_ssl
 from cyberstar.xdp.program import XdpProgram
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ class PpAgent:
         ns: str | None = None,
         quota: FlowQuota | None = None,
         rate_policy: RatePolicyFile | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.ns = ns
         self.mode = mode
@@ -85,7 +88,7 @@ class PpAgent:
             self.server = P4RuntimeServer(self.device, device_id)
             self.device.run_in_namespace = self.in_namespace
             self.prog.open_punts(self._on_punt)
-            self.grpc = serve(self.server, grpc_address)
+            self.grpc = serve(self.server, grpc_address, tls)
         except BaseException:
             self.close()
             raise
@@ -112,8 +115,7 @@ class PpAgent:
                 try:
                     ifindex = socket.if_nametoindex(spec.ifname)
                 except OSError:
-                    where = f" in netns {self.ns}" if self.ns else ""
-                    raise UsageError(f"no interface {spec.ifname}{where}") from None
+                    raise UsageError(_no_interface(spec.ifname, self.ns)) from None
                 self.prog.detach_stale(spec.ifname)
                 self.modes[spec.ifname] = self.prog.attach(spec.ifname, self.mode)
                 self.prog.set_port(ifindex, spec.number)
@@ -214,6 +216,41 @@ class PpAgent:
         self.prog.close()
 
 
+def _no_interface(ifname: str, ns: str | None) -> str:
+    if ns:
+        return f"no interface {ifname} in network namespace {ns} (`ip -n {ns} link` lists its own)"
+    holders = [n for n in _namespaces() if _has_interface(n, ifname)]
+    hint = (
+        f"; it exists in network namespace {', '.join(holders)}: add --netns {holders[0]}"
+        if holders
+        else "; if it lives in a network namespace, add --netns NS"
+    )
+    return f"no interface {ifname} in this network namespace{hint}"
+
+
+def _namespaces() -> list[str]:
+    try:
+        return sorted(p.name for p in Path("/run/netns").iterdir())
+    except OSError:
+        return []
+
+
+def _has_interface(ns: str, ifname: str) -> bool:
+    try:
+        with netns.entered(ns):
+            socket.if_nametoindex(ifname)
+    except (OSError, netns.NetnsError):
+        return False
+    return True
+
+
+def check_namespace(ns: str) -> None:
+    """An unknown namespace is bad input (exit 2), said in words, not as an errno."""
+    if not Path(f"/run/netns/{ns}").exists():
+        known = ", ".join(_namespaces()) or "none"
+        raise UsageError(f"no network namespace {ns!r} (known: {known}; `ip netns add {ns}`)")
+
+
 def run_agent(
     ifaces: list[str],
     grpc_address: str,
@@ -221,23 +258,34 @@ def run_agent(
     mode: str | None,
     ns: str | None,
     metrics: str | None,
+    tls: TlsFiles | None,
     flow_quota: list[str] | None = None,
     rate_policy: RatePolicyFile | None = None,
 ) -> int:
     ports = parse_ports(ifaces)
     tenant_bits = PIPELINE.meta_field("tenant_id").width
     quota = parse_quotas(flow_quota or [], (1 << tenant_bits) - 1)
+    if ns:
+        check_namespace(ns)
+    if tls is None:
+        require_local(grpc_address, "P4Runtime")
+        if metrics:
+            require_local(metrics, "the metrics endpoint")
+    else:
+        tls.read()  # unreadable files are bad input (exit 2), before any program is loaded
     try:
-        agent = PpAgent(ports, grpc_address, device_id, mode, ns, quota, rate_policy)
+        agent = PpAgent(ports, grpc_address, device_id, mode, ns, quota, rate_policy, tls)
     except OSError as exc:
         raise RuntimeFailure(str(exc)) from None
     try:
         if metrics:
-            serve_metrics(metrics, agent.metrics)
-        log.warning(
-            "PP node %d serving P4Runtime on %s (%s)",
+            # Over TLS the metrics endpoint is HTTPS and wants a certificate of the CA too.
+            serve_metrics(metrics, agent.metrics, server_ssl(tls) if tls else None)
+        log.info(
+            "PP node %d serving P4Runtime on %s (%s; %s)",
             device_id,
             grpc_address,
+            "mutual TLS" if tls else "PLAINTEXT",
             ", ".join(f"{p.number}={p.ifname}/{agent.modes[p.ifname]}" for p in agent.ports),
         )
         agent.wait()
