@@ -28,6 +28,10 @@ SIMULATE
 # Called by the standard library: http.server handlers, asyncio protocols.
 _.do_GET
 _.log_message
+# Read by socketserver/http.server (cyberstar.metrics._Server).
+_.daemon_threads
+_.server_name
+_.server_port
 _.connection_made
 _.data_received
 _.connection_lost

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socketserver
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +23,17 @@ def render(samples: list[Sample]) -> str:
         label_text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
         lines.append(f"{name}{{{label_text}}} {value}" if label_text else f"{name} {value}")
     return "\n".join(lines) + "\n"
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks its address up in DNS (socket.getfqdn): where no
+        # resolver answers, that blocks for seconds, inside FM's event loop (its etcd lease
+        # expired meanwhile). The name is only used in CGI environments.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
 
 
 def serve_http(address: str, routes: dict[str, Route]) -> ThreadingHTTPServer:
@@ -47,7 +59,7 @@ def serve_http(address: str, routes: dict[str, Route]) -> ThreadingHTTPServer:
         def log_message(self, fmt: str, *args: object) -> None:
             log.debug(fmt, *args)
 
-    server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+    server = _Server((host or "127.0.0.1", int(port)), Handler)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server
 

@@ -125,8 +125,9 @@ class FabricMaster:
             "cached_rules": len(self.cache),
             "cached_connections": self.cache.connections,
             "shards": {str(k): v for k, v in sorted(self.shard_map.shards.items(), key=str)},
-            "pp_nodes": {s.name: {"primary": s.primary, "connections": s.connections,
-                                  "packet_in": s.packet_ins} for s in self.sessions},
+            "pp_nodes": {s.name: {"primary": s.primary, "ready": s.primary and s.ready.is_set(),
+                                  "connections": s.connections, "packet_in": s.packet_ins}
+                         for s in self.sessions},
             "slow_path": dict(self.slowpath.stats),
             "first_packet_ms": self.slowpath.latency_percentiles(),
             "timings_s": {k: round(v, 3) for k, v in self.slowpath.timings.items()},
@@ -240,13 +241,20 @@ class FabricMaster:
         """Rebuild the rule cache from what the PP nodes hold (a previous leader's rules)."""
         decoder = PipelineDecoder(PIPELINE).table(PIPELINE.table("flow_table").id)
         conns: dict[int, Connection] = {}
-        for s in self.sessions:
+
+        async def read(s: PpSession) -> list[p4r.TableEntry]:
+            # A node that is down (a spare not booted yet, a crashed one) holds no rules.
+            if not s.connected:
+                return []
             try:
-                await asyncio.wait_for(s.ready.wait(), 10)
-                entries = await s.read_flow_entries()
+                await asyncio.wait_for(s.ready.wait(), 3)
+                return await s.read_flow_entries()
             except Exception as exc:
                 log.warning("%s: cannot read its rules to rebuild the cache: %s", s.name, exc)
-                continue
+                return []
+
+        tables = await asyncio.gather(*(read(s) for s in self.sessions))
+        for s, entries in zip(self.sessions, tables, strict=True):
             for te in entries:
                 cookie = parse_cookie(te.metadata)
                 if cookie is None:

@@ -48,6 +48,7 @@ class PpSession:
         self.client: AioP4RuntimeClient | None = None
         self.election_id = 0
         self.primary = False
+        self.connected = False  # the stream is up
         self.ready = asyncio.Event()  # connected, and programmed if primary
         self.connections = 0  # how many times the stream was (re)established
         self.packet_ins = 0
@@ -70,7 +71,7 @@ class PpSession:
             except Exception as exc:
                 log.info("%s: %s; reconnecting", self.name, exc)
             self.ready.clear()
-            self.primary = False
+            self.primary = self.connected = False
             if self.client is not None:
                 with contextlib.suppress(Exception):
                     await self.client.close()
@@ -83,6 +84,7 @@ class PpSession:
         await asyncio.wait_for(c.channel.channel_ready(), 5)
         answer = await c.open_stream()
         self.connections += 1
+        self.connected = True
         await self._settle(answer)
         pumps = [
             asyncio.create_task(self._pump(c.packet_ins, self.on_packet_in)),

@@ -28,6 +28,14 @@ from cyberstar.p4rt.messages import (
 )
 
 log = logging.getLogger(__name__)
+# A device that is down now may come up any moment (a PP node booted by a scale-out): retry
+# its connection every half second at most, not with gRPC's default backoff of up to 2 min.
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_RECEIVE),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
 
 
 class AioP4RuntimeClient:
@@ -37,9 +45,7 @@ class AioP4RuntimeClient:
         self.device_id = device_id
         self.election_id = election_id
         self.timeout = timeout
-        self.channel = grpc.aio.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", MAX_RECEIVE)]
-        )
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = p4r_grpc.P4RuntimeStub(self.channel)
         self.packet_ins: asyncio.Queue[p4r.PacketIn] = asyncio.Queue()
         self.idle_notifications: asyncio.Queue[p4r.IdleTimeoutNotification] = asyncio.Queue()

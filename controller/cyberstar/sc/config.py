@@ -5,6 +5,7 @@ node_id: sc1a                # unique in the cluster
 listen: 127.0.0.1:7101       # gRPC address (FM and the other SCGs dial it: no wildcard)
 chain_listen: 127.0.0.1:0    # replication link from the predecessor (default: listen's host,
                              # a free port; the address in use is published in etcd)
+metrics: 127.0.0.1:9200      # optional: Prometheus /metrics (counters, shard sizes)
 etcd: [127.0.0.1:2379]       # endpoints; the first that answers is used
 scg: scg1                    # the SC group this node belongs to
 idle_timeout_s: 30           # default idle timeout of the rules (per tenant overridable)
@@ -57,6 +58,7 @@ class ScConfig:
     commit_timeout_s: float = 5.0
     etcd_prefix: str = "/cyberstar"
     chain_listen: str = ""  # host:port of the replication listener; "" = listen's host, port 0
+    metrics: str = ""  # host:port of the Prometheus endpoint; "" = none
 
     @property
     def chain_endpoint(self) -> tuple[str, int]:
@@ -82,6 +84,9 @@ def parse_config(text: str, name: str = "<config>") -> ScConfig:
         if value.rpartition(":")[0].strip("[]") in ("0.0.0.0", "::"):
             raise top.error(key, f"{value!r} is a wildcard, but other nodes dial this address: "
                                  "give this host's address on the SC network")  # fmt: skip
+    metrics = top.str("metrics", "")
+    if metrics and not metrics.rpartition(":")[2].isdigit():
+        raise top.error("metrics", f"expected host:port, found {metrics!r}")
     etcd = top.endpoints("etcd", ["127.0.0.1:2379"])
     scg = top.str("scg")
     default_timeout = top.number("idle_timeout_s", 30.0)
@@ -126,5 +131,14 @@ def parse_config(text: str, name: str = "<config>") -> ScConfig:
         t.done()
     top.done()
     return ScConfig(
-        node_id, listen, tuple(etcd), scg, tenants, lease_ttl, commit_timeout, prefix, chain_listen
+        node_id,
+        listen,
+        tuple(etcd),
+        scg,
+        tenants,
+        lease_ttl,
+        commit_timeout,
+        prefix,
+        chain_listen,
+        metrics,
     )

@@ -7,6 +7,7 @@ decided atomically), the replication links (TCP, `replication.py`) and etcd watc
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -17,6 +18,7 @@ from collections.abc import Callable
 import aetcd
 import grpc
 
+from cyberstar.metrics import serve_http
 from cyberstar.proto import sc_pb2, sc_pb2_grpc
 from cyberstar.sc import coord
 from cyberstar.sc.client import GRPC_OPTIONS, HOPS_METADATA, ScClient
@@ -78,6 +80,7 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
         self._tasks: list[asyncio.Task] = []
         self._lease: aetcd.leases.Lease | None = None
         self._claiming = False
+        self._http = None
 
     def _set_state(self, state: NodeState) -> None:
         self.engine.state = state
@@ -107,6 +110,8 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
                 coord.watch_prefix(self.etcd, self.keys.members(), self._reconcile, self._stop)
             ),
         ]
+        if self.config.metrics:
+            self._serve_metrics(asyncio.get_running_loop())
         log.info(
             "SC node %s of %s listening on %s (chain link on %s)",
             self.config.node_id,
@@ -114,6 +119,34 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
             self.config.listen,
             self.chain_address,
         )
+
+    def _serve_metrics(self, loop: asyncio.AbstractEventLoop) -> None:
+        """GET /metrics: the counters and each shard's size, read in the event loop (the
+        state changes there)."""
+
+        def route(_query: dict[str, str]) -> tuple[int, str, str]:
+            done: concurrent.futures.Future[str] = concurrent.futures.Future()
+
+            def collect() -> None:
+                try:
+                    done.set_result(self.metrics_text())
+                except Exception as exc:
+                    done.set_exception(exc)
+
+            loop.call_soon_threadsafe(collect)
+            return 200, "text/plain; version=0.0.4", done.result(5)
+
+        self._http = serve_http(self.config.metrics, {"/metrics": route})
+
+    def metrics_text(self) -> str:
+        labels = f'node="{self.config.node_id}",scg="{self.config.scg}"'
+        lines = [self.counters.text({"node": self.config.node_id, "scg": self.config.scg})]
+        lines.append(f"cyberstar_sc_head{{{labels}}} {int(self.replicator.is_head)}")
+        for shard in self.engine.shards():
+            sl = f'{labels},shard="{shard.id}",state="{shard.state}"'
+            lines.append(f"cyberstar_sc_shard_connections{{{sl}}} {shard.count}")
+            lines.append(f"cyberstar_sc_shard_free{{{sl}}} {shard.free()}")
+        return "\n".join(lines) + "\n"
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -123,6 +156,8 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
 
     async def stop(self) -> None:
         self._stop.set()
+        if self._http is not None:
+            self._http.shutdown()
         for task in self._tasks:
             task.cancel()
         await self.replicator.close()

@@ -1,0 +1,295 @@
+"""The lab's operator: the elasticity actions a scenario event or the autoscaler triggers,
+each timed from the signal to the moment it has taken effect.
+
+Every action returns (and records) a dict with `kind`, `t` (the signal, seconds since the
+scenario started) and what was measured; times are taken from the events themselves (a
+process listening, FM's status, a PP's own forward counter, the health check's verdict).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from cyberstar.lab.hosts import PpHost
+from cyberstar.lab.procs import LabError
+from cyberstar.lab.telemetry import parse_prometheus
+from cyberstar.lab.topo import LabNet, _parallel
+
+log = logging.getLogger(__name__)
+
+
+class Operator:
+    def __init__(self, net: LabNet, clock: Callable[[], float]) -> None:
+        self.net = net
+        self.clock = clock
+        self.records: list[dict] = []
+        self._lock = threading.Lock()
+        self._group_locks: dict[str, threading.Lock] = {g: threading.Lock() for g in net.groups}
+        self._sc_lock = threading.Lock()
+        self.joined_order: list[PpHost] = []  # scale-outs, most recent last (for scale-in)
+
+    def record(self, rec: dict) -> dict:
+        with self._lock:
+            self.records.append(rec)
+        return rec
+
+    def _fail(self, rec: dict, message: str) -> dict:
+        rec["error"] = message
+        log.warning("%s at %.1f s: %s", rec["kind"], rec["t"], message)
+        return self.record(rec)
+
+    # ---- PP ---------------------------------------------------------------------------------
+
+    def pp_forwarded(self, pp: PpHost) -> float:
+        """The node's own count of forwarded packets (its /metrics)."""
+        text = self.net.http_get(pp.metrics, "/metrics", 2).decode()
+        return sum(
+            v
+            for name, labels, v in parse_prometheus(text)
+            if name == "cyberstar_pp_packets_total" and ("verdict", "forward") in labels
+        )
+
+    def pp_scale_out(
+        self, group: str | None = None, count: int = 1, reason: str = "scenario"
+    ) -> list[dict]:
+        """Boot spare nodes, wait for FM to program them, add them to the ECMP group and
+        measure when each forwards its first packet."""
+        g = self.net.groups[group or next(iter(self.net.groups))]
+        t = self.clock()
+        with self._group_locks[g.name]:
+            nodes = []
+            for _ in range(count):
+                spare = g.spare()
+                if spare is None or spare in nodes:
+                    break
+                nodes.append(spare)
+            if not nodes:
+                return [
+                    self._fail(
+                        {"kind": "pp_scale_out", "t": t, "group": g.name, "reason": reason},
+                        "no spare PP node left",
+                    )
+                ]
+            booted: dict[str, float] = {}
+
+            def boot(pp: PpHost) -> None:
+                pp.boot()
+                booted[pp.name] = self.clock()
+
+            _parallel([lambda p=p: boot(p) for p in nodes])
+            out = []
+            for pp in nodes:
+                rec = {
+                    "kind": "pp_scale_out",
+                    "t": round(t, 3),
+                    "group": g.name,
+                    "node": pp.name,
+                    "reason": reason,
+                    "boot_s": round(booted[pp.name] - t, 3),
+                }
+                try:
+                    self.net.join(pp)
+                except LabError as exc:
+                    out.append(self._fail(rec, str(exc)))
+                    continue
+                joined = self.clock()
+                rec["joined_at"] = round(joined, 3)
+                rec["program_s"] = round(joined - booted[pp.name], 3)
+                self.joined_order.append(pp)
+                first = self._first_forward(pp, joined)
+                if first is None:
+                    out.append(self._fail(rec, "the new node forwarded nothing within 10 s"))
+                    continue
+                rec["join_to_traffic_s"] = round(first - joined, 3)
+                rec["signal_to_traffic_s"] = round(first - t, 3)
+                out.append(self.record(rec))
+            return out
+
+    def _first_forward(
+        self, pp: PpHost, since: float, timeout: float = 10.0, poll_s: float = 0.02
+    ) -> float | None:
+        base = self.pp_forwarded(pp)
+        while self.clock() - since < timeout:
+            if self.pp_forwarded(pp) > base:
+                return self.clock()
+            time.sleep(poll_s)
+        return None
+
+    def pp_scale_in(
+        self,
+        group: str | None = None,
+        node: str | None = None,
+        drain_s: float = 10.0,
+        reason: str = "scenario",
+    ) -> dict:
+        g = self.net.groups[
+            group or (self.net.pps[node].group if node else next(iter(self.net.groups)))
+        ]
+        t = self.clock()
+        rec: dict = {"kind": "pp_scale_in", "t": round(t, 3), "group": g.name, "reason": reason}
+        with self._group_locks[g.name]:
+            members = g.active
+            if node is None:
+                recent = [p for p in reversed(self.joined_order) if p in members]
+                pp = recent[0] if recent else (members[-1] if members else None)
+            else:
+                pp = self.net.pps[node]
+            if pp is None or pp not in members:
+                return self._fail(rec, f"{node or 'no node'} is not a member of {g.name}")
+            if len(members) < 2:
+                return self._fail(rec, f"{pp.name} is the last member of {g.name}")
+            rec["node"] = pp.name
+            rec["pinned_at_start"] = g.bonding.pinned_connections(pp)
+            result = self.net.leave(pp, drain_s)
+            rec.update(result)
+            if pp in self.joined_order:
+                self.joined_order.remove(pp)
+            return self.record(rec)
+
+    def pp_crash(self, node: str) -> dict:
+        """Kill the node outright (its daemons and links); wait for the health check to take
+        it out of its group."""
+        pp = self.net.pps[node]
+        t = self.clock()
+        rec: dict = {"kind": "pp_crash", "t": round(t, 3), "node": node}
+        before = len(self.net.removed)
+        crashed = time.monotonic()
+        pp.crash()
+        while time.monotonic() - crashed < 10:
+            removed = [r for r in self.net.removed[before:] if r[1] == node]
+            if removed:
+                rec["removed_after_s"] = round(removed[0][0] - crashed, 3)
+                return self.record(rec)
+            time.sleep(0.01)
+        return self._fail(rec, "the health check did not remove the node within 10 s")
+
+    # ---- FM ---------------------------------------------------------------------------------
+
+    def fm_failover(self, restart_after_s: float | None = None) -> dict:
+        t = self.clock()
+        rec: dict = {"kind": "fm_failover", "t": round(t, 3)}
+        leader = self.net.fm_leader()
+        if leader is None:
+            return self._fail(rec, "no FM leads")
+        others = [fm for fm in self.net.fms.values() if fm is not leader and fm.running]
+        if not others:
+            return self._fail(rec, "no standby FM runs")
+        rec["killed"] = leader.name
+        leader.daemons["fm"].kill()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            new = self.net.fm_leader()
+            if new is not None:
+                rec["new_leader"] = new.name
+                rec["failover_s"] = round(self.clock() - t, 3)
+                break
+            time.sleep(0.02)
+        else:
+            return self._fail(rec, "no standby took over within 30 s")
+        self.record(rec)
+        if restart_after_s is not None:
+            time.sleep(restart_after_s)
+            leader.boot()
+            rec["restarted_as_standby"] = round(self.clock(), 3)
+        return rec
+
+    # ---- SC ---------------------------------------------------------------------------------
+
+    def _chain_size(self, scg: str) -> int:
+        assert self.net.etcd is not None
+        out = self.net.ops.sh(
+            "etcdctl",
+            "--endpoints",
+            self.net.etcd.endpoint,
+            "get",
+            "--print-value-only",
+            f"/cyberstar/scg/{scg}/chain",
+            check=False,
+        )
+        try:
+            return len(json.loads(out.stdout)["nodes"])
+        except (ValueError, KeyError):
+            return 0
+
+    def _shards(self, tenant_id: int) -> dict[str, str]:
+        shards = self.net.fm_status()["shards"]
+        return {s: scg for s, scg in shards.items() if s.split(":")[0] == str(tenant_id)}
+
+    def sc_scale_out(self, tenant: str, to: str, reason: str = "scenario") -> dict:
+        """Start SC group `to` (if off) and move half of the tenant's largest shard to it."""
+        t = self.clock()
+        rec: dict = {
+            "kind": "sc_scale_out",
+            "t": round(t, 3),
+            "tenant": tenant,
+            "to": to,
+            "reason": reason,
+        }
+        with self._sc_lock:
+            nodes = self.net.scgs[to]
+            _parallel([n.boot for n in nodes if not n.running])
+            deadline = time.monotonic() + 30
+            while self._chain_size(to) < len(nodes):
+                if time.monotonic() > deadline:
+                    return self._fail(rec, f"{to}'s chain did not form within 30 s")
+                time.sleep(0.1)
+            rec["group_up_s"] = round(self.clock() - t, 3)
+            tid = self.net.tenants[tenant].tenant_id
+            shards = {s: g for s, g in self._shards(tid).items() if g != to}
+            if not shards:
+                return self._fail(rec, f"no shard of tenant {tenant} outside {to}")
+            shard = max(shards, key=_shard_width)
+            return self._scale(rec, "out", shard, to, t)
+
+    def sc_scale_in(self, tenant: str, to: str, reason: str = "scenario") -> dict:
+        """Move a shard of the tenant that another SC group owns back into `to`; stop that
+        group if it owns nothing any more."""
+        t = self.clock()
+        rec: dict = {
+            "kind": "sc_scale_in",
+            "t": round(t, 3),
+            "tenant": tenant,
+            "to": to,
+            "reason": reason,
+        }
+        with self._sc_lock:
+            tid = self.net.tenants[tenant].tenant_id
+            shards = {s: g for s, g in self._shards(tid).items() if g != to}
+            if not shards:
+                return self._fail(rec, f"every shard of tenant {tenant} is in {to} already")
+            shard = min(shards, key=_shard_width)
+            source = shards[shard]
+            rec = self._scale(rec, "in", shard, to, t)
+            owned = set(self.net.fm_status()["shards"].values())
+            if "error" not in rec and source not in owned:
+                _parallel([n.stop_daemons for n in self.net.scgs[source]])
+                rec["stopped"] = source
+            return rec
+
+    def _scale(self, rec: dict, kind: str, shard: str, to: str, t: float) -> dict:
+        rec["shard"] = shard
+        leader = self.net.fm_leader()
+        if leader is None:
+            return self._fail(rec, "no FM leads")
+        try:
+            reply = json.loads(
+                self.net.http_get(
+                    leader.http, f"/scale?kind={kind}&shard={shard}&to={to}&wait_s=30", 40
+                )
+            )
+        except Exception as exc:
+            return self._fail(rec, f"FM /scale: {exc}")
+        rec["moved_connections"] = reply.get("moved_connections")
+        rec["move_s"] = reply.get("seconds")
+        rec["shards"] = reply.get("shards")
+        rec["signal_to_fin_s"] = round(self.clock() - t, 3)
+        return self.record(rec)
+
+
+def _shard_width(shard: str) -> int:
+    lo, hi = shard.split(":")[1].split("-")
+    return int(hi) - int(lo)

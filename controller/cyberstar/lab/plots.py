@@ -1,0 +1,236 @@
+"""PNG plots of a scenario run, drawn from the clients' own counts, the daemons' metrics and
+the operator's records (the same numbers as report.json).
+
+* `timeline`: requests per second per tenant, packets per second per PP node, open
+  connections; every event marked.
+* `connections` (paper Figure 7): open connections and the connection rate over time.
+* `pp_throughput` (Figure 8b): packets per second of each PP node, from its own counters.
+* `tenant_rates` (Figure 11): requests per second per tenant, and packets per tenant the
+  PP nodes classified.
+* `scaling_times` (Figure 8a): from the scaling signal to the new node's first packet, per
+  scale-out, split into boot, programming by FM, and first traffic.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from pathlib import Path
+
+from cyberstar.lab.report import ClientLogs
+from cyberstar.lab.telemetry import Series
+
+EVENT_STYLE = {
+    "pp_scale_out": ("tab:green", "PP scale-out"),
+    "pp_scale_in": ("tab:olive", "PP scale-in"),
+    "pp_crash": ("tab:red", "PP crash"),
+    "fm_failover": ("tab:purple", "FM failover"),
+    "sc_scale_out": ("tab:cyan", "SC scale-out"),
+    "sc_scale_in": ("tab:brown", "SC scale-in"),
+    "burst": ("tab:orange", "burst"),
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def binned(line: list[dict], key: str, width: float) -> tuple[list[float], list[float]]:
+    """Per-second rate of counter `key` in bins of `width` seconds."""
+    bins: dict[int, float] = defaultdict(float)
+    for r in line:
+        bins[int(r["t"] // width)] += r.get(key, 0) or 0
+    xs = sorted(bins)
+    return [(b + 0.5) * width for b in xs], [bins[b] / width for b in xs]
+
+
+def counter_rates(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for (t1, v1), (t2, v2) in itertools.pairwise(points):
+        if t2 > t1:
+            xs.append((t1 + t2) / 2)
+            ys.append(max(0.0, v2 - v1) / (t2 - t1))
+    return xs, ys
+
+
+def pp_rates(
+    series: Series, metric: str = "cyberstar_pp_packets_total"
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Packets per second per PP node (all verdicts), from its own counters."""
+    per_node: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
+    for (source, _), pts in series.select(metric).items():
+        for t, v in pts:
+            per_node[source][t] += v  # sum the verdicts of one scrape
+    out = {}
+    for node, by_t in per_node.items():
+        out[node] = counter_rates(sorted(by_t.items()))
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0][2:]) if kv[0][2:].isdigit() else 0))
+
+
+def mark_events(ax, events: list[dict], label: bool = False) -> None:
+    seen = set()
+    for ev in events:
+        color, name = EVENT_STYLE.get(ev["kind"], ("gray", ev["kind"]))
+        kw = {"label": name} if label and name not in seen else {}
+        seen.add(name)
+        ax.axvline(ev["t"], color=color, linestyle="--", linewidth=1, **kw)
+        if ev["kind"] == "burst" and "duration_s" in ev:
+            ax.axvspan(ev["t"], ev["t"] + ev["duration_s"], color=color, alpha=0.08)
+
+
+def draw(
+    which: tuple[str, ...], report: dict, logs: ClientLogs, series: Series, out_dir: Path
+) -> list[Path]:
+    plt = _pyplot()
+    drawers = {
+        "timeline": _timeline,
+        "connections": _connections,
+        "pp_throughput": _pp_throughput,
+        "tenant_rates": _tenant_rates,
+        "scaling_times": _scaling_times,
+    }
+    written = []
+    for name in which:
+        fig = drawers[name](plt, report, logs, series)
+        if fig is None:
+            continue
+        path = out_dir / f"{name}.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _title(report: dict, what: str) -> str:
+    return f"{report['scenario']}: {what}"
+
+
+def _timeline(plt, report: dict, logs: ClientLogs, series: Series):
+    fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+    events = report["events"]
+    ax = axes[0]
+    for tenant in logs.tenants():
+        xs, ys = binned(logs.timeline(tenant), "responses", 0.5)
+        ax.plot(xs, ys, label=f"tenant {tenant}")
+    ax.set_ylabel("requests answered / s\n(clients' count)")
+    ax.set_title(_title(report, "traffic, PP nodes and events"))
+    mark_events(ax, events, label=True)
+    ax.legend(loc="upper left", fontsize=8, ncol=3)
+    ax = axes[1]
+    for node, (xs, ys) in pp_rates(series).items():
+        ax.plot(xs, ys, label=node)
+    ax.set_ylabel("packets / s per PP node\n(its own counters)")
+    mark_events(ax, events)
+    ax.legend(loc="upper left", fontsize=8, ncol=4)
+    ax = axes[2]
+    for tenant in logs.tenants():
+        line = logs.timeline(tenant)
+        ax.plot([r["t"] for r in line], [r["active"] for r in line], label=f"{tenant} open")
+        resets = [r["t"] for r in line if r["reset"]]
+        fails = [r["t"] for r in line if r["failed"]]
+        if resets:
+            ax.plot(resets, [0] * len(resets), "rx", label=f"{tenant} reset")
+        if fails:
+            ax.plot(fails, [0] * len(fails), "k^", label=f"{tenant} failed")
+    ax.set_ylabel("open connections")
+    ax.set_xlabel("seconds")
+    mark_events(ax, events)
+    ax.legend(loc="upper left", fontsize=8, ncol=4)
+    fig.tight_layout()
+    return fig
+
+
+def _connections(plt, report: dict, logs: ClientLogs, series: Series):
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    total: dict[float, float] = defaultdict(float)
+    for tenant in logs.tenants():
+        for r in logs.timeline(tenant):
+            total[r["t"]] += r["active"]
+    ts = sorted(total)
+    ax.plot(ts, [total[t] for t in ts], label="open connections (clients)")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("open connections")
+    ax2 = ax.twinx()
+    for tenant in logs.tenants():
+        xs, ys = binned(logs.timeline(tenant), "established", 1.0)
+        ax2.plot(xs, ys, ":", label=f"{tenant}: established / s")
+    ax2.set_ylabel("new connections / s")
+    ax.set_title(_title(report, "connection ramp"))
+    mark_events(ax, report["events"])
+    fig.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _pp_throughput(plt, report: dict, logs: ClientLogs, series: Series):
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for node, (xs, ys) in pp_rates(series).items():
+        ax.plot(xs, ys, label=node)
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("packets / s (each node's counters)")
+    ax.set_title(_title(report, "throughput per PP node"))
+    mark_events(ax, report["events"], label=True)
+    ax.legend(loc="upper left", fontsize=8, ncol=4)
+    fig.tight_layout()
+    return fig
+
+
+def _tenant_rates(plt, report: dict, logs: ClientLogs, series: Series):
+    per_tenant = series.select("cyberstar_pp_tenant_packets_total")
+    fig, axes = plt.subplots(
+        2 if per_tenant else 1, 1, figsize=(9, 6 if per_tenant else 3.5), sharex=True, squeeze=False
+    )
+    ax = axes[0][0]
+    for tenant in logs.tenants():
+        xs, ys = binned(logs.timeline(tenant), "responses", 0.2)
+        ax.plot(xs, ys, label=f"tenant {tenant}")
+    ax.set_ylabel("requests answered / s\n(clients' count)")
+    ax.set_title(_title(report, "per-tenant rates"))
+    mark_events(ax, report["events"], label=True)
+    ax.legend(loc="upper left", fontsize=8)
+    if per_tenant:
+        ax = axes[1][0]
+        ids = {str(t["id"]): name for name, t in report["topology"]["tenants"].items()}
+        summed: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
+        for (_, labels), pts in per_tenant.items():
+            tenant = ids.get(dict(labels).get("tenant", ""), dict(labels).get("tenant", "?"))
+            for t, v in pts:
+                summed[tenant][round(t * 2) / 2] += v  # one scrape round, every node
+        for tenant, by_t in sorted(summed.items()):
+            xs, ys = counter_rates(sorted(by_t.items()))
+            ax.plot(xs, ys, label=f"tenant {tenant}")
+        ax.set_ylabel("packets / s classified\n(PP counters, all nodes)")
+        mark_events(ax, report["events"])
+        ax.legend(loc="upper left", fontsize=8)
+    axes[-1][0].set_xlabel("seconds")
+    fig.tight_layout()
+    return fig
+
+
+def _scaling_times(plt, report: dict, logs: ClientLogs, series: Series):
+    outs = [r for r in report["measurements"]["pp_scale_out"] if "error" not in r]
+    if not outs:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 4))
+    labels = [f"{i + 1}: {r['node']}" for i, r in enumerate(outs)]
+    boot = [r["boot_s"] for r in outs]
+    program = [r["program_s"] for r in outs]
+    first = [r["join_to_traffic_s"] for r in outs]
+    ax.bar(labels, boot, label="boot (agent loads XDP, listens)")
+    ax.bar(labels, program, bottom=boot, label="FM programs it, joins ECMP")
+    ax.bar(
+        labels,
+        first,
+        bottom=[b + p for b, p in zip(boot, program, strict=True)],
+        label="first packet forwarded",
+    )
+    ax.set_ylabel("seconds from the scaling signal")
+    ax.set_title(_title(report, "PP scale-out: signal to traffic"))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
