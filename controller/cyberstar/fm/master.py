@@ -279,9 +279,14 @@ class FabricMaster:
             ("cyberstar_fm_cached_connections", {}, self.cache.connections),
         ]
         out += [(f"cyberstar_fm_{k}_total", {}, v) for k, v in self.slowpath.stats.items()]
+        for tenant, counts in sorted(self.slowpath.tenant_stats.items()):
+            out += [(f"cyberstar_fm_tenant_{k}_total", {"tenant": str(tenant)}, v)
+                    for k, v in counts.items()]  # fmt: skip
         for s in self.sessions:
             out.append(("cyberstar_fm_pp_primary", {"pp": s.name}, int(s.primary)))
             out.append(("cyberstar_fm_pp_connections_total", {"pp": s.name}, s.connections))
+            out.append(("cyberstar_fm_pp_packet_in_total", {"pp": s.name}, s.packet_ins))
+            out.append(("cyberstar_fm_pp_ready", {"pp": s.name}, int(s.ready.is_set())))
         for q, ms in self.slowpath.latency_percentiles().items():
             out.append(("cyberstar_fm_first_packet_seconds", {"quantile": q}, ms / 1000))
         return out

@@ -19,6 +19,7 @@ the hysteresis; after any action the policy waits `cooldown_s` before judging th
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 
@@ -29,22 +30,41 @@ from cyberstar.lab.telemetry import Series
 log = logging.getLogger(__name__)
 
 
-class _Trend:
-    """How long a condition has held, and when the last action was."""
+class Hysteresis:
+    """Decides when to scale from a stream of (time, load) readings: "out" once the load has
+    stayed above `out_above` for `sustain_s`, "in" once below `in_below` for `sustain_s`,
+    nothing within `cooldown_s` of the last decision; a decision restarts both clocks."""
 
-    def __init__(self) -> None:
-        self.high_since: float | None = None
-        self.low_since: float | None = None
-        self.last_action = -1e9
+    def __init__(
+        self, out_above: float, in_below: float, sustain_s: float, cooldown_s: float
+    ) -> None:
+        if in_below >= out_above:
+            raise ValueError("in_below must be below out_above")
+        self.out_above, self.in_below = out_above, in_below
+        self.sustain_s, self.cooldown_s = sustain_s, cooldown_s
+        self._high_since: float | None = None
+        self._low_since: float | None = None
+        self._last = -math.inf
 
-    def update(self, now: float, high: bool, low: bool) -> None:
-        self.high_since = (
-            (self.high_since if self.high_since is not None else now) if high else None
-        )
-        self.low_since = (self.low_since if self.low_since is not None else now) if low else None
+    def decide(self, now: float, load: float) -> str | None:
+        if load > self.out_above:
+            self._high_since = now if self._high_since is None else self._high_since
+        else:
+            self._high_since = None
+        if load < self.in_below:
+            self._low_since = now if self._low_since is None else self._low_since
+        else:
+            self._low_since = None
+        if now - self._last < self.cooldown_s:
+            return None
+        for since, direction in ((self._high_since, "out"), (self._low_since, "in")):
+            if since is not None and now - since >= self.sustain_s:
+                return direction
+        return None
 
-    def held(self, now: float, since: float | None, sustain_s: float) -> bool:
-        return since is not None and now - since >= sustain_s
+    def acted(self, now: float) -> None:
+        self._last = now
+        self._high_since = self._low_since = None
 
 
 class Autoscaler:
@@ -56,7 +76,7 @@ class Autoscaler:
         self.series = series
         self.clock = clock
         self.decisions: list[dict] = []  # what the policy saw each time it acted
-        self._trends: dict[str, _Trend] = {}
+        self._trends: dict[str, Hysteresis] = {}
         self._busy: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="autoscaler")
@@ -109,20 +129,15 @@ class Autoscaler:
         policy: PpPolicy | ScPolicy,
         action: Callable[[str, PpPolicy | ScPolicy, float], None],
     ) -> None:
-        trend = self._trends.setdefault(key, _Trend())
-        trend.update(now, load > policy.out_above, load < policy.in_below)
-        if key in self._busy or now - trend.last_action < policy.cooldown_s:
+        trend = self._trends.get(key)
+        if trend is None:
+            trend = self._trends[key] = Hysteresis(
+                policy.out_above, policy.in_below, policy.sustain_s, policy.cooldown_s
+            )
+        direction = trend.decide(now, load)
+        if direction is None or key in self._busy or not self._allowed(policy, direction):
             return
-        if trend.held(now, trend.high_since, policy.sustain_s):
-            direction = "out"
-        elif trend.held(now, trend.low_since, policy.sustain_s):
-            direction = "in"
-        else:
-            return
-        if not self._allowed(policy, direction):
-            return
-        trend.last_action = now
-        trend.high_since = trend.low_since = None
+        trend.acted(now)
         self.decisions.append(
             {"t": round(now, 3), "target": key, "direction": direction, "load": round(load, 1)}
         )

@@ -36,6 +36,7 @@ from cyberstar.subprocs import tied_to_parent
 
 P4RUNTIME_PORT, PP_METRICS_PORT = 9559, 9100
 FM_HTTP_PORT, SC_PORT, SC_METRICS_PORT, ETCD_PORT = 9300, 7100, 9200, 2379
+BOOT_NICE = 10
 
 
 class Spawner:
@@ -89,6 +90,13 @@ class Daemon:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
+
+    def renice(self, nice: int) -> None:
+        """Set the priority of every thread of the process (Linux nice values are per thread)."""
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{self.proc.pid}/task"):
+                with contextlib.suppress(OSError):
+                    os.setpriority(os.PRIO_PROCESS, int(tid), nice)
 
     def tail(self, chars: int = 2000) -> str:
         try:
@@ -165,11 +173,23 @@ class LabHost(Host):
 
     # ---- daemons ------------------------------------------------------------------------------
 
-    def spawn(self, name: str, cmd: list[str]) -> Daemon:
+    def spawn(self, name: str, cmd: list[str], nice: int = 0) -> Daemon:
+        """Start `cmd` in this host; `nice` > 0 starts it at a lower priority (see `boot`)."""
         log = self.workdir / f"{name}.log"
-        proc = self.spawner.popen(["ip", "netns", "exec", self.ns, *cmd], log)
+        prefix = ["nice", "-n", str(nice)] if nice else []
+        proc = self.spawner.popen(["ip", "netns", "exec", self.ns, *prefix, *cmd], log)
         daemon = Daemon(name, proc, log)
         self.daemons[name] = daemon
+        return daemon
+
+    def boot_daemon(self, name: str, cmd: list[str], port: int, timeout: float) -> Daemon:
+        """Start a daemon and wait until it listens on `port`. It starts at a lower priority
+        and gets the normal one back once it listens: a machine that boots does not take CPU
+        from the ones already serving (here they share two cores), as separate machines
+        would not."""
+        daemon = self.spawn(name, cmd, nice=BOOT_NICE)
+        self.wait_listening(daemon, port, timeout)
+        daemon.renice(0)
         return daemon
 
     def wait_listening(
@@ -276,8 +296,7 @@ class FmHost(LabHost):
     def boot(self) -> None:
         assert self.config_path is not None
         cmd = [*CYBERSTAR, "-v", "fm", "serve", "--config", str(self.config_path)]
-        daemon = self.spawn("fm", cmd)
-        self.wait_listening(daemon, FM_HTTP_PORT, 60)
+        self.boot_daemon("fm", cmd, FM_HTTP_PORT, 60)
 
     @property
     def http(self) -> str:
@@ -295,13 +314,10 @@ class ScHost(LabHost):
     config_path: Path | None = None
     scg: str = ""
 
-    def boot(self, wait: bool = True) -> Daemon:
+    def boot(self) -> None:
         assert self.config_path is not None
         cmd = [*CYBERSTAR, "-v", "sc", "serve", "--config", str(self.config_path)]
-        daemon = self.spawn("sc", cmd)
-        if wait:
-            self.wait_listening(daemon, SC_PORT, 60)
-        return daemon
+        self.boot_daemon("sc", cmd, SC_PORT, 60)
 
     @property
     def listen(self) -> str:
@@ -384,7 +400,7 @@ class XdpPpHost(PpHost):
             "--mode",
             self.mode,
         ]
-        self.wait_listening(self.spawn("pp", cmd), P4RUNTIME_PORT, 120)
+        self.boot_daemon("pp", cmd, P4RUNTIME_PORT, 120)
 
 
 NGINX_CONF = """\

@@ -11,7 +11,8 @@ breaks. Every `report_interval_s` it appends one JSON line to `out`:
     {"t": seconds since t0, "attempted", "established", "failed", "reset", "completed",
      "closed_by_peer", "requests", "responses", "request_timeouts" (counts in the interval),
      "active" (connections open now), "lag" (connections due but not yet attempted),
-     "max_latency_ms" (slowest response in the interval), "connect_ms" (mean connect time)}
+     "max_latency_ms" (slowest response in the interval), "connect_ms" (mean connect time),
+     "loop_lag_ms" (how late the generator itself woke up: its own stall)}
 
 and a `{"stall": ...}` line for every response slower than `stall_s` and every reset, then one
 `{"summary": ...}` line. A connection *fails* when it cannot be established (refused, timed
@@ -182,6 +183,9 @@ class LoadGenerator:
         while True:
             await asyncio.sleep(max(0.0, next_t - self.now()))
             record = {"t": round(next_t, 3), **self.stats.interval()}
+            # How late this wake-up came: the generator's own stall (a starved CPU), which
+            # inflates the latencies it measures in the same interval.
+            record["loop_lag_ms"] = round(max(0.0, self.now() - next_t) * 1000, 1)
             record["lag"] = max(
                 0,
                 int(self.spec.due(min(next_t, self.spec.duration_s)))

@@ -144,7 +144,12 @@ class Operator:
                 return self._fail(rec, f"{pp.name} is the last member of {g.name}")
             rec["node"] = pp.name
             rec["pinned_at_start"] = g.bonding.pinned_connections(pp)
-            result = self.net.leave(pp, drain_s)
+            forwarded = self.pp_forwarded(pp)
+
+            def drained() -> None:  # what the node forwarded for the connections it kept
+                rec["forwarded_while_draining"] = self.pp_forwarded(pp) - forwarded
+
+            result = self.net.leave(pp, drain_s, drained)
             rec.update(result)
             if pp in self.joined_order:
                 self.joined_order.remove(pp)

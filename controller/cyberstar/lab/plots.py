@@ -79,6 +79,10 @@ def mark_events(ax, events: list[dict], label: bool = False) -> None:
         kw = {"label": name} if label and name not in seen else {}
         seen.add(name)
         ax.axvline(ev["t"], color=color, linestyle="--", linewidth=1, **kw)
+        if "joined_at" in ev:  # a scale-out: the signal (dashed), the node joins (dotted)
+            kw = {"label": "PP joins ECMP"} if label and "joins" not in seen else {}
+            seen.add("joins")
+            ax.axvline(ev["joined_at"], color=color, linestyle=":", linewidth=1.5, **kw)
         if ev["kind"] == "burst" and "duration_s" in ev:
             ax.axvspan(ev["t"], ev["t"] + ev["duration_s"], color=color, alpha=0.08)
 
@@ -196,14 +200,18 @@ def _tenant_rates(plt, report: dict, logs: ClientLogs, series: Series):
     if per_tenant:
         ax = axes[1][0]
         ids = {str(t["id"]): name for name, t in report["topology"]["tenants"].items()}
-        summed: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
+        # each node's rate per tenant, averaged in 1 s bins, then summed over the nodes
+        summed: dict[str, dict[int, float]] = defaultdict(lambda: defaultdict(float))
         for (_, labels), pts in per_tenant.items():
             tenant = ids.get(dict(labels).get("tenant", ""), dict(labels).get("tenant", "?"))
-            for t, v in pts:
-                summed[tenant][round(t * 2) / 2] += v  # one scrape round, every node
-        for tenant, by_t in sorted(summed.items()):
-            xs, ys = counter_rates(sorted(by_t.items()))
-            ax.plot(xs, ys, label=f"tenant {tenant}")
+            bins: dict[int, list[float]] = defaultdict(list)
+            for t, rate in zip(*counter_rates(pts), strict=True):
+                bins[int(t // 1)].append(rate)
+            for b, rates in bins.items():
+                summed[tenant][b] += sum(rates) / len(rates)
+        for tenant, by_bin in sorted(summed.items()):
+            xs = sorted(by_bin)
+            ax.plot([b + 0.5 for b in xs], [by_bin[b] for b in xs], label=f"tenant {tenant}")
         ax.set_ylabel("packets / s classified\n(PP counters, all nodes)")
         mark_events(ax, report["events"])
         ax.legend(loc="upper left", fontsize=8)

@@ -8,11 +8,13 @@ throughput per PP node from the nodes' metrics and from the routers' interface c
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 
 from cyberstar.lab.loadgen import COUNTERS
 from cyberstar.lab.scenario import Scenario
+from cyberstar.lab.telemetry import Series
 
 CRASH_WINDOW_S = 3.0  # a request sent this long after a crash still counts as affected by it
 FAILOVER_WINDOW_S = 10.0
@@ -60,7 +62,8 @@ class ClientLogs:
                 b = buckets[rec["t"]]
                 for k in (*COUNTERS, "active", "lag"):
                     b[k] += rec.get(k) or 0
-                b["max_latency_ms"] = max(b["max_latency_ms"], rec.get("max_latency_ms") or 0)
+                for k in ("max_latency_ms", "loop_lag_ms"):
+                    b[k] = max(b[k], rec.get(k) or 0)
         return [{"t": t, **dict(v)} for t, v in sorted(buckets.items())]
 
     def totals(self, tenant: str) -> dict:
@@ -143,6 +146,20 @@ def failover_impact(stalls: list[dict], t: float, failover_s: float) -> dict:
     }
 
 
+def host_load(series: Series) -> dict:
+    """How busy the whole machine was during the run (every process, not only the lab's)."""
+    busy = [p for pts in series.select("cpu_busy_seconds", "host").values() for p in pts]
+    total = [p for pts in series.select("cpu_seconds", "host").values() for p in pts]
+    load = [v for pts in series.select("load1", "host").values() for _, v in pts]
+    out: dict = {"cpus": os.cpu_count()}
+    if len(busy) >= 2 and total[-1][1] > total[0][1]:
+        out["cpu_busy"] = round((busy[-1][1] - busy[0][1]) / (total[-1][1] - total[0][1]), 3)
+    if load:
+        out["load1_mean"] = round(sum(load) / len(load), 2)
+        out["load1_max"] = round(max(load), 2)
+    return out
+
+
 def build_report(
     scenario: Scenario,
     logs: ClientLogs,
@@ -150,17 +167,29 @@ def build_report(
     net,
     decisions: list[dict],
     timings: dict,
+    series: Series,
 ) -> dict:
     tenants = {}
     for name in logs.tenants():
         tenants[name] = {"totals": logs.totals(name), "connect_ms": logs.connect_ms(name)}
     scale_outs = [r for r in records if r["kind"] == "pp_scale_out"]
+    lag = {name: [(r["t"], r["loop_lag_ms"]) for r in logs.timeline(name)] for name in tenants}
+
+    def client_lag(start: float, end: float) -> float:
+        """The load generators' worst own stall in [start, end]: latencies measured then
+        include it."""
+        return max((v for pts in lag.values() for t, v in pts if start <= t <= end), default=0)
+
     crashes = []
     for r in (r for r in records if r["kind"] == "pp_crash"):
-        crashes.append({**r, **crash_impact(logs.stalls, r["t"])})
+        impact = crash_impact(logs.stalls, r["t"])
+        impact["client_stall_ms"] = client_lag(r["t"], r["t"] + CRASH_WINDOW_S)
+        crashes.append({**r, **impact})
     failovers = []
     for r in (r for r in records if r["kind"] == "fm_failover"):
-        failovers.append({**r, **failover_impact(logs.stalls, r["t"], r.get("failover_s", 0))})
+        impact = failover_impact(logs.stalls, r["t"], r.get("failover_s", 0))
+        impact["client_stall_ms"] = client_lag(r["t"], r["t"] + FAILOVER_WINDOW_S)
+        failovers.append({**r, **impact})
     report = {
         "scenario": scenario.name,
         "description": scenario.description,
@@ -182,6 +211,13 @@ def build_report(
             "scgs": {g: [n.name for n in ns] for g, ns in net.scgs.items()},
         },
         "tenants": tenants,
+        "harness": {
+            "host": host_load(series),
+            "max_client_stall_ms": client_lag(-1e9, 1e9),
+            "intervals_with_client_stall_over_100ms": sum(
+                1 for pts in lag.values() for _, v in pts if v > 100
+            ),
+        },
         "events": sorted(records, key=lambda r: r["t"]),
         "autoscale_decisions": decisions,
         "measurements": {
@@ -270,8 +306,12 @@ def summary_lines(report: dict) -> list[str]:
     lines = [
         f"scenario {report['scenario']}: {'all checks passed' if report['ok'] else 'CHECKS FAILED'}"
     ]
-    t = report["timings"]
-    lines.append(f"  bring-up {t.get('bring_up_s')} s, run {report['duration_s']} s")
+    t, host = report["timings"], report["harness"]["host"]
+    lines.append(
+        f"  bring-up {t.get('bring_up_s')} s, run {report['duration_s']} s; the machine's "
+        f"{host['cpus']} CPUs were {host.get('cpu_busy', 0) * 100:.0f} % busy (load average "
+        f"{host.get('load1_mean')}, every process counted)"
+    )
     for name, data in report["tenants"].items():
         c = data["totals"]
         lines.append(
@@ -279,6 +319,13 @@ def summary_lines(report: dict) -> list[str]:
             f"({c['scheduled']} scheduled), {c['established']} established, "
             f"{c['completed']} completed, {c['failed']} failed, {c['reset']} reset; "
             f"{c['responses']} of {c['requests']} requests answered"
+        )
+    h = report["harness"]
+    if h["max_client_stall_ms"] > 100:
+        lines.append(
+            f"  note: the load generators themselves stalled up to {h['max_client_stall_ms']} ms "
+            f"({h['intervals_with_client_stall_over_100ms']} intervals over 100 ms): the host "
+            "was short of CPU, and latencies measured then include that"
         )
     m = report["measurements"]
     for r in m["pp_scale_out"]:
@@ -294,6 +341,7 @@ def summary_lines(report: dict) -> list[str]:
             lines.append(
                 f"  scale-in {r['node']}: drained in {r['drain_s']} s "
                 f"({r['pinned_at_start']} connections pinned at the start, "
+                f"{r.get('forwarded_while_draining', 0):.0f} packets forwarded meanwhile, "
                 f"{r['left_pinned']} left at the end)"
             )
     for r in m["pp_crash"]:

@@ -160,7 +160,13 @@ class ScenarioRun:
         logs.poll()
         self.logs, self.series = logs, series
         return build_report(
-            s, logs, operator.records, net, autoscaler.decisions if autoscaler else [], self.timings
+            s,
+            logs,
+            operator.records,
+            net,
+            autoscaler.decisions if autoscaler else [],
+            self.timings,
+            series,
         )
 
     def _targets(self, net: LabNet) -> list[tuple[str, Callable[[], str]]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 from collections import defaultdict
@@ -61,6 +62,15 @@ def interface_counters(pid: int) -> dict[str, tuple[int, int]]:
             fields = data.split()
             out[name.strip()] = (int(fields[1]), int(fields[9]))
     return out
+
+
+def host_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / hz, sum(fields[:8]) / hz
 
 
 class Series:
@@ -151,6 +161,11 @@ class Scraper:
             self.series.add(t, source, "up", (), 1.0)
             for metric, labels, value in parse_prometheus(text):
                 self.series.add(t, source, metric, labels, value)
+        t = self.clock()
+        busy, total = host_cpu()
+        self.series.add(t, "host", "cpu_busy_seconds", (), busy)
+        self.series.add(t, "host", "cpu_seconds", (), total)
+        self.series.add(t, "host", "load1", (), os.getloadavg()[0])
         for router, pid in self.routers.items():
             t = self.clock()
             with contextlib.suppress(OSError):

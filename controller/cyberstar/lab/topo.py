@@ -504,9 +504,10 @@ class LabNet:
         if group.bonding is not None and group.bonding.remove(pp):
             self.removed.append((time.monotonic(), pp.name, silent_s))
 
-    def leave(self, pp: PpHost, drain_s: float, poll_s: float = 0.2) -> dict:
+    def leave(self, pp: PpHost, drain_s: float, on_drained=lambda: None,
+              poll_s: float = 0.2) -> dict:  # fmt: skip
         """Scale-in: drain `pp` (no new flows; established ones stay until they end or
-        `drain_s` passes), then stop it."""
+        `drain_s` passes; `on_drained()` runs then), then stop it."""
         group = self.groups[pp.group]
         assert group.bonding is not None
         self.health.unwatch(pp)
@@ -516,6 +517,7 @@ class LabNet:
         while pinned and time.monotonic() - t0 < drain_s:
             time.sleep(poll_s)
             pinned = group.bonding.pinned_connections(pp)
+        on_drained()
         group.bonding.unpin(pp)
         drained = time.monotonic()
         pp.shutdown()
