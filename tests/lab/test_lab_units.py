@@ -99,16 +99,18 @@ def test_crash_impact_measures_from_the_crash_to_each_connections_answer() -> No
         # in flight at the crash (t = 10): answered at 10.9 and 11.4
         {"host": "h", "conn": 1, "kind": "slow_response", "t": 9.95, "latency_s": 0.95},
         {"host": "h", "conn": 2, "kind": "slow_response", "t": 9.9, "latency_s": 1.5},
-        # sent after the crash, into the dead node: answered at 11.2
+        # sent into the dead node before its removal at 10.4: answered at 11.2
         {"host": "h", "conn": 3, "kind": "slow_response", "t": 10.2, "latency_s": 1.0},
-        # slow long before the crash: not this crash's doing
+        # slow long before the crash, or sent after the removal: not this crash's doing
         {"host": "h", "conn": 4, "kind": "slow_response", "t": 2.0, "latency_s": 0.5},
-        {"host": "h", "conn": 5, "kind": "reset", "t": 10.5},
+        {"host": "h", "conn": 5, "kind": "slow_response", "t": 12.0, "latency_s": 0.3},
+        {"host": "h", "conn": 6, "kind": "reset", "t": 10.5},
     ]
-    impact = crash_impact(stalls, 10.0)
+    impact = crash_impact(stalls, 10.0, 10.4)
     assert impact["affected_connections"] == 3
     assert impact["max_resume_s"] == 1.4
     assert impact["median_resume_s"] == 1.2
+    assert impact["slow_after_removal"] == 1
     assert impact["resets"] == 1
 
 

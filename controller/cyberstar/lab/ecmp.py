@@ -184,20 +184,33 @@ def echo_request(ident: int, seq: int) -> bytes:
 
 
 class HealthMonitor:
-    """Pings every watched PP node from both routers every `interval_s`; a node that has not
-    answered on some side for `dead_after_s` is reported once to `on_dead(pp, silent_s)`."""
+    """Pings every watched PP node from both routers, a round every `interval_s`.
+
+    A node is dead once `misses` probes in a row went unanswered on some side (each had at
+    least `interval_s` to come back); it is reported to `on_dead(pp, silent_s)`. Misses are
+    counted in probes sent, not in time: when the monitor itself is starved of CPU it sends
+    nothing, and a stall of its own is never taken for every node dying at once. A node
+    reported dead that answers every probe again for `rise_s` (a false alarm) is reported to
+    `on_alive(pp)`.
+    """
 
     def __init__(
         self,
         on_dead: Callable[[PpHost, float], None],
-        interval_s: float = 0.1,
-        dead_after_s: float = 0.35,
+        on_alive: Callable[[PpHost], None],
+        interval_s: float = 0.05,
+        misses: int = 4,
+        rise_s: float = 1.0,
     ) -> None:
         self.on_dead = on_dead
+        self.on_alive = on_alive
         self.interval_s = interval_s
-        self.dead_after_s = dead_after_s
+        self.misses = misses
+        self.rise_s = rise_s
         self._watch: dict[str, tuple[PpHost, tuple[Side, ...]]] = {}
-        self._last: dict[tuple[str, str], float] = {}  # (router, address) → last reply
+        # (router, address) → [probes sent since the last reply, time of the last reply]
+        self._state: dict[tuple[str, str], list[float]] = {}
+        self._down: dict[str, float | None] = {}  # reported dead → answering again since
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -208,11 +221,12 @@ class HealthMonitor:
         with self._lock:
             self._watch[pp.name] = (pp, sides)
             for side in sides:
-                self._last[(side.router.name, side.hop(pp)[0])] = now
+                self._state[(side.router.name, side.hop(pp)[0])] = [0, now]
 
     def unwatch(self, pp: PpHost) -> None:
         with self._lock:
             self._watch.pop(pp.name, None)
+            self._down.pop(pp.name, None)
 
     def start(self, routers: list[RouterHost]) -> None:
         for router in routers:
@@ -223,53 +237,71 @@ class HealthMonitor:
             )
             t.start()
             self._threads.append(t)
-        threading.Thread(target=self._judge, daemon=True, name="health-judge").start()
-
-    def _targets(self, router: RouterHost) -> list[str]:
-        with self._lock:
-            return [
-                side.hop(pp)[0]
-                for pp, sides in self._watch.values()
-                for side in sides
-                if side.router is router
-            ]
 
     def _run(self, router: RouterHost, sock: socket.socket) -> None:
         seq = 0
         with sock:
             while not self._stop.is_set():
                 seq = (seq + 1) & 0xFFFF
-                for address in self._targets(router):
+                with self._lock:
+                    targets = [
+                        (router.name, side.hop(pp)[0])
+                        for pp, sides in self._watch.values()
+                        for side in sides
+                        if side.router is router
+                    ]
+                for key in targets:
                     with contextlib.suppress(OSError):  # a dead link refuses to send
-                        sock.sendto(echo_request(self._ident, seq), (address, 0))
+                        sock.sendto(echo_request(self._ident, seq), (key[1], 0))
+                    with self._lock:
+                        if key in self._state:
+                            self._state[key][0] += 1
                 deadline = time.monotonic() + self.interval_s
                 while (left := deadline - time.monotonic()) > 0:
                     ready, _, _ = select.select([sock], [], [], left)
                     if not ready:
                         break
-                    data, (src, _) = sock.recvfrom(2048)
-                    ihl = (data[0] & 0x0F) * 4
-                    kind, _, _, ident, _ = struct.unpack("!BBHHH", data[ihl : ihl + 8])
-                    if kind == ICMP_ECHO_REPLY and ident == self._ident:
-                        self._last[(router.name, src)] = time.monotonic()
+                    self._receive(router, sock)
+                self._judge()
+
+    def _receive(self, router: RouterHost, sock: socket.socket) -> None:
+        data, (src, _) = sock.recvfrom(2048)
+        ihl = (data[0] & 0x0F) * 4
+        kind, _, _, ident, _ = struct.unpack("!BBHHH", data[ihl : ihl + 8])
+        if kind == ICMP_ECHO_REPLY and ident == self._ident:
+            with self._lock:
+                state = self._state.get((router.name, src))
+                if state is not None:
+                    state[0], state[1] = 0, time.monotonic()
 
     def _judge(self) -> None:
-        while not self._stop.wait(self.interval_s / 2):
-            now = time.monotonic()
-            dead = []
-            with self._lock:
-                for name, (pp, sides) in list(self._watch.items()):
-                    silent = max(
-                        now - self._last.get((s.router.name, s.hop(pp)[0]), now) for s in sides
-                    )
-                    if silent > self.dead_after_s:
-                        del self._watch[name]
-                        dead.append((pp, silent))
-            for pp, silent in dead:
-                try:
-                    self.on_dead(pp, silent)
-                except Exception:
-                    log.exception("removing %s", pp.name)
+        now = time.monotonic()
+        dead, alive = [], []
+        with self._lock:
+            for name, (pp, sides) in self._watch.items():
+                states = [self._state[(s.router.name, s.hop(pp)[0])] for s in sides]
+                missed = max(st[0] for st in states)
+                if name not in self._down:
+                    if missed >= self.misses:
+                        self._down[name] = None
+                        dead.append((pp, now - min(st[1] for st in states)))
+                elif missed > 1:
+                    self._down[name] = None
+                elif self._down[name] is None:
+                    self._down[name] = now
+                elif now - self._down[name] >= self.rise_s:
+                    del self._down[name]
+                    alive.append(pp)
+        for pp, silent in dead:
+            try:
+                self.on_dead(pp, silent)
+            except Exception:
+                log.exception("removing %s", pp.name)
+        for pp in alive:
+            try:
+                self.on_alive(pp)
+            except Exception:
+                log.exception("restoring %s", pp.name)
 
     def stop(self) -> None:
         self._stop.set()

@@ -6,10 +6,11 @@ it. Its daemons are started through `ip netns exec` as children that die with th
 (`cyberstar.subprocs.tied_to_parent`), from one long-lived thread of the lab (`Spawner`):
 the kernel signals a child when the *thread* that started it exits.
 
-Roles: `EtcdHost`, `FmHost`, `ScHost`, `XdpPpHost` (`cyberstar pp serve`), `NginxHost` (a real
-web server), `TenantHost` (runs the load generator), `RouterHost` (the tenants' vSwitch and the
-services' gateway: ECMP routes to the PP groups), `OpsHost` (the lab's own seat on the
-management network). Hosts only run things; `cyberstar.lab.topo.LabNet` wires them together.
+Roles: `EtcdHost`, `FmHost`, `ScHost`, `XdpPpHost` (`cyberstar pp serve`), `Bmv2PpHost`
+(bmv2 wherever an XDP PP host can go), `NginxHost` (a real web server), `TenantHost` (runs the
+load generator), `RouterHost` (the tenants' vSwitch and the services' gateway: ECMP routes to
+the PP groups), `OpsHost` (the lab's own seat on the management network). Hosts only run
+things; `cyberstar.lab.topo.LabNet` wires them together.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from mininet.node import Host
 from cyberstar import netns
 from cyberstar.lab.pp_process import CYBERSTAR
 from cyberstar.lab.procs import LabError
+from cyberstar.p4tools import compile_p4, guard_thrift, require_tools, switch_command
 from cyberstar.paths import REPO_ROOT
+from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.subprocs import tied_to_parent
 
 P4RUNTIME_PORT, PP_METRICS_PORT = 9559, 9100
@@ -173,21 +176,25 @@ class LabHost(Host):
 
     # ---- daemons ------------------------------------------------------------------------------
 
-    def spawn(self, name: str, cmd: list[str], nice: int = 0) -> Daemon:
-        """Start `cmd` in this host; `nice` > 0 starts it at a lower priority (see `boot`)."""
+    def spawn(self, name: str, cmd: list[str], nice: int = 0,
+              in_namespace: bool = False) -> Daemon:  # fmt: skip
+        """Start `cmd` in this host (`in_namespace`: it enters the namespace itself); `nice`
+        > 0 starts it at a lower priority (see `boot_daemon`)."""
         log = self.workdir / f"{name}.log"
         prefix = ["nice", "-n", str(nice)] if nice else []
-        proc = self.spawner.popen(["ip", "netns", "exec", self.ns, *prefix, *cmd], log)
+        netns_exec = [] if in_namespace else ["ip", "netns", "exec", self.ns]
+        proc = self.spawner.popen([*prefix, *netns_exec, *cmd], log)
         daemon = Daemon(name, proc, log)
         self.daemons[name] = daemon
         return daemon
 
-    def boot_daemon(self, name: str, cmd: list[str], port: int, timeout: float) -> Daemon:
+    def boot_daemon(self, name: str, cmd: list[str], port: int, timeout: float,
+                    in_namespace: bool = False) -> Daemon:  # fmt: skip
         """Start a daemon and wait until it listens on `port`. It starts at a lower priority
         and gets the normal one back once it listens: a machine that boots does not take CPU
         from the ones already serving (here they share two cores), as separate machines
         would not."""
-        daemon = self.spawn(name, cmd, nice=BOOT_NICE)
+        daemon = self.spawn(name, cmd, nice=BOOT_NICE, in_namespace=in_namespace)
         self.wait_listening(daemon, port, timeout)
         daemon.renice(0)
         return daemon
@@ -401,6 +408,36 @@ class XdpPpHost(PpHost):
             self.mode,
         ]
         self.boot_daemon("pp", cmd, P4RUNTIME_PORT, 120)
+
+
+class Bmv2PpHost(PpHost):
+    """bmv2 (`simple_switch_grpc`) running the generated P4 on both ports: the DPU-like PP
+    node, programmed by FM with the same P4Info (and p4c's JSON as the device config). A
+    sidecar (`cyberstar.lab.bmv2_metrics`) serves its counters as Prometheus metrics. Its
+    host's kernel still answers ARP and the health checks for its addresses (bmv2 passes what
+    no tenant claims to it, as the XDP program does)."""
+
+    kind = "bmv2"
+
+    def device_config(self) -> bytes:
+        return compile_p4().json_path.read_bytes()
+
+    def boot(self) -> None:
+        for intf in self.data_ports:
+            self.sh("ip", "link", "set", intf, "up")
+        switch, _ = require_tools()
+        guard_thrift(self.ns)
+        ports = {1: self.data_ports[0], 2: self.data_ports[1]}
+        cmd = switch_command(switch, self.ns, ports, self.p4runtime, 1, self.workdir,
+                             PIPELINE.constants["CPU_PORT"])  # fmt: skip
+        self.boot_daemon("pp", cmd, P4RUNTIME_PORT, 60, in_namespace=True)
+        exporter = [*CYBERSTAR[:1], "-m", "cyberstar.lab.bmv2_metrics", "--grpc",
+                    self.p4runtime, "--listen", self.metrics]  # fmt: skip
+        self.boot_daemon("metrics", exporter, PP_METRICS_PORT, 60)
+
+    def shutdown(self) -> None:
+        for d in self.daemons.values():
+            d.stop()
 
 
 NGINX_CONF = """\

@@ -112,24 +112,33 @@ class ClientLogs:
         return out
 
 
-def crash_impact(stalls: list[dict], t_crash: float) -> dict:
-    """How the connections a crash interrupted came back: for each connection with a
-    response delayed across the crash (or sent within CRASH_WINDOW_S after it), the time from
-    the crash to that response; and the resets and failures around it."""
+def crash_impact(stalls: list[dict], t_crash: float, t_removed: float) -> dict:
+    """How the connections a crash interrupted came back. Affected are the requests in flight
+    when the node died and those sent into it before the health check took it out
+    (`t_removed`); for each affected connection, the time from the crash to its answer. A
+    request sent after the removal takes a live path: if it is slow, that is not the crash's
+    doing (it is counted in `slow_after_removal`). Resets and failures are counted from the
+    crash to CRASH_WINDOW_S after the removal."""
     resume: dict[tuple[str, int], float] = {}
+    slow_after = 0
     for s in stalls:
         if s["kind"] != "slow_response":
             continue
         answered = s["t"] + s["latency_s"]
-        if s["t"] <= t_crash + CRASH_WINDOW_S and answered > t_crash and s["t"] >= t_crash - 10:
+        if answered <= t_crash:
+            continue
+        if s["t"] <= t_removed:
             key = (s["host"], s["conn"])
             resume[key] = max(resume.get(key, 0.0), answered - t_crash)
-    near = [s for s in stalls if t_crash - 0.5 <= s["t"] <= t_crash + CRASH_WINDOW_S + 10]
+        elif s["t"] <= t_removed + CRASH_WINDOW_S:
+            slow_after += 1
+    near = [s for s in stalls if t_crash <= s["t"] <= t_removed + CRASH_WINDOW_S]
     values = sorted(resume.values())
     return {
         "affected_connections": len(values),
         "max_resume_s": round(values[-1], 3) if values else 0.0,
         "median_resume_s": round(values[len(values) // 2], 3) if values else 0.0,
+        "slow_after_removal": slow_after,
         "resets": sum(1 for s in near if s["kind"] == "reset"),
         "request_failures": sum(1 for s in near if s["kind"] == "failed"),
         "connect_failures": sum(1 for s in near if s["kind"] == "connect_failed"),
@@ -168,6 +177,7 @@ def build_report(
     decisions: list[dict],
     timings: dict,
     series: Series,
+    health: dict,
 ) -> dict:
     tenants = {}
     for name in logs.tenants():
@@ -182,7 +192,7 @@ def build_report(
 
     crashes = []
     for r in (r for r in records if r["kind"] == "pp_crash"):
-        impact = crash_impact(logs.stalls, r["t"])
+        impact = crash_impact(logs.stalls, r["t"], r["t"] + r.get("removed_after_s", 10.0))
         impact["client_stall_ms"] = client_lag(r["t"], r["t"] + CRASH_WINDOW_S)
         crashes.append({**r, **impact})
     failovers = []
@@ -220,6 +230,7 @@ def build_report(
         },
         "events": sorted(records, key=lambda r: r["t"]),
         "autoscale_decisions": decisions,
+        "health_check": health,
         "measurements": {
             "pp_scale_out": scale_outs,
             "pp_scale_in": [r for r in records if r["kind"] == "pp_scale_in"],
@@ -327,6 +338,13 @@ def summary_lines(report: dict) -> list[str]:
             f"({h['intervals_with_client_stall_over_100ms']} intervals over 100 ms): the host "
             "was short of CPU, and latencies measured then include that"
         )
+    crashed = {r["node"] for r in report["measurements"]["pp_crash"]}
+    for r in report["health_check"]["removed"]:
+        if r["node"] not in crashed:
+            lines.append(f"  note: the health check took {r['node']} out at {r['t']} s "
+                         f"(silent {r['silent_s']} s) though no event crashed it")  # fmt: skip
+    for r in report["health_check"]["restored"]:
+        lines.append(f"  note: {r['node']} answered again and rejoined at {r['t']} s")
     m = report["measurements"]
     for r in m["pp_scale_out"]:
         if "error" not in r:

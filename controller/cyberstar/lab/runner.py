@@ -57,7 +57,10 @@ def build_topology(net: LabNet, spec: TopologySpec) -> None:
     backends = {
         b.name: b for b in (net.add_backend(f"web{i}") for i in range(1, spec.backends + 1))
     }
-    groups = {g.name: net.add_pp_group(g.name, g.nodes, g.spares, g.kind) for g in spec.groups}
+    groups = {
+        g.name: net.add_pp_group(g.name, g.nodes, g.spares, g.kind, g.spare_kind)
+        for g in spec.groups
+    }
     for t in spec.tenants:
         net.add_tenant(
             t.name, t.tenant_id, groups[t.group], [backends[b] for b in t.backends], t.clients
@@ -159,6 +162,13 @@ class ScenarioRun:
         series.close()
         logs.poll()
         self.logs, self.series = logs, series
+        health = {
+            "removed": [
+                {"t": round(m - self.t0, 3), "node": n, "silent_s": round(silent, 3)}
+                for m, n, silent in net.removed
+            ],
+            "restored": [{"t": round(m - self.t0, 3), "node": n} for m, n in net.restored],
+        }
         return build_report(
             s,
             logs,
@@ -167,12 +177,13 @@ class ScenarioRun:
             autoscaler.decisions if autoscaler else [],
             self.timings,
             series,
+            health,
         )
 
     def _targets(self, net: LabNet) -> list[tuple[str, Callable[[], str]]]:
         out = []
         for pp in net.pps.values():
-            if pp.running and pp.kind == "xdp":
+            if pp.running:
                 out.append((pp.name, _fetcher(f"http://{pp.metrics}/metrics")))
         for fm in net.fms.values():
             if fm.running:

@@ -20,6 +20,7 @@ class GroupSpec:
     nodes: int
     spares: int
     kind: str
+    spare_kind: str
 
 
 @dataclass(frozen=True)
@@ -201,14 +202,14 @@ def _topology(sec: Section, base: Path) -> TopologySpec:
         return TopologySpec(file=file)
     groups = []
     for g in sec.sections("groups"):
-        kind = g.str("kind", "xdp")
-        if kind not in ("xdp", "bmv2"):
-            raise g.error("kind", f"expected xdp or bmv2, found {kind!r}")
-        groups.append(
-            GroupSpec(
-                g.str("name"), g.int("nodes", 2, lo=1, hi=32), g.int("spares", 0, lo=0, hi=32), kind
-            )
-        )
+        kinds = []
+        for key, default in (("kind", "xdp"), ("spare_kind", None)):
+            kind = g.str(key, default or kinds[0])
+            if kind not in ("xdp", "bmv2"):
+                raise g.error(key, f"expected xdp or bmv2, found {kind!r}")
+            kinds.append(kind)
+        nodes, spares = g.int("nodes", 2, lo=1, hi=32), g.int("spares", 0, lo=0, hi=32)
+        groups.append(GroupSpec(g.str("name"), nodes, spares, *kinds))
         g.done()
     backends = sec.int("backends", 2, lo=1, hi=50)
     names = {f"web{i}" for i in range(1, backends + 1)}

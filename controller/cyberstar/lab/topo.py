@@ -36,6 +36,7 @@ import yaml
 from cyberstar import netns
 from cyberstar.lab.ecmp import EcmpGroup, HealthMonitor, Side
 from cyberstar.lab.hosts import (
+    Bmv2PpHost,
     DataLink,
     EtcdHost,
     FmHost,
@@ -53,7 +54,7 @@ from cyberstar.lab.hosts import (
 from cyberstar.lab.procs import LabError
 
 NAME = re.compile(r"^[a-z][a-z0-9]{0,7}$")
-PP_KINDS: dict[str, type[PpHost]] = {"xdp": XdpPpHost}
+PP_KINDS: dict[str, type[PpHost]] = {"xdp": XdpPpHost, "bmv2": Bmv2PpHost}
 SERVICE_PORT = 80
 
 
@@ -135,8 +136,9 @@ class LabNet:
         self.pps: dict[str, PpHost] = {}
         self.backends: dict[str, NginxHost] = {}
         self.tenants: dict[str, Tenant] = {}
-        self.health = HealthMonitor(self._member_died)
+        self.health = HealthMonitor(self._member_died, self._member_back)
         self.removed: list[tuple[float, str, float]] = []  # (monotonic, PP, silent for s)
+        self.restored: list[tuple[float, str]] = []  # false alarms: answered again
         self.started = False
         self._sc_count = 0
 
@@ -180,17 +182,25 @@ class LabNet:
         return nodes
 
     def add_pp_group(
-        self, name: str, nodes: int = 2, spares: int = 0, kind: str = "xdp"
+        self,
+        name: str,
+        nodes: int = 2,
+        spares: int = 0,
+        kind: str = "xdp",
+        spare_kind: str | None = None,
     ) -> PpGroup:
-        """`nodes` PP nodes in an ECMP group, and `spares` more that scale-out boots."""
+        """`nodes` PP nodes in an ECMP group, and `spares` more that scale-out boots; `kind`
+        is xdp or bmv2, `spare_kind` the spares' (by default the same): a group of XDP nodes
+        that scales out onto bmv2 nodes, say."""
         _check_name(name)
-        cls = PP_KINDS.get(kind)
-        if cls is None:
-            raise LabError(f"unknown PP kind {kind!r}; known: {', '.join(PP_KINDS)}")
+        kinds = [kind] * nodes + [spare_kind or kind] * spares
+        for k in set(kinds):
+            if k not in PP_KINDS:
+                raise LabError(f"unknown PP kind {k!r}; known: {', '.join(PP_KINDS)}")
         members = []
-        for _ in range(nodes + spares):
+        for k in kinds:
             n = len(self.pps) + 1
-            pp = self._host(f"pp{n}", cls, f"10.255.3.{n}")
+            pp = self._host(f"pp{n}", PP_KINDS[k], f"10.255.3.{n}")
             pp.group, pp.index = name, n
             for router, net, port in ((self.vsw, "172.16", 1), (self.svc, "172.17", 2)):
                 self._link(
@@ -503,6 +513,12 @@ class LabNet:
         group = self.groups[pp.group]
         if group.bonding is not None and group.bonding.remove(pp):
             self.removed.append((time.monotonic(), pp.name, silent_s))
+
+    def _member_back(self, pp: PpHost) -> None:
+        group = self.groups[pp.group]
+        if group.bonding is not None:
+            group.bonding.add(pp)
+            self.restored.append((time.monotonic(), pp.name))
 
     def leave(self, pp: PpHost, drain_s: float, on_drained=lambda: None,
               poll_s: float = 0.2) -> dict:  # fmt: skip
