@@ -203,3 +203,11 @@ def test_the_generator_counts_refused_connections_as_failed(tmp_path: Path) -> N
         port = s.getsockname()[1]
     got = generate(tmp_path, port, persistent=3, schedule=[(0.0, 0.0)])
     assert (got["attempted"], got["established"], got["failed"]) == (3, 0, 3)
+
+
+def test_the_readmes_scenario_example_parses() -> None:
+    text = (REPO / "README.md").read_text()
+    example = text[text.index("```yaml\nname: mine") + len("```yaml\n") :]
+    s = parse_scenario(example[: example.index("```")], REPO / "mine.yaml")
+    assert [e.kind for e in s.events] == ["pp_scale_out", "pp_crash", "fm_failover"]
+    assert s.topology.fms == 2  # a failover needs a standby: the default has one

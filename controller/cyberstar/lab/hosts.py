@@ -39,7 +39,7 @@ from cyberstar.subprocs import tied_to_parent
 
 P4RUNTIME_PORT, PP_METRICS_PORT = 9559, 9100
 FM_HTTP_PORT, SC_PORT, SC_METRICS_PORT, ETCD_PORT = 9300, 7100, 9200, 2379
-BOOT_NICE = 10
+BOOT_NICE = 5
 
 
 class Spawner:

@@ -289,7 +289,7 @@ class Operator:
         except Exception as exc:
             return self._fail(rec, f"FM /scale: {exc}")
         rec["moved_connections"] = reply.get("moved_connections")
-        rec["move_s"] = reply.get("seconds")
+        rec["move_s"] = round(reply.get("seconds") or 0.0, 3)
         rec["shards"] = reply.get("shards")
         rec["signal_to_fin_s"] = round(self.clock() - t, 3)
         return self.record(rec)

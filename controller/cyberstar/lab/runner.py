@@ -72,7 +72,7 @@ class ScenarioRun:
         self, scenario: Scenario, out_dir: Path, say: Callable[[str], None] = print
     ) -> None:
         self.scenario = scenario
-        self.out_dir = out_dir
+        self.out_dir = out_dir.resolve()  # daemons run elsewhere: no relative paths
         self.say = say
         self.t0 = math.inf
         self.timings: dict[str, float] = {}

@@ -27,6 +27,7 @@ import re
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -596,3 +597,18 @@ def remove_stale_labs() -> int:
             netns.ip("link", "del", m.group(1), check=False)
             removed += 1
     return removed
+
+
+def interactive(build: Callable[[LabNet], None]) -> None:
+    """Build a lab with `build(net)`, start it and open Mininet's CLI on it (`exit` ends it):
+    `sudo .venv/bin/python topologies/two_groups.py`."""
+    from mininet.cli import CLI
+
+    with LabNet() as net:
+        build(net)
+        net.start(on_step=print)
+        for t in net.tenants.values():
+            clients = ", ".join(c.name for c in t.clients)
+            print(f"tenant {t.name}: {clients} → http://{t.vip}/ through {t.group.name}")
+        print(f"logs under {net.workdir}; every host is also `ip netns exec {net.lab_id}-HOST`")
+        CLI(net.net)
