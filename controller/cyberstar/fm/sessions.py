@@ -109,7 +109,9 @@ class PpSession:
     async def _settle(self, answer: p4r.MasterArbitrationUpdate) -> None:
         was = self.primary
         self.primary = answer.status.code == rpc_code.OK
-        if self.primary and not was:
+        # Also when it was primary already (as a standby, alone on the node) and is becoming
+        # the leader: become_primary cleared `ready`, and only programming sets it again.
+        if self.primary and (not was or not self.ready.is_set()):
             await self._program()
         if not self.primary:
             self.ready.set()

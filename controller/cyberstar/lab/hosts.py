@@ -16,6 +16,7 @@ things; `cyberstar.lab.topo.LabNet` wires them together.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -36,6 +37,10 @@ from cyberstar.p4tools import compile_p4, guard_thrift, require_tools, switch_co
 from cyberstar.paths import REPO_ROOT
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.subprocs import tied_to_parent
+
+# mininet.log makes every logger created after it a MininetLogger, which prints everything
+# a second time through a handler of its own: loggers are plain loggers again from here on.
+logging.setLoggerClass(logging.Logger)
 
 P4RUNTIME_PORT, PP_METRICS_PORT = 9559, 9100
 FM_HTTP_PORT, SC_PORT, SC_METRICS_PORT, ETCD_PORT = 9300, 7100, 9200, 2379

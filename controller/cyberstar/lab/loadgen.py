@@ -233,6 +233,7 @@ class LoadGenerator:
                 await self._request(reader, writer, cid, persistent)
                 next_at = sent + interval_s
                 if next_at >= end or interval_s <= 0:
+                    await asyncio.sleep(max(0.0, end - time.monotonic()))  # open until `end`
                     break
                 await asyncio.sleep(next_at - time.monotonic())
             stats.inc("completed")

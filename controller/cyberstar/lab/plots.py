@@ -191,7 +191,7 @@ def _tenant_rates(plt, report: dict, logs: ClientLogs, series: Series):
     )
     ax = axes[0][0]
     for tenant in logs.tenants():
-        xs, ys = binned(logs.timeline(tenant), "responses", 0.2)
+        xs, ys = binned(logs.timeline(tenant), "responses", 0.5)
         ax.plot(xs, ys, label=f"tenant {tenant}")
     ax.set_ylabel("requests answered / s\n(clients' count)")
     ax.set_title(_title(report, "per-tenant rates"))

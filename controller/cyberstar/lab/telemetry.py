@@ -108,7 +108,7 @@ class Series:
         `window_s` seconds; 0 without two samples in the window."""
         total = 0.0
         for pts in self.select(metric, source, **labels).values():
-            recent = [p for p in pts if p[0] >= now - window_s]
+            recent = [p for p in pts if now - window_s <= p[0] <= now]
             if len(recent) >= 2 and recent[-1][0] > recent[0][0]:
                 total += max(0.0, recent[-1][1] - recent[0][1]) / (recent[-1][0] - recent[0][0])
         return total
