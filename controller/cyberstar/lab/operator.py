@@ -30,6 +30,7 @@ class Operator:
         self._lock = threading.Lock()
         self._group_locks: dict[str, threading.Lock] = {g: threading.Lock() for g in net.groups}
         self._sc_lock = threading.Lock()
+        self.closing = threading.Event()  # the scenario has ended: queued actions give up
         self.joined_order: list[PpHost] = []  # scale-outs, most recent last (for scale-in)
 
     def record(self, rec: dict) -> dict:
@@ -44,80 +45,98 @@ class Operator:
 
     # ---- PP ---------------------------------------------------------------------------------
 
-    def pp_forwarded(self, pp: PpHost) -> float:
-        """The node's own count of forwarded packets (its /metrics)."""
+    def pp_packets(self, pp: PpHost) -> tuple[float, float]:
+        """The node's own counts (its /metrics): packets received (every verdict), and
+        packets forwarded."""
         text = self.net.http_get(pp.metrics, "/metrics", 2).decode()
-        return sum(
-            v
-            for name, labels, v in parse_prometheus(text)
-            if name == "cyberstar_pp_packets_total" and ("verdict", "forward") in labels
-        )
+        received = forwarded = 0.0
+        for name, labels, value in parse_prometheus(text):
+            if name == "cyberstar_pp_packets_total":
+                received += value
+                forwarded += value if ("verdict", "forward") in labels else 0.0
+        return received, forwarded
+
+    def pp_forwarded(self, pp: PpHost) -> float:
+        return self.pp_packets(pp)[1]
 
     def pp_scale_out(
         self, group: str | None = None, count: int = 1, reason: str = "scenario"
     ) -> list[dict]:
         """Boot spare nodes, wait for FM to program them, add them to the ECMP group and
-        measure when each forwards its first packet."""
+        measure when each forwards its first packet. An action waits for the group's previous
+        one to finish (`queued_s`)."""
         g = self.net.groups[group or next(iter(self.net.groups))]
         t = self.clock()
+        base = {"kind": "pp_scale_out", "t": round(t, 3), "group": g.name, "reason": reason}
         with self._group_locks[g.name]:
-            nodes = []
+            started = self.clock()
+            if self.closing.is_set():
+                return [self._fail(dict(base), "the scenario ended before it could run")]
+            nodes: list[PpHost] = []
             for _ in range(count):
-                spare = g.spare()
-                if spare is None or spare in nodes:
+                spare = g.spare(exclude=nodes)
+                if spare is None:
                     break
                 nodes.append(spare)
             if not nodes:
-                return [
-                    self._fail(
-                        {"kind": "pp_scale_out", "t": t, "group": g.name, "reason": reason},
-                        "no spare PP node left",
-                    )
-                ]
-            booted: dict[str, float] = {}
+                return [self._fail(dict(base), "no spare PP node left")]
+            times: dict[str, dict[str, float]] = {pp.name: {} for pp in nodes}
 
             def boot(pp: PpHost) -> None:
                 pp.boot()
-                booted[pp.name] = self.clock()
+                times[pp.name]["booted"] = self.clock()
 
             _parallel([lambda p=p: boot(p) for p in nodes])
-            out = []
+            recs = {pp.name: {**base, "node": pp.name, "queued_s": round(started - t, 3)}
+                    for pp in nodes}  # fmt: skip
+            joined = []
             for pp in nodes:
-                rec = {
-                    "kind": "pp_scale_out",
-                    "t": round(t, 3),
-                    "group": g.name,
-                    "node": pp.name,
-                    "reason": reason,
-                    "boot_s": round(booted[pp.name] - t, 3),
-                }
                 try:
                     self.net.join(pp)
                 except LabError as exc:
-                    out.append(self._fail(rec, str(exc)))
+                    self._fail(recs[pp.name], str(exc))
                     continue
-                joined = self.clock()
-                rec["joined_at"] = round(joined, 3)
-                rec["program_s"] = round(joined - booted[pp.name], 3)
+                times[pp.name]["joined"] = self.clock()
                 self.joined_order.append(pp)
-                first = self._first_forward(pp, joined)
-                if first is None:
-                    out.append(self._fail(rec, "the new node forwarded nothing within 10 s"))
-                    continue
-                rec["join_to_traffic_s"] = round(first - joined, 3)
-                rec["signal_to_traffic_s"] = round(first - t, 3)
-                out.append(self.record(rec))
-            return out
+                joined.append(pp)
 
-    def _first_forward(
+            def first(pp: PpHost) -> None:
+                arrived, forwarded = self._first_packets(pp, times[pp.name]["joined"])
+                times[pp.name]["first"], times[pp.name]["forwarded"] = arrived, forwarded
+
+            _parallel([lambda p=p: first(p) for p in joined])
+            for pp in joined:
+                tm, rec = times[pp.name], recs[pp.name]
+                rec["boot_s"] = round(tm["booted"] - started, 3)
+                rec["program_s"] = round(tm["joined"] - tm["booted"], 3)
+                rec["joined_at"] = round(tm["joined"], 3)
+                if tm["first"] is None or tm["forwarded"] is None:
+                    self._fail(rec, "the new node received or forwarded nothing within 10 s")
+                    continue
+                # traffic arrives (the paper's measure); its first packet may have gone
+                # through FM's slow path before the node forwards on its own
+                rec["join_to_traffic_s"] = round(tm["first"] - tm["joined"], 3)
+                rec["join_to_forward_s"] = round(tm["forwarded"] - tm["joined"], 3)
+                rec["signal_to_traffic_s"] = round(tm["first"] - t, 3)
+                self.record(rec)
+            return list(recs.values())
+
+    def _first_packets(
         self, pp: PpHost, since: float, timeout: float = 10.0, poll_s: float = 0.02
-    ) -> float | None:
-        base = self.pp_forwarded(pp)
-        while self.clock() - since < timeout:
-            if self.pp_forwarded(pp) > base:
-                return self.clock()
+    ) -> tuple[float | None, float | None]:
+        """When the node's counters first moved after `since`: received, forwarded."""
+        base = self.pp_packets(pp)
+        arrived = forwarded = None
+        while self.clock() - since < timeout and forwarded is None:
+            received, sent = self.pp_packets(pp)
+            now = self.clock()
+            if arrived is None and received > base[0]:
+                arrived = now
+            if sent > base[1]:
+                forwarded = now
+                arrived = arrived or now
             time.sleep(poll_s)
-        return None
+        return arrived, forwarded
 
     def pp_scale_in(
         self,
@@ -132,6 +151,8 @@ class Operator:
         t = self.clock()
         rec: dict = {"kind": "pp_scale_in", "t": round(t, 3), "group": g.name, "reason": reason}
         with self._group_locks[g.name]:
+            if self.closing.is_set():
+                return self._fail(rec, "the scenario ended before it could run")
             members = g.active
             if node is None:
                 recent = [p for p in reversed(self.joined_order) if p in members]

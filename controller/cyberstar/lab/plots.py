@@ -226,17 +226,17 @@ def _scaling_times(plt, report: dict, logs: ClientLogs, series: Series):
         return None
     fig, ax = plt.subplots(figsize=(9, 4))
     labels = [f"{i + 1}: {r['node']}" for i, r in enumerate(outs)]
-    boot = [r["boot_s"] for r in outs]
-    program = [r["program_s"] for r in outs]
-    first = [r["join_to_traffic_s"] for r in outs]
-    ax.bar(labels, boot, label="boot (agent loads XDP, listens)")
-    ax.bar(labels, program, bottom=boot, label="FM programs it, joins ECMP")
-    ax.bar(
-        labels,
-        first,
-        bottom=[b + p for b, p in zip(boot, program, strict=True)],
-        label="first packet forwarded",
-    )
+    bottom = [0.0] * len(outs)
+    for key, label in (
+        ("queued_s", "queued behind the previous action"),
+        ("boot_s", "boot (the agent loads XDP, listens)"),
+        ("program_s", "FM programs it; it joins ECMP"),
+        ("join_to_traffic_s", "traffic reaches it"),
+    ):
+        values = [r.get(key, 0.0) for r in outs]
+        if any(values):
+            ax.bar(labels, values, bottom=bottom, label=label)
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set_ylabel("seconds from the scaling signal")
     ax.set_title(_title(report, "PP scale-out: signal to traffic"))
     ax.legend(fontsize=8)

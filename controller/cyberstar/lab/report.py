@@ -274,7 +274,7 @@ def checks(scenario: Scenario, report: dict) -> list[dict]:
             check(f"scale-out of {r.get('node', '?')}", "completes", r["error"], False)
         elif e.scale_out_traffic_s is not None:
             check(
-                f"{r['node']} carries traffic after joining",
+                f"traffic reaches {r['node']} after it joins",
                 f"<= {e.scale_out_traffic_s} s",
                 r["join_to_traffic_s"],
                 r["join_to_traffic_s"] <= e.scale_out_traffic_s,
@@ -348,11 +348,12 @@ def summary_lines(report: dict) -> list[str]:
     m = report["measurements"]
     for r in m["pp_scale_out"]:
         if "error" not in r:
+            queued = f" after {r['queued_s']} s in the queue" if r.get("queued_s") else ""
             lines.append(
-                f"  scale-out {r['node']}: boot {r['boot_s']} s, programmed by FM "
-                f"{r['program_s']} s later, first packet {r['join_to_traffic_s']} s "
-                f"after joining the ECMP group ({r['signal_to_traffic_s']} s after "
-                f"the signal)"
+                f"  scale-out {r['node']}: boot {r['boot_s']} s{queued}, programmed by FM "
+                f"{r['program_s']} s later, first packet {r['join_to_traffic_s']} s after "
+                f"joining the ECMP group ({r['signal_to_traffic_s']} s after the signal), "
+                f"forwarding {r['join_to_forward_s']} s after joining"
             )
     for r in m["pp_scale_in"]:
         if "error" not in r:

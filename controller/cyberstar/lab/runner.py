@@ -155,6 +155,7 @@ class ScenarioRun:
             except Exception:
                 daemon.kill()
                 self.say(f"{host}: the load generator did not finish in time; killed")
+        operator.closing.set()
         if autoscaler is not None:
             autoscaler.stop()
         events.join(60)

@@ -70,10 +70,11 @@ class PpGroup:
     def active(self) -> list[PpHost]:
         return list(self.bonding.members) if self.bonding else []
 
-    def spare(self) -> PpHost | None:
-        """A node that is neither a member nor draining nor dead-and-unrecovered."""
+    def spare(self, exclude: list[PpHost] = ()) -> PpHost | None:
+        """A node that runs nothing and is neither a member nor draining."""
         assert self.bonding is not None
         busy = {p.name for p in self.bonding.members} | set(self.bonding.draining)
+        busy |= {p.name for p in exclude}
         return next((p for p in self.nodes if p.name not in busy and not p.running), None)
 
 
