@@ -3,7 +3,9 @@ check that removes a dead member.
 
 The tenants' vSwitch routes each tenant's service address (its VIP) over every active member
 of the group; the services' gateway routes each tenant's SNAT address back the same way. Both
-are Linux multipath routes hashed on the 5-tuple (`fib_multipath_hash_policy=1`), so:
+point at a Linux resilient next-hop group (a table of hash buckets over the members, hashed on
+the 5-tuple: `fib_multipath_hash_policy=1`): a member joining or leaving moves only the buckets
+it takes or gives up, as consistent-hashing ECMP in switches does, so:
 
 * **scale-out** adds a next hop: new flows, and the established flows the hash now sends to
   the new node, reach it; their first packet there misses, and FM answers it from its cache.
@@ -34,6 +36,11 @@ from cyberstar.lab.hosts import PpHost, RouterHost
 
 log = logging.getLogger(__name__)
 PIN_TABLE_BASE, PIN_RULE_PREF = 1000, 100
+NEXTHOP_GROUP_BASE = 1000  # next-hop ids: member n is n, group g is 1000 + g
+# Hash buckets of a resilient next-hop group: when a member joins or leaves, only the buckets
+# it gains or loses move (the flows of the others stay put); `idle_timer 0` lets them move at
+# once instead of waiting for a quiet bucket.
+BUCKETS = 120
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,7 @@ class Side:
 class EcmpGroup:
     name: str
     sides: tuple[Side, ...]
+    nexthop_group: int  # the id of the group's next-hop group on each router
     members: list[PpHost] = field(default_factory=list)
     draining: dict[str, PpHost] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
@@ -146,18 +154,22 @@ class EcmpGroup:
                 )
 
     def _apply(self) -> None:
+        """Point the group's prefixes at a resilient next-hop group of the members (or at a
+        blackhole when none is left)."""
         for side in self.sides:
-            hops = [side.hop(pp) for pp in self.members]
+            sh = side.router.sh
+            for pp in self.members:
+                via, dev = side.hop(pp)
+                sh("ip", "nexthop", "replace", "id", str(pp.index), "via", via, "dev", dev)
+            if self.members:
+                ids = "/".join(str(pp.index) for pp in self.members)
+                sh("ip", "nexthop", "replace", "id", str(self.nexthop_group), "group", ids,
+                   "type", "resilient", "buckets", str(BUCKETS), "idle_timer", "0")  # fmt: skip
             for prefix in side.prefixes:
-                if not hops:
-                    args = ["blackhole", prefix]
-                elif len(hops) == 1:
-                    args = [prefix, "via", hops[0][0], "dev", hops[0][1], "onlink"]
+                if self.members:
+                    sh("ip", "route", "replace", prefix, "nhid", str(self.nexthop_group))
                 else:
-                    args = [prefix]
-                    for via, dev in hops:
-                        args += ["nexthop", "via", via, "dev", dev, "onlink"]
-                side.router.sh("ip", "route", "replace", *args)
+                    sh("ip", "route", "replace", "blackhole", prefix)
         log.info(
             "group %s: members %s, draining %s",
             self.name,

@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from cyberstar import netns
-from cyberstar.lab.ecmp import EcmpGroup, HealthMonitor, Side
+from cyberstar.lab.ecmp import NEXTHOP_GROUP_BASE, EcmpGroup, HealthMonitor, Side
 from cyberstar.lab.hosts import (
     Bmv2PpHost,
     DataLink,
@@ -304,7 +304,8 @@ class LabNet:
         self.wait_fm(lambda s: s["leader"], 60, f"{fms[0].name} to lead")
         _parallel([fm.boot for fm in fms[1:]])
         for group in self.groups.values():
-            group.bonding = EcmpGroup(group.name, self._sides(group))
+            gid = NEXTHOP_GROUP_BASE + list(self.groups).index(group.name) + 1
+            group.bonding = EcmpGroup(group.name, self._sides(group), gid)
             for pp in group.nodes[: group.initial]:
                 self.join(pp)
         self.health.start([self.vsw, self.svc])
