@@ -65,7 +65,7 @@ class LoadSpec:
     connect_timeout_s: float = 10.0
     request_timeout_s: float = 10.0
     report_interval_s: float = 0.1
-    stall_s: float = 0.2
+    stall_s: float = 0.1
     max_open: int = 60000
 
     @classmethod
