@@ -22,6 +22,7 @@ PEER_PP_MAC = "02:00:00:00:00:03"
 CLIENT, VIP, PUBLIC, BACKEND = "192.168.1.2", "10.0.0.5", "203.0.113.9", "172.16.0.7"
 PP_IP, PEER_PP_IP = "198.51.100.1", "198.51.100.2"
 TENANT, VNI_IN, VNI_OUT = 7, 5000, 6000
+LONGEST_FRAME = 3520  # what XDP sees in a 4 KiB page: the pipeline's documented MAX_FRAME
 
 BASE_RULES: list[dict] = [
     {
@@ -195,6 +196,28 @@ def _cases() -> list[Case]:
             _snat_expected(syn),
         ),
     ]
+    longest = client_tcp(b"x" * (LONGEST_FRAME - 54))  # Ethernet 14 + IPv4 20 + TCP 20
+    assert len(longest) == LONGEST_FRAME
+    cases.append(
+        Case(
+            "a frame of the longest size the pipeline takes is forwarded",
+            bytes(longest),
+            [*BASE_RULES, SNAT],
+            "forward",
+            2,
+            _snat_expected(longest),
+        )
+    )
+    too_long = client_tcp(b"x" * (LONGEST_FRAME + 1 - 54))
+    cases.append(
+        Case(
+            "a frame one byte longer is dropped",
+            bytes(too_long),
+            [*BASE_RULES, SNAT],
+            "drop",
+            drop_reason="frame_too_long",
+        )
+    )
     udp = (
         Ether(src=CLIENT_MAC, dst=PP_MAC)
         / IP(src=CLIENT, dst=VIP)

@@ -209,6 +209,8 @@ def _maps(p: Pipeline) -> str:
         "// Punted packets (packet_in metadata + the frame) and perf-buffer overflows.\n"
         "BPF_PERF_OUTPUT(punts);\n"
         "BPF_PERCPU_ARRAY(punt_overflows, __u64, 1);\n"
+        "// Tenants at their flow-entry quota (the agent's --flow-quota): a miss is dropped.\n"
+        f"BPF_ARRAY({QUOTA_MAP}, __u8, {1 << p.meta_field('tenant_id').width});\n"
     )
     out += asserts
     return "\n".join(out) + "\n"
@@ -703,6 +705,9 @@ static __always_inline int forward(struct xdp_md *ctx, struct parsed *ps, struct
 }
 """
 
+# The agent marks a tenant at its flow-entry quota here; _MAIN_C names it too.
+QUOTA_MAP = "tenant_over_quota"
+
 _MAIN_C = """\
 int pp_xdp(struct xdp_md *ctx) {
     void *data = (void *)(long)ctx->data;
@@ -712,6 +717,11 @@ int pp_xdp(struct xdp_md *ctx) {
     __u32 *port = ports.lookup(&ifindex);
     if (!port)
         return XDP_PASS;  // not one of our interfaces
+    if (frame_len > MAX_FRAME) {  // the parser's first check, made here: in pp_parse it
+        count_verdicts(V_DROP, frame_len);  // costs the verifier twice the states
+        count_drop_reasons(R_FRAME_TOO_LONG, frame_len);
+        return XDP_DROP;
+    }
 
     struct parsed ps;
     __builtin_memset(&ps, 0, sizeof(ps));
@@ -750,6 +760,13 @@ int pp_xdp(struct xdp_md *ctx) {
         m.drop_reason = R_PORT_DOWN;
     }
     if (m.verdict == V_PUNT) {
+        __u32 tenant = m.tenant_id;
+        __u8 *full = tenant_over_quota.lookup(&tenant);
+        if (full && *full && m.punt_reason == PUNT_MISS) {  // no room for its rules
+            count_verdicts(V_DROP, frame_len);
+            count_drop_reasons(R_FLOW_QUOTA, frame_len);
+            return XDP_DROP;
+        }
         struct punt_meta pm;
         __builtin_memset(&pm, 0, sizeof(pm));
         pm.ingress_port = m.ingress_port;

@@ -69,7 +69,8 @@ def run_command(args: argparse.Namespace) -> int:
 RUN = Verb(
     help="push IN.pcap through a target with RULES.json installed",
     description="Writes DIR/verdicts.jsonl (one line per input packet: index, verdict, "
-    "port) and DIR/out.pcap (bytes of forwarded and punted packets, in input order). "
+    "port, and a drop's drop_reason) and DIR/out.pcap (bytes of forwarded and punted "
+    "packets, in input order). "
     "Prints a JSON summary. Exit codes: 0 done, 1 the target failed, 2 bad input or "
     "target not installed.",
     arguments=arguments,

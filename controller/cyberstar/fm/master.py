@@ -126,7 +126,8 @@ class FabricMaster:
             "cached_connections": self.cache.connections,
             "shards": {str(k): v for k, v in sorted(self.shard_map.shards.items(), key=str)},
             "pp_nodes": {s.name: {"primary": s.primary, "ready": s.primary and s.ready.is_set(),
-                                  "connections": s.connections, "packet_in": s.packet_ins}
+                                  "connections": s.connections, "packet_in": s.packet_ins,
+                                  "lost_primary": s.lost_primary, "election_id": s.election_id}
                          for s in self.sessions},
             "slow_path": dict(self.slowpath.stats),
             "first_packet_ms": self.slowpath.latency_percentiles(),
@@ -285,6 +286,7 @@ class FabricMaster:
         for s in self.sessions:
             out.append(("cyberstar_fm_pp_primary", {"pp": s.name}, int(s.primary)))
             out.append(("cyberstar_fm_pp_connections_total", {"pp": s.name}, s.connections))
+            out.append(("cyberstar_fm_pp_lost_primary_total", {"pp": s.name}, s.lost_primary))
             out.append(("cyberstar_fm_pp_packet_in_total", {"pp": s.name}, s.packet_ins))
             out.append(("cyberstar_fm_pp_ready", {"pp": s.name}, int(s.ready.is_set())))
         for q, ms in self.slowpath.latency_percentiles().items():

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import grpc
 from finsy.proto import p4i, p4r, p4r_grpc
 
-from cyberstar.p4rt.client import MAX_RECEIVE
+from cyberstar.p4rt import client
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.p4rt.messages import (
     Action,
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # A device that is down now may come up any moment (a PP node booted by a scale-out): retry
 # its connection every half second at most, not with gRPC's default backoff of up to 2 min.
 CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_RECEIVE),
+    *client.CHANNEL_OPTIONS,
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 500),

@@ -28,6 +28,13 @@ from cyberstar.p4rt.messages import (
 
 log = logging.getLogger(__name__)
 MAX_RECEIVE = 256 * 1024 * 1024
+# One connection per client: the server tells controllers apart by connection (a Write must
+# arrive on the connection that arbitrated), and gRPC would otherwise share one between
+# channels to the same address.
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_RECEIVE),
+    ("grpc.use_local_subchannel_pool", 1),
+]
 
 
 class P4RuntimeClient:
@@ -38,17 +45,17 @@ class P4RuntimeClient:
         self.device_id = device_id
         self.election_id = election_id
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", MAX_RECEIVE)]
-        )
+        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = p4r_grpc.P4RuntimeStub(self.channel)
         self.packet_ins: queue.Queue[p4r.PacketIn] = queue.Queue()
         self.idle_notifications: queue.Queue[p4r.IdleTimeoutNotification] = queue.Queue()
         self.arbitrations: queue.Queue[p4r.MasterArbitrationUpdate] = queue.Queue()
+        self.stream_errors: queue.Queue[p4r.StreamError] = queue.Queue()
         self._sinks = {
             "arbitration": self.arbitrations.put,
             "packet": self.packet_ins.put,
             "idle_timeout_notification": self.idle_notifications.put,
+            "error": self.stream_errors.put,
         }
         self._requests: queue.Queue[p4r.StreamMessageRequest | None] = queue.Queue()
         self._stream_thread: threading.Thread | None = None

@@ -5,6 +5,7 @@ FM both read frames through this module.
 The checks and their order are the pipeline's contract; the P4 parser and the XDP parser make
 the same checks in the same order (the differential tests hold them to it):
 
+  At most MAX_FRAME bytes in all (frame_too_long), then
   Ethernet (14 bytes) → optional 802.1Q tag → IPv4, if the EtherType says so:
     20 bytes present, version 4, IHL ≥ 5, IHL*4 ≤ total length ≤ bytes available,
     not a fragment (MF clear and offset 0), then by protocol within the total length:
@@ -24,6 +25,7 @@ from cyberstar.pipeline.headers import unpack
 from cyberstar.pipeline.model import HeaderType
 from cyberstar.pipeline.pp import CONSTANTS, ETHERNET, ICMP, IPV4, TCP, UDP, VLAN, VXLAN
 
+MAX_FRAME = CONSTANTS["MAX_FRAME"]
 ETHERTYPE_IPV4 = CONSTANTS["ETHERTYPE_IPV4"]
 ETHERTYPE_VLAN = CONSTANTS["ETHERTYPE_VLAN"]
 VXLAN_UDP_PORT = CONSTANTS["VXLAN_UDP_PORT"]
@@ -68,6 +70,8 @@ def parse(frame: bytes) -> Parsed:
     """Parse a frame; raises `Malformed(reason)` with a `drop_reasons` label."""
     p = Parsed()
     end = len(frame)
+    if end > MAX_FRAME:
+        raise Malformed("frame_too_long")
     off = _extract(p, frame, "ethernet", ETHERNET, 0, end, "truncated_ethernet")
     ether_type = p.headers["ethernet"]["ether_type"]
     if ether_type == ETHERTYPE_VLAN:

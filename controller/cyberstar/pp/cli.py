@@ -25,12 +25,24 @@ def arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--mode", choices=["native", "skb"], help="force an XDP mode")
     serve.add_argument("--netns", help="the interfaces live in this network namespace")
     serve.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics")
+    serve.add_argument(
+        "--flow-quota",
+        action="append",
+        default=[],
+        metavar="N|TENANT=N",
+        help="flow-table entries a tenant may hold on this node: N for every tenant, "
+        "TENANT=N for one (repeat); beyond it INSERTs are RESOURCE_EXHAUSTED and the "
+        "tenant's misses are dropped (counted as flow_quota). Default: no quota",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from cyberstar.pp.agent import run_agent
 
-    return run_agent(args.iface, args.grpc, args.device_id, args.mode, args.netns, args.metrics)
+    return run_agent(
+        args.iface, args.grpc, args.device_id, args.mode, args.netns, args.metrics,
+        args.flow_quota,
+    )  # fmt: skip
 
 
 SERVE = Verb(
