@@ -466,7 +466,7 @@ class XdpDevice:
     def direct_counters(self, table: str) -> list[tuple[TableEntry, int, int]]:
         """Every entry of `table` with its direct counter: (entry, packets, bytes)."""
         with self._lock:
-            rows = list(self._entries_with_state(table, p4r.TableEntry(), True))
+            rows = list(self._entries_with_state(table, p4r.TableEntry()))
         return [(e, head.get("packets", 0), head.get("bytes", 0)) for e, head in rows]
 
     def _entries_with_state(
