@@ -80,52 +80,50 @@ class Operator:
                 nodes.append(spare)
             if not nodes:
                 return [self._fail(dict(base), "no spare PP node left")]
-            times: dict[str, dict[str, float]] = {pp.name: {} for pp in nodes}
+            recs = [{**base, "node": pp.name, "queued_s": round(started - t, 3)} for pp in nodes]
+            jobs = [
+                lambda p=p, r=r: self._bring_in(p, r, started)
+                for p, r in zip(nodes, recs, strict=True)
+            ]
+            _parallel(jobs)
+            return recs
 
-            def boot(pp: PpHost) -> None:
-                pp.boot()
-                times[pp.name]["booted"] = self.clock()
-
-            _parallel([lambda p=p: boot(p) for p in nodes])
-            recs = {pp.name: {**base, "node": pp.name, "queued_s": round(started - t, 3)}
-                    for pp in nodes}  # fmt: skip
-            joined = []
-            for pp in nodes:
-                try:
-                    self.net.join(pp)
-                except LabError as exc:
-                    self._fail(recs[pp.name], str(exc))
-                    continue
-                times[pp.name]["joined"] = self.clock()
-                self.joined_order.append(pp)
-                joined.append(pp)
-
-            def first(pp: PpHost) -> None:
-                arrived, forwarded = self._first_packets(pp, times[pp.name]["joined"])
-                times[pp.name]["first"], times[pp.name]["forwarded"] = arrived, forwarded
-
-            _parallel([lambda p=p: first(p) for p in joined])
-            for pp in joined:
-                tm, rec = times[pp.name], recs[pp.name]
-                rec["boot_s"] = round(tm["booted"] - started, 3)
-                rec["program_s"] = round(tm["joined"] - tm["booted"], 3)
-                rec["joined_at"] = round(tm["joined"], 3)
-                if tm["first"] is None or tm["forwarded"] is None:
-                    self._fail(rec, "the new node received or forwarded nothing within 10 s")
-                    continue
-                # traffic arrives (the paper's measure); its first packet may have gone
-                # through FM's slow path before the node forwards on its own
-                rec["join_to_traffic_s"] = round(tm["first"] - tm["joined"], 3)
-                rec["join_to_forward_s"] = round(tm["forwarded"] - tm["joined"], 3)
-                rec["signal_to_traffic_s"] = round(tm["first"] - t, 3)
-                self.record(rec)
-            return list(recs.values())
+    def _bring_in(self, pp: PpHost, rec: dict, started: float) -> None:
+        """Boot one node, wait for FM to program it, join it to its group, and time its first
+        packets; the nodes of one scale-out go through this side by side."""
+        try:
+            pp.boot()
+            booted = self.clock()
+            rec["boot_s"] = round(booted - started, 3)
+            self.net.join(pp, before=lambda: rec.update(_base=self.pp_packets(pp)))
+        except LabError as exc:
+            self._fail(rec, str(exc))
+            return
+        joined = self.clock()
+        self.joined_order.append(pp)
+        rec["program_s"] = round(joined - booted, 3)
+        rec["joined_at"] = round(joined, 3)
+        arrived, forwarded = self._first_packets(pp, joined, rec.pop("_base"))
+        if arrived is None or forwarded is None:
+            self._fail(rec, "the new node received or forwarded nothing within 10 s")
+            return
+        # when traffic arrives (the paper's measure); its first packets may go through FM's
+        # slow path before the node forwards on its own
+        rec["join_to_traffic_s"] = round(arrived - joined, 3)
+        rec["join_to_forward_s"] = round(forwarded - joined, 3)
+        rec["signal_to_traffic_s"] = round(arrived - rec["t"], 3)
+        self.record(rec)
 
     def _first_packets(
-        self, pp: PpHost, since: float, timeout: float = 10.0, poll_s: float = 0.02
+        self,
+        pp: PpHost,
+        since: float,
+        base: tuple[float, float],
+        timeout: float = 10.0,
+        poll_s: float = 0.02,
     ) -> tuple[float | None, float | None]:
-        """When the node's counters first moved after `since`: received, forwarded."""
-        base = self.pp_packets(pp)
+        """When the node's counters first moved past `base` (taken before it joined):
+        received, forwarded."""
         arrived = forwarded = None
         while self.clock() - since < timeout and forwarded is None:
             received, sent = self.pp_packets(pp)

@@ -6,7 +6,7 @@ line (`cyberstar.yamlconf`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from cyberstar.yamlconf import ConfigError, Section, load_yaml, read_text
@@ -121,7 +121,6 @@ class Scenario:
     plots: tuple[str, ...]
     scrape_interval_s: float = 0.5
     report_interval_s: float = 0.1
-    extra: dict = field(default_factory=dict)
 
     def schedule_for(self, tenant: str) -> list[tuple[float, float]]:
         """The tenant's connection-rate schedule with its bursts applied."""
@@ -164,7 +163,7 @@ def parse_scenario(text: str, path: Path) -> Scenario:
     description = top.str("description", "")
     duration = top.number("duration_s", lo=1.0)
     topology = _topology(top.section("topology"), path.parent)
-    traffic = tuple(_traffic(s, duration) for s in top.sections("traffic", []))
+    traffic = tuple(_traffic(s) for s in top.sections("traffic", []))
     events = tuple(_event(s, duration) for s in top.sections("events", []))
     autoscale = _autoscale(top.section("autoscale")) if top.has("autoscale") else None
     expect = _expect(top.section("expect", {}))
@@ -189,7 +188,7 @@ def parse_scenario(text: str, path: Path) -> Scenario:
         scrape,
         report,
     )
-    _cross_check(scenario, top)
+    _cross_check(scenario)
     return scenario
 
 
@@ -252,7 +251,7 @@ def _topology(sec: Section, base: Path) -> TopologySpec:
     return spec
 
 
-def _traffic(sec: Section, duration: float) -> TrafficSpec:
+def _traffic(sec: Section) -> TrafficSpec:
     tenant = sec.str("tenant")
     if sec.has("schedule"):
         steps = []
@@ -376,7 +375,7 @@ def _expect(sec: Section) -> Expectations:
     return out
 
 
-def _cross_check(s: Scenario, top: Section) -> None:
+def _cross_check(s: Scenario) -> None:
     topo = s.topology
     if topo.file is not None:
         return  # names are known once the file has built the lab (checked then)

@@ -498,9 +498,9 @@ class LabNet:
 
     # ---- elasticity ---------------------------------------------------------------------------
 
-    def join(self, pp: PpHost, timeout: float = 60) -> float:
-        """Add a running PP node to its group once FM has programmed it; returns the time it
-        joined (monotonic)."""
+    def join(self, pp: PpHost, timeout: float = 60, before=lambda: None) -> float:
+        """Add a running PP node to its group once FM has programmed it (`before()` runs just
+        before it joins); returns the time it joined (monotonic)."""
         self.wait_fm(
             lambda s: s["pp_nodes"].get(pp.name, {}).get("ready"),
             timeout,
@@ -509,6 +509,7 @@ class LabNet:
         group = self.groups[pp.group]
         assert group.bonding is not None
         self.health.watch(pp, group.bonding.sides)
+        before()
         group.bonding.add(pp)
         return time.monotonic()
 
