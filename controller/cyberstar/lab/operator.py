@@ -38,6 +38,13 @@ class Operator:
             self.records.append(rec)
         return rec
 
+    def _skip(self, rec: dict) -> dict:
+        """An action still queued when the scenario ended (a slow machine): not run, and no
+        failure of the system either."""
+        rec["skipped"] = "the scenario ended before it could run"
+        log.warning("%s at %.1f s: %s", rec["kind"], rec["t"], rec["skipped"])
+        return self.record(rec)
+
     def _fail(self, rec: dict, message: str) -> dict:
         rec["error"] = message
         log.warning("%s at %.1f s: %s", rec["kind"], rec["t"], message)
@@ -71,7 +78,7 @@ class Operator:
         with self._group_locks[g.name]:
             started = self.clock()
             if self.closing.is_set():
-                return [self._fail(dict(base), "the scenario ended before it could run")]
+                return [self._skip(dict(base))]
             nodes: list[PpHost] = []
             for _ in range(count):
                 spare = g.spare(exclude=nodes)
@@ -150,7 +157,7 @@ class Operator:
         rec: dict = {"kind": "pp_scale_in", "t": round(t, 3), "group": g.name, "reason": reason}
         with self._group_locks[g.name]:
             if self.closing.is_set():
-                return self._fail(rec, "the scenario ended before it could run")
+                return self._skip(rec)
             members = g.active
             if node is None:
                 recent = [p for p in reversed(self.joined_order) if p in members]

@@ -182,6 +182,8 @@ def build_report(
     tenants = {}
     for name in logs.tenants():
         tenants[name] = {"totals": logs.totals(name), "connect_ms": logs.connect_ms(name)}
+    skipped = [r for r in records if "skipped" in r]
+    records = [r for r in records if "skipped" not in r]
     scale_outs = [r for r in records if r["kind"] == "pp_scale_out"]
     lag = {name: [(r["t"], r["loop_lag_ms"]) for r in logs.timeline(name)] for name in tenants}
 
@@ -229,6 +231,7 @@ def build_report(
             ),
         },
         "events": sorted(records, key=lambda r: r["t"]),
+        "skipped_events": skipped,
         "autoscale_decisions": decisions,
         "health_check": health,
         "measurements": {
@@ -345,6 +348,8 @@ def summary_lines(report: dict) -> list[str]:
                          f"(silent {r['silent_s']} s) though no event crashed it")  # fmt: skip
     for r in report["health_check"]["restored"]:
         lines.append(f"  note: {r['node']} answered again and rejoined at {r['t']} s")
+    for r in report["skipped_events"]:
+        lines.append(f"  note: {r['kind']} at {r['t']} s did not run: {r['skipped']}")
     m = report["measurements"]
     for r in m["pp_scale_out"]:
         if "error" not in r:

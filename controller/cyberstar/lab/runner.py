@@ -322,6 +322,8 @@ def _describe(ev: Event) -> str:
 def _outcome(rec: dict) -> str:
     if "error" in rec:
         return f"{rec['kind']} FAILED: {rec['error']}"
+    if "skipped" in rec:
+        return f"{rec['kind']} skipped: {rec['skipped']}"
     keys = (
         "node",
         "group",
