@@ -9,8 +9,8 @@ APT_PACKAGES=(
   clang llvm libbpf-dev bpftool
   linux-headers-amd64
   mininet bridge-utils iproute2 iputils-ping tcpdump ethtool nftables conntrack
-  etcd-server etcd-client
   nginx
+  etcd-server etcd-client
   build-essential pkg-config git util-linux
 )
 
@@ -34,11 +34,11 @@ else
   log "apt packages already installed"
 fi
 
-# etcd-server's and nginx's packages start system-wide daemons where systemd runs; cyberstar
-# starts its own (the lab's nginx backends run in Mininet hosts).
-for unit in etcd nginx; do
-  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$unit" 2>/dev/null; then
-    systemctl disable --now "$unit" >/dev/null 2>&1 || true
+# etcd-server's and nginx's packages start system-wide services where systemd runs; cyberstar
+# starts its own (nginx is the benchmarks' server in a namespace, and the lab's backends in Mininet hosts).
+for service in etcd nginx; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
+    systemctl disable --now "$service" >/dev/null 2>&1 || true
   fi
 done
 

@@ -25,16 +25,13 @@ CHECK
 TRAIN
 GENERATE
 SIMULATE
-# Called by the standard library: http.server handlers, asyncio protocols.
-_.do_GET
-_.log_message
-# Read by socketserver/http.server (cyberstar.metrics._Server).
-_.daemon_threads
-_.server_name
-_.server_port
+INIT
+# Called by the standard library: asyncio protocols.
 _.connection_made
 _.data_received
 _.connection_lost
+# queue.Queue's hook, overridden by p4rt/server.py's _Outbox (bounded in packets).
+_._qsize
 # Dataclass fields serialised with dataclasses.asdict (simulator results).
 scale_downs
 _.scale_downs
@@ -42,6 +39,12 @@ _.scale_downs
 doc
 PACKETS
 BYTES
+# aetcd.Client's own methods use these attributes (set by cyberstar.sc.coord.EtcdClient).
+_.kvstub
+_.clusterstub
+_.leasestub
+_.maintenancestub
+_._watcher
 # pytest: module marks, hooks and their arguments, fixtures used by name (bmv2_tools for the
 # skip it makes), hypothesis state-machine invariants.
 pytestmark

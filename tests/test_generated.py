@@ -56,7 +56,7 @@ def test_p4info_round_trips_and_references_resolve() -> None:
 
 def test_p4info_parses_with_the_p4runtime_package() -> None:
     if not P4RT_PYTHON.exists():
-        pytest.skip("the p4runtime-shell venv is missing: run `make install`")
+        pytest.fail("the p4runtime-shell venv is missing: run `make install`")
     script = (
         "import sys\n"
         "from google.protobuf import text_format\n"

@@ -3,12 +3,12 @@ client host reaches the server host through static SNAT entries installed over P
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import needs
 import pytest
 from finsy.proto import p4r
 
@@ -35,14 +35,16 @@ s.bind(("10.1.0.2", 40001)); s.connect(("10.2.0.2", 8080)); print(s.recv(100).de
 
 
 def test_tcp_through_static_snat_in_mininet() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    pytest.importorskip("mininet")
+    needs.root()
+    try:
+        import mininet  # noqa: F401
+    except ImportError:
+        pytest.fail("Mininet is not importable: run `make install` (Debian's mininet)")
     from pp_line import PpLine
 
     line = PpLine()
     try:
-        client = P4RuntimeClient(line.address, device_id=1, election_id=1)
+        client = P4RuntimeClient(line.address, device_id=1, election_id=1, tls=line.tls)
         client.wait_ready(60)
         client.open_stream()
         client.set_pipeline(build_p4info(PIPELINE), b"")

@@ -7,6 +7,7 @@ import os
 import socket
 import time
 
+import needs
 import pytest
 
 from cyberstar import netns
@@ -18,8 +19,7 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture
 def pp_ns():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    needs.root()
     with netns.with_pp_ports(f"cs-attach-{os.getpid()}") as ns:
         yield ns
 

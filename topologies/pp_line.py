@@ -3,8 +3,9 @@
     client (10.1.0.2/24, gw 10.1.0.1) ── pp-eth1 [pp: cyberstar pp serve] pp-eth2 ── server
                                                                               (10.2.0.2/24)
 
-The PP host runs the XDP agent on pp-eth1 (port 1) and pp-eth2 (port 2) with P4Runtime on a
-unix socket; its interfaces carry the gateway addresses only so the hosts' ARP is answered (the
+The PP host runs the XDP agent on pp-eth1 (port 1) and pp-eth2 (port 2) with P4Runtime (mutual
+TLS, certificates of a lab CA in its directory: `tls` is a controller's) on a unix socket; its
+interfaces carry the gateway addresses only so the hosts' ARP is answered (the
 PP host does not forward: XDP does). Run it with `sudo python3 topologies/pp_line.py` for a
 Mininet CLI, or use `PpLine` from Python (tests/test_mininet.py).
 """
@@ -18,6 +19,8 @@ from pathlib import Path
 
 from mininet.net import Mininet
 from mininet.topo import Topo
+
+from cyberstar.lab.certs import LabCerts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,9 +48,12 @@ class PpLine:
         self.dir = Path(tempfile.mkdtemp(prefix="cyberstar-mininet-"))
         self.address = f"unix:{self.dir / 'p4rt.sock'}"
         self.log = (self.dir / "agent.log").open("w")
+        certs = LabCerts(self.dir / "certs")
+        self.tls = certs.files("admin", "mininet-admin")
         self.agent = pp.popen(
             [python, "-m", "cyberstar.cli", "-v", "pp", "serve", "--iface", "pp-eth1",
-             "--iface", "pp-eth2", "--grpc", self.address, "--mode", mode],
+             "--iface", "pp-eth2", "--grpc", self.address, "--mode", mode,
+             *certs.flags("pp", "pp")],
             stdout=self.log, stderr=subprocess.STDOUT, cwd=str(REPO),
         )  # fmt: skip
 
@@ -67,7 +73,7 @@ if __name__ == "__main__":
     from mininet.cli import CLI
 
     line = PpLine()
-    print(f"PP agent P4Runtime at {line.address}; log {line.log.name}")
+    print(f"PP agent P4Runtime at {line.address} (TLS: {line.tls}); log {line.log.name}")
     try:
         CLI(line.net)
     finally:

@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, dict[str | None, str]]] = {
         {None: "cyberstar.commands.build:BUILD"},
     ),
     "doctor": (
-        "check this host (BPF/XDP, headers, bpffs, BCC, netns, bmv2/p4c)",
+        "check this host (BPF/XDP, headers, bpffs, BCC, netns, bmv2/p4c, etcd)",
         {None: "cyberstar.commands.doctor:DOCTOR"},
     ),
     "demo": (
@@ -33,6 +33,10 @@ COMMANDS: dict[str, tuple[str, dict[str | None, str]]] = {
         {None: "cyberstar.commands.demo:DEMO"},
     ),
     "pcap": ("run pcaps through a PP target", {"run": "cyberstar.commands.pcap:RUN"}),
+    "certs": (
+        "a lab CA and per-node certificates for mutual TLS",
+        {"init": "cyberstar.commands.certs:INIT"},
+    ),
     "pp": ("packet-processing (PP) nodes", {"serve": "cyberstar.pp.cli:SERVE"}),
     "fm": (
         "the Fabric Master (slow path, rule cache, fabric)",

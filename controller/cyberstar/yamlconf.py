@@ -77,7 +77,8 @@ class Section:
     def error(self, key: str | None, message: str) -> ConfigError:
         line = self.line_of(key) if key is not None else self.line
         name = f"{self.where}.{key}" if self.where and key else (key or self.where)
-        return ConfigError(f"{self.path}:{line}: {name}: {message}")
+        where = f"{name}: " if name else ""  # the file's top level has no name
+        return ConfigError(f"{self.path}:{line}: {where}{message}")
 
     def line_of(self, key: str) -> int:
         return getattr(self.data, "key_lines", {}).get(key, self.line)

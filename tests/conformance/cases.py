@@ -7,6 +7,7 @@ which equal the incremental updates because the inputs carry valid checksums).
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_Router_Alert
@@ -14,7 +15,6 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.layers.vxlan import VXLAN
 
 from cyberstar.pipeline.checksum import internet_checksum
-from cyberstar.ref.model import vxlan_source_port
 
 IN_PORT = 1
 CLIENT_MAC, PP_MAC, GW_MAC = "02:00:00:00:00:0a", "02:00:00:00:00:01", "02:00:00:00:00:02"
@@ -147,12 +147,17 @@ def cut(
 
 
 def vxlan_sport(src: str, dst: str, proto: int, sport: int, dport: int) -> int:
-    def ip(a: str) -> int:
-        return int.from_bytes(bytes(int(x) for x in a.split(".")), "big")
+    """The VXLAN envelope's UDP source port as docs/architecture.md defines it (written here
+    from the document, not taken from the model under test): 0xC000 | (h16 & 0x3FFF), where
+    h16 = hi16(s ^ d) ^ lo16(s ^ d) ^ sport ^ dport ^ protocol of the 5-tuple looked up."""
+    x = int(ipaddress.IPv4Address(src)) ^ int(ipaddress.IPv4Address(dst))
+    h16 = (x >> 16) ^ (x & 0xFFFF) ^ sport ^ dport ^ proto
+    return 0xC000 | (h16 & 0x3FFF)
 
-    return vxlan_source_port(
-        {"l3_src": ip(src), "l3_dst": ip(dst), "l3_proto": proto, "l4_src": sport, "l4_dst": dport}
-    )
+
+# By hand for the fabric cases' flow: 192.168.1.2 ^ 10.0.0.5 = 0xCAA80107; 0xCAA8 ^ 0x0107 =
+# 0xCBAF; ^ 40001 (0x9C41) = 0x57EE; ^ 80 (0x50) = 0x57BE; ^ 6 = 0x57B8; & 0x3FFF | 0xC000.
+assert vxlan_sport("192.168.1.2", "10.0.0.5", 6, 40001, 80) == 0xD7B8
 
 
 def tunnel(inner: Ether, vni: int, src: str, dst: str, smac: str, dmac: str, sport: int) -> Ether:

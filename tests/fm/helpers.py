@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-import pytest
+import needs
 
 from cyberstar.lab.slowpath import SlowPathLab
 from cyberstar.lab.wait import wait_until
@@ -21,10 +19,8 @@ from cyberstar.sc.client import ScClient
 def running_lab(**options) -> Iterator[SlowPathLab]:
     """A `SlowPathLab(**options)` whose FM leads and is primary on every PP node; skips the
     test where the lab cannot run."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root (BPF, network namespaces)")
-    if shutil.which("etcd") is None:
-        pytest.skip("etcd (Debian's etcd-server) is not installed: run `make install`")
+    needs.root()
+    needs.etcd()
     with SlowPathLab(**options) as lab:
         wait_until(lambda: lab.fm_get("fm1", "/status")["leader"], 30, "fm1 to lead")
         # ready: primary and programmed (the static entries and fabric next hops written)
@@ -66,7 +62,7 @@ def sc_requests(lab: SlowPathLab) -> int:
         for node in lab.sc.nodes.values():
             if not node.alive:
                 continue
-            async with ScClient(node.config["listen"]) as c:
+            async with ScClient(node.config["listen"], lab.sc.client_tls) as c:
                 reply = await c.inspect()
             total += reply.counters.get("requests", 0)
         return total

@@ -27,7 +27,7 @@ def test_fm_takes_its_node_back_from_a_rogue_election_id() -> None:
         _, errors = open_connections(lab, SERVERS[0], SERVER_PORT, 5)
         assert errors == []
         node = lab.pp
-        rogue = P4RuntimeClient(node.address, node.device_id, election_id=1 << 100)
+        rogue = P4RuntimeClient(node.address, node.device_id, election_id=1 << 100, tls=node.tls)
         rogue.wait_ready(10)
         try:
             assert rogue.open_stream().status.code == rpc_code.OK  # the rogue is primary

@@ -59,23 +59,36 @@ def test_cache_packs_and_unpacks_connections() -> None:
     assert parse_cookie(connection_cookie(1, 2)) == (1, 2)
 
 
+# The first three lines of every FM.yaml below: plaintext on loopback, a local etcd.
+BASE = "fm_id: fm1\nplaintext: true\netcd: {endpoints: [127.0.0.1:2379], plaintext: true}\n"
+
+
 def test_fm_config_errors_name_the_line(tmp_path) -> None:
-    good = "fm_id: fm1\npp_nodes:\n  - id: pp1\n    address: 127.0.0.1:9559\n"
+    good = BASE + "pp_nodes:\n  - id: pp1\n    address: 127.0.0.1:9559\n"
     cfg = parse_fm_config(good, "fm.yaml")
     assert cfg.pp_nodes[0].address == "127.0.0.1:9559"
     assert cfg.max_in_flight == 2
     assert parse_fm_config(good + "batch: {max_in_flight: 1}\n").max_in_flight == 1
     cases = [
-        ("fm_id: fm1\nbatch: {max_in_flight: 0}\n", "fm.yaml:2", "max_in_flight"),
-        ("fm_id: fm1\npp_nodes:\n  - id: pp1\n    adress: x\n", "fm.yaml:3", "missing"),
-        ("fm_id: fm1\nbatchh: {}\n", "fm.yaml:2", "unknown key"),
-        ("fm_id: fm1\netcd: [nohost]\n", "fm.yaml:2", "expected host:port"),
-        ("fm_id: fm1\netcd: []\n", "fm.yaml:2", "at least one endpoint"),
-        ("fm_id: fm1\npp_nodes:\n  - {id: a, address: x}\n  - {id: a, address: y}\n",
-         "fm.yaml:4", "listed twice"),
-        ("fm_id: fm1\nfabric:\n  vni: 5\n  nodes:\n    - {id: a, port: 1, mac: nope,"
-         " address: 1.2.3.4, gateway_mac: '02:00:00:00:00:01'}\n", "fm.yaml:5", "nope"),
+        (BASE + "batch: {max_in_flight: 0}\n", "fm.yaml:4", "max_in_flight"),
+        (BASE + "pp_nodes:\n  - id: pp1\n    adress: x\n", "fm.yaml:5", "missing"),
+        (BASE + "batchh: {}\n", "fm.yaml:4", "unknown key"),
+        (BASE.replace("[127.0.0.1:2379]", "[nohost]"), "fm.yaml:3", "expected host:port"),
+        (BASE.replace("[127.0.0.1:2379]", "[]"), "fm.yaml:3", "at least one endpoint"),
+        (BASE.replace("{endpoints", "[127.0.0.1:2379]\nx: {endpoints"), "fm.yaml:3",
+         "bare list"),
+        (BASE + "pp_nodes:\n  - {id: a, address: x}\n  - {id: a, address: unix:y}\n",
+         "fm.yaml:5", "not local"),
+        (BASE + "pp_nodes:\n  - {id: a, address: unix:x}\n  - {id: a, address: unix:y}\n",
+         "fm.yaml:6", "listed twice"),
+        (BASE + "fabric:\n  vni: 5\n  nodes:\n    - {id: a, port: 1, mac: nope,"
+         " address: 1.2.3.4, gateway_mac: '02:00:00:00:00:01'}\n", "fm.yaml:7", "nope"),
         ("fm_id: [\n", "fm.yaml:2", "not valid YAML"),
+        ("fm_id: fm1\netcd: {endpoints: [127.0.0.1:2379], plaintext: true}\n", "fm.yaml:1",
+         "missing key 'tls'"),
+        (BASE.replace("plaintext: true}", "tls: {ca: a, cert: b, key: c}}").replace(
+            "etcd: {endpoints: [127.0.0.1:2379]", "etcd: {endpoints: [10.0.0.1:2379]", 1
+         ) + "http: {listen: 0.0.0.0:9300, token_file: t}\n", "fm.yaml:4", "not local"),
     ]  # fmt: skip
     for text, where, what in cases:
         with pytest.raises(ConfigError) as err:
@@ -86,15 +99,30 @@ def test_fm_config_errors_name_the_line(tmp_path) -> None:
     rules.write_text(json.dumps([{"table": "nope", "action": "x"}]))
     with pytest.raises(ConfigError, match="entry 0: unknown table 'nope'"):
         parse_fm_config(
-            "fm_id: fm1\npp_nodes:\n  - {id: a, address: x, rules: bad.json}\n",
+            BASE + "pp_nodes:\n  - {id: a, address: unix:x, rules: bad.json}\n",
             "fm.yaml",
             tmp_path,
         )
 
 
+def test_fm_admin_token_is_required_and_long_enough(tmp_path) -> None:
+    http = "http: {listen: 127.0.0.1:9300, token_file: t}\n"
+    with pytest.raises(ConfigError, match="cannot read"):
+        parse_fm_config(BASE + http, "fm.yaml", tmp_path)
+    (tmp_path / "t").write_text("short\n")
+    with pytest.raises(ConfigError, match="at least 16"):
+        parse_fm_config(BASE + http, "fm.yaml", tmp_path)
+    (tmp_path / "t").write_text("0123456789abcdef0123\n")
+    cfg = parse_fm_config(BASE + http, "fm.yaml", tmp_path)
+    assert cfg.http is not None and cfg.http.token == "0123456789abcdef0123"
+    with pytest.raises(ConfigError, match="missing required key 'token_file'"):
+        parse_fm_config(BASE + "http: {listen: 127.0.0.1:9300}\n", "fm.yaml", tmp_path)
+
+
 def test_fabric_is_a_full_mesh_of_vxlan_next_hops() -> None:
     cfg = parse_fm_config(
-        "fm_id: fm1\nfabric:\n  vni: 9000\n  nexthop_base: 1000\n  nodes:\n"
+        BASE
+        + "fabric:\n  vni: 9000\n  nexthop_base: 1000\n  nodes:\n"
         + "".join(
             f"    - {{id: pp{i}, port: 2, mac: '02:00:00:00:00:0{i}', address: 198.51.100.{i},"
             f" gateway_mac: '02:00:00:00:00:fe'}}\n"
@@ -137,15 +165,15 @@ def test_packet_ins_fm_cannot_use_are_counted() -> None:
 def test_a_bmv2_node_gets_its_device_config_from_the_file_named(tmp_path) -> None:
     (tmp_path / "pp.json").write_bytes(b'{"program": "pp.p4"}')
     cfg = parse_fm_config(
-        "fm_id: fm1\npp_nodes:\n  - {id: a, address: x, device_config: pp.json}\n"
-        "  - {id: b, address: y}\n",
+        BASE + "pp_nodes:\n  - {id: a, address: unix:x, device_config: pp.json}\n"
+        "  - {id: b, address: unix:y}\n",
         "fm.yaml",
         tmp_path,
     )
     assert [n.device_config for n in cfg.pp_nodes] == [b'{"program": "pp.p4"}', b""]
-    with pytest.raises(ConfigError, match=r"fm.yaml:3.*cannot read .*missing.json"):
+    with pytest.raises(ConfigError, match=r"fm.yaml:5.*cannot read .*missing.json"):
         parse_fm_config(
-            "fm_id: fm1\npp_nodes:\n  - {id: a, address: x, device_config: missing.json}\n",
+            BASE + "pp_nodes:\n  - {id: a, address: unix:x, device_config: missing.json}\n",
             "fm.yaml",
             tmp_path,
         )

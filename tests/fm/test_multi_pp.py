@@ -54,7 +54,7 @@ def test_fm_installs_the_fabric_next_hops_between_pp_nodes(lab) -> None:
     decoder = PipelineDecoder(PIPELINE)
     next_hop = PIPELINE.table("next_hop").id
     for i, node in enumerate(lab.pps):
-        client = P4RuntimeClient(node.address, node.device_id, election_id=1)
+        client = P4RuntimeClient(node.address, node.device_id, election_id=1, tls=node.tls)
         try:
             client.wait_ready(10)
             entities = client.read([p4r.Entity(table_entry=p4r.TableEntry(table_id=next_hop))])

@@ -36,10 +36,10 @@ def lab():
 
 def test_membership_in_etcd(lab) -> None:
     """SC nodes register themselves; FM registers itself and the PP nodes it reaches."""
-    import aetcd
+    from cyberstar.sc import coord
 
     async def members() -> set[str]:
-        client = aetcd.Client(host="127.0.0.1", port=lab.sc.etcd.client_port)
+        client = await coord.connect(lab.sc.etcd_config(), "test")
         async with client:
             out = set()
             for kv in await client.get_prefix(b"/cyberstar/members/"):
@@ -105,19 +105,19 @@ def test_scale_out_to_four_groups_and_back_while_connections_flow(lab) -> None:
     t = threading.Thread(target=traffic)
     t.start()
     try:
-        out1 = lab.fm_get("fm1", "/scale?kind=out&shard=7:0-1024&to=scg2")
+        out1 = lab.fm_post("fm1", "/scale?kind=out&shard=7:0-1024&to=scg2")
         assert out1["phase"] == "fin"
         shards = tenant_shards(lab)
         by_scg = {scg: sid for sid, scg in shards.items()}
-        lab.fm_get("fm1", f"/scale?kind=out&shard={by_scg['scg1']}&to=scg3")
-        lab.fm_get("fm1", f"/scale?kind=out&shard={by_scg['scg2']}&to=scg4")
+        lab.fm_post("fm1", f"/scale?kind=out&shard={by_scg['scg1']}&to=scg3")
+        lab.fm_post("fm1", f"/scale?kind=out&shard={by_scg['scg2']}&to=scg4")
         shards = tenant_shards(lab)
         assert sorted(shards.values()) == ["scg1", "scg2", "scg3", "scg4"]
         # back to one group: merge every shard into scg1's, neighbour by neighbour
         while len(shards) > 1:
             order = sorted(shards, key=lambda s: int(s.split(":")[1].split("-")[0]))
             moving = next(s for s in order if shards[s] != "scg1")
-            lab.fm_get("fm1", f"/scale?kind=in&shard={moving}&to=scg1")
+            lab.fm_post("fm1", f"/scale?kind=in&shard={moving}&to=scg1")
             shards = tenant_shards(lab)
         assert list(shards.values()) == ["scg1"]
     finally:

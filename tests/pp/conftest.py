@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import needs
 import pytest
 
 from cyberstar import netns
@@ -14,8 +15,7 @@ from cyberstar.pipeline.pp import PIPELINE
 
 
 def _pp_node(name: str, address: str | None = None):
-    if os.geteuid() != 0:
-        pytest.skip("needs root (BPF, network namespaces)")
+    needs.root()
     with netns.with_pp_ports(f"cs-{name}-{os.getpid()}") as ns:
         node = start_agent(ns, ["pp1", "pp2"], address=address)
         try:

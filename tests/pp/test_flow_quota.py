@@ -9,6 +9,7 @@ import queue
 import socket
 
 import grpc
+import needs
 import pytest
 from finsy.proto import p4r
 
@@ -28,8 +29,7 @@ NETS = {7: "10.0.0.0/8", 8: "11.0.0.0/8", 9: "12.0.0.0/8"}  # tenant → destina
 
 @pytest.fixture
 def node():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    needs.root()
     with netns.with_pp_ports(f"cs-quota-{os.getpid()}") as ns:
         node = start_agent(ns, ["pp1", "pp2"], extra=["--flow-quota", "3", "--flow-quota", "8=5"])
         try:

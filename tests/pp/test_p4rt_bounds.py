@@ -16,6 +16,7 @@ from finsy.proto import p4r, p4r_grpc
 from cyberstar.p4rt.codec import update
 from cyberstar.pipeline.entries import TableEntry
 from cyberstar.pipeline.pp import PIPELINE
+from cyberstar.tls import TlsFiles, secure_or_plain_channel
 
 pytestmark = pytest.mark.root
 INSERT = p4r.Update.INSERT
@@ -35,9 +36,9 @@ def flow(i: int) -> TableEntry:
 class RawStream:
     """A StreamChannel on a connection of its own that sends only what it is told to."""
 
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.insecure_channel(
-            address, options=[("grpc.use_local_subchannel_pool", 1)]
+    def __init__(self, address: str, tls: TlsFiles | None) -> None:
+        self.channel = secure_or_plain_channel(
+            address, tls, [("grpc.use_local_subchannel_pool", 1)], "P4Runtime server"
         )
         self.requests: queue.Queue = queue.Queue()
         self.call = p4r_grpc.P4RuntimeStub(self.channel).StreamChannel(
@@ -64,7 +65,7 @@ class RawStream:
 def test_idle_streams_do_not_starve_other_calls(pp_node) -> None:
     """Eight streams that never send a message took all eight worker threads: Capabilities
     timed out. Now they cost no thread, and are closed when they do not arbitrate."""
-    idle = [RawStream(pp_node.address) for _ in range(8)]
+    idle = [RawStream(pp_node.address, pp_node.tls) for _ in range(8)]
     try:
         time.sleep(0.5)  # let the server start handling all of them
         stub = p4r_grpc.P4RuntimeStub(pp_node.client(arbitrate=False).channel)
@@ -80,7 +81,7 @@ def test_idle_streams_do_not_starve_other_calls(pp_node) -> None:
 
 
 def test_streams_beyond_the_limit_are_resource_exhausted(pp_node) -> None:
-    streams = [RawStream(pp_node.address) for _ in range(MAX_STREAMS + 1)]
+    streams = [RawStream(pp_node.address, pp_node.tls) for _ in range(MAX_STREAMS + 1)]
     try:
         time.sleep(3)  # well within the 10 s the others have to arbitrate
         codes = [None if s.ended.empty() else s.ended.get() for s in streams]

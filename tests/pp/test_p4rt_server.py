@@ -392,7 +392,7 @@ def test_counters_read_and_direct_counter_data(primary) -> None:
 
 def test_primary_backup_and_failover(pp_node) -> None:
     primary = pp_node.client(election_id=10)
-    backup = P4RuntimeClient(pp_node.address, 1, election_id=5)
+    backup = P4RuntimeClient(pp_node.address, 1, election_id=5, tls=pp_node.tls)
     pp_node.clients.append(backup)
     told = backup.open_stream()
     assert told.status.code == rpc_code.ALREADY_EXISTS  # a primary exists

@@ -1,6 +1,8 @@
 """p4runtime-shell, the tool users poke PP nodes with, drives the XDP agent (from its own venv,
-since it pins an old protobuf): pipeline from the committed files, insert/read/modify/delete on
-every table, and a second client with a lower election id is a backup that cannot write."""
+since it pins an old protobuf) over mutual TLS, as the README says: pipeline from the committed
+files, insert/read/modify/delete on every table, and a second client with a lower election id
+is a backup that cannot write. The agent listens on TCP here: gRPC checks a unix socket's
+certificate against the socket's path, which p4runtime-shell cannot override."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from finsy.proto import p4r
 from cyberstar.p4rt.codec import update
 from cyberstar.pipeline.entries import build_entry
 from cyberstar.pipeline.pp import PIPELINE
+from cyberstar.tls import TlsFiles
 
 REPO = Path(__file__).resolve().parents[2]
 SHELL_PYTHON = REPO / ".venv-p4rt" / "bin" / "python"
@@ -22,14 +25,16 @@ DRIVER = Path(__file__).parent / "p4rt_shell" / "drive_agent.py"
 pytestmark = pytest.mark.root
 
 
-def drive(address: str, role: str, tmp_path, device_config: bytes = b"") -> dict[str, dict]:
+def drive(address: str, role: str, tmp_path, device_config: bytes = b"",
+          tls: TlsFiles | None = None) -> dict[str, dict]:  # fmt: skip
     if not SHELL_PYTHON.exists():
-        pytest.skip("p4runtime-shell venv missing: run `make install`")
+        pytest.fail("p4runtime-shell venv missing: run `make install`")
     empty = tmp_path / "device_config.bin"
     empty.write_bytes(device_config)
+    certs = [str(tls.ca), str(tls.cert), str(tls.key)] if tls else []
     proc = subprocess.run(
         [str(SHELL_PYTHON), str(DRIVER), address,
-         str(REPO / "p4src" / "pp.p4info.txtpb"), str(empty), role],
+         str(REPO / "p4src" / "pp.p4info.txtpb"), str(empty), role, *certs],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -41,8 +46,18 @@ def drive(address: str, role: str, tmp_path, device_config: bytes = b"") -> dict
     return steps
 
 
-def test_p4runtime_shell_drives_every_table(pp_node, tmp_path) -> None:
-    check_primary_steps(drive(pp_node.address, "primary", tmp_path))
+def test_p4runtime_shell_drives_every_table(tcp_pp_node, tmp_path) -> None:
+    check_primary_steps(drive(tcp_pp_node.address, "primary", tmp_path, tls=tcp_pp_node.tls))
+
+
+def test_p4runtime_shell_without_a_certificate_is_refused(tcp_pp_node, tmp_path) -> None:
+    proc = subprocess.run(
+        [str(SHELL_PYTHON), str(DRIVER), tcp_pp_node.address,
+         str(REPO / "p4src" / "pp.p4info.txtpb"), str(tmp_path / "none.bin"), "backup"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "UNAVAILABLE" in proc.stderr, proc.stderr
 
 
 @pytest.mark.bmv2
@@ -70,10 +85,13 @@ def check_primary_steps(steps: dict[str, dict]) -> None:
     assert steps["deleted"]["counts"] == {"tenant_classify": 0, "acl": 0, "flow_table": 0,
                                           "next_hop": 0}  # fmt: skip
     assert steps["counters"]["cells"] == 4
+    meter = steps["meter"]["text"]  # the per-tenant rate, configured and read back
+    for field in ("cir: 250000", "cburst: 2048", "pir: 250000", "pburst: 2048", "index: 7"):
+        assert field in meter, meter
 
 
-def test_lower_election_id_is_a_backup_that_cannot_write(pp_node, tmp_path) -> None:
-    primary = pp_node.primary_with_pipeline(election_id=10)
+def test_lower_election_id_is_a_backup_that_cannot_write(tcp_pp_node, tmp_path) -> None:
+    primary = tcp_pp_node.primary_with_pipeline(election_id=10)
     mine = build_entry(
         PIPELINE,
         "next_hop",
@@ -82,7 +100,7 @@ def test_lower_election_id_is_a_backup_that_cannot_write(pp_node, tmp_path) -> N
         {"port": 2, "smac": "02:00:00:00:00:03", "dmac": "02:00:00:00:00:04"},
     )
     primary.write([update(p4r.Update.INSERT, PIPELINE, mine)])  # fmt: skip
-    steps = drive(pp_node.address, "backup", tmp_path)
+    steps = drive(tcp_pp_node.address, "backup", tmp_path, tls=tcp_pp_node.tls)
     assert steps["backup-insert"]["ok"] is False
     assert "PERMISSION_DENIED" in steps["backup-insert"]["error"]
     assert steps["backup-read"]["count"] == 1  # a backup reads what the primary wrote

@@ -7,11 +7,13 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.request
 
+import needs
 import pytest
 
 from cyberstar import netns
@@ -31,8 +33,7 @@ def xdp_prog_ids(ns: str, ifname: str) -> list[int]:
 
 @pytest.fixture
 def two_port_ns():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    needs.root()
     with netns.with_pp_ports(f"cs-life-{os.getpid()}") as ns:
         yield ns
 
@@ -70,8 +71,13 @@ def test_metrics_endpoint_counts_verdicts(two_port_ns) -> None:
             tx.send(arp)
         tx.close()
         deadline = time.monotonic() + 10
+        # Under TLS the endpoint is HTTPS and wants a certificate of the lab CA.
+        tls = node.tls
+        context = ssl.create_default_context(cafile=str(tls.ca))
+        context.load_cert_chain(str(tls.cert), str(tls.key))
         while True:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+            url = f"https://127.0.0.1:{port}/metrics"
+            text = urllib.request.urlopen(url, context=context).read().decode()
             line = next(
                 ln for ln in text.splitlines() if 'verdict="pass"' in ln and "packets" in ln
             )
@@ -85,11 +91,10 @@ def test_metrics_endpoint_counts_verdicts(two_port_ns) -> None:
 
 
 def test_bad_interface_is_a_clear_error() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    needs.root()
     proc = subprocess.run(
         [sys.executable, "-m", "cyberstar.cli", "pp", "serve", "--iface", "no-such-if0",
-         "--grpc", "127.0.0.1:0"],
+         "--grpc", "127.0.0.1:0", "--plaintext"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2
@@ -99,7 +104,7 @@ def test_bad_interface_is_a_clear_error() -> None:
 def _serve(ns: str, grpc_address: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "cyberstar.cli", "pp", "serve", "--netns", ns, "--iface", "pp1",
-         "--iface", "pp2", "--mode", "skb", "--grpc", grpc_address],
+         "--iface", "pp2", "--mode", "skb", "--grpc", grpc_address, "--plaintext"],
         capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 

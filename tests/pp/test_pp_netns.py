@@ -10,12 +10,12 @@ connection is gone both entries idle out and their notifications arrive.
 
 from __future__ import annotations
 
-import os
 import queue
 import socket
 import threading
 import urllib.request
 
+import needs
 import pytest
 from finsy.proto import p4r
 
@@ -40,8 +40,7 @@ def mac_of(ifname: str, ns: str) -> str:
 
 @pytest.fixture
 def topology():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
+    needs.root()
     with netns.line("ppn", ports=("pp1", "pp2"), server_route="203.0.113.0/24") as line:
         names = {"client": line.client, "pp": line.middle, "server": line.server}
         netns.exec_in(names["pp"], "sysctl", "-qw", "net.ipv4.ip_forward=0")

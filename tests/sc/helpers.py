@@ -16,6 +16,14 @@ from cyberstar.sc.rules import rule_proto, table_entry
 from cyberstar.targets.ref import RefTarget
 
 CLIENT_PORT, NET_PORT = 1, 2
+# The node part of an SC.yaml for in-process tests (no process listens: plaintext on loopback).
+PLAIN_NODE = """\
+node_id: t
+listen: 127.0.0.1:1
+plaintext: true
+etcd: {endpoints: [127.0.0.1:2379], plaintext: true}
+scg: a
+"""
 PP_MAC, CLIENT_MAC, GW_MAC = "02:00:00:00:00:01", "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 
 
@@ -25,7 +33,7 @@ def ip(text: str) -> int:
 
 def engine_from(tenants_yaml: str) -> Engine:
     """An engine owning the whole of every tenant (as a chain head that claimed them)."""
-    config = parse_config(f"node_id: t\nlisten: 127.0.0.1:1\nscg: a\ntenants:\n{tenants_yaml}")
+    config = parse_config(f"{PLAIN_NODE}tenants:\n{tenants_yaml}")
     eng = Engine(config)
     for tid in config.tenants:
         shard = eng.initial_shard(tid)

@@ -19,6 +19,8 @@ TENANT = 7
 CONFIG = f"""
 node_id: model
 listen: 127.0.0.1:1
+plaintext: true
+etcd: {{endpoints: [127.0.0.1:2379], plaintext: true}}
 scg: a
 tenants:
   - id: {TENANT}

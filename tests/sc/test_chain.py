@@ -40,7 +40,9 @@ def chain_ids(shard_map: ShardMap, scg: str) -> list[str]:
 
 async def converged(lab: ScLab, size: int) -> bool:
     """Every live node is in the chain and applied what the head applied."""
-    census = await cluster_census([n.address for n in lab.nodes.values() if n.alive])
+    census = await cluster_census(
+        [n.address for n in lab.nodes.values() if n.alive], lab.client_tls
+    )
     infos = [c[3] for c in census.values()]
     if len(infos) != size or {i.role for i in infos} != {"head", "middle", "tail"}:
         return False
@@ -55,9 +57,9 @@ def test_kill_each_node_in_turn_under_load() -> None:
 async def _kill_each_node_in_turn() -> None:
     with ScLab(TENANTS, lease_ttl_s=2) as lab:
         lab.add_scg("scg1", 3)
-        shard_map = ShardMap([lab.etcd.endpoint])
+        shard_map = ShardMap(lab.etcd_config())
         await shard_map.start()
-        router = ScRouter(shard_map, attempts=400, pause_s=0.05)
+        router = ScRouter(shard_map, lab.client_tls, attempts=400, pause_s=0.05)
         load = SnatLoad(router, 7, batch=10, release_ratio=0.3)
         try:
             await shard_map.wait_until(
@@ -86,7 +88,7 @@ async def _kill_each_node_in_turn() -> None:
             await router.close()
             await shard_map.close()
         assert not load.failed, load.failed[:5]
-        census = await cluster_census([n.address for n in lab.nodes.values()])
+        census = await cluster_census([n.address for n in lab.nodes.values()], lab.client_tls)
         expected = Counter(list(load.held))
         for node_id, (free, held, _shards, _info) in census.items():
             assert Counter(held) == expected, f"{node_id} lost or invented allocations"

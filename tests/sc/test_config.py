@@ -13,7 +13,7 @@ from cyberstar.sc.config import ConfigError, load_config, parse_config
 GOOD = """\
 node_id: sc1a
 listen: 127.0.0.1:7101
-etcd: [127.0.0.1:2379]
+etcd: {endpoints: [127.0.0.1:2379], plaintext: true}
 scg: scg1
 idle_timeout_s: 20
 tenants:
@@ -28,6 +28,7 @@ tenants:
         sets: {clients: [10.0.0.0/8]}
         rules: [{action: allow, src: [clients]}]
       nat: {kind: snat, pool: ["203.0.113.1:1024-65535", "198.51.100.0/30"]}
+plaintext: true
 """
 
 
@@ -36,7 +37,8 @@ def test_good_config_loads() -> None:
     t = cfg.tenants[7]
     assert [nf.kind for nf in t.chain] == ["firewall", "snat"]
     assert t.idle_timeout_ns == 20 * 10**9 and t.home_scg == "scg1"
-    assert cfg.etcd == (("127.0.0.1", 2379),)
+    assert cfg.etcd.endpoints == (("127.0.0.1", 2379),) and cfg.etcd.tls is None
+    assert cfg.tls is None
     assert len(t.chain[1].pools()["ports"]) == 5  # one address + a /30
 
 
@@ -80,3 +82,84 @@ def test_serve_with_bad_config_exits_2_naming_the_line(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert f"{bad}:17: tenants[0].nfs.nat.kind: unknown NF kind 'snot'" in proc.stderr
+
+
+SECOND_TENANT = """\
+  - id: 8
+    chain: [nat]
+    forward_nexthop: 2
+    return_nexthop: 1
+    nfs:
+      nat: {kind: snat, pool: ["POOL"]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("pool", "overlaps"),
+    [
+        ("203.0.113.1:30000-30010", True),  # inside tenant 7's 203.0.113.1:1024-65535
+        ("198.51.100.2:5000-5001", True),  # inside tenant 7's /30
+        ("203.0.113.9:20000-29999", False),
+        ("198.51.100.4/30", False),
+    ],
+)
+def test_snat_pools_overlapping_across_tenants_are_refused(pool: str, overlaps: bool) -> None:
+    """docs/sc.md promises it; the unhardened loader accepted two tenants sharing a pool."""
+    text = GOOD.replace(
+        "plaintext: true\n", SECOND_TENANT.replace("POOL", pool) + "plaintext: true\n"
+    )
+    if not overlaps:
+        assert parse_config(text, "sc.yaml").tenants[8].chain[0].pools()
+        return
+    with pytest.raises(ConfigError) as exc:
+        parse_config(text, "sc.yaml")
+    assert str(exc.value).startswith("sc.yaml:"), str(exc.value)
+    assert "tenants[1].nfs.nat.pool: overlaps the pool of tenant 7's NF nat" in str(exc.value)
+
+
+def test_two_nfs_of_one_tenant_may_not_share_a_pool() -> None:
+    text = GOOD.replace(
+        '      nat: {kind: snat, pool: ["203.0.113.1:1024-65535", "198.51.100.0/30"]}\n',
+        '      nat: {kind: snat, pool: ["203.0.113.1:1024-65535", "198.51.100.0/30"]}\n'
+        '      nat2: {kind: snat, pool: ["203.0.113.1:40000-40001"]}\n',
+    )
+    with pytest.raises(ConfigError, match=r"nat2\.pool: overlaps the pool of tenant 7's NF nat"):
+        parse_config(text, "sc.yaml")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "words"),
+    [
+        ("plaintext: true\n", "", "missing key 'tls'"),
+        ("plaintext: true\n", "plaintext: yes-please\n", "expected true"),
+        ("etcd: {endpoints: [127.0.0.1:2379], plaintext: true}", "etcd: [127.0.0.1:2379]",
+         "bare list"),
+        ("etcd: {endpoints: [127.0.0.1:2379], plaintext: true}",
+         "etcd: {endpoints: [10.0.0.1:2379], plaintext: true}", "not local"),
+        ("etcd: {endpoints: [127.0.0.1:2379], plaintext: true}",
+         "etcd: {endpoints: [127.0.0.1:2379], plaintext: true, user: sc}", "password_file"),
+        ("listen: 127.0.0.1:7101", "listen: 10.0.0.1:7101", "not a loopback address"),
+        ("plaintext: true\n", "plaintext: true\nlimits: {max_batch: 0}\n", "max_batch"),
+    ],
+)  # fmt: skip
+def test_security_settings_are_explicit(old: str, new: str, words: str) -> None:
+    assert old in GOOD
+    with pytest.raises(ConfigError) as exc:
+        parse_config(GOOD.replace(old, new), "sc.yaml")
+    assert words in str(exc.value), str(exc.value)
+
+
+def test_tls_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "sc.yaml"
+    path.write_text(
+        GOOD.replace("plaintext: true\n", "tls: {ca: c/ca.crt, cert: c/a.crt, key: c/a.key}\n")
+    )
+    cfg = load_config(path)
+    assert cfg.tls is not None and cfg.tls.ca == tmp_path / "c" / "ca.crt"
+
+
+def test_a_missing_top_level_key_has_no_empty_field() -> None:
+    """The unhardened message read 'missing.yaml:1: : missing required key'."""
+    with pytest.raises(ConfigError) as exc:
+        parse_config("listen: 127.0.0.1:1\n", "missing.yaml")
+    assert str(exc.value) == "missing.yaml:1: missing required key 'node_id'"

@@ -20,9 +20,10 @@ from sc.test_chain import TENANTS, UNIVERSE
 NODES_PER_SCG = 2
 
 
-async def move(shard_map: ShardMap, kind: str, shard: str, target: str) -> None:
+async def move(router: ScRouter, kind: str, shard: str, target: str) -> None:
+    shard_map = router.map
     sid = next(s for s in shard_map.shards if str(s) == shard)
-    async with ScClient(shard_map.head(shard_map.shards[sid])) as client:
+    async with ScClient(shard_map.head(shard_map.shards[sid]), router.tls) as client:
         start = client.scale_out if kind == "out" else client.scale_in
         op = await start(shard, target)
         reply = await client.scale_status(op, wait_s=30)
@@ -43,9 +44,9 @@ async def _scale_out_and_in() -> None:
     with ScLab(TENANTS, lease_ttl_s=2) as lab:
         for scg in ("scg1", "scg2", "scg3", "scg4"):
             lab.add_scg(scg, NODES_PER_SCG)
-        shard_map = ShardMap([lab.etcd.endpoint])
+        shard_map = ShardMap(lab.etcd_config())
         await shard_map.start()
-        router = ScRouter(shard_map, attempts=400, pause_s=0.05)
+        router = ScRouter(shard_map, lab.client_tls, attempts=400, pause_s=0.05)
         load = SnatLoad(router, 7, batch=10, release_ratio=0.3)
         try:
             await shard_map.wait_until(
@@ -59,15 +60,15 @@ async def _scale_out_and_in() -> None:
             load.start()
             await load.wait_for_more(300, 30)
             # 1 → 2
-            await move(shard_map, "out", "7:0-1024", "scg2")
+            await move(router, "out", "7:0-1024", "scg2")
             await shard_map.wait_until(
                 lambda m: owners(m) == {"7:0-512": "scg1", "7:512-1024": "scg2"}, 10
             )
             await load.wait_for_more(200, 30)
             # 2 → 4, both moves at once
             await asyncio.gather(
-                move(shard_map, "out", "7:0-512", "scg3"),
-                move(shard_map, "out", "7:512-1024", "scg4"),
+                move(router, "out", "7:0-512", "scg3"),
+                move(router, "out", "7:512-1024", "scg4"),
             )
             # Both splits alone also make four shards: wait for both moves' map switches.
             await shard_map.wait_until(
@@ -77,13 +78,13 @@ async def _scale_out_and_in() -> None:
             await load.wait_for_more(200, 30)
             # 4 → 2: each new group's shard merges back into its neighbour
             await asyncio.gather(
-                move(shard_map, "in", "7:256-512", "scg1"),
-                move(shard_map, "in", "7:768-1024", "scg2"),
+                move(router, "in", "7:256-512", "scg1"),
+                move(router, "in", "7:768-1024", "scg2"),
             )
             await shard_map.wait_until(lambda m: len(m.shards) == 2, 10)
             await load.wait_for_more(200, 30)
             # 2 → 1
-            await move(shard_map, "in", "7:512-1024", "scg1")
+            await move(router, "in", "7:512-1024", "scg1")
             await shard_map.wait_until(lambda m: owners(m) == {"7:0-1024": "scg1"}, 10)
             await load.wait_for_more(200, 30)
             await load.stop()
@@ -92,7 +93,7 @@ async def _scale_out_and_in() -> None:
             await router.close()
             await shard_map.close()
         assert not load.failed, load.failed[:5]
-        census = await cluster_census([n.address for n in lab.nodes.values()])
+        census = await cluster_census([n.address for n in lab.nodes.values()], lab.client_tls)
         expected = Counter(list(load.held))
         for node_id, (free, held, shards, _info) in census.items():
             if node_id.startswith("scg1"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cyberstar.errors import RuntimeFailure
+from cyberstar.errors import RuntimeFailure, UsageError
 from cyberstar.paths import REPO_ROOT
 from cyberstar.verbs import Verb
 
@@ -97,8 +98,11 @@ def _xdp_load() -> Check:
 
 def _netns() -> Check:
     name = f"cs-doctor-{os.getpid()}"
-    add = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    try:
+        add = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    except FileNotFoundError:
+        return Check("network namespaces", False, "`ip` not found", "apt install iproute2")
     return Check(
         "network namespaces",
         add.returncode == 0,
@@ -178,17 +182,70 @@ def _p4rt_shell() -> Check:
     )
 
 
+def _etcd() -> Check:
+    """SC and FM keep membership, leaders and the shard map in etcd (Debian's etcd-server)."""
+    path = shutil.which("etcd")
+    if path is None:
+        return Check("etcd", False, "etcd not found on PATH",
+                     "apt install etcd-server (make install does)")  # fmt: skip
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check("etcd", False, f"{path}: {exc}", "reinstall etcd-server")
+    first = (out.stdout or out.stderr).strip().splitlines()[:1]
+    version = first[0].removeprefix("etcd Version: ") if first else "?"
+    return Check("etcd", out.returncode == 0, f"etcd {version} ({path})", "reinstall etcd-server")
+
+
+def etcd_reachable(config_path: Path) -> Check:
+    """The etcd an SC.yaml or FM.yaml names answers, with its TLS and user settings."""
+    from cyberstar.fm.config import load_fm_config
+    from cyberstar.sc import coord
+    from cyberstar.sc.config import load_config
+    from cyberstar.yamlconf import load_yaml, read_text
+
+    name = f"etcd of {config_path}"
+    try:
+        top = load_yaml(read_text(config_path), str(config_path))
+        config = load_fm_config(config_path) if top.has("fm_id") else load_config(config_path)
+        for files in (config.etcd.tls,):
+            if files is not None:
+                files.read()
+    except UsageError as exc:
+        return Check(name, False, str(exc), "fix the file (the message names the line)")
+
+    async def probe() -> None:
+        client = await coord.connect(config.etcd, "doctor", timeout=5)
+        await client.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        return Check(name, False, str(exc), "start etcd there, or fix the etcd section")
+    how = "mutual TLS" if config.etcd.tls else "plaintext"
+    return Check(name, True, f"{config.etcd.address} answers ({how})")
+
+
 CHECKS: tuple[Callable[[], Check], ...] = (
-    _kernel, _root, _headers, _bpffs, _bcc, _netns, _xdp_load, _lab, _bmv2, _p4rt_shell,
+    _kernel, _root, _headers, _bpffs, _bcc, _netns, _xdp_load, _lab, _bmv2, _etcd, _p4rt_shell,
 )  # fmt: skip
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--config",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="SC.yaml|FM.yaml",
+        help="also check that the etcd this file names answers (repeatable)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     results = [check() for check in CHECKS]
+    results += [etcd_reachable(path) for path in args.config]
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=2))
     else:
@@ -204,10 +261,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 DOCTOR = Verb(
-    help="check this host (BPF/XDP, headers, bpffs, BCC, netns, the lab's tools, bmv2/p4c)",
+    help="check this host (BPF/XDP, headers, bpffs, BCC, netns, the lab's tools, bmv2/p4c, etcd)",
     description="Check the host and say what to fix. Exit 0 when every required check "
     "passes, 1 otherwise; optional checks (bmv2 and p4c unless "
-    f"{REQUIRE_BMV2_ENV}=1, p4runtime-shell) only warn.",
+    f"{REQUIRE_BMV2_ENV}=1, p4runtime-shell) only warn. With --config SC.yaml or FM.yaml, "
+    "also check that the etcd it names answers with its TLS and user settings.",
     arguments=arguments,
     run=run,
 )

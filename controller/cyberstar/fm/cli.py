@@ -6,6 +6,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
+from cyberstar.errors import RuntimeFailure
 from cyberstar.verbs import Verb
 
 
@@ -17,7 +18,11 @@ def run(args: argparse.Namespace) -> int:
     from cyberstar.fm.config import load_fm_config
     from cyberstar.fm.master import serve_fm
 
-    return asyncio.run(serve_fm(load_fm_config(args.config)))
+    config = load_fm_config(args.config)
+    try:
+        return asyncio.run(serve_fm(config))
+    except OSError as exc:  # cannot listen, etcd unreachable: said in words, exit 1
+        raise RuntimeFailure(f"FM {config.fm_id}: {exc}") from None
 
 
 SERVE = Verb(

@@ -2,8 +2,15 @@
 
 ```yaml
 fm_id: fm1                      # unique among FMs; the standby has its own id
-etcd: [127.0.0.1:2379]
-http: 127.0.0.1:9300            # optional: /metrics (Prometheus), /status and /scale (admin)
+tls: {ca: certs/ca.crt, cert: certs/fm1.crt, key: certs/fm1.key}   # or plaintext: true
+etcd:
+  endpoints: [127.0.0.1:2379]
+  tls: {ca: certs/ca.crt, cert: certs/fm1.crt, key: certs/fm1.key}  # or plaintext: true
+http:                           # optional: GET /metrics, GET /status, POST /scale
+  listen: 127.0.0.1:9300        # HTTPS with FM's certificate (plain HTTP when plaintext)
+  token_file: fm-admin.token    # every request needs `Authorization: Bearer <its content>`
+  max_connections: 64
+  timeout_s: 10                 # a request must arrive whole within this
 lease_ttl_s: 3                  # leadership lease: a dead leader is replaced after this long
 pp_nodes:                       # PP nodes to program (more join through etcd members/pp/)
   - id: pp1
@@ -19,7 +26,10 @@ fabric:                         # optional: VXLAN next hops between PP nodes (pa
     - {id: pp1, port: 2, mac: "02:00:00:00:01:02", address: 198.51.100.1,
        gateway_mac: "02:00:00:00:00:fe"}
 batch: {max_packets: 256, max_delay_ms: 1.0, max_in_flight: 2}  # SC batches outstanding
+queue: {max_packets: 65536, per_tenant: 8192}  # punts waiting; more are dropped and counted
 ```
+
+docs/deploy.md documents every key with a working deployment.
 """
 
 from __future__ import annotations
@@ -32,6 +42,8 @@ from cyberstar.pipeline.entries import TableEntry
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.pipeline.rules import RulesError, load_rules
 from cyberstar.pipeline.values import BadValue, parse_scalar
+from cyberstar.sc.coord import EtcdConfig, parse_etcd
+from cyberstar.tls import TlsFiles, is_local, parse_tls
 from cyberstar.yamlconf import Section, load_yaml, read_text
 
 
@@ -61,17 +73,33 @@ class FabricConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    listen: str
+    token: str
+    max_connections: int = 64
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    max_packets: int = 65536  # punts waiting for the slow path, all tenants
+    per_tenant: int = 8192  # of which one tenant may hold
+
+
+@dataclass(frozen=True)
 class FmConfig:
     fm_id: str
-    etcd: tuple[tuple[str, int], ...]
+    etcd: EtcdConfig
     pp_nodes: tuple[PpNodeConfig, ...]
-    http: str | None = None
+    tls: TlsFiles | None = None  # None: plaintext, which the configuration asked for
+    http: HttpConfig | None = None
     lease_ttl_s: int = 3
     fabric: FabricConfig | None = None
     max_batch: int = 256
     max_delay_s: float = 0.001
     max_in_flight: int = 2
     etcd_prefix: str = "/cyberstar"
+    queue: QueueConfig = QueueConfig()
 
 
 def load_fm_config(path: Path) -> FmConfig:
@@ -81,13 +109,20 @@ def load_fm_config(path: Path) -> FmConfig:
 def parse_fm_config(text: str, name: str = "<fm config>", base: Path = Path(".")) -> FmConfig:
     top = load_yaml(text, name)
     fm_id = top.str("fm_id")
-    etcd = top.endpoints("etcd", ["127.0.0.1:2379"])
-    http = top.str("http", None)
+    tls = parse_tls(top, base, "FM's P4Runtime, SC and HTTP channels")
+    etcd = parse_etcd(top, base)
+    http = _http(top.section("http"), base, tls is None) if top.has("http") else None
     lease = top.int("lease_ttl_s", 3, lo=1, hi=600)
     nodes = []
     seen: set[str] = set()
     for sec in top.sections("pp_nodes", []):
         node = _pp_node(sec, base)
+        if tls is None and not is_local(node.address):
+            raise sec.error(
+                "address",
+                f"{node.address} is not local, and FM is plaintext: configure tls, or use a "
+                "loopback or unix address",
+            )
         if node.id in seen:
             raise sec.error("id", f"PP node {node.id!r} is listed twice")
         seen.add(node.id)
@@ -100,10 +135,61 @@ def parse_fm_config(text: str, name: str = "<fm config>", base: Path = Path(".")
         max_delay = b.number("max_delay_ms", 1.0) / 1000
         in_flight = b.int("max_in_flight", 2, lo=1, hi=64)
         b.done()
+    queue = QueueConfig()
+    if top.has("queue"):
+        q = top.section("queue")
+        total = q.int("max_packets", queue.max_packets, lo=1, hi=1 << 24)
+        queue = QueueConfig(
+            total, q.int("per_tenant", min(queue.per_tenant, total), lo=1, hi=total)
+        )
+        q.done()
     prefix = top.str("etcd_prefix", "/cyberstar")
     top.done()
-    return FmConfig(fm_id, tuple(etcd), tuple(nodes), http, lease, fabric, max_batch,
-                    max_delay, in_flight, prefix)  # fmt: skip
+    return FmConfig(
+        fm_id,
+        etcd,
+        tuple(nodes),
+        tls,
+        http,
+        lease,
+        fabric,
+        max_batch,
+        max_delay,
+        in_flight,
+        prefix,
+        queue,
+    )
+
+
+def _http(sec: Section, base: Path, plaintext: bool) -> HttpConfig:
+    listen = sec.str("listen")
+    if ":" not in listen or not listen.rpartition(":")[2].isdigit():
+        raise sec.error("listen", f"expected host:port, found {listen!r}")
+    if plaintext and not is_local(listen):
+        raise sec.error(
+            "listen",
+            f"{listen} is not local, and FM is plaintext: configure tls (HTTPS), or listen on "
+            "127.0.0.1",
+        )
+    path = base / sec.str("token_file")
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise sec.error("token_file", f"cannot read {path}: {exc.strerror}") from None
+    if len(token) < 16:
+        raise sec.error(
+            "token_file",
+            f"{path}: the token must have at least 16 characters (e.g. `openssl rand -hex 16 > "
+            "fm-admin.token`)",
+        )
+    http = HttpConfig(
+        listen,
+        token,
+        sec.int("max_connections", 64, lo=1, hi=65536),
+        sec.number("timeout_s", 10.0, lo=0.1),
+    )
+    sec.done()
+    return http
 
 
 def _pp_node(sec: Section, base: Path) -> PpNodeConfig:

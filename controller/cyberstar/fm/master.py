@@ -6,6 +6,10 @@ with lower election ids). A new leader takes an election id above every earlier 
 ((1 << 32) + the etcd revision of its leader key), becomes primary on each PP, rebuilds the rule
 cache from the PP nodes' flow tables (each rule carries its connection and SC slot in the entry
 metadata) and starts answering PacketIns, so no rule is lost across a failover.
+
+Admin and metrics (`http` in FM.yaml): GET /metrics, GET /status, POST /scale, over HTTPS with
+FM's certificate (HTTP when FM is plaintext, loopback only), every request with the bearer token
+of the configuration (`cyberstar.metrics`). The routes run on FM's event loop.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import signal
 import zlib
 from collections import defaultdict
@@ -21,16 +26,19 @@ from collections import defaultdict
 import aetcd
 from finsy.proto import p4r
 
+from cyberstar.errors import RuntimeFailure
 from cyberstar.fm.cache import CachedRule, Connection, RuleCache, entry_key, parse_cookie
 from cyberstar.fm.config import FabricConfig, FmConfig
 from cyberstar.fm.sessions import PpSession
 from cyberstar.fm.slowpath import SlowPath
-from cyberstar.metrics import Sample, metrics_route, serve_http
+from cyberstar.metrics import HttpError, HttpServer, Request, Route, Sample, metrics_route
 from cyberstar.p4rt.decode import PipelineDecoder
 from cyberstar.pipeline.entries import TableEntry, build_entry
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.sc import coord
+from cyberstar.sc.flows import ShardId
 from cyberstar.sc.routing import ScRouter, ShardMap
+from cyberstar.tls import server_ssl, warn_plaintext
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +68,23 @@ def fabric_entries(fabric: FabricConfig, node_id: str) -> list[TableEntry]:
     ]
 
 
+MAX_SCALE_WAIT_S = 600.0
+
+
 class FabricMaster:
     def __init__(self, config: FmConfig) -> None:
         self.config = config
         self.keys = coord.Keys(config.etcd_prefix)
         self.cache = RuleCache(PIPELINE)
         self.shard_map = ShardMap(config.etcd, config.etcd_prefix)
-        self.router = ScRouter(self.shard_map)
+        self.router = ScRouter(self.shard_map, config.tls)
         self.slowpath = SlowPath(
-            self.cache, self.router, config.max_batch, config.max_delay_s, config.max_in_flight
+            self.cache,
+            self.router,
+            config.max_batch,
+            config.max_delay_s,
+            config.max_in_flight,
+            config.queue,
         )
         # A standby's id: below any leader's, distinct per FM.
         self.standby_id = (zlib.crc32(config.fm_id.encode()) & 0x7FFFFFFF) + 1
@@ -80,6 +96,7 @@ class FabricMaster:
                 self.slowpath.on_packet_in,
                 self.slowpath.on_idle,
                 self.slowpath.forget_pp,
+                config.tls,
             )
             for i, pp in enumerate(config.pp_nodes)
         ]
@@ -88,17 +105,19 @@ class FabricMaster:
         self.stats: dict[str, int] = defaultdict(int)
         self.etcd: aetcd.Client | None = None
         self._lease = None
+        self._keeper: coord.LeaseKeeper | None = None
+        self.lost_lease = False
+        self._http: HttpServer | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
 
     async def run(self) -> None:
-        self.etcd = coord.connect(self.config.etcd)
-        await self.etcd.connect()
-        await self.shard_map.start()
-        self._lease = await self.etcd.lease(self.config.lease_ttl_s)
-        await self.etcd.put(self.keys.member(self.config.fm_id, "fm"),
-                            json.dumps({"fm_id": self.config.fm_id}).encode(),
-                            lease=self._lease)  # fmt: skip
+        me = f"FM {self.config.fm_id}"
+        if self.config.http:
+            await self._serve_http()
+        self.etcd = await coord.connect(self.config.etcd, me)
+        await self.shard_map.start(f"{me} shard map")
+        await self._register()
         for s in self.sessions:
             s.start(self.standby_id)
         self._tasks = [
@@ -108,16 +127,49 @@ class FabricMaster:
             asyncio.create_task(self._campaign(), name="leader-election"),
             asyncio.create_task(self._publish_pp_members(), name="pp-membership"),
         ]
-        if self.config.http:
-            loop = asyncio.get_running_loop()
-            serve_http(self.config.http, {
-                "/metrics": metrics_route(self.metrics),
-                "/status": lambda _q: (200, "application/json", json.dumps(self.status())),
-                "/scale": lambda q: self._scale_route(q, loop),
-            })  # fmt: skip
+        log.info(
+            "%s started (%s): %d PP nodes, etcd %s%s", me,
+            "mutual TLS" if self.config.tls else "PLAINTEXT", len(self.sessions),
+            self.config.etcd.address,
+            f", HTTP on {self.config.http.listen}" if self.config.http else "",
+        )  # fmt: skip
         await self._stop.wait()
 
-    def status(self) -> dict:
+    async def _register(self) -> None:
+        """A lease, kept alive from its own thread, and `members/fm/<id>` on it."""
+        assert self.etcd is not None
+        self._lease = await self.etcd.lease(self.config.lease_ttl_s)
+        value = json.dumps({"fm_id": self.config.fm_id}).encode()
+        await self.etcd.put(self.keys.member(self.config.fm_id, "fm"), value, lease=self._lease)
+        self._keeper = coord.LeaseKeeper(
+            self.config.etcd,
+            self._lease.id,
+            self.config.lease_ttl_s,
+            stall_limit_s=max(self.config.lease_ttl_s, coord.STALL_LIMIT_S),
+            what=f"FM {self.config.fm_id}",
+        )
+        self._keeper.start()
+
+    async def _serve_http(self) -> None:
+        http = self.config.http
+        assert http is not None
+        self._http = HttpServer(
+            {
+                "/metrics": metrics_route(self.metrics),
+                "/status": Route("GET", self._status_route),
+                "/scale": Route("POST", self._scale_route),
+            },
+            token=http.token,
+            max_connections=http.max_connections,
+            timeout_s=http.timeout_s,
+        )  # fmt: skip
+        tls = self.config.tls
+        await self._http.start(http.listen, server_ssl(tls, client_auth=False) if tls else None)
+        if tls is None:
+            warn_plaintext(f"FM {self.config.fm_id} HTTP", http.listen)
+
+    def status(self, since: float = 0.0) -> dict:
+        """`since` (time.monotonic() of this host): first-packet latencies after it only."""
         return {
             "fm_id": self.config.fm_id,
             "leader": self.leader,
@@ -130,23 +182,47 @@ class FabricMaster:
                                   "lost_primary": s.lost_primary, "election_id": s.election_id}
                          for s in self.sessions},
             "slow_path": dict(self.slowpath.stats),
-            "first_packet_ms": self.slowpath.latency_percentiles(),
+            "first_packet_us": self.slowpath.latency_percentiles(since),
             "timings_s": {k: round(v, 3) for k, v in self.slowpath.timings.items()},
         }  # fmt: skip
 
-    def _scale_route(self, query: dict[str, str], loop: asyncio.AbstractEventLoop
-                     ) -> tuple[int, str, str]:  # fmt: skip
-        """GET /scale?kind=out|in&shard=T:LO-HI&to=SCG[&wait_s=S]: FM sends `start` to the SCG
-        owning the shard and waits for `fin` (paper §4.1)."""
-        kind, shard, target = query.get("kind"), query.get("shard"), query.get("to")
-        if kind not in ("out", "in") or not shard or not target:
-            return 400, "text/plain", "expected kind=out|in, shard=T:LO-HI and to=SCG\n"
-        wait_s = float(query.get("wait_s", "30"))
-        future = asyncio.run_coroutine_threadsafe(self.scale(kind, shard, target, wait_s), loop)
+    def _status_route(self, request: Request) -> tuple[int, str, str]:
+        """GET /status[?since=T]: `since` is a time.monotonic() of this host (benchmarks)."""
+        text = request.query.get("since", "0")
         try:
-            result = future.result(wait_s + 5)
+            since = float(text)
+        except ValueError:
+            since = math.nan
+        if not math.isfinite(since):
+            raise HttpError(400, f"since: expected a time.monotonic() value, found {text!r}")
+        return 200, "application/json", json.dumps(self.status(since))
+
+    async def _scale_route(self, request: Request) -> tuple[int, str, str]:
+        """POST /scale?kind=out|in&shard=T:LO-HI&to=SCG[&wait_s=S]: FM sends `start` to the SCG
+        owning the shard and waits for `fin` (paper §4.1). Parameters are checked before
+        anything starts: 400 names the bad one; 409 says why the move did not finish."""
+        q = request.query
+        kind, shard, target = q.get("kind"), q.get("shard", ""), q.get("to", "")
+        if kind not in ("out", "in"):
+            raise HttpError(400, f"kind: expected out or in, found {kind!r}")
+        try:
+            ShardId.parse(shard)
+        except ValueError:
+            raise HttpError(400, f"shard: expected TENANT:LO-HI, found {shard!r}") from None
+        if not target:
+            raise HttpError(400, "to: expected the target SCG's name")
+        text = q.get("wait_s", "30")
+        try:
+            wait_s = float(text)
+        except ValueError:
+            wait_s = math.nan
+        if not math.isfinite(wait_s) or not 0 < wait_s <= MAX_SCALE_WAIT_S:
+            raise HttpError(400, f"wait_s: expected seconds in (0, {MAX_SCALE_WAIT_S:g}], "
+                                 f"found {text!r}")  # fmt: skip
+        try:
+            result = await self.scale(kind, shard, target, wait_s)
         except Exception as exc:
-            return 409, "application/json", json.dumps({"error": str(exc)})
+            raise HttpError(409, str(exc) or type(exc).__name__) from None
         return 200, "application/json", json.dumps(result)
 
     async def scale(self, kind: str, shard: str, target: str, wait_s: float) -> dict:
@@ -174,18 +250,24 @@ class FabricMaster:
         self._stop.set()
 
     async def _keepalive(self) -> None:
+        """Beat for the lease keeper (a thread). A lapsed lease ends a leader (another FM may
+        lead already: it exits 1, to be restarted clean); a standby takes a new lease."""
         while True:
-            await asyncio.sleep(self.config.lease_ttl_s / 3)
-            try:
-                reply = await self._lease.refresh()
-            except Exception as exc:
-                log.warning("lease refresh failed: %s", exc)
-                continue
-            if reply.TTL <= 0 and self.election_id != self.standby_id:  # leading or taking over
-                log.error("leadership lease expired: stepping down")
-                self.leader = False
-                self.slowpath.enabled.clear()
-                self._stop.set()  # another FM may already lead; restart clean
+            assert self._keeper is not None
+            self._keeper.beat()
+            if self._keeper.expired.is_set():
+                if self.election_id != self.standby_id:
+                    log.error("FM %s: leadership lease lapsed: stepping down", self.config.fm_id)
+                    self.leader = False
+                    self.slowpath.enabled.clear()
+                    self.lost_lease = True
+                    self._stop.set()
+                    return
+                log.warning("FM %s: standby lease lapsed; taking a new one", self.config.fm_id)
+                await asyncio.to_thread(self._keeper.stop)
+                with contextlib.suppress(Exception):
+                    await self._register()
+            await asyncio.sleep(0.5)
 
     async def _publish_pp_members(self) -> None:
         """The leader records which PP nodes it reaches (`members/pp/<id>` on its lease), so
@@ -217,6 +299,7 @@ class FabricMaster:
         """Become the leader when the key is free; keep trying while another FM holds it."""
         etcd = self.etcd
         key = self.keys.fm_leader()
+        said = False
         while not self.leader:
             ok, _ = await etcd.transaction(
                 compare=[etcd.transactions.create(key) == 0],
@@ -227,10 +310,15 @@ class FabricMaster:
                 kv = await etcd.get(key)
                 await self._lead((1 << 32) + kv.create_revision)
                 return
+            if not said:
+                holder = await etcd.get(key)
+                who = holder.value.decode(errors="replace") if holder else "?"
+                log.info("FM %s is a standby (%s leads)", self.config.fm_id, who)
+                said = True
             await asyncio.sleep(self.config.lease_ttl_s / 3)
 
     async def _lead(self, election_id: int) -> None:
-        log.warning("%s leads (election id %d)", self.config.fm_id, election_id)
+        log.info("FM %s leads (election id %d)", self.config.fm_id, election_id)
         self.election_id = election_id
         await asyncio.gather(*(s.become_primary(election_id) for s in self.sessions))
         await self._rebuild_cache()
@@ -248,11 +336,19 @@ class FabricMaster:
             if not s.connected:
                 return []
             try:
-                await asyncio.wait_for(s.ready.wait(), 3)
+                await asyncio.wait_for(s.ready.wait(), 10)
                 return await s.read_flow_entries()
+            except TimeoutError:
+                log.warning(
+                    "%s (%s): not connected within 10 s; its rules are not in the rebuilt cache "
+                    "(its flows punt again)",
+                    s.name,
+                    s.config.address,
+                )
             except Exception as exc:
-                log.warning("%s: cannot read its rules to rebuild the cache: %s", s.name, exc)
-                return []
+                log.warning("%s: cannot read its rules to rebuild the cache: %s", s.name,
+                            coord.reason_of(exc))  # fmt: skip
+            return []
 
         tables = await asyncio.gather(*(read(s) for s in self.sessions))
         for s, entries in zip(self.sessions, tables, strict=True):
@@ -271,7 +367,7 @@ class FabricMaster:
                     rule.installed |= 1 << s.index
         for conn in conns.values():
             self.cache.put(conn)
-        log.warning("rule cache rebuilt from the PP nodes: %d connections", len(conns))
+        log.info("rule cache rebuilt from the PP nodes: %d connections", len(conns))
 
     def metrics(self) -> list[Sample]:
         out: list[Sample] = [
@@ -286,16 +382,26 @@ class FabricMaster:
         for s in self.sessions:
             out.append(("cyberstar_fm_pp_primary", {"pp": s.name}, int(s.primary)))
             out.append(("cyberstar_fm_pp_connections_total", {"pp": s.name}, s.connections))
+            out.append(("cyberstar_fm_pp_stream_dropped_total", {"pp": s.name}, s.stream_dropped))
             out.append(("cyberstar_fm_pp_lost_primary_total", {"pp": s.name}, s.lost_primary))
             out.append(("cyberstar_fm_pp_packet_in_total", {"pp": s.name}, s.packet_ins))
             out.append(("cyberstar_fm_pp_ready", {"pp": s.name}, int(s.ready.is_set())))
-        for q, ms in self.slowpath.latency_percentiles().items():
-            out.append(("cyberstar_fm_first_packet_seconds", {"quantile": q}, ms / 1000))
+        out.append(("cyberstar_fm_queued_packets", {}, len(self.slowpath.queue)))
+        for tenant, n in sorted(self.slowpath.queue.shed.items()):
+            out.append(("cyberstar_fm_packet_in_shed_total", {"tenant": str(tenant)}, n))
+        out.append(("cyberstar_fm_etcd_bad_values_total", {}, self.shard_map.bad_values.count))
+        for q, us in self.slowpath.latency_percentiles().items():
+            if q != "count":
+                out.append(("cyberstar_fm_first_packet_seconds", {"quantile": q}, us / 1e6))
         return out
 
     async def close(self) -> None:
         for t in self._tasks:
             t.cancel()
+        if self._http is not None:
+            await self._http.close()
+        if self._keeper is not None:
+            await asyncio.to_thread(self._keeper.stop)
         await self.slowpath.close()
         for s in self.sessions:
             await s.close()
@@ -311,6 +417,9 @@ class FabricMaster:
 
 
 async def serve_fm(config: FmConfig) -> int:
+    for files in (config.tls, config.etcd.tls):
+        if files is not None:
+            files.read()  # unreadable certificates are bad input (exit 2), said in words
     fm = FabricMaster(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -319,4 +428,6 @@ async def serve_fm(config: FmConfig) -> int:
         await fm.run()
     finally:
         await fm.close()
+    if fm.lost_lease:
+        raise RuntimeFailure(f"FM {config.fm_id}: its leadership lease lapsed; restart it")
     return 0

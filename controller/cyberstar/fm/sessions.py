@@ -31,6 +31,7 @@ from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.p4rt.messages import Action
 from cyberstar.pipeline.entries import TableEntry
 from cyberstar.pipeline.pp import PIPELINE
+from cyberstar.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 RETRY_S = 0.2
@@ -46,8 +47,10 @@ class PpSession:
         on_packet_in: Callable[[PpSession, p4r.PacketIn], None],
         on_idle: Callable[[PpSession, p4r.IdleTimeoutNotification], None],
         on_reset: Callable[[PpSession], Awaitable[None]],
+        tls: TlsFiles | None,
     ) -> None:
         self.config = config
+        self.tls = tls
         self.index = index  # bit in the rule cache's installed masks
         self.entries = [*config.static_entries, *extra_entries]
         self.on_packet_in = on_packet_in
@@ -64,6 +67,7 @@ class PpSession:
         self.connections = 0  # how many times the stream was (re)established
         self.packet_ins = 0
         self._task: asyncio.Task | None = None
+        self._down_logged = False
 
     @property
     def name(self) -> str:
@@ -80,7 +84,11 @@ class PpSession:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.info("%s: %s; reconnecting", self.name, exc)
+                if not self._down_logged:  # one line per outage, not one per retry
+                    state = "disconnected" if self.connections else "not reachable yet"
+                    log.info("%s (%s) %s: %s; retrying", self.name, self.config.address, state,
+                             _reason(exc))  # fmt: skip
+                    self._down_logged = True
             self.ready.clear()
             self.primary = self.connected = False
             if self.client is not None:
@@ -90,12 +98,17 @@ class PpSession:
             await asyncio.sleep(RETRY_S)
 
     async def _connect_and_serve(self) -> None:
-        c = AioP4RuntimeClient(self.config.address, self.config.device_id, self.election_id)
+        c = AioP4RuntimeClient(
+            self.config.address, self.config.device_id, self.election_id, tls=self.tls
+        )
         self.client = c
         await asyncio.wait_for(c.channel.channel_ready(), 5)
         answer = await c.open_stream()
         self.connections += 1
         self.connected = True
+        self._down_logged = False
+        log.info("%s (%s) connected (stream %d)", self.name, self.config.address,
+                 self.connections)  # fmt: skip
         await self._settle(answer)
         pumps = [
             asyncio.create_task(self._pump(c.packet_ins, self.on_packet_in)),
@@ -108,6 +121,11 @@ class PpSession:
             for t in pumps:
                 t.cancel()
         raise ConnectionError("stream closed")
+
+    @property
+    def stream_dropped(self) -> int:
+        """Stream messages the current connection dropped because FM did not take them."""
+        return self.client.dropped if self.client is not None else 0
 
     async def _pump(self, q: asyncio.Queue, handler: Callable) -> None:
         while True:
@@ -195,16 +213,17 @@ class PpSession:
                 raise
             await self.client.write(again)
 
-    async def write(self, updates: list[p4r.Update]) -> None:
+    async def write(self, updates: list[p4r.Update | bytes]) -> None:
         if self.client is None or not self.primary:
             raise P4RuntimeError(
                 grpc.StatusCode.FAILED_PRECONDITION, f"{self.name}: not connected as primary"
             )
         await self.client.write(updates)
 
-    async def packet_out(self, payload: bytes, metadata: list[tuple[int, bytes]]) -> None:
+    async def packet_out(self, payload: bytes, metadata: list[tuple[int, bytes]],
+                         on_sent: Callable[[], None] | None = None) -> None:  # fmt: skip
         if self.client is not None:
-            await self.client.packet_out(payload, metadata)
+            await self.client.packet_out(payload, metadata, on_sent)
 
     async def read_flow_entries(self) -> list[p4r.TableEntry]:
         assert self.client is not None
@@ -219,3 +238,11 @@ class PpSession:
         if self.client is not None:
             with contextlib.suppress(Exception):
                 await self.client.close()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer within 5 s"
+    details = getattr(exc, "details", None)
+    text = str(details()) if callable(details) else str(exc)
+    return text or type(exc).__name__

@@ -7,16 +7,23 @@ flow already asked about wait for that answer instead of asking again). Rules ar
 PP that punted, in one batch per PP, and the packets are sent back through its pipeline.
 Idle-timeout notifications delete the idle rule from that PP; a connection is released in SC
 only when no PP holds any of its rules.
+
+Punts wait in a queue shared fairly between tenants (`fairqueue.py`): bounded per tenant and in
+total, served round robin, so one tenant's flood of new flows delays another tenant's first
+packets by at most one batch. A connection whose rules could not be written is kept as an
+orphan (released in SC after its idle timeout unless its flow punts again), and a request SC
+did not answer is forgotten, so the flow's next punt asks again: nothing is left pending.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 
 from finsy.proto import p4r
@@ -29,23 +36,28 @@ from cyberstar.fm.cache import (
     entry_key,
     flow_key,
 )
+from cyberstar.fm.config import QueueConfig
+from cyberstar.fm.fairqueue import FairQueue
 from cyberstar.fm.sessions import PpSession
-from cyberstar.p4rt.codec import update
+from cyberstar.p4rt.codec import ExactTableEncoder
 from cyberstar.p4rt.decode import PipelineDecoder
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.pipeline.entries import TableEntry
-from cyberstar.pipeline.frames import frame_metadata
+from cyberstar.pipeline.frames import frame_flow
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.proto import sc_pb2
 from cyberstar.sc.client import ReleaseKey, Request
 from cyberstar.sc.flows import FlowKey, Packet
 from cyberstar.sc.routing import ScRouter
-from cyberstar.sc.rules import table_entry
+from cyberstar.sc.rules import flow_table_entry
 
 log = logging.getLogger(__name__)
 PACKET_IN_FIELDS = {f.name: i for i, f in enumerate(PIPELINE.packet_in.fields, start=1)}
 PACKET_OUT_FIELDS = {f.name: i for i, f in enumerate(PIPELINE.packet_out.fields, start=1)}
 FLOW_TABLE_ID = PIPELINE.table("flow_table").id
+NO_TENANT = -1  # the queue of PacketIns without tenant metadata (dropped when classified)
+FLOW_UPDATES = ExactTableEncoder(PIPELINE, "flow_table")
+LATENCY_SAMPLES = 200_000  # first-packet latencies kept for /status
 HOST_REASON = PIPELINE.punt_reasons.index("host")
 
 
@@ -60,7 +72,7 @@ class Punt:
 
 class SlowPath:
     def __init__(self, cache: RuleCache, router: ScRouter, max_batch: int, max_delay: float,
-                 max_in_flight: int = 2) -> None:  # fmt: skip
+                 max_in_flight: int = 2, queue: QueueConfig | None = None) -> None:  # fmt: skip
         self.cache = cache
         self.router = router
         self.max_batch = max_batch
@@ -73,8 +85,13 @@ class SlowPath:
         # per tenant: first packets punted, answered from the cache, asked of SC
         self.tenant_stats: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.timings: dict[str, float] = defaultdict(float)  # seconds spent per phase
-        self.latencies: list[float] = []  # seconds from PacketIn to PacketOut, recent
-        self._queue: asyncio.Queue[tuple[PpSession, p4r.PacketIn]] = asyncio.Queue()
+        # (when sent, seconds from the PacketIn's arrival to its PacketOut's sending), recent
+        self.latencies: deque[tuple[float, float]] = deque(maxlen=LATENCY_SAMPLES)
+        queue = queue or QueueConfig()
+        # (session, PacketIn, when it arrived), one FIFO per tenant (fairqueue.py)
+        self.queue: FairQueue[tuple[PpSession, p4r.PacketIn, float]] = FairQueue(
+            queue.max_packets, queue.per_tenant
+        )
         self._pending: dict[bytes, list[Punt]] = {}
         self._ids = itertools.count(1)
         self._conn_ids = itertools.count(int(time.time() * 1000) << 16)
@@ -84,20 +101,25 @@ class SlowPath:
         self._warned_tenants: set[int] = set()  # a key of each connection no PP holds → deadline
         self.enabled = asyncio.Event()  # set while FM leads
 
-    def latency_percentiles(self) -> dict[str, float]:
-        """PacketIn arrival to PacketOut, in ms, over the recent first packets."""
-        lat = sorted(self.latencies)
+    def latency_percentiles(self, since: float = 0.0) -> dict[str, float]:
+        """PacketIn arrival at FM to its PacketOut written to the stream, in µs, over the
+        recent first packets whose PacketOut left after `since` (time.monotonic())."""
+        recent = list(self.latencies)  # one copy under the GIL: the loop appends meanwhile
+        lat = sorted(dt for t, dt in recent if t >= since)
         if not lat:
-            return {}
-        return {q: round(lat[min(len(lat) - 1, int(len(lat) * float(q)))] * 1000, 3)
-                for q in ("0.5", "0.99")}  # fmt: skip
+            return {"count": 0}
+        out = {q: round(lat[min(len(lat) - 1, int(len(lat) * float(q)))] * 1e6, 1)
+               for q in ("0.5", "0.9", "0.99")}  # fmt: skip
+        out["count"] = len(lat)
+        return out
 
     # ---- inputs (called from the sessions' pumps) --------------------------------------------
 
     def on_packet_in(self, session: PpSession, pin: p4r.PacketIn) -> None:
         self.stats["packet_in"] += 1
         session.packet_ins += 1
-        self._queue.put_nowait((session, pin))
+        if not self.queue.put(_tenant_of(pin), (session, pin, time.monotonic())):
+            self.stats["packet_in_shed"] += 1
 
     def on_idle(self, session: PpSession, note: p4r.IdleTimeoutNotification) -> None:
         self._spawn(self._expire(session, list(note.table_entry)))
@@ -110,22 +132,14 @@ class SlowPath:
         first packet at once; a busy one waits up to `max_delay` for company."""
         while True:
             await self._in_flight.acquire()
-            first = await self._queue.get()
+            await self.queue.wait()
             await self.enabled.wait()
-            batch = [first]
-            self._drain(batch)
+            batch = self.queue.take(self.max_batch)
             busy = self._in_flight._value < self.max_in_flight - 1  # other batches in flight
             if busy and len(batch) < self.max_batch and self.max_delay > 0:
                 await asyncio.sleep(self.max_delay)  # company is likely: wait a little
-                self._drain(batch)
+                batch += self.queue.take(self.max_batch - len(batch))
             self._spawn(self._process(batch), release=self._in_flight)
-
-    def _drain(self, batch: list) -> None:
-        while len(batch) < self.max_batch:
-            try:
-                batch.append(self._queue.get_nowait())
-            except asyncio.QueueEmpty:
-                return
 
     def _spawn(self, coro, release: asyncio.Semaphore | None = None) -> None:
         task = asyncio.create_task(coro)
@@ -141,13 +155,12 @@ class SlowPath:
 
         task.add_done_callback(done)
 
-    async def _process(self, batch: list[tuple[PpSession, p4r.PacketIn]]) -> None:
+    async def _process(self, batch: list[tuple[PpSession, p4r.PacketIn, float]]) -> None:
         hits: dict[PpSession, list[tuple[Connection, Punt]]] = defaultdict(list)
         requests: list[Request] = []
         waiting: dict[int, bytes] = {}
-        now = time.monotonic()
-        for session, pin in batch:
-            punt, packet = self._classify(session, pin, now)
+        for session, pin, arrived in batch:
+            punt, packet = self._classify(session, pin, arrived)
             if punt is None:
                 continue
             per_tenant = self.tenant_stats[packet.tenant_id]
@@ -183,14 +196,21 @@ class SlowPath:
         if requests:
             self.stats["sc_requests"] += len(requests)
             self.stats["sc_batches"] += 1
-            t0 = time.monotonic()
-            replies = await self.router.compute(requests)
-            self.timings["sc_seconds"] += time.monotonic() - t0
-            t0 = time.monotonic()
-            await self._answer(replies, waiting)
-            self.timings["install_seconds"] += time.monotonic() - t0
+            try:
+                t0 = time.monotonic()
+                replies = await self.router.compute(requests)
+                self.timings["sc_seconds"] += time.monotonic() - t0
+                t0 = time.monotonic()
+                await self._answer(replies, waiting)
+                self.timings["install_seconds"] += time.monotonic() - t0
+            finally:
+                # A request SC did not answer (or an error on the way) must not leave its flow
+                # pending for ever: forget it, and the flow's next punt asks again.
+                for key in waiting.values():
+                    if self._pending.pop(key, None) is not None:
+                        self.stats["sc_unanswered"] += 1
 
-    def _classify(self, session: PpSession, pin: p4r.PacketIn, now: float
+    def _classify(self, session: PpSession, pin: p4r.PacketIn, arrived: float
                   ) -> tuple[Punt | None, Packet | None]:  # fmt: skip
         meta = {m.metadata_id: int.from_bytes(m.value, "big") for m in pin.metadata if m.value}
         port_id, tenant_id = PACKET_IN_FIELDS["ingress_port"], PACKET_IN_FIELDS["tenant_id"]
@@ -203,19 +223,19 @@ class SlowPath:
             self.stats["packet_in_host"] += 1
             return None, None
         ingress_port, tenant = meta[port_id], meta[tenant_id]
-        m = frame_metadata(pin.payload, ingress_port)
-        if m is None:
+        flow = frame_flow(pin.payload, ingress_port)
+        if flow is None:
             self.stats["packet_in_unparsable"] += 1
             return None, None
-        fkey = FlowKey(m["l3_proto"], m["l3_src"], m["l3_dst"], m["l4_src"], m["l4_dst"])
+        fkey = FlowKey(*flow[1:])
         key = flow_key(tenant, *fkey)
-        punt = Punt(session, pin, ingress_port, key, now)
-        return punt, Packet(tenant, ingress_port, m["vni"], fkey)
+        punt = Punt(session, pin, ingress_port, key, arrived)
+        return punt, Packet(tenant, ingress_port, flow[0], fkey)
 
     async def _answer(self, replies: list[sc_pb2.RuleReply], waiting: dict[int, bytes]) -> None:
         by_session: dict[PpSession, list[tuple[Connection, Punt]]] = defaultdict(list)
         for reply in replies:
-            key = waiting.get(reply.request_id)
+            key = waiting.pop(reply.request_id, None)
             punts = self._pending.pop(key, []) if key is not None else []
             code = reply.status.code
             if code not in (sc_pb2.OK, sc_pb2.POOL_EXHAUSTED):
@@ -238,12 +258,9 @@ class SlowPath:
         conn_id = next(self._conn_ids)
         rules = []
         try:
+            cookie = connection_cookie(conn_id, reply.slot)
             for rule in reply.rules:
-                entry = table_entry(rule)
-                entry = TableEntry(
-                    entry.table, entry.match, entry.action, entry.params, entry.priority,
-                    entry.is_default, entry.idle_timeout_ns, connection_cookie(conn_id, reply.slot),
-                )  # fmt: skip
+                entry = flow_table_entry(rule, cookie)
                 rules.append(CachedRule(entry_key(entry), 0, entry))
         except Exception as exc:
             self.stats["sc_bad_rules"] += 1
@@ -257,38 +274,57 @@ class SlowPath:
         bit = 1 << session.index
         updates: list[p4r.Update] = []
         seen: set[int] = set()
+        owner: list[int] = []  # the connection of each update
         for conn, _ in items:
             if conn.conn_id in seen:
                 continue
             seen.add(conn.conn_id)
-            updates += [update(p4r.Update.INSERT, PIPELINE, r.entry) for r in conn.rules]
+            updates += [FLOW_UPDATES.update(p4r.Update.INSERT, r.entry) for r in conn.rules]
+            owner += [conn.conn_id] * len(conn.rules)
+        failed: set[int] = set()
         if updates:
             try:
                 await session.write(updates)
             except Exception as exc:
-                failed = getattr(exc, "errors", None)
-                if not failed or any(code != "ALREADY_EXISTS" for _, code, _ in failed):
+                errors = getattr(exc, "errors", None) or []
+                real = [i for i, code, _ in errors if code != "ALREADY_EXISTS"]
+                if real or not errors:
                     self.stats["pp_write_errors"] += 1
-                    log.warning("%s: writing rules failed: %s", session.name, exc)
-                    return
-            self.stats["rules_written"] += len(updates)
-        for conn, _ in items:
-            if conn.conn_id in seen:
-                seen.discard(conn.conn_id)
-                for rule in conn.rules:
-                    rule.installed |= bit
-                if conn.cacheable:
-                    self.cache.put(conn)
-        out_meta = (PACKET_OUT_FIELDS["submit_to_ingress"], PACKET_OUT_FIELDS["ingress_port"])
+                    log.warning("%s: writing rules failed: %s", session.name,
+                                exc or type(exc).__name__)  # fmt: skip
+                failed = {owner[i] for i in real if 0 <= i < len(owner)} if errors else set(owner)
+            self.stats["rules_written"] += sum(1 for c in owner if c not in failed)
         now = time.monotonic()
+        for conn, _ in items:
+            if conn.conn_id not in seen:
+                continue
+            seen.discard(conn.conn_id)
+            for rule in conn.rules:
+                if conn.conn_id in failed:
+                    rule.installed &= ~bit
+                else:
+                    rule.installed |= bit
+            if conn.cacheable:
+                self.cache.put(conn)
+                if not any(r.installed for r in conn.rules):
+                    # No PP holds its rules (the write failed): released in SC after its idle
+                    # timeout unless the flow punts again, when the cache answers.
+                    self.stats["connections_not_installed"] += 1
+                    self._orphan(conn, now)
+        if failed:
+            items = [(c, p) for c, p in items if c.conn_id not in failed]
+        out_meta = (PACKET_OUT_FIELDS["submit_to_ingress"], PACKET_OUT_FIELDS["ingress_port"])
         for _, punt in items:
             await session.packet_out(
                 punt.packet.payload,
                 [(out_meta[0], b"\x01"), (out_meta[1], punt.ingress_port.to_bytes(2, "big"))],
+                functools.partial(self._sent, punt.arrived),
             )
-            self.latencies.append(now - punt.arrived)
         self.stats["packet_out"] += len(items)
-        del self.latencies[:-10000]
+
+    def _sent(self, arrived: float) -> None:
+        now = time.monotonic()
+        self.latencies.append((now, now - arrived))
 
     # ---- PP resets and idle timeouts → release -----------------------------------------------
 
@@ -308,8 +344,12 @@ class SlowPath:
                 rule.installed &= ~bit
             self.cache.put(conn)
             if not any(r.installed for r in conn.rules):
-                idle_s = max(r.entry.idle_timeout_ns for r in conn.rules) / 1e9
-                self._orphans[conn.rule_keys()[0]] = now + idle_s
+                self._orphan(conn, now)
+
+    def _orphan(self, conn: Connection, now: float) -> None:
+        """Release `conn` in SC after its idle timeout, unless a PP takes its rules again."""
+        idle_s = max(r.entry.idle_timeout_ns for r in conn.rules) / 1e9
+        self._orphans[conn.rule_keys()[0]] = now + idle_s
 
     async def sweep_orphans(self, interval_s: float = 1.0) -> None:
         """Release connections that no PP re-requested within their idle timeout."""
@@ -369,6 +409,16 @@ class SlowPath:
     async def close(self) -> None:
         for t in list(self._tasks):
             t.cancel()
+
+
+def _tenant_of(pin: p4r.PacketIn) -> int:
+    for m in pin.metadata:
+        if m.metadata_id == _TENANT_FIELD:
+            return int.from_bytes(m.value, "big")
+    return NO_TENANT
+
+
+_TENANT_FIELD = PACKET_IN_FIELDS["tenant_id"]
 
 
 def _release_keys(conn: Connection) -> list[ReleaseKey]:

@@ -1,8 +1,9 @@
 """Prometheus metrics for a bmv2 PP node, which serves none itself.
 
-`python -m cyberstar.lab.bmv2_metrics --grpc ADDR --listen HOST:PORT` runs next to the switch
-(the lab starts it in the node's host) and answers GET /metrics by reading the pipeline's
-indexed counters over P4Runtime (a Read needs no arbitration): the same
+`python -m cyberstar.lab.bmv2_metrics --grpc ADDR --listen HOST:PORT --tls-ca CA --tls-cert CRT
+--tls-key KEY` runs next to the switch (the lab starts it in the node's host) and answers GET
+/metrics (HTTPS wanting a client certificate of the CA, as an XDP agent's) by reading the
+pipeline's indexed counters over P4Runtime (mutual TLS; a Read needs no arbitration): the same
 `cyberstar_pp_packets_total{verdict}` and `cyberstar_pp_drops_total{reason}` an XDP agent
 serves, so the lab's plots and autoscaler treat both kinds of node alike.
 """
@@ -13,10 +14,12 @@ import argparse
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from cyberstar.metrics import Sample, serve_metrics
 from cyberstar.p4rt.client import P4RuntimeClient
 from cyberstar.pipeline.pp import PIPELINE
+from cyberstar.tls import TlsFiles, server_ssl
 
 
 def collect(client: P4RuntimeClient) -> list[Sample]:
@@ -40,10 +43,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--grpc", required=True, help="the switch's P4Runtime address")
     p.add_argument("--device-id", type=int, default=1)
     p.add_argument("--listen", required=True, help="HOST:PORT to serve /metrics on")
+    p.add_argument("--tls-ca", type=Path, required=True, help="the lab CA")
+    p.add_argument("--tls-cert", type=Path, required=True, help="this node's certificate")
+    p.add_argument("--tls-key", type=Path, required=True, help="this node's key")
     args = p.parse_args(argv)
-    client = P4RuntimeClient(args.grpc, args.device_id)
+    tls = TlsFiles(args.tls_ca, args.tls_cert, args.tls_key)
+    client = P4RuntimeClient(args.grpc, args.device_id, tls=tls)
     client.wait_ready(30)
-    serve_metrics(args.listen, lambda: collect(client))
+    serve_metrics(args.listen, lambda: collect(client), server_ssl(tls))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -31,12 +31,14 @@ from pathlib import Path
 from mininet.node import Host
 
 from cyberstar import netns
+from cyberstar.lab.certs import LabCerts
 from cyberstar.lab.pp_process import CYBERSTAR
 from cyberstar.lab.procs import LabError
 from cyberstar.p4tools import compile_p4, guard_thrift, require_tools, switch_command
 from cyberstar.paths import REPO_ROOT
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.subprocs import tied_to_parent
+from cyberstar.tls import TlsFiles
 
 # mininet.log makes every logger created after it a MininetLogger, which prints everything
 # a second time through a handler of its own: loggers are plain loggers again from here on.
@@ -145,6 +147,7 @@ class LabHost(Host):
         self.spawner = spawner or Spawner()
         self.daemons: dict[str, Daemon] = {}
         self.mgmt_ip: str | None = None
+        self.certs: LabCerts | None = None  # the lab CA (`LabNet` sets it)
         self.data_links: list[DataLink] = []
         self.autostart = True  # booted by `LabNet.start()`
         super().__init__(name, **params)
@@ -155,6 +158,16 @@ class LabHost(Host):
         )
 
     # ---- configuration ------------------------------------------------------------------------
+
+    def tls(self, role: str) -> TlsFiles:
+        """This host's certificate from the lab CA, valid for its management address."""
+        assert self.certs is not None and self.mgmt_ip is not None
+        return self.certs.files(role, self.name, (self.mgmt_ip,))
+
+    def tls_flags(self, role: str) -> list[str]:
+        """`--tls-ca/--tls-cert/--tls-key` of this host's certificate."""
+        f = self.tls(role)
+        return ["--tls-ca", str(f.ca), "--tls-cert", str(f.cert), "--tls-key", str(f.key)]
 
     def sh(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
         """Run a command in this host and wait for it (thread-safe, unlike Mininet's `cmd`)."""
@@ -262,11 +275,13 @@ class OpsHost(LabHost):
 
 class EtcdHost(LabHost):
     """etcd, its data in memory: a disk busy with other work delays its writes by seconds,
-    and every lease in the lab (SC membership, the FM leader) would expire."""
+    and every lease in the lab (SC membership, the FM leader) would expire. Clients and its
+    peer port speak mutual TLS with the lab CA's certificates."""
 
     def boot(self) -> None:
-        url = f"http://{self.mgmt_ip}:{ETCD_PORT}"
-        peer = f"http://{self.mgmt_ip}:2380"
+        url = f"https://{self.mgmt_ip}:{ETCD_PORT}"
+        peer = f"https://{self.mgmt_ip}:2380"
+        tls = self.tls("etcd")
         shm = Path("/dev/shm")
         self.data_dir = (shm if shm.is_dir() else self.workdir) / f"{self.ns}-etcd"
         cmd = [
@@ -287,6 +302,10 @@ class EtcdHost(LabHost):
             f"{self.name}={peer}",
             "--log-level",
             "warn",
+            *("--cert-file", str(tls.cert), "--key-file", str(tls.key)),
+            *("--trusted-ca-file", str(tls.ca), "--client-cert-auth"),
+            *("--peer-cert-file", str(tls.cert), "--peer-key-file", str(tls.key)),
+            *("--peer-trusted-ca-file", str(tls.ca), "--peer-client-cert-auth"),
         ]
         self.wait_listening(self.spawn("etcd", cmd), ETCD_PORT, 30)
 
@@ -411,6 +430,7 @@ class XdpPpHost(PpHost):
             "1",
             "--mode",
             self.mode,
+            *self.tls_flags("pp"),
         ]
         self.boot_daemon("pp", cmd, P4RUNTIME_PORT, 120)
 
@@ -435,9 +455,13 @@ class Bmv2PpHost(PpHost):
         ports = {1: self.data_ports[0], 2: self.data_ports[1]}
         cmd = switch_command(switch, self.ns, ports, self.p4runtime, 1, self.workdir,
                              PIPELINE.constants["CPU_PORT"])  # fmt: skip
+        tls = self.tls("pp")
+        cmd += ["--grpc-server-ssl", "--grpc-server-with-client-auth",
+                "--grpc-server-cacert", str(tls.ca), "--grpc-server-cert", str(tls.cert),
+                "--grpc-server-key", str(tls.key)]  # fmt: skip
         self.boot_daemon("pp", cmd, P4RUNTIME_PORT, 60, in_namespace=True)
         exporter = [*CYBERSTAR[:1], "-m", "cyberstar.lab.bmv2_metrics", "--grpc",
-                    self.p4runtime, "--listen", self.metrics]  # fmt: skip
+                    self.p4runtime, "--listen", self.metrics, *self.tls_flags("pp")]  # fmt: skip
         self.boot_daemon("metrics", exporter, PP_METRICS_PORT, 60)
 
     def shutdown(self) -> None:

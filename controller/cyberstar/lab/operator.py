@@ -55,7 +55,7 @@ class Operator:
     def pp_packets(self, pp: PpHost) -> tuple[float, float]:
         """The node's own counts (its /metrics): packets received (every verdict), and
         packets forwarded."""
-        text = self.net.http_get(pp.metrics, "/metrics", 2).decode()
+        text = self.net.https(pp.metrics, "/metrics", 2).decode()
         received = forwarded = 0.0
         for name, labels, value in parse_prometheus(text):
             if name == "cyberstar_pp_packets_total":
@@ -307,10 +307,8 @@ class Operator:
         if leader is None:
             return self._fail(rec, "no FM leads")
         try:
-            reply = json.loads(
-                self.net.http_get(
-                    leader.http, f"/scale?kind={kind}&shard={shard}&to={to}&wait_s=30", 40
-                )
+            reply = self.net.fm_call(
+                leader, "POST", f"/scale?kind={kind}&shard={shard}&to={to}&wait_s=30", 40
             )
         except Exception as exc:
             return self._fail(rec, f"FM /scale: {exc}")

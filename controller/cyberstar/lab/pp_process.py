@@ -1,6 +1,7 @@
 """Running PP nodes as real processes, for tests, benchmarks and the lab: XDP nodes
 (`cyberstar pp serve`) and bmv2 nodes (`simple_switch_grpc` running the generated P4), both
-P4Runtime targets programmed with the same P4Info."""
+P4Runtime targets programmed with the same P4Info, both over mutual TLS with certificates of a
+lab CA (`lab.certs`)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cyberstar.codegen.p4info import build_p4info
+from cyberstar.lab.certs import LabCerts
 from cyberstar.p4rt.client import P4RuntimeClient
 from cyberstar.p4tools import compile_p4, guard_thrift, require_tools, switch_command
 from cyberstar.paths import REPO_ROOT
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.subprocs import tied_to_parent
+from cyberstar.tls import TlsFiles
 
 CYBERSTAR = [sys.executable, "-m", "cyberstar.cli"]
 
@@ -27,13 +30,19 @@ class PpNode:
     device_id: int
     proc: subprocess.Popen
     log: Path
+    certs: LabCerts
     kind: str = "xdp"  # or "bmv2"
     # What SetForwardingPipelineConfig carries: bmv2's JSON; an XDP agent takes none.
     device_config: bytes = b""
     clients: list[P4RuntimeClient] = field(default_factory=list)
 
+    @property
+    def tls(self) -> TlsFiles:
+        """A controller's certificate for this node (role admin)."""
+        return self.certs.files("admin", "lab-admin")
+
     def client(self, election_id: int = 1, arbitrate: bool = True) -> P4RuntimeClient:
-        c = P4RuntimeClient(self.address, self.device_id, election_id)
+        c = P4RuntimeClient(self.address, self.device_id, election_id, tls=self.tls)
         c.wait_ready(30)
         if arbitrate:
             c.open_stream()
@@ -65,35 +74,50 @@ def start_agent(
     mode: str = "skb",
     extra: list[str] | None = None,
     address: str | None = None,
+    certs: LabCerts | None = None,
+    name: str = "pp",
 ) -> PpNode:
-    """Start `cyberstar pp serve` on `ifaces` of netns `ns`; P4Runtime on a unix socket in a
-    fresh directory unless `address` is given (a restart keeps its predecessor's)."""
+    """Start `cyberstar pp serve` on `ifaces` of netns `ns`; P4Runtime (mutual TLS, with a
+    certificate for `name` from `certs`, a new lab CA unless given) on a unix socket in a fresh
+    directory unless `address` is given (a restart keeps its predecessor's)."""
     tmp = Path(tempfile.mkdtemp(prefix="cyberstar-pp-"))
+    if certs is None:
+        certs = LabCerts(tmp / "certs")
     if address is None:
         address = f"unix:{tmp / 'p4rt.sock'}"
     elif address.startswith("unix:"):
         Path(address.removeprefix("unix:")).unlink(missing_ok=True)
     log = tmp / "agent.log"
     cmd = [*CYBERSTAR, "-v", "pp", "serve", "--netns", ns, "--grpc", address,
-           "--device-id", str(device_id), "--mode", mode]  # fmt: skip
+           "--device-id", str(device_id), "--mode", mode,
+           *certs.flags("pp", name)]  # fmt: skip
     for i in ifaces:
         cmd += ["--iface", i]
     cmd = tied_to_parent(cmd + (extra or []))
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-    node = PpNode(ns, address, device_id, proc, log)
+    node = PpNode(ns, address, device_id, proc, log, certs)
     _wait_listening(node, "the PP agent")  # it listens once its program is loaded and attached
     return node
 
 
 def start_switch(
-    ns: str, ifaces: list[str], device_id: int = 1, address: str | None = None
+    ns: str,
+    ifaces: list[str],
+    device_id: int = 1,
+    address: str | None = None,
+    certs: LabCerts | None = None,
+    name: str = "bmv2",
 ) -> PpNode:
     """Start bmv2 (`simple_switch_grpc`) on `ifaces` of netns `ns` as ports 1, 2, … with no
     program: the controller sets the pipeline with `node.device_config`, p4c's JSON of the
-    generated P4. P4Runtime on a unix socket in a fresh directory unless `address` is given."""
+    generated P4. P4Runtime (mutual TLS, bmv2's --grpc-server-ssl options, with a certificate
+    for `name` from `certs`) on a unix socket in a fresh directory unless `address` is given."""
     switch, _ = require_tools()
     compiled = compile_p4()
     tmp = Path(tempfile.mkdtemp(prefix="cyberstar-bmv2-node-"))
+    if certs is None:
+        certs = LabCerts(tmp / "certs")
+    own = certs.files("pp", name)
     if address is None:
         address = f"unix:{tmp / 'p4rt.sock'}"
     elif address.startswith("unix:"):
@@ -109,26 +133,31 @@ def start_switch(
         tmp,
         PIPELINE.constants["CPU_PORT"],
     )
+    cmd += ["--grpc-server-ssl", "--grpc-server-with-client-auth",
+            "--grpc-server-cacert", str(own.ca), "--grpc-server-cert", str(own.cert),
+            "--grpc-server-key", str(own.key)]  # fmt: skip
     proc = subprocess.Popen(
         tied_to_parent(cmd), stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=tmp
     )
-    node = PpNode(ns, address, device_id, proc, log, "bmv2", compiled.json_path.read_bytes())
+    node = PpNode(ns, address, device_id, proc, log, certs, "bmv2",
+                  compiled.json_path.read_bytes())  # fmt: skip
     _wait_listening(node, "simple_switch_grpc")
     return node
 
 
 def start_pp_node(kind: str, ns: str, ifaces: list[str], mode: str = "skb",
-                  address: str | None = None) -> PpNode:  # fmt: skip
+                  address: str | None = None, certs: LabCerts | None = None,
+                  name: str = "pp") -> PpNode:  # fmt: skip
     """An XDP or a bmv2 PP node on `ifaces` of `ns`, P4Runtime at `address`."""
     if kind == "bmv2":
-        return start_switch(ns, ifaces, address=address)
+        return start_switch(ns, ifaces, address=address, certs=certs, name=name)
     if kind == "xdp":
-        return start_agent(ns, ifaces, mode=mode, address=address)
+        return start_agent(ns, ifaces, mode=mode, address=address, certs=certs, name=name)
     raise ValueError(f"unknown PP node kind {kind!r}: expected xdp or bmv2")
 
 
 def _wait_listening(node: PpNode, what: str) -> None:
-    probe = P4RuntimeClient(node.address, node.device_id)
+    probe = P4RuntimeClient(node.address, node.device_id, tls=node.tls)
     try:
         probe.wait_ready(60)
     except Exception:

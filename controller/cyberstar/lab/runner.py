@@ -19,7 +19,6 @@ import math
 import shutil
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -185,14 +184,14 @@ class ScenarioRun:
         out = []
         for pp in net.pps.values():
             if pp.running:
-                out.append((pp.name, _fetcher(f"http://{pp.metrics}/metrics")))
+                out.append((pp.name, _fetcher(net, pp.metrics)))
         for fm in net.fms.values():
             if fm.running:
-                out.append((fm.name, _fetcher(f"http://{fm.http}/metrics")))
+                out.append((fm.name, _fetcher(net, fm.http, token=True)))
         for nodes in net.scgs.values():
             for n in nodes:
                 if n.running:
-                    out.append((n.name, _fetcher(f"http://{n.metrics}/metrics")))
+                    out.append((n.name, _fetcher(net, n.metrics)))
         return out
 
     def _start_load(self, net: LabNet) -> tuple[dict, dict]:
@@ -307,10 +306,11 @@ def _last(series: Series, metric: str, source: str) -> float:
     return max(pts)[1] if pts else 0.0
 
 
-def _fetcher(url: str) -> Callable[[], str]:
+def _fetcher(net: LabNet, address: str, token: bool = False) -> Callable[[], str]:
+    """GET /metrics of a daemon (FM's wants the bearer token)."""
+
     def fetch() -> str:
-        with urllib.request.urlopen(url, timeout=1.0) as resp:
-            return resp.read().decode()
+        return net.https(address, "/metrics", 1.0, token=token).decode()
 
     return fetch
 

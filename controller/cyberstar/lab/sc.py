@@ -2,7 +2,8 @@
 
 Used by the tests, the benchmarks and anyone trying SC on one machine. Everything binds to
 127.0.0.1 on free ports, lives in a temporary directory, and is torn down by `close()` (also
-on errors: use the context managers).
+on errors: use the context managers). Every channel is mutual TLS with certificates of a lab CA
+made in that directory (`lab.certs`), etcd's included.
 """
 
 from __future__ import annotations
@@ -21,59 +22,62 @@ from pathlib import Path
 
 import yaml
 
+from cyberstar.lab.certs import LabCerts
 from cyberstar.lab.procs import LabError, free_port, terminate, wait_port
 from cyberstar.sc.client import ReleaseKey, Request, ScClient
+from cyberstar.sc.coord import EtcdConfig
 from cyberstar.sc.flows import FlowKey, Packet
 from cyberstar.sc.pool import AddressPool
 from cyberstar.subprocs import tied_to_parent
+from cyberstar.tls import TlsFiles
 
 ETCD_BIN = "etcd"
 
 
 class LocalEtcd:
-    """`etcd` on loopback with random ports and a temporary data directory."""
+    """`etcd` on loopback with random ports and a temporary data directory; clients and the
+    (single) peer speak mutual TLS with the lab CA's certificates."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, certs: LabCerts, extra: list[str] | None = None) -> None:
         if shutil.which(ETCD_BIN) is None:
             raise LabError("etcd is not installed (Debian package etcd-server)")
+        self.certs = certs
         self.client_port = free_port()
         peer_port = free_port()
         self.dir = workdir / "etcd"
         self.log = workdir / "etcd.log"
-        url = f"http://127.0.0.1:{self.client_port}"
-        peer = f"http://127.0.0.1:{peer_port}"
+        url = f"https://127.0.0.1:{self.client_port}"
+        peer = f"https://127.0.0.1:{peer_port}"
+        tls = certs.files("etcd", "etcd")
+        cmd = [ETCD_BIN, "--name", "lab", "--data-dir", str(self.dir),
+               "--listen-client-urls", url, "--advertise-client-urls", url,
+               "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+               "--initial-cluster", f"lab={peer}", "--log-level", "warn",
+               "--cert-file", str(tls.cert), "--key-file", str(tls.key),
+               "--trusted-ca-file", str(tls.ca), "--client-cert-auth",
+               "--peer-cert-file", str(tls.cert), "--peer-key-file", str(tls.key),
+               "--peer-trusted-ca-file", str(tls.ca), "--peer-client-cert-auth",
+               *(extra or [])]  # fmt: skip
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(
-                tied_to_parent(
-                    [
-                        ETCD_BIN,
-                        "--name",
-                        "lab",
-                        "--data-dir",
-                        str(self.dir),
-                        "--listen-client-urls",
-                        url,
-                        "--advertise-client-urls",
-                        url,
-                        "--listen-peer-urls",
-                        peer,
-                        "--initial-advertise-peer-urls",
-                        peer,
-                        "--initial-cluster",
-                        f"lab={peer}",
-                        "--log-level",
-                        "warn",
-                    ]
-                ),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                tied_to_parent(cmd), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
         wait_port(self.client_port, self.proc, 20, "etcd", self.log)
 
     @property
     def endpoint(self) -> tuple[str, int]:
         return ("127.0.0.1", self.client_port)
+
+    def config(self, role: str, name: str) -> EtcdConfig:
+        """How process `name` (of `role`) reaches this etcd."""
+        return EtcdConfig((self.endpoint,), self.certs.files(role, name))
+
+    def section(self, role: str, name: str) -> dict:
+        """The `etcd:` section of a YAML config for process `name`."""
+        return {
+            "endpoints": [f"127.0.0.1:{self.client_port}"],
+            "tls": self.certs.section(role, name),
+        }
 
     def close(self) -> None:
         terminate(self.proc)
@@ -143,12 +147,13 @@ class ScLab:
         self.workdir = workdir
         self.tenants = tenants
         self.lease_ttl_s = lease_ttl_s
+        self.certs = LabCerts(workdir / "certs")
         self.etcd: LocalEtcd | None = None
         self.nodes: dict[str, ScProcess] = {}
 
     def __enter__(self) -> ScLab:
         try:
-            self.etcd = LocalEtcd(self.workdir)
+            self.etcd = LocalEtcd(self.workdir, self.certs)
         except BaseException:
             self.close()
             raise
@@ -157,12 +162,22 @@ class ScLab:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def client_tls(self) -> TlsFiles:
+        """A certificate for tests and tools talking to the SC nodes (role admin)."""
+        return self.certs.files("admin", "lab-admin")
+
+    def etcd_config(self, role: str = "admin", name: str = "lab-admin") -> EtcdConfig:
+        assert self.etcd is not None
+        return self.etcd.config(role, name)
+
     def node_config(self, node_id: str, scg: str) -> dict:
         assert self.etcd is not None
         return {
             "node_id": node_id,
             "listen": f"127.0.0.1:{free_port()}",
-            "etcd": [f"127.0.0.1:{self.etcd.client_port}"],
+            "tls": self.certs.section("sc", node_id),
+            "etcd": self.etcd.section("sc", node_id),
             "scg": scg,
             "lease_ttl_s": self.lease_ttl_s,
             "tenants": self.tenants,
@@ -284,11 +299,11 @@ def _key_of(rule) -> FlowKey:
     return FlowKey(m["protocol"], m["src_addr"], m["dst_addr"], m["src_port"], m["dst_port"])
 
 
-async def cluster_census(addresses: list[str]) -> dict[str, tuple]:
+async def cluster_census(addresses: list[str], tls: TlsFiles) -> dict[str, tuple]:
     """Per node: (free elements, held elements as a list, shards) from Inspect."""
     out = {}
     for address in addresses:
-        async with ScClient(address) as client:
+        async with ScClient(address, tls) as client:
             info = await client.inspect(elements=True)
         free: list[int] = []
         held: list[int] = []

@@ -23,10 +23,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,7 +55,7 @@ UNKNOWN_TENANT, UNKNOWN_TENANT_SERVER = 99, "10.2.0.5"
 FABRIC_VNI, FABRIC_NEXTHOP_BASE = 9000, 1000
 
 
-def tenant_config(idle_timeout_s: float) -> dict:
+def tenant_config(idle_timeout_s: float, snat_pool: str) -> dict:
     return {
         "id": TENANT,
         "chain": ["web", "nat"],
@@ -72,7 +75,7 @@ def tenant_config(idle_timeout_s: float) -> dict:
                     }
                 ],
             },
-            "nat": {"kind": "snat", "pool": [f"{PUBLIC_IP}:20000-59999"], "sources": [CLIENT_NET]},
+            "nat": {"kind": "snat", "pool": [snat_pool], "sources": [CLIENT_NET]},
         },
     }
 
@@ -103,7 +106,11 @@ def mac_of(ifname: str, ns: str) -> str:
 class SlowPathLab:
     def __init__(self, scgs: int = 1, nodes_per_scg: int = 3, idle_timeout_s: float = 30,
                  mode: str = "skb", workdir: Path | None = None, pps: int = 1,
-                 pp_kinds: Sequence[str] | None = None) -> None:  # fmt: skip
+                 pp_kinds: Sequence[str] | None = None,
+                 public_net: str | None = None) -> None:  # fmt: skip
+        """`public_net` (a prefix outside 203.0.113.16/28) replaces tenant 7's one-address
+        SNAT pool, PUBLIC_IP ports 20000-59999, by every address of the prefix, ports
+        1024-65535: benchmarks need more than 40 000 connections."""
         self.pp_kinds = list(pp_kinds) if pp_kinds is not None else ["xdp"] * pps
         pps = len(self.pp_kinds)
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="cyberstar-lab-")
@@ -116,11 +123,14 @@ class SlowPathLab:
         self.scgs = scgs
         self.nodes_per_scg = nodes_per_scg
         self.mode = mode
-        tenants = [tenant_config(idle_timeout_s), small_tenant_config(idle_timeout_s)]
+        self.public_net = public_net or f"{PUBLIC_IP}/32"
+        pool = f"{public_net}:1024-65535" if public_net else f"{PUBLIC_IP}:20000-59999"
+        tenants = [tenant_config(idle_timeout_s, pool), small_tenant_config(idle_timeout_s)]
         self.sc = ScLab(tenants, workdir=self.workdir / "sc")
         self.pps: list[PpNode | None] = [None] * pps
         self.fms: dict[str, subprocess.Popen] = {}
         self.fm_http_ports: dict[str, int] = {}
+        self.fm_token = secrets.token_hex(16)  # the admin API's bearer token (every FM)
         self._servers: list[threading.Thread] = []
         self._stop = threading.Event()
         # (client ip:port, source the server saw), one per connection, in arrival order
@@ -200,7 +210,7 @@ class SlowPathLab:
         return [
             classify(1, SERVER_NET),
             classify(1, f"{VIP}/32"),
-            classify(2, f"{PUBLIC_IP}/32"),
+            classify(2, self.public_net),
             classify(1, f"{SMALL_SERVER}/32", SMALL_TENANT),
             classify(2, f"{SMALL_PUBLIC_IP}/32", SMALL_TENANT),
             classify(1, f"{UNKNOWN_TENANT_SERVER}/32", UNKNOWN_TENANT),
@@ -217,7 +227,8 @@ class SlowPathLab:
 
     def start_pp(self, address: str | None = None, index: int = 0) -> None:
         self.pps[index] = start_pp_node(self.pp_kinds[index], self.pp_ns[index], ["pp1", "pp2"],
-                                        mode=self.mode, address=address)  # fmt: skip
+                                        mode=self.mode, address=address, certs=self.sc.certs,
+                                        name=f"pp{index + 1}")  # fmt: skip
 
     def restart_pp(self, index: int = 0) -> None:
         """Stop a PP node (its tables go with it) and start a new one at the same address."""
@@ -239,11 +250,18 @@ class SlowPathLab:
                 config_path = self.workdir / f"pp{i + 1}-device-config.json"
                 config_path.write_bytes(node.device_config)
                 nodes[-1]["device_config"] = config_path.name
+        token = self.workdir / "fm-admin.token"
+        token.write_text(self.fm_token + "\n")
+        token.chmod(0o600)
         config = {
             "fm_id": fm_id,
-            "etcd": [f"127.0.0.1:{self.sc.etcd.client_port}"],
+            "tls": self.sc.certs.section("fm", fm_id),
+            "etcd": self.sc.etcd.section("fm", fm_id),
             "lease_ttl_s": 2,
-            "http": f"127.0.0.1:{self.fm_http_ports.setdefault(fm_id, free_port())}",
+            "http": {
+                "listen": f"127.0.0.1:{self.fm_http_ports.setdefault(fm_id, free_port())}",
+                "token_file": token.name,
+            },
             "pp_nodes": nodes,
         }
         if len(self.pps) > 1:
@@ -279,11 +297,35 @@ class SlowPathLab:
         proc.kill()
         proc.wait(10)
 
+    def fm_request(self, fm_id: str, method: str, path: str, token: str | None = "",
+                   timeout: float = 60) -> tuple[int, dict]:  # fmt: skip
+        """An FM admin call over HTTPS (the lab CA's): (status, decoded JSON body). `token`:
+        the lab's ("" ) or this one (None: no Authorization header)."""
+        url = f"https://127.0.0.1:{self.fm_http_ports[fm_id]}{path}"
+        headers = {}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token or self.fm_token}"
+        req = urllib.request.Request(url, method=method, headers=headers)
+        context = ssl.create_default_context(cafile=str(self.sc.certs.ca.cert_path))
+        try:
+            with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"{}")
+
     def fm_get(self, fm_id: str, path: str, timeout: float = 60) -> dict:
-        """GET an FM admin path (`/status`, `/scale?...`) and decode its JSON."""
-        url = f"http://127.0.0.1:{self.fm_http_ports[fm_id]}{path}"
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return json.loads(resp.read())
+        """GET an FM admin path (`/status`, `/metrics` as text is `fm_request`'s) as JSON."""
+        status, body = self.fm_request(fm_id, "GET", path, timeout=timeout)
+        if status != 200:
+            raise RuntimeError(f"GET {path} on {fm_id}: {status} {body}")
+        return body
+
+    def fm_post(self, fm_id: str, path: str, timeout: float = 60) -> dict:
+        """POST an FM admin path (`/scale?...`) and decode its JSON."""
+        status, body = self.fm_request(fm_id, "POST", path, timeout=timeout)
+        if status != 200:
+            raise RuntimeError(f"POST {path} on {fm_id}: {status} {body}")
+        return body
 
     # ---- traffic ----------------------------------------------------------------------------
 

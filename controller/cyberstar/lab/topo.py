@@ -14,6 +14,12 @@ Addresses (management 10.255.0.0/16: ops .0.1, etcd .0.2, FM k 10.255.1.k, SC no
 svc. Tenant k's service is its VIP 198.51.100.k:80 (an L4 load balancer over its backends)
 and its connections leave through SNAT address 203.0.113.k.
 
+Every control channel is mutual TLS, as in a deployment: the lab makes a CA in its work
+directory and a certificate per process, valid for its host's management address (etcd, FM,
+SC and PP nodes, bmv2's P4Runtime server); the lab itself (`ops`) holds an admin certificate,
+with which it scrapes metrics (HTTPS wanting a client certificate), and FM's bearer token, with
+which it calls FM's admin API (`GET /status`, `POST /scale`) over HTTPS.
+
 Compose with `add_*` (see docs/lab.md for a full example), then `start()`; `close()` removes
 everything (also on errors: use it as a context manager).
 """
@@ -24,8 +30,12 @@ import contextlib
 import json
 import os
 import re
+import secrets
+import shutil
+import ssl
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +45,7 @@ from pathlib import Path
 import yaml
 
 from cyberstar import netns
+from cyberstar.lab.certs import LabCerts
 from cyberstar.lab.ecmp import NEXTHOP_GROUP_BASE, EcmpGroup, HealthMonitor, Side
 from cyberstar.lab.hosts import (
     Bmv2PpHost,
@@ -53,6 +64,7 @@ from cyberstar.lab.hosts import (
     new_lab_id,
 )
 from cyberstar.lab.procs import LabError
+from cyberstar.tls import client_ssl
 
 NAME = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 PP_KINDS: dict[str, type[PpHost]] = {"xdp": XdpPpHost, "bmv2": Bmv2PpHost}
@@ -118,6 +130,11 @@ class LabNet:
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="cyberstar-lab-")
         self.workdir = Path(workdir or self._tmp.name)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # A fresh CA per lab: a certificate left by an earlier lab may name other addresses.
+        shutil.rmtree(self.workdir / "certs", ignore_errors=True)
+        self.certs = LabCerts(self.workdir / "certs")
+        self._admin_ssl: ssl.SSLContext = client_ssl(self.certs.files("admin", "lab-admin"))
+        self.fm_token = secrets.token_hex(16)  # the bearer token of FM's admin API
         self.idle_timeout_s = idle_timeout_s
         # FM's lease bounds a failover; an SC group whose leases all lapse at once (a busy
         # host) rejoins empty, so SC gets more slack.
@@ -153,6 +170,7 @@ class LabNet:
             name, cls=cls, ip=None, lab_id=self.lab_id, workdir=self.workdir, spawner=self.spawner
         )
         self.hosts[name] = host
+        host.certs = self.certs
         if mgmt_ip is not None:
             host.mgmt_ip = mgmt_ip
             port = f"{self.mgmt.name}p{len(self.mgmt.intfList())}"
@@ -395,7 +413,8 @@ class LabNet:
                     "listen": node.listen,
                     "scg": scg,
                     "metrics": node.metrics,
-                    "etcd": [self.etcd.endpoint],
+                    "tls": self._tls_section(node, "sc"),
+                    "etcd": self._etcd_section(node, "sc"),
                     "lease_ttl_s": self.sc_lease_ttl_s,
                     "tenants": tenants,
                 }
@@ -445,12 +464,16 @@ class LabNet:
                 path.write_bytes(config)
                 node["device_config"] = str(path)
             nodes.append(node)
+        token = self.workdir / "fm-admin.token"
+        token.write_text(self.fm_token + "\n")
+        token.chmod(0o600)
         for fm in self.fms.values():
             config = {
                 "fm_id": fm.name,
-                "etcd": [self.etcd.endpoint],
+                "tls": self._tls_section(fm, "fm"),
+                "etcd": self._etcd_section(fm, "fm"),
                 "lease_ttl_s": self.fm_lease_ttl_s,
-                "http": fm.http,
+                "http": {"listen": fm.http, "token_file": str(token)},
                 "pp_nodes": nodes,
             }
             fm.config_path = fm.workdir / "fm.yaml"
@@ -458,18 +481,41 @@ class LabNet:
 
     # ---- the management network -------------------------------------------------------------
 
-    def http_get(self, address: str, path: str, timeout: float = 5.0) -> bytes:
-        """GET http://address/path from the management network."""
-        url = f"http://{address}{path}"
-        with self.ops.entered(), urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.read()
+    def _tls_section(self, host: LabHost, role: str) -> dict[str, str]:
+        f = host.tls(role)
+        return {"ca": str(f.ca), "cert": str(f.cert), "key": str(f.key)}
+
+    def _etcd_section(self, host: LabHost, role: str) -> dict:
+        assert self.etcd is not None
+        return {"endpoints": [self.etcd.endpoint], "tls": self._tls_section(host, role)}
+
+    def https(self, address: str, path: str, timeout: float = 5.0, method: str = "GET",
+              token: bool = False) -> bytes:  # fmt: skip
+        """A request to https://address/path from the management network, with the lab's
+        admin certificate (PP and SC metrics want one) and, with `token`, FM's bearer token
+        (every FM route wants it). An answer other than 200 raises, with the server's error."""
+        headers = {"Authorization": f"Bearer {self.fm_token}"} if token else {}
+        req = urllib.request.Request(f"https://{address}{path}", method=method, headers=headers)
+        try:
+            with (
+                self.ops.entered(),
+                urllib.request.urlopen(req, timeout=timeout, context=self._admin_ssl) as resp,
+            ):
+                return resp.read()
+        except urllib.error.HTTPError as err:
+            body = err.read().decode(errors="replace").strip()
+            raise LabError(f"{method} {path} on {address}: HTTP {err.code} {body}") from None
+
+    def fm_call(self, fm: FmHost, method: str, path: str, timeout: float = 5.0) -> dict:
+        """FM's admin API: `GET /status`, `POST /scale?...`; its JSON answer."""
+        return json.loads(self.https(fm.http, path, timeout, method, token=True))
 
     def fm_leader(self) -> FmHost | None:
         for fm in self.fms.values():
             if not fm.running:
                 continue
             with contextlib.suppress(Exception):
-                if json.loads(self.http_get(fm.http, "/status", 2))["leader"]:
+                if self.fm_call(fm, "GET", "/status", 2)["leader"]:
                     return fm
         return None
 
@@ -477,7 +523,7 @@ class LabNet:
         fm = fm or self.fm_leader()
         if fm is None:
             raise LabError("no FM leads")
-        return json.loads(self.http_get(fm.http, "/status"))
+        return self.fm_call(fm, "GET", "/status")
 
     def wait_fm(self, predicate, timeout: float, what: str) -> dict:
         """Wait until the leading FM's /status satisfies `predicate`; returns that status."""

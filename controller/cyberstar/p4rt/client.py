@@ -2,7 +2,8 @@
 
 One instance per device connection; no module-level state. The stream runs in a thread that
 sorts incoming messages into queues (arbitration, packet-in, idle-timeout); stream errors are
-logged.
+logged. `tls` is the caller's certificate for mutual TLS, or None for plaintext, which only a
+loopback or unix-socket address accepts.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from cyberstar.p4rt.messages import (
     rpc_error,
     write_request,
 )
+from cyberstar.tls import TlsFiles, secure_or_plain_channel
 
 log = logging.getLogger(__name__)
 MAX_RECEIVE = 256 * 1024 * 1024
@@ -39,13 +41,19 @@ CHANNEL_OPTIONS = [
 
 class P4RuntimeClient:
     def __init__(
-        self, address: str, device_id: int = 0, election_id: int = 1, timeout: float = 10.0
+        self,
+        address: str,
+        device_id: int = 0,
+        election_id: int = 1,
+        timeout: float = 10.0,
+        *,
+        tls: TlsFiles | None,
     ) -> None:
         self.address = address
         self.device_id = device_id
         self.election_id = election_id
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = secure_or_plain_channel(address, tls, CHANNEL_OPTIONS, "P4Runtime server")
         self.stub = p4r_grpc.P4RuntimeStub(self.channel)
         self.packet_ins: queue.Queue[p4r.PacketIn] = queue.Queue()
         self.idle_notifications: queue.Queue[p4r.IdleTimeoutNotification] = queue.Queue()

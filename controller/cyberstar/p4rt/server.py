@@ -10,6 +10,10 @@ no thread; device work runs in a small thread pool and takes the device's lock o
 time, so a Read whose client stops consuming holds no lock (and is cancelled when one chunk
 waits longer than `SEND_TIMEOUT_S`); streams are capped, and one that does not arbitrate
 within `ARBITRATION_TIMEOUT_S` is closed.
+
+The door (`serve`): mutual TLS with certificates of a CA (`cyberstar certs init`), only callers
+of certificate role `fm` or `admin`, or plaintext on loopback or a unix socket when asked for;
+no SO_REUSEPORT; connections, handshakes and idle time bounded (`cyberstar.listen`).
 """
 
 from __future__ import annotations
@@ -27,10 +31,13 @@ import grpc
 from finsy.proto import p4r, rpc_code, rpc_status
 from google.protobuf import any_pb2
 
+from cyberstar.listen import GrpcLimits, bind, server_options
+from cyberstar.p4rt import batching
 from cyberstar.p4rt.arbitration import Arbitration, Controller
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.p4rt.outbox import Outbox
 from cyberstar.pipeline.frames import Punted
+from cyberstar.tls import TlsFiles, grpc_peer
 
 log = logging.getLogger(__name__)
 API_VERSION = "1.4.0"
@@ -40,8 +47,10 @@ ARBITRATION_TIMEOUT_S = 10.0  # a stream must arbitrate this soon after it opens
 MAX_STREAMS = 32  # open StreamChannels, arbitrated or not
 OUTBOX_LIMIT = 65536  # messages queued for one stream (PacketIns beyond it are dropped)
 MAX_MESSAGE_BYTES = 16 << 20
+CONTROLLER_ROLES = frozenset({"fm", "admin"})  # certificate roles that may use the service
 Action = p4r.SetForwardingPipelineConfigRequest
 _END = object()
+_EXTENSIONS = (batching.STREAM_BATCHING, batching.PACKET_OUT_BATCH)
 
 
 class Device(Protocol):
@@ -49,8 +58,13 @@ class Device(Protocol):
     def commit(self, reconcile: bool) -> None: ...
     def write(self, updates: list[p4r.Update]) -> list[P4RuntimeError | None]: ...
     def read(self, entity: p4r.Entity) -> Iterator[list[p4r.Entity]]: ...
-    def packet_out(self, packet: p4r.PacketOut) -> None: ...
-    def packet_in_message(self, punted: Punted) -> bytes: ...
+    def packet_outs(self, packets: list[p4r.PacketOut]) -> list[P4RuntimeError | None]: ...
+    def packet_in(self, punted: Punted) -> bytes: ...
+
+
+class PacketIns(list):
+    """Serialized PacketIns queued for a stream as one item (a perf-buffer poll's worth); the
+    stream's outbox weighs it by its length."""
 
 
 def peer_of(context: grpc.aio.ServicerContext) -> str:
@@ -96,12 +110,13 @@ class P4RuntimeServer:
         assert self._loop is not None
         return await self._loop.run_in_executor(self._pool, fn, *args)
 
-    def publish(self, msg: p4r.StreamMessageResponse | bytes) -> bool:
-        """Send a stream message to the primary (any thread): an idle-timeout notification, or
-        a PacketIn already serialized (bytes)."""
+    def publish(self, msg: p4r.StreamMessageResponse | PacketIns) -> bool:
+        """Send the primary (from any thread) a stream message (an idle-timeout notification)
+        or PacketIns; each stream sends those as batches or one by one, as its controller
+        asked."""
         ok = self.arbitration.send_to_primary(msg)
-        if isinstance(msg, bytes):
-            self.stats["packet_in" if ok else "packet_in_dropped"] += 1
+        if isinstance(msg, PacketIns):
+            self.stats["packet_in" if ok else "packet_in_dropped"] += len(msg)
         return ok
 
     @property
@@ -111,7 +126,9 @@ class P4RuntimeServer:
     # ---- RPCs ---------------------------------------------------------------------------------
 
     async def Capabilities(self, request, context):
-        return p4r.CapabilitiesResponse(p4runtime_api_version=API_VERSION)
+        return p4r.CapabilitiesResponse(
+            p4runtime_api_version=API_VERSION, experimental=batching.capability()
+        )
 
     async def SetForwardingPipelineConfig(self, request, context):
         assert self._gate is not None
@@ -241,7 +258,7 @@ class P4RuntimeServer:
             )
         self._streams += 1
         assert self._loop is not None
-        outbox = Outbox(self._loop, OUTBOX_LIMIT)
+        outbox = Outbox(self._loop, OUTBOX_LIMIT, weight=_weight)
         state = _StreamState(peer_of(context))
         reader = asyncio.create_task(self._read_stream(request_iterator, state, outbox))
         timer = self._loop.call_later(
@@ -249,7 +266,7 @@ class P4RuntimeServer:
         )
         try:
             while True:
-                for item in await outbox.take():
+                for item in _coalesced(await outbox.take(), state.batch):
                     if item is _END:
                         return
                     if isinstance(item, P4RuntimeError):
@@ -304,31 +321,79 @@ class P4RuntimeServer:
             raise P4RuntimeError(
                 grpc.StatusCode.FAILED_PRECONDITION, "send a MasterArbitrationUpdate first"
             )
-        if kind != "packet":
+        if kind == "packet":
+            self._packet_outs(controller, [req.packet], outbox)
+        elif kind == "other" and req.other.type_url in _EXTENSIONS:
+            try:  # cyberstar's stream batching (p4rt/batching.py)
+                if req.other.type_url == batching.STREAM_BATCHING:
+                    wanted = batching.requested_max_packets(req.other)
+                    state.batch = max(1, min(wanted, batching.MAX_PACKETS))
+                    return
+                packets = batching.packet_outs_of(req.other)
+            except ValueError as exc:
+                outbox.put_urgent(_stream_error(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+                return
+            self._packet_outs(controller, packets, outbox)
+        else:
+            what = f"other ({req.other.type_url})" if kind == "other" else kind
             outbox.put_urgent(
-                _stream_error(grpc.StatusCode.UNIMPLEMENTED, f"{kind} is not supported")
+                _stream_error(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not supported")
             )
-            return
+
+    def _packet_outs(
+        self, controller: Controller, packets: list[p4r.PacketOut], outbox: Outbox
+    ) -> None:
         try:
             if not self.arbitration.is_primary(controller):
                 raise P4RuntimeError(
                     grpc.StatusCode.PERMISSION_DENIED, "only the primary sends packets"
                 )
             self._check_pipeline()
-            self.device.packet_out(req.packet)
         except P4RuntimeError as err:
-            outbox.put_urgent(_stream_error(err.code, err.message, req.packet))
-        except Exception as exc:  # a bug: answer this PacketOut, keep the stream
+            for packet in packets:
+                outbox.put_urgent(_stream_error(err.code, err.message, packet))
+            return
+        try:
+            results = self.device.packet_outs(packets)
+        except Exception as exc:  # a bug: answer these PacketOuts, keep the stream
             log.exception("PacketOut failed")
-            outbox.put_urgent(_stream_error(grpc.StatusCode.INTERNAL, str(exc), req.packet))
+            results = [P4RuntimeError(grpc.StatusCode.INTERNAL, str(exc))] * len(packets)
+        for packet, err in zip(packets, results, strict=True):
+            if err is not None:
+                outbox.put_urgent(_stream_error(err.code, err.message, packet))
 
 
 class _StreamState:
-    __slots__ = ("controller", "peer")
+    __slots__ = ("batch", "controller", "peer")
 
     def __init__(self, peer: str) -> None:
         self.peer = peer
         self.controller: Controller | None = None
+        self.batch = 1  # PacketIns per message: 1 until the controller asks for batches
+
+
+def _weight(item: object) -> int:
+    """An outbox item's weight: PacketIns count as their packets."""
+    return len(item) if isinstance(item, PacketIns) else 1
+
+
+def _coalesced(items: list, batch: int) -> Iterator[object]:
+    """The stream messages for what the outbox held: PacketIns as standard one-packet messages,
+    or, for a controller that asked for batches, consecutive PacketIns in batches of `batch`."""
+    packets: list[bytes] = []
+    for item in items:
+        if isinstance(item, PacketIns):
+            if batch == 1:
+                yield from map(batching.packet_in_response, item)
+            else:
+                packets += item
+            continue
+        for i in range(0, len(packets), batch):
+            yield batching.packet_in_batch_response(packets[i : i + batch])
+        packets = []
+        yield item
+    for i in range(0, len(packets), batch):
+        yield batching.packet_in_batch_response(packets[i : i + batch])
 
 
 def _election_id(request) -> p4r.Uint128 | None:
@@ -345,7 +410,7 @@ def _stream_error(
 
 
 def _serialize(msg: object) -> bytes:
-    """Stream responses may be pre-serialized bytes (PacketIns, built on the hot path)."""
+    """Stream responses may be pre-serialized bytes (PacketIns, built on the punt path)."""
     return msg if isinstance(msg, bytes) else msg.SerializeToString()
 
 
@@ -386,11 +451,42 @@ def _handlers(impl: P4RuntimeServer) -> grpc.GenericRpcHandler:
     )  # fmt: skip
 
 
+class _RoleCheck(grpc.GenericRpcHandler):
+    """Over mutual TLS, only controllers (certificate role `fm` or `admin`) reach the service:
+    each method's behavior is wrapped, the servicer is unchanged."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, roles: frozenset[str]) -> None:
+        self.inner = inner
+        self.roles = roles
+
+    def service(self, handler_call_details):
+        handler = self.inner.service(handler_call_details)
+        if handler is None:
+            return None
+        kinds = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+        kind = next(k for k in kinds if getattr(handler, k) is not None)
+        behavior = getattr(handler, kind)
+        roles = self.roles
+
+        async def checked(request, context):
+            peer = grpc_peer(context)
+            if peer is not None and peer.role not in roles:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"P4Runtime is not open to {peer.role}:{peer.name} (allowed roles: "
+                    f"{', '.join(sorted(roles))})",
+                )
+            return await behavior(request, context)
+
+        return handler._replace(**{kind: checked})
+
+
 class ServingThread:
     """The server's event loop, in a thread of its own; `stop` ends it."""
 
-    def __init__(self, server_impl: P4RuntimeServer, address: str) -> None:
+    def __init__(self, server_impl: P4RuntimeServer, address: str, tls: TlsFiles | None) -> None:
         self.address = address
+        self.tls = tls
         self._loop = asyncio.new_event_loop()
         self._server: grpc.aio.Server | None = None
         started: concurrent.futures.Future = concurrent.futures.Future()
@@ -414,24 +510,14 @@ class ServingThread:
 
     async def _start(self, impl: P4RuntimeServer) -> None:
         impl.bind_loop(self._loop)
+        # No SO_REUSEPORT (a port another process holds is an error), bounded connections,
+        # handshakes and idle time: `cyberstar.listen`.
+        limits = GrpcLimits(max_message_bytes=MAX_MESSAGE_BYTES)
         server = grpc.aio.server(
-            options=[
-                ("grpc.so_reuseport", 0),  # a port another process holds is an error
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-            maximum_concurrent_rpcs=4 * MAX_STREAMS,
+            options=server_options(limits), maximum_concurrent_rpcs=4 * MAX_STREAMS
         )
-        server.add_generic_rpc_handlers((_handlers(impl),))
-        try:
-            port = server.add_insecure_port(self.address)
-        except RuntimeError:
-            port = 0
-        if port == 0:
-            raise OSError(
-                f"P4Runtime: cannot listen on {self.address}: the address is taken by another "
-                "process or is not an address of this host"
-            )
+        server.add_generic_rpc_handlers((_RoleCheck(_handlers(impl), CONTROLLER_ROLES),))
+        bind(server, self.address, self.tls, "P4Runtime")
         if self.address.startswith("unix:"):  # on a socket file, its mode is the door's lock
             os.chmod(self.address.removeprefix("unix:"), 0o600)
         await server.start()
@@ -447,6 +533,8 @@ class ServingThread:
             self._thread.join(5)
 
 
-def serve(server_impl: P4RuntimeServer, address: str) -> ServingThread:
-    """Serve P4Runtime on `address` (host:port or unix:PATH) until `stop`."""
-    return ServingThread(server_impl, address)
+def serve(server_impl: P4RuntimeServer, address: str, tls: TlsFiles | None) -> ServingThread:
+    """Serve P4Runtime on `address` (host:port or unix:PATH) until `stop`: mutual TLS with
+    `tls`, or plaintext (None: loopback or a unix socket only). Raises OSError naming the
+    address when it cannot listen."""
+    return ServingThread(server_impl, address, tls)

@@ -18,14 +18,17 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from cyberstar import netns
 from cyberstar.errors import RuntimeFailure, UsageError
 from cyberstar.metrics import Sample, serve_metrics
-from cyberstar.p4rt.server import P4RuntimeServer, serve
+from cyberstar.p4rt.server import P4RuntimeServer, PacketIns, serve
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.pp.device import Port, XdpDevice
 from cyberstar.pp.quota import FlowQuota, parse_quotas
+from cyberstar.pp.ratemanager import RateManager, RatePolicyFile
+from cyberstar.tls import TlsFiles, require_local, server_ssl
 from cyberstar.xdp.program import XdpProgram
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,8 @@ class PpAgent:
         mode: str | None = None,
         ns: str | None = None,
         quota: FlowQuota | None = None,
+        rate_policy: RatePolicyFile | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.ns = ns
         self.mode = mode
@@ -75,6 +80,7 @@ class PpAgent:
         self.prog.install_defaults()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._punted = PacketIns()  # PacketIns of the current perf-buffer poll
         self.modes: dict[str, str] = {}
         try:
             self.ports = self._open_ports(ports)
@@ -82,12 +88,17 @@ class PpAgent:
             self.server = P4RuntimeServer(self.device, device_id)
             self.device.run_in_namespace = self.in_namespace
             self.prog.open_punts(self._on_punt)
-            self.grpc = serve(self.server, grpc_address)
+            self.grpc = serve(self.server, grpc_address, tls)
         except BaseException:
             self.close()
             raise
         self._spawn(self._punt_loop, "punts")
         self._spawn(self._idle_loop, "idle-timeouts")
+        self.rates: RateManager | None = None
+        if rate_policy is not None:
+            meter = self.prog.pipeline.meters[0]
+            self.rates = RateManager(self.prog, rate_policy.policy, meter)
+            self._spawn(lambda: self._rate_loop(rate_policy.interval), "rate-policy")
 
     @contextmanager
     def in_namespace(self) -> Iterator[None]:
@@ -104,8 +115,7 @@ class PpAgent:
                 try:
                     ifindex = socket.if_nametoindex(spec.ifname)
                 except OSError:
-                    where = f" in netns {self.ns}" if self.ns else ""
-                    raise UsageError(f"no interface {spec.ifname}{where}") from None
+                    raise UsageError(_no_interface(spec.ifname, self.ns)) from None
                 self.prog.detach_stale(spec.ifname)
                 self.modes[spec.ifname] = self.prog.attach(spec.ifname, self.mode)
                 self.prog.set_port(ifindex, spec.number)
@@ -127,11 +137,16 @@ class PpAgent:
         self._threads.append(t)
 
     def _on_punt(self, punted) -> None:
-        self.server.publish(self.device.packet_in_message(punted))
+        self._punted.append(self.device.packet_in(punted))
 
     def _punt_loop(self) -> None:
+        """Every punt a poll of the perf buffer delivers goes to the primary as one item: its
+        stream sends them in PacketInBatch messages if its controller asked, else one by one."""
         while not self._stop.is_set():
             self.prog.poll_punts(100)
+            if self._punted:
+                self.server.publish(self._punted)
+                self._punted = PacketIns()
 
     def _idle_loop(self) -> None:
         while not self._stop.wait(self.device.idle_scan_interval() or IDLE_SCAN_INTERVAL_S):
@@ -142,6 +157,14 @@ class PpAgent:
                     self.server.publish(msg)
             except Exception:
                 log.exception("idle-timeout scan failed")
+
+    def _rate_loop(self, interval: float) -> None:
+        assert self.rates is not None
+        while not self._stop.wait(interval):
+            try:
+                self.rates.tick()
+            except Exception:
+                log.exception("rate policy step failed")
 
     def metrics(self) -> list[Sample]:
         samples: list[Sample] = []
@@ -164,6 +187,14 @@ class PpAgent:
             ("cyberstar_pp_packet_in_total", {}, self.server.stats["packet_in"]),
         ]  # fmt: skip
         samples += [(f"cyberstar_pp_{k}_total", {}, v) for k, v in self.device.stats.items()]
+        if self.rates is not None:
+            for t, s in self.rates.policy.tenants.items():
+                labels = {"tenant": str(t), "state": s.state.value}
+                samples += [
+                    ("cyberstar_pp_tenant_rate", labels, s.rate),
+                    ("cyberstar_pp_tenant_credit", labels, s.credit),
+                    ("cyberstar_pp_tenant_arrival_rate", labels, s.arrival),
+                ]
         return samples + self._tenant_samples()
 
     def _tenant_samples(self) -> list[Sample]:
@@ -204,6 +235,41 @@ class PpAgent:
         self.prog.close()
 
 
+def _no_interface(ifname: str, ns: str | None) -> str:
+    if ns:
+        return f"no interface {ifname} in network namespace {ns} (`ip -n {ns} link` lists its own)"
+    holders = [n for n in _namespaces() if _has_interface(n, ifname)]
+    hint = (
+        f"; it exists in network namespace {', '.join(holders)}: add --netns {holders[0]}"
+        if holders
+        else "; if it lives in a network namespace, add --netns NS"
+    )
+    return f"no interface {ifname} in this network namespace{hint}"
+
+
+def _namespaces() -> list[str]:
+    try:
+        return sorted(p.name for p in Path("/run/netns").iterdir())
+    except OSError:
+        return []
+
+
+def _has_interface(ns: str, ifname: str) -> bool:
+    try:
+        with netns.entered(ns):
+            socket.if_nametoindex(ifname)
+    except (OSError, netns.NetnsError):
+        return False
+    return True
+
+
+def check_namespace(ns: str) -> None:
+    """An unknown namespace is bad input (exit 2), said in words, not as an errno."""
+    if not Path(f"/run/netns/{ns}").exists():
+        known = ", ".join(_namespaces()) or "none"
+        raise UsageError(f"no network namespace {ns!r} (known: {known}; `ip netns add {ns}`)")
+
+
 def run_agent(
     ifaces: list[str],
     grpc_address: str,
@@ -211,22 +277,34 @@ def run_agent(
     mode: str | None,
     ns: str | None,
     metrics: str | None,
+    tls: TlsFiles | None,
     flow_quota: list[str] | None = None,
+    rate_policy: RatePolicyFile | None = None,
 ) -> int:
     ports = parse_ports(ifaces)
     tenant_bits = PIPELINE.meta_field("tenant_id").width
     quota = parse_quotas(flow_quota or [], (1 << tenant_bits) - 1)
+    if ns:
+        check_namespace(ns)
+    if tls is None:
+        require_local(grpc_address, "P4Runtime")
+        if metrics:
+            require_local(metrics, "the metrics endpoint")
+    else:
+        tls.read()  # unreadable files are bad input (exit 2), before any program is loaded
     try:
-        agent = PpAgent(ports, grpc_address, device_id, mode, ns, quota)
+        agent = PpAgent(ports, grpc_address, device_id, mode, ns, quota, rate_policy, tls)
     except OSError as exc:
         raise RuntimeFailure(str(exc)) from None
     try:
         if metrics:
-            serve_metrics(metrics, agent.metrics)
-        log.warning(
-            "PP node %d serving P4Runtime on %s (%s)",
+            # Over TLS the metrics endpoint is HTTPS and wants a certificate of the CA too.
+            serve_metrics(metrics, agent.metrics, server_ssl(tls) if tls else None)
+        log.info(
+            "PP node %d serving P4Runtime on %s (%s; %s)",
             device_id,
             grpc_address,
+            "mutual TLS" if tls else "PLAINTEXT",
             ", ".join(f"{p.number}={p.ifname}/{agent.modes[p.ifname]}" for p in agent.ports),
         )
         agent.wait()

@@ -266,16 +266,18 @@ class ChainHello(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., from_node: _Optional[str] = ...) -> None: ...
 
 class ChainUpdate(_message.Message):
-    __slots__ = ("seq", "ops", "snapshot", "blobs")
+    __slots__ = ("seq", "ops", "snapshot", "blobs", "digest")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     OPS_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     BLOBS_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     seq: int
     ops: bytes
     snapshot: bool
     blobs: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, seq: _Optional[int] = ..., ops: _Optional[bytes] = ..., snapshot: _Optional[bool] = ..., blobs: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    digest: int
+    def __init__(self, seq: _Optional[int] = ..., ops: _Optional[bytes] = ..., snapshot: _Optional[bool] = ..., blobs: _Optional[_Iterable[bytes]] = ..., digest: _Optional[int] = ...) -> None: ...
 
 class ChainMessage(_message.Message):
     __slots__ = ("hello", "update")
@@ -286,16 +288,18 @@ class ChainMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[ChainHello, _Mapping]] = ..., update: _Optional[_Union[ChainUpdate, _Mapping]] = ...) -> None: ...
 
 class ChainAck(_message.Message):
-    __slots__ = ("acked_seq", "applied_seq", "fresh", "refused")
+    __slots__ = ("acked_seq", "applied_seq", "fresh", "refused", "digest")
     ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
     APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
     FRESH_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     acked_seq: int
     applied_seq: int
     fresh: bool
     refused: str
-    def __init__(self, acked_seq: _Optional[int] = ..., applied_seq: _Optional[int] = ..., fresh: _Optional[bool] = ..., refused: _Optional[str] = ...) -> None: ...
+    digest: int
+    def __init__(self, acked_seq: _Optional[int] = ..., applied_seq: _Optional[int] = ..., fresh: _Optional[bool] = ..., refused: _Optional[str] = ..., digest: _Optional[int] = ...) -> None: ...
 
 class TransferRequest(_message.Message):
     __slots__ = ("op_id", "kind", "shard", "payload", "coalesce_with", "from_scg", "part")

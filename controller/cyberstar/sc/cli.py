@@ -8,7 +8,7 @@ import gc
 import signal
 from pathlib import Path
 
-from cyberstar.errors import RuntimeFailure
+from cyberstar.errors import RuntimeFailure, UsageError
 from cyberstar.sc.config import ScConfig, load_config
 from cyberstar.verbs import Verb
 
@@ -23,8 +23,8 @@ def serve_command(args: argparse.Namespace) -> int:
     gc.set_threshold(100_000, 50, 1000)
     try:
         asyncio.run(_serve(config))
-    except OSError as exc:
-        raise RuntimeFailure(f"SC node {config.node_id}: {exc}") from None
+    except OSError as exc:  # the message names the node and what failed
+        raise RuntimeFailure(str(exc)) from None
     return 0
 
 
@@ -37,9 +37,12 @@ async def _serve(config: ScConfig) -> None:
         loop.add_signal_handler(sig, node.request_stop)
     try:
         await node.start()
+    except (OSError, UsageError):
+        await node.stop()
+        raise
     except Exception as exc:
         await node.stop()
-        raise OSError(str(exc)) from exc
+        raise OSError(f"SC node {config.node_id}: {type(exc).__name__}: {exc}") from exc
     try:
         await node.wait_stopped()
     finally:

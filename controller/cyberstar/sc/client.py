@@ -1,9 +1,11 @@
 """The SC client FM uses (and SC nodes use between groups): one gRPC channel to one node.
 
-Asynchronous (grpc.aio), like the SC node itself. Values are host-order integers.
+Asynchronous (grpc.aio), like the SC node itself. Values are host-order integers. The channel is
+mutual TLS with the caller's certificate (`cyberstar.tls.TlsFiles`), or plaintext to a loopback
+address when the caller passes None (its configuration said plaintext).
 
 ```python
-client = ScClient("127.0.0.1:7101")
+client = ScClient("127.0.0.1:7101", TlsFiles(ca, cert, key))
 replies = await client.compute([Request(1, Packet(7, 1, 0, FlowKey(6, src, dst, 40000, 80)))])
 await client.release([ReleaseKey(7, FlowKey(...), slot=replies[0].slot)])
 op = await client.scale_out("7:0-1024", "scg2")
@@ -17,15 +19,14 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import grpc
-
 from cyberstar.proto import sc_pb2, sc_pb2_grpc
 from cyberstar.sc.flows import FlowKey, Packet
+from cyberstar.tls import TlsFiles, aio_channel
 
 HOPS_METADATA = "x-cyberstar-hops"
-# Channel options of the ServiceComputing API, for its clients and its server (sc.server).
+# Channel options of the ServiceComputing API's clients (the server's are in its config).
 GRPC_OPTIONS = [
-    ("grpc.max_send_message_length", 512 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
     ("grpc.max_receive_message_length", 512 << 20),
 ]
 
@@ -74,10 +75,10 @@ def release_proto(r: ReleaseKey) -> sc_pb2.ReleaseItem:
 
 
 class ScClient:
-    def __init__(self, address: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, address: str, tls: TlsFiles | None, timeout_s: float = 30.0) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = grpc.aio.insecure_channel(address, options=GRPC_OPTIONS)
+        self._channel = aio_channel(address, tls, GRPC_OPTIONS, "SC node")
         self.stub = sc_pb2_grpc.ServiceComputingStub(self._channel)
 
     async def close(self) -> None:

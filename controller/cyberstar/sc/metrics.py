@@ -24,6 +24,10 @@ COUNTERS = {
     "unknown_release": "releases of keys without state (idempotent no-ops)",
     "replicated_updates": "chain updates applied from the predecessor",
     "snapshots_sent": "state snapshots sent to a successor joining the chain",
+    "resyncs_incremental": "successors caught up with the updates they lacked (no snapshot)",
+    "chain_refused": "chain-link connections refused (no or wrong hello, too many, too slow)",
+    "refused_calls": "gRPC calls refused: caller's role not allowed, or a batch over the limit",
+    "lease_lost": "times this node's membership lease lapsed and it rejoined",
     "scale_ops": "scale operations started on this node",
     "scale_failed": "scale operations that failed",
 }

@@ -11,12 +11,24 @@ Each node keeps the updates it sent but that are not yet acknowledged. When the 
 number it applied last, and the node resends what it lacks — or a whole snapshot when the
 successor is fresh (a node that joined or restarted) or the gap is no longer in memory.
 
+A node that was taken out of the chain (its lease lapsed under load) keeps its state and
+rejoins at the tail: every node keeps a digest of its history (CRC-32 chained over the update
+frames, which are byte-identical along the chain) and the last updates it applied
+(`RETAIN_BYTES`), so when the rejoiner's sequence number and digest match a point of its new
+predecessor's history, only the updates after that point are sent, not a snapshot.
+
 Transport: one TCP connection per link of the chain (the successor listens on its `chain`
-address), carrying frames of a 4-byte big-endian length and a serialized `ChainMessage`
-(predecessor → successor) or `ChainAck` (back). Frames are handled in the event loop's read
-callback: an update is passed on, applied and acknowledged without a task switch. (A gRPC
-stream message costs about three times the CPU in grpc.aio; it bounded a small batch's
-latency.)
+address), mutual TLS unless the configuration asks for plaintext, carrying frames of a 4-byte
+big-endian length and a serialized `ChainMessage` (predecessor → successor) or `ChainAck`
+(back). Frames are handled in the event loop's read callback: an update is passed on, applied
+and acknowledged without a task switch. (A gRPC stream message costs about three times the CPU
+in grpc.aio; it bounded a small batch's latency.)
+
+Who may send: the first frame must be a `ChainHello` from the node that is this node's
+predecessor in the current chain (etcd), and over TLS the peer's certificate must name that
+node (role `sc`). Until then a connection may send one small frame within `HELLO_TIMEOUT_S`,
+and only `limits.chain_connections` such connections are held at once; a refusal says no
+more than that (no epoch). After the hello, frames are capped at `limits.chain_frame_bytes`.
 """
 
 from __future__ import annotations
@@ -26,20 +38,26 @@ import heapq
 import itertools
 import json
 import logging
+import ssl
 import struct
+import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
+
+from google.protobuf.message import DecodeError
 
 from cyberstar.proto import sc_pb2
 from cyberstar.sc.coord import Chain, ChainNode
 from cyberstar.sc.metrics import Counters
 from cyberstar.sc.state import NodeState, StateError
+from cyberstar.tls import Peer, ssl_peer
 
 log = logging.getLogger(__name__)
 
 FRAME = struct.Struct(">I")
-MAX_FRAME = 512 << 20
+HELLO_MAX_FRAME = 4096  # a ChainHello, or its answer, is a few dozen bytes
 HELLO_TIMEOUT_S = 10.0
+RETAIN_BYTES = 64 << 20  # acknowledged updates kept to catch a rejoining successor up
 
 _blobs: list[bytes] = []
 
@@ -76,24 +94,43 @@ def decode_ops(data: bytes, blobs: Sequence[bytes]) -> list:
     return json.loads(data, object_hook=hook)
 
 
-def update_frame(seq: int, data: bytes, blobs: Sequence[bytes] = (), snapshot: bool = False):
-    update = sc_pb2.ChainUpdate(seq=seq, ops=data, blobs=blobs, snapshot=snapshot)
+def update_frame(
+    seq: int, data: bytes, blobs: Sequence[bytes] = (), snapshot: bool = False, digest: int = 0
+) -> bytes:
+    update = sc_pb2.ChainUpdate(seq=seq, ops=data, blobs=blobs, snapshot=snapshot, digest=digest)
     return sc_pb2.ChainMessage(update=update).SerializeToString()
 
 
 class ChainLink(asyncio.Protocol):
     """One TCP connection between neighbours of a chain: length-prefixed protobuf frames,
-    delivered to `on_frames` from the loop's read callback."""
+    delivered to `on_frames` from the loop's read callback. A frame over `max_frame` bytes
+    closes the link before its bytes are buffered."""
 
-    def __init__(self, on_frames: Callable[[ChainLink, list[bytes]], None]) -> None:
+    def __init__(
+        self,
+        on_frames: Callable[[ChainLink, list[bytes]], None],
+        max_frame: int = HELLO_MAX_FRAME,
+        on_open: Callable[[ChainLink], None] | None = None,
+    ) -> None:
         self.on_frames = on_frames
+        self.max_frame = max_frame
+        self.on_open = on_open
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
         self.acked_sent = -1  # upstream side: the last ack written on this link
+        self.peer: Peer | None = None  # the certificate's node (None on a plaintext link)
         self._buf = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.peer = ssl_peer(transport.get_extra_info("peercert"))
+        if self.on_open is not None:
+            self.on_open(self)
+
+    @property
+    def remote(self) -> str:
+        where = self.transport.get_extra_info("peername") if self.transport else None
+        return f"{where[0]}:{where[1]}" if isinstance(where, tuple) else "?"
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
@@ -102,8 +139,9 @@ class ChainLink(asyncio.Protocol):
         with memoryview(buf) as view:
             while size - off >= 4:
                 (n,) = FRAME.unpack_from(view, off)
-                if n > MAX_FRAME:
-                    log.warning("chain link: a frame of %d bytes; closing", n)
+                if n > self.max_frame:
+                    log.warning("chain link from %s: a frame of %d bytes (at most %d here); "
+                                "closing", self.remote, n, self.max_frame)  # fmt: skip
                     self.close()
                     return
                 if size - off - 4 < n:
@@ -122,9 +160,11 @@ class ChainLink(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+        self._buf = bytearray()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._buf = bytearray()
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -138,18 +178,31 @@ class Replicator:
         get_state: Callable[[], NodeState],
         set_state: Callable[[NodeState], None],
         counters: Counters,
+        server_ssl: ssl.SSLContext | None = None,
+        client_ssl: ssl.SSLContext | None = None,
+        max_frame: int = 512 << 20,
+        max_unauthenticated: int = 8,
     ) -> None:
         self.node_id = node_id
         self._get_state = get_state
         self._set_state = set_state
         self.counters = counters
+        self._server_ssl = server_ssl
+        self._client_ssl = client_ssl
+        self.max_frame = max_frame
+        self.max_unauthenticated = max_unauthenticated
         self.chain = Chain("", 0, ())
         self.index: int | None = None
         self.applied = 0
         self.acked = 0
         self.fresh = True
-        # (seq, frame) of updates applied here (or being applied) but not acknowledged
-        self.pending: deque[tuple[int, bytes]] = deque()
+        self.digest = 0  # CRC-32 chained over the frames of every update applied
+        # (seq, frame, digest before it) of updates applied here but not acknowledged ...
+        self.pending: deque[tuple[int, bytes, int]] = deque()
+        # ... and of acknowledged ones, kept (up to RETAIN_BYTES) for a rejoining successor
+        self.retained: deque[tuple[int, bytes, int]] = deque()
+        self._retained_bytes = 0
+        self._unauthenticated: set[ChainLink] = set()
         self._down_acked = 0  # highest ack from the successor (may run ahead of `applied`)
         self._waiters: list[tuple[int, int, asyncio.Future]] = []
         self._tick = itertools.count()
@@ -201,11 +254,13 @@ class Replicator:
             None,
         )
         was_in = self.index is not None
+        old_role = self.role()
         self.chain, self.index = chain, index
         if index is None:
             if was_in:
-                log.warning("removed from the chain of %s: dropping state", chain.scg)
-                self.reset()
+                log.warning("%s: out of the chain of %s (epoch %d); keeping state to rejoin",
+                            self.node_id, chain.scg, chain.epoch)  # fmt: skip
+                self._fail_waiters()
             self._close_upstreams()
             self._stop_downstream()
             return
@@ -222,13 +277,23 @@ class Replicator:
                 self._start_downstream(succ)
         if succ is None:
             self._on_ack(self.applied)
+        if self.role() != old_role:
+            order = " → ".join(n.id for n in chain.nodes)
+            log.info("%s: %s of %s (epoch %d: %s)", self.node_id, self.role(), chain.scg,
+                     chain.epoch, order)  # fmt: skip
 
     def reset(self) -> None:
         self._set_state(NodeState())
         self.applied = self.acked = self._down_acked = 0
+        self.digest = 0
         self.fresh = True
         self.pending.clear()
+        self._clear_retained()
         self._fail_waiters()
+
+    def _clear_retained(self) -> None:
+        self.retained.clear()
+        self._retained_bytes = 0
 
     def _start_downstream(self, succ: ChainNode) -> None:
         self._downstream_to = succ
@@ -259,7 +324,8 @@ class Replicator:
         self.applied += 1
         seq = self.applied
         frame = update_frame(seq, data, blobs)
-        self.pending.append((seq, frame))
+        self.pending.append((seq, frame, self.digest))
+        self.digest = zlib.crc32(frame, self.digest)
         if self._down is not None:
             self._down.send(frame)
         if self.successor is None:
@@ -284,8 +350,13 @@ class Replicator:
         if seq <= self.acked:
             return
         self.acked = seq
-        while self.pending and self.pending[0][0] <= seq:
-            self.pending.popleft()
+        pending, retained = self.pending, self.retained
+        while pending and pending[0][0] <= seq:
+            entry = pending.popleft()
+            retained.append(entry)
+            self._retained_bytes += len(entry[1])
+        while self._retained_bytes > RETAIN_BYTES:
+            self._retained_bytes -= len(retained.popleft()[1])
         while self._waiters and self._waiters[0][0] <= seq:
             _, _, fut = heapq.heappop(self._waiters)
             if not fut.done():
@@ -341,9 +412,18 @@ class Replicator:
                 self._on_ack(acked)
 
         _, link = await loop.create_connection(
-            lambda: ChainLink(on_acks), host.strip("[]"), int(port)
+            lambda: ChainLink(on_acks),
+            host.strip("[]"),
+            int(port),
+            ssl=self._client_ssl,
+            ssl_handshake_timeout=HELLO_TIMEOUT_S if self._client_ssl else None,
         )
         try:
+            if self._client_ssl is not None and (link.peer is None or link.peer.name != succ.id):
+                raise ConnectionError(
+                    f"the chain address of {succ.id} ({succ.chain}) answers with the "
+                    f"certificate of {link.peer.name if link.peer else 'nobody'}"
+                )
             hello = sc_pb2.ChainHello(epoch=self.chain.epoch, from_node=self.node_id)
             link.send(sc_pb2.ChainMessage(hello=hello).SerializeToString())
             await asyncio.wait(
@@ -356,7 +436,7 @@ class Replicator:
                 raise ConnectionError(ack.refused)
             # From the answer to going live, nothing awaits: no update can slip in between.
             sent, snapshot = self._resync(link, ack)
-            for seq, frame in self.pending:
+            for seq, frame, _ in self.pending:
                 if seq > sent:
                     link.send(frame)
             self._down = link
@@ -373,24 +453,56 @@ class Replicator:
             link.close()
 
     def _resync(self, link: ChainLink, first: sc_pb2.ChainAck) -> tuple[int, bool]:
-        """Bring the successor to our applied sequence: the last sequence it has, and whether
-        that took a snapshot."""
+        """Bring the successor to our applied sequence: send what it lacks when its history is
+        a prefix of ours (same digest at its sequence number) and we still hold the updates
+        after it, else a snapshot. Returns the last sequence sent, and whether it took a
+        snapshot. Pending updates after the returned sequence are the caller's to send."""
         theirs = first.applied_seq
-        have_gap = theirs < self.applied and (not self.pending or self.pending[0][0] > theirs + 1)
-        if first.fresh or theirs > self.applied or have_gap:
-            seq = self.applied
-            data, blobs = encode_ops([self._get_state().snapshot()])
-            self.counters.inc("snapshots_sent")
-            size = len(data) + sum(map(len, blobs))
-            log.info("sending a snapshot at seq %d (%d bytes)", seq, size)
-            link.send(update_frame(seq, data, blobs, snapshot=True))
-            return seq, True
-        return theirs, False
+        if not first.fresh and theirs <= self.applied:
+            if theirs == self.applied and first.digest == self.digest:
+                return theirs, False
+            held = [*self.retained, *self.pending]
+            start = next((i for i, e in enumerate(held) if e[0] == theirs + 1), None)
+            if start is not None and held[start][2] == first.digest:
+                sent = theirs
+                for seq, frame, _ in held[start:]:
+                    if seq > self.acked:
+                        break  # pending: the caller sends those
+                    link.send(frame)
+                    sent = seq
+                if theirs < self.applied:
+                    self.counters.inc("resyncs_incremental")
+                    log.info("catching the successor up from seq %d to %d without a snapshot",
+                             theirs, self.applied)  # fmt: skip
+                return sent, False
+        seq = self.applied
+        data, blobs = encode_ops([self._get_state().snapshot()])
+        self.counters.inc("snapshots_sent")
+        size = len(data) + sum(map(len, blobs))
+        log.info("sending a snapshot at seq %d (%d bytes)", seq, size)
+        link.send(update_frame(seq, data, blobs, snapshot=True, digest=self.digest))
+        return seq, True
 
     # -- receiving from the predecessor --------------------------------------------------------
     def accept(self) -> ChainLink:
         """Protocol factory of the chain listener (`loop.create_server`)."""
-        return ChainLink(self._from_predecessor)
+        return ChainLink(self._from_predecessor, HELLO_MAX_FRAME, self._on_open)
+
+    def _on_open(self, link: ChainLink) -> None:
+        """A connection that has not said hello yet: few at once, and not for long."""
+        if len(self._unauthenticated) >= self.max_unauthenticated:
+            self.counters.inc("chain_refused")
+            link.close()
+            return
+        self._unauthenticated.add(link)
+        link.closed.add_done_callback(lambda _f: self._unauthenticated.discard(link))
+        timer = asyncio.get_running_loop().call_later(HELLO_TIMEOUT_S, self._hello_late, link)
+        link.closed.add_done_callback(lambda _f: timer.cancel())
+
+    def _hello_late(self, link: ChainLink) -> None:
+        if link in self._unauthenticated:
+            self.counters.inc("chain_refused")
+            link.close()
 
     def _from_predecessor(self, link: ChainLink, frames: list[bytes]) -> None:
         self._holding_acks = True
@@ -407,6 +519,11 @@ class Replicator:
             log.error("replica diverged (%s): dropping state to rejoin with a snapshot", exc)
             self.reset()
             link.close()
+        except DecodeError:
+            self.counters.inc("chain_refused")
+            log.warning("chain link from %s: a frame that is not a ChainMessage; closing",
+                        link.remote)  # fmt: skip
+            link.close()
         except Exception:
             log.exception("bad replication frame from the predecessor: closing the link")
             link.close()
@@ -417,24 +534,31 @@ class Replicator:
     def _hello(self, link: ChainLink, msg: sc_pb2.ChainMessage) -> None:
         pred = self.predecessor
         hello = msg.hello
-        if (
-            not msg.HasField("hello")
-            or hello.epoch != self.chain.epoch
-            or pred is None
-            or pred.id != hello.from_node
-        ):
-            refused = (
-                f"{self.node_id} (epoch {self.chain.epoch}) does not take updates from "
-                f"{hello.from_node} (epoch {hello.epoch})"
-            )
+        who = hello.from_node
+        if link.peer is not None and (link.peer.name != who or link.peer.role != "sc"):
+            reason = f"the certificate names {link.peer.role}:{link.peer.name}"
+        elif not msg.HasField("hello") or pred is None or pred.id != who:
+            reason = "not its predecessor"
+        elif hello.epoch != self.chain.epoch:
+            reason = "not its predecessor yet"
+        else:
+            reason = ""
+        if reason:
+            # Say no more than that: the epoch or the chain would help an impostor.
+            self.counters.inc("chain_refused")
+            log.info("chain link from %s (%r): refused, %s", link.remote, who[:64], reason)
+            refused = f"{self.node_id} does not take updates from {who[:64]!r}"
             link.send(sc_pb2.ChainAck(refused=refused).SerializeToString())
             link.close()
             return
         self._close_upstreams()  # an older link from the predecessor is dead or dying
+        self._unauthenticated.discard(link)
+        link.max_frame = self.max_frame
         self._upstreams.add(link)
         link.closed.add_done_callback(lambda _f: self._upstreams.discard(link))
         link.acked_sent = self.acked
-        first = sc_pb2.ChainAck(applied_seq=self.applied, fresh=self.fresh, acked_seq=self.acked)
+        first = sc_pb2.ChainAck(applied_seq=self.applied, fresh=self.fresh, acked_seq=self.acked,
+                                digest=self.digest)  # fmt: skip
         link.send(first.SerializeToString())
 
     def _receive(self, update: sc_pb2.ChainUpdate, frame: bytes) -> None:
@@ -442,8 +566,10 @@ class Replicator:
             (snapshot,) = decode_ops(update.ops, update.blobs)
             self._set_state(NodeState.restore(snapshot))
             self.applied = update.seq
+            self.digest = update.digest
             self.acked = min(self.acked, update.seq)
             self.pending.clear()
+            self._clear_retained()
             self.fresh = False
             for link in self._upstreams:
                 link.acked_sent = -1  # say where we are, even if `acked` does not move
@@ -459,13 +585,14 @@ class Replicator:
         else:
             # Pass the update on before applying it: the successor decodes while we do
             # (pipelining keeps a big update's cost near one node's).
-            self.pending.append((update.seq, frame))
+            self.pending.append((update.seq, frame, self.digest))
             if self._down is not None:
                 self._down.send(frame)
             state = self._get_state()
             for op in decode_ops(update.ops, update.blobs):
                 state.apply(op)
             self.applied = update.seq
+            self.digest = zlib.crc32(frame, self.digest)
             self.counters.inc("replicated_updates")
         # An ack may have come back while we applied; it counts only from now on.
         self._on_ack(self.applied if self.successor is None else self._down_acked)

@@ -26,6 +26,7 @@ from cyberstar.proto import sc_pb2
 from cyberstar.sc import coord
 from cyberstar.sc.client import ReleaseKey, Request, ScClient, release_proto, request_proto
 from cyberstar.sc.flows import FlowKey, ShardId, slot_of
+from cyberstar.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 RETRY_CODES = (sc_pb2.NOT_HEAD, sc_pb2.UNAVAILABLE, sc_pb2.WRONG_SHARD)
@@ -42,9 +43,10 @@ class Route:
 class ShardMap:
     """Watches `shards/` and `scg/` in etcd; all reads are from memory."""
 
-    def __init__(self, endpoints: Sequence[tuple[str, int]], prefix: str = "/cyberstar") -> None:
+    def __init__(self, etcd: coord.EtcdConfig, prefix: str = "/cyberstar") -> None:
         self.keys = coord.Keys(prefix)
-        self._endpoints = tuple(endpoints)
+        self._etcd_config = etcd
+        self.bad_values = coord.BadValues()
         self.etcd: aetcd.Client | None = None
         self.shards: dict[ShardId, str] = {}
         self.chains: dict[str, coord.Chain] = {}
@@ -52,9 +54,8 @@ class ShardMap:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
 
-    async def start(self) -> None:
-        self.etcd = coord.connect(self._endpoints)
-        await self.etcd.connect()
+    async def start(self, what: str = "SC shard map") -> None:
+        self.etcd = await coord.connect(self._etcd_config, what)
         ready = [asyncio.Event(), asyncio.Event()]
 
         def loader(fn, event):
@@ -87,11 +88,11 @@ class ShardMap:
                 await self.etcd.close()
 
     async def _load_shards(self) -> None:
-        self.shards = await coord.read_shard_map(self.etcd, self.keys)
+        self.shards = await coord.read_shard_map(self.etcd, self.keys, self.bad_values)
         await self._notify()
 
     async def _load_chains(self) -> None:
-        self.chains = await coord.read_chains(self.etcd, self.keys)
+        self.chains = await coord.read_chains(self.etcd, self.keys, self.bad_values)
         await self._notify()
 
     async def _notify(self) -> None:
@@ -119,8 +120,10 @@ class ShardMap:
 class ScRouter:
     """Batches requests per SCG over one `ScClient` per head; retries bounced requests."""
 
-    def __init__(self, shard_map: ShardMap, attempts: int = 40, pause_s: float = 0.05) -> None:
+    def __init__(self, shard_map: ShardMap, tls: TlsFiles | None, attempts: int = 40,
+                 pause_s: float = 0.05) -> None:  # fmt: skip
         self.map = shard_map
+        self.tls = tls
         self.attempts = attempts
         self.pause_s = pause_s
         self._clients: dict[str, ScClient] = {}
@@ -128,7 +131,7 @@ class ScRouter:
     def client(self, address: str) -> ScClient:
         c = self._clients.get(address)
         if c is None:
-            c = self._clients[address] = ScClient(address, timeout_s=10)
+            c = self._clients[address] = ScClient(address, self.tls, timeout_s=10)
         return c
 
     async def close(self) -> None:
@@ -172,11 +175,25 @@ class ScRouter:
         return [r for r in replies if r is not None]
 
     async def _send(self, head: str, reqs: list[Request]) -> list[sc_pb2.RuleReply]:
+        """One reply per request, in order, whatever the node answered: a missing, extra or
+        mismatched reply becomes UNAVAILABLE for its request (retried), never a crash."""
         try:
-            return await self.client(head).compute([request_proto(r) for r in reqs])
+            got = await self.client(head).compute([request_proto(r) for r in reqs])
         except Exception as exc:
-            st = sc_pb2.Status(code=sc_pb2.UNAVAILABLE, message=f"{head}: {exc}")
+            st = sc_pb2.Status(code=sc_pb2.UNAVAILABLE, message=f"{head}: {coord.reason_of(exc)}")
             return [sc_pb2.RuleReply(request_id=r.request_id, status=st) for r in reqs]
+        if len(got) == len(reqs) and all(
+            g.request_id == r.request_id for g, r in zip(got, reqs, strict=True)
+        ):
+            return got
+        by_id = {g.request_id: g for g in got}
+        st = sc_pb2.Status(
+            code=sc_pb2.UNAVAILABLE,
+            message=f"{head} answered {len(got)} replies to {len(reqs)} requests",
+        )
+        log.warning("SC node %s answered %d replies to %d requests", head, len(got), len(reqs))
+        return [by_id.get(r.request_id) or sc_pb2.RuleReply(request_id=r.request_id, status=st)
+                for r in reqs]  # fmt: skip
 
     async def release(self, keys: Sequence[ReleaseKey]) -> sc_pb2.ReleaseReply:
         total = sc_pb2.ReleaseReply(status=sc_pb2.Status(code=sc_pb2.OK))

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,10 +39,11 @@ import grpc
 from cyberstar.proto import sc_pb2
 from cyberstar.sc.client import ScClient, flow_proto
 from cyberstar.sc.config import ScConfig
-from cyberstar.sc.coord import Keys, read_shard_map
+from cyberstar.sc.coord import BadValues, Keys, read_shard_map
 from cyberstar.sc.engine import Engine
 from cyberstar.sc.flows import FlowKey, ShardId, adjacent
 from cyberstar.sc.metrics import Counters
+from cyberstar.sc.pool import AddressPool
 from cyberstar.sc.state import (
     ACTIVE,
     MOVING,
@@ -50,6 +52,7 @@ from cyberstar.sc.state import (
     StateError,
     deferred_actions,
     pack_connections,
+    unpack_connections,
 )
 
 
@@ -61,6 +64,7 @@ class ScaleHost(Protocol):
     counters: Counters
     keys: Keys
     etcd: aetcd.Client | None
+    bad_values: BadValues
 
     async def submit(
         self, ops: list, then: Callable[[], object] | None = None, wait: bool = True
@@ -74,6 +78,8 @@ class ScaleHost(Protocol):
 log = logging.getLogger(__name__)
 Code = sc_pb2.Code
 TRANSFER_DEADLINE_S = 30.0
+MAX_STATUS_WAIT_S = 60.0
+FINISHED_OPS_KEPT = 256  # older finished ops are answered from their etcd record
 PART_SIZE = 4000  # connections per PART message
 PARTS_IN_FLIGHT = 3
 OUT, IN = sc_pb2.ScaleRequest.OUT, sc_pb2.ScaleRequest.IN
@@ -136,6 +142,21 @@ class ScaleDriver:
     def __init__(self, node: ScaleHost) -> None:
         self.node = node
         self.ops: dict[str, ScaleOp] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    def _spawn(self, op: ScaleOp, resumed: bool = False) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(op, resumed))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _forget_finished(self) -> None:
+        finished = [k for k, op in self.ops.items() if op.done.is_set()]
+        for k in finished[: max(0, len(finished) - FINISHED_OPS_KEPT)]:
+            del self.ops[k]
 
     # -- source side ---------------------------------------------------------------------------
     def start(self, req: sc_pb2.ScaleRequest) -> sc_pb2.ScaleReply:
@@ -162,9 +183,10 @@ class ScaleDriver:
         if req.kind == OUT and sid.hi - sid.lo < 2:
             return refuse(Code.MALFORMED, f"shard {sid} holds one slot and cannot be split")
         op = ScaleOp(req.op_id, req.kind, str(sid), req.target_scg)
+        self._forget_finished()
         self.ops[op.op_id] = op
         node.counters.inc("scale_ops")
-        asyncio.get_running_loop().create_task(self._run(op))
+        self._spawn(op)
         return op.reply()
 
     async def status(self, op_id: str, wait_s: float) -> sc_pb2.ScaleReply:
@@ -176,17 +198,26 @@ class ScaleDriver:
                     op_id=op_id,
                     status=sc_pb2.Status(code=Code.NOT_FOUND, message=f"no scale op {op_id!r}"),
                 )
-            d = json.loads(raw.value)
-            return sc_pb2.ScaleReply(
-                op_id=op_id,
-                phase=d["phase"],
-                shards=d["shards"],
-                seconds=d["seconds"],
-                moved_connections=d["moved_connections"],
-            )
+            try:
+                d = json.loads(raw.value)
+                return sc_pb2.ScaleReply(
+                    op_id=op_id,
+                    phase=d["phase"],
+                    shards=d["shards"],
+                    seconds=d["seconds"],
+                    moved_connections=d["moved_connections"],
+                )
+            except (ValueError, KeyError, TypeError) as exc:
+                self.node.bad_values.skip(raw, str(exc))
+                return sc_pb2.ScaleReply(
+                    op_id=op_id,
+                    status=sc_pb2.Status(
+                        code=Code.INTERNAL, message=f"the etcd record of {op_id!r} is unreadable"
+                    ),
+                )
         if wait_s > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(op.done.wait(), wait_s)
+                await asyncio.wait_for(op.done.wait(), min(wait_s, MAX_STATUS_WAIT_S))
         return op.reply()
 
     def resume(self) -> None:
@@ -198,7 +229,7 @@ class ScaleDriver:
             op.phase = "frozen" if shard.state == MOVING else "seeded"
             self.ops[op.op_id] = op
             log.info("resuming scale op %s at phase %s", op.op_id, op.phase)
-            asyncio.get_running_loop().create_task(self._run(op, resumed=True))
+            self._spawn(op, resumed=True)
 
     async def _run(self, op: ScaleOp, resumed: bool = False) -> None:
         node = self.node
@@ -272,7 +303,7 @@ class ScaleDriver:
             op.shards = [str(lower), str(upper)]
         else:
             op.moving = op.shard
-            owners = await read_shard_map(etcd, keys)
+            owners = await read_shard_map(etcd, keys, node.bad_values)
             near = [s for s, owner in owners.items() if owner == op.target and adjacent(s, sid)]
             op.coalesce_with = str(near[0]) if near else ""
         await etcd.put(keys.scale(op.op_id), op.record(scg))
@@ -390,14 +421,12 @@ class ScaleDriver:
         except ValueError as exc:
             return sc_pb2.TransferReply(status=sc_pb2.Status(code=Code.MALFORMED, message=str(exc)))
         try:
-            if req.kind == sc_pb2.TransferRequest.SEED:
-                op = ["seed_in", req.shard, req.op_id, json.loads(req.payload)]
-            elif req.kind == sc_pb2.TransferRequest.PART:
-                # The packed connections go down the chain as they came (a blob of the update).
-                op = ["merge_part", req.shard, req.op_id, {"part": req.part, "conns": req.payload}]
-            else:
-                payload = json.loads(req.payload)
-                op = ["merge_in", req.shard, req.op_id, payload, req.coalesce_with]
+            op = _transfer_op(req)
+        except (ValueError, TypeError, KeyError, StateError, struct.error) as exc:
+            return sc_pb2.TransferReply(
+                status=sc_pb2.Status(code=Code.MALFORMED, message=f"bad transfer payload: {exc}")
+            )
+        try:
             # A part is acknowledged once applied here: the last message's commit covers them all.
             wait = req.kind != sc_pb2.TransferRequest.PART
             ok, results = await node.submit([op], wait=wait)
@@ -411,3 +440,37 @@ class ScaleDriver:
             )
         shard = results[0] if isinstance(results[0], str) else req.shard
         return sc_pb2.TransferReply(status=sc_pb2.Status(code=Code.OK), shard=shard)
+
+
+def _transfer_op(req: sc_pb2.TransferRequest) -> list:
+    """The state operation a Transfer asks for, its payload checked before anything changes
+    (a half-applied operation would leave the head different from its replicas)."""
+    if not req.op_id:
+        raise ValueError("no op_id")
+    if req.kind == sc_pb2.TransferRequest.SEED:
+        pools = json.loads(req.payload)
+        _check_pools(pools)
+        return ["seed_in", req.shard, req.op_id, pools]
+    if req.kind == sc_pb2.TransferRequest.PART:
+        unpack_connections(req.payload)
+        # The packed connections go down the chain as they came (a blob of the update).
+        return ["merge_part", req.shard, req.op_id, {"part": req.part, "conns": req.payload}]
+    if req.kind != sc_pb2.TransferRequest.MERGE:
+        raise ValueError(f"unknown transfer kind {req.kind}")
+    payload = json.loads(req.payload)
+    if not isinstance(payload, dict) or not isinstance(payload.get("parts", 0), int):
+        raise ValueError("expected {conns, pools, parts}")
+    _check_pools(payload.get("pools", {}))
+    conns = payload.get("conns", [])
+    if not isinstance(conns, list) or conns:
+        raise ValueError("a MERGE carries its connections in PARTs")
+    if req.coalesce_with:
+        ShardId.parse(req.coalesce_with)
+    return ["merge_in", req.shard, req.op_id, payload, req.coalesce_with]
+
+
+def _check_pools(pools: object) -> None:
+    if not isinstance(pools, dict):
+        raise ValueError("pools: expected an object")
+    for p in pools.values():
+        AddressPool.decode(p)

@@ -1,13 +1,19 @@
 """One SC node: the gRPC service, its place in its SCG's chain, and its etcd membership.
 
 Everything runs on one asyncio loop: gRPC handlers, the engine (synchronous, so each batch is
-decided atomically), the replication links (TCP, `replication.py`) and etcd watches.
+decided atomically), the replication links (TCP, `replication.py`) and etcd watches; only the
+membership lease is refreshed from a thread of its own (`coord.LeaseKeeper`), so a busy loop
+is not taken for a dead node.
+
+Who may call what (the caller's certificate role, `cyberstar.certs`): `Compute`, `Release`,
+`ScaleStatus` and `Inspect` FM, SC nodes (passing requests on) and admins; `Scale` FM and
+admins; `Transfer` SC nodes only. Batches over `limits.max_batch` are refused with
+RESOURCE_EXHAUSTED, so one call's work on the loop stays bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import json
 import logging
@@ -17,23 +23,36 @@ from collections.abc import Callable
 
 import aetcd
 import grpc
+from google.protobuf.message import DecodeError
 
-from cyberstar.metrics import serve_http
-from cyberstar.proto import sc_pb2, sc_pb2_grpc
+from cyberstar.listen import PeerLog, bind, server_options
+from cyberstar.metrics import HttpServer, Route
+from cyberstar.proto import sc_pb2
 from cyberstar.sc import coord
-from cyberstar.sc.client import GRPC_OPTIONS, HOPS_METADATA, ScClient
+from cyberstar.sc.client import HOPS_METADATA, ScClient
 from cyberstar.sc.config import ScConfig
 from cyberstar.sc.engine import Engine, Outcome, validate_flow
 from cyberstar.sc.flows import FlowKey, Packet, ShardId
 from cyberstar.sc.metrics import Counters
-from cyberstar.sc.replication import Replicator, encode_ops
+from cyberstar.sc.replication import HELLO_TIMEOUT_S, Replicator, encode_ops
 from cyberstar.sc.rules import fill_rule
 from cyberstar.sc.scale import ScaleDriver
 from cyberstar.sc.state import NodeState
+from cyberstar.tls import client_ssl, grpc_peer, server_ssl, warn_plaintext
 
 log = logging.getLogger(__name__)
 Code = sc_pb2.Code
 MAX_HOPS = 3
+# The roles (certificate organizational units) each RPC takes calls from.
+ALLOWED = {
+    "Compute": {"fm", "sc", "admin"},
+    "Release": {"fm", "sc", "admin"},
+    "Scale": {"fm", "admin"},
+    "ScaleStatus": {"fm", "sc", "admin"},
+    "Inspect": {"fm", "sc", "admin"},
+    "Transfer": {"sc"},
+}
+LOOP_BEAT_S = 0.5
 
 
 def status(code: int, message: str = "") -> sc_pb2.Status:
@@ -59,17 +78,48 @@ def _hops(context: grpc.aio.ServicerContext) -> int:
     return 0
 
 
-class ScNode(sc_pb2_grpc.ServiceComputingServicer):
+class Unparsable:
+    """A request that is not the message its method takes."""
+
+    def __init__(self, kind: str, size: int) -> None:
+        self.kind = kind
+        self.size = size
+
+
+def _lenient(message: type):
+    def parse(data: bytes):
+        try:
+            return message.FromString(data)
+        except DecodeError:
+            return Unparsable(message.__name__, len(data))
+
+    return parse
+
+
+class ScNode:
     def __init__(self, config: ScConfig) -> None:
         self.config = config
         self.counters = Counters()
         self.engine = Engine(config, self.counters)
         self.keys = coord.Keys(config.etcd_prefix)
         self.incarnation = uuid.uuid4().hex[:12]
+        tls = config.tls
+        for files in (tls, config.etcd.tls):
+            if files is not None:
+                files.read()  # unreadable certificates are bad input (exit 2), said in words
+        self._server_ssl = server_ssl(tls) if tls else None
         self.replicator = Replicator(
-            config.node_id, lambda: self.engine.state, self._set_state, self.counters
+            config.node_id,
+            lambda: self.engine.state,
+            self._set_state,
+            self.counters,
+            self._server_ssl,
+            client_ssl(tls) if tls else None,
+            config.limits.chain_frame_bytes,
+            config.limits.chain_connections,
         )
         self.chains: dict[str, coord.Chain] = {}
+        self.bad_values = coord.BadValues()
         self.etcd: aetcd.Client | None = None
         self.scale = ScaleDriver(self)
         self._clients: dict[str, ScClient] = {}
@@ -77,66 +127,68 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
         self._chain_server: asyncio.Server | None = None
         self.chain_address = ""
         self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: set[asyncio.Task] = set()
         self._lease: aetcd.leases.Lease | None = None
+        self._keeper: coord.LeaseKeeper | None = None
         self._claiming = False
-        self._http = None
+        self._bad_requests = PeerLog(log)
+        self._http: HttpServer | None = None
 
     def _set_state(self, state: NodeState) -> None:
         self.engine.state = state
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
-        self._server = grpc.aio.server(options=GRPC_OPTIONS)
-        sc_pb2_grpc.add_ServiceComputingServicer_to_server(self, self._server)
-        if self._server.add_insecure_port(self.config.listen) == 0:
-            raise OSError(f"cannot listen on {self.config.listen}")
-        await self._server.start()
-        host, port = self.config.chain_endpoint
-        self._chain_server = await asyncio.get_running_loop().create_server(
-            self.replicator.accept, host, port
+        config, limits = self.config, self.config.limits
+        me = f"SC node {config.node_id}"
+        self._server = grpc.aio.server(
+            options=server_options(limits.grpc), maximum_concurrent_rpcs=limits.grpc.max_calls
         )
+        self._server.add_generic_rpc_handlers((self._service(),))
+        bind(self._server, config.listen, config.tls, f"{me} gRPC")
+        await self._server.start()
+        host, port = config.chain_endpoint
+        try:
+            self._chain_server = await asyncio.get_running_loop().create_server(
+                self.replicator.accept,
+                host,
+                port,
+                ssl=self._server_ssl,
+                ssl_handshake_timeout=HELLO_TIMEOUT_S if config.tls else None,
+                backlog=128,
+                reuse_port=False,
+            )
+        except OSError as exc:
+            raise OSError(
+                f"{me} chain link: cannot listen on {host}:{port}: {exc.strerror}"
+            ) from None
         bound = self._chain_server.sockets[0].getsockname()[1]
         self.chain_address = f"{host}:{bound}"
-        self.etcd = coord.connect(self.config.etcd)
-        await self.etcd.connect()
+        if config.tls is None:
+            warn_plaintext(f"{me} chain link", self.chain_address)
+        self.etcd = await coord.connect(config.etcd, me)
         await self._register()
-        self._tasks = [
-            asyncio.create_task(self._keepalive()),
-            asyncio.create_task(
-                coord.watch_prefix(self.etcd, self.keys.chains(), self._on_chains, self._stop)
-            ),
-            asyncio.create_task(
-                coord.watch_prefix(self.etcd, self.keys.members(), self._reconcile, self._stop)
-            ),
-        ]
-        if self.config.metrics:
-            self._serve_metrics(asyncio.get_running_loop())
+        self._spawn(self._watch_lease())
+        self._spawn(coord.watch_prefix(self.etcd, self.keys.chains(), self._on_chains, self._stop))
+        self._spawn(coord.watch_prefix(self.etcd, self.keys.members(), self._reconcile, self._stop))
+        if config.metrics:
+            await self._serve_metrics()
         log.info(
-            "SC node %s of %s listening on %s (chain link on %s)",
-            self.config.node_id,
-            self.config.scg,
-            self.config.listen,
+            "%s of %s listening on %s (chain link on %s, %s), etcd %s",
+            me,
+            config.scg,
+            config.listen,
             self.chain_address,
+            "mutual TLS" if config.tls else "PLAINTEXT",
+            config.etcd.address,
         )
 
-    def _serve_metrics(self, loop: asyncio.AbstractEventLoop) -> None:
-        """GET /metrics: the counters and each shard's size, read in the event loop (the
-        state changes there)."""
-
-        def route(_query: dict[str, str]) -> tuple[int, str, str]:
-            done: concurrent.futures.Future[str] = concurrent.futures.Future()
-
-            def collect() -> None:
-                try:
-                    done.set_result(self.metrics_text())
-                except Exception as exc:
-                    done.set_exception(exc)
-
-            loop.call_soon_threadsafe(collect)
-            return 200, "text/plain; version=0.0.4", done.result(5)
-
-        self._http = serve_http(self.config.metrics, {"/metrics": route})
+    async def _serve_metrics(self) -> None:
+        """GET /metrics: the counters and each shard's size, read in the event loop (the state
+        changes there); mutual TLS like the node's gRPC when it has TLS."""
+        route = Route("GET", lambda _req: (200, "text/plain; version=0.0.4", self.metrics_text()))
+        self._http = HttpServer({"/metrics": route})
+        await self._http.start(self.config.metrics, self._server_ssl)
 
     def metrics_text(self) -> str:
         labels = f'node="{self.config.node_id}",scg="{self.config.scg}"'
@@ -148,6 +200,19 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
             lines.append(f"cyberstar_sc_shard_free{{{sl}}} {shard.free()}")
         return "\n".join(lines) + "\n"
 
+    def _spawn(self, coro) -> asyncio.Task:
+        """A task the node keeps a reference to (and cancels on stop); a failure is logged."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("SC node task failed", exc_info=t.exception())
+
+        task.add_done_callback(done)
+        return task
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -157,9 +222,12 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
     async def stop(self) -> None:
         self._stop.set()
         if self._http is not None:
-            self._http.shutdown()
-        for task in self._tasks:
+            await self._http.close()
+        for task in list(self._tasks):
             task.cancel()
+        self.scale.close()
+        if self._keeper is not None:
+            await asyncio.to_thread(self._keeper.stop)
         await self.replicator.close()
         if self.etcd is not None and self._lease is not None:
             with contextlib.suppress(Exception):
@@ -186,28 +254,37 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
         await self.etcd.put(
             self.keys.member(self.config.node_id), json.dumps(value).encode(), lease=self._lease
         )
+        self._keeper = coord.LeaseKeeper(
+            self.config.etcd,
+            self._lease.id,
+            self.config.lease_ttl_s,
+            stall_limit_s=max(self.config.lease_ttl_s, coord.STALL_LIMIT_S),
+            what=f"SC node {self.config.node_id}",
+        )
+        self._keeper.start()
 
-    async def _keepalive(self) -> None:
-        interval = self.config.lease_ttl_s / 3
+    async def _watch_lease(self) -> None:
+        """Beat for the lease keeper; when the lease lapsed anyway (the process was stopped, the
+        host starved it, etcd was away), rejoin as a new incarnation, keeping the state: the new
+        predecessor sends only what this node missed if its history still matches."""
         while not self._stop.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), interval)
-            if self._stop.is_set():
-                return
-            try:
-                assert self._lease is not None
-                reply = await self._lease.refresh()
-                expired = reply.TTL <= 0
-            except Exception as exc:
-                log.warning("lease refresh failed: %s", exc)
-                continue
-            if expired:
-                # The group took us for dead and may have moved on: rejoin as a fresh node.
-                log.warning("lease expired: rejoining %s as a new incarnation", self.config.scg)
+            assert self._keeper is not None
+            self._keeper.beat()
+            if self._keeper.expired.is_set():
+                self.counters.inc("lease_lost")
+                log.warning("SC node %s: membership lease lapsed; rejoining %s (state kept)",
+                            self.config.node_id, self.config.scg)  # fmt: skip
+                old = self._keeper
+                await asyncio.to_thread(old.stop)
                 self.incarnation = uuid.uuid4().hex[:12]
-                self.replicator.reset()
-                with contextlib.suppress(Exception):
+                try:
                     await self._register()
+                except Exception as exc:
+                    log.warning("SC node %s: cannot re-register yet: %s", self.config.node_id,
+                                coord.reason_of(exc))  # fmt: skip
+                    self._keeper = old  # expired: tried again next beat
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), LOOP_BEAT_S)
 
     # -- chain membership ----------------------------------------------------------------------
     async def _reconcile(self) -> None:
@@ -219,12 +296,24 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
         try:
             members = {}
             for kv in await self.etcd.get_prefix(self.keys.members()):
-                m = json.loads(kv.value)
+                try:
+                    m = coord.parse_member(kv.value)
+                except ValueError as exc:
+                    self.bad_values.skip(kv, str(exc))
+                    continue
                 if m["scg"] == self.config.scg:
-                    node_id = kv.key.decode().rsplit("/", 1)[1]
+                    node_id = kv.key.decode(errors="replace").rsplit("/", 1)[1]
                     members[node_id] = (kv.create_revision, m)
             raw = await self.etcd.get(self.keys.chain(self.config.scg))
-            chain = coord.Chain.from_json(self.config.scg, raw.value if raw else None)
+            chain = coord.Chain(self.config.scg, 0, ())
+            if raw is not None:
+                try:
+                    chain = coord.parse_chain(self.config.scg, raw.value)
+                except ValueError as exc:
+                    # Rewrite it, above any epoch a node may have adopted.
+                    self.bad_values.skip(raw, str(exc))
+                    epoch = max(self.replicator.chain.epoch, raw.version)
+                    chain = coord.Chain(self.config.scg, epoch, ())
             keep = [
                 n
                 for n in chain.nodes
@@ -240,7 +329,10 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
                 new = coord.Chain(self.config.scg, chain.epoch + 1, nodes)
                 await self.etcd.put(self.keys.chain(self.config.scg), new.to_json())
                 log.info(
-                    "chain of %s, epoch %d: %s", new.scg, new.epoch, " → ".join(n.id for n in nodes)
+                    "chain of %s repaired, epoch %d: %s",
+                    new.scg,
+                    new.epoch,
+                    " → ".join(n.id for n in nodes),
                 )
         finally:
             with contextlib.suppress(Exception):
@@ -248,12 +340,12 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
 
     async def _on_chains(self) -> None:
         assert self.etcd is not None
-        self.chains = await coord.read_chains(self.etcd, self.keys)
+        self.chains = await coord.read_chains(self.etcd, self.keys, self.bad_values)
         mine = self.chains.get(self.config.scg)
         if mine is not None:
             self.replicator.set_chain(mine, self.incarnation)
         if self.replicator.is_head:
-            asyncio.get_running_loop().create_task(self._claim_tenants())
+            self._spawn(self._claim_tenants())
             self.scale.resume()
 
     async def _claim_tenants(self) -> None:
@@ -317,7 +409,7 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
     def client_for(self, address: str) -> ScClient:
         client = self._clients.get(address)
         if client is None:
-            client = self._clients[address] = ScClient(address)
+            client = self._clients[address] = ScClient(address, self.config.tls)
         return client
 
     def not_head_message(self) -> str:
@@ -325,6 +417,58 @@ class ScNode(sc_pb2_grpc.ServiceComputingServicer):
         head = chain.head if chain else None
         where = f"; the head is {head.id} at {head.address}" if head else ""
         return f"{self.config.node_id} is not the head of {self.config.scg}{where}"
+
+    # -- who may call, with what ----------------------------------------------------------------
+    def _service(self) -> grpc.GenericRpcHandler:
+        """The ServiceComputing service as the generated code registers it, except that every
+        call goes through `_guarded`: a message that does not parse is refused (no traceback
+        in the log), and so is a caller whose role may not call the method or a batch over
+        the limit."""
+        service = sc_pb2.DESCRIPTOR.services_by_name["ServiceComputing"]
+        handlers = {}
+        for method in service.methods:
+            request = getattr(sc_pb2, method.input_type.name)
+            reply = getattr(sc_pb2, method.output_type.name)
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                self._guarded(method.name),
+                request_deserializer=_lenient(request),
+                response_serializer=reply.SerializeToString,
+            )
+        return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+    def _guarded(self, method: str):
+        serve = getattr(self, method)
+
+        async def call(request, context):
+            if isinstance(request, Unparsable):
+                await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"{method}: {request.size} bytes that are not a "
+                                   f"{request.kind}")  # fmt: skip
+            peer = grpc_peer(context)
+            if peer is not None and peer.role not in ALLOWED[method]:
+                await self._refuse(
+                    context,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"{method} is not open to {peer.role}:{peer.name} "
+                    f"(allowed roles: {', '.join(sorted(ALLOWED[method]))})",
+                )
+            items = len(request.requests) if method == "Compute" else (
+                len(request.items) if method == "Release" else 0)  # fmt: skip
+            limit = self.config.limits.max_batch
+            if items > limit:
+                await self._refuse(
+                    context,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{method} of {items} items: at most {limit} per call; split the batch",
+                )
+            return await serve(request, context)
+
+        return call
+
+    async def _refuse(self, context, code: grpc.StatusCode, message: str) -> None:
+        self.counters.inc("refused_calls")
+        self._bad_requests.bad_request(context.peer(), message)
+        await context.abort(code, message)
 
     # -- FM-facing RPCs ------------------------------------------------------------------------
     async def Compute(self, request: sc_pb2.RuleBatch, context) -> sc_pb2.RuleReplyBatch:

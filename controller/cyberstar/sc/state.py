@@ -512,17 +512,17 @@ class NodeState:
         tag = f"{op_id}/seed"
         if tag in self.transfers:
             return
-        self.transfers[tag] = shard
         pools = {n: AddressPool.decode(p) for n, p in pools.items()}
         self.add_shard(Shard(ShardId.parse(shard), pools=pools, state=RECEIVING, op_id=op_id))
+        self.transfers[tag] = shard  # only once the shard is there: a failure changes nothing
 
     def _merge_part(self, op: list) -> None:
         _, shard_text, op_id, payload = op
         tag = f"{op_id}/part{payload['part']}"
         if tag in self.transfers or f"{op_id}/merge" in self.transfers:
             return
-        self.transfers[tag] = shard_text
         self.get(shard_text).insert_many(payload["conns"])
+        self.transfers[tag] = shard_text
 
     def _merge_in(self, op: list) -> str:
         _, shard_text, op_id, payload, coalesce_with = op

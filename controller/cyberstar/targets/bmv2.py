@@ -114,7 +114,7 @@ class Bmv2Target:
         self.proc = subprocess.Popen(
             tied_to_parent(cmd), stdout=self.log_path.open("w"), stderr=subprocess.STDOUT
         )
-        self.client = P4RuntimeClient(f"unix://{grpc_sock}", device_id=1, election_id=1)
+        self.client = P4RuntimeClient(f"unix://{grpc_sock}", device_id=1, election_id=1, tls=None)
         deadline = time.monotonic() + 20
         while not grpc_sock.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -1,16 +1,21 @@
 """Run by p4runtime-shell's own venv (.venv-p4rt): drive a P4Runtime target through the shell's
 Python API, as a user would, and print one JSON line per step for the test to check.
 
-usage: drive_agent.py ADDR P4INFO DEVICE_CONFIG primary|backup
+usage: drive_agent.py ADDR P4INFO DEVICE_CONFIG primary|backup [CA CERT KEY]
+
+With CA, CERT and KEY the shell connects over mutual TLS (its `--ssl --cacert --cert
+--private-key` options), else in plaintext.
 """
 
 import json
 import sys
 
 import p4runtime_sh.shell as sh
-from p4runtime_sh.p4runtime import P4RuntimeWriteException
+from p4runtime_sh.p4runtime import P4RuntimeWriteException, SSLOptions
 
 addr, p4info, device_config, role = sys.argv[1:5]
+tls = sys.argv[5:8]
+ssl_options = SSLOptions(False, *tls) if tls else None
 
 
 def emit(**kw):
@@ -22,7 +27,7 @@ def entries(table):
 
 
 if role == "backup":
-    sh.setup(device_id=1, grpc_addr=addr, election_id=(0, 1))
+    sh.setup(device_id=1, grpc_addr=addr, election_id=(0, 1), ssl_options=ssl_options)
     te = sh.TableEntry("next_hop")(action="set_next_hop")
     te.match["nexthop_id"] = "9"
     te.action["port"] = "1"
@@ -40,7 +45,11 @@ if role == "backup":
     sys.exit(0)
 
 sh.setup(
-    device_id=1, grpc_addr=addr, election_id=(0, 10), config=sh.FwdPipeConfig(p4info, device_config)
+    device_id=1,
+    grpc_addr=addr,
+    election_id=(0, 10),
+    config=sh.FwdPipeConfig(p4info, device_config),
+    ssl_options=ssl_options,
 )
 
 
@@ -115,6 +124,14 @@ def main():
     )
     counter = list(sh.CounterEntry("verdicts").read())
     emit(step="counters", cells=len(counter))
+
+    meter = sh.MeterEntry("tenant_rate")
+    meter.index = 7
+    meter.cir, meter.cburst, meter.pir, meter.pburst = 250000, 2048, 250000, 2048
+    meter.modify()
+    cell = sh.MeterEntry("tenant_rate")
+    cell.index = 7
+    emit(step="meter", text=" ".join(str(c._entry) for c in cell.read()))
 
 
 try:
