@@ -86,3 +86,16 @@ def test_the_plot_is_written(run) -> None:
     (plot,) = report["files"]["plots"]
     assert plot == str(out / "timeline.png")
     assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_daemon_is_scraped_over_https(run) -> None:
+    """Metrics come over HTTPS with the lab's admin certificate, FM's with its bearer token:
+    a scrape refused (no certificate, no token) is recorded as `up` 0 and nothing else."""
+    _, _, out = run
+    sources = set()  # daemons that answered a scrape
+    with (out / "telemetry.jsonl").open() as f:
+        for line in f:
+            _, source, metric, _, value = json.loads(line)
+            if metric == "up" and value == 1.0:
+                sources.add(source)
+    assert {"fm1", "fm2", "scg1a", "scg1b", "scg1c", "pp1", "pp2", "pp3"} <= sources, sources
