@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO
 
 from cyberstar.lab.autoscale import Hysteresis
@@ -39,7 +40,7 @@ def scenario(extra: str = "", base: str = BASE):
 
 def test_every_shipped_scenario_parses() -> None:
     files = sorted((REPO / "topologies" / "scenarios").glob("*.yaml"))
-    assert {f.stem for f in files} >= {"demo", "ci", "fig7", "fig8", "fig9", "fig11"}
+    assert {f.stem for f in files} >= {"demo", "ci", "fig7", "fig8", "fig9", "fig10", "fig11"}
     for f in files:
         parse_scenario(f.read_text(), f)
 
@@ -211,3 +212,23 @@ def test_the_readmes_scenario_example_parses() -> None:
     s = parse_scenario(example[: example.index("```")], REPO / "mine.yaml")
     assert [e.kind for e in s.events] == ["pp_scale_out", "pp_crash", "fm_failover"]
     assert s.topology.fms == 2  # a failover needs a standby: the default has one
+
+
+GROUP_WITH_POLICY = BASE.replace(
+    "groups: [{name: g1, nodes: 2, spares: 1}]",
+    "groups: [{name: g1, nodes: 2, spares: 1, rate_policy: RATES}]",
+)
+
+
+def test_a_groups_rate_policy_reaches_its_nodes_as_given() -> None:
+    s = scenario(base=GROUP_WITH_POLICY.replace("RATES", "{capacity: 900, tenants: [{id: 7}]}"))
+    policy = s.topology.groups[0].rate_policy
+    assert yaml.safe_load(yaml.safe_dump(policy)) == {"capacity": 900, "tenants": [{"id": 7}]}
+
+
+def test_a_rate_policy_on_bmv2_nodes_or_not_a_mapping_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"s.yaml:4: .*rate_policy: .*must be xdp"):
+        scenario(base=GROUP_WITH_POLICY.replace("RATES", "{capacity: 9}").replace(
+            "spares: 1,", "spares: 1, spare_kind: bmv2,"))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"rate_policy.*expected a mapping"):
+        scenario(base=GROUP_WITH_POLICY.replace("RATES", "fast"))

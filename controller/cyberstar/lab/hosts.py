@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from mininet.node import Host
 
 from cyberstar import netns
@@ -372,6 +373,7 @@ class PpHost(LabHost):
     kind = ""
     group: str = ""
     index: int = 0  # 1-based, the node's number in the lab (its addresses derive from it)
+    rate_policy: dict | None = None  # per-tenant rates (`pp serve --rate-policy`), XDP only
 
     @property
     def data_ports(self) -> tuple[str, str]:
@@ -432,6 +434,10 @@ class XdpPpHost(PpHost):
             self.mode,
             *self.tls_flags("pp"),
         ]
+        if self.rate_policy is not None:
+            path = self.workdir / "rates.yaml"
+            path.write_text(yaml.safe_dump(self.rate_policy, sort_keys=False))
+            cmd += ["--rate-policy", str(path)]
         self.boot_daemon("pp", cmd, P4RUNTIME_PORT, 120)
 
 

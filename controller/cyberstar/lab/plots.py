@@ -97,6 +97,7 @@ def draw(
         "pp_throughput": _pp_throughput,
         "tenant_rates": _tenant_rates,
         "scaling_times": _scaling_times,
+        "tenant_credit": _tenant_credit,
     }
     written = []
     for name in which:
@@ -216,6 +217,44 @@ def _tenant_rates(plt, report: dict, logs: ClientLogs, series: Series):
         mark_events(ax, report["events"])
         ax.legend(loc="upper left", fontsize=8)
     axes[-1][0].set_xlabel("seconds")
+    fig.tight_layout()
+    return fig
+
+
+def _by_node_and_tenant(series: Series, metric: str) -> dict[tuple[str, str], list]:
+    """`metric`'s points per (PP node, tenant), the series of every state label merged."""
+    out: dict[tuple[str, str], list] = defaultdict(list)
+    for (source, labels), pts in series.select(metric).items():
+        out[(source, dict(labels).get("tenant", "?"))] += pts
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+def _tenant_credit(plt, report: dict, logs: ClientLogs, series: Series):
+    """The paper's Figure 10: each tenant's arrival rate and the rate its PP node's credit
+    policy allows it, and its credit, as the agents report them (`cyberstar_pp_tenant_*`)."""
+    allowed = _by_node_and_tenant(series, "cyberstar_pp_tenant_rate")
+    if not allowed:
+        return None
+    ids = {str(t["id"]): name for name, t in report["topology"]["tenants"].items()}
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    for (node, tenant), pts in _by_node_and_tenant(
+        series, "cyberstar_pp_tenant_arrival_rate"
+    ).items():
+        name = f"tenant {ids.get(tenant, tenant)} on {node}"
+        (line,) = top.plot(*zip(*pts, strict=True), label=f"{name}: arrivals")
+        if (node, tenant) in allowed:
+            xs, ys = zip(*allowed[node, tenant], strict=True)
+            top.step(xs, ys, where="post", color=line.get_color(), linestyle="--",
+                     label=f"{name}: rate allowed")  # fmt: skip
+    for (node, tenant), pts in _by_node_and_tenant(series, "cyberstar_pp_tenant_credit").items():
+        bottom.plot(*zip(*pts, strict=True), label=f"tenant {ids.get(tenant, tenant)} on {node}")
+    top.set_ylabel("packets / s")
+    top.set_title(_title(report, "per-tenant rate and credit"))
+    bottom.set_ylabel("credit (packets)")
+    bottom.set_xlabel("seconds")
+    for ax in (top, bottom):
+        mark_events(ax, report["events"], label=ax is top)
+        ax.legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     return fig
 

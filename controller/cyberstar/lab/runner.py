@@ -57,7 +57,7 @@ def build_topology(net: LabNet, spec: TopologySpec) -> None:
         b.name: b for b in (net.add_backend(f"web{i}") for i in range(1, spec.backends + 1))
     }
     groups = {
-        g.name: net.add_pp_group(g.name, g.nodes, g.spares, g.kind, g.spare_kind)
+        g.name: net.add_pp_group(g.name, g.nodes, g.spares, g.kind, g.spare_kind, g.rate_policy)
         for g in spec.groups
     }
     for t in spec.tenants:

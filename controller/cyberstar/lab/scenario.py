@@ -5,13 +5,15 @@ line (`cyberstar.yamlconf`).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from cyberstar.yamlconf import ConfigError, Section, load_yaml, read_text
 
-PLOTS = ("timeline", "connections", "pp_throughput", "tenant_rates", "scaling_times")
+PLOTS = ("timeline", "connections", "pp_throughput", "tenant_rates", "scaling_times",
+         "tenant_credit")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,7 @@ class GroupSpec:
     spares: int
     kind: str
     spare_kind: str
+    rate_policy: dict | None = None  # `pp serve --rate-policy`'s file, for every node
 
 
 @dataclass(frozen=True)
@@ -208,7 +211,23 @@ def _topology(sec: Section, base: Path) -> TopologySpec:
                 raise g.error(key, f"expected xdp or bmv2, found {kind!r}")
             kinds.append(kind)
         nodes, spares = g.int("nodes", 2, lo=1, hi=32), g.int("spares", 0, lo=0, hi=32)
-        groups.append(GroupSpec(g.str("name"), nodes, spares, *kinds))
+        rate_policy = g.raw("rate_policy", None)
+        if rate_policy is not None:
+            if not isinstance(rate_policy, dict):
+                raise g.error(
+                    "rate_policy",
+                    "expected a mapping (capacity, interval, tenants: the file of `pp serve "
+                    f"--rate-policy`), found {rate_policy!r}",
+                )
+            if kinds != ["xdp", "xdp"]:
+                raise g.error(
+                    "rate_policy",
+                    "the XDP agent runs the rate policy: every node of the group (spares too) "
+                    "must be xdp",
+                )
+            # plain dicts and lists (the loader's carry line numbers), for the node's file
+            rate_policy = json.loads(json.dumps(rate_policy))
+        groups.append(GroupSpec(g.str("name"), nodes, spares, *kinds, rate_policy))
         g.done()
     backends = sec.int("backends", 2, lo=1, hi=50)
     names = {f"web{i}" for i in range(1, backends + 1)}

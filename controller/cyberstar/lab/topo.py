@@ -208,20 +208,26 @@ class LabNet:
         spares: int = 0,
         kind: str = "xdp",
         spare_kind: str | None = None,
+        rate_policy: dict | None = None,
     ) -> PpGroup:
         """`nodes` PP nodes in an ECMP group, and `spares` more that scale-out boots; `kind`
         is xdp or bmv2, `spare_kind` the spares' (by default the same): a group of XDP nodes
-        that scales out onto bmv2 nodes, say."""
+        that scales out onto bmv2 nodes, say. `rate_policy`: every node runs it (the content of
+        `pp serve --rate-policy`'s file; XDP nodes only)."""
         _check_name(name)
         kinds = [kind] * nodes + [spare_kind or kind] * spares
         for k in set(kinds):
             if k not in PP_KINDS:
                 raise LabError(f"unknown PP kind {k!r}; known: {', '.join(PP_KINDS)}")
+        if rate_policy is not None and set(kinds) != {"xdp"}:
+            raise LabError(f"group {name}: a rate policy runs in the XDP agent; its nodes are "
+                           f"{', '.join(sorted(set(kinds)))}")  # fmt: skip
         members = []
         for k in kinds:
             n = len(self.pps) + 1
             pp = self._host(f"pp{n}", PP_KINDS[k], f"10.255.3.{n}")
             pp.group, pp.index = name, n
+            pp.rate_policy = rate_policy
             for router, net, port in ((self.vsw, "172.16", 1), (self.svc, "172.17", 2)):
                 self._link(
                     pp,
