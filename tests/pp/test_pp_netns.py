@@ -26,6 +26,7 @@ from cyberstar.p4rt.codec import update
 from cyberstar.pipeline.entries import build_entry
 from cyberstar.pipeline.frames import parse
 from cyberstar.pipeline.pp import PIPELINE
+from cyberstar.tls import TlsFiles, client_ssl
 
 pytestmark = pytest.mark.root
 PUBLIC = "203.0.113.9"
@@ -147,9 +148,10 @@ def serve_once(ns: str, ready: threading.Event, result: dict) -> None:
     srv.close()
 
 
-def tenant_metrics(address: str) -> dict[tuple[str, str], float]:
-    """(tenant, port) → packets, from the agent's /metrics."""
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:
+def tenant_metrics(address: str, tls: TlsFiles) -> dict[tuple[str, str], float]:
+    """(tenant, port) → packets, from the agent's /metrics (HTTPS: a client certificate)."""
+    url = f"https://{address}/metrics"
+    with urllib.request.urlopen(url, timeout=5, context=client_ssl(tls)) as resp:
         text = resp.read().decode()
     out = {}
     for line in text.splitlines():
@@ -210,7 +212,7 @@ def test_tcp_through_snat_set_up_by_a_controller(topology, mode: str) -> None:
         assert next(iter(ctl.installed))[2] == local_port
         # /metrics per tenant and port: what the classification entries counted, summed
         # (the client sent at least SYN, ACK, data and FIN; the server SYN-ACK, data, FIN)
-        per_tenant = tenant_metrics(metrics)
+        per_tenant = tenant_metrics(metrics, node.tls)
         assert per_tenant[(str(TENANT), "1")] == classified(c, 1) >= 4
         assert per_tenant[(str(TENANT), "2")] == classified(c, 2) >= 3
 
