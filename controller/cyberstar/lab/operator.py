@@ -232,15 +232,19 @@ class Operator:
 
     def _chain_size(self, scg: str) -> int:
         assert self.net.etcd is not None
+        tls = self.net.admin_tls  # etcd wants a client certificate of the lab CA
         out = self.net.ops.sh(
             "etcdctl",
             "--endpoints",
-            self.net.etcd.endpoint,
+            f"https://{self.net.etcd.endpoint}",
+            *("--cacert", str(tls.ca), "--cert", str(tls.cert), "--key", str(tls.key)),
             "get",
             "--print-value-only",
             f"/cyberstar/scg/{scg}/chain",
             check=False,
         )
+        if out.returncode != 0:  # not "no chain yet" (an empty answer): etcd refused us
+            raise LabError(f"etcdctl get {scg}'s chain: {out.stderr.strip()}")
         try:
             return len(json.loads(out.stdout)["nodes"])
         except (ValueError, KeyError):
@@ -264,10 +268,13 @@ class Operator:
             nodes = self.net.scgs[to]
             _parallel([n.boot for n in nodes if not n.running])
             deadline = time.monotonic() + 30
-            while self._chain_size(to) < len(nodes):
-                if time.monotonic() > deadline:
-                    return self._fail(rec, f"{to}'s chain did not form within 30 s")
-                time.sleep(0.1)
+            try:
+                while self._chain_size(to) < len(nodes):
+                    if time.monotonic() > deadline:
+                        return self._fail(rec, f"{to}'s chain did not form within 30 s")
+                    time.sleep(0.1)
+            except LabError as exc:
+                return self._fail(rec, str(exc))
             rec["group_up_s"] = round(self.clock() - t, 3)
             tid = self.net.tenants[tenant].tenant_id
             shards = {s: g for s, g in self._shards(tid).items() if g != to}

@@ -133,7 +133,8 @@ class LabNet:
         # A fresh CA per lab: a certificate left by an earlier lab may name other addresses.
         shutil.rmtree(self.workdir / "certs", ignore_errors=True)
         self.certs = LabCerts(self.workdir / "certs")
-        self._admin_ssl: ssl.SSLContext = client_ssl(self.certs.files("admin", "lab-admin"))
+        self.admin_tls = self.certs.files("admin", "lab-admin")  # the lab's own certificate
+        self._admin_ssl: ssl.SSLContext = client_ssl(self.admin_tls)
         self.fm_token = secrets.token_hex(16)  # the bearer token of FM's admin API
         self.idle_timeout_s = idle_timeout_s
         # FM's lease bounds a failover; an SC group whose leases all lapse at once (a busy
