@@ -39,8 +39,11 @@ $(P4RT_VENV)/.installed:
 test: install
 	$(PY) -m pytest -q
 
+# The pipeline tour (ref and XDP agree byte for byte), then the whole system in Mininet under
+# load: a PP scale-out and a PP crash, checked from the clients' own counts, plotted.
 demo: install
-	$(VENV)/bin/cyberstar demo
+	$(VENV)/bin/cyberstar demo --no-lab
+	$(VENV)/bin/cyberstar lab run topologies/scenarios/demo.yaml
 
 build: venv
 	$(VENV)/bin/cyberstar build

@@ -35,7 +35,7 @@ else
 fi
 
 # etcd-server's and nginx's packages start system-wide services where systemd runs; cyberstar
-# starts its own (nginx is the benchmarks' server, in a namespace).
+# starts its own (nginx is the benchmarks' server in a namespace, and the lab's backends in Mininet hosts).
 for service in etcd nginx; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
     systemctl disable --now "$service" >/dev/null 2>&1 || true

@@ -26,6 +26,7 @@ def test_doctor_passes_where_make_install_ran(capsys) -> None:
         "bpffs",
         "kernel headers",
         "network namespaces",
+        "lab (Mininet, nginx, etcd)",
         "bmv2 and p4c",
         "etcd",
     } <= names
@@ -111,3 +112,17 @@ def test_installed_p4_tools_report_their_versions(capsys, bmv2_tools) -> None:
     assert check["ok"], check
     assert re.search(r"simple_switch_grpc 1\.\d+\.\d+ \(", check["detail"])
     assert re.search(r"p4c-bm2-ss 1\.\d+\.\d+(\.\d+)? \(", check["detail"])
+
+
+def test_the_lab_check_names_what_is_missing(monkeypatch, tmp_path) -> None:
+    from cyberstar.commands.doctor import _lab
+
+    (tmp_path / "nginx").write_text("#!/bin/sh\n")
+    (tmp_path / "nginx").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))  # nginx and nothing else
+    check = _lab()
+    assert (check.ok, check.required) == (False, True)
+    missing = check.detail.removeprefix("missing: ").split(", ")
+    assert {"mnexec", "brctl", "etcd", "etcdctl", "conntrack", "nft"} <= set(missing)
+    assert "nginx" not in missing
+    assert "make install" in check.fix

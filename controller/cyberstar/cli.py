@@ -43,6 +43,10 @@ COMMANDS: dict[str, tuple[str, dict[str | None, str]]] = {
         {"serve": "cyberstar.fm.cli:SERVE"},
     ),
     "sc": ("the Service Computing plane", {"serve": "cyberstar.sc.cli:SERVE"}),
+    "lab": (
+        "experiments: the whole system in Mininet under load, scaling and failing",
+        {"run": "cyberstar.lab.cli:RUN"},
+    ),
     "place": (
         "place NF requests on machines (ff, bf, ilp, drl); check, train, generate, simulate",
         {

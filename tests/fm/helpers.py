@@ -23,9 +23,10 @@ def running_lab(**options) -> Iterator[SlowPathLab]:
     needs.etcd()
     with SlowPathLab(**options) as lab:
         wait_until(lambda: lab.fm_get("fm1", "/status")["leader"], 30, "fm1 to lead")
+        # ready: primary and programmed (the static entries and fabric next hops written)
         wait_until(
-            lambda: all(n["primary"] for n in lab.fm_get("fm1", "/status")["pp_nodes"].values()),
-            30, "fm1 to be primary on every PP node",
+            lambda: all(n["ready"] for n in lab.fm_get("fm1", "/status")["pp_nodes"].values()),
+            30, "fm1 to be primary on every PP node and to have programmed it",
         )  # fmt: skip
         yield lab
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import queue
 import socket
 import threading
+import urllib.request
 
 import needs
 import pytest
@@ -20,10 +21,12 @@ from finsy.proto import p4r
 
 from cyberstar import netns
 from cyberstar.lab.pp_process import start_agent
+from cyberstar.lab.procs import free_port
 from cyberstar.p4rt.codec import update
 from cyberstar.pipeline.entries import build_entry
 from cyberstar.pipeline.frames import parse
 from cyberstar.pipeline.pp import PIPELINE
+from cyberstar.tls import TlsFiles, client_ssl
 
 pytestmark = pytest.mark.root
 PUBLIC = "203.0.113.9"
@@ -145,9 +148,39 @@ def serve_once(ns: str, ready: threading.Event, result: dict) -> None:
     srv.close()
 
 
+def tenant_metrics(address: str, tls: TlsFiles) -> dict[tuple[str, str], float]:
+    """(tenant, port) → packets, from the agent's /metrics (HTTPS: a client certificate)."""
+    url = f"https://{address}/metrics"
+    with urllib.request.urlopen(url, timeout=5, context=client_ssl(tls)) as resp:
+        text = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("cyberstar_pp_tenant_packets_total{"):
+            labels, value = line[len("cyberstar_pp_tenant_packets_total{") :].split("} ")
+            fields = dict(kv.split("=") for kv in labels.split(","))
+            out[(fields["tenant"].strip('"'), fields["port"].strip('"'))] = float(value)
+    return out
+
+
+def classified(client, port: int) -> int:
+    """Packets the tenant classification entries of ingress `port` counted, read over
+    P4Runtime (direct counters)."""
+    table = PIPELINE.table("tenant_classify").id
+    entities = client.read([p4r.Entity(direct_counter_entry=p4r.DirectCounterEntry(
+        table_entry=p4r.TableEntry(table_id=table)))])  # fmt: skip
+    total = 0
+    for e in entities:
+        te = e.direct_counter_entry.table_entry
+        match = next(m for m in te.match if m.field_id == 1)  # ingress_port
+        if int.from_bytes(match.exact.value, "big") == port:
+            total += e.direct_counter_entry.data.packet_count
+    return total
+
+
 @pytest.mark.parametrize("mode", ["skb", "native"])
 def test_tcp_through_snat_set_up_by_a_controller(topology, mode: str) -> None:
-    node = start_agent(topology["pp"], ["pp1", "pp2"], mode=mode)
+    metrics = f"127.0.0.1:{free_port()}"
+    node = start_agent(topology["pp"], ["pp1", "pp2"], mode=mode, extra=["--metrics", metrics])
     try:
         c = node.primary_with_pipeline()
         macs = {
@@ -177,6 +210,11 @@ def test_tcp_through_snat_set_up_by_a_controller(topology, mode: str) -> None:
         assert result["peer"] == (PUBLIC, ctl.installed[next(iter(ctl.installed))])
         assert ctl.punts >= 1
         assert next(iter(ctl.installed))[2] == local_port
+        # /metrics per tenant and port: what the classification entries counted, summed
+        # (the client sent at least SYN, ACK, data and FIN; the server SYN-ACK, data, FIN)
+        per_tenant = tenant_metrics(metrics, node.tls)
+        assert per_tenant[(str(TENANT), "1")] == classified(c, 1) >= 4
+        assert per_tenant[(str(TENANT), "2")] == classified(c, 2) >= 3
 
         # Both entries idle out once the connection is gone: the forward one (source port =
         # the client's) and the return one (source port = the server's).

@@ -12,9 +12,12 @@ import asyncio
 import contextlib
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -22,7 +25,7 @@ import pytest
 import yaml
 
 from cyberstar.lab.procs import free_port
-from cyberstar.lab.sc import ScLab
+from cyberstar.lab.sc import ScLab, ScProcess
 from cyberstar.lab.wait import wait_until
 from cyberstar.proto import sc_pb2
 from cyberstar.sc.client import ScClient
@@ -306,6 +309,54 @@ def test_plaintext_must_be_asked_for_and_stay_on_loopback(lab: ScLab, tmp_path) 
     config["listen"] = f"{_host_address()}:{free_port()}"
     proc = _serve(config, tmp_path)
     assert proc.returncode == 2 and "not a loopback address" in proc.stderr, proc.stderr
+
+
+def test_plaintext_metrics_stay_on_loopback(lab: ScLab, tmp_path) -> None:
+    config = lab.node_config("plainm", "scg9")
+    del config["tls"]
+    config["plaintext"] = True
+    config["metrics"] = f"{_host_address()}:{free_port()}"
+    proc = _serve(config, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "metrics" in proc.stderr and "not a loopback address" in proc.stderr, proc.stderr
+
+
+def test_metrics_are_https_wanting_a_client_certificate(tmp_path) -> None:
+    """The lab scrapes every SC node's /metrics across its management network: a node that
+    has TLS serves them only to a client with a certificate of the CA, as its gRPC."""
+    with ScLab(TENANTS, workdir=tmp_path, lease_ttl_s=3) as lab:
+        config = lab.node_config("solo", "scg1")
+        config["metrics"] = f"127.0.0.1:{free_port()}"
+        node = ScProcess(config, lab.workdir)
+        lab.nodes[node.node_id] = node
+        node.start()
+        host, _, port = config["metrics"].rpartition(":")
+        wait_until(lambda: _listening(host, int(port)), 30, "the metrics endpoint to listen")
+        url = f"https://{config['metrics']}/metrics"
+        tls = lab.client_tls
+        admin = ssl.create_default_context(cafile=str(tls.ca))
+        admin.load_cert_chain(str(tls.cert), str(tls.key))
+        # Alone in tenant 7's home group: the node heads its chain and claims the tenant's
+        # shard (all of its slots).
+        labels = 'node="solo",scg="scg1"'
+        wait_until(
+            lambda: f'cyberstar_sc_shard_connections{{{labels},shard="7:' in _get(url, admin),
+            30, "the node to report tenant 7's shard",
+        )  # fmt: skip
+        assert f"cyberstar_sc_head{{{labels}}} 1" in _get(url, admin)
+        stranger = ssl.create_default_context(cafile=str(tls.ca))  # no client certificate
+        with pytest.raises((ssl.SSLError, ConnectionError, urllib.error.URLError)):
+            _get(url, stranger)
+
+
+def _listening(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) == 0
+
+
+def _get(url: str, context: ssl.SSLContext) -> str:
+    with urllib.request.urlopen(url, timeout=10, context=context) as resp:
+        return resp.read().decode()
 
 
 def _host_address() -> str:

@@ -111,6 +111,25 @@ def _netns() -> Check:
     )
 
 
+LAB_TOOLS = ("mnexec", "brctl", "nginx", "etcd", "etcdctl", "conntrack", "nft")
+
+
+def _lab() -> Check:
+    """What `cyberstar lab run` starts besides cyberstar itself."""
+    missing = [tool for tool in LAB_TOOLS if shutil.which(tool) is None]
+    try:
+        import mininet.net  # noqa: F401
+    except ImportError:
+        missing.append("python3-mininet (import mininet)")
+    return Check(
+        "lab (Mininet, nginx, etcd)",
+        not missing,
+        f"missing: {', '.join(missing)}" if missing else ", ".join(LAB_TOOLS) + " found",
+        "run `make install` (Debian's mininet, bridge-utils, nginx, etcd-server, etcd-client, "
+        "conntrack, nftables)",
+    )
+
+
 def _bmv2() -> Check:
     from cyberstar import p4tools
 
@@ -208,7 +227,7 @@ def etcd_reachable(config_path: Path) -> Check:
 
 
 CHECKS: tuple[Callable[[], Check], ...] = (
-    _kernel, _root, _headers, _bpffs, _bcc, _netns, _xdp_load, _bmv2, _etcd, _p4rt_shell,
+    _kernel, _root, _headers, _bpffs, _bcc, _netns, _xdp_load, _lab, _bmv2, _etcd, _p4rt_shell,
 )  # fmt: skip
 
 
@@ -242,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 DOCTOR = Verb(
-    help="check this host (BPF/XDP, headers, bpffs, BCC, netns, bmv2/p4c, etcd)",
+    help="check this host (BPF/XDP, headers, bpffs, BCC, netns, the lab's tools, bmv2/p4c, etcd)",
     description="Check the host and say what to fix. Exit 0 when every required check "
     "passes, 1 otherwise; optional checks (bmv2 and p4c unless "
     f"{REQUIRE_BMV2_ENV}=1, p4runtime-shell) only warn. With --config SC.yaml or FM.yaml, "

@@ -177,9 +177,10 @@ class FabricMaster:
             "cached_rules": len(self.cache),
             "cached_connections": self.cache.connections,
             "shards": {str(k): v for k, v in sorted(self.shard_map.shards.items(), key=str)},
-            "pp_nodes": {s.name: {"primary": s.primary, "connections": s.connections,
-                                  "packet_in": s.packet_ins, "lost_primary": s.lost_primary,
-                                  "election_id": s.election_id} for s in self.sessions},
+            "pp_nodes": {s.name: {"primary": s.primary, "ready": s.primary and s.ready.is_set(),
+                                  "connections": s.connections, "packet_in": s.packet_ins,
+                                  "lost_primary": s.lost_primary, "election_id": s.election_id}
+                         for s in self.sessions},
             "slow_path": dict(self.slowpath.stats),
             "first_packet_us": self.slowpath.latency_percentiles(since),
             "timings_s": {k: round(v, 3) for k, v in self.slowpath.timings.items()},
@@ -329,10 +330,14 @@ class FabricMaster:
         """Rebuild the rule cache from what the PP nodes hold (a previous leader's rules)."""
         decoder = PipelineDecoder(PIPELINE).table(PIPELINE.table("flow_table").id)
         conns: dict[int, Connection] = {}
-        for s in self.sessions:
+
+        async def read(s: PpSession) -> list[p4r.TableEntry]:
+            # A node that is down (a spare not booted yet, a crashed one) holds no rules.
+            if not s.connected:
+                return []
             try:
                 await asyncio.wait_for(s.ready.wait(), 10)
-                entries = await s.read_flow_entries()
+                return await s.read_flow_entries()
             except TimeoutError:
                 log.warning(
                     "%s (%s): not connected within 10 s; its rules are not in the rebuilt cache "
@@ -340,11 +345,13 @@ class FabricMaster:
                     s.name,
                     s.config.address,
                 )
-                continue
             except Exception as exc:
                 log.warning("%s: cannot read its rules to rebuild the cache: %s", s.name,
                             coord.reason_of(exc))  # fmt: skip
-                continue
+            return []
+
+        tables = await asyncio.gather(*(read(s) for s in self.sessions))
+        for s, entries in zip(self.sessions, tables, strict=True):
             for te in entries:
                 cookie = parse_cookie(te.metadata)
                 if cookie is None:
@@ -369,11 +376,16 @@ class FabricMaster:
             ("cyberstar_fm_cached_connections", {}, self.cache.connections),
         ]
         out += [(f"cyberstar_fm_{k}_total", {}, v) for k, v in self.slowpath.stats.items()]
+        for tenant, counts in sorted(self.slowpath.tenant_stats.items()):
+            out += [(f"cyberstar_fm_tenant_{k}_total", {"tenant": str(tenant)}, v)
+                    for k, v in counts.items()]  # fmt: skip
         for s in self.sessions:
             out.append(("cyberstar_fm_pp_primary", {"pp": s.name}, int(s.primary)))
             out.append(("cyberstar_fm_pp_connections_total", {"pp": s.name}, s.connections))
             out.append(("cyberstar_fm_pp_stream_dropped_total", {"pp": s.name}, s.stream_dropped))
             out.append(("cyberstar_fm_pp_lost_primary_total", {"pp": s.name}, s.lost_primary))
+            out.append(("cyberstar_fm_pp_packet_in_total", {"pp": s.name}, s.packet_ins))
+            out.append(("cyberstar_fm_pp_ready", {"pp": s.name}, int(s.ready.is_set())))
         out.append(("cyberstar_fm_queued_packets", {}, len(self.slowpath.queue)))
         for tenant, n in sorted(self.slowpath.queue.shed.items()):
             out.append(("cyberstar_fm_packet_in_shed_total", {"tenant": str(tenant)}, n))

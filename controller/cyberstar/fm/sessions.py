@@ -60,6 +60,7 @@ class PpSession:
         self.election_id = 0
         self.leading = False  # FM leads: this session must be primary
         self.primary = False
+        self.connected = False  # the stream is up
         self.lost_primary = 0  # times another controller took the node while FM led
         self._retake_pause = RETAKE_S[0]
         self.ready = asyncio.Event()  # connected, and programmed if primary
@@ -89,7 +90,7 @@ class PpSession:
                              _reason(exc))  # fmt: skip
                     self._down_logged = True
             self.ready.clear()
-            self.primary = False
+            self.primary = self.connected = False
             if self.client is not None:
                 with contextlib.suppress(Exception):
                     await self.client.close()
@@ -104,6 +105,7 @@ class PpSession:
         await asyncio.wait_for(c.channel.channel_ready(), 5)
         answer = await c.open_stream()
         self.connections += 1
+        self.connected = True
         self._down_logged = False
         log.info("%s (%s) connected (stream %d)", self.name, self.config.address,
                  self.connections)  # fmt: skip
@@ -136,7 +138,9 @@ class PpSession:
     async def _settle(self, answer: p4r.MasterArbitrationUpdate) -> None:
         was = self.primary
         self.primary = answer.status.code == rpc_code.OK
-        if self.primary and not was:
+        # Also when it was primary already (as a standby, alone on the node) and is becoming
+        # the leader: become_primary cleared `ready`, and only programming sets it again.
+        if self.primary and (not was or not self.ready.is_set()):
             self._retake_pause = RETAKE_S[0]
             await self._program()
         if self.primary:

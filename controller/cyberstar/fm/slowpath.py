@@ -82,6 +82,8 @@ class SlowPath:
         self.max_in_flight = max_in_flight
         self.decoder = PipelineDecoder(PIPELINE)
         self.stats: dict[str, int] = defaultdict(int)
+        # per tenant: first packets punted, answered from the cache, asked of SC
+        self.tenant_stats: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.timings: dict[str, float] = defaultdict(float)  # seconds spent per phase
         # (when sent, seconds from the PacketIn's arrival to its PacketOut's sending), recent
         self.latencies: deque[tuple[float, float]] = deque(maxlen=LATENCY_SAMPLES)
@@ -161,9 +163,12 @@ class SlowPath:
             punt, packet = self._classify(session, pin, arrived)
             if punt is None:
                 continue
+            per_tenant = self.tenant_stats[packet.tenant_id]
+            per_tenant["packet_in"] += 1
             conn = self.cache.get(punt.key)
             if conn is not None:
                 self.stats["cache_hits"] += 1
+                per_tenant["cache_hits"] += 1
                 hits[session].append((conn, punt))
             elif punt.key in self._pending:
                 self._pending[punt.key].append(punt)
@@ -180,6 +185,7 @@ class SlowPath:
                     )
             else:
                 self._pending[punt.key] = [punt]
+                per_tenant["sc_requests"] += 1
                 request_id = next(self._ids)
                 waiting[request_id] = punt.key
                 requests.append(Request(request_id, packet))

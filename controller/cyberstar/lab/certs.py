@@ -13,16 +13,18 @@ class LabCerts:
     def __init__(self, directory: Path) -> None:
         self.ca = CertAuthority(directory)
 
-    def files(self, role: str, name: str) -> TlsFiles:
-        made = self.ca.issue(NodeSpec(role, name))
+    def files(self, role: str, name: str, addresses: tuple[str, ...] = ()) -> TlsFiles:
+        """Process `name`'s certificate, valid for loopback and `addresses` besides its name
+        (a process of the Mininet lab is dialled at its host's management address)."""
+        made = self.ca.issue(NodeSpec(role, name, addresses))
         return TlsFiles(self.ca.cert_path, made.cert, made.key)
 
-    def section(self, role: str, name: str) -> dict[str, str]:
+    def section(self, role: str, name: str, addresses: tuple[str, ...] = ()) -> dict[str, str]:
         """The `tls:` section of a YAML config (absolute paths)."""
-        f = self.files(role, name)
+        f = self.files(role, name, addresses)
         return {"ca": str(f.ca), "cert": str(f.cert), "key": str(f.key)}
 
-    def flags(self, role: str, name: str) -> list[str]:
+    def flags(self, role: str, name: str, addresses: tuple[str, ...] = ()) -> list[str]:
         """`--tls-ca/--tls-cert/--tls-key` for a command line."""
-        f = self.files(role, name)
+        f = self.files(role, name, addresses)
         return ["--tls-ca", str(f.ca), "--tls-cert", str(f.cert), "--tls-key", str(f.key)]

@@ -14,8 +14,7 @@ from collections.abc import Callable
 import grpc
 from finsy.proto import p4i, p4r, p4r_grpc
 
-from cyberstar.p4rt import batching
-from cyberstar.p4rt.client import CHANNEL_OPTIONS
+from cyberstar.p4rt import batching, client
 from cyberstar.p4rt.codec import write_request_bytes
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.p4rt.messages import (
@@ -29,6 +28,14 @@ from cyberstar.p4rt.messages import (
 from cyberstar.tls import TlsFiles, aio_channel
 
 log = logging.getLogger(__name__)
+# A device that is down now may come up any moment (a PP node booted by a scale-out): retry
+# its connection every half second at most, not with gRPC's default backoff of up to 2 min.
+CHANNEL_OPTIONS = [
+    *client.CHANNEL_OPTIONS,
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
 QUEUE_LIMIT = 65536  # stream messages waiting for the controller, per kind
 
 

@@ -195,6 +195,25 @@ class PpAgent:
                     ("cyberstar_pp_tenant_credit", labels, s.credit),
                     ("cyberstar_pp_tenant_arrival_rate", labels, s.arrival),
                 ]
+        return samples + self._tenant_samples()
+
+    def _tenant_samples(self) -> list[Sample]:
+        """Packets and bytes per tenant and ingress port: the direct counters of the tenant
+        classification entries, summed per tenant (port 1 and 2 tell the directions apart
+        where the tenants' side and the services' side are different ports)."""
+        per: dict[tuple[int, int], list[int]] = {}
+        for entry, packets, nbytes in self.device.direct_counters("tenant_classify"):
+            if entry.action != "set_tenant":
+                continue
+            key = (entry.params["tenant_id"], int(entry.match["ingress_port"]))
+            total = per.setdefault(key, [0, 0])
+            total[0] += packets
+            total[1] += nbytes
+        samples: list[Sample] = []
+        for (tenant, port), (packets, nbytes) in sorted(per.items()):
+            labels = {"tenant": str(tenant), "port": str(port)}
+            samples.append(("cyberstar_pp_tenant_packets_total", labels, packets))
+            samples.append(("cyberstar_pp_tenant_bytes_total", labels, nbytes))
         return samples
 
     def wait(self) -> None:

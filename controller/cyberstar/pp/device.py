@@ -531,6 +531,12 @@ class XdpDevice:
                     )
                 yield p4r.Entity(table_entry=msg)
 
+    def direct_counters(self, table: str) -> list[tuple[TableEntry, int, int]]:
+        """Every entry of `table` with its direct counter: (entry, packets, bytes)."""
+        with self._lock:
+            rows = list(self._entries_with_state(table, p4r.TableEntry()))
+        return [(e, head.get("packets", 0), head.get("bytes", 0)) for e, head in rows]
+
     def _entries_with_state(
         self, table: str, req: p4r.TableEntry
     ) -> Iterator[tuple[TableEntry, dict[str, int]]]:

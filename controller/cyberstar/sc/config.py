@@ -5,6 +5,7 @@ node_id: sc1a                # unique in the cluster; the common name of its cer
 listen: 127.0.0.1:7101       # gRPC address (FM and the other SCGs dial it: no wildcard)
 chain_listen: 127.0.0.1:0    # replication link from the predecessor (default: listen's host,
                              # a free port; the address in use is published in etcd)
+metrics: 127.0.0.1:9200      # optional: Prometheus /metrics (counters, shard sizes)
 tls: {ca: certs/ca.crt, cert: certs/sc1a.crt, key: certs/sc1a.key}  # or plaintext: true
 etcd:
   endpoints: [127.0.0.1:2379]  # the first is used
@@ -82,6 +83,7 @@ class ScConfig:
     etcd_prefix: str = "/cyberstar"
     chain_listen: str = ""  # host:port of the replication listener; "" = listen's host, port 0
     limits: ScLimits = field(default_factory=ScLimits)
+    metrics: str = ""  # host:port of the Prometheus endpoint (mutual TLS as gRPC); "" = none
 
     @property
     def chain_endpoint(self) -> tuple[str, int]:
@@ -107,9 +109,13 @@ def parse_config(text: str, name: str = "<config>", base: Path = Path(".")) -> S
         if value.rpartition(":")[0].strip("[]") in ("0.0.0.0", "::"):
             raise top.error(key, f"{value!r} is a wildcard, but other nodes dial this address: "
                                  "give this host's address on the SC network")  # fmt: skip
+    metrics = top.str("metrics", "")
+    if metrics and not metrics.rpartition(":")[2].isdigit():
+        raise top.error("metrics", f"expected host:port, found {metrics!r}")
     tls = parse_tls(top, base, "the SC node's gRPC and chain link")
     if tls is None:
-        for key, value in (("listen", listen), ("chain_listen", chain_listen)):
+        served = (("listen", listen), ("chain_listen", chain_listen), ("metrics", metrics))
+        for key, value in served:
             if value and not is_local(value):
                 raise top.error(
                     key,
@@ -165,7 +171,7 @@ def parse_config(text: str, name: str = "<config>", base: Path = Path(".")) -> S
     top.done()
     _refuse_overlapping_pools(pools)
     return ScConfig(node_id, listen, etcd, scg, tenants, tls, lease_ttl, commit_timeout, prefix,
-                    chain_listen, limits)  # fmt: skip
+                    chain_listen, limits, metrics)  # fmt: skip
 
 
 def _limits(sec: Section) -> ScLimits:

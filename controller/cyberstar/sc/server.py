@@ -26,6 +26,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from cyberstar.listen import PeerLog, bind, server_options
+from cyberstar.metrics import HttpServer, Route
 from cyberstar.proto import sc_pb2
 from cyberstar.sc import coord
 from cyberstar.sc.client import HOPS_METADATA, ScClient
@@ -131,6 +132,7 @@ class ScNode:
         self._keeper: coord.LeaseKeeper | None = None
         self._claiming = False
         self._bad_requests = PeerLog(log)
+        self._http: HttpServer | None = None
 
     def _set_state(self, state: NodeState) -> None:
         self.engine.state = state
@@ -169,6 +171,8 @@ class ScNode:
         self._spawn(self._watch_lease())
         self._spawn(coord.watch_prefix(self.etcd, self.keys.chains(), self._on_chains, self._stop))
         self._spawn(coord.watch_prefix(self.etcd, self.keys.members(), self._reconcile, self._stop))
+        if config.metrics:
+            await self._serve_metrics()
         log.info(
             "%s of %s listening on %s (chain link on %s, %s), etcd %s",
             me,
@@ -178,6 +182,23 @@ class ScNode:
             "mutual TLS" if config.tls else "PLAINTEXT",
             config.etcd.address,
         )
+
+    async def _serve_metrics(self) -> None:
+        """GET /metrics: the counters and each shard's size, read in the event loop (the state
+        changes there); mutual TLS like the node's gRPC when it has TLS."""
+        route = Route("GET", lambda _req: (200, "text/plain; version=0.0.4", self.metrics_text()))
+        self._http = HttpServer({"/metrics": route})
+        await self._http.start(self.config.metrics, self._server_ssl)
+
+    def metrics_text(self) -> str:
+        labels = f'node="{self.config.node_id}",scg="{self.config.scg}"'
+        lines = [self.counters.text({"node": self.config.node_id, "scg": self.config.scg})]
+        lines.append(f"cyberstar_sc_head{{{labels}}} {int(self.replicator.is_head)}")
+        for shard in self.engine.shards():
+            sl = f'{labels},shard="{shard.id}",state="{shard.state}"'
+            lines.append(f"cyberstar_sc_shard_connections{{{sl}}} {shard.count}")
+            lines.append(f"cyberstar_sc_shard_free{{{sl}}} {shard.free()}")
+        return "\n".join(lines) + "\n"
 
     def _spawn(self, coro) -> asyncio.Task:
         """A task the node keeps a reference to (and cancels on stop); a failure is logged."""
@@ -200,6 +221,8 @@ class ScNode:
 
     async def stop(self) -> None:
         self._stop.set()
+        if self._http is not None:
+            await self._http.close()
         for task in list(self._tasks):
             task.cancel()
         self.scale.close()
