@@ -33,7 +33,10 @@ COMMANDS: dict[str, tuple[str, dict[str | None, str]]] = {
         {None: "cyberstar.commands.demo:DEMO"},
     ),
     "pcap": ("run pcaps through a PP target", {"run": "cyberstar.commands.pcap:RUN"}),
-    "pp": ("packet-processing (PP) nodes", {"serve": "cyberstar.pp.cli:SERVE"}),
+    "pp": (
+        "packet-processing (PP) nodes",
+        {"serve": "cyberstar.pp.cli:SERVE", "tenants": "cyberstar.pp.cli:TENANTS"},
+    ),
     "fm": (
         "the Fabric Master (slow path, rule cache, fabric)",
         {"serve": "cyberstar.fm.cli:SERVE"},

@@ -1,10 +1,12 @@
-"""`cyberstar pp serve`: run an XDP PP node served over P4Runtime."""
+"""`cyberstar pp serve`: run an XDP PP node served over P4Runtime; `cyberstar pp tenants`:
+its tenants' rates and credit, read over P4Runtime."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from cyberstar.errors import RuntimeFailure
 from cyberstar.verbs import Verb
 
 
@@ -62,4 +64,61 @@ SERVE = Verb(
     "cleanly on SIGTERM/SIGINT.",
     arguments=arguments,
     run=run,
+)
+
+
+def tenants_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--grpc",
+        default="127.0.0.1:9559",
+        metavar="ADDR",
+        help="the node's P4Runtime address (host:port or unix:PATH)",
+    )
+    parser.add_argument("--device-id", type=int, default=1)
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, metavar="S", help="seconds to wait for the node"
+    )
+
+
+def tenants(args: argparse.Namespace) -> int:
+    from grpc import StatusCode
+
+    from cyberstar.p4rt.client import P4RuntimeClient
+    from cyberstar.p4rt.errors import P4RuntimeError
+    from cyberstar.pipeline.pp import PIPELINE
+    from cyberstar.pp.tenants import format_table, read_tenants
+
+    client = P4RuntimeClient(args.grpc, args.device_id, timeout=args.timeout)
+    try:
+        client.wait_ready(args.timeout)
+        views, has_policy = read_tenants(client, PIPELINE)
+    except P4RuntimeError as exc:
+        if exc.code == StatusCode.UNAVAILABLE:
+            raise RuntimeFailure(
+                f"no P4Runtime server answered at {args.grpc} within {args.timeout:g} s: is "
+                "`cyberstar pp serve` running there (check --grpc)?"
+            ) from None
+        if exc.code == StatusCode.FAILED_PRECONDITION:
+            raise RuntimeFailure(
+                f"the node at {args.grpc} has no forwarding pipeline yet, so no meters or "
+                "counters: its controller (FM) sets it; try again once it has"
+            ) from None
+        raise RuntimeFailure(f"{args.grpc}: {exc.message}") from None
+    finally:
+        client.close()
+    print(format_table(views))
+    if not has_policy:
+        print(f"({args.grpc} runs no rate policy: `pp serve --rate-policy FILE` starts one)")
+    return 0
+
+
+TENANTS = Verb(
+    help="show each tenant's credit state, rates and counters on a running PP node",
+    description="Read a PP node's per-tenant rate state over P4Runtime and print a table: the "
+    "credit policy's state, credit, base and burst rates and the rates it measured (when the "
+    "node runs `pp serve --rate-policy`), the rate the tenant_rate meter holds the tenant to "
+    "now (METER/s, '-': not limited), and the tenant_packets and tenant_rate_drops counters. "
+    "Tenants listed: those with a policy, a configured meter cell or a packet counted.",
+    arguments=tenants_arguments,
+    run=tenants,
 )
