@@ -4,10 +4,10 @@ by a receiver on the far port.
 
 Where time cannot be made deterministic (both targets run on their own clocks) the meter is
 compared by what it delivers over an interval. Hand computation: a tenant offering O = 3R
-packets/s (at least 2R on a loaded machine) for T seconds into a bucket of B packets filled at R packets/s gets B + R·T through
-(the bucket starts full). Each target must deliver within [0.9·R·T, B + R·(T + tick) + 2]
-(tick: the XDP clock's 10 ms; bmv2 counts microseconds), and the two must agree within
-TOLERANCE of R·T.
+packets/s (at least 2R on a loaded machine) for T seconds into a bucket of B packets filled at
+R packets/s gets B + R·T through (the bucket starts full). Each target must deliver within
+[0.9·R·T, B + R·(T + tick) + 2] (tick: the XDP clock's 10 ms; bmv2 counts microseconds), and
+the two must agree within TOLERANCE of R·T.
 """
 
 from __future__ import annotations
