@@ -1,6 +1,6 @@
 """Two tenants through one PP node (`pp serve --rate-policy`) in a namespace: an aggressor
-offering 10x its base and a victim offering its base, counted by a receiver on the far port
-(not by the node's counters).
+offering 10x its base (at least 5x on a loaded machine) and a victim offering its base,
+counted by a receiver on the far port (not by the node's counters).
 
 Configuration: capacity 2000 packets/s, two tenants, so each base is 1000/s (capacity / 2);
 bursts 1800/s; the aggressor's credit capped at 4000 packets. Hand computation of what each
@@ -112,13 +112,16 @@ def test_victim_keeps_its_base_while_the_aggressor_is_held_then_borrows(node) ->
     got_a, got_v = phase1.get(DST[AGGRESSOR], 0), phase1.get(DST[VICTIM], 0)
     t1 = sent[AGGRESSOR].elapsed
     report = f"sent {sent}, phase 1 delivered {phase1}, phase 2 sent {alone}, got {counts}"
-    # the senders reached what the test needs (a loaded machine may slow them)
-    assert sent[AGGRESSOR].sent >= 8 * BASE * t1, f"the aggressor did not flood: {report}"
-    assert sent[VICTIM].sent >= 0.9 * BASE * sent[VICTIM].elapsed, report
+    # the senders reached what the test needs (a loaded machine may slow them): the aggressor
+    # far over its base, the victim near it
+    assert sent[AGGRESSOR].sent >= 5 * BASE * t1, f"the aggressor did not flood: {report}"
+    assert sent[VICTIM].sent >= 0.8 * BASE * sent[VICTIM].elapsed, report
     # the victim: at least 95 % of what it offered, and never more than it sent
     assert 0.95 * sent[VICTIM].sent <= got_v <= sent[VICTIM].sent, report
-    # the aggressor: held to its base (see the module docstring for the slack)
-    high = 1.05 * BASE * t1 + (BURST - BASE) * 0.3 + BURST * (BUCKET + TICK)
+    # the aggressor: held to its base, or to what the victim leaves of the capacity if the
+    # loaded sender offered less than the victim's base (see the module docstring for the slack)
+    share = min(BURST, max(BASE, 2 * BASE - got_v / sent[VICTIM].elapsed))
+    high = 1.05 * share * t1 + (BURST - BASE) * 0.3 + BURST * (BUCKET + TICK)
     assert 0.9 * BASE * t1 <= got_a <= high, report
     # phase 2: the victim idle, the aggressor gets the idle share up to its burst
     got_alone = counts.get(DST[AGGRESSOR], 0) - got_a
