@@ -36,9 +36,9 @@ tenants:
 SENT = 37  # tenant 7's frames; far under its rate, none may be dropped
 
 
-def tenants(address: str, timeout: float = 5.0) -> subprocess.CompletedProcess:
+def tenants(address: str, timeout: float = 10.0, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*CYBERSTAR, "pp", "tenants", "--grpc", address, "--timeout", str(timeout)],
+        [*CYBERSTAR, "pp", "tenants", "--grpc", address, "--timeout", str(timeout), *extra],
         capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
     )  # fmt: skip
 
@@ -121,8 +121,15 @@ def test_tenants_of_a_node_without_policy_show_meters_and_counters(ns) -> None:
         got = tenants(node.address)
         assert got.returncode == 0, got.stderr
         assert "runs no rate policy" in got.stdout
+        row = ["9", *["-"] * 4, "400", "-", "-", "0", "0"]
+        assert table(got.stdout) == {"9": dict(zip(COLUMNS, row, strict=True))}
+        # named tenants are read cell by cell: one not limited shows '-' for its meter
+        got = tenants(node.address, 10, "--tenant", "12", "--tenant", "9")
+        assert got.returncode == 0, got.stderr
+        unlimited = ["12", *["-"] * 4, "-", "-", "-", "0", "0"]
         assert table(got.stdout) == {
-            "9": dict(zip(COLUMNS, ["9", *["-"] * 4, "400", "-", "-", "0", "0"], strict=True))
+            "9": dict(zip(COLUMNS, row, strict=True)),
+            "12": dict(zip(COLUMNS, unlimited, strict=True)),
         }
     finally:
         assert node.stop() == 0

@@ -76,7 +76,21 @@ def tenants_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device-id", type=int, default=1)
     parser.add_argument(
-        "--timeout", type=float, default=5.0, metavar="S", help="seconds to wait for the node"
+        "--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for the node"
+    )
+    parser.add_argument(
+        "--tenant",
+        type=int,
+        action="append",
+        default=[],
+        metavar="T",
+        help="show tenant T too (repeat); default: the tenants of the node's rate policy",
+    )
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="every tenant with a configured meter cell or a packet counted (reads every "
+        "cell: slower); the default on a node without a rate policy",
     )
 
 
@@ -91,7 +105,7 @@ def tenants(args: argparse.Namespace) -> int:
     client = P4RuntimeClient(args.grpc, args.device_id, timeout=args.timeout)
     try:
         client.wait_ready(args.timeout)
-        views, has_policy = read_tenants(client, PIPELINE)
+        views, has_policy = read_tenants(client, PIPELINE, args.tenant, args.all)
     except P4RuntimeError as exc:
         if exc.code == StatusCode.UNAVAILABLE:
             raise RuntimeFailure(
@@ -118,7 +132,8 @@ TENANTS = Verb(
     "credit policy's state, credit, base and burst rates and the rates it measured (when the "
     "node runs `pp serve --rate-policy`), the rate the tenant_rate meter holds the tenant to "
     "now (METER/s, '-': not limited), and the tenant_packets and tenant_rate_drops counters. "
-    "Tenants listed: those with a policy, a configured meter cell or a packet counted.",
+    "Tenants listed: those of the node's policy and --tenant; with --all, or on a node "
+    "without a policy, every tenant with a configured meter cell or a packet counted.",
     arguments=tenants_arguments,
     run=tenants,
 )

@@ -605,18 +605,17 @@ class XdpDevice:
                     StatusCode.INVALID_ARGUMENT, f"no counter with id {req.counter_id}"
                 )
         for c in counters:
-            cells = self.prog.counter(c.name)
             if req.HasField("index"):
-                if not 0 <= req.index.index < c.size:
+                i = req.index.index
+                if not 0 <= i < c.size:
                     raise P4RuntimeError(
                         StatusCode.OUT_OF_RANGE,
-                        f"counter {c.name} index {req.index.index} not in 0..{c.size - 1}",
+                        f"counter {c.name} index {i} not in 0..{c.size - 1}",
                     )
-                indices = [req.index.index]
+                cells = {i: self.prog.counter_cell(c.name, i)}  # one cell, not the whole map
             else:
-                indices = range(c.size)
-            for i in indices:
-                packets, nbytes = cells[i]
+                cells = dict(enumerate(self.prog.counter(c.name)))
+            for i, (packets, nbytes) in cells.items():
                 yield p4r.Entity(
                     counter_entry=p4r.CounterEntry(
                         counter_id=c.id,

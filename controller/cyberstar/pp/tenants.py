@@ -57,40 +57,56 @@ class TenantView:
     credit: pb.TenantCredit | None = None
 
 
-def read_tenants(client: P4RuntimeClient, pipeline: Pipeline) -> tuple[list[TenantView], bool]:
-    """Every tenant with a configured meter cell, a packet counted or a policy entry, by id;
-    and whether the node runs a rate policy (False: it does not serve the credit extern, or
-    serves no tenants)."""
-    meter = pipeline.meters[0]
-    views: dict[int, TenantView] = {}
-
-    def view(tenant: int) -> TenantView:
-        return views.setdefault(tenant, TenantView(tenant))
-
-    for e in client.read([p4r.Entity(meter_entry=p4r.MeterEntry(meter_id=meter.id))]):
-        me = e.meter_entry
-        if me.HasField("config"):
-            c = me.config
-            view(me.index.index).meter = MeterConfig(c.cir, c.cburst, c.pir, c.pburst)
-    arrivals = client.read_counter(pipeline.counter(meter.arrivals).id)
-    drops = client.read_counter(pipeline.counter(meter.drops).id)
-    for tenant, (packets, _) in arrivals.items():
-        if packets or tenant in views:
-            v = view(tenant)
-            v.packets, v.rate_drops = packets, drops.get(tenant, (0, 0))[0]
+def read_tenants(
+    client: P4RuntimeClient,
+    pipeline: Pipeline,
+    tenants: list[int] | None = None,
+    scan: bool = False,
+) -> tuple[list[TenantView], bool]:
+    """The tenants of the node's rate policy and `tenants`, by id, read cell by cell; with
+    `scan`, or when there are none, every tenant with a configured meter cell or a packet
+    counted (a read of every cell: seconds on a loaded node). Also whether the node runs a rate
+    policy (False: it does not serve the credit extern, or serves no tenants)."""
     try:
         credits = client.read(
             [p4r.Entity(extern_entry=p4r.ExternEntry(extern_type_id=TENANT_CREDIT))]
         )
     except P4RuntimeError:
         credits = []  # a target without the extern (bmv2): meters and counters only
+    views: dict[int, TenantView] = {}
     for e in credits:
         msg = pb.TenantCredit()
         if e.extern_entry.entry.Unpack(msg):
-            v = view(msg.tenant)
-            v.credit = msg
-            v.rate_drops = drops.get(msg.tenant, (0, 0))[0]
-            v.packets = arrivals.get(msg.tenant, (0, 0))[0]
+            views[msg.tenant] = TenantView(msg.tenant, credit=msg)
+    for t in tenants or []:
+        views.setdefault(t, TenantView(t))
+    meter = pipeline.meters[0]
+    arrivals, drops = pipeline.counter(meter.arrivals).id, pipeline.counter(meter.drops).id
+    wanted = [] if scan or not views else sorted(views)
+    index = [p4r.Index(index=t) for t in wanted] or [None]
+    entities = []
+    for i in index:
+        entities += [
+            p4r.Entity(meter_entry=p4r.MeterEntry(meter_id=meter.id, index=i)),
+            p4r.Entity(counter_entry=p4r.CounterEntry(counter_id=arrivals, index=i)),
+            p4r.Entity(counter_entry=p4r.CounterEntry(counter_id=drops, index=i)),
+        ]
+    for e in client.read(entities):
+        if e.HasField("meter_entry"):
+            me = e.meter_entry
+            if me.HasField("config"):
+                c = me.config
+                view = views.setdefault(me.index.index, TenantView(me.index.index))
+                view.meter = MeterConfig(c.cir, c.cburst, c.pir, c.pburst)
+            continue
+        ce = e.counter_entry
+        t, packets = ce.index.index, ce.data.packet_count
+        if packets or t in views:
+            view = views.setdefault(t, TenantView(t))
+            if ce.counter_id == arrivals:
+                view.packets = packets
+            else:
+                view.rate_drops = packets
     return [views[t] for t in sorted(views)], bool(credits)
 
 
