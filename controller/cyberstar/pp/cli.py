@@ -67,6 +67,9 @@ SERVE = Verb(
 )
 
 
+SCAN_S = 120.0  # the longest a Read of every meter and counter cell may take
+
+
 def tenants_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grpc",
@@ -102,7 +105,8 @@ def tenants(args: argparse.Namespace) -> int:
     from cyberstar.pipeline.pp import PIPELINE
     from cyberstar.pp.tenants import format_table, read_tenants
 
-    client = P4RuntimeClient(args.grpc, args.device_id, timeout=args.timeout)
+    # --timeout bounds the wait for the node; a scan of every cell may take longer
+    client = P4RuntimeClient(args.grpc, args.device_id, timeout=max(args.timeout, SCAN_S))
     try:
         client.wait_ready(args.timeout)
         views, has_policy = read_tenants(client, PIPELINE, args.tenant, args.all)
