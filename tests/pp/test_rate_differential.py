@@ -1,6 +1,6 @@
 """The tenant_rate meter as delivered rates on bmv2 and on the XDP node: the same P4Runtime
 configuration (same rules, same MeterEntry) and the same offered traffic on each, frames counted
-by a receiver on the far port.
+by a receiver on the far port; and `cyberstar pp tenants` reading either target.
 
 Where time cannot be made deterministic (both targets run on their own clocks) the meter is
 compared by what it delivers over an interval. Hand computation: a tenant offering O = 3R
@@ -13,6 +13,7 @@ the two must agree within TOLERANCE of R·T.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 
 import pytest
@@ -20,11 +21,13 @@ from finsy.proto import p4r
 
 from cyberstar import netns
 from cyberstar.lab import traffic
-from cyberstar.lab.pp_process import start_pp_node
+from cyberstar.lab.pp_process import CYBERSTAR, start_pp_node
 from cyberstar.p4rt.codec import update
 from cyberstar.packets import tcp_frame
+from cyberstar.paths import REPO_ROOT
 from cyberstar.pipeline.entries import build_entry
 from cyberstar.pipeline.pp import PIPELINE
+from cyberstar.pp.tenants import COLUMNS
 
 pytestmark = pytest.mark.root
 TENANT = 7
@@ -75,9 +78,21 @@ def delivered(kind: str) -> tuple[int, traffic.Sent]:
                 time.sleep(0.5)  # bmv2's queues drain
             finally:
                 counts = rx.stop()
+            shown = subprocess.run(
+                [*CYBERSTAR, "pp", "tenants", "--grpc", node.address, "--tenant", str(TENANT)],
+                capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+            )  # fmt: skip
         finally:
             node.stop()
-    return counts.get(DST, 0), sent
+    # `pp tenants` on either target: the meter as configured, and counters that agree with the
+    # receiver (every packet the meter passed reached it)
+    assert shown.returncode == 0, shown.stderr
+    row = dict(zip(COLUMNS, shown.stdout.splitlines()[1].split(), strict=True))
+    assert (row["TENANT"], row["METER/s"]) == (str(TENANT), str(RATE)), shown.stdout
+    got = counts.get(DST, 0)
+    assert int(row["PACKETS"]) - int(row["RATE_DROPS"]) == got, (kind, shown.stdout, got)
+    assert int(row["PACKETS"]) <= sent.sent, (kind, shown.stdout, sent)
+    return got, sent
 
 
 def test_bmv2_and_xdp_deliver_the_meter_rate_alike(bmv2_tools) -> None:
