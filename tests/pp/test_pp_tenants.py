@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 
+import grpc
 import pytest
 from finsy.proto import p4r
 
@@ -15,6 +16,7 @@ from cyberstar import netns
 from cyberstar.lab.pp_process import CYBERSTAR, start_agent
 from cyberstar.lab.wait import wait_until
 from cyberstar.p4rt.codec import update
+from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.packets import tcp_frame
 from cyberstar.paths import REPO_ROOT
 from cyberstar.pipeline.entries import build_entry
@@ -118,6 +120,11 @@ def test_tenants_of_a_node_without_policy_show_meters_and_counters(ns) -> None:
             config=p4r.MeterConfig(cir=400, cburst=20, pir=400, pburst=20),
         )
         c.write([p4r.Update(type=p4r.Update.MODIFY, entity=p4r.Entity(meter_entry=cell))])
+        # the credit extern answers no entries without a policy; other externs do not exist
+        assert c.read([p4r.Entity(extern_entry=p4r.ExternEntry(extern_type_id=0x81))]) == []
+        with pytest.raises(P4RuntimeError, match="no extern type 0x99") as err:
+            c.read([p4r.Entity(extern_entry=p4r.ExternEntry(extern_type_id=0x99))])
+        assert err.value.code == grpc.StatusCode.NOT_FOUND
         got = tenants(node.address)
         assert got.returncode == 0, got.stderr
         assert "runs no rate policy" in got.stdout
