@@ -37,7 +37,10 @@ COMMANDS: dict[str, tuple[str, dict[str | None, str]]] = {
         "a lab CA and per-node certificates for mutual TLS",
         {"init": "cyberstar.commands.certs:INIT"},
     ),
-    "pp": ("packet-processing (PP) nodes", {"serve": "cyberstar.pp.cli:SERVE"}),
+    "pp": (
+        "packet-processing (PP) nodes",
+        {"serve": "cyberstar.pp.cli:SERVE", "tenants": "cyberstar.pp.cli:TENANTS"},
+    ),
     "fm": (
         "the Fabric Master (slow path, rule cache, fabric)",
         {"serve": "cyberstar.fm.cli:SERVE"},

@@ -97,7 +97,10 @@ class PpAgent:
         self.rates: RateManager | None = None
         if rate_policy is not None:
             meter = self.prog.pipeline.meters[0]
-            self.rates = RateManager(self.prog, rate_policy.policy, meter)
+            self.rates = RateManager(
+                self.prog, rate_policy.policy, meter, set_meter=self.device.set_meter_cell
+            )
+            self.device.rate_policy = rate_policy.policy
             self._spawn(lambda: self._rate_loop(rate_policy.interval), "rate-policy")
 
     @contextmanager

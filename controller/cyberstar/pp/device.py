@@ -32,6 +32,8 @@ from cyberstar.pipeline.frames import Punted
 from cyberstar.pipeline.meters import MeterConfig
 from cyberstar.pipeline.model import IndexedMeter, Pipeline
 from cyberstar.pp.quota import FlowQuota
+from cyberstar.pp.ratelimit import RatePolicy
+from cyberstar.pp.tenants import TENANT_CREDIT, TENANT_CREDIT_ID, credit_entities
 from cyberstar.xdp.maps import encode_key, encode_value
 from cyberstar.xdp.program import XdpProgram
 
@@ -87,6 +89,7 @@ class XdpDevice:
         self._seq = 0
         self._meters = {m.id: m for m in self.pipeline.meters}
         self.run_in_namespace = contextlib.nullcontext
+        self.rate_policy: RatePolicy | None = None  # the agent's, when it runs one
         self.stats = {
             "packet_out": 0,
             "idle_notifications": 0,
@@ -437,11 +440,17 @@ class XdpDevice:
                     StatusCode.INVALID_ARGUMENT,
                     f"meter {m.name}: rates and bursts must be >= 0 and cir <= pir, found {c}",
                 )
-        self.prog.set_meter(m.name, i, config)
-        if config is None:
-            self._meter_configs[m.name].pop(i, None)
-        else:
-            self._meter_configs[m.name][i] = config
+        self.set_meter_cell(m.name, i, config)
+
+    def set_meter_cell(self, meter: str, index: int, config: MeterConfig | None) -> None:
+        """Configure one meter cell in the program and in what MeterEntry reads answer: for
+        the controller's writes and for the agent's rate policy alike."""
+        with self._lock:
+            self.prog.set_meter(meter, index, config)
+            if config is None:
+                self._meter_configs[meter].pop(index, None)
+            else:
+                self._meter_configs[meter][index] = config
 
     def _read_meters(self, req: p4r.MeterEntry) -> Iterator[p4r.Entity]:
         meters = [self._meter(req.meter_id)] if req.meter_id else list(self._meters.values())
@@ -478,6 +487,8 @@ class XdpDevice:
             source = self._read_meters(entity.meter_entry)
         elif which == "direct_counter_entry":
             source = self._read_direct_counters(entity.direct_counter_entry)
+        elif which == "extern_entry":
+            source = self._read_externs(entity.extern_entry)
         else:
             raise P4RuntimeError(StatusCode.UNIMPLEMENTED, f"reading {which} is not supported")
         while True:
@@ -486,6 +497,21 @@ class XdpDevice:
             if not chunk:
                 return
             yield chunk
+
+    def _read_externs(self, req: p4r.ExternEntry) -> Iterator[p4r.Entity]:
+        """The one extern this node serves: its rate policy's tenants (`pp/tenants.py`)."""
+        if req.extern_type_id != TENANT_CREDIT:
+            raise P4RuntimeError(
+                StatusCode.NOT_FOUND,
+                f"no extern type {req.extern_type_id:#x}: this node serves only the tenant "
+                f"credit extern {TENANT_CREDIT:#x}",
+            )
+        if req.extern_id not in (0, TENANT_CREDIT_ID):
+            raise P4RuntimeError(
+                StatusCode.NOT_FOUND, f"no tenant credit extern with id {req.extern_id:#x}"
+            )
+        if self.rate_policy is not None:
+            yield from credit_entities(self.rate_policy)
 
     def _read_direct_counters(self, req: p4r.DirectCounterEntry) -> Iterator[p4r.Entity]:
         for e in self._read_tables(req.table_entry, with_counters=True):
@@ -585,18 +611,17 @@ class XdpDevice:
                     StatusCode.INVALID_ARGUMENT, f"no counter with id {req.counter_id}"
                 )
         for c in counters:
-            cells = self.prog.counter(c.name)
             if req.HasField("index"):
-                if not 0 <= req.index.index < c.size:
+                i = req.index.index
+                if not 0 <= i < c.size:
                     raise P4RuntimeError(
                         StatusCode.OUT_OF_RANGE,
-                        f"counter {c.name} index {req.index.index} not in 0..{c.size - 1}",
+                        f"counter {c.name} index {i} not in 0..{c.size - 1}",
                     )
-                indices = [req.index.index]
+                cells = {i: self.prog.counter_cell(c.name, i)}  # one cell, not the whole map
             else:
-                indices = range(c.size)
-            for i in indices:
-                packets, nbytes = cells[i]
+                cells = dict(enumerate(self.prog.counter(c.name)))
+            for i, (packets, nbytes) in cells.items():
                 yield p4r.Entity(
                     counter_entry=p4r.CounterEntry(
                         counter_id=c.id,

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from cyberstar.pipeline.meters import MeterConfig
 from cyberstar.pipeline.model import IndexedMeter
 from cyberstar.pp.ratelimit import Measurement, RatePolicy, TenantPolicy, meter_config
 from cyberstar.xdp.program import XdpProgram
@@ -24,12 +25,15 @@ class RateManager:
     policy: RatePolicy
     meter: IndexedMeter
     clock: Callable[[], float] = time.monotonic
+    # how a rate reaches the meter cell; the agent's device also answers MeterEntry reads with it
+    set_meter: Callable[[str, int, MeterConfig | None], None] | None = None
 
     def __post_init__(self) -> None:
+        self._set = self.set_meter or self.prog.set_meter
         self._last = self.clock()
         self._counts = {t: self._read(t) for t in self.policy.tenants}
         for t, s in self.policy.tenants.items():
-            self.prog.set_meter(self.meter.name, t, meter_config(s.rate))
+            self._set(self.meter.name, t, meter_config(s.rate))
 
     def _read(self, tenant: int) -> tuple[int, int]:
         arrived = self.prog.counter_cell(self.meter.arrivals, tenant)[0]
@@ -46,7 +50,7 @@ class RateManager:
             self._counts[t] = (arrived, dropped)
             measured[t] = Measurement(a / dt, (a - d) / dt)
         for t, rate in self.policy.step(dt, measured).items():
-            self.prog.set_meter(self.meter.name, t, meter_config(rate))
+            self._set(self.meter.name, t, meter_config(rate))
         return measured
 
 

@@ -15,7 +15,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # `cyberstar.proto.x_pb2`: the include root is the directory holding the `cyberstar` package.
 INCLUDE_ROOT = PACKAGE_DIR.parent.parent
 # each proto, and whether it declares a service (then it gets gRPC code too)
-PROTOS = {"sc.proto": True, "p4rt_batch.proto": False}
+PROTOS = {"sc.proto": True, "p4rt_batch.proto": False, "p4rt_tenants.proto": False}
 
 
 def generate(out_root: Path = INCLUDE_ROOT) -> list[Path]:
