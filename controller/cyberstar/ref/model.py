@@ -15,6 +15,7 @@ from cyberstar.pipeline.model import (
     Drop,
     Forward,
     ForwardVxlan,
+    HandOff,
     Pass,
     Pipeline,
     Punt,
@@ -66,6 +67,8 @@ class RefModel:
 
     def process(self, frame: bytes, ingress_port: int) -> Result:
         result = self._process(frame, ingress_port)
+        if result.verdict in ("pass", "punt"):
+            result = self._hand_off(frame, ingress_port, result)
         self._count("verdicts", self.pipeline.verdict(result.verdict), len(frame))
         if result.verdict == "drop":
             self._count("drop_reasons", self.pipeline.drop_reason(result.drop_reason), len(frame))
@@ -105,6 +108,15 @@ class RefModel:
         out = _rewrite(p, frame, prefix, st)
         return Result("forward", port=st.forward_args["port"], output=out, tenant_id=tenant)
 
+    def _hand_off(self, frame: bytes, ingress_port: int, result: Result) -> Result:
+        """What the node would pass or punt leaves by the `handoff` port, unchanged, if any."""
+        st = _State(meta={"ingress_port": ingress_port})
+        self._apply("handoff", st, len(frame))
+        if st.verdict != "forward":
+            return result
+        return Result("forward", port=st.forward_args["port"], output=frame,
+                      tenant_id=result.tenant_id)  # fmt: skip
+
     def _apply(self, table: str, st: _State, frame_len: int) -> None:
         hit = self.tables[table].lookup(st.meta, frame_len)
         action = self.pipeline.action(hit.action)
@@ -134,6 +146,9 @@ class RefModel:
                     st.verdict, st.punt_reason = "punt", reason
                 case Pass():
                     st.verdict = "pass"
+                case HandOff(port=port):
+                    st.verdict = "forward"
+                    st.forward_args = {"port": args[port]}
 
 
 def frame_metadata(frame: bytes, ingress_port: int = 0) -> dict[str, int] | None:
