@@ -19,6 +19,12 @@ fabric:                         # optional: VXLAN next hops between PP nodes (pa
     - {id: pp1, port: 2, mac: "02:00:00:00:01:02", address: 198.51.100.1,
        gateway_mac: "02:00:00:00:00:fe"}
 batch: {max_packets: 256, max_delay_ms: 1.0, max_in_flight: 2}  # SC batches outstanding
+offload:                        # optional: elephant flows move to a DPU in front of a host (§6.1)
+  pairs: [{host: pp1, dpu: dpu1}]   # both are pp_nodes; the DPU hands the host what it misses
+  min_packets_per_s: 1000       # a flow at or above either rate is an elephant (0: not used)
+  min_bytes_per_s: 0
+  interval_ms: 500              # how often FM reads the hosts' flow counters
+  idle_timeout_s: 2             # offloaded rules leave the DPU after this long without a packet
 ```
 """
 
@@ -61,6 +67,15 @@ class FabricConfig:
 
 
 @dataclass(frozen=True)
+class OffloadConfig:
+    pairs: tuple[tuple[str, str], ...]  # (host node id, DPU node id)
+    min_packets_per_s: float
+    min_bytes_per_s: float
+    interval_s: float
+    idle_timeout_s: float
+
+
+@dataclass(frozen=True)
 class FmConfig:
     fm_id: str
     etcd: tuple[tuple[str, int], ...]
@@ -72,6 +87,7 @@ class FmConfig:
     max_delay_s: float = 0.001
     max_in_flight: int = 2
     etcd_prefix: str = "/cyberstar"
+    offload: OffloadConfig | None = None
 
 
 def load_fm_config(path: Path) -> FmConfig:
@@ -101,9 +117,40 @@ def parse_fm_config(text: str, name: str = "<fm config>", base: Path = Path(".")
         in_flight = b.int("max_in_flight", 2, lo=1, hi=64)
         b.done()
     prefix = top.str("etcd_prefix", "/cyberstar")
+    offload = _offload(top.section("offload"), seen) if top.has("offload") else None
     top.done()
     return FmConfig(fm_id, tuple(etcd), tuple(nodes), http, lease, fabric, max_batch,
-                    max_delay, in_flight, prefix)  # fmt: skip
+                    max_delay, in_flight, prefix, offload)  # fmt: skip
+
+
+def _offload(sec: Section, node_ids: set[str]) -> OffloadConfig:
+    pairs: list[tuple[str, str]] = []
+    taken: set[str] = set()
+    for i, pair in enumerate(sec.sections("pairs")):
+        host, dpu = pair.str("host"), pair.str("dpu")
+        pair.done()
+        for key, node in (("host", host), ("dpu", dpu)):
+            if node not in node_ids:
+                raise pair.error(
+                    key, f"{node!r} is not one of pp_nodes ({', '.join(sorted(node_ids))})"
+                )
+            if node in taken:
+                raise pair.error(key, f"{node!r} is already in another pair")
+            taken.add(node)
+        if host == dpu:
+            raise sec.item_error("pairs", i, "a node cannot be its own DPU")
+        pairs.append((host, dpu))
+    if not pairs:
+        raise sec.error("pairs", "needs at least one {host, dpu} pair")
+    pps = sec.number("min_packets_per_s", 1000.0)
+    bps = sec.number("min_bytes_per_s", 0.0)
+    if pps == 0 and bps == 0:
+        raise sec.error("min_packets_per_s", "this and min_bytes_per_s are both 0: nothing "
+                        "would ever be an elephant")  # fmt: skip
+    interval = sec.number("interval_ms", 500.0, lo=10.0) / 1000
+    idle = sec.number("idle_timeout_s", 2.0, lo=0.1)
+    sec.done()
+    return OffloadConfig(tuple(pairs), pps, bps, interval, idle)
 
 
 def _pp_node(sec: Section, base: Path) -> PpNodeConfig:

@@ -22,6 +22,7 @@ import aetcd
 
 from cyberstar.fm.cache import CachedRule, Connection, RuleCache, entry_key, parse_cookie
 from cyberstar.fm.config import FabricConfig, FmConfig
+from cyberstar.fm.offload import Offloader
 from cyberstar.fm.sessions import PpSession
 from cyberstar.fm.slowpath import SlowPath
 from cyberstar.metrics import Sample, metrics_route, serve_http
@@ -82,6 +83,12 @@ class FabricMaster:
             )
             for i, pp in enumerate(config.pp_nodes)
         ]
+        self.offloader: Offloader | None = None
+        if config.offload is not None:
+            by_name = {s.name: s for s in self.sessions}
+            self.offloader = Offloader(config.offload, self.cache, by_name,
+                                       self.slowpath.enabled)  # fmt: skip
+            self.slowpath.dpu_of = self.offloader.dpu_of
         self.leader = False
         self.election_id = self.standby_id
         self.stats: dict[str, int] = defaultdict(int)
@@ -107,6 +114,8 @@ class FabricMaster:
             asyncio.create_task(self._campaign(), name="leader-election"),
             asyncio.create_task(self._publish_pp_members(), name="pp-membership"),
         ]
+        if self.offloader is not None:
+            self._tasks.append(asyncio.create_task(self.offloader.run(), name="offload"))
         if self.config.http:
             loop = asyncio.get_running_loop()
             serve_http(self.config.http, {
@@ -127,6 +136,7 @@ class FabricMaster:
             "pp_nodes": {s.name: {"primary": s.primary, "connections": s.connections,
                                   "packet_in": s.packet_ins} for s in self.sessions},
             "slow_path": dict(self.slowpath.stats),
+            "offload": dict(self.offloader.stats) if self.offloader else {},
             "first_packet_ms": self.slowpath.latency_percentiles(),
             "timings_s": {k: round(v, 3) for k, v in self.slowpath.timings.items()},
         }  # fmt: skip
@@ -270,6 +280,8 @@ class FabricMaster:
             ("cyberstar_fm_cached_connections", {}, self.cache.connections),
         ]
         out += [(f"cyberstar_fm_{k}_total", {}, v) for k, v in self.slowpath.stats.items()]
+        if self.offloader is not None:
+            out += [(f"cyberstar_fm_{k}_total", {}, v) for k, v in self.offloader.stats.items()]
         for s in self.sessions:
             out.append(("cyberstar_fm_pp_primary", {"pp": s.name}, int(s.primary)))
             out.append(("cyberstar_fm_pp_connections_total", {"pp": s.name}, s.connections))

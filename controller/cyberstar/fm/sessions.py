@@ -161,9 +161,13 @@ class PpSession:
         if self.client is not None:
             await self.client.packet_out(payload, metadata)
 
-    async def read_flow_entries(self) -> list[p4r.TableEntry]:
-        assert self.client is not None
+    async def read_flow_entries(self, with_counters: bool = False) -> list[p4r.TableEntry]:
+        """The node's flow-table entries; with their direct counters if asked."""
+        if self.client is None:
+            raise P4RuntimeError(f"{self.name}: not connected")
         req = p4r.TableEntry(table_id=PIPELINE.table("flow_table").id)
+        if with_counters:
+            req.counter_data.SetInParent()
         return [e.table_entry for e in await self.client.read([p4r.Entity(table_entry=req)])]
 
     async def close(self) -> None:
