@@ -540,6 +540,7 @@ def _malformed_cases(syn: Ether, vx_in: Ether) -> list[Case]:
         Ether(src=CLIENT_MAC, dst=PP_MAC) / Dot1Q(vlan=42) / IP(src=CLIENT, dst=VIP) / TCP()
     )
     drop("truncated 802.1q tag", tagged[:16], "truncated_vlan")
+    drop("802.1q tag and ipv4 ethertype, nothing after", tagged[:18], "truncated_ipv4")
     bad_version = bytearray(raw_syn)
     bad_version[14] = (6 << 4) | 5
     drop("ip version 6 in an ipv4 frame", bytes(bad_version), "bad_ipv4_version")
