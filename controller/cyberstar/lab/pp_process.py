@@ -32,16 +32,19 @@ class PpNode:
     device_config: bytes = b""
     clients: list[P4RuntimeClient] = field(default_factory=list)
 
-    def client(self, election_id: int = 1, arbitrate: bool = True) -> P4RuntimeClient:
-        c = P4RuntimeClient(self.address, self.device_id, election_id)
+    def client(self, election_id: int = 1, arbitrate: bool = True, timeout: float = 10.0
+               ) -> P4RuntimeClient:  # fmt: skip
+        c = P4RuntimeClient(self.address, self.device_id, election_id, timeout)
         c.wait_ready(30)
         if arbitrate:
             c.open_stream()
         self.clients.append(c)
         return c
 
-    def primary_with_pipeline(self, election_id: int = 10) -> P4RuntimeClient:
-        c = self.client(election_id)
+    def primary_with_pipeline(self, election_id: int = 10, timeout: float = 10.0
+                              ) -> P4RuntimeClient:  # fmt: skip
+        """A primary client that has set the pipeline (bmv2 takes seconds to load it)."""
+        c = self.client(election_id, timeout=timeout)
         c.set_pipeline(build_p4info(PIPELINE), self.device_config)
         return c
 

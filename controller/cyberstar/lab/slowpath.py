@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
@@ -61,6 +61,7 @@ PUBLIC_IP, VIP, VIP_PORT, SERVER_PORT = "203.0.113.9", "198.51.100.10", 80, 8080
 SMALL_TENANT, SMALL_SERVER, SMALL_PUBLIC_IP, SMALL_POOL_SIZE = 8, "10.2.0.4", "203.0.113.20", 2
 UNKNOWN_TENANT, UNKNOWN_TENANT_SERVER = 99, "10.2.0.5"
 FABRIC_VNI, FABRIC_NEXTHOP_BASE = 9000, 1000
+ECHO_IDLE_S = 180  # the lab's servers close a connection idle this long
 DPU_PORTS = ("d1", "d2", "h1", "h2")  # bmv2 ports 1-4: client side, server side, host's pp1, pp2
 
 
@@ -116,7 +117,11 @@ class SlowPathLab:
     def __init__(self, scgs: int = 1, nodes_per_scg: int = 3, idle_timeout_s: float = 30,
                  mode: str = "skb", workdir: Path | None = None, pps: int = 1,
                  pp_kinds: Sequence[str] | None = None,
-                 offload: dict | None = None) -> None:  # fmt: skip
+                 offload: dict | None = None, extra_tenants: Sequence[dict] = (),
+                 extra_rules: Callable[[SlowPathLab, int], list[dict]] | None = None,
+                 ) -> None:  # fmt: skip
+        """`extra_tenants` are more SC tenant configurations; `extra_rules(lab, i)` gives more
+        static entries for PP node i (benchmarks add a tenant behind a VXLAN next hop)."""
         self.pp_kinds = list(pp_kinds) if pp_kinds is not None else ["xdp"] * pps
         pps = len(self.pp_kinds)
         if offload is not None and self.pp_kinds != ["xdp"]:
@@ -138,7 +143,9 @@ class SlowPathLab:
         self.scgs = scgs
         self.nodes_per_scg = nodes_per_scg
         self.mode = mode
-        tenants = [tenant_config(idle_timeout_s), small_tenant_config(idle_timeout_s)]
+        tenants = [tenant_config(idle_timeout_s), small_tenant_config(idle_timeout_s),
+                   *extra_tenants]  # fmt: skip
+        self.extra_rules = extra_rules
         self.sc = ScLab(tenants, workdir=self.workdir / "sc")
         self.pps: list[PpNode | None] = [None] * pps
         self.fms: dict[str, subprocess.Popen] = {}
@@ -238,6 +245,7 @@ class SlowPathLab:
              "params": {"port": 1, "smac": pp1, "dmac": c0}},
             {"table": "next_hop", "match": {"nexthop_id": 2}, "action": "set_next_hop",
              "params": {"port": 2, "smac": pp2, "dmac": s0}},
+            *(self.extra_rules(self, index) if self.extra_rules else []),
         ]  # fmt: skip
 
     def dpu_rules(self) -> list[dict]:
@@ -359,7 +367,9 @@ class SlowPathLab:
 
     def _echo(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         with conn:
-            conn.settimeout(30)
+            # Tests hold connections open across PP restarts, which take tens of seconds on a
+            # busy 2-core host (the XDP program is compiled anew); the echo must outlive them.
+            conn.settimeout(ECHO_IDLE_S)
             try:
                 while data := conn.recv(4096):
                     # The client says who it is; remember what source the server saw for it.
