@@ -18,8 +18,8 @@ from cyberstar.sc.client import ScClient
 
 @contextmanager
 def running_lab(**options) -> Iterator[SlowPathLab]:
-    """A `SlowPathLab(**options)` whose FM leads and is primary on every PP node; skips the
-    test where the lab cannot run."""
+    """A `SlowPathLab(**options)` whose FM leads and has programmed every PP node as their
+    primary; skips the test where the lab cannot run."""
     if os.geteuid() != 0:
         pytest.skip("needs root (BPF, network namespaces)")
     if shutil.which("etcd") is None:
@@ -27,8 +27,9 @@ def running_lab(**options) -> Iterator[SlowPathLab]:
     with SlowPathLab(**options) as lab:
         wait_for(lambda: lab.fm_get("fm1", "/status")["leader"], 30, "fm1 to lead")
         wait_for(
-            lambda: all(n["primary"] for n in lab.fm_get("fm1", "/status")["pp_nodes"].values()),
-            30, "fm1 to be primary on every PP node",
+            lambda: all(n["primary"] and n["ready"]
+                        for n in lab.fm_get("fm1", "/status")["pp_nodes"].values()),
+            60, "fm1 to be primary on every PP node and to have programmed it",
         )  # fmt: skip
         yield lab
 

@@ -37,8 +37,6 @@ Key = tuple[str, int, str, int]
 def lab(bmv2_tools):
     offload = {"min_packets_per_s": ELEPHANT_PPS, "interval_ms": 300, "idle_timeout_s": DPU_IDLE_S}
     with running_lab(scgs=1, nodes_per_scg=3, idle_timeout_s=HOST_IDLE_S, offload=offload) as lab:
-        wait_for(lambda: lab.fm_get("fm1", "/status")["pp_nodes"]["dpu1"]["primary"], 30,
-                 "fm1 to program the DPU")  # fmt: skip
         yield lab
 
 

@@ -133,8 +133,9 @@ class FabricMaster:
             "cached_rules": len(self.cache),
             "cached_connections": self.cache.connections,
             "shards": {str(k): v for k, v in sorted(self.shard_map.shards.items(), key=str)},
-            "pp_nodes": {s.name: {"primary": s.primary, "connections": s.connections,
-                                  "packet_in": s.packet_ins} for s in self.sessions},
+            "pp_nodes": {s.name: {"primary": s.primary, "ready": s.ready.is_set(),
+                                  "connections": s.connections, "packet_in": s.packet_ins}
+                         for s in self.sessions},
             "slow_path": dict(self.slowpath.stats),
             "offload": dict(self.offloader.stats) if self.offloader else {},
             "first_packet_ms": self.slowpath.latency_percentiles(),

@@ -25,6 +25,8 @@ from cyberstar.pipeline.pp import PIPELINE
 
 log = logging.getLogger(__name__)
 RETRY_S = 0.2
+# bmv2 builds its tables from the device config when the pipeline is set: seconds on a busy host.
+PIPELINE_TIMEOUT_S = 60.0
 
 
 class PpSession:
@@ -126,7 +128,7 @@ class PpSession:
         if current is None or canonical_p4info(current.p4info) != canonical_p4info(ours):
             log.info("%s: setting the pipeline (the node starts empty)", self.name)
             await self.client.set_pipeline(
-                ours, self.config.device_config, Action.VERIFY_AND_COMMIT
+                ours, self.config.device_config, Action.VERIFY_AND_COMMIT, PIPELINE_TIMEOUT_S
             )
             await self.on_reset(self)
         await self.write_idempotent(self.entries)

@@ -104,7 +104,8 @@ class AioP4RuntimeClient:
         return resp.config if resp.config.HasField("p4info") else None
 
     async def set_pipeline(self, p4info: p4i.P4Info, device_config: bytes = b"",
-                           action: int = Action.VERIFY_AND_COMMIT) -> None:  # fmt: skip
+                           action: int = Action.VERIFY_AND_COMMIT,
+                           timeout: float | None = None) -> None:  # fmt: skip
         req = Action(
             device_id=self.device_id,
             election_id=uint128(self.election_id),
@@ -112,7 +113,7 @@ class AioP4RuntimeClient:
             config=p4r.ForwardingPipelineConfig(p4info=p4info, p4_device_config=device_config),
         )
         try:
-            await self.stub.SetForwardingPipelineConfig(req, timeout=self.timeout)
+            await self.stub.SetForwardingPipelineConfig(req, timeout=timeout or self.timeout)
         except grpc.aio.AioRpcError as exc:
             raise P4RuntimeError(
                 f"SetForwardingPipelineConfig: {exc.details()}", exc.code()
