@@ -3,6 +3,7 @@ PacketIns FM cannot use."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -17,9 +18,11 @@ from cyberstar.fm.cache import (
     entry_key,
     parse_cookie,
 )
-from cyberstar.fm.config import parse_fm_config
+from cyberstar.fm.config import OffloadConfig, parse_fm_config
 from cyberstar.fm.master import fabric_entries
+from cyberstar.fm.offload import Offloader
 from cyberstar.fm.slowpath import SlowPath
+from cyberstar.p4rt.client import P4RuntimeError
 from cyberstar.pipeline.entries import build_entry
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.yamlconf import ConfigError
@@ -171,3 +174,43 @@ def test_offload_config_names_its_nodes_and_a_threshold() -> None:
             parse_fm_config(nodes + text, "fm.yaml")
         assert str(err.value).startswith(where), str(err.value)
         assert what in str(err.value)
+
+
+class _FakeDpu:
+    """A DPU session whose table takes only the first `room` rules of a write."""
+
+    def __init__(self, index: int, room: int) -> None:
+        self.name, self.index, self.room = "dpu1", index, room
+        self.written: list = []
+
+    async def write(self, updates: list) -> None:
+        self.written += updates[: self.room]
+        if len(updates) > self.room:
+            errors = [(i, "RESOURCE_EXHAUSTED", "table full")
+                      for i in range(self.room, len(updates))]  # fmt: skip
+            raise P4RuntimeError("Write failed", errors=errors)
+
+
+@pytest.mark.parametrize("room", [2, 1, 0])
+def test_offload_records_exactly_the_rules_the_dpu_took(room: int) -> None:
+    cache = RuleCache(PIPELINE)
+    conn = Connection(
+        9, 3,
+        [flow(40000, "snat", {"src_addr": "203.0.113.9", "src_port": 20000, "nexthop_id": 2}),
+         flow(8080, "dnat", {"dst_addr": "10.1.0.2", "dst_port": 40000, "nexthop_id": 1},
+              src="10.2.0.2")],
+    )  # fmt: skip
+    for rule in conn.rules:
+        rule.installed = 0b1  # on the host only
+    cache.put(conn)
+    dpu = _FakeDpu(index=1, room=room)
+    config = OffloadConfig((("pp1", "dpu1"),), 100, 0, 0.5, 2.0)
+    offloader = Offloader(config, cache, {"pp1": None, "dpu1": dpu}, asyncio.Event())
+    asyncio.run(offloader._offload(dpu, [cache.get(conn.rules[0].key)]))
+    back = cache.get(conn.rules[0].key)
+    assert [bool(r.installed & 0b10) for r in back.rules] == [i < room for i in range(2)]
+    assert all(r.installed & 0b1 for r in back.rules), "the host keeps its rules"
+    assert all(u.entity.table_entry.idle_timeout_ns == 2_000_000_000 for u in dpu.written)
+    assert offloader.stats["offloads"] == (1 if room == 2 else 0)
+    assert offloader.stats["offloaded_rules"] == room
+    assert offloader.stats["offload_write_errors"] == (0 if room == 2 else 1)

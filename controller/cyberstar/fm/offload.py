@@ -104,28 +104,42 @@ class Offloader:
 
     async def _offload(self, dpu: PpSession, conns: list[Connection]) -> None:
         idle_ns = int(self.config.idle_timeout_s * 1e9)
+        rules = [(conn, r) for conn in conns for r in conn.rules]
         updates = [
             update(p4r.Update.INSERT, PIPELINE, TableEntry(
                 r.entry.table, r.entry.match, r.entry.action, r.entry.params,
                 idle_timeout_ns=idle_ns, metadata=r.entry.metadata))
-            for conn in conns for r in conn.rules
+            for _, r in rules
         ]  # fmt: skip
+        refused: set[int] = set()  # updates the DPU did not take (a full table, …)
         try:
             await dpu.write(updates)
         except Exception as exc:
             failed = getattr(exc, "errors", None)
-            if not failed or any(code != "ALREADY_EXISTS" for _, code, _ in failed):
+            if failed is None:
                 self.stats["offload_write_errors"] += 1
                 log.warning("%s: offloading %d connections failed: %s", dpu.name, len(conns), exc)
                 return
+            refused = {i for i, code, _ in failed if code != "ALREADY_EXISTS"}
+            if refused:
+                self.stats["offload_write_errors"] += 1
+                log.warning("%s: the DPU refused %d of %d offloaded rules: %s", dpu.name,
+                            len(refused), len(updates), exc)  # fmt: skip
+        # Record what the DPU holds, rule by rule: the host's idle notices depend on it.
+        held: dict[int, set[bytes]] = {}
+        for i, (conn, rule) in enumerate(rules):
+            if i not in refused:
+                held.setdefault(conn.conn_id, set()).add(rule.key)
         bit = 1 << dpu.index
         for conn in conns:
             fresh = self.cache.get(conn.rules[0].key)  # the slow path may have changed it
-            if fresh is None or fresh.conn_id != conn.conn_id:
+            keys = held.get(conn.conn_id, set())
+            if fresh is None or fresh.conn_id != conn.conn_id or not keys:
                 continue
             for rule in fresh.rules:
-                rule.installed |= bit
+                if rule.key in keys:
+                    rule.installed |= bit
             self.cache.put(fresh)
-        self.stats["offloads"] += len(conns)
-        self.stats["offloaded_rules"] += len(updates)
-        log.info("%s: offloaded %d elephant connections", dpu.name, len(conns))
+            if len(keys) == len(fresh.rules):
+                self.stats["offloads"] += 1
+        self.stats["offloaded_rules"] += len(updates) - len(refused)
