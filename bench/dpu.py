@@ -61,13 +61,13 @@ from cyberstar.lab.slowpath import (
     SERVERS,
     SlowPathLab,
     mac_of,
-    wait_for,
 )
+from cyberstar.lab.wait import wait_until
 from cyberstar.p4rt.codec import update
 from cyberstar.pipeline.entries import TableEntry, build_entry
+from cyberstar.pipeline.headers import pack
 from cyberstar.pipeline.pp import PIPELINE, UDP, VXLAN
 from cyberstar.pipeline.rules import parse_rules
-from cyberstar.ref.headers import pack
 from cyberstar.ref.model import RefModel
 from cyberstar.xdp.testrun import prog_test_run
 
@@ -646,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     counter = iter(range(1, 1 << 30))
     with SlowPathLab(scgs=1, nodes_per_scg=3, mode="native", extra_tenants=[vxlan_tenant()],
                      extra_rules=vxlan_rules) as lab:  # fmt: skip
-        wait_for(lambda: lab.fm_get("fm1", "/status")["leader"], 30, "fm1 to lead")
+        wait_until(lambda: lab.fm_get("fm1", "/status")["leader"], 30, "fm1 to lead")
         for kind in ("nat", "vxlan"):
             log(f"{kind} on the slow path")
             result["flows"][kind]["slow_path"] = measured(slow_path, kind, lab, args, counter)

@@ -185,7 +185,7 @@ def bench_xdp(args) -> dict:
 
 
 def bench_bmv2(args) -> dict | None:
-    from cyberstar.targets import TargetUnavailable
+    from cyberstar.errors import TargetUnavailable
     from cyberstar.targets.bmv2 import Bmv2Target
 
     try:

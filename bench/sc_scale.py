@@ -31,9 +31,9 @@ import sys
 import time
 from pathlib import Path
 
+from cyberstar.lab.sc import ScLab
 from cyberstar.sc.client import Request, ScClient
 from cyberstar.sc.flows import FlowKey, Packet
-from cyberstar.sc.lab import ScLab
 from cyberstar.sc.routing import ScRouter, ShardMap
 
 TENANT = 7
@@ -172,7 +172,7 @@ async def main(args: argparse.Namespace) -> dict:
         lab.add_scg("scg2", 3)
         shard_map = ShardMap([lab.etcd.endpoint])
         await shard_map.start()
-        await shard_map.wait_for(
+        await shard_map.wait_until(
             lambda m: (
                 len(m.shards) == 1
                 and all(len(c.nodes) == 3 for c in m.chains.values())
@@ -193,9 +193,9 @@ async def main(args: argparse.Namespace) -> dict:
         task = asyncio.create_task(bg.run())
         try:
             result["scale_out"] = await scale(shard_map, bg, "out", "7:0-1024", "scg2", args.window)
-            await shard_map.wait_for(lambda m: len(m.shards) == 2, 10)
+            await shard_map.wait_until(lambda m: len(m.shards) == 2, 10)
             result["scale_in"] = await scale(shard_map, bg, "in", "7:512-1024", "scg1", args.window)
-            await shard_map.wait_for(lambda m: len(m.shards) == 1, 10)
+            await shard_map.wait_until(lambda m: len(m.shards) == 1, 10)
         finally:
             bg.stop.set()
             await task

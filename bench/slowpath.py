@@ -30,7 +30,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from cyberstar import netns, packets
-from cyberstar.lab.slowpath import PUBLIC_IP, SERVER_PORT, SERVERS, SlowPathLab, wait_for
+from cyberstar.lab.slowpath import PUBLIC_IP, SERVER_PORT, SERVERS, SlowPathLab
+from cyberstar.lab.wait import wait_until
 
 
 def measure_cps(connect, seconds: float, workers: int) -> dict:
@@ -90,7 +91,7 @@ def blast(ns: str, ifname: str, dst_mac: str, seconds: float, sent) -> None:
 
 def bench_cyberstar(args) -> tuple[dict, dict]:
     with SlowPathLab(scgs=1, nodes_per_scg=3, mode="native") as lab:
-        wait_for(lambda: lab.fm_get("fm1", "/status")["leader"], 30, "fm1 to lead")
+        wait_until(lambda: lab.fm_get("fm1", "/status")["leader"], 30, "fm1 to lead")
         lab.connect(SERVERS[0], SERVER_PORT).close()  # warm up
         cps = measure_cps(lambda: lab.connect(SERVERS[0], SERVER_PORT, 5), args.seconds,
                           args.workers)  # fmt: skip
@@ -128,20 +129,10 @@ def bench_cyberstar(args) -> tuple[dict, dict]:
 
 
 def bench_nftables(args) -> dict:
-    pid = os.getpid()
-    ns = {"client": f"cs-nc-{pid}", "router": f"cs-nr-{pid}", "server": f"cs-ns-{pid}"}
-    for n in ns.values():
-        netns.create(n)
-    try:
-        netns.veth("c0", "r1", ns["client"], ns["router"])
-        netns.veth("s0", "r2", ns["server"], ns["router"])
-        netns.ip("addr", "add", "10.1.0.2/24", "dev", "c0", ns=ns["client"])
-        netns.ip("route", "add", "default", "via", "10.1.0.1", ns=ns["client"])
-        netns.ip("addr", "add", "10.1.0.1/24", "dev", "r1", ns=ns["router"])
-        netns.ip("addr", "add", "10.2.0.1/24", "dev", "r2", ns=ns["router"])
+    assert SERVERS[0] == "10.2.0.2"  # netns.line's server address
+    with netns.line("n", ports=("r1", "r2")) as line:
+        ns = {"client": line.client, "router": line.middle, "server": line.server}
         netns.ip("addr", "add", f"{PUBLIC_IP}/32", "dev", "r2", ns=ns["router"])
-        netns.ip("addr", "add", f"{SERVERS[0]}/24", "dev", "s0", ns=ns["server"])
-        netns.ip("route", "add", "default", "via", "10.2.0.1", ns=ns["server"])
         netns.exec_in(ns["router"], "sysctl", "-qw", "net.ipv4.ip_forward=1")
         netns.exec_in(ns["client"], "sysctl", "-qw", "net.ipv4.ip_local_port_range=32768 60999")
         ruleset = (
@@ -190,9 +181,6 @@ def bench_nftables(args) -> dict:
         result = measure_cps(connect, args.seconds, args.workers)
         stop.set()
         return result
-    finally:
-        for n in ns.values():
-            netns.delete(n)
 
 
 def main() -> int:

@@ -17,6 +17,7 @@
 #define IP_PROTO_TCP 6
 #define IP_PROTO_UDP 17
 #define ENCAP_TTL 64
+#define MAX_FRAME 3520
 #define V_FORWARD 0
 #define V_DROP 1
 #define V_PUNT 2
@@ -47,10 +48,12 @@
 #define R_TRUNCATED_INNER_UDP 22
 #define R_BAD_INNER_UDP_LENGTH 23
 #define R_TRUNCATED_INNER_ICMP 24
-#define R_ACL_DENY 25
-#define R_FLOW_DROP 26
-#define R_NO_NEXT_HOP 27
-#define R_PORT_DOWN 28
+#define R_FRAME_TOO_LONG 25
+#define R_ACL_DENY 26
+#define R_FLOW_DROP 27
+#define R_NO_NEXT_HOP 28
+#define R_PORT_DOWN 29
+#define R_FLOW_QUOTA 30
 #define PUNT_NONE 0
 #define PUNT_MISS 1
 #define PUNT_HOST 2
@@ -565,7 +568,7 @@ struct counter_cell {
     __u64 packets;
     __u64 bytes;
 };
-BPF_PERCPU_ARRAY(drop_reasons, struct counter_cell, 29);
+BPF_PERCPU_ARRAY(drop_reasons, struct counter_cell, 31);
 static __always_inline void count_drop_reasons(__u32 index, __u32 len) {
     struct counter_cell *cell = drop_reasons.lookup(&index);
     if (cell) {
@@ -603,6 +606,8 @@ BPF_DEVMAP(tx_ports, MAX_PORTS);
 // Punted packets (packet_in metadata + the frame) and perf-buffer overflows.
 BPF_PERF_OUTPUT(punts);
 BPF_PERCPU_ARRAY(punt_overflows, __u64, 1);
+// Tenants at their flow-entry quota (the agent's --flow-quota): a miss is dropped.
+BPF_ARRAY(tenant_over_quota, __u8, 65536);
 
 _Static_assert(sizeof(struct tenant_classify_key) == 20, "tenant_classify_key size");
 _Static_assert(sizeof(struct tenant_classify_value) == 32, "tenant_classify_value size");
@@ -690,7 +695,7 @@ struct parsed {
 };
 
 // Parse one IPv4 header and its L4 header at `off`, bounded by `end` (checks and their order as
-// in cyberstar.ref.parser). Returns a drop reason, or -1. `inner` selects the inner_ reasons.
+// in cyberstar.pipeline.frames). Returns a drop reason, or -1. `inner` selects the inner_ reasons.
 static __always_inline int parse_ipv4(void *data, void *data_end, __u32 off, __u32 end,
                                       int inner, __u32 *l4_off, __u32 *l4_kind) {
     off &= OFF_MASK;
@@ -1232,6 +1237,11 @@ int pp_xdp(struct xdp_md *ctx) {
     __u32 *port = ports.lookup(&ifindex);
     if (!port)
         return XDP_PASS;  // not one of our interfaces
+    if (frame_len > MAX_FRAME) {  // the parser's first check, made here: in pp_parse it
+        count_verdicts(V_DROP, frame_len);  // costs the verifier twice the states
+        count_drop_reasons(R_FRAME_TOO_LONG, frame_len);
+        return XDP_DROP;
+    }
 
     struct parsed ps;
     __builtin_memset(&ps, 0, sizeof(ps));
@@ -1272,6 +1282,13 @@ int pp_xdp(struct xdp_md *ctx) {
         int handed = hand_off(&m, frame_len);
         if (handed >= 0)
             return handed;
+        __u32 tenant = m.tenant_id;
+        __u8 *full = tenant_over_quota.lookup(&tenant);
+        if (full && *full && m.punt_reason == PUNT_MISS) {  // no room for its rules
+            count_verdicts(V_DROP, frame_len);
+            count_drop_reasons(R_FLOW_QUOTA, frame_len);
+            return XDP_DROP;
+        }
         struct punt_meta pm;
         __builtin_memset(&pm, 0, sizeof(pm));
         pm.ingress_port = m.ingress_port;

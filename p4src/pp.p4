@@ -11,6 +11,7 @@ const bit<8> IP_PROTO_ICMP = 1;
 const bit<8> IP_PROTO_TCP = 6;
 const bit<8> IP_PROTO_UDP = 17;
 const bit<8> ENCAP_TTL = 64;
+const bit<32> MAX_FRAME = 3520;
 
 // Verdicts (index into the `verdicts` counter).
 const bit<8> V_FORWARD = 0;
@@ -44,10 +45,12 @@ const bit<8> R_BAD_INNER_TCP_DATA_OFFSET = 21;
 const bit<8> R_TRUNCATED_INNER_UDP = 22;
 const bit<8> R_BAD_INNER_UDP_LENGTH = 23;
 const bit<8> R_TRUNCATED_INNER_ICMP = 24;
-const bit<8> R_ACL_DENY = 25;
-const bit<8> R_FLOW_DROP = 26;
-const bit<8> R_NO_NEXT_HOP = 27;
-const bit<8> R_PORT_DOWN = 28;
+const bit<8> R_FRAME_TOO_LONG = 25;
+const bit<8> R_ACL_DENY = 26;
+const bit<8> R_FLOW_DROP = 27;
+const bit<8> R_NO_NEXT_HOP = 28;
+const bit<8> R_PORT_DOWN = 29;
+const bit<8> R_FLOW_QUOTA = 30;
 // Punt reasons (packet_in.reason).
 const bit<8> PUNT_NONE = 0;
 const bit<8> PUNT_MISS = 1;
@@ -221,7 +224,8 @@ error {
     BadInnerTcpDataOffset,
     TruncatedInnerUdp,
     BadInnerUdpLength,
-    TruncatedInnerIcmp
+    TruncatedInnerIcmp,
+    FrameTooLong
 }
 
 // Incremental checksum update, RFC 1624 eq. 3: HC' = ~(~HC + ~m + m'), folded twice.
@@ -277,6 +281,7 @@ parser PpParser(packet_in packet, out headers_t hdr, inout metadata_t meta,
     state parse_frame {
         end = standard_metadata.packet_length - meta.frame_off;
         off = 0;
+        verify(end <= MAX_FRAME, error.FrameTooLong);
         verify(end >= 14, error.TruncatedEthernet);
         packet.extract(hdr.ethernet);
         off = 14;
@@ -560,7 +565,7 @@ control PpIngress(inout headers_t hdr, inout metadata_t meta,
     @id(0x13000003) @name(".flow_counter")
     direct_counter(CounterType.packets_and_bytes) flow_counter;
     @id(0x12000001) @name(".drop_reasons")
-    counter(29, CounterType.packets_and_bytes) drop_reasons;
+    counter(31, CounterType.packets_and_bytes) drop_reasons;
     @id(0x12000002) @name(".verdicts")
     counter(4, CounterType.packets_and_bytes) verdicts;
     @id(0x12000003) @name(".port_tx")
@@ -812,6 +817,7 @@ control PpIngress(inout headers_t hdr, inout metadata_t meta,
             else if (standard_metadata.parser_error == error.TruncatedInnerUdp) { meta.drop_reason = R_TRUNCATED_INNER_UDP; }
             else if (standard_metadata.parser_error == error.BadInnerUdpLength) { meta.drop_reason = R_BAD_INNER_UDP_LENGTH; }
             else if (standard_metadata.parser_error == error.TruncatedInnerIcmp) { meta.drop_reason = R_TRUNCATED_INNER_ICMP; }
+            else if (standard_metadata.parser_error == error.FrameTooLong) { meta.drop_reason = R_FRAME_TOO_LONG; }
         } else if (hdr.vxlan.isValid() && !hdr.inner_ipv4.isValid()) {
             meta.verdict = V_PASS;
             meta.punt_reason = PUNT_HOST;

@@ -64,8 +64,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 @pytest.fixture(scope="session")
 def bmv2_tools() -> tuple[str, str]:
     """simple_switch_grpc and p4c-bm2-ss, or a skip saying how to install them."""
+    from cyberstar.errors import TargetUnavailable
     from cyberstar.p4tools import require_tools
-    from cyberstar.targets import TargetUnavailable
 
     try:
         return require_tools()

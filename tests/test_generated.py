@@ -74,7 +74,8 @@ def test_p4info_parses_with_the_p4runtime_package() -> None:
 
 
 @pytest.mark.bmv2
-def test_p4c_compiles_the_p4_to_exactly_the_committed_p4info(bmv2_tools) -> None:
+@pytest.mark.usefixtures("bmv2_tools")
+def test_p4c_compiles_the_p4_to_exactly_the_committed_p4info() -> None:
     """The real compiler (p4c-bm2-ss 1.2.4, v1model) accepts the generated P4 and derives the
     same P4Info, text for text."""
     from cyberstar.p4tools import compile_p4

@@ -75,6 +75,7 @@ def _run(tmp_path, target: str, capsys) -> tuple[list[dict], list[Packet]]:
             Packet(bytes(miss), 2),
             Packet(hit[:20], 3),
             Packet(b"\xff" * 12 + b"\x08\x06" + b"\0" * 28, 4),
+            Packet(bytes(client_tcp(b"g" * 20000)), 5),  # a GSO super-frame, as hosts capture
         ],
     )
     out = tmp_path / target
@@ -88,10 +89,10 @@ def _run(tmp_path, target: str, capsys) -> tuple[list[dict], list[Packet]]:
     summary = json.loads(capsys.readouterr().out)
     assert summary == {
         "target": target,
-        "packets": 4,
+        "packets": 5,
         "forward": 1,
         "punt": 1,
-        "drop": 1,
+        "drop": 2,
         "pass": 1,
     }
     verdicts = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
@@ -101,8 +102,9 @@ def _run(tmp_path, target: str, capsys) -> tuple[list[dict], list[Packet]]:
 EXPECTED_VERDICTS = [
     {"index": 0, "verdict": "forward", "port": 2},
     {"index": 1, "verdict": "punt", "port": None},
-    {"index": 2, "verdict": "drop", "port": None},
+    {"index": 2, "verdict": "drop", "port": None, "drop_reason": "truncated_ipv4"},
     {"index": 3, "verdict": "pass", "port": None},
+    {"index": 4, "verdict": "drop", "port": None, "drop_reason": "frame_too_long"},
 ]
 
 
@@ -121,7 +123,8 @@ def test_pcap_run_xdp_equals_ref(tmp_path, capsys, xdp_target) -> None:
 
 
 @pytest.mark.bmv2
-def test_pcap_run_bmv2_equals_ref(tmp_path, capsys, bmv2_tools) -> None:
+@pytest.mark.usefixtures("bmv2_tools")
+def test_pcap_run_bmv2_equals_ref(tmp_path, capsys) -> None:
     verdicts, out = _run(tmp_path, "bmv2", capsys)
     ref_verdicts, ref_out = _run(tmp_path, "ref", capsys)
     assert verdicts == ref_verdicts == EXPECTED_VERDICTS

@@ -16,9 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cyberstar.errors import RuntimeFailure
+from cyberstar.errors import RuntimeFailure, TargetUnavailable
 from cyberstar.paths import p4_source
-from cyberstar.targets import TargetUnavailable
 
 # A documented setting: a directory to look for the P4 tools in before PATH.
 P4_TOOLS_ENV = "CYBERSTAR_P4_BIN"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import grpc
 import pytest
 from conformance.cases import client_tcp
 from finsy.proto import p4r
@@ -22,7 +23,7 @@ from cyberstar.fm.config import OffloadConfig, parse_fm_config
 from cyberstar.fm.master import fabric_entries
 from cyberstar.fm.offload import Offloader
 from cyberstar.fm.slowpath import SlowPath
-from cyberstar.p4rt.client import P4RuntimeError
+from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.pipeline.entries import build_entry
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.yamlconf import ConfigError
@@ -188,7 +189,7 @@ class _FakeDpu:
         if len(updates) > self.room:
             errors = [(i, "RESOURCE_EXHAUSTED", "table full")
                       for i in range(self.room, len(updates))]  # fmt: skip
-            raise P4RuntimeError("Write failed", errors=errors)
+            raise P4RuntimeError(grpc.StatusCode.UNKNOWN, "Write failed", errors)
 
 
 @pytest.mark.parametrize("room", [2, 1, 0])

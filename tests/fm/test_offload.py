@@ -18,7 +18,8 @@ import pytest
 from finsy.proto import p4r
 
 from cyberstar.lab.pp_process import PpNode
-from cyberstar.lab.slowpath import CLIENT_IP, PUBLIC_IP, SERVER_PORT, SERVERS, wait_for
+from cyberstar.lab.slowpath import CLIENT_IP, PUBLIC_IP, SERVER_PORT, SERVERS
+from cyberstar.lab.wait import wait_until
 from cyberstar.p4rt.client import P4RuntimeClient
 from cyberstar.p4rt.decode import PipelineDecoder
 from cyberstar.pipeline.pp import PIPELINE
@@ -67,7 +68,7 @@ class Talker:
         before = len(lab.accepted)
         self.sock = lab.connect(SERVERS[0], SERVER_PORT)
         me = self.sock.getsockname()
-        wait_for(lambda: len(lab.accepted) > before, 5, "the server to see the connection")
+        wait_until(lambda: len(lab.accepted) > before, 5, "the server to see the connection")
         public = next(peer for who, peer in lab.accepted if who == f"{me[0]}:{me[1]}")
         assert public[0] == PUBLIC_IP
         self.forward: Key = (CLIENT_IP, me[1], SERVERS[0], SERVER_PORT)
@@ -137,12 +138,12 @@ def test_an_elephant_moves_to_the_dpu_and_leaves_the_host_then_comes_back(lab) -
         assert idle_while_offloaded(lab) >= 1
 
         # Quiet: the DPU tears the rules down; the host still has them and takes over.
-        wait_for(lambda: t.counters(lab.dpu) == (-1, -1), 15, "the DPU to tear the flow down")
+        wait_until(lambda: t.counters(lab.dpu) == (-1, -1), 15, "the DPU to tear the flow down")
         assert metric(lab, "cyberstar_fm_offload_teardowns_total") == teardowns + 2
         # The host's rules saw no packet since the offload; the idle notice it sends next must
         # not release a flow that ran on the DPU until a moment ago.
         ignored = idle_while_offloaded(lab)
-        wait_for(lambda: idle_while_offloaded(lab) > ignored, HOST_IDLE_S + 2,
+        wait_until(lambda: idle_while_offloaded(lab) > ignored, HOST_IDLE_S + 2,
                  "the host's next idle notice, ignored")  # fmt: skip
         t.talk(messages=20)
         forward, back = t.counters(lab.pp)
@@ -152,5 +153,5 @@ def test_an_elephant_moves_to_the_dpu_and_leaves_the_host_then_comes_back(lab) -
     finally:
         t.close()
     # Closed and quiet: the host's idle timeout now applies and the connection is released.
-    wait_for(lambda: t.forward not in flow_counters(lab.pp), 4 * HOST_IDLE_S + 5,
+    wait_until(lambda: t.forward not in flow_counters(lab.pp), 4 * HOST_IDLE_S + 5,
              "the host to forget the closed connection")  # fmt: skip

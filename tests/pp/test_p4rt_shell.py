@@ -9,6 +9,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from finsy.proto import p4r
+
+from cyberstar.p4rt.codec import update
+from cyberstar.pipeline.entries import build_entry
+from cyberstar.pipeline.pp import PIPELINE
 
 REPO = Path(__file__).resolve().parents[2]
 SHELL_PYTHON = REPO / ".venv-p4rt" / "bin" / "python"
@@ -64,8 +69,20 @@ def check_primary_steps(steps: dict[str, dict]) -> None:
 
 def test_lower_election_id_is_a_backup_that_cannot_write(pp_node, tmp_path) -> None:
     primary = pp_node.primary_with_pipeline(election_id=10)
+    mine = build_entry(
+        PIPELINE,
+        "next_hop",
+        {"nexthop_id": 3},
+        "set_next_hop",
+        {"port": 2, "smac": "02:00:00:00:00:03", "dmac": "02:00:00:00:00:04"},
+    )
+    primary.write([update(p4r.Update.INSERT, PIPELINE, mine)])  # fmt: skip
     steps = drive(pp_node.address, "backup", tmp_path)
     assert steps["backup-insert"]["ok"] is False
     assert "PERMISSION_DENIED" in steps["backup-insert"]["error"]
-    assert steps["backup-read"]["count"] == 0
-    assert primary.read([]) == []
+    assert steps["backup-read"]["count"] == 1  # a backup reads what the primary wrote
+    table = p4r.TableEntry(table_id=PIPELINE.table("next_hop").id)
+    read = primary.read([p4r.Entity(table_entry=table)])
+    assert [e.table_entry for e in read] == [
+        update(p4r.Update.INSERT, PIPELINE, mine).entity.table_entry
+    ]

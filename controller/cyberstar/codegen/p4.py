@@ -55,6 +55,7 @@ def generate_p4(p: Pipeline) -> str:
         f"const bit<8> IP_PROTO_TCP = {c['IP_PROTO_TCP']};",
         f"const bit<8> IP_PROTO_UDP = {c['IP_PROTO_UDP']};",
         f"const bit<8> ENCAP_TTL = {c['ENCAP_TTL']};",
+        f"const bit<32> MAX_FRAME = {c['MAX_FRAME']};",
         "",
         "// Verdicts (index into the `verdicts` counter).",
         *(f"const bit<8> V_{v.upper()} = {i};" for i, v in enumerate(p.verdicts)),
@@ -174,7 +175,7 @@ bit<16> udp_csum(in bit<16> c) {
 
 
 def _ipv4_states(outer: bool) -> str:
-    """Parser states for one IPv4 header and its L4 header (checks as in `cyberstar.ref.parser`)."""
+    """Parser states for one IPv4 header and its L4 header (checks: `cyberstar.pipeline.frames`)."""
     s = "" if outer else "inner_"
     ip = f"hdr.{s}ipv4"
     end = "end" if outer else "udp_end"
@@ -280,6 +281,7 @@ parser PpParser(packet_in packet, out headers_t hdr, inout metadata_t meta,
     state parse_frame {
         end = standard_metadata.packet_length - meta.frame_off;
         off = 0;
+        verify(end <= MAX_FRAME, error.FrameTooLong);
         verify(end >= 14, error.TruncatedEthernet);
         packet.extract(hdr.ethernet);
         off = 14;

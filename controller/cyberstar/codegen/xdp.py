@@ -2,12 +2,21 @@
 
 One BPF map per P4 table, named like the table; `<table>_default` holds the table's current
 default action. Header accessors and map structs are generated from the spec (struct sizes and
-offsets are asserted at compile time against `cyberstar.xdp.layout`); the parser and control
+offsets are asserted at compile time against `cyberstar.codegen.xdp_layout`); the parser and control
 flow follow `cyberstar.ref` step for step.
 """
 
 from __future__ import annotations
 
+from cyberstar.codegen.xdp_layout import (
+    CStruct,
+    LpmKey,
+    TableLayout,
+    c_size,
+    punt_meta_layout,
+    table_layout,
+    ternary_entry_offsets,
+)
 from cyberstar.pipeline.model import (
     REWRITE_TARGETS,
     VERDICT_UNDECIDED,
@@ -24,15 +33,6 @@ from cyberstar.pipeline.model import (
     SetMeta,
     SetNextHop,
     Table,
-)
-from cyberstar.xdp.layout import (
-    CStruct,
-    LpmKey,
-    TableLayout,
-    c_size,
-    punt_meta_layout,
-    table_layout,
-    ternary_entry_offsets,
 )
 
 _C_TYPE = {1: "__u8", 2: "__u16", 4: "__u32", 8: "__u64"}
@@ -210,6 +210,8 @@ def _maps(p: Pipeline) -> str:
         "// Punted packets (packet_in metadata + the frame) and perf-buffer overflows.\n"
         "BPF_PERF_OUTPUT(punts);\n"
         "BPF_PERCPU_ARRAY(punt_overflows, __u64, 1);\n"
+        "// Tenants at their flow-entry quota (the agent's --flow-quota): a miss is dropped.\n"
+        f"BPF_ARRAY({QUOTA_MAP}, __u8, {1 << p.meta_field('tenant_id').width});\n"
     )
     out += asserts
     return "\n".join(out) + "\n"
@@ -285,7 +287,7 @@ struct parsed {
 };
 
 // Parse one IPv4 header and its L4 header at `off`, bounded by `end` (checks and their order as
-// in cyberstar.ref.parser). Returns a drop reason, or -1. `inner` selects the inner_ reasons.
+// in cyberstar.pipeline.frames). Returns a drop reason, or -1. `inner` selects the inner_ reasons.
 static __always_inline int parse_ipv4(void *data, void *data_end, __u32 off, __u32 end,
                                       int inner, __u32 *l4_off, __u32 *l4_kind) {
     off &= OFF_MASK;
@@ -707,6 +709,9 @@ static __always_inline int forward(struct xdp_md *ctx, struct parsed *ps, struct
 }
 """
 
+# The agent marks a tenant at its flow-entry quota here; _MAIN_C names it too.
+QUOTA_MAP = "tenant_over_quota"
+
 _MAIN_C = """\
 // What the node would pass or punt leaves by its `handoff` port, unchanged, if it has one:
 // the verdict, XDP_REDIRECT (or XDP_DROP, port down), or -1 to pass or punt as decided.
@@ -734,6 +739,11 @@ int pp_xdp(struct xdp_md *ctx) {
     __u32 *port = ports.lookup(&ifindex);
     if (!port)
         return XDP_PASS;  // not one of our interfaces
+    if (frame_len > MAX_FRAME) {  // the parser's first check, made here: in pp_parse it
+        count_verdicts(V_DROP, frame_len);  // costs the verifier twice the states
+        count_drop_reasons(R_FRAME_TOO_LONG, frame_len);
+        return XDP_DROP;
+    }
 
     struct parsed ps;
     __builtin_memset(&ps, 0, sizeof(ps));
@@ -774,6 +784,13 @@ int pp_xdp(struct xdp_md *ctx) {
         int handed = hand_off(&m, frame_len);
         if (handed >= 0)
             return handed;
+        __u32 tenant = m.tenant_id;
+        __u8 *full = tenant_over_quota.lookup(&tenant);
+        if (full && *full && m.punt_reason == PUNT_MISS) {  // no room for its rules
+            count_verdicts(V_DROP, frame_len);
+            count_drop_reasons(R_FLOW_QUOTA, frame_len);
+            return XDP_DROP;
+        }
         struct punt_meta pm;
         __builtin_memset(&pm, 0, sizeof(pm));
         pm.ingress_port = m.ingress_port;

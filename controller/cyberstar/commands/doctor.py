@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cyberstar.errors import RuntimeFailure
 from cyberstar.paths import REPO_ROOT
+from cyberstar.verbs import Verb
 
 # A documented setting (CI sets it): bmv2 and p4c are required, not optional.
 REQUIRE_BMV2_ENV = "CYBERSTAR_REQUIRE_BMV2"
@@ -162,16 +163,8 @@ CHECKS: tuple[Callable[[], Check], ...] = (
 )  # fmt: skip
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "doctor",
-        help="check this host (BPF/XDP, headers, bpffs, BCC, netns, bmv2/p4c)",
-        description="Check the host and say what to fix. Exit 0 when every required check "
-        "passes, 1 otherwise; optional checks (bmv2 and p4c unless "
-        f"{REQUIRE_BMV2_ENV}=1, p4runtime-shell) only warn.",
-    )
+def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -188,3 +181,13 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         print(f"{len(failed)} required check(s) failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+DOCTOR = Verb(
+    help="check this host (BPF/XDP, headers, bpffs, BCC, netns, bmv2/p4c)",
+    description="Check the host and say what to fix. Exit 0 when every required check "
+    "passes, 1 otherwise; optional checks (bmv2 and p4c unless "
+    f"{REQUIRE_BMV2_ENV}=1, p4runtime-shell) only warn.",
+    arguments=arguments,
+    run=run,
+)

@@ -19,6 +19,7 @@ import zlib
 from collections import defaultdict
 
 import aetcd
+from finsy.proto import p4r
 
 from cyberstar.fm.cache import CachedRule, Connection, RuleCache, entry_key, parse_cookie
 from cyberstar.fm.config import FabricConfig, FmConfig
@@ -134,7 +135,8 @@ class FabricMaster:
             "cached_connections": self.cache.connections,
             "shards": {str(k): v for k, v in sorted(self.shard_map.shards.items(), key=str)},
             "pp_nodes": {s.name: {"primary": s.primary, "ready": s.ready.is_set(),
-                                  "connections": s.connections, "packet_in": s.packet_ins}
+                                  "connections": s.connections, "packet_in": s.packet_ins,
+                                  "lost_primary": s.lost_primary, "election_id": s.election_id}
                          for s in self.sessions},
             "slow_path": dict(self.slowpath.stats),
             "offload": dict(self.offloader.stats) if self.offloader else {},
@@ -171,7 +173,7 @@ class FabricMaster:
         if reply.phase != "fin":
             raise RuntimeError(f"scale {op}: phase {reply.phase}: {reply.status.message}")
         produced = set(reply.shards)
-        await self.shard_map.wait_for(  # FM routes by the new map from here on
+        await self.shard_map.wait_until(  # FM routes by the new map from here on
             lambda m: any(str(sid) in produced and scg == target for sid, scg in m.shards.items()),
             10,
         )
@@ -262,7 +264,7 @@ class FabricMaster:
                 if cookie is None:
                     continue
                 conn_id, slot = cookie
-                entry = decoder.decode(te, kind=1)
+                entry = decoder.decode(te, kind=p4r.Update.INSERT)
                 key = entry_key(entry)
                 conn = conns.setdefault(conn_id, Connection(conn_id, slot, []))
                 rule = next((r for r in conn.rules if r.key == key), None)
@@ -286,6 +288,7 @@ class FabricMaster:
         for s in self.sessions:
             out.append(("cyberstar_fm_pp_primary", {"pp": s.name}, int(s.primary)))
             out.append(("cyberstar_fm_pp_connections_total", {"pp": s.name}, s.connections))
+            out.append(("cyberstar_fm_pp_lost_primary_total", {"pp": s.name}, s.lost_primary))
         for q, ms in self.slowpath.latency_percentiles().items():
             out.append(("cyberstar_fm_first_packet_seconds", {"quantile": q}, ms / 1000))
         return out

@@ -23,7 +23,8 @@ from cyberstar.fm.cache import Connection, RuleCache, entry_key
 from cyberstar.fm.config import OffloadConfig
 from cyberstar.fm.sessions import PpSession
 from cyberstar.p4rt.codec import update
-from cyberstar.p4rt.decode import P4RTError, PipelineDecoder
+from cyberstar.p4rt.decode import PipelineDecoder
+from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.pipeline.entries import TableEntry
 from cyberstar.pipeline.pp import PIPELINE
 
@@ -71,7 +72,7 @@ class Offloader:
         for te in entries:
             try:
                 key = entry_key(TableEntry("flow_table", self.decoder.decode_match(te), "", {}))
-            except P4RTError:
+            except P4RuntimeError:
                 continue
             mark = (host.name, key)
             seen.add(mark)
@@ -116,7 +117,7 @@ class Offloader:
             await dpu.write(updates)
         except Exception as exc:
             failed = getattr(exc, "errors", None)
-            if failed is None:
+            if not failed:  # not a per-update answer: nothing was written
                 self.stats["offload_write_errors"] += 1
                 log.warning("%s: offloading %d connections failed: %s", dpu.name, len(conns), exc)
                 return

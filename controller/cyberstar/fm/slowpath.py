@@ -31,11 +31,12 @@ from cyberstar.fm.cache import (
 )
 from cyberstar.fm.sessions import PpSession
 from cyberstar.p4rt.codec import update
-from cyberstar.p4rt.decode import P4RTError, PipelineDecoder
+from cyberstar.p4rt.decode import PipelineDecoder
+from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.pipeline.entries import TableEntry
+from cyberstar.pipeline.frames import frame_metadata
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.proto import sc_pb2
-from cyberstar.ref.model import frame_metadata
 from cyberstar.sc.client import ReleaseKey, Request
 from cyberstar.sc.flows import FlowKey, Packet
 from cyberstar.sc.routing import ScRouter
@@ -344,7 +345,7 @@ class SlowPath:
                 continue
             try:
                 match = self.decoder.table(FLOW_TABLE_ID).decode_match(te)
-            except P4RTError:
+            except P4RuntimeError:
                 continue
             key = entry_key(TableEntry("flow_table", match, "", {}))
             conn = self.cache.get(key)

@@ -38,7 +38,6 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -47,8 +46,9 @@ import yaml
 
 from cyberstar import netns
 from cyberstar.lab.pp_process import CYBERSTAR, PpNode, start_pp_node
+from cyberstar.lab.procs import free_port
+from cyberstar.lab.sc import ScLab
 from cyberstar.paths import REPO_ROOT
-from cyberstar.sc.lab import ScLab, free_port
 from cyberstar.subprocs import tied_to_parent
 
 TENANT = 7
@@ -339,9 +339,6 @@ class SlowPathLab:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return json.loads(resp.read())
 
-    def fm_log(self, fm_id: str) -> str:
-        return (self.workdir / f"{fm_id}.log").read_text()
-
     # ---- traffic ----------------------------------------------------------------------------
 
     def _serve(self) -> None:
@@ -411,19 +408,3 @@ class SlowPathLab:
         if self._tmp is not None:
             with contextlib.suppress(Exception):
                 self._tmp.cleanup()
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    """Poll `predicate` until it is truthy; a process still starting may refuse connections."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while True:
-        try:
-            value = predicate()
-        except OSError as exc:
-            value, last = None, exc
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}" + (f" ({last})" if last else ""))
-        time.sleep(interval)

@@ -202,7 +202,7 @@ def train(
                         gi = len(group) - cluster.gmin
                         rows = features(cluster, request, demand)[gi, list(group)]
                         reward = immediate(cluster, demand, config)[gi, list(group)]
-                        taken = Choice(tuple(group), gi, rows, reward, 0.0)
+                        taken = Choice(tuple(group), rows, reward, 0.0)
                 pending = []
                 if taken is not None and taken.group:
                     pending = list(zip(taken.rows, taken.rewards.tolist(), strict=True))

@@ -14,14 +14,20 @@ from collections.abc import AsyncIterator
 import grpc
 from finsy.proto import p4i, p4r, p4r_grpc
 
-from cyberstar.p4rt.client import P4RuntimeError, decode_write_error
+from cyberstar.p4rt.client import CHANNEL_OPTIONS
+from cyberstar.p4rt.errors import P4RuntimeError
+from cyberstar.p4rt.messages import (
+    Action,
+    arbitration_request,
+    decode_write_error,
+    packet_out_request,
+    pipeline_request,
+    route_stream_message,
+    rpc_error,
+    write_request,
+)
 
 log = logging.getLogger(__name__)
-Action = p4r.SetForwardingPipelineConfigRequest
-
-
-def uint128(value: int) -> p4r.Uint128:
-    return p4r.Uint128(high=value >> 64, low=value & ((1 << 64) - 1))
 
 
 class AioP4RuntimeClient:
@@ -31,13 +37,16 @@ class AioP4RuntimeClient:
         self.device_id = device_id
         self.election_id = election_id
         self.timeout = timeout
-        self.channel = grpc.aio.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)]
-        )
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = p4r_grpc.P4RuntimeStub(self.channel)
         self.packet_ins: asyncio.Queue[p4r.PacketIn] = asyncio.Queue()
         self.idle_notifications: asyncio.Queue[p4r.IdleTimeoutNotification] = asyncio.Queue()
         self.arbitrations: asyncio.Queue[p4r.MasterArbitrationUpdate] = asyncio.Queue()
+        self._sinks = {
+            "arbitration": self.arbitrations.put_nowait,
+            "packet": self.packet_ins.put_nowait,
+            "idle_timeout_notification": self.idle_notifications.put_nowait,
+        }
         self.stream_closed = asyncio.Event()
         self._out: asyncio.Queue[p4r.StreamMessageRequest | None] = asyncio.Queue()
         self._reader: asyncio.Task | None = None
@@ -56,25 +65,18 @@ class AioP4RuntimeClient:
         try:
             return await asyncio.wait_for(self.arbitrations.get(), self.timeout)
         except TimeoutError:
-            raise P4RuntimeError(f"{self.address}: no arbitration answer") from None
+            raise P4RuntimeError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"{self.address}: no arbitration answer"
+            ) from None
 
     async def arbitrate(self, election_id: int) -> None:
         self.election_id = election_id
-        await self._out.put(p4r.StreamMessageRequest(arbitration=p4r.MasterArbitrationUpdate(
-            device_id=self.device_id, election_id=uint128(election_id))))  # fmt: skip
+        await self._out.put(arbitration_request(self.device_id, election_id))
 
     async def _read(self) -> None:
         try:
             async for msg in self._call:
-                kind = msg.WhichOneof("update")
-                if kind == "packet":
-                    self.packet_ins.put_nowait(msg.packet)
-                elif kind == "idle_timeout_notification":
-                    self.idle_notifications.put_nowait(msg.idle_timeout_notification)
-                elif kind == "arbitration":
-                    self.arbitrations.put_nowait(msg.arbitration)
-                elif kind == "error":
-                    log.warning("%s: stream error: %s", self.address, msg.error.message)
+                route_stream_message(msg, self._sinks, self.address)
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 log.info("%s: stream ended: %s", self.address, exc.details())
@@ -82,10 +84,7 @@ class AioP4RuntimeClient:
             self.stream_closed.set()
 
     async def packet_out(self, payload: bytes, metadata: list[tuple[int, bytes]]) -> None:
-        out = p4r.PacketOut(payload=payload)
-        for mid, value in metadata:
-            out.metadata.add(metadata_id=mid, value=value)
-        await self._out.put(p4r.StreamMessageRequest(packet=out))
+        await self._out.put(packet_out_request(payload, metadata))
 
     async def get_pipeline(self) -> p4r.ForwardingPipelineConfig | None:
         """The device's pipeline, or None before one is set."""
@@ -98,33 +97,22 @@ class AioP4RuntimeClient:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 return None
-            raise P4RuntimeError(
-                f"GetForwardingPipelineConfig: {exc.details()}", exc.code()
-            ) from None
+            raise rpc_error("GetForwardingPipelineConfig", exc) from None
         return resp.config if resp.config.HasField("p4info") else None
 
     async def set_pipeline(self, p4info: p4i.P4Info, device_config: bytes = b"",
                            action: int = Action.VERIFY_AND_COMMIT,
                            timeout: float | None = None) -> None:  # fmt: skip
-        req = Action(
-            device_id=self.device_id,
-            election_id=uint128(self.election_id),
-            action=action,
-            config=p4r.ForwardingPipelineConfig(p4info=p4info, p4_device_config=device_config),
-        )
+        req = pipeline_request(self.device_id, self.election_id, p4info, device_config, action)
         try:
             await self.stub.SetForwardingPipelineConfig(req, timeout=timeout or self.timeout)
         except grpc.aio.AioRpcError as exc:
-            raise P4RuntimeError(
-                f"SetForwardingPipelineConfig: {exc.details()}", exc.code()
-            ) from None
+            raise rpc_error("SetForwardingPipelineConfig", exc) from None
 
     async def write(self, updates: list[p4r.Update]) -> None:
         if not updates:
             return
-        req = p4r.WriteRequest(
-            device_id=self.device_id, election_id=uint128(self.election_id), updates=updates
-        )
+        req = write_request(self.device_id, self.election_id, updates)
         try:
             await self.stub.Write(req, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
@@ -137,7 +125,7 @@ class AioP4RuntimeClient:
             async for resp in self.stub.Read(req, timeout=self.timeout):
                 out.extend(resp.entities)
         except grpc.aio.AioRpcError as exc:
-            raise P4RuntimeError(f"Read: {exc.details()}", exc.code()) from None
+            raise rpc_error("Read", exc) from None
         return out
 
     async def close(self) -> None:

@@ -171,6 +171,7 @@ PARSER_DROP_REASONS = (
     "truncated_inner_udp",
     "bad_inner_udp_length",
     "truncated_inner_icmp",
+    "frame_too_long",  # longer than MAX_FRAME: checked first, before any header
 )
 DROP_REASONS = (
     *PARSER_DROP_REASONS,
@@ -178,6 +179,7 @@ DROP_REASONS = (
     "flow_drop",
     "no_next_hop",
     "port_down",  # XDP only: the egress port has no interface attached
+    "flow_quota",  # XDP only: a flow-table miss of a tenant at its quota (pp serve --flow-quota)
 )
 # Reasons a packet reaches the CPU port. "host" is bmv2's stand-in for the XDP `pass` verdict.
 PUNT_REASONS = ("none", "miss", "host")
@@ -193,6 +195,10 @@ CONSTANTS = {
     "IP_PROTO_TCP": 6,
     "IP_PROTO_UDP": 17,
     "ENCAP_TTL": 64,
+    # The longest frame the pipeline takes (bytes, from the Ethernet header on); longer ones are
+    # dropped as frame_too_long, and a longer PacketOut is INVALID_ARGUMENT. XDP sees a frame in
+    # one page: 4096 minus the headroom and the skb_shared_info the kernel keeps around it.
+    "MAX_FRAME": 3520,
 }
 
 P = Param

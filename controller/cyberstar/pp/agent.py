@@ -23,7 +23,9 @@ from cyberstar import netns
 from cyberstar.errors import RuntimeFailure, UsageError
 from cyberstar.metrics import Sample, serve_metrics
 from cyberstar.p4rt.server import P4RuntimeServer, serve
+from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.pp.device import Port, XdpDevice
+from cyberstar.pp.quota import FlowQuota, parse_quotas
 from cyberstar.xdp.program import XdpProgram
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ class PpAgent:
         device_id: int,
         mode: str | None = None,
         ns: str | None = None,
+        quota: FlowQuota | None = None,
     ) -> None:
         self.ns = ns
         self.mode = mode
@@ -75,7 +78,7 @@ class PpAgent:
         self.modes: dict[str, str] = {}
         try:
             self.ports = self._open_ports(ports)
-            self.device = XdpDevice(self.prog, self.ports)
+            self.device = XdpDevice(self.prog, self.ports, quota)
             self.server = P4RuntimeServer(self.device, device_id)
             self.device.run_in_namespace = self.in_namespace
             self.prog.open_punts(self._on_punt)
@@ -189,10 +192,13 @@ def run_agent(
     mode: str | None,
     ns: str | None,
     metrics: str | None,
+    flow_quota: list[str] | None = None,
 ) -> int:
     ports = parse_ports(ifaces)
+    tenant_bits = PIPELINE.meta_field("tenant_id").width
+    quota = parse_quotas(flow_quota or [], (1 << tenant_bits) - 1)
     try:
-        agent = PpAgent(ports, grpc_address, device_id, mode, ns)
+        agent = PpAgent(ports, grpc_address, device_id, mode, ns, quota)
     except OSError as exc:
         raise RuntimeFailure(str(exc)) from None
     try:

@@ -8,8 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cyberstar.pipeline.checksum import internet_checksum, replace16, replace32
+from cyberstar.pipeline.checksum import replace16, replace32
 from cyberstar.pipeline.entries import TableEntry
+from cyberstar.pipeline.frames import (
+    ICMP_ECHO_TYPES,
+    Malformed,
+    Parsed,
+    effective_prefix,
+    lookup_metadata,
+    parse,
+)
+from cyberstar.pipeline.headers import ipv4_header, pack
 from cyberstar.pipeline.model import (
     REWRITE_TARGETS,
     Drop,
@@ -23,12 +32,8 @@ from cyberstar.pipeline.model import (
     SetMeta,
     SetNextHop,
 )
-from cyberstar.pipeline.pp import CONSTANTS, ETHERNET, IPV4, OUTER_HEADERS, PIPELINE, UDP, VXLAN
-from cyberstar.ref.headers import pack
-from cyberstar.ref.parser import Malformed, Parsed, parse
+from cyberstar.pipeline.pp import CONSTANTS, ETHERNET, OUTER_HEADERS, PIPELINE, UDP, VXLAN
 from cyberstar.ref.tables import RefTable
-
-ICMP_ECHO_TYPES = (0, 8)
 
 
 @dataclass
@@ -86,10 +91,10 @@ class RefModel:
             p = parse(frame)
         except Malformed as exc:
             return Result("drop", drop_reason=exc.reason)
-        prefix = _effective_prefix(p)
+        prefix = effective_prefix(p)
         if prefix is None:
             return Result("pass")
-        st = _State(meta=_lookup_metadata(p, prefix, ingress_port))
+        st = _State(meta=lookup_metadata(p, prefix, ingress_port))
         self._apply("tenant_classify", st, len(frame))
         if st.verdict is None:
             self._apply("acl", st, len(frame))
@@ -149,45 +154,6 @@ class RefModel:
                 case HandOff(port=port):
                     st.verdict = "forward"
                     st.forward_args = {"port": args[port]}
-
-
-def frame_metadata(frame: bytes, ingress_port: int = 0) -> dict[str, int] | None:
-    """The lookup metadata the pipeline derives from a frame (tenant_id aside), or None for a
-    frame it would not look up (malformed, not IPv4). FM uses it on punted frames."""
-    try:
-        p = parse(frame)
-    except Malformed:
-        return None
-    prefix = _effective_prefix(p)
-    return None if prefix is None else _lookup_metadata(p, prefix, ingress_port)
-
-
-def _effective_prefix(p: Parsed) -> str | None:
-    """Which IPv4 the pipeline works on: the inner one of VXLAN, else the outer; None if neither."""
-    if p.has("vxlan"):
-        return "inner_" if p.has("inner_ipv4") else None
-    return "" if p.has("ipv4") else None
-
-
-def _lookup_metadata(p: Parsed, prefix: str, ingress_port: int) -> dict[str, int]:
-    ip = p.headers[f"{prefix}ipv4"]
-    l4_src = l4_dst = 0
-    if f"{prefix}tcp" in p.headers or f"{prefix}udp" in p.headers:
-        l4 = p.headers.get(f"{prefix}tcp") or p.headers[f"{prefix}udp"]
-        l4_src, l4_dst = l4["src_port"], l4["dst_port"]
-    elif f"{prefix}icmp" in p.headers and p.headers[f"{prefix}icmp"]["type"] in ICMP_ECHO_TYPES:
-        l4_src = l4_dst = p.headers[f"{prefix}icmp"]["identifier"]
-    return {
-        "ingress_port": ingress_port,
-        "vni": p.headers["vxlan"]["vni"] if p.has("vxlan") else 0,
-        "tenant_id": 0,
-        "l3_src": ip["src_addr"],
-        "l3_dst": ip["dst_addr"],
-        "l3_proto": ip["protocol"],
-        "l4_src": l4_src,
-        "l4_dst": l4_dst,
-        "nexthop_id": 0,
-    }
 
 
 def _rewrite(p: Parsed, frame: bytes, prefix: str, st: _State) -> bytes:
@@ -267,21 +233,10 @@ def vxlan_source_port(meta: dict[str, int]) -> int:
 
 def _encap_headers(args: dict[str, int], meta: dict[str, int], inner_len: int) -> bytes:
     udp_len = UDP.byte_len + VXLAN.byte_len + inner_len
-    ip = {
-        "version": 4,
-        "ihl": 5,
-        "diffserv": 0,
-        "total_len": IPV4.byte_len + udp_len,
-        "identification": 0,
-        "flags": 2,  # don't fragment
-        "frag_offset": 0,
-        "ttl": CONSTANTS["ENCAP_TTL"],
-        "protocol": CONSTANTS["IP_PROTO_UDP"],
-        "hdr_checksum": 0,
-        "src_addr": args["src_addr"],
-        "dst_addr": args["dst_addr"],
-    }
-    ip["hdr_checksum"] = internet_checksum(pack(IPV4, ip))
+    ip = ipv4_header(
+        args["src_addr"], args["dst_addr"], CONSTANTS["IP_PROTO_UDP"], udp_len,
+        ttl=CONSTANTS["ENCAP_TTL"],
+    )  # fmt: skip
     eth = {
         "dst_addr": args["dmac"],
         "src_addr": args["smac"],
@@ -294,4 +249,4 @@ def _encap_headers(args: dict[str, int], meta: dict[str, int], inner_len: int) -
         "checksum": 0,
     }
     vxlan = {"flags": 0x08, "reserved": 0, "vni": args["vni"], "reserved2": 0}
-    return pack(ETHERNET, eth) + pack(IPV4, ip) + pack(UDP, udp) + pack(VXLAN, vxlan)
+    return pack(ETHERNET, eth) + ip + pack(UDP, udp) + pack(VXLAN, vxlan)

@@ -24,14 +24,14 @@ from finsy.proto import p4r
 
 from cyberstar import netns
 from cyberstar.codegen.p4info import parse_p4info_text
-from cyberstar.errors import RuntimeFailure
+from cyberstar.errors import RuntimeFailure, TargetUnavailable
 from cyberstar.p4rt.client import P4RuntimeClient
 from cyberstar.p4rt.codec import update
 from cyberstar.p4tools import compile_p4, require_tools, switch_command
 from cyberstar.pipeline.entries import TableEntry
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.subprocs import tied_to_parent
-from cyberstar.targets import Outcome, TargetUnavailable
+from cyberstar.targets import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ TP_STATUS_VLAN_VALID = 0x10
 TP_STATUS_VLAN_TPID_VALID = 0x40
 VLAN_ETHERTYPES = (b"\x81\x00", b"\x88\xa8")
 DEFAULT_PORTS = 8
+VETH_MTU = 9000  # jumbo: frames between MAX_FRAME and this reach the switch, which drops them
 PACKET_OUT_FIELDS = {f.name: i for i, f in enumerate(PIPELINE.packet_out.fields, start=1)}
 
 
@@ -90,7 +91,7 @@ class Bmv2Target:
     def _start(self, switch: str) -> None:
         netns.create(self.ns)
         for port in range(self.ports):
-            netns.veth(f"sw{port}", f"host{port}", self.ns, self.ns, mtu=9000)
+            netns.veth(f"sw{port}", f"host{port}", self.ns, self.ns, mtu=VETH_MTU)
         with netns.entered(self.ns):
             for port in range(self.ports):
                 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
@@ -175,6 +176,10 @@ class Bmv2Target:
         if len(frame) < 14:
             # No link delivers a frame shorter than its header; the pipeline would drop it.
             return Outcome("drop", drop_reason="truncated_ethernet")
+        if len(frame) > VETH_MTU + 14:
+            # Nor a frame beyond the ports' MTU (a GSO super-frame in a host capture); one up
+            # to it that is longer than MAX_FRAME reaches the switch, which drops it.
+            return Outcome("drop", drop_reason="frame_too_long")
         before = self._verdict_counts()
         if lost_on_veth(frame):
             # Through the CPU port instead: the pipeline parses it as received on ingress_port.

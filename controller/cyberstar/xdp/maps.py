@@ -1,37 +1,24 @@
 """Encode table entries into the XDP program's map keys and values (and decode them back).
 
-Layouts come from `cyberstar.xdp.layout`, the same computation the C generator asserts on.
+Layouts come from `cyberstar.codegen.xdp_layout`, the same computation the C generator asserts on.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from functools import cache
 
-from cyberstar.pipeline.entries import TableEntry
-from cyberstar.pipeline.model import Pipeline
-from cyberstar.pipeline.values import LpmValue, TernaryValue
-from cyberstar.xdp.layout import (
+from cyberstar.codegen.xdp_layout import (
     PACK_CODES,
     CStruct,
     LpmKey,
     Member,
-    TableLayout,
     table_layout,
     ternary_entry_offsets,
 )
-
-
-@dataclass(frozen=True)
-class DecodedValue:
-    action: str
-    params: dict[str, int]
-    priority: int
-    packets: int
-    bytes: int
-    last_hit_ns: int
-    idle_timeout_ns: int
+from cyberstar.pipeline.entries import TableEntry
+from cyberstar.pipeline.model import Pipeline
+from cyberstar.pipeline.values import LpmValue, TernaryValue
 
 
 def encode_key(pipeline: Pipeline, entry: TableEntry) -> bytes:
@@ -117,18 +104,3 @@ def empty_ternary_slot(pipeline: Pipeline, table: str) -> bytes:
     """An all-zero entry: action 0 marks the end of a ternary table's entries."""
     lay = table_layout(pipeline, table)
     return bytes(ternary_entry_offsets(lay)["size"])
-
-
-def decode_value(pipeline: Pipeline, layout: TableLayout, data: bytes) -> DecodedValue:
-    head = layout.value_head.unpack(data)
-    action = next(a for a in pipeline.actions if a.id == head["action"])
-    params = layout.params[action.name].unpack(data[layout.params_offset :])
-    return DecodedValue(
-        action.name,
-        params,
-        head.get("priority", 0),
-        head.get("packets", 0),
-        head.get("bytes", 0),
-        head.get("last_hit_ns", 0),
-        head.get("idle_timeout_ns", 0),
-    )

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import logging
 import os
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
+from cyberstar.codegen.xdp import QUOTA_MAP
+from cyberstar.codegen.xdp_layout import punt_meta_layout, table_layout, ternary_entry_offsets
 from cyberstar.errors import RuntimeFailure
 from cyberstar.paths import xdp_source
 from cyberstar.pipeline.entries import TableEntry
+from cyberstar.pipeline.frames import Punted
 from cyberstar.pipeline.model import Pipeline
 from cyberstar.pipeline.pp import PIPELINE
-from cyberstar.xdp.layout import punt_meta_layout, table_layout, ternary_entry_offsets
 from cyberstar.xdp.maps import (
     empty_ternary_slot,
     encode_key,
@@ -28,19 +31,14 @@ from cyberstar.xdp.testrun import ProgRunResult, prog_test_run
 
 log = logging.getLogger(__name__)
 
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0  # never replace a program attached meanwhile
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_FLAGS_HW_MODE = 1 << 3
+_MODE_FLAGS = {1: XDP_FLAGS_DRV_MODE, 2: XDP_FLAGS_SKB_MODE, 3: XDP_FLAGS_HW_MODE}  # ip's modes
 PROGRAM_NAME = "pp_xdp"
 BPF_MAP_TYPE_HASH = 1
 BATCH = 65536  # entries per BPF_MAP_UPDATE_BATCH call
-
-
-@dataclass(frozen=True)
-class Punted:
-    """A frame the program sent to the controller, with its packet_in metadata."""
-
-    metadata: dict[str, int]
-    frame: bytes
 
 
 class XdpLoadError(RuntimeFailure):
@@ -59,6 +57,18 @@ def _captured_stderr() -> Iterator[Path]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(fd)
+
+
+def attached_programs(ifname: str) -> list[tuple[int, dict]]:
+    """(mode, program) of each XDP program on `ifname`, as `ip -d link` reports them (in the
+    caller's network namespace)."""
+    out = subprocess.run(
+        ["ip", "-j", "-d", "link", "show", "dev", ifname], capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        return []
+    xdp = json.loads(out.stdout)[0].get("xdp") or {}
+    return [(a.get("mode", 0), a["prog"]) for a in xdp.get("attached") or [xdp] if "prog" in a]
 
 
 def _first_error(path: Path) -> str:
@@ -222,6 +232,45 @@ class XdpProgram:
             for i in range(total)
         ]
 
+    def iter_raw(self, name: str, chunk: int) -> Iterator[list[tuple[bytes, bytes]]]:
+        """Every (key, value) of a hash or LPM table, at most `chunk` per step: one
+        BPF_MAP_LOOKUP_BATCH call each for a hash table, so a walk of millions of entries needs
+        no buffer of their size and the caller may let go of its lock between steps (entries
+        changed meanwhile are seen or not, never twice)."""
+        table = self._map(name)
+        if table.ttype != BPF_MAP_TYPE_HASH:
+            yield [(bytes(k), bytes(v)) for k, v in table.items()]
+            return
+        ksize, vsize = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
+        keys = ctypes.create_string_buffer(ksize * chunk)
+        values = ctypes.create_string_buffer(vsize * chunk)
+        token_in, token_out, count = ctypes.c_uint32(0), ctypes.c_uint32(0), ctypes.c_uint32(0)
+        first = True
+        while True:
+            count.value = chunk
+            rc = self._lib.bpf_lookup_batch(
+                table.map_fd,
+                None if first else ctypes.byref(token_in),
+                ctypes.byref(token_out),
+                keys,
+                values,
+                ctypes.byref(count),
+            )
+            err = ctypes.get_errno()
+            n = count.value
+            if n:
+                kraw, vraw = keys.raw, values.raw
+                yield [
+                    (kraw[i * ksize : (i + 1) * ksize], vraw[i * vsize : (i + 1) * vsize])
+                    for i in range(n)
+                ]
+            if rc != 0:
+                if err == errno.ENOENT:
+                    return  # the whole map was read
+                raise OSError(err, f"BPF_MAP_LOOKUP_BATCH on {name}: {os.strerror(err)}")
+            token_in.value = token_out.value
+            first = False
+
     def publish_ternary(
         self,
         name: str,
@@ -292,6 +341,11 @@ class XdpProgram:
         tx = self._map("tx_ports")
         tx[tx.Key(port)] = tx.Leaf(ifindex)
 
+    def set_tenant_over_quota(self, tenant: int, full: bool) -> None:
+        """Mark a tenant at its flow-entry quota (its flow-table misses are dropped) or not."""
+        flags = self._map(QUOTA_MAP)
+        flags[ctypes.c_int(tenant)] = ctypes.c_uint8(int(full))
+
     # ---- counters -------------------------------------------------------------------------
 
     def counter(self, name: str) -> list[tuple[int, int]]:
@@ -352,7 +406,9 @@ class XdpProgram:
             flags = XDP_FLAGS_DRV_MODE if m == "native" else XDP_FLAGS_SKB_MODE
             with _captured_stderr() as log_path:
                 try:
-                    self._bpf_cls.attach_xdp(ifname.encode(), self.fn, flags)
+                    self._bpf_cls.attach_xdp(
+                        ifname.encode(), self.fn, flags | XDP_FLAGS_UPDATE_IF_NOEXIST
+                    )
                 except Exception as exc:
                     last_error = f"{exc}: {_first_error(log_path)}"
                     log.warning("XDP %s mode on %s failed: %s", m, ifname, last_error)
@@ -366,15 +422,21 @@ class XdpProgram:
         raise XdpLoadError(f"could not attach XDP to {ifname}: {last_error}")
 
     def detach_stale(self, ifname: str) -> None:
-        """Remove whatever XDP program a previous run may have left on `ifname`."""
-        for flags in (XDP_FLAGS_SKB_MODE, XDP_FLAGS_DRV_MODE):
+        """Remove the program a previous run of ours left on `ifname` (a killed agent cannot
+        detach); another program on it is not ours to remove: refuse to start."""
+        for mode, prog in attached_programs(ifname):
+            if prog.get("name") != PROGRAM_NAME:
+                raise XdpLoadError(
+                    f"{ifname} runs another XDP program ({prog.get('name')}, id {prog.get('id')})"
+                    f"; cyberstar does not replace it: detach it (ip link set dev {ifname} xdp "
+                    "off) or choose another interface"
+                )
             with _captured_stderr() as log_path:
                 try:
-                    self._bpf_cls.remove_xdp(ifname.encode(), flags)
-                except Exception:
-                    pass
+                    self._bpf_cls.remove_xdp(ifname.encode(), _MODE_FLAGS.get(mode, 0))
                 finally:
                     log_path.unlink(missing_ok=True)
+            log.info("%s: removed the XDP program (id %s) a previous run left", ifname, prog["id"])
 
     def detach_all(self) -> None:
         for ifname, flags in list(self.attached.items()):
