@@ -65,7 +65,7 @@ ECHO_IDLE_S = 180  # the lab's servers close a connection idle this long
 DPU_PORTS = ("d1", "d2", "h1", "h2")  # bmv2 ports 1-4: client side, server side, host's pp1, pp2
 
 
-def tenant_config(idle_timeout_s: float) -> dict:
+def tenant_config(idle_timeout_s: float, snat_pool: str) -> dict:
     return {
         "id": TENANT,
         "chain": ["web", "nat"],
@@ -85,7 +85,7 @@ def tenant_config(idle_timeout_s: float) -> dict:
                     }
                 ],
             },
-            "nat": {"kind": "snat", "pool": [f"{PUBLIC_IP}:20000-59999"], "sources": [CLIENT_NET]},
+            "nat": {"kind": "snat", "pool": [snat_pool], "sources": [CLIENT_NET]},
         },
     }
 
@@ -119,9 +119,12 @@ class SlowPathLab:
                  pp_kinds: Sequence[str] | None = None,
                  offload: dict | None = None, extra_tenants: Sequence[dict] = (),
                  extra_rules: Callable[[SlowPathLab, int], list[dict]] | None = None,
-                 ) -> None:  # fmt: skip
+                 public_net: str | None = None) -> None:  # fmt: skip
         """`extra_tenants` are more SC tenant configurations; `extra_rules(lab, i)` gives more
-        static entries for PP node i (benchmarks add a tenant behind a VXLAN next hop)."""
+        static entries for PP node i (benchmarks add a tenant behind a VXLAN next hop).
+        `public_net` (a prefix outside 203.0.113.16/28) replaces tenant 7's one-address
+        SNAT pool, PUBLIC_IP ports 20000-59999, by every address of the prefix, ports
+        1024-65535: benchmarks need more than 40 000 connections."""
         self.pp_kinds = list(pp_kinds) if pp_kinds is not None else ["xdp"] * pps
         pps = len(self.pp_kinds)
         if offload is not None and self.pp_kinds != ["xdp"]:
@@ -143,7 +146,9 @@ class SlowPathLab:
         self.scgs = scgs
         self.nodes_per_scg = nodes_per_scg
         self.mode = mode
-        tenants = [tenant_config(idle_timeout_s), small_tenant_config(idle_timeout_s),
+        self.public_net = public_net or f"{PUBLIC_IP}/32"
+        pool = f"{public_net}:1024-65535" if public_net else f"{PUBLIC_IP}:20000-59999"
+        tenants = [tenant_config(idle_timeout_s, pool), small_tenant_config(idle_timeout_s),
                    *extra_tenants]  # fmt: skip
         self.extra_rules = extra_rules
         self.sc = ScLab(tenants, workdir=self.workdir / "sc")
@@ -237,7 +242,7 @@ class SlowPathLab:
         return [
             classify(1, SERVER_NET),
             classify(1, f"{VIP}/32"),
-            classify(2, f"{PUBLIC_IP}/32"),
+            classify(2, self.public_net),
             classify(1, f"{SMALL_SERVER}/32", SMALL_TENANT),
             classify(2, f"{SMALL_PUBLIC_IP}/32", SMALL_TENANT),
             classify(1, f"{UNKNOWN_TENANT_SERVER}/32", UNKNOWN_TENANT),
