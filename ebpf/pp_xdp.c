@@ -76,6 +76,8 @@
 #define ACT_SET_NEXT_HOP 0x0100000bu
 #define ACT_SET_NEXT_HOP_VXLAN 0x0100000cu
 #define ACT_NO_NEXT_HOP 0x0100000du
+#define ACT_HAND_OFF 0x0100000eu
+#define ACT_NO_HANDOFF 0x0100000fu
 #define ETHERNET_T_LEN 14
 #define IPV4_T_LEN 20
 #define UDP_T_LEN 8
@@ -546,6 +548,25 @@ struct next_hop_value {
 BPF_ARRAY(next_hop, struct next_hop_value, 65536);
 BPF_ARRAY(next_hop_default, struct next_hop_value, 1);
 
+struct handoff_key {
+    __u32 index;
+};
+struct handoff_value_head {
+    __u32 action;
+};
+struct hand_off_params {
+    __u16 port;
+};
+struct handoff_value {
+    struct handoff_value_head h;
+    union {
+        struct hand_off_params hand_off;
+    } p;
+};
+// Indexed by ingress_port; action 0 is an empty slot.
+BPF_ARRAY(handoff, struct handoff_value, 512);
+BPF_ARRAY(handoff_default, struct handoff_value, 1);
+
 BPF_PERCPU_ARRAY(drop_reasons, struct counter_cell, 32);
 static __always_inline void count_drop_reasons(__u32 index, __u32 len) {
     struct counter_cell *cell = drop_reasons.lookup(&index);
@@ -665,6 +686,10 @@ _Static_assert(sizeof(struct next_hop_value) == 48, "next_hop_value size");
 _Static_assert(offsetof(struct next_hop_key, index) == 0, "next_hop_key.index");
 _Static_assert(offsetof(struct next_hop_value, p.set_next_hop) == 8, "next_hop_value.p");
 _Static_assert(offsetof(struct next_hop_value, p.set_next_hop_vxlan) == 8, "next_hop_value.p");
+_Static_assert(sizeof(struct handoff_key) == 4, "handoff_key size");
+_Static_assert(sizeof(struct handoff_value) == 8, "handoff_value size");
+_Static_assert(offsetof(struct handoff_key, index) == 0, "handoff_key.index");
+_Static_assert(offsetof(struct handoff_value, p.hand_off) == 4, "handoff_value.p");
 _Static_assert(sizeof(struct punt_meta) == 12, "punt_meta size");
 
 // Now, in CLOCK_MONOTONIC_COARSE nanoseconds (to one tick): jiffies, which the verifier reads
@@ -736,6 +761,7 @@ struct pp_meta {
     __u8 has_next_hop;
     __u8 rw_flags;
     __u8 out_vxlan;
+    __u8 handoff;  // forward the frame as it arrived (hand_off)
     __u32 rw_l3_src;
     __u32 rw_l3_dst;
     __u16 rw_l4_src;
@@ -1236,6 +1262,44 @@ static __always_inline void apply_next_hop(struct pp_meta *m, __u32 frame_len) {
     run_next_hop(m, v);
 }
 
+static __always_inline void run_handoff(struct pp_meta *m, struct handoff_value *v) {
+    switch (v->h.action) {
+    case ACT_HAND_OFF:
+        m->verdict = V_FORWARD;
+        m->out_port = v->p.hand_off.port;
+        m->handoff = 1;
+        break;
+    case ACT_NO_HANDOFF:
+        break;
+    }
+}
+
+// The entry matching the packet, or NULL.
+static __always_inline struct handoff_value *lookup_handoff(struct pp_meta *m) {
+    __u32 idx = m->ingress_port;
+    struct handoff_value *v = handoff.lookup(&idx);
+    return v && v->h.action ? v : NULL;
+}
+
+// A hit: direct counters and last-hit time.
+static __always_inline void hit_handoff(struct pp_meta *m, struct handoff_value *v, __u32 frame_len) {
+}
+
+static __always_inline void run_handoff_default(struct pp_meta *m) {
+    __u32 zero = 0;
+    struct handoff_value *v = handoff_default.lookup(&zero);
+    if (v)
+        run_handoff(m, v);
+}
+
+static __always_inline void apply_handoff(struct pp_meta *m, __u32 frame_len) {
+    struct handoff_value *v = lookup_handoff(m);
+    if (!v)
+        return run_handoff_default(m);
+    hit_handoff(m, v, frame_len);
+    run_handoff(m, v);
+}
+
 // tenant_rate: count the packet's arrival, mark it; red is dropped (rate_limited).
 static __always_inline void meter_tenant_rate(struct pp_meta *m, __u32 frame_len) {
     __u32 index = m->tenant_id;
@@ -1422,6 +1486,24 @@ static __always_inline int forward(struct xdp_md *ctx, struct parsed *ps, struct
     return 0;
 }
 
+// What the node would pass or punt leaves by its `handoff` port, unchanged, if it has one:
+// the verdict, XDP_REDIRECT (or XDP_DROP, port down), or -1 to pass or punt as decided.
+// Called only at the pass and punt exits: a branch before the shared tail doubles the
+// verifier's states.
+static __always_inline int hand_off(struct pp_meta *m, __u32 frame_len) {
+    apply_handoff(m, frame_len);
+    if (!m->handoff)
+        return -1;
+    if (tx_ports.redirect_map(m->out_port, XDP_DROP) == XDP_REDIRECT) {
+        count_verdicts(V_FORWARD, frame_len);
+        count_port_tx(m->out_port, frame_len);
+        return XDP_REDIRECT;
+    }
+    count_verdicts(V_DROP, frame_len);
+    count_drop_reasons(R_PORT_DOWN, frame_len);
+    return XDP_DROP;
+}
+
 int pp_xdp(struct xdp_md *ctx) {
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
@@ -1464,7 +1546,6 @@ int pp_xdp(struct xdp_md *ctx) {
         if (m.verdict == V_UNDECIDED && m.has_next_hop)
             apply_next_hop(&m, frame_len);
     }
-
     if (m.verdict == V_FORWARD) {
         if (forward(ctx, ps, &m, frame_len) == 0) {
             long rc = tx_ports.redirect_map(m.out_port, XDP_DROP);
@@ -1478,6 +1559,9 @@ int pp_xdp(struct xdp_md *ctx) {
         m.drop_reason = R_PORT_DOWN;
     }
     if (m.verdict == V_PUNT) {
+        int handed = hand_off(&m, frame_len);
+        if (handed >= 0)
+            return handed;
         __u32 tenant = m.tenant_id;
         __u8 *full = tenant_over_quota.lookup(&tenant);
         if (full && *full && m.punt_reason == PUNT_MISS) {  // no room for its rules
@@ -1506,6 +1590,9 @@ int pp_xdp(struct xdp_md *ctx) {
         count_drop_reasons(m.drop_reason, frame_len);
         return XDP_DROP;
     }
+    int handed = hand_off(&m, frame_len);
+    if (handed >= 0)
+        return handed;
     count_verdicts(V_PASS, frame_len);
     return XDP_PASS;
 }

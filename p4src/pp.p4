@@ -196,6 +196,7 @@ struct metadata_t {
     bit<48> out_smac;
     bit<48> out_dmac;
     bit<1> out_vxlan;
+    bit<1> handoff;       // forwarded as it arrived (hand_off)
     bit<32> out_src_addr;
     bit<32> out_dst_addr;
     bit<24> out_vni;
@@ -680,6 +681,17 @@ control PpIngress(inout headers_t hdr, inout metadata_t meta,
         meta.drop_reason = R_NO_NEXT_HOP;
     }
 
+    @id(0x0100000e) @name(".hand_off")
+    action hand_off(bit<9> port) {
+        meta.verdict = V_FORWARD;
+        meta.out_port = port;
+        meta.handoff = 1;
+    }
+
+    @id(0x0100000f) @name(".no_handoff")
+    action no_handoff() {
+    }
+
     @id(0x02000001) @name(".tenant_classify")
     table tenant_classify {
         key = {
@@ -753,6 +765,19 @@ control PpIngress(inout headers_t hdr, inout metadata_t meta,
         size = 4096;
     }
 
+    @id(0x02000005) @name(".handoff")
+    table handoff {
+        key = {
+            meta.ingress_port: exact @name("ingress_port");
+        }
+        actions = {
+            @tableonly hand_off;
+            @defaultonly no_handoff;
+        }
+        default_action = no_handoff();
+        size = 512;
+    }
+
     RewriteOuter() rewrite_outer;
     RewriteInner() rewrite_inner;
     Decap() decap;
@@ -769,6 +794,7 @@ control PpIngress(inout headers_t hdr, inout metadata_t meta,
         meta.l4_src = 0;
         meta.l4_dst = 0;
         meta.is_inner = 0;
+        meta.handoff = 0;
         if (hdr.packet_out.isValid() && hdr.packet_out.submit_to_ingress == 0) {
             // PacketOut straight to a port: no pipeline.
             meta.verdict = V_FORWARD;
@@ -861,8 +887,11 @@ control PpIngress(inout headers_t hdr, inout metadata_t meta,
             }
         }
         hdr.packet_out.setInvalid();
+        if (meta.verdict == V_PASS || meta.verdict == V_PUNT) {
+            handoff.apply();
+        }
 
-        if (meta.verdict == V_FORWARD && hdr.ethernet.isValid()) {
+        if (meta.verdict == V_FORWARD && meta.handoff == 0 && hdr.ethernet.isValid()) {
             if (meta.is_inner == 1) {
                 rewrite_inner.apply(hdr, meta);
             } else if (hdr.ipv4.isValid()) {

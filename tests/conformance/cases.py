@@ -445,6 +445,28 @@ def _cases() -> list[Case]:
             "pass",
         )
     )
+    # A DPU hands what it does not process to its host (port 3 here), exactly as it arrived.
+    to_host = {"table": "handoff", "match": {"ingress_port": IN_PORT}, "action": "hand_off",
+               "params": {"port": 3}}  # fmt: skip
+    other_port = dict(to_host, match={"ingress_port": 2})
+    arp = bytes(Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(pdst=VIP))
+    cases += [
+        Case("hand-off of a flow miss", bytes(syn), [*BASE_RULES, to_host], "forward", 3,
+             bytes(syn)),
+        Case("hand-off of arp", arp, [*BASE_RULES, to_host], "forward", 3, arp),
+        Case("hand-off of ipv4 of no tenant", bytes(Ether(bytes(other))), [*BASE_RULES, to_host],
+             "forward", 3, bytes(Ether(bytes(other)))),
+        Case("hand-off of a tagged miss keeps the tag", bytes(tagged), [*BASE_RULES, to_host],
+             "forward", 3, bytes(tagged)),
+        Case("a flow hit is processed, not handed off", bytes(syn),
+             [*BASE_RULES, SNAT, to_host], "forward", 2, _snat_expected(syn)),
+        Case("a drop is not handed off", bytes(syn),
+             [*BASE_RULES, flow("flow_drop", {}), to_host], "drop", drop_reason="flow_drop"),
+        Case("hand-off is per ingress port", bytes(syn), [*BASE_RULES, other_port], "punt"),
+        Case("hand-off of a malformed frame does not happen",
+             bytes(syn)[:14 + 12], [*BASE_RULES, to_host], "drop",
+             drop_reason="truncated_ipv4"),
+    ]  # fmt: skip
 
     # VXLAN
     inner = (
@@ -545,6 +567,7 @@ def _malformed_cases(syn: Ether, vx_in: Ether) -> list[Case]:
         Ether(src=CLIENT_MAC, dst=PP_MAC) / Dot1Q(vlan=42) / IP(src=CLIENT, dst=VIP) / TCP()
     )
     drop("truncated 802.1q tag", tagged[:16], "truncated_vlan")
+    drop("802.1q tag and ipv4 ethertype, nothing after", tagged[:18], "truncated_ipv4")
     bad_version = bytearray(raw_syn)
     bad_version[14] = (6 << 4) | 5
     drop("ip version 6 in an ipv4 frame", bytes(bad_version), "bad_ipv4_version")

@@ -1,4 +1,5 @@
-"""Random and mutated frames: the XDP program and the reference model must agree on every one.
+"""Random and mutated frames: the XDP program, bmv2 running the generated P4 and the reference
+model must agree on every one (verdict, port, output bytes, drop reason).
 
 Bounded (a few hundred examples per run) so the suite stays fast; the seed is printed by
 hypothesis on failure for replay.
@@ -52,6 +53,13 @@ def loaded_xdp(xdp_target):
     return xdp_target
 
 
+@pytest.fixture(scope="module")
+def loaded_bmv2(bmv2_target):
+    bmv2_target.reset()
+    bmv2_target.install(parse_rules(RULES, PIPELINE))
+    return bmv2_target
+
+
 def test_reference_model_never_raises_on_garbage() -> None:
     model = RefModel()
     model.install(parse_rules(RULES, PIPELINE))
@@ -74,3 +82,14 @@ def test_xdp_agrees_with_ref_on_random_frames(loaded_xdp, frame: bytes, port: in
     ref = RefTarget()
     ref.install(parse_rules(RULES, PIPELINE))
     assert loaded_xdp.process(frame, port) == ref.process(frame, port)
+
+
+@pytest.mark.bmv2
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(frame=FRAMES, port=st.sampled_from([1, 1, 1, 2]))
+def test_bmv2_agrees_with_ref_on_random_frames(loaded_bmv2, frame: bytes, port: int) -> None:
+    ref = RefTarget()
+    ref.install(parse_rules(RULES, PIPELINE))
+    assert loaded_bmv2.process(frame, port) == ref.process(frame, port)

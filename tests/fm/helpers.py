@@ -26,7 +26,7 @@ def running_lab(**options) -> Iterator[SlowPathLab]:
         # ready: primary and programmed (the static entries and fabric next hops written)
         wait_until(
             lambda: all(n["ready"] for n in lab.fm_get("fm1", "/status")["pp_nodes"].values()),
-            30, "fm1 to be primary on every PP node and to have programmed it",
+            60, "fm1 to be primary on every PP node and to have programmed it",
         )  # fmt: skip
         yield lab
 
@@ -68,3 +68,49 @@ def sc_requests(lab: SlowPathLab) -> int:
         return total
 
     return asyncio.run(census())
+
+
+class Conversations:
+    """Established connections kept talking from a thread, round after round: each round every
+    connection sends a message and must get its echo. Failures (a reset, a timeout, a wrong
+    echo) are recorded per connection, and that connection stops."""
+
+    def __init__(self, sockets: list, timeout: float = 10.0) -> None:
+        self.sockets = list(sockets)
+        for s in self.sockets:
+            s.settimeout(timeout)
+        self.rounds = 0
+        self.echoes = 0
+        self.failures: list[tuple[int, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="conversations", daemon=True)
+
+    def __enter__(self) -> Conversations:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        for s in self.sockets:
+            s.close()
+
+    def _run(self) -> None:
+        alive = dict(enumerate(self.sockets))
+        while not self._stop.is_set() and alive:
+            for i, s in list(alive.items()):
+                try:
+                    s.sendall(b"ping")
+                    reply = s.recv(100)
+                    if reply != b"echo:ping":
+                        raise ConnectionError(f"wrong echo {reply!r}")
+                    self.echoes += 1
+                except Exception as exc:
+                    self.failures.append((i, repr(exc)))
+                    del alive[i]
+            self.rounds += 1
+
+    def wait_rounds(self, n: int, timeout: float = 60) -> None:
+        """Wait until n more rounds have completed."""
+        target = self.rounds + n
+        wait_until(lambda: self.rounds >= target or self.failures, timeout, f"{n} rounds")

@@ -3,8 +3,10 @@ PacketIns FM cannot use."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+import grpc
 import pytest
 from conformance.cases import client_tcp
 from finsy.proto import p4r
@@ -17,9 +19,11 @@ from cyberstar.fm.cache import (
     entry_key,
     parse_cookie,
 )
-from cyberstar.fm.config import parse_fm_config
+from cyberstar.fm.config import OffloadConfig, parse_fm_config
 from cyberstar.fm.master import fabric_entries
+from cyberstar.fm.offload import Offloader
 from cyberstar.fm.slowpath import SlowPath
+from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.pipeline.entries import build_entry
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.yamlconf import ConfigError
@@ -177,3 +181,65 @@ def test_a_bmv2_node_gets_its_device_config_from_the_file_named(tmp_path) -> Non
             "fm.yaml",
             tmp_path,
         )
+
+
+def test_offload_config_names_its_nodes_and_a_threshold() -> None:
+    nodes = "fm_id: fm1\npp_nodes:\n  - {id: pp1, address: x}\n  - {id: dpu1, address: y}\n"
+    cfg = parse_fm_config(nodes + "offload:\n  pairs: [{host: pp1, dpu: dpu1}]\n", "fm.yaml")
+    assert cfg.offload is not None
+    assert cfg.offload.pairs == (("pp1", "dpu1"),)
+    assert (cfg.offload.min_packets_per_s, cfg.offload.interval_s) == (1000, 0.5)
+    cases = [
+        ("offload:\n  pairs: [{host: pp1, dpu: dpu9}]\n", "fm.yaml:6", "not one of pp_nodes"),
+        ("offload:\n  pairs: [{host: pp1, dpu: pp1}]\n", "fm.yaml:6", "already in another"),
+        ("offload:\n  pairs: []\n", "fm.yaml:6", "at least one"),
+        ("offload:\n  pairs: [{host: pp1, dpu: dpu1}]\n  min_packets_per_s: 0\n",
+         "fm.yaml:7", "nothing would ever be an elephant"),
+        ("offload:\n  pairs: [{host: pp1, dpu: dpu1}]\n  interval_ms: 1\n", "fm.yaml:7",
+         "interval_ms"),
+    ]  # fmt: skip
+    for text, where, what in cases:
+        with pytest.raises(ConfigError) as err:
+            parse_fm_config(nodes + text, "fm.yaml")
+        assert str(err.value).startswith(where), str(err.value)
+        assert what in str(err.value)
+
+
+class _FakeDpu:
+    """A DPU session whose table takes only the first `room` rules of a write."""
+
+    def __init__(self, index: int, room: int) -> None:
+        self.name, self.index, self.room = "dpu1", index, room
+        self.written: list = []
+
+    async def write(self, updates: list) -> None:
+        self.written += updates[: self.room]
+        if len(updates) > self.room:
+            errors = [(i, "RESOURCE_EXHAUSTED", "table full")
+                      for i in range(self.room, len(updates))]  # fmt: skip
+            raise P4RuntimeError(grpc.StatusCode.UNKNOWN, "Write failed", errors)
+
+
+@pytest.mark.parametrize("room", [2, 1, 0])
+def test_offload_records_exactly_the_rules_the_dpu_took(room: int) -> None:
+    cache = RuleCache(PIPELINE)
+    conn = Connection(
+        9, 3,
+        [flow(40000, "snat", {"src_addr": "203.0.113.9", "src_port": 20000, "nexthop_id": 2}),
+         flow(8080, "dnat", {"dst_addr": "10.1.0.2", "dst_port": 40000, "nexthop_id": 1},
+              src="10.2.0.2")],
+    )  # fmt: skip
+    for rule in conn.rules:
+        rule.installed = 0b1  # on the host only
+    cache.put(conn)
+    dpu = _FakeDpu(index=1, room=room)
+    config = OffloadConfig((("pp1", "dpu1"),), 100, 0, 0.5, 2.0)
+    offloader = Offloader(config, cache, {"pp1": None, "dpu1": dpu}, asyncio.Event())
+    asyncio.run(offloader._offload(dpu, [cache.get(conn.rules[0].key)]))
+    back = cache.get(conn.rules[0].key)
+    assert [bool(r.installed & 0b10) for r in back.rules] == [i < room for i in range(2)]
+    assert all(r.installed & 0b1 for r in back.rules), "the host keeps its rules"
+    assert all(u.entity.table_entry.idle_timeout_ns == 2_000_000_000 for u in dpu.written)
+    assert offloader.stats["offloads"] == (1 if room == 2 else 0)
+    assert offloader.stats["offloaded_rules"] == room
+    assert offloader.stats["offload_write_errors"] == (0 if room == 2 else 1)

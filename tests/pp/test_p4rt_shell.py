@@ -61,17 +61,12 @@ def test_p4runtime_shell_without_a_certificate_is_refused(tcp_pp_node, tmp_path)
 
 
 @pytest.mark.bmv2
-def test_p4runtime_shell_drives_bmv2_the_same_way(tmp_path, bmv2_tools) -> None:
-    """The same script against simple_switch_grpc running the same pipeline, compiled by p4c."""
-    from cyberstar.targets.bmv2 import Bmv2Target
-
-    target = Bmv2Target()
-    try:
-        target.client.close()  # the shell becomes the primary
-        config = target.compiled.json_path.read_bytes()
-        check_primary_steps(drive(target.client.address, "primary", tmp_path, config))
-    finally:
-        target.close()
+def test_p4runtime_shell_drives_bmv2_the_same_way(tmp_path, bmv2_target) -> None:
+    """The same script against simple_switch_grpc running the same pipeline, compiled by p4c
+    (the session's switch: the shell outbids its client, which is primary again afterwards)."""
+    steps = drive(bmv2_target.client.address, "primary", tmp_path, bmv2_target.device_config)
+    check_primary_steps(steps)
+    bmv2_target.reset()
 
 
 def check_primary_steps(steps: dict[str, dict]) -> None:

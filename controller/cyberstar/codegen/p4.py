@@ -14,6 +14,7 @@ from cyberstar.pipeline.model import (
     Drop,
     Forward,
     ForwardVxlan,
+    HandOff,
     HeaderType,
     IndexedCounter,
     Pass,
@@ -141,6 +142,7 @@ def _metadata_decl(p: Pipeline) -> str:
         "    bit<48> out_smac;",
         "    bit<48> out_dmac;",
         "    bit<1> out_vxlan;",
+        "    bit<1> handoff;       // forwarded as it arrived (hand_off)",
         "    bit<32> out_src_addr;",
         "    bit<32> out_dst_addr;",
         "    bit<24> out_vni;",
@@ -362,6 +364,9 @@ def _action_body(p: Pipeline, prims) -> list[str]:
                 lines += ["meta.verdict = V_PUNT;", f"meta.punt_reason = PUNT_{r.upper()};"]
             case Pass():
                 lines += ["meta.verdict = V_PASS;", "meta.punt_reason = PUNT_HOST;"]
+            case HandOff(port=port):
+                lines += ["meta.verdict = V_FORWARD;", f"meta.out_port = {port};",
+                          "meta.handoff = 1;"]  # fmt: skip
     return lines
 
 
@@ -530,6 +535,7 @@ def _ingress(p: Pipeline) -> str:
         meta.l4_src = 0;
         meta.l4_dst = 0;
         meta.is_inner = 0;
+        meta.handoff = 0;
         if (hdr.packet_out.isValid() && hdr.packet_out.submit_to_ingress == 0) {{
             // PacketOut straight to a port: no pipeline.
             meta.verdict = V_FORWARD;
@@ -563,8 +569,11 @@ def _ingress(p: Pipeline) -> str:
             }}
         }}
         hdr.packet_out.setInvalid();
+        if (meta.verdict == V_PASS || meta.verdict == V_PUNT) {{
+            handoff.apply();
+        }}
 
-        if (meta.verdict == V_FORWARD && hdr.ethernet.isValid()) {{
+        if (meta.verdict == V_FORWARD && meta.handoff == 0 && hdr.ethernet.isValid()) {{
             if (meta.is_inner == 1) {{
                 rewrite_inner.apply(hdr, meta);
             }} else if (hdr.ipv4.isValid()) {{

@@ -32,6 +32,7 @@ from cyberstar.pipeline.model import (
     Drop,
     Forward,
     ForwardVxlan,
+    HandOff,
     HeaderType,
     IndexedMeter,
     MeterUnit,
@@ -398,6 +399,7 @@ struct pp_meta {{
     __u8 has_next_hop;
     __u8 rw_flags;
     __u8 out_vxlan;
+    __u8 handoff;  // forward the frame as it arrived (hand_off)
     __u32 rw_l3_src;
     __u32 rw_l3_dst;
     __u16 rw_l4_src;
@@ -609,6 +611,8 @@ def _primitive_c(a: Action, prim) -> list[str]:
             return ["m->verdict = V_PUNT;", f"m->punt_reason = PUNT_{r.upper()};"]
         case Pass():
             return ["m->verdict = V_PASS;", "m->punt_reason = PUNT_HOST;"]
+        case HandOff(port=port):
+            return ["m->verdict = V_FORWARD;", f"m->out_port = {arg(port)};", "m->handoff = 1;"]
     raise TypeError(f"unknown primitive {prim!r}")
 
 
@@ -1093,6 +1097,24 @@ def _main_c(p: Pipeline) -> str:
 
 
 _MAIN_C = """\
+// What the node would pass or punt leaves by its `handoff` port, unchanged, if it has one:
+// the verdict, XDP_REDIRECT (or XDP_DROP, port down), or -1 to pass or punt as decided.
+// Called only at the pass and punt exits: a branch before the shared tail doubles the
+// verifier's states.
+static __always_inline int hand_off(struct pp_meta *m, __u32 frame_len) {
+    apply_handoff(m, frame_len);
+    if (!m->handoff)
+        return -1;
+    if (tx_ports.redirect_map(m->out_port, XDP_DROP) == XDP_REDIRECT) {
+        count_verdicts(V_FORWARD, frame_len);
+        count_port_tx(m->out_port, frame_len);
+        return XDP_REDIRECT;
+    }
+    count_verdicts(V_DROP, frame_len);
+    count_drop_reasons(R_PORT_DOWN, frame_len);
+    return XDP_DROP;
+}
+
 int pp_xdp(struct xdp_md *ctx) {
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
@@ -1133,7 +1155,6 @@ int pp_xdp(struct xdp_md *ctx) {
         if (m.verdict == V_UNDECIDED && m.has_next_hop)
             apply_next_hop(&m, frame_len);
     }
-
     if (m.verdict == V_FORWARD) {
         if (forward(ctx, ps, &m, frame_len) == 0) {
             long rc = tx_ports.redirect_map(m.out_port, XDP_DROP);
@@ -1147,6 +1168,9 @@ int pp_xdp(struct xdp_md *ctx) {
         m.drop_reason = R_PORT_DOWN;
     }
     if (m.verdict == V_PUNT) {
+        int handed = hand_off(&m, frame_len);
+        if (handed >= 0)
+            return handed;
         __u32 tenant = m.tenant_id;
         __u8 *full = tenant_over_quota.lookup(&tenant);
         if (full && *full && m.punt_reason == PUNT_MISS) {  // no room for its rules
@@ -1175,6 +1199,9 @@ int pp_xdp(struct xdp_md *ctx) {
         count_drop_reasons(m.drop_reason, frame_len);
         return XDP_DROP;
     }
+    int handed = hand_off(&m, frame_len);
+    if (handed >= 0)
+        return handed;
     count_verdicts(V_PASS, frame_len);
     return XDP_PASS;
 }

@@ -27,6 +27,12 @@ fabric:                         # optional: VXLAN next hops between PP nodes (pa
        gateway_mac: "02:00:00:00:00:fe"}
 batch: {max_packets: 256, max_delay_ms: 1.0, max_in_flight: 2}  # SC batches outstanding
 queue: {max_packets: 65536, per_tenant: 8192}  # punts waiting; more are dropped and counted
+offload:                        # optional: elephant flows move to a DPU in front of a host (§6.1)
+  pairs: [{host: pp1, dpu: dpu1}]   # both are pp_nodes; the DPU hands the host what it misses
+  min_packets_per_s: 1000       # a flow at or above either rate is an elephant (0: not used)
+  min_bytes_per_s: 0
+  interval_ms: 500              # how often FM reads the hosts' flow counters
+  idle_timeout_s: 2             # offloaded rules leave the DPU after this long without a packet
 ```
 
 docs/deploy.md documents every key with a working deployment.
@@ -87,6 +93,15 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class OffloadConfig:
+    pairs: tuple[tuple[str, str], ...]  # (host node id, DPU node id)
+    min_packets_per_s: float
+    min_bytes_per_s: float
+    interval_s: float
+    idle_timeout_s: float
+
+
+@dataclass(frozen=True)
 class FmConfig:
     fm_id: str
     etcd: EtcdConfig
@@ -100,6 +115,7 @@ class FmConfig:
     max_in_flight: int = 2
     etcd_prefix: str = "/cyberstar"
     queue: QueueConfig = QueueConfig()
+    offload: OffloadConfig | None = None
 
 
 def load_fm_config(path: Path) -> FmConfig:
@@ -144,6 +160,7 @@ def parse_fm_config(text: str, name: str = "<fm config>", base: Path = Path(".")
         )
         q.done()
     prefix = top.str("etcd_prefix", "/cyberstar")
+    offload = _offload(top.section("offload"), seen) if top.has("offload") else None
     top.done()
     return FmConfig(
         fm_id,
@@ -158,6 +175,7 @@ def parse_fm_config(text: str, name: str = "<fm config>", base: Path = Path(".")
         in_flight,
         prefix,
         queue,
+        offload,
     )
 
 
@@ -190,6 +208,36 @@ def _http(sec: Section, base: Path, plaintext: bool) -> HttpConfig:
     )
     sec.done()
     return http
+
+
+def _offload(sec: Section, node_ids: set[str]) -> OffloadConfig:
+    pairs: list[tuple[str, str]] = []
+    taken: set[str] = set()
+    for i, pair in enumerate(sec.sections("pairs")):
+        host, dpu = pair.str("host"), pair.str("dpu")
+        pair.done()
+        for key, node in (("host", host), ("dpu", dpu)):
+            if node not in node_ids:
+                raise pair.error(
+                    key, f"{node!r} is not one of pp_nodes ({', '.join(sorted(node_ids))})"
+                )
+            if node in taken:
+                raise pair.error(key, f"{node!r} is already in another pair")
+            taken.add(node)
+        if host == dpu:
+            raise sec.item_error("pairs", i, "a node cannot be its own DPU")
+        pairs.append((host, dpu))
+    if not pairs:
+        raise sec.error("pairs", "needs at least one {host, dpu} pair")
+    pps = sec.number("min_packets_per_s", 1000.0)
+    bps = sec.number("min_bytes_per_s", 0.0)
+    if pps == 0 and bps == 0:
+        raise sec.error("min_packets_per_s", "this and min_bytes_per_s are both 0: nothing "
+                        "would ever be an elephant")  # fmt: skip
+    interval = sec.number("interval_ms", 500.0, lo=10.0) / 1000
+    idle = sec.number("idle_timeout_s", 2.0, lo=0.1)
+    sec.done()
+    return OffloadConfig(tuple(pairs), pps, bps, interval, idle)
 
 
 def _pp_node(sec: Section, base: Path) -> PpNodeConfig:

@@ -29,6 +29,7 @@ from finsy.proto import p4r
 from cyberstar.errors import RuntimeFailure
 from cyberstar.fm.cache import CachedRule, Connection, RuleCache, entry_key, parse_cookie
 from cyberstar.fm.config import FabricConfig, FmConfig
+from cyberstar.fm.offload import Offloader
 from cyberstar.fm.sessions import PpSession
 from cyberstar.fm.slowpath import SlowPath
 from cyberstar.metrics import HttpError, HttpServer, Request, Route, Sample, metrics_route
@@ -100,6 +101,12 @@ class FabricMaster:
             )
             for i, pp in enumerate(config.pp_nodes)
         ]
+        self.offloader: Offloader | None = None
+        if config.offload is not None:
+            by_name = {s.name: s for s in self.sessions}
+            self.offloader = Offloader(config.offload, self.cache, by_name,
+                                       self.slowpath.enabled)  # fmt: skip
+            self.slowpath.dpu_of = self.offloader.dpu_of
         self.leader = False
         self.election_id = self.standby_id
         self.stats: dict[str, int] = defaultdict(int)
@@ -127,6 +134,8 @@ class FabricMaster:
             asyncio.create_task(self._campaign(), name="leader-election"),
             asyncio.create_task(self._publish_pp_members(), name="pp-membership"),
         ]
+        if self.offloader is not None:
+            self._tasks.append(asyncio.create_task(self.offloader.run(), name="offload"))
         log.info(
             "%s started (%s): %d PP nodes, etcd %s%s", me,
             "mutual TLS" if self.config.tls else "PLAINTEXT", len(self.sessions),
@@ -182,6 +191,7 @@ class FabricMaster:
                                   "lost_primary": s.lost_primary, "election_id": s.election_id}
                          for s in self.sessions},
             "slow_path": dict(self.slowpath.stats),
+            "offload": dict(self.offloader.stats) if self.offloader else {},
             "first_packet_us": self.slowpath.latency_percentiles(since),
             "timings_s": {k: round(v, 3) for k, v in self.slowpath.timings.items()},
         }  # fmt: skip
@@ -379,6 +389,8 @@ class FabricMaster:
         for tenant, counts in sorted(self.slowpath.tenant_stats.items()):
             out += [(f"cyberstar_fm_tenant_{k}_total", {"tenant": str(tenant)}, v)
                     for k, v in counts.items()]  # fmt: skip
+        if self.offloader is not None:
+            out += [(f"cyberstar_fm_{k}_total", {}, v) for k, v in self.offloader.stats.items()]
         for s in self.sessions:
             out.append(("cyberstar_fm_pp_primary", {"pp": s.name}, int(s.primary)))
             out.append(("cyberstar_fm_pp_connections_total", {"pp": s.name}, s.connections))

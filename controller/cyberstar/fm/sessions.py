@@ -36,6 +36,8 @@ from cyberstar.tls import TlsFiles
 log = logging.getLogger(__name__)
 RETRY_S = 0.2
 RETAKE_S = (1.0, 30.0)  # first and longest pause before taking a node back
+# bmv2 builds its tables from the device config when the pipeline is set: seconds on a busy host.
+PIPELINE_TIMEOUT_S = 60.0
 
 
 class PpSession:
@@ -187,7 +189,7 @@ class PpSession:
         if current is None or canonical_p4info(current.p4info) != canonical_p4info(ours):
             log.info("%s: setting the pipeline (the node starts empty)", self.name)
             await self.client.set_pipeline(
-                ours, self.config.device_config, Action.VERIFY_AND_COMMIT
+                ours, self.config.device_config, Action.VERIFY_AND_COMMIT, PIPELINE_TIMEOUT_S
             )
             await self.on_reset(self)
         await self.write_idempotent(self.entries)
@@ -225,9 +227,13 @@ class PpSession:
         if self.client is not None:
             await self.client.packet_out(payload, metadata, on_sent)
 
-    async def read_flow_entries(self) -> list[p4r.TableEntry]:
-        assert self.client is not None
+    async def read_flow_entries(self, with_counters: bool = False) -> list[p4r.TableEntry]:
+        """The node's flow-table entries; with their direct counters if asked."""
+        if self.client is None:
+            raise P4RuntimeError(grpc.StatusCode.UNAVAILABLE, f"{self.name}: not connected")
         req = p4r.TableEntry(table_id=PIPELINE.table("flow_table").id)
+        if with_counters:
+            req.counter_data.SetInParent()
         return [e.table_entry for e in await self.client.read([p4r.Entity(table_entry=req)])]
 
     async def close(self) -> None:

@@ -100,6 +100,10 @@ class SlowPath:
         self._orphans: dict[bytes, float] = {}
         self._warned_tenants: set[int] = set()  # a key of each connection no PP holds → deadline
         self.enabled = asyncio.Event()  # set while FM leads
+        self.dpu_of: dict[int, int] = {}  # host PP index → the index of the DPU in front of it
+        # Rule key → until when its host's idle notices are ignored: the flow ran on the DPU
+        # until the DPU tore it down, so the host's idle time counts from then.
+        self._offload_grace: dict[bytes, float] = {}
 
     def latency_percentiles(self, since: float = 0.0) -> dict[str, float]:
         """PacketIn arrival at FM to its PacketOut written to the stream, in µs, over the
@@ -352,10 +356,13 @@ class SlowPath:
         self._orphans[conn.rule_keys()[0]] = now + idle_s
 
     async def sweep_orphans(self, interval_s: float = 1.0) -> None:
-        """Release connections that no PP re-requested within their idle timeout."""
+        """Release connections that no PP re-requested within their idle timeout (and forget
+        lapsed offload graces)."""
         while True:
             await asyncio.sleep(interval_s)
             now, releases = time.monotonic(), []
+            for key in [k for k, until in self._offload_grace.items() if until <= now]:
+                del self._offload_grace[key]
             for key, deadline in list(self._orphans.items()):
                 if deadline > now:
                     continue
@@ -377,6 +384,7 @@ class SlowPath:
 
     async def _expire(self, session: PpSession, entries: list[p4r.TableEntry]) -> None:
         bit = 1 << session.index
+        dpu = self.dpu_of.get(session.index)
         deletes, releases = [], []
         for te in entries:
             if te.table_id != FLOW_TABLE_ID:
@@ -386,9 +394,17 @@ class SlowPath:
             except P4RuntimeError:
                 continue
             key = entry_key(TableEntry("flow_table", match, "", {}))
+            conn = self.cache.get(key)
+            if dpu is not None and conn is not None and self._offloaded(conn, key, dpu):
+                # Idle on the host because the DPU in front of it carries (or carried) the flow.
+                self.stats["idle_while_offloaded"] += 1
+                continue
             deletes.append(p4r.Update(type=p4r.Update.DELETE,
                                       entity=p4r.Entity(table_entry=te)))  # fmt: skip
-            conn = self.cache.get(key)
+            if session.index in self.dpu_of.values() and conn is not None:
+                self.stats["offload_teardowns"] += 1
+                idle_s = max(r.entry.idle_timeout_ns for r in conn.rules) / 1e9
+                self._offload_grace[key] = time.monotonic() + idle_s
             if conn is None:
                 continue
             for rule in conn.rules:
@@ -405,6 +421,18 @@ class SlowPath:
             self.stats["rules_expired"] += len(deletes)
         if releases:
             await self._release(releases)
+
+    def _offloaded(self, conn: Connection, key: bytes, dpu: int) -> bool:
+        """The DPU holds this rule, or tore it down less than the rule's idle timeout ago."""
+        if any(r.key == key and r.installed & (1 << dpu) for r in conn.rules):
+            return True
+        until = self._offload_grace.get(key)
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            return True
+        del self._offload_grace[key]
+        return False
 
     async def close(self) -> None:
         for t in list(self._tasks):

@@ -41,16 +41,19 @@ class PpNode:
         """A controller's certificate for this node (role admin)."""
         return self.certs.files("admin", "lab-admin")
 
-    def client(self, election_id: int = 1, arbitrate: bool = True) -> P4RuntimeClient:
-        c = P4RuntimeClient(self.address, self.device_id, election_id, tls=self.tls)
+    def client(self, election_id: int = 1, arbitrate: bool = True, timeout: float = 10.0
+               ) -> P4RuntimeClient:  # fmt: skip
+        c = P4RuntimeClient(self.address, self.device_id, election_id, timeout, tls=self.tls)
         c.wait_ready(30)
         if arbitrate:
             c.open_stream()
         self.clients.append(c)
         return c
 
-    def primary_with_pipeline(self, election_id: int = 10) -> P4RuntimeClient:
-        c = self.client(election_id)
+    def primary_with_pipeline(self, election_id: int = 10, timeout: float = 10.0
+                              ) -> P4RuntimeClient:  # fmt: skip
+        """A primary client that has set the pipeline (bmv2 takes seconds to load it)."""
+        c = self.client(election_id, timeout=timeout)
         c.set_pipeline(build_p4info(PIPELINE), self.device_config)
         return c
 

@@ -13,6 +13,17 @@ P4 (`("xdp", "bmv2")`); FM programs both kinds the same way, over P4Runtime. A b
 namespace kernel still answers ARP for its gateway addresses (bmv2 has no host stack; the
 frames it would pass reach that kernel through the veth anyway) and forwards nothing.
 
+With `offload={...}` (FM's `offload` settings but the pairs) a DPU stands in front of the one
+XDP node, the host (paper §6.1): a bmv2 switch in its own namespace between the host and the
+client and server, ports 1 (client side) and 2 (server side) facing the network, 3 and 4 the
+host's pp1 and pp2. It holds the host's classification and next hops and a `handoff` table that
+passes everything it does not process to the host (1→3, 2→4) and the host's output on (3→1,
+4→2); FM offloads elephant flows into it.
+
+    client ── c0|d1 ─[ DPU ns: bmv2 ]─ d2|s0 ── server
+                        h1|   |h2
+                        pp1   pp2  [ host ns: XDP PP ]
+
 Tenant 7: clients 10.1.0.0/24 reach servers 10.2.0.0/24 through SNAT (pool 203.0.113.9), and
 the web VIP 198.51.100.10:80 through a load balancer to 10.2.0.2:8080 and 10.2.0.3:8080.
 Everything runs as processes on one machine; `close()` removes it all.
@@ -31,7 +42,7 @@ import tempfile
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
@@ -53,6 +64,8 @@ PUBLIC_IP, VIP, VIP_PORT, SERVER_PORT = "203.0.113.9", "198.51.100.10", 80, 8080
 SMALL_TENANT, SMALL_SERVER, SMALL_PUBLIC_IP, SMALL_POOL_SIZE = 8, "10.2.0.4", "203.0.113.20", 2
 UNKNOWN_TENANT, UNKNOWN_TENANT_SERVER = 99, "10.2.0.5"
 FABRIC_VNI, FABRIC_NEXTHOP_BASE = 9000, 1000
+ECHO_IDLE_S = 180  # the lab's servers close a connection idle this long
+DPU_PORTS = ("d1", "d2", "h1", "h2")  # bmv2 ports 1-4: client side, server side, host's pp1, pp2
 
 
 def tenant_config(idle_timeout_s: float, snat_pool: str) -> dict:
@@ -107,12 +120,23 @@ class SlowPathLab:
     def __init__(self, scgs: int = 1, nodes_per_scg: int = 3, idle_timeout_s: float = 30,
                  mode: str = "skb", workdir: Path | None = None, pps: int = 1,
                  pp_kinds: Sequence[str] | None = None,
+                 offload: dict | None = None, extra_tenants: Sequence[dict] = (),
+                 extra_rules: Callable[[SlowPathLab, int], list[dict]] | None = None,
                  public_net: str | None = None) -> None:  # fmt: skip
-        """`public_net` (a prefix outside 203.0.113.16/28) replaces tenant 7's one-address
+        """`extra_tenants` are more SC tenant configurations; `extra_rules(lab, i)` gives more
+        static entries for PP node i (benchmarks add a tenant behind a VXLAN next hop).
+        `public_net` (a prefix outside 203.0.113.16/28) replaces tenant 7's one-address
         SNAT pool, PUBLIC_IP ports 20000-59999, by every address of the prefix, ports
         1024-65535: benchmarks need more than 40 000 connections."""
         self.pp_kinds = list(pp_kinds) if pp_kinds is not None else ["xdp"] * pps
         pps = len(self.pp_kinds)
+        if offload is not None and self.pp_kinds != ["xdp"]:
+            raise ValueError("a DPU stands in front of exactly one XDP PP node")
+        self.offload = offload
+        # XDP_REDIRECT into a veth in native mode needs GRO on its peer, and bmv2 would then
+        # capture coalesced frames larger than the MTU: the host runs in skb mode.
+        mode = "skb" if offload is not None else mode
+        self.dpu: PpNode | None = None
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="cyberstar-lab-")
         self.workdir = Path(workdir or self._tmp.name)
         pid = os.getpid()
@@ -120,12 +144,16 @@ class SlowPathLab:
         # one namespace per PP node; the first is also ns["pp"]
         self.pp_ns = [self.ns["pp"], *(f"cs-lp{i}-{pid}" for i in range(1, pps))]
         self.ns.update({f"pp{i}": name for i, name in enumerate(self.pp_ns) if i})
+        if offload is not None:
+            self.ns["dpu"] = f"cs-ld-{pid}"
         self.scgs = scgs
         self.nodes_per_scg = nodes_per_scg
         self.mode = mode
         self.public_net = public_net or f"{PUBLIC_IP}/32"
         pool = f"{public_net}:1024-65535" if public_net else f"{PUBLIC_IP}:20000-59999"
-        tenants = [tenant_config(idle_timeout_s, pool), small_tenant_config(idle_timeout_s)]
+        tenants = [tenant_config(idle_timeout_s, pool), small_tenant_config(idle_timeout_s),
+                   *extra_tenants]  # fmt: skip
+        self.extra_rules = extra_rules
         self.sc = ScLab(tenants, workdir=self.workdir / "sc")
         self.pps: list[PpNode | None] = [None] * pps
         self.fms: dict[str, subprocess.Popen] = {}
@@ -158,6 +186,8 @@ class SlowPathLab:
             self.sc.add_scg(f"scg{i}", self.nodes_per_scg)
         for i in range(len(self.pp_ns)):
             self.start_pp(index=i)
+        if self.offload is not None:
+            self.dpu = start_pp_node("bmv2", self.ns["dpu"], list(DPU_PORTS))
         self.start_fm("fm1")
         self._serve()
 
@@ -166,8 +196,14 @@ class SlowPathLab:
         for name in ns.values():
             netns.create(name)
         for i, pp_ns in enumerate(self.pp_ns):
-            netns.veth(f"c{i}", "pp1", ns["client"], pp_ns)
-            netns.veth(f"s{i}", "pp2", ns["server"], pp_ns)
+            if self.offload is not None:
+                netns.veth("c0", "d1", ns["client"], ns["dpu"])
+                netns.veth("s0", "d2", ns["server"], ns["dpu"])
+                netns.veth("h1", "pp1", ns["dpu"], pp_ns)
+                netns.veth("h2", "pp2", ns["dpu"], pp_ns)
+            else:
+                netns.veth(f"c{i}", "pp1", ns["client"], pp_ns)
+                netns.veth(f"s{i}", "pp2", ns["server"], pp_ns)
             netns.ip("addr", "add", f"{gateway(GATEWAY_CLIENT, i)}/24", "dev", "pp1", ns=pp_ns)
             netns.ip("addr", "add", f"{gateway(GATEWAY_SERVER, i)}/24", "dev", "pp2", ns=pp_ns)
             netns.exec_in(pp_ns, "sysctl", "-qw", "net.ipv4.ip_forward=0")
@@ -218,7 +254,16 @@ class SlowPathLab:
              "params": {"port": 1, "smac": pp1, "dmac": c0}},
             {"table": "next_hop", "match": {"nexthop_id": 2}, "action": "set_next_hop",
              "params": {"port": 2, "smac": pp2, "dmac": s0}},
+            *(self.extra_rules(self, index) if self.extra_rules else []),
         ]  # fmt: skip
+
+    def dpu_rules(self) -> list[dict]:
+        """The DPU's: the host's classification and next hops (its network ports have the
+        host's numbers), and the hand-off of everything else to the host and back."""
+        pairs = ((1, 3), (2, 4), (3, 1), (4, 2))
+        handoff = [{"table": "handoff", "match": {"ingress_port": a}, "action": "hand_off",
+                    "params": {"port": b}} for a, b in pairs]  # fmt: skip
+        return self.static_rules(0) + handoff
 
     @property
     def pp(self) -> PpNode | None:
@@ -266,6 +311,14 @@ class SlowPathLab:
         }
         if len(self.pps) > 1:
             config["fabric"] = self.fabric()
+        if self.dpu is not None:
+            rules = self.workdir / "dpu1-rules.json"
+            rules.write_text(json.dumps(self.dpu_rules()))
+            device = self.workdir / "dpu1-device-config.json"
+            device.write_bytes(self.dpu.device_config)
+            nodes.append({"id": "dpu1", "address": self.dpu.address, "device_id": 1,
+                          "rules": rules.name, "device_config": device.name})  # fmt: skip
+            config["offload"] = {"pairs": [{"host": "pp1", "dpu": "dpu1"}], **self.offload}
         path = self.workdir / f"{fm_id}.yaml"
         path.write_text(yaml.safe_dump(config))
         return path
@@ -352,7 +405,9 @@ class SlowPathLab:
 
     def _echo(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         with conn:
-            conn.settimeout(30)
+            # Tests hold connections open across PP restarts, which take tens of seconds on a
+            # busy 2-core host (the XDP program is compiled anew); the echo must outlive them.
+            conn.settimeout(ECHO_IDLE_S)
             try:
                 while data := conn.recv(4096):
                     # The client says who it is; remember what source the server saw for it.
@@ -383,7 +438,7 @@ class SlowPathLab:
             with contextlib.suppress(Exception):
                 proc.terminate()
                 proc.wait(10)
-        for node in self.pps:
+        for node in [*self.pps, self.dpu]:
             if node is not None:
                 with contextlib.suppress(Exception):
                     node.stop()

@@ -183,10 +183,11 @@ class AioP4RuntimeClient:
         return resp.config if resp.config.HasField("p4info") else None
 
     async def set_pipeline(self, p4info: p4i.P4Info, device_config: bytes = b"",
-                           action: int = Action.VERIFY_AND_COMMIT) -> None:  # fmt: skip
+                           action: int = Action.VERIFY_AND_COMMIT,
+                           timeout: float | None = None) -> None:  # fmt: skip
         req = pipeline_request(self.device_id, self.election_id, p4info, device_config, action)
         try:
-            await self.stub.SetForwardingPipelineConfig(req, timeout=self.timeout)
+            await self.stub.SetForwardingPipelineConfig(req, timeout=timeout or self.timeout)
         except grpc.aio.AioRpcError as exc:
             raise rpc_error("SetForwardingPipelineConfig", exc) from None
 

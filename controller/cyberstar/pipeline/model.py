@@ -177,7 +177,15 @@ class Pass:
     """Hand the packet, unmodified, to the host's own network stack."""
 
 
-Primitive = SetMeta | Rewrite | SetNextHop | Forward | ForwardVxlan | Drop | Punt | Pass
+@dataclass(frozen=True)
+class HandOff:
+    """Send the frame out of `port` exactly as it arrived: a node that does not process a
+    packet itself hands it on (a DPU to its host, paper §6.1). Verdict `forward`."""
+
+    port: str
+
+
+Primitive = SetMeta | Rewrite | SetNextHop | Forward | ForwardVxlan | Drop | Punt | Pass | HandOff
 
 
 @dataclass(frozen=True)
@@ -428,7 +436,7 @@ def _primitive_params(prim: Primitive) -> list[str]:
     match prim:
         case SetMeta(value=str() as v):
             return [v]
-        case Rewrite(param=v) | SetNextHop(param=v):
+        case Rewrite(param=v) | SetNextHop(param=v) | HandOff(port=v):
             return [v]
         case Forward(port=a, smac=b, dmac=c):
             return [a, b, c]

@@ -7,6 +7,10 @@ parse → tenant_classify → acl → flow_table → next_hop → deparse.
 * Frames that are not IPv4 (ARP, IPv6, ...) and IPv4 that no tenant claims go to the host stack
   (verdict `pass`). Malformed IPv4/L4 is dropped and counted per reason in `drop_reasons`.
 * A flow-table miss for a classified tenant is punted to the controller (verdict `punt`).
+* A packet about to pass or punt is first looked up in `handoff` by its ingress port; a hit
+  sends it out of another port unchanged instead. A DPU in front of a host uses it to hand
+  everything it does not process itself to the host (paper §6.1); a node with an empty
+  `handoff` table behaves as without it.
 * ICMP echo request/reply use the identifier as both L4 ports; other ICMP has ports 0.
 
 Every id below is a P4Runtime id (prefix byte per object kind) and is emitted as `@id` into the
@@ -26,6 +30,7 @@ from cyberstar.pipeline.model import (
     Field,
     Forward,
     ForwardVxlan,
+    HandOff,
     HeaderInstance,
     HeaderType,
     IndexedCounter,
@@ -281,6 +286,14 @@ ACTIONS = (
         "Send out of a port inside a VXLAN tunnel to another PP node (fabric, §5.2).",
     ),
     Action("no_next_hop", 0x0100000D, (), (Drop("no_next_hop"),), "Unknown next hop: drop."),
+    Action(
+        "hand_off",
+        0x0100000E,
+        (P("port", 9),),
+        (HandOff("port"),),
+        "Send the packet out of a port as it arrived, instead of passing or punting it.",
+    ),
+    Action("no_handoff", 0x0100000F, (), (), "Keep the verdict: pass or punt."),
 )
 
 TABLE_ONLY = ActionScope.TABLE_ONLY
@@ -355,6 +368,15 @@ TABLES = (
         "no_next_hop",
         4096,
         doc="Next hop: a local port, or another PP node through a VXLAN tunnel (fabric).",
+    ),
+    Table(
+        "handoff",
+        0x02000005,
+        (KeyField("ingress_port", 9, EXACT, "ingress_port"),),
+        (ActionRef("hand_off", TABLE_ONLY), ActionRef("no_handoff", DEFAULT_ONLY)),
+        "no_handoff",
+        512,
+        doc="Ingress port → the port that gets what this node would pass or punt (a DPU's host).",
     ),
 )
 

@@ -25,6 +25,7 @@ from cyberstar.pipeline.model import (
     Drop,
     Forward,
     ForwardVxlan,
+    HandOff,
     IndexedMeter,
     MeterUnit,
     Pass,
@@ -81,6 +82,8 @@ class RefModel:
     def process(self, frame: bytes, ingress_port: int, now_ns: int = 0) -> Result:
         """`now_ns`: the packet's arrival time, which only meters read."""
         result = self._process(frame, ingress_port, now_ns)
+        if result.verdict in ("pass", "punt"):
+            result = self._hand_off(frame, ingress_port, result)
         self._count("verdicts", self.pipeline.verdict(result.verdict), len(frame))
         if result.verdict == "drop":
             self._count("drop_reasons", self.pipeline.drop_reason(result.drop_reason), len(frame))
@@ -123,6 +126,15 @@ class RefModel:
         out = _rewrite(p, frame, prefix, st)
         return Result("forward", port=st.forward_args["port"], output=out, tenant_id=tenant)
 
+    def _hand_off(self, frame: bytes, ingress_port: int, result: Result) -> Result:
+        """What the node would pass or punt leaves by the `handoff` port, unchanged, if any."""
+        st = _State(meta={"ingress_port": ingress_port})
+        self._apply("handoff", st, len(frame))
+        if st.verdict != "forward":
+            return result
+        return Result("forward", port=st.forward_args["port"], output=frame,
+                      tenant_id=result.tenant_id)  # fmt: skip
+
     def _meter(self, m: IndexedMeter, st: _State, frame_len: int, now_ns: int) -> None:
         index = st.meta[m.index]
         self._count(m.arrivals, index, frame_len)
@@ -161,6 +173,9 @@ class RefModel:
                     st.verdict, st.punt_reason = "punt", reason
                 case Pass():
                     st.verdict = "pass"
+                case HandOff(port=port):
+                    st.verdict = "forward"
+                    st.forward_args = {"port": args[port]}
 
 
 def _rewrite(p: Parsed, frame: bytes, prefix: str, st: _State) -> bytes:

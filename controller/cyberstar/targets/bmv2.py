@@ -49,8 +49,8 @@ PACKET_OUT_FIELDS = {f.name: i for i, f in enumerate(PIPELINE.packet_out.fields,
 
 def lost_on_veth(frame: bytes) -> bool:
     """Linux untags every 802.1Q/802.1ad frame it receives before any packet socket (bmv2's
-    libpcap) sees it, and drops one whose tag is cut short."""
-    return frame[12:14] in VLAN_ETHERTYPES and len(frame) < 18
+    libpcap) sees it, and drops one without the tag and two more bytes (skb_vlan_untag)."""
+    return frame[12:14] in VLAN_ETHERTYPES and len(frame) < 20
 
 
 def with_vlan_tag(frame: bytes, ancillary: list[tuple[int, int, bytes]]) -> bytes:
