@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import time
-import urllib.request
 from ipaddress import ip_address
 
 import pytest
@@ -94,8 +93,7 @@ class Talker:
 
 
 def metric(lab, name: str) -> float:
-    url = f"http://127.0.0.1:{lab.fm_http_ports['fm1']}/metrics"
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    text = lab.fm_metrics("fm1", timeout=10)
     found = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
 
@@ -143,7 +141,7 @@ def test_an_elephant_moves_to_the_dpu_and_leaves_the_host_then_comes_back(lab) -
         # The host's rules saw no packet since the offload; the idle notice it sends next must
         # not release a flow that ran on the DPU until a moment ago.
         ignored = idle_while_offloaded(lab)
-        wait_until(lambda: idle_while_offloaded(lab) > ignored, HOST_IDLE_S + 2,
+        wait_until(lambda: idle_while_offloaded(lab) > ignored, 2 * HOST_IDLE_S + 4,
                  "the host's next idle notice, ignored")  # fmt: skip
         t.talk(messages=20)
         forward, back = t.counters(lab.pp)

@@ -187,7 +187,9 @@ class SlowPathLab:
         for i in range(len(self.pp_ns)):
             self.start_pp(index=i)
         if self.offload is not None:
-            self.dpu = start_pp_node("bmv2", self.ns["dpu"], list(DPU_PORTS))
+            self.dpu = start_pp_node(
+                "bmv2", self.ns["dpu"], list(DPU_PORTS), certs=self.sc.certs, name="dpu1"
+            )
         self.start_fm("fm1")
         self._serve()
 
@@ -354,6 +356,18 @@ class SlowPathLab:
                    timeout: float = 60) -> tuple[int, dict]:  # fmt: skip
         """An FM admin call over HTTPS (the lab CA's): (status, decoded JSON body). `token`:
         the lab's ("" ) or this one (None: no Authorization header)."""
+        status, body = self._fm_call(fm_id, method, path, token, timeout)
+        return status, json.loads(body or b"{}")
+
+    def fm_metrics(self, fm_id: str, timeout: float = 60) -> str:
+        """FM's Prometheus text (`/metrics`, with the lab's token)."""
+        status, body = self._fm_call(fm_id, "GET", "/metrics", "", timeout)
+        if status != 200:
+            raise RuntimeError(f"GET /metrics on {fm_id}: {status} {body!r}")
+        return body.decode()
+
+    def _fm_call(self, fm_id: str, method: str, path: str, token: str | None,
+                 timeout: float) -> tuple[int, bytes]:  # fmt: skip
         url = f"https://127.0.0.1:{self.fm_http_ports[fm_id]}{path}"
         headers = {}
         if token is not None:
@@ -362,12 +376,12 @@ class SlowPathLab:
         context = ssl.create_default_context(cafile=str(self.sc.certs.ca.cert_path))
         try:
             with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
-                return resp.status, json.loads(resp.read())
+                return resp.status, resp.read()
         except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read() or b"{}")
+            return err.code, err.read()
 
     def fm_get(self, fm_id: str, path: str, timeout: float = 60) -> dict:
-        """GET an FM admin path (`/status`, `/metrics` as text is `fm_request`'s) as JSON."""
+        """GET an FM admin path (`/status`; `/metrics` is `fm_metrics`) as JSON."""
         status, body = self.fm_request(fm_id, "GET", path, timeout=timeout)
         if status != 200:
             raise RuntimeError(f"GET {path} on {fm_id}: {status} {body}")
