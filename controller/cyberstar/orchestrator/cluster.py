@@ -19,6 +19,15 @@ from cyberstar.orchestrator.sharding import ShardingIndex
 SLACK = 1e-9
 
 
+@dataclass
+class Lookahead:
+    """The requests known to be waiting after the one being decided (static mode: the rest of
+    the file; dynamic mode: the rest of this step's arrivals): their summed demand and count."""
+
+    demand: np.ndarray
+    count: int
+
+
 @dataclass(frozen=True)
 class Assignment:
     machines: tuple[int, ...]
@@ -37,6 +46,10 @@ class Cluster:
         self.count = np.zeros(self.num_machines, dtype=np.int64)
         self.index = ShardingIndex(instance.max_overlap, self.num_machines)
         self.placed: dict[str, Assignment] = {}
+        # Requests hosted by both machines of each pair (a feature of the DRL agent's state).
+        self.pairs = np.zeros((self.num_machines, self.num_machines), dtype=np.int32)
+        self.lookahead = Lookahead(np.zeros(3), 0)
+        self.cache: dict = {}  # per-pool constants derived by a policy (DRL features)
 
     # ---- queries ----------------------------------------------------------------------------
     @property
@@ -79,6 +92,7 @@ class Cluster:
         demand = np.asarray(demand, dtype=float)
         self.load[list(machines)] += demand / len(machines)
         self.count[list(machines)] += 1
+        self.pairs[np.ix_(machines, machines)] += 1
         self.placed[request_id] = Assignment(machines, demand)
 
     def remove(self, request_id: str) -> Assignment:
@@ -86,6 +100,7 @@ class Cluster:
         self.index.remove(request_id, a.machines)
         self.load[list(a.machines)] -= a.demand / len(a.machines)
         self.count[list(a.machines)] -= 1
+        self.pairs[np.ix_(a.machines, a.machines)] -= 1
         idle = self.count == 0
         self.load[idle] = 0.0  # drop accumulated rounding on empty machines
         return a
