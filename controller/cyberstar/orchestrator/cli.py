@@ -193,12 +193,17 @@ def generate_family(family: str, seed: int, trace: str | None = None, **override
     from dataclasses import replace
 
     from cyberstar.orchestrator.azure import AZURE, azure_instance
+    from cyberstar.orchestrator.distribution import DISTRIBUTIONS, draw
     from cyberstar.orchestrator.generator import generate
 
     if family == "azure":
         settings = replace(AZURE, **{k: v for k, v in overrides.items() if v is not None})
         settings.validate()
         return azure_instance(seed, settings, trace)
+    if family in DISTRIBUTIONS:
+        if any(v is not None for v in overrides.values()):
+            raise UsageError(f"--family {family}: draws its own sizes; drop the overrides")
+        return draw(family, seed)
     return generate(family, seed, **overrides)
 
 
@@ -222,6 +227,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from cyberstar.orchestrator.distribution import DISTRIBUTIONS
     from cyberstar.orchestrator.generator import FAMILIES
     from cyberstar.orchestrator.predictor import PREDICTORS
 
@@ -269,7 +275,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.set_defaults(func=cmd_train)
 
     gen = verbs.add_parser("generate", help="write instances of a benchmark family")
-    gen.add_argument("--family", required=True, choices=[*FAMILIES, "azure"])
+    gen.add_argument("--family", required=True, choices=[*FAMILIES, *DISTRIBUTIONS, "azure"])
     gen.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     gen.add_argument(
         "--count", type=int, default=1, help="instances to write; above 1, --out is a directory"
