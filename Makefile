@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 SYSTEM_PYTHON := /usr/bin/python3
 
-.PHONY: install host venv p4rt-shell test demo build lint bench clean
+.PHONY: install host venv p4rt-shell test demo build lint bench clean placement-model
 
 install: host venv p4rt-shell
 
@@ -46,6 +46,11 @@ lint: venv
 
 bench: install
 	$(PY) bench/xdp_fastpath.py
+
+# The packaged placement model: its recipe is controller/cyberstar/orchestrator/recipe.py.
+placement-model: venv
+	OMP_NUM_THREADS=1 $(VENV)/bin/cyberstar place train --recipe packaged \
+		--out controller/cyberstar/orchestrator/models/drl.pt
 
 clean:
 	rm -rf $(VENV) $(P4RT_VENV) .pytest_cache build *.egg-info controller/*.egg-info

@@ -83,6 +83,17 @@ class Cluster:
         """Per machine, the highest fraction of usable capacity in use over the three resources."""
         return np.max(self.load / self.capacity, axis=1)
 
+    def copy(self) -> Cluster:
+        """An independent copy of the state (the instance and derived constants are shared)."""
+        other = object.__new__(Cluster)
+        other.__dict__.update(self.__dict__)
+        other.load = self.load.copy()
+        other.count = self.count.copy()
+        other.pairs = self.pairs.copy()
+        other.index = self.index.copy()
+        other.placed = dict(self.placed)
+        return other
+
     # ---- changes ----------------------------------------------------------------------------
     def place(self, request_id: str, machines: Sequence[int], demand: np.ndarray) -> None:
         machines = tuple(sorted(int(m) for m in machines))
