@@ -5,12 +5,17 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 SYSTEM_PYTHON := /usr/bin/python3
 
-.PHONY: install host venv p4rt-shell test demo build lint bench clean placement-model
+.PHONY: install host p4-tools venv p4rt-shell test demo build lint bench clean placement-model
 
-install: host venv p4rt-shell
+install: host p4-tools venv p4rt-shell
 
 host:
 	bash scripts/setup-host.sh
+
+# bmv2 and p4c from a prebuilt p4lang toolchain archive: `make install CYBERSTAR_P4_ARCHIVE=PATH`
+# (a relative PATH is taken from the repository). Without it they stay optional.
+p4-tools:
+	bash scripts/install-p4.sh
 
 # BCC and Mininet are Debian packages for /usr/bin/python3: the venv must see system site-packages.
 venv: $(VENV)/.installed
@@ -40,12 +45,17 @@ demo: install
 build: venv
 	$(VENV)/bin/cyberstar build
 
+# Dead code: what vulture cannot see used is listed, with its user, in scripts/vulture_whitelist.py.
+VULTURE_PATHS := controller/cyberstar tests bench topologies scripts/vulture_whitelist.py
+
 lint: venv
 	$(VENV)/bin/ruff check controller tests bench
 	$(VENV)/bin/ruff format --check controller tests bench
+	$(VENV)/bin/vulture $(VULTURE_PATHS) --min-confidence 60 --exclude '*_pb2*.py'
 
+# Every script in bench/, one JSON object; `make bench BENCH_ARGS=--quick` for short runs.
 bench: install
-	$(PY) bench/xdp_fastpath.py
+	$(PY) bench/all.py $(BENCH_ARGS)
 
 # The packaged placement model: its recipe is controller/cyberstar/orchestrator/recipe.py.
 placement-model: venv

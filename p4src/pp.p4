@@ -11,6 +11,7 @@ const bit<8> IP_PROTO_ICMP = 1;
 const bit<8> IP_PROTO_TCP = 6;
 const bit<8> IP_PROTO_UDP = 17;
 const bit<8> ENCAP_TTL = 64;
+const bit<32> MAX_FRAME = 3520;
 
 // Verdicts (index into the `verdicts` counter).
 const bit<8> V_FORWARD = 0;
@@ -44,10 +45,13 @@ const bit<8> R_BAD_INNER_TCP_DATA_OFFSET = 21;
 const bit<8> R_TRUNCATED_INNER_UDP = 22;
 const bit<8> R_BAD_INNER_UDP_LENGTH = 23;
 const bit<8> R_TRUNCATED_INNER_ICMP = 24;
-const bit<8> R_ACL_DENY = 25;
-const bit<8> R_FLOW_DROP = 26;
-const bit<8> R_NO_NEXT_HOP = 27;
-const bit<8> R_PORT_DOWN = 28;
+const bit<8> R_FRAME_TOO_LONG = 25;
+const bit<8> R_ACL_DENY = 26;
+const bit<8> R_FLOW_DROP = 27;
+const bit<8> R_NO_NEXT_HOP = 28;
+const bit<8> R_PORT_DOWN = 29;
+const bit<8> R_FLOW_QUOTA = 30;
+const bit<8> R_RATE_LIMITED = 31;
 // Punt reasons (packet_in.reason).
 const bit<8> PUNT_NONE = 0;
 const bit<8> PUNT_MISS = 1;
@@ -57,6 +61,8 @@ const bit<8> RW_L3_SRC = 1;
 const bit<8> RW_L3_DST = 2;
 const bit<8> RW_L4_SRC = 4;
 const bit<8> RW_L4_DST = 8;
+// Meter colors (v1model, as bmv2 marks them).
+const bit<2> METER_RED = 2;
 
 header ethernet_t {
     bit<48> dst_addr;
@@ -193,6 +199,7 @@ struct metadata_t {
     bit<32> out_src_addr;
     bit<32> out_dst_addr;
     bit<24> out_vni;
+    bit<2> meter_color;   // of the pipeline's meters: 0 green, 1 yellow, 2 red
 }
 
 error {
@@ -220,7 +227,8 @@ error {
     BadInnerTcpDataOffset,
     TruncatedInnerUdp,
     BadInnerUdpLength,
-    TruncatedInnerIcmp
+    TruncatedInnerIcmp,
+    FrameTooLong
 }
 
 // Incremental checksum update, RFC 1624 eq. 3: HC' = ~(~HC + ~m + m'), folded twice.
@@ -276,6 +284,7 @@ parser PpParser(packet_in packet, out headers_t hdr, inout metadata_t meta,
     state parse_frame {
         end = standard_metadata.packet_length - meta.frame_off;
         off = 0;
+        verify(end <= MAX_FRAME, error.FrameTooLong);
         verify(end >= 14, error.TruncatedEthernet);
         packet.extract(hdr.ethernet);
         off = 14;
@@ -559,11 +568,17 @@ control PpIngress(inout headers_t hdr, inout metadata_t meta,
     @id(0x13000003) @name(".flow_counter")
     direct_counter(CounterType.packets_and_bytes) flow_counter;
     @id(0x12000001) @name(".drop_reasons")
-    counter(29, CounterType.packets_and_bytes) drop_reasons;
+    counter(32, CounterType.packets_and_bytes) drop_reasons;
     @id(0x12000002) @name(".verdicts")
     counter(4, CounterType.packets_and_bytes) verdicts;
     @id(0x12000003) @name(".port_tx")
     counter(512, CounterType.packets_and_bytes) port_tx;
+    @id(0x12000004) @name(".tenant_packets")
+    counter(65536, CounterType.packets_and_bytes) tenant_packets;
+    @id(0x12000005) @name(".tenant_rate_drops")
+    counter(65536, CounterType.packets_and_bytes) tenant_rate_drops;
+    @id(0x14000001) @name(".tenant_rate")
+    meter(65536, MeterType.packets) tenant_rate;
 
     @id(0x01000001) @name(".set_tenant")
     action set_tenant(bit<16> tenant_id) {
@@ -786,6 +801,7 @@ control PpIngress(inout headers_t hdr, inout metadata_t meta,
             else if (standard_metadata.parser_error == error.TruncatedInnerUdp) { meta.drop_reason = R_TRUNCATED_INNER_UDP; }
             else if (standard_metadata.parser_error == error.BadInnerUdpLength) { meta.drop_reason = R_BAD_INNER_UDP_LENGTH; }
             else if (standard_metadata.parser_error == error.TruncatedInnerIcmp) { meta.drop_reason = R_TRUNCATED_INNER_ICMP; }
+            else if (standard_metadata.parser_error == error.FrameTooLong) { meta.drop_reason = R_FRAME_TOO_LONG; }
         } else if (hdr.vxlan.isValid() && !hdr.inner_ipv4.isValid()) {
             meta.verdict = V_PASS;
             meta.punt_reason = PUNT_HOST;
@@ -825,6 +841,15 @@ control PpIngress(inout headers_t hdr, inout metadata_t meta,
             }
             }
             tenant_classify.apply();
+            if (meta.verdict == V_UNDECIDED) {
+                tenant_packets.count((bit<32>)meta.tenant_id);
+                tenant_rate.execute_meter<bit<2>>((bit<32>)meta.tenant_id, meta.meter_color);
+                if (meta.meter_color == METER_RED) {
+                    tenant_rate_drops.count((bit<32>)meta.tenant_id);
+                    meta.verdict = V_DROP;
+                    meta.drop_reason = R_RATE_LIMITED;
+                }
+            }
             if (meta.verdict == V_UNDECIDED) {
                 acl.apply();
             }

@@ -1,4 +1,9 @@
-"""Shared fixtures: the XDP program loaded once per session, bmv2 when installed."""
+"""Shared fixtures: the XDP program loaded once per session, bmv2 when installed.
+
+A test needs bmv2 when it carries the `bmv2` marker or uses a bmv2 fixture. Without the tools
+such a test is skipped with the reason; with CYBERSTAR_REQUIRE_BMV2=1 (CI sets it) a skipped
+bmv2 test is reported as a failure, whatever made it skip.
+"""
 
 from __future__ import annotations
 
@@ -35,15 +40,41 @@ def xdp_target():
     target.close()
 
 
+REQUIRE_BMV2 = os.environ.get("CYBERSTAR_REQUIRE_BMV2") == "1"
+BMV2_FIXTURES = {"bmv2_tools", "bmv2_target"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if BMV2_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.bmv2)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_BMV2 and report.skipped and item.get_closest_marker("bmv2"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        reason = str(reason).removeprefix("Skipped: ")
+        report.outcome = "failed"
+        report.longrepr = f"CYBERSTAR_REQUIRE_BMV2=1 but this bmv2 test was skipped: {reason}"
+
+
 @pytest.fixture(scope="session")
-def bmv2_target():
-    from cyberstar.targets import TargetUnavailable
-    from cyberstar.targets.bmv2 import require_tools
+def bmv2_tools() -> tuple[str, str]:
+    """simple_switch_grpc and p4c-bm2-ss, or a skip saying how to install them."""
+    from cyberstar.errors import TargetUnavailable
+    from cyberstar.p4tools import require_tools
 
     try:
-        require_tools()
+        return require_tools()
     except TargetUnavailable as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def bmv2_target(bmv2_tools):
     if os.geteuid() != 0:
         pytest.skip("the bmv2 target needs root to create its veth ports")
     from cyberstar.targets.bmv2 import Bmv2Target

@@ -7,6 +7,7 @@ import json
 import pytest
 from conformance.cases import BASE_RULES, SNAT, client_tcp
 
+from cyberstar import p4tools
 from cyberstar.cli import main
 from cyberstar.pcap.pcapfile import Packet, PcapError, read_pcap, write_pcap
 
@@ -74,6 +75,7 @@ def _run(tmp_path, target: str, capsys) -> tuple[list[dict], list[Packet]]:
             Packet(bytes(miss), 2),
             Packet(hit[:20], 3),
             Packet(b"\xff" * 12 + b"\x08\x06" + b"\0" * 28, 4),
+            Packet(bytes(client_tcp(b"g" * 20000)), 5),  # a GSO super-frame, as hosts capture
         ],
     )
     out = tmp_path / target
@@ -87,10 +89,10 @@ def _run(tmp_path, target: str, capsys) -> tuple[list[dict], list[Packet]]:
     summary = json.loads(capsys.readouterr().out)
     assert summary == {
         "target": target,
-        "packets": 4,
+        "packets": 5,
         "forward": 1,
         "punt": 1,
-        "drop": 1,
+        "drop": 2,
         "pass": 1,
     }
     verdicts = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
@@ -100,8 +102,9 @@ def _run(tmp_path, target: str, capsys) -> tuple[list[dict], list[Packet]]:
 EXPECTED_VERDICTS = [
     {"index": 0, "verdict": "forward", "port": 2},
     {"index": 1, "verdict": "punt", "port": None},
-    {"index": 2, "verdict": "drop", "port": None},
+    {"index": 2, "verdict": "drop", "port": None, "drop_reason": "truncated_ipv4"},
     {"index": 3, "verdict": "pass", "port": None},
+    {"index": 4, "verdict": "drop", "port": None, "drop_reason": "frame_too_long"},
 ]
 
 
@@ -120,14 +123,8 @@ def test_pcap_run_xdp_equals_ref(tmp_path, capsys, xdp_target) -> None:
 
 
 @pytest.mark.bmv2
+@pytest.mark.usefixtures("bmv2_tools")
 def test_pcap_run_bmv2_equals_ref(tmp_path, capsys) -> None:
-    from cyberstar.targets import TargetUnavailable
-    from cyberstar.targets.bmv2 import require_tools
-
-    try:
-        require_tools()
-    except TargetUnavailable as exc:
-        pytest.skip(str(exc))
     verdicts, out = _run(tmp_path, "bmv2", capsys)
     ref_verdicts, ref_out = _run(tmp_path, "ref", capsys)
     assert verdicts == ref_verdicts == EXPECTED_VERDICTS
@@ -137,6 +134,7 @@ def test_pcap_run_bmv2_equals_ref(tmp_path, capsys) -> None:
 def test_bmv2_target_without_tools_exits_2(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("CYBERSTAR_P4_BIN", raising=False)
+    monkeypatch.setattr(p4tools, "DEFAULT_P4_BIN", tmp_path)
     (tmp_path / "rules.json").write_text("[]")
     write_pcap(tmp_path / "in.pcap", [])
     code = main(

@@ -10,3 +10,7 @@ class UsageError(Exception):
 
 class RuntimeFailure(Exception):
     """Something on the host failed (a program did not load, a daemon died): exit code 1."""
+
+
+class TargetUnavailable(RuntimeError):
+    """A target cannot run on this host (missing tools, no privileges); says what to install."""

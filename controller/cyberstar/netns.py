@@ -12,6 +12,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import astuple, dataclass
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -64,6 +65,40 @@ def with_pp_ports(ns: str) -> Iterator[str]:
         yield ns
     finally:
         delete(ns)
+
+
+@dataclass(frozen=True)
+class Line:
+    """Three namespaces in a line, client ─ middle ─ server (see `line`)."""
+
+    client: str
+    middle: str
+    server: str
+
+
+@contextmanager
+def line(tag: str, ports: tuple[str, str], server_route: str = "default") -> Iterator[Line]:
+    """Fresh namespaces client ─ middle ─ server, deleted on exit. The client (c0,
+    10.1.0.2/24) routes everything through the middle's first port (10.1.0.1/24); the server
+    (s0, 10.2.0.2/24) routes `server_route` through its second port (10.2.0.1/24). The middle
+    (a router, a PP node) adds its own forwarding."""
+    pid = os.getpid()
+    names = Line(f"cs-{tag}c-{pid}", f"cs-{tag}m-{pid}", f"cs-{tag}s-{pid}")
+    for ns in astuple(names):
+        create(ns)
+    try:
+        veth("c0", ports[0], names.client, names.middle)
+        veth("s0", ports[1], names.server, names.middle)
+        ip("addr", "add", "10.1.0.2/24", "dev", "c0", ns=names.client)
+        ip("route", "add", "default", "via", "10.1.0.1", ns=names.client)
+        ip("addr", "add", "10.1.0.1/24", "dev", ports[0], ns=names.middle)
+        ip("addr", "add", "10.2.0.1/24", "dev", ports[1], ns=names.middle)
+        ip("addr", "add", "10.2.0.2/24", "dev", "s0", ns=names.server)
+        ip("route", "add", server_route, "via", "10.2.0.1", ns=names.server)
+        yield names
+    finally:
+        for ns in astuple(names):
+            delete(ns)
 
 
 def veth(a: str, b: str, ns_a: str | None, ns_b: str | None, mtu: int | None = None) -> None:

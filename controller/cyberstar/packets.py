@@ -8,8 +8,8 @@ from __future__ import annotations
 import ipaddress
 
 from cyberstar.pipeline.checksum import internet_checksum
-from cyberstar.pipeline.pp import CONSTANTS, ETHERNET, IPV4, TCP, UDP
-from cyberstar.ref.headers import pack
+from cyberstar.pipeline.headers import ipv4_header, pack
+from cyberstar.pipeline.pp import CONSTANTS, ETHERNET, TCP, UDP
 
 TCP_SYN = 0x02
 
@@ -27,22 +27,7 @@ def ethernet(src: str, dst: str, ether_type: int) -> bytes:
 
 
 def ipv4(src: str, dst: str, protocol: int, payload_len: int, ttl: int = 64) -> bytes:
-    fields = {
-        "version": 4,
-        "ihl": 5,
-        "diffserv": 0,
-        "total_len": IPV4.byte_len + payload_len,
-        "identification": 0,
-        "flags": 2,
-        "frag_offset": 0,
-        "ttl": ttl,
-        "protocol": protocol,
-        "hdr_checksum": 0,
-        "src_addr": _ip(src),
-        "dst_addr": _ip(dst),
-    }
-    fields["hdr_checksum"] = internet_checksum(pack(IPV4, fields))
-    return pack(IPV4, fields)
+    return ipv4_header(_ip(src), _ip(dst), protocol, payload_len, ttl)
 
 
 def _pseudo_header(src: str, dst: str, protocol: int, length: int) -> bytes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cyberstar.codegen import P4_PATH, P4INFO_PATH, XDP_PATH, artifacts
+from cyberstar.codegen import P4_PATH, XDP_PATH, artifacts
 from cyberstar.pipeline.pp import PIPELINE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -23,10 +23,6 @@ def artifact_text(relative: Path) -> str:
 
 def xdp_source() -> str:
     return artifact_text(XDP_PATH)
-
-
-def p4info_text() -> str:
-    return artifact_text(P4INFO_PATH)
 
 
 def p4_source() -> str:

@@ -12,7 +12,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from cyberstar.lab.slowpath import SlowPathLab, wait_for
+from cyberstar.lab.slowpath import SlowPathLab
+from cyberstar.lab.wait import wait_until
 from cyberstar.sc.client import ScClient
 
 
@@ -25,8 +26,8 @@ def running_lab(**options) -> Iterator[SlowPathLab]:
     if shutil.which("etcd") is None:
         pytest.skip("etcd (Debian's etcd-server) is not installed: run `make install`")
     with SlowPathLab(**options) as lab:
-        wait_for(lambda: lab.fm_get("fm1", "/status")["leader"], 30, "fm1 to lead")
-        wait_for(
+        wait_until(lambda: lab.fm_get("fm1", "/status")["leader"], 30, "fm1 to lead")
+        wait_until(
             lambda: all(n["primary"] for n in lab.fm_get("fm1", "/status")["pp_nodes"].values()),
             30, "fm1 to be primary on every PP node",
         )  # fmt: skip

@@ -14,8 +14,8 @@ from cyberstar.lab.slowpath import (
     SMALL_POOL_SIZE,
     SMALL_SERVER,
     SlowPathLab,
-    wait_for,
 )
+from cyberstar.lab.wait import wait_until
 from cyberstar.sc.client import ScClient
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -36,11 +36,11 @@ def test_idle_flows_are_released_and_their_ports_reused() -> None:
     if os.geteuid() != 0 or shutil.which("etcd") is None:
         pytest.skip("needs root and etcd")
     with SlowPathLab(scgs=1, nodes_per_scg=1, idle_timeout_s=1) as lab:
-        wait_for(lambda: lab.fm_get("fm1", "/status")["leader"], 30, "fm1 to lead")
+        wait_until(lambda: lab.fm_get("fm1", "/status")["leader"], 30, "fm1 to lead")
         for _round in range(2):  # twice the pool's size in total: ports must come back
             for _ in range(SMALL_POOL_SIZE):
                 lab.connect(SMALL_SERVER, SERVER_PORT).close()
-            wait_for(lambda: lab.fm_get("fm1", "/status")["cached_connections"] == 0, 20,
+            wait_until(lambda: lab.fm_get("fm1", "/status")["cached_connections"] == 0, 20,
                      "the closed connections to idle out of FM's cache")  # fmt: skip
         stats = lab.fm_get("fm1", "/status")["slow_path"]
         assert stats["rules_expired"] >= 4 * SMALL_POOL_SIZE

@@ -21,8 +21,8 @@ from cyberstar.lab.slowpath import (
     VIP,
     VIP_PORT,
     SlowPathLab,
-    wait_for,
 )
+from cyberstar.lab.wait import wait_until
 from fm.helpers import open_connections, running_lab, sc_requests
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -46,7 +46,7 @@ def test_membership_in_etcd(lab) -> None:
                 out.add(kv.key.decode().removeprefix("/cyberstar/members/"))
             return out
 
-    wait_for(lambda: "pp/pp1" in asyncio.run(members()), 15, "members/pp/pp1 in etcd")
+    wait_until(lambda: "pp/pp1" in asyncio.run(members()), 15, "members/pp/pp1 in etcd")
     found = asyncio.run(members())
     assert {"fm/fm1", "pp/pp1"} <= found
     assert sum(1 for m in found if m.startswith("sc/")) == 6
@@ -156,12 +156,12 @@ def test_bad_requests_are_counted_not_fatal(lab) -> None:
 
 def test_standby_fm_takes_over_without_losing_rules(lab) -> None:
     lab.start_fm("fm2")
-    wait_for(lambda: lab.fm_get("fm2", "/status")["pp_nodes"]["pp1"]["connections"], 30,
+    wait_until(lambda: lab.fm_get("fm2", "/status")["pp_nodes"]["pp1"]["connections"], 30,
              "fm2 to connect to pp1 as a standby")  # fmt: skip
     sockets, errors = open_connections(lab, SERVERS[0], SERVER_PORT, 30, keep=True)
     assert errors == []
     lab.kill_fm("fm1")
-    wait_for(lambda: lab.fm_get("fm2", "/status")["leader"], 30, "fm2 to lead")
+    wait_until(lambda: lab.fm_get("fm2", "/status")["leader"], 30, "fm2 to lead")
     status = lab.fm_get("fm2", "/status")
     assert status["cached_connections"] >= 30, "the new leader rebuilt the cache from the PP"
     asked = sc_requests(lab)

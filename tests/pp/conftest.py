@@ -9,14 +9,15 @@ import pytest
 from cyberstar import netns
 from cyberstar.codegen.p4info import build_p4info
 from cyberstar.lab.pp_process import start_agent
+from cyberstar.lab.procs import free_port
 from cyberstar.pipeline.pp import PIPELINE
 
 
-def _pp_node(name: str):
+def _pp_node(name: str, address: str | None = None):
     if os.geteuid() != 0:
         pytest.skip("needs root (BPF, network namespaces)")
     with netns.with_pp_ports(f"cs-{name}-{os.getpid()}") as ns:
-        node = start_agent(ns, ["pp1", "pp2"])
+        node = start_agent(ns, ["pp1", "pp2"], address=address)
         try:
             yield node
         finally:
@@ -28,6 +29,13 @@ def _pp_node(name: str):
 def pp_node():
     """A PP agent of its own on two veths (pp1, pp2) whose peers share its namespace."""
     yield from _pp_node("pp")
+
+
+@pytest.fixture
+def tcp_pp_node():
+    """A PP agent serving P4Runtime on loopback TCP, where every client connection has its own
+    peer address (on a unix socket all clients look alike)."""
+    yield from _pp_node("ppt", f"127.0.0.1:{free_port()}")
 
 
 @pytest.fixture(scope="module")

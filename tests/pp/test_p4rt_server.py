@@ -3,13 +3,19 @@ writes and reads with the specification's status codes, counters, arbitration.""
 
 from __future__ import annotations
 
+import socket
+
 import grpc
 import pytest
 from finsy.proto import p4i, p4r, rpc_code
 
+from cyberstar import netns
 from cyberstar.codegen.p4info import build_p4info
-from cyberstar.p4rt.client import P4RuntimeError
+from cyberstar.lab.wait import wait_until
+from cyberstar.p4rt.arbitration import election_int
+from cyberstar.p4rt.client import P4RuntimeClient, P4RuntimeError
 from cyberstar.p4rt.codec import update
+from cyberstar.p4rt.messages import arbitration_request
 from cyberstar.pipeline.entries import build_entry
 from cyberstar.pipeline.pp import PIPELINE
 
@@ -381,14 +387,16 @@ def test_counters_read_and_direct_counter_data(primary) -> None:
     assert err.value.code == grpc.StatusCode.OUT_OF_RANGE
 
 
-# ---- arbitration --------------------------------------------------------------------------
+# ---- arbitration (P4Runtime §5) ------------------------------------------------------------
 
 
 def test_primary_backup_and_failover(pp_node) -> None:
     primary = pp_node.client(election_id=10)
-    backup = pp_node.client(election_id=5)
-    # the backup was told a primary exists
-    assert backup.arbitrations.qsize() == 0  # its own answer was consumed by open_stream
+    backup = P4RuntimeClient(pp_node.address, 1, election_id=5)
+    pp_node.clients.append(backup)
+    told = backup.open_stream()
+    assert told.status.code == rpc_code.ALREADY_EXISTS  # a primary exists
+    assert election_int(told.election_id) == 10
     primary.set_pipeline(build_p4info(PIPELINE), b"")
     err = write_error(backup, [update(INSERT, PIPELINE, flow_entry())])
     assert err.code == grpc.StatusCode.PERMISSION_DENIED
@@ -400,18 +408,179 @@ def test_primary_backup_and_failover(pp_node) -> None:
     pp_node.clients.remove(primary)
     note = backup.arbitrations.get(timeout=10)
     assert note.status.code == rpc_code.NOT_FOUND
+    assert election_int(note.election_id) == 10  # the highest id the server has seen
     backup.election_id = 11
-    backup._requests.put(
-        p4r.StreamMessageRequest(
-            arbitration=p4r.MasterArbitrationUpdate(device_id=1, election_id=p4r.Uint128(low=11))
-        )
-    )
+    backup._requests.put(arbitration_request(1, 11))
     assert backup.arbitrations.get(timeout=10).status.code == rpc_code.OK
     backup.write([update(INSERT, PIPELINE, flow_entry())])
 
 
-def test_duplicate_election_id_is_refused(pp_node) -> None:
+def stream_end(client: P4RuntimeClient) -> grpc.StatusCode:
+    """How the server ended a client's stream (waits for it)."""
+    client._stream_thread.join(10)
+    assert not client._stream_thread.is_alive(), "the server kept the stream open"
+    return client._stream_call.code()
+
+
+def test_duplicate_election_id_is_invalid_argument(pp_node) -> None:
     pp_node.client(election_id=10)
     dup = pp_node.client(election_id=10, arbitrate=False)
+    dup.timeout = 3
     with pytest.raises(P4RuntimeError):
-        dup.open_stream()
+        dup.open_stream()  # no answer: the server ended the stream instead
+    assert stream_end(dup) == grpc.StatusCode.INVALID_ARGUMENT
+    # a live controller may not move to an id another one holds either
+    other = pp_node.client(election_id=4)
+    other._requests.put(arbitration_request(1, 10))
+    assert stream_end(other) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_rogue_election_id_is_remembered_and_can_be_reached(pp_node) -> None:
+    """§5.3: the server keeps the highest id it has ever seen. A rogue that arbitrated with
+    2^100 and left leaves no primary; a lower id is a backup, told the id to reach; that id
+    makes a controller primary again."""
+    fm = pp_node.client(election_id=(1 << 32) + 7)
+    rogue = pp_node.client(election_id=1 << 100)
+    note = fm.arbitrations.get(timeout=10)
+    assert (note.status.code, election_int(note.election_id)) == (rpc_code.ALREADY_EXISTS, 1 << 100)
+    rogue.close()
+    pp_node.clients.remove(rogue)
+    note = fm.arbitrations.get(timeout=10)
+    assert (note.status.code, election_int(note.election_id)) == (rpc_code.NOT_FOUND, 1 << 100)
+    fm._requests.put(arbitration_request(1, (1 << 32) + 8))  # higher than before, not enough
+    assert fm.arbitrations.get(timeout=10).status.code == rpc_code.NOT_FOUND
+    fm.election_id = 1 << 100
+    fm._requests.put(arbitration_request(1, fm.election_id))
+    assert fm.arbitrations.get(timeout=10).status.code == rpc_code.OK
+    fm.set_pipeline(build_p4info(PIPELINE), b"")
+    fm.write([update(INSERT, PIPELINE, flow_entry())])
+
+
+def test_unset_election_id_is_a_backup_forever(pp_node) -> None:
+    """§5.3: an unset election id is below every id; several controllers may leave it unset."""
+    quiet = [pp_node.client(arbitrate=False) for _ in range(2)]
+    for c in quiet:
+        c._stream_call = c.stub.StreamChannel(iter([p4r.StreamMessageRequest(
+            arbitration=p4r.MasterArbitrationUpdate(device_id=1))]))  # fmt: skip
+        first = next(c._stream_call)
+        assert first.arbitration.status.code == rpc_code.NOT_FOUND
+        assert not first.arbitration.HasField("election_id")  # there never was a primary
+    primary = pp_node.client(election_id=1)
+    assert primary.arbitrations.empty()  # open_stream took its answer: OK
+    primary.set_pipeline(build_p4info(PIPELINE), b"")
+
+
+def test_write_from_a_connection_that_never_arbitrated_is_refused(tcp_pp_node) -> None:
+    """The election id is not a password: a client on another connection reusing the primary's
+    id (FM's is 2^32 + its etcd revision, easy to guess) may not write."""
+    primary = tcp_pp_node.primary_with_pipeline(election_id=(1 << 32) + 5)
+    rogue = tcp_pp_node.client(election_id=(1 << 32) + 5, arbitrate=False)
+    err = write_error(rogue, [update(INSERT, PIPELINE, flow_entry())])
+    assert err.code == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(P4RuntimeError) as perr:
+        rogue.set_pipeline(build_p4info(PIPELINE), b"")
+    assert perr.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert primary.read([p4r.Entity(table_entry=p4r.TableEntry(table_id=FLOW.id))]) == []
+    primary.write([update(INSERT, PIPELINE, flow_entry())])  # its own connection may
+
+
+# ---- packet I/O and the pipeline's frame size -----------------------------------------------
+
+OUT = {f.name: i for i, f in enumerate(PIPELINE.packet_out.fields, start=1)}
+
+
+def _to_port(port: int) -> list[tuple[int, bytes]]:
+    return [(OUT["egress_port"], port.to_bytes(2, "big"))]
+
+
+def _into_pipeline(port: int) -> list[tuple[int, bytes]]:
+    return [(OUT["ingress_port"], port.to_bytes(2, "big")), (OUT["submit_to_ingress"], b"\x01")]
+
+
+def _capture(ns: str, ifname: str) -> socket.socket:
+    with netns.entered(ns):
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        s.bind((ifname, 0))
+    s.settimeout(5)
+    return s
+
+
+def test_packet_out_outside_the_frame_sizes_is_invalid_argument(pp_node) -> None:
+    """A PacketOut under 14 or over 3520 bytes raised ValueError and tore down the primary's
+    stream (FM re-injecting a frame from a port with a larger MTU lost its session). Each is
+    now a StreamError INVALID_ARGUMENT, and the stream goes on."""
+    c = pp_node.primary_with_pipeline()
+    bad = [(13, _to_port(1)), (13, _into_pipeline(1)), (3521, _into_pipeline(1)),
+           (3521, _to_port(1)), (65000, _into_pipeline(1))]  # fmt: skip
+    for size, meta in bad:
+        c.packet_out(b"\x02" * size, meta)
+        err = c.stream_errors.get(timeout=10)
+        assert err.canonical_code == grpc.StatusCode.INVALID_ARGUMENT.value[0], err.message
+        assert len(err.packet_out.packet_out.payload) == size
+    rx = _capture(pp_node.ns, "peer1")
+    frame = bytes.fromhex("0200000000aa0200000000bb88b5") + bytes(1000)  # local EtherType
+    c.packet_out(frame, _to_port(1))
+    while (got := rx.recv(65536)) != frame:
+        assert got  # other traffic on the veth (IPv6 neighbour discovery) is skipped
+    rx.close()
+    assert c.stream_errors.empty()
+    c.write([update(INSERT, PIPELINE, flow_entry())])  # and the session is whole
+
+
+def test_frames_over_the_limit_are_counted_drops_on_a_live_port(pp_node) -> None:
+    """The XDP program drops and counts a frame longer than MAX_FRAME (a jumbo or GSO frame
+    reaches generic XDP on a port with a larger MTU)."""
+    for ifname in ("pp1", "peer1"):
+        netns.ip("link", "set", ifname, "mtu", "9000", ns=pp_node.ns)
+    c = pp_node.primary_with_pipeline()
+    with netns.entered(pp_node.ns):
+        tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        tx.bind(("peer1", 0))
+    ipv4 = bytes.fromhex("0200000000aa0200000000bb0800")
+    for size in (3520, 5000, 9014):
+        tx.send(ipv4 + bytes(size - 14))
+    tx.close()
+    reasons = PIPELINE.counter("drop_reasons").id
+    too_long = PIPELINE.drop_reason("frame_too_long")
+    wait_until(lambda: c.read_counter(reasons).get(too_long, (0, 0))[0] >= 2, 10,
+               "two frame_too_long drops")  # fmt: skip
+    assert c.read_counter(reasons)[too_long] == (2, 5000 + 9014)
+
+
+def _flow_ports(c) -> dict[int, int]:
+    """src_port → the snat's new source port, for every flow entry."""
+    out = {}
+    for e in c.read([p4r.Entity(table_entry=p4r.TableEntry(table_id=FLOW.id))]):
+        te = e.table_entry
+        out[int.from_bytes(te.match[4].exact.value, "big")] = int.from_bytes(
+            te.action.action.params[1].value, "big"
+        )
+    return out
+
+
+def test_updates_of_one_key_in_a_batch_each_get_a_result(primary) -> None:
+    """An INSERT and a MODIFY of one key in a batch raised KeyError: the whole batch failed
+    with UNKNOWN and no details. Each update sees the ones before it (§12.2's serial order)."""
+    c = primary
+    c.write([
+        update(INSERT, PIPELINE, flow_entry(sport=1)),
+        update(MODIFY, PIPELINE, flow_entry(sport=1, src_port=50001)),
+        update(INSERT, PIPELINE, flow_entry(sport=2)),
+        update(DELETE, PIPELINE, flow_entry(sport=2)),
+        update(INSERT, PIPELINE, flow_entry(sport=3)),
+        update(MODIFY, PIPELINE, flow_entry(sport=3, src_port=50003)),
+        update(MODIFY, PIPELINE, flow_entry(sport=3, src_port=50004)),
+    ])  # fmt: skip
+    assert _flow_ports(c) == {1: 50001, 3: 50004}
+    err = write_error(c, [
+        update(DELETE, PIPELINE, flow_entry(sport=4)),  # not there yet
+        update(INSERT, PIPELINE, flow_entry(sport=4)),
+        update(INSERT, PIPELINE, flow_entry(sport=4)),  # there now
+        update(MODIFY, PIPELINE, flow_entry(sport=4, src_port=50005)),
+        update(INSERT, PIPELINE, acl_entry(5)),
+        update(MODIFY, PIPELINE, acl_entry(5)),
+        update(INSERT, PIPELINE, acl_entry(5)),
+    ])  # fmt: skip
+    assert [(i, code) for i, code, _ in err.errors] == [
+        (0, "NOT_FOUND"), (2, "ALREADY_EXISTS"), (6, "ALREADY_EXISTS")]  # fmt: skip
+    assert _flow_ports(c) == {1: 50001, 3: 50004, 4: 50005}

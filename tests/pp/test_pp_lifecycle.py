@@ -94,3 +94,50 @@ def test_bad_interface_is_a_clear_error() -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert "no interface no-such-if0" in proc.stderr
+
+
+def _serve(ns: str, grpc_address: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cyberstar.cli", "pp", "serve", "--netns", ns, "--iface", "pp1",
+         "--iface", "pp2", "--mode", "skb", "--grpc", grpc_address],
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_another_programs_xdp_is_left_alone(two_port_ns, tmp_path) -> None:
+    """The agent used to remove any XDP program on its interfaces, not only a stale one of its
+    own: now it refuses to start and leaves the other program attached."""
+    from bcc import BPF
+
+    ns = two_port_ns
+    other = BPF(text=b"int other_prog(struct xdp_md *ctx) { return XDP_PASS; }")
+    with netns.entered(ns):
+        BPF.attach_xdp(b"pp1", other.load_func(b"other_prog", BPF.XDP), 1 << 1)
+    try:
+        before = xdp_prog_ids(ns, "pp1")
+        proc = _serve(ns, f"unix:{tmp_path / 'p4rt.sock'}")
+        assert proc.returncode == 1, proc.stderr
+        assert "pp1 runs another XDP program (other_prog" in proc.stderr
+        assert xdp_prog_ids(ns, "pp1") == before
+        assert xdp_prog_ids(ns, "pp2") == []  # what it attached before it stopped is gone
+    finally:
+        with netns.entered(ns):
+            BPF.remove_xdp(b"pp1", 1 << 1)
+        other.cleanup()
+
+
+def test_a_taken_port_is_refused(two_port_ns) -> None:
+    """gRPC sets SO_REUSEPORT: a second agent on a taken port started "fine" and answered a
+    share of the first one's calls. Now it exits 1 naming the address."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    first = start_agent(two_port_ns, ["pp1", "pp2"], address=address)
+    try:
+        with netns.with_pp_ports(f"cs-life2-{os.getpid()}") as other_ns:
+            proc = _serve(other_ns, address)
+        assert proc.returncode == 1, proc.stderr
+        assert f"cannot listen on {address}" in proc.stderr
+        first.primary_with_pipeline()  # the first agent still answers
+    finally:
+        assert first.stop() == 0

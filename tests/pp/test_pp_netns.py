@@ -22,8 +22,8 @@ from cyberstar import netns
 from cyberstar.lab.pp_process import start_agent
 from cyberstar.p4rt.codec import update
 from cyberstar.pipeline.entries import build_entry
+from cyberstar.pipeline.frames import parse
 from cyberstar.pipeline.pp import PIPELINE
-from cyberstar.ref.parser import parse
 
 pytestmark = pytest.mark.root
 PUBLIC = "203.0.113.9"
@@ -40,19 +40,8 @@ def mac_of(ifname: str, ns: str) -> str:
 def topology():
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    pid = os.getpid()
-    names = {"client": f"cs-cli-{pid}", "pp": f"cs-ppn-{pid}", "server": f"cs-srv-{pid}"}
-    for ns in names.values():
-        netns.create(ns)
-    try:
-        netns.veth("c0", "pp1", names["client"], names["pp"])
-        netns.veth("s0", "pp2", names["server"], names["pp"])
-        netns.ip("addr", "add", "10.1.0.2/24", "dev", "c0", ns=names["client"])
-        netns.ip("route", "add", "default", "via", "10.1.0.1", ns=names["client"])
-        netns.ip("addr", "add", "10.1.0.1/24", "dev", "pp1", ns=names["pp"])
-        netns.ip("addr", "add", "10.2.0.1/24", "dev", "pp2", ns=names["pp"])
-        netns.ip("addr", "add", "10.2.0.2/24", "dev", "s0", ns=names["server"])
-        netns.ip("route", "add", "203.0.113.0/24", "via", "10.2.0.1", ns=names["server"])
+    with netns.line("ppn", ports=("pp1", "pp2"), server_route="203.0.113.0/24") as line:
+        names = {"client": line.client, "pp": line.middle, "server": line.server}
         netns.exec_in(names["pp"], "sysctl", "-qw", "net.ipv4.ip_forward=0")
         for ns, dev in ((names["client"], "c0"), (names["server"], "s0")):
             # Native XDP_REDIRECT into a veth needs GRO (or an XDP program) on the peer; and
@@ -60,9 +49,6 @@ def topology():
             # must send full checksums (a NIC's received frames always have them).
             netns.exec_in(ns, "ethtool", "-K", dev, "gro", "on", "tx", "off", check=False)
         yield names
-    finally:
-        for ns in names.values():
-            netns.delete(ns)
 
 
 class SnatController:

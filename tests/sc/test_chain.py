@@ -13,7 +13,8 @@ from collections import Counter
 
 import pytest
 
-from cyberstar.sc.lab import ScLab, SnatLoad, cluster_census, wait_until
+from cyberstar.lab.sc import ScLab, SnatLoad, cluster_census
+from cyberstar.lab.wait import wait_until_async
 from cyberstar.sc.routing import ScRouter, ShardMap
 
 TENANTS = [
@@ -59,7 +60,7 @@ async def _kill_each_node_in_turn() -> None:
         router = ScRouter(shard_map, attempts=400, pause_s=0.05)
         load = SnatLoad(router, 7, batch=10, release_ratio=0.3)
         try:
-            await shard_map.wait_for(
+            await shard_map.wait_until(
                 lambda m: len(chain_ids(m, "scg1")) == 3 and len(m.shards) == 1, 30
             )
             load.start()
@@ -71,15 +72,15 @@ async def _kill_each_node_in_turn() -> None:
                 victim = chain_ids(shard_map, "scg1")[position]
                 victims.append(victim)
                 lab.nodes[victim].kill()
-                await shard_map.wait_for(lambda m, v=victim: v not in chain_ids(m, "scg1"), 20)
+                await shard_map.wait_until(lambda m, v=victim: v not in chain_ids(m, "scg1"), 20)
                 await load.wait_for_more(100, 30)  # the two survivors carry the load
                 lab.restart_node(victim)
-                await shard_map.wait_for(lambda m: len(chain_ids(m, "scg1")) == 3, 20)
+                await shard_map.wait_until(lambda m: len(chain_ids(m, "scg1")) == 3, 20)
                 await load.wait_for_more(100, 30)
                 assert not load.failed, load.failed[:5]
             assert sorted(victims) == sorted(lab.nodes)
             await load.stop()
-            await wait_until(lambda: converged(lab, 3), 20, "the chain to converge")
+            await wait_until_async(lambda: converged(lab, 3), 20, "the chain to converge")
         finally:
             await load.stop()
             await router.close()

@@ -73,7 +73,7 @@ def test_serve_with_bad_config_exits_2_naming_the_line(tmp_path: Path) -> None:
     bad = tmp_path / "sc.yaml"
     bad.write_text(GOOD.replace("kind: snat", "kind: snot"))
     proc = subprocess.run(
-        [sys.executable, "-m", "cyberstar.sc.cli", "sc", "serve", "--config", str(bad)],
+        [sys.executable, "-m", "cyberstar.cli", "sc", "serve", "--config", str(bad)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -12,8 +12,8 @@ from collections import Counter
 
 import pytest
 
+from cyberstar.lab.sc import ScLab, SnatLoad, cluster_census
 from cyberstar.sc.client import ScClient
-from cyberstar.sc.lab import ScLab, SnatLoad, cluster_census
 from cyberstar.sc.routing import ScRouter, ShardMap
 from sc.test_chain import TENANTS, UNIVERSE
 
@@ -48,7 +48,7 @@ async def _scale_out_and_in() -> None:
         router = ScRouter(shard_map, attempts=400, pause_s=0.05)
         load = SnatLoad(router, 7, batch=10, release_ratio=0.3)
         try:
-            await shard_map.wait_for(
+            await shard_map.wait_until(
                 lambda m: (
                     len(m.shards) == 1
                     and all(len(c.nodes) == NODES_PER_SCG for c in m.chains.values())
@@ -60,7 +60,7 @@ async def _scale_out_and_in() -> None:
             await load.wait_for_more(300, 30)
             # 1 → 2
             await move(shard_map, "out", "7:0-1024", "scg2")
-            await shard_map.wait_for(
+            await shard_map.wait_until(
                 lambda m: owners(m) == {"7:0-512": "scg1", "7:512-1024": "scg2"}, 10
             )
             await load.wait_for_more(200, 30)
@@ -70,7 +70,7 @@ async def _scale_out_and_in() -> None:
                 move(shard_map, "out", "7:512-1024", "scg4"),
             )
             # Both splits alone also make four shards: wait for both moves' map switches.
-            await shard_map.wait_for(
+            await shard_map.wait_until(
                 lambda m: set(owners(m).values()) == {"scg1", "scg2", "scg3", "scg4"}, 10
             )
             assert len(shard_map.shards) == 4
@@ -80,11 +80,11 @@ async def _scale_out_and_in() -> None:
                 move(shard_map, "in", "7:256-512", "scg1"),
                 move(shard_map, "in", "7:768-1024", "scg2"),
             )
-            await shard_map.wait_for(lambda m: len(m.shards) == 2, 10)
+            await shard_map.wait_until(lambda m: len(m.shards) == 2, 10)
             await load.wait_for_more(200, 30)
             # 2 → 1
             await move(shard_map, "in", "7:512-1024", "scg1")
-            await shard_map.wait_for(lambda m: owners(m) == {"7:0-1024": "scg1"}, 10)
+            await shard_map.wait_until(lambda m: owners(m) == {"7:0-1024": "scg1"}, 10)
             await load.wait_for_more(200, 30)
             await load.stop()
         finally:

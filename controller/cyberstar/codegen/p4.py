@@ -54,6 +54,7 @@ def generate_p4(p: Pipeline) -> str:
         f"const bit<8> IP_PROTO_TCP = {c['IP_PROTO_TCP']};",
         f"const bit<8> IP_PROTO_UDP = {c['IP_PROTO_UDP']};",
         f"const bit<8> ENCAP_TTL = {c['ENCAP_TTL']};",
+        f"const bit<32> MAX_FRAME = {c['MAX_FRAME']};",
         "",
         "// Verdicts (index into the `verdicts` counter).",
         *(f"const bit<8> V_{v.upper()} = {i};" for i, v in enumerate(p.verdicts)),
@@ -64,6 +65,8 @@ def generate_p4(p: Pipeline) -> str:
         *(f"const bit<8> PUNT_{r.upper()} = {i};" for i, r in enumerate(p.punt_reasons)),
         "// Pending rewrites (metadata.rw_flags).",
         *(f"const bit<8> RW_{t.upper()} = {b};" for t, b in REWRITE_BITS.items()),
+        "// Meter colors (v1model, as bmv2 marks them).",
+        f"const bit<2> METER_RED = {METER_RED};",
         "",
     ]
     for h in p.header_types:
@@ -141,6 +144,7 @@ def _metadata_decl(p: Pipeline) -> str:
         "    bit<32> out_src_addr;",
         "    bit<32> out_dst_addr;",
         "    bit<24> out_vni;",
+        "    bit<2> meter_color;   // of the pipeline's meters: 0 green, 1 yellow, 2 red",
         "}\n",
     ]
     return "\n".join(lines)
@@ -172,7 +176,7 @@ bit<16> udp_csum(in bit<16> c) {
 
 
 def _ipv4_states(outer: bool) -> str:
-    """Parser states for one IPv4 header and its L4 header (checks as in `cyberstar.ref.parser`)."""
+    """Parser states for one IPv4 header and its L4 header (checks: `cyberstar.pipeline.frames`)."""
     s = "" if outer else "inner_"
     ip = f"hdr.{s}ipv4"
     end = "end" if outer else "udp_end"
@@ -278,6 +282,7 @@ parser PpParser(packet_in packet, out headers_t hdr, inout metadata_t meta,
     state parse_frame {
         end = standard_metadata.packet_length - meta.frame_off;
         off = 0;
+        verify(end <= MAX_FRAME, error.FrameTooLong);
         verify(end >= 14, error.TruncatedEthernet);
         packet.extract(hdr.ethernet);
         off = 14;
@@ -384,6 +389,29 @@ def _table_decl(t: Table) -> str:
     )
 
 
+METER_RED = 2  # v1model/bmv2 colors: 0 green, 1 yellow, 2 red
+
+
+def _meter_block(p: Pipeline) -> str:
+    """Each meter, for a packet still undecided after classification: count its arrival,
+    color it, drop it if red."""
+    out = []
+    for m in p.meters:
+        index = f"(bit<32>)meta.{m.index}"
+        out.append(f"""\
+            if (meta.verdict == V_UNDECIDED) {{
+                {m.arrivals}.count({index});
+                {m.name}.execute_meter<bit<2>>({index}, meta.meter_color);
+                if (meta.meter_color == METER_RED) {{
+                    {m.drops}.count({index});
+                    meta.verdict = V_DROP;
+                    meta.drop_reason = R_{m.drop_reason.upper()};
+                }}
+            }}
+""")
+    return "".join(out)
+
+
 def _counter_decl(c: IndexedCounter) -> str:
     kind = {"PACKETS": "packets", "BYTES": "bytes", "BOTH": "packets_and_bytes"}[c.unit.value]
     return (
@@ -469,6 +497,9 @@ def _ingress(p: Pipeline) -> str:
             out.append(f"    direct_counter(CounterType.packets_and_bytes) {dc.name};")
     for c in p.counters:
         out.append(_counter_decl(c).rstrip("\n"))
+    for m in p.meters:
+        out.append(f'    @id(0x{m.id:08x}) @name(".{m.name}")')
+        out.append(f"    meter({m.size}, MeterType.{m.unit.value.lower()}) {m.name};")
     out.append("")
     for a in p.actions:
         params = ", ".join(f"bit<{prm.width}> {prm.name}" for prm in a.params)
@@ -520,6 +551,7 @@ def _ingress(p: Pipeline) -> str:
 {_lookup_block("inner_")}            }} else {{
 {_lookup_block("")}            }}
             tenant_classify.apply();
+{_meter_block(p)}\
             if (meta.verdict == V_UNDECIDED) {{
                 acl.apply();
             }}

@@ -18,13 +18,14 @@ from pathlib import Path
 
 from cyberstar import packets
 from cyberstar.codegen import artifacts, write_artifacts
-from cyberstar.errors import RuntimeFailure
+from cyberstar.errors import RuntimeFailure, TargetUnavailable
 from cyberstar.paths import REPO_ROOT
 from cyberstar.pcap.pcapfile import Packet, write_pcap
+from cyberstar.pipeline.frames import Malformed, parse
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.pipeline.rules import load_rules
-from cyberstar.ref.parser import Malformed, parse
-from cyberstar.targets import Outcome, Target, TargetUnavailable
+from cyberstar.targets import Outcome, Target
+from cyberstar.verbs import Verb
 
 DEMO_RULES = REPO_ROOT / "examples" / "demo-rules.json"
 CLIENT_MAC, PP_MAC = "02:00:00:00:00:0a", "02:00:00:00:00:01"
@@ -78,12 +79,7 @@ def demo_flows() -> list[Flow]:
     ]
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="build the pipeline and push demo flows through the ref and xdp targets",
-        description=__doc__,
-    )
+def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rules", type=Path, default=DEMO_RULES, help="rules file to install")
     p.add_argument("--out-dir", type=Path, default=Path("out/demo"), help="where to write pcaps")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -92,7 +88,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip the second part: real TCP through PP, FM and SC processes",
     )
-    p.set_defaults(func=run)
 
 
 def describe(outcome: Outcome) -> str:
@@ -184,12 +179,12 @@ def run_lab() -> dict:
         VIP,
         VIP_PORT,
         SlowPathLab,
-        wait_for,
     )
+    from cyberstar.lab.wait import wait_until
 
     out: dict = {"steps": []}
     with SlowPathLab(scgs=1, nodes_per_scg=3, mode="native") as lab:
-        wait_for(lambda: lab.fm_get("fm1", "/status")["leader"], 30, "FM to lead")
+        wait_until(lambda: lab.fm_get("fm1", "/status")["leader"], 30, "FM to lead")
         conns = []
         for dst, port, what in ((SERVERS[0], SERVER_PORT, "SNAT"), (VIP, VIP_PORT, "LB")):
             t0 = time.perf_counter()
@@ -260,3 +255,11 @@ def _print_report(
         f"  cyberstar pcap run --target xdp --rules {args.rules} --in {args.out_dir / 'in.pcap'}"
         " --out-dir out/run"
     )
+
+
+DEMO = Verb(
+    help="build the pipeline and push demo flows through the ref and xdp targets",
+    description=__doc__,
+    arguments=arguments,
+    run=run,
+)

@@ -12,7 +12,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cyberstar.errors import RuntimeFailure
 from cyberstar.paths import REPO_ROOT
+from cyberstar.verbs import Verb
+
+# A documented setting (CI sets it): bmv2 and p4c are required, not optional.
+REQUIRE_BMV2_ENV = "CYBERSTAR_REQUIRE_BMV2"
+# The versions the generated P4 and its committed P4Info are checked against.
+MINIMUM_VERSIONS = {"simple_switch_grpc": (1, 15), "p4c-bm2-ss": (1, 2, 4)}
 
 
 @dataclass(frozen=True)
@@ -100,19 +107,44 @@ def _netns() -> Check:
 
 
 def _bmv2() -> Check:
-    from cyberstar.targets.bmv2 import COMPILER_BINARY, P4_TOOLS_ENV, SWITCH_BINARY, find_tool
+    from cyberstar import p4tools
 
-    found = {n: find_tool(n) for n in (SWITCH_BINARY, COMPILER_BINARY)}
+    required = os.environ.get(REQUIRE_BMV2_ENV) == "1"
+    found = {n: p4tools.find_tool(n) for n in (p4tools.SWITCH_BINARY, p4tools.COMPILER_BINARY)}
     missing = [n for n, p in found.items() if not p]
-    detail = ", ".join(f"{n}: {p or 'not found'}" for n, p in found.items())
+    if missing:
+        return Check(
+            "bmv2 and p4c",
+            False,
+            f"{' and '.join(missing)} not found",
+            p4tools.HOW_TO_INSTALL + ("" if required else "; bmv2 tests are skipped without them"),
+            required=required,
+        )
+    details, broken = [], []
+    for name, path in found.items():
+        assert path is not None
+        try:
+            version = p4tools.tool_version(path)
+        except RuntimeFailure as exc:
+            broken.append(str(exc))
+            continue
+        details.append(f"{name} {version} ({path})")
+        if _version_tuple(version) < MINIMUM_VERSIONS[name]:
+            broken.append(
+                f"{name} {version} is older than {'.'.join(map(str, MINIMUM_VERSIONS[name]))}"
+            )
     return Check(
         "bmv2 and p4c",
-        not missing,
-        detail,
-        f"optional: put simple_switch_grpc and p4c-bm2-ss on PATH or in ${P4_TOOLS_ENV}; "
-        "bmv2 tests are skipped without them",
-        required=False,
+        not broken,
+        "; ".join(broken or details),
+        "reinstall the toolchain: `make install CYBERSTAR_P4_ARCHIVE=PATH` installs its Debian "
+        "runtime packages too",
+        required=required,
     )
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in version.split("."))
 
 
 def _p4rt_shell() -> Check:
@@ -131,15 +163,8 @@ CHECKS: tuple[Callable[[], Check], ...] = (
 )  # fmt: skip
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "doctor",
-        help="check this host (BPF/XDP, headers, bpffs, BCC, netns, bmv2/p4c)",
-        description="Check the host and say what to fix. Exit 0 when every required check "
-        "passes, 1 otherwise; optional checks (bmv2, p4runtime-shell) only warn.",
-    )
+def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,3 +181,13 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         print(f"{len(failed)} required check(s) failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+DOCTOR = Verb(
+    help="check this host (BPF/XDP, headers, bpffs, BCC, netns, bmv2/p4c)",
+    description="Check the host and say what to fix. Exit 0 when every required check "
+    "passes, 1 otherwise; optional checks (bmv2 and p4c unless "
+    f"{REQUIRE_BMV2_ENV}=1, p4runtime-shell) only warn.",
+    arguments=arguments,
+    run=run,
+)

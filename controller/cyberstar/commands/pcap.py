@@ -7,34 +7,24 @@ import json
 import logging
 from pathlib import Path
 
-from cyberstar.errors import UsageError
+from cyberstar.errors import TargetUnavailable, UsageError
 from cyberstar.pcap.pcapfile import PcapError, read_pcap
 from cyberstar.pcap.runner import run_packets, write_results
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.pipeline.rules import RulesError, load_rules
-from cyberstar.targets import Target, TargetUnavailable
+from cyberstar.targets import Target
+from cyberstar.verbs import Verb
 
 log = logging.getLogger(__name__)
 TARGETS = ("ref", "xdp", "bmv2")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    pcap = sub.add_parser("pcap", help="run pcaps through a PP target")
-    verbs = pcap.add_subparsers(dest="verb", metavar="VERB", required=True)
-    run = verbs.add_parser(
-        "run",
-        help="push IN.pcap through a target with RULES.json installed",
-        description="Writes DIR/verdicts.jsonl (one line per input packet: index, verdict, "
-        "port) and DIR/out.pcap (bytes of forwarded and punted packets, in input order). "
-        "Prints a JSON summary. Exit codes: 0 done, 1 the target failed, 2 bad input or "
-        "target not installed.",
-    )
+def arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--target", choices=TARGETS, required=True)
     run.add_argument("--rules", type=Path, required=True, help="JSON list of table entries")
     run.add_argument("--in", dest="inp", type=Path, required=True, help="input pcap")
     run.add_argument("--out-dir", type=Path, required=True)
     run.add_argument("--ingress-port", type=int, default=1, help="port packets arrive on (1)")
-    run.set_defaults(func=run_command)
 
 
 def make_target(name: str) -> Target:
@@ -74,3 +64,15 @@ def run_command(args: argparse.Namespace) -> int:
     write_results(args.out_dir, packets, report)
     print(json.dumps({"target": args.target, **report.summary()}))
     return 0
+
+
+RUN = Verb(
+    help="push IN.pcap through a target with RULES.json installed",
+    description="Writes DIR/verdicts.jsonl (one line per input packet: index, verdict, "
+    "port, and a drop's drop_reason) and DIR/out.pcap (bytes of forwarded and punted "
+    "packets, in input order). "
+    "Prints a JSON summary. Exit codes: 0 done, 1 the target failed, 2 bad input or "
+    "target not installed.",
+    arguments=arguments,
+    run=run_command,
+)

@@ -25,7 +25,6 @@ KEY = struct.Struct(">HIIBHH")
 _HEAD = struct.Struct(">QHB")
 _RULE = struct.Struct(">15sQIB")
 FLOW_TABLE = "flow_table"
-MAX_PPS = 64
 
 
 def flow_key(tenant: int, protocol: int, src: int, dst: int, sport: int, dport: int) -> bytes:

@@ -19,6 +19,7 @@ import zlib
 from collections import defaultdict
 
 import aetcd
+from finsy.proto import p4r
 
 from cyberstar.fm.cache import CachedRule, Connection, RuleCache, entry_key, parse_cookie
 from cyberstar.fm.config import FabricConfig, FmConfig
@@ -111,12 +112,14 @@ class FabricMaster:
             loop = asyncio.get_running_loop()
             serve_http(self.config.http, {
                 "/metrics": metrics_route(self.metrics),
-                "/status": lambda _q: (200, "application/json", json.dumps(self.status())),
+                "/status": lambda q: (200, "application/json",
+                                      json.dumps(self.status(float(q.get("since", 0))))),
                 "/scale": lambda q: self._scale_route(q, loop),
             })  # fmt: skip
         await self._stop.wait()
 
-    def status(self) -> dict:
+    def status(self, since: float = 0.0) -> dict:
+        """`since` (time.monotonic() of this host): first-packet latencies after it only."""
         return {
             "fm_id": self.config.fm_id,
             "leader": self.leader,
@@ -125,9 +128,10 @@ class FabricMaster:
             "cached_connections": self.cache.connections,
             "shards": {str(k): v for k, v in sorted(self.shard_map.shards.items(), key=str)},
             "pp_nodes": {s.name: {"primary": s.primary, "connections": s.connections,
-                                  "packet_in": s.packet_ins} for s in self.sessions},
+                                  "packet_in": s.packet_ins, "lost_primary": s.lost_primary,
+                                  "election_id": s.election_id} for s in self.sessions},
             "slow_path": dict(self.slowpath.stats),
-            "first_packet_ms": self.slowpath.latency_percentiles(),
+            "first_packet_us": self.slowpath.latency_percentiles(since),
             "timings_s": {k: round(v, 3) for k, v in self.slowpath.timings.items()},
         }  # fmt: skip
 
@@ -160,7 +164,7 @@ class FabricMaster:
         if reply.phase != "fin":
             raise RuntimeError(f"scale {op}: phase {reply.phase}: {reply.status.message}")
         produced = set(reply.shards)
-        await self.shard_map.wait_for(  # FM routes by the new map from here on
+        await self.shard_map.wait_until(  # FM routes by the new map from here on
             lambda m: any(str(sid) in produced and scg == target for sid, scg in m.shards.items()),
             10,
         )
@@ -251,7 +255,7 @@ class FabricMaster:
                 if cookie is None:
                     continue
                 conn_id, slot = cookie
-                entry = decoder.decode(te, kind=1)
+                entry = decoder.decode(te, kind=p4r.Update.INSERT)
                 key = entry_key(entry)
                 conn = conns.setdefault(conn_id, Connection(conn_id, slot, []))
                 rule = next((r for r in conn.rules if r.key == key), None)
@@ -273,8 +277,10 @@ class FabricMaster:
         for s in self.sessions:
             out.append(("cyberstar_fm_pp_primary", {"pp": s.name}, int(s.primary)))
             out.append(("cyberstar_fm_pp_connections_total", {"pp": s.name}, s.connections))
-        for q, ms in self.slowpath.latency_percentiles().items():
-            out.append(("cyberstar_fm_first_packet_seconds", {"quantile": q}, ms / 1000))
+            out.append(("cyberstar_fm_pp_lost_primary_total", {"pp": s.name}, s.lost_primary))
+        for q, us in self.slowpath.latency_percentiles().items():
+            if q != "count":
+                out.append(("cyberstar_fm_first_packet_seconds", {"quantile": q}, us / 1e6))
         return out
 
     async def close(self) -> None:

@@ -4,6 +4,12 @@ A session keeps its PP node reachable for FM: it connects (retrying while the no
 arbitrates with the FM's current election id, and when FM leads makes sure the node runs the
 pipeline and holds its static entries (a restarted node starts empty). PacketIns and idle-timeout
 notifications are handed to FM's callbacks with the session they came from.
+
+A leading FM that loses primary on a node (another controller arbitrated with a higher election
+id: a rogue client, or an earlier leader that took a higher id) says so and takes the node back:
+the arbitration notice names the highest id the node has seen, and the leader arbitrates with
+it (no primary left) or one above it (another controller is primary), after a pause that grows
+while it keeps losing, so that two controllers cannot flap the node faster than that.
 """
 
 from __future__ import annotations
@@ -13,18 +19,22 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+import grpc
 from finsy.proto import p4r, rpc_code
 
 from cyberstar.codegen.p4info import build_p4info, canonical_p4info
 from cyberstar.fm.config import PpNodeConfig
-from cyberstar.p4rt.aio_client import Action, AioP4RuntimeClient
-from cyberstar.p4rt.client import P4RuntimeError
+from cyberstar.p4rt.aio_client import AioP4RuntimeClient
+from cyberstar.p4rt.arbitration import election_int
 from cyberstar.p4rt.codec import update
+from cyberstar.p4rt.errors import P4RuntimeError
+from cyberstar.p4rt.messages import Action
 from cyberstar.pipeline.entries import TableEntry
 from cyberstar.pipeline.pp import PIPELINE
 
 log = logging.getLogger(__name__)
 RETRY_S = 0.2
+RETAKE_S = (1.0, 30.0)  # first and longest pause before taking a node back
 
 
 class PpSession:
@@ -45,7 +55,10 @@ class PpSession:
         self.on_reset = on_reset
         self.client: AioP4RuntimeClient | None = None
         self.election_id = 0
+        self.leading = False  # FM leads: this session must be primary
         self.primary = False
+        self.lost_primary = 0  # times another controller took the node while FM led
+        self._retake_pause = RETAKE_S[0]
         self.ready = asyncio.Event()  # connected, and programmed if primary
         self.connections = 0  # how many times the stream was (re)established
         self.packet_ins = 0
@@ -106,16 +119,42 @@ class PpSession:
         was = self.primary
         self.primary = answer.status.code == rpc_code.OK
         if self.primary and not was:
+            self._retake_pause = RETAKE_S[0]
             await self._program()
-        if not self.primary:
-            self.ready.set()
+        if self.primary:
+            return
+        self.ready.set()
+        if not self.leading:
+            return
+        highest = election_int(answer.election_id) if answer.HasField("election_id") else 0
+        if highest < self.election_id:
+            return  # an answer to an earlier arbitration of ours: the next one will follow
+        taken = answer.status.code == rpc_code.ALREADY_EXISTS
+        self.lost_primary += was
+        log.warning(
+            "%s: %s: %s election id %d (ours %d); taking the node back in %.0f s",
+            self.name,
+            "lost primary" if was else "not primary",
+            "another controller is primary with" if taken else "no primary, the node has seen",
+            highest, self.election_id, self._retake_pause,
+        )  # fmt: skip
+        target = highest + 1 if taken else highest
+        if target == self.election_id:
+            return  # asked already
+        await asyncio.sleep(self._retake_pause)
+        self._retake_pause = min(RETAKE_S[1], self._retake_pause * 2)
+        if self.leading and self.client is not None and not self.primary:
+            log.info("%s: arbitrating with election id %d", self.name, target)
+            self.election_id = target
+            await self.client.arbitrate(target)
 
     async def become_primary(self, election_id: int) -> None:
         """Arbitrate with a (higher) election id; `ready` is set once the node is programmed."""
-        self.election_id = election_id
+        self.leading = True
+        self.election_id = max(election_id, self.election_id)
         self.ready.clear()
         if self.client is not None and not self.client.stream_closed.is_set():
-            await self.client.arbitrate(election_id)
+            await self.client.arbitrate(self.election_id)
 
     async def _program(self) -> None:
         """Make sure the node runs our pipeline (keeping its entries if it already does) and
@@ -125,7 +164,9 @@ class PpSession:
         current = await self.client.get_pipeline()
         if current is None or canonical_p4info(current.p4info) != canonical_p4info(ours):
             log.info("%s: setting the pipeline (the node starts empty)", self.name)
-            await self.client.set_pipeline(ours, b"", Action.VERIFY_AND_COMMIT)
+            await self.client.set_pipeline(
+                ours, self.config.device_config, Action.VERIFY_AND_COMMIT
+            )
             await self.on_reset(self)
         await self.write_idempotent(self.entries)
         self.ready.set()
@@ -150,14 +191,17 @@ class PpSession:
                 raise
             await self.client.write(again)
 
-    async def write(self, updates: list[p4r.Update]) -> None:
+    async def write(self, updates: list[p4r.Update | bytes]) -> None:
         if self.client is None or not self.primary:
-            raise P4RuntimeError(f"{self.name}: not connected as primary")
+            raise P4RuntimeError(
+                grpc.StatusCode.FAILED_PRECONDITION, f"{self.name}: not connected as primary"
+            )
         await self.client.write(updates)
 
-    async def packet_out(self, payload: bytes, metadata: list[tuple[int, bytes]]) -> None:
+    async def packet_out(self, payload: bytes, metadata: list[tuple[int, bytes]],
+                         on_sent: Callable[[], None] | None = None) -> None:  # fmt: skip
         if self.client is not None:
-            await self.client.packet_out(payload, metadata)
+            await self.client.packet_out(payload, metadata, on_sent)
 
     async def read_flow_entries(self) -> list[p4r.TableEntry]:
         assert self.client is not None

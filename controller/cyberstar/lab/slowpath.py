@@ -8,6 +8,10 @@
 With `pps=N`, PP node i (0-based) has its own namespace, linked to the client by c<i> and to
 the server by s<i>, gateway addresses 10.1.0.<1+10i> and 10.2.0.<1+10i>; client and server
 route over all of them (multipath, hashed on ports), as an ECMP group of PP nodes would see.
+`pp_kinds` says which nodes are XDP agents and which are bmv2 switches running the generated
+P4 (`("xdp", "bmv2")`); FM programs both kinds the same way, over P4Runtime. A bmv2 node's
+namespace kernel still answers ARP for its gateway addresses (bmv2 has no host stack; the
+frames it would pass reach that kernel through the veth anyway) and forwards nothing.
 
 Tenant 7: clients 10.1.0.0/24 reach servers 10.2.0.0/24 through SNAT (pool 203.0.113.9), and
 the web VIP 198.51.100.10:80 through a load balancer to 10.2.0.2:8080 and 10.2.0.3:8080.
@@ -23,16 +27,17 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
 from cyberstar import netns
-from cyberstar.lab.pp_process import CYBERSTAR, PpNode, start_agent
+from cyberstar.lab.pp_process import CYBERSTAR, PpNode, start_pp_node
+from cyberstar.lab.procs import free_port
+from cyberstar.lab.sc import ScLab
 from cyberstar.paths import REPO_ROOT
-from cyberstar.sc.lab import ScLab, free_port
 from cyberstar.subprocs import tied_to_parent
 
 TENANT = 7
@@ -47,7 +52,7 @@ UNKNOWN_TENANT, UNKNOWN_TENANT_SERVER = 99, "10.2.0.5"
 FABRIC_VNI, FABRIC_NEXTHOP_BASE = 9000, 1000
 
 
-def tenant_config(idle_timeout_s: float) -> dict:
+def tenant_config(idle_timeout_s: float, snat_pool: str) -> dict:
     return {
         "id": TENANT,
         "chain": ["web", "nat"],
@@ -67,7 +72,7 @@ def tenant_config(idle_timeout_s: float) -> dict:
                     }
                 ],
             },
-            "nat": {"kind": "snat", "pool": [f"{PUBLIC_IP}:20000-59999"], "sources": [CLIENT_NET]},
+            "nat": {"kind": "snat", "pool": [snat_pool], "sources": [CLIENT_NET]},
         },
     }
 
@@ -97,7 +102,14 @@ def mac_of(ifname: str, ns: str) -> str:
 
 class SlowPathLab:
     def __init__(self, scgs: int = 1, nodes_per_scg: int = 3, idle_timeout_s: float = 30,
-                 mode: str = "skb", workdir: Path | None = None, pps: int = 1) -> None:  # fmt: skip
+                 mode: str = "skb", workdir: Path | None = None, pps: int = 1,
+                 pp_kinds: Sequence[str] | None = None,
+                 public_net: str | None = None) -> None:  # fmt: skip
+        """`public_net` (a prefix outside 203.0.113.16/28) replaces tenant 7's one-address
+        SNAT pool, PUBLIC_IP ports 20000-59999, by every address of the prefix, ports
+        1024-65535: benchmarks need more than 40 000 connections."""
+        self.pp_kinds = list(pp_kinds) if pp_kinds is not None else ["xdp"] * pps
+        pps = len(self.pp_kinds)
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="cyberstar-lab-")
         self.workdir = Path(workdir or self._tmp.name)
         pid = os.getpid()
@@ -108,7 +120,9 @@ class SlowPathLab:
         self.scgs = scgs
         self.nodes_per_scg = nodes_per_scg
         self.mode = mode
-        tenants = [tenant_config(idle_timeout_s), small_tenant_config(idle_timeout_s)]
+        self.public_net = public_net or f"{PUBLIC_IP}/32"
+        pool = f"{public_net}:1024-65535" if public_net else f"{PUBLIC_IP}:20000-59999"
+        tenants = [tenant_config(idle_timeout_s, pool), small_tenant_config(idle_timeout_s)]
         self.sc = ScLab(tenants, workdir=self.workdir / "sc")
         self.pps: list[PpNode | None] = [None] * pps
         self.fms: dict[str, subprocess.Popen] = {}
@@ -192,7 +206,7 @@ class SlowPathLab:
         return [
             classify(1, SERVER_NET),
             classify(1, f"{VIP}/32"),
-            classify(2, f"{PUBLIC_IP}/32"),
+            classify(2, self.public_net),
             classify(1, f"{SMALL_SERVER}/32", SMALL_TENANT),
             classify(2, f"{SMALL_PUBLIC_IP}/32", SMALL_TENANT),
             classify(1, f"{UNKNOWN_TENANT_SERVER}/32", UNKNOWN_TENANT),
@@ -208,11 +222,11 @@ class SlowPathLab:
         return self.pps[0]
 
     def start_pp(self, address: str | None = None, index: int = 0) -> None:
-        self.pps[index] = start_agent(self.pp_ns[index], ["pp1", "pp2"], mode=self.mode,
-                                      address=address)  # fmt: skip
+        self.pps[index] = start_pp_node(self.pp_kinds[index], self.pp_ns[index], ["pp1", "pp2"],
+                                        mode=self.mode, address=address)  # fmt: skip
 
     def restart_pp(self, index: int = 0) -> None:
-        """Stop a PP agent (its tables go with it) and start a new one at the same address."""
+        """Stop a PP node (its tables go with it) and start a new one at the same address."""
         node = self.pps[index]
         assert node is not None
         node.stop()
@@ -227,6 +241,10 @@ class SlowPathLab:
             rules.write_text(json.dumps(self.static_rules(i)))
             nodes.append({"id": f"pp{i + 1}", "address": node.address, "device_id": 1,
                           "rules": rules.name})  # fmt: skip
+            if node.device_config:
+                config_path = self.workdir / f"pp{i + 1}-device-config.json"
+                config_path.write_bytes(node.device_config)
+                nodes[-1]["device_config"] = config_path.name
         config = {
             "fm_id": fm_id,
             "etcd": [f"127.0.0.1:{self.sc.etcd.client_port}"],
@@ -272,9 +290,6 @@ class SlowPathLab:
         url = f"http://127.0.0.1:{self.fm_http_ports[fm_id]}{path}"
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return json.loads(resp.read())
-
-    def fm_log(self, fm_id: str) -> str:
-        return (self.workdir / f"{fm_id}.log").read_text()
 
     # ---- traffic ----------------------------------------------------------------------------
 
@@ -343,19 +358,3 @@ class SlowPathLab:
         if self._tmp is not None:
             with contextlib.suppress(Exception):
                 self._tmp.cleanup()
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    """Poll `predicate` until it is truthy; a process still starting may refuse connections."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while True:
-        try:
-            value = predicate()
-        except OSError as exc:
-            value, last = None, exc
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}" + (f" ({last})" if last else ""))
-        time.sleep(interval)

@@ -36,8 +36,8 @@ from cyberstar.orchestrator.model import Dynamic, Instance, Lifetime, Request
 
 DEFAULT_TRACE_DIR = Path("/work/shared/data/azure-v1-tenant-arrivals")
 ARRIVALS = "v1.dev.txt"
-LIFETIMES = "v1.dev.c2100000.txt"
-CENSOR_SECONDS = 2_100_000
+CENSOR_SECONDS = 2_100_000  # lifetimes longer than this are censored in the trace
+LIFETIMES = f"v1.dev.c{CENSOR_SECONDS}.txt"
 BIN_SECONDS = 300
 
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from cyberstar.errors import UsageError
+from cyberstar.verbs import Verb
 
 log = logging.getLogger(__name__)
 
@@ -244,41 +245,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from cyberstar.orchestrator.distribution import DISTRIBUTIONS
-    from cyberstar.orchestrator.generator import FAMILIES
-    from cyberstar.orchestrator.predictor import PREDICTORS
-    from cyberstar.orchestrator.recipe import RECIPES
-
-    place = sub.add_parser(
-        "place",
-        help="place NF requests on machines (ff, bf, ilp, drl); check, train, generate, simulate",
-        description="Place the requests of INSTANCE.json in file order with one algorithm and "
-        "write PLACEMENT.json; or run one of the verbs below (`cyberstar place VERB --help`).",
-        epilog="examples:\n"
-        "  cyberstar place --algo drl --instance i.json --out p.json\n"
-        "  cyberstar place check --instance i.json --placement p.json\n"
-        "  cyberstar place generate --family paper-b --seed 0 --out i.json\n"
-        "  cyberstar place train --recipe packaged --out model.pt\n"
-        "  cyberstar place simulate --instance i.json --algo drl --predictor holt-winters\n"
-        "exit codes: 0 ok, 1 check failed or no placement found, 2 bad input",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def place_arguments(place: argparse.ArgumentParser) -> None:
     place.add_argument("--algo", choices=ALGOS, help="placement algorithm")
     place.add_argument("--instance", help="INSTANCE.json (format: docs/orchestration.md)")
     place.add_argument("--out", help="PLACEMENT.json to write")
     place.add_argument("--model", help="DRL model file (default: the packaged model)")
     place.add_argument("--time-limit", type=float, help="ILP time limit in seconds (default 60)")
     place.add_argument("--weights", help="best-fit weights B,C,M (default 1,1,1)")
-    place.set_defaults(func=cmd_place)
-    verbs = place.add_subparsers(dest="place_verb", metavar="VERB")
 
-    check = verbs.add_parser("check", help="validate a placement against every constraint")
+
+def check_arguments(check: argparse.ArgumentParser) -> None:
     check.add_argument("--instance", required=True, help="INSTANCE.json")
     check.add_argument("--placement", required=True, help="PLACEMENT.json")
-    check.set_defaults(func=cmd_check)
 
-    train = verbs.add_parser("train", help="train the Double-DQN agent (progress on stderr)")
+
+def train_arguments(train: argparse.ArgumentParser) -> None:
+    from cyberstar.orchestrator.recipe import RECIPES
+
     train.add_argument(
         "--recipe",
         choices=tuple(RECIPES),
@@ -296,9 +279,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--epochs", type=int, help="passes over the --instances")
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.set_defaults(func=cmd_train)
 
-    gen = verbs.add_parser("generate", help="write instances of a benchmark family")
+
+def generate_arguments(gen: argparse.ArgumentParser) -> None:
+    from cyberstar.orchestrator.distribution import DISTRIBUTIONS
+    from cyberstar.orchestrator.generator import FAMILIES
+
     gen.add_argument("--family", required=True, choices=[*FAMILIES, *DISTRIBUTIONS, "azure"])
     gen.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     gen.add_argument(
@@ -313,9 +299,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="azure family: trace directory (default $AZURE_TRACE_DIR or "
         "/work/shared/data/azure-v1-tenant-arrivals)",
     )
-    gen.set_defaults(func=cmd_generate)
 
-    sim = verbs.add_parser("simulate", help="dynamic mode: arrivals, departures, scaling")
+
+def simulate_arguments(sim: argparse.ArgumentParser) -> None:
+    from cyberstar.orchestrator.predictor import PREDICTORS
+
     sim.add_argument("--instance", required=True, help="INSTANCE.json with a dynamic section")
     sim.add_argument("--algo", required=True, choices=("ff", "bf", "drl"))
     sim.add_argument("--model", help="DRL model file (default: the packaged model)")
@@ -329,4 +317,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     sim.add_argument("--horizon", type=int, default=2, help="forecast steps reserved (default 2)")
     sim.add_argument("--headroom", type=float, default=0.1, help="reservation margin (0.1)")
     sim.add_argument("--lower", type=float, default=0.3, help="scale-down threshold (0.3)")
-    sim.set_defaults(func=cmd_simulate)
+
+
+PLACE = Verb(
+    help="place NF requests on machines (ff, bf, ilp, drl); check, train, generate, simulate",
+    description="Place the requests of INSTANCE.json in file order with one algorithm and "
+    "write PLACEMENT.json; or run one of the verbs below (`cyberstar place VERB --help`).",
+    epilog="examples:\n"
+    "  cyberstar place --algo drl --instance i.json --out p.json\n"
+    "  cyberstar place check --instance i.json --placement p.json\n"
+    "  cyberstar place generate --family paper-b --seed 0 --out i.json\n"
+    "  cyberstar place train --recipe packaged --out model.pt\n"
+    "  cyberstar place simulate --instance i.json --algo drl --predictor holt-winters\n"
+    "exit codes: 0 ok, 1 check failed or no placement found, 2 bad input",
+    raw_text=True,
+    arguments=place_arguments,
+    run=cmd_place,
+)
+CHECK = Verb(
+    help="validate a placement against every constraint",
+    arguments=check_arguments,
+    run=cmd_check,
+)
+TRAIN = Verb(
+    help="train the Double-DQN agent (progress on stderr)",
+    arguments=train_arguments,
+    run=cmd_train,
+)
+GENERATE = Verb(
+    help="write instances of a benchmark family",
+    arguments=generate_arguments,
+    run=cmd_generate,
+)
+SIMULATE = Verb(
+    help="dynamic mode: arrivals, departures, scaling",
+    arguments=simulate_arguments,
+    run=cmd_simulate,
+)

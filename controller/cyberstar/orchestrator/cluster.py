@@ -63,19 +63,6 @@ class Cluster:
         """Machines that can take `share` (one machine's part of a request) on every resource."""
         return np.all(self.load + share <= self.capacity * (1 + SLACK) + SLACK, axis=1)
 
-    def group_fits(self, machines: Sequence[int], demand: np.ndarray) -> bool:
-        share = demand / len(machines)
-        idx = list(machines)
-        return bool(np.all(self.load[idx] + share <= self.capacity[idx] * (1 + SLACK) + SLACK))
-
-    def feasible(self, machines: Sequence[int], demand: np.ndarray) -> bool:
-        return (
-            self.gmin <= len(machines) <= self.gmax
-            and len(set(machines)) == len(machines)
-            and self.group_fits(machines, demand)
-            and self.index.allows(machines)
-        )
-
     def cost(self) -> float:
         return float(self.price[self.used].sum())
 

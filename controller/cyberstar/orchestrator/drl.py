@@ -67,7 +67,6 @@ class QNetwork:
 @dataclass
 class Choice:
     group: tuple[int, ...] | None
-    size_index: int  # index of len(group) in gmin..gmax
     rows: np.ndarray  # feature rows of the chosen machines, shape (len(group), NUM_FEATURES)
     rewards: np.ndarray  # r_e of the chosen machines
     value: float  # Q(s, A) under the network that chose
@@ -188,9 +187,9 @@ def decide(
     q = reward if future is None else reward + future(rows)
     group, gi, value = filtering(cluster, demand, q, config.top_k, allowed)
     if not group:
-        return Choice(None, 0, np.zeros((0, NUM_FEATURES), np.float32), np.zeros(0), value)
+        return Choice(None, np.zeros((0, NUM_FEATURES), np.float32), np.zeros(0), value)
     idx = list(group)
-    return Choice(group, gi, rows[gi, idx], reward[gi, idx], value)
+    return Choice(group, rows[gi, idx], reward[gi, idx], value)
 
 
 def default_model_path() -> Path:

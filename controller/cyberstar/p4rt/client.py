@@ -1,7 +1,8 @@
 """A small, synchronous P4Runtime client (grpcio + modern generated protobufs).
 
 One instance per device connection; no module-level state. The stream runs in a thread that
-sorts incoming messages into queues (arbitration, packet-in, idle-timeout, errors).
+sorts incoming messages into queues (arbitration, packet-in, idle-timeout); stream errors are
+logged.
 """
 
 from __future__ import annotations
@@ -12,40 +13,28 @@ import threading
 from collections.abc import Iterable, Iterator
 
 import grpc
-from finsy.proto import p4i, p4r, p4r_grpc, rpc_code, rpc_status
+from finsy.proto import p4i, p4r, p4r_grpc
+
+from cyberstar.p4rt.errors import P4RuntimeError
+from cyberstar.p4rt.messages import (
+    arbitration_request,
+    decode_write_error,
+    packet_out_request,
+    pipeline_request,
+    route_stream_message,
+    rpc_error,
+    write_request,
+)
 
 log = logging.getLogger(__name__)
-
-
-class P4RuntimeError(RuntimeError):
-    """A failed RPC; for Write, `errors` holds (index, code name, message) per failed update."""
-
-    def __init__(
-        self,
-        message: str,
-        code: grpc.StatusCode | None = None,
-        errors: list[tuple[int, str, str]] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.errors = errors or []
-
-
-def decode_write_error(exc: grpc.RpcError) -> P4RuntimeError:
-    """Decode the per-update p4.v1.Error details of a failed batch (P4Runtime §12.3)."""
-    errors: list[tuple[int, str, str]] = []
-    trailers = dict(exc.trailing_metadata() or ())
-    raw = trailers.get("grpc-status-details-bin")
-    if raw:
-        status = rpc_status.Status.FromString(raw)
-        for i, detail in enumerate(status.details):
-            err = p4r.Error()
-            if detail.Unpack(err) and err.canonical_code != rpc_code.OK:
-                errors.append((i, rpc_code.Code.Name(err.canonical_code), err.message))
-    lines = "; ".join(f"update {i}: {code}: {msg}" for i, code, msg in errors)
-    return P4RuntimeError(
-        f"Write failed: {exc.details()}" + (f" ({lines})" if lines else ""), exc.code(), errors
-    )
+MAX_RECEIVE = 256 * 1024 * 1024
+# One connection per client: the server tells controllers apart by connection (a Write must
+# arrive on the connection that arbitrated), and gRPC would otherwise share one between
+# channels to the same address.
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_RECEIVE),
+    ("grpc.use_local_subchannel_pool", 1),
+]
 
 
 class P4RuntimeClient:
@@ -56,13 +45,18 @@ class P4RuntimeClient:
         self.device_id = device_id
         self.election_id = election_id
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)]
-        )
+        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = p4r_grpc.P4RuntimeStub(self.channel)
         self.packet_ins: queue.Queue[p4r.PacketIn] = queue.Queue()
         self.idle_notifications: queue.Queue[p4r.IdleTimeoutNotification] = queue.Queue()
         self.arbitrations: queue.Queue[p4r.MasterArbitrationUpdate] = queue.Queue()
+        self.stream_errors: queue.Queue[p4r.StreamError] = queue.Queue()
+        self._sinks = {
+            "arbitration": self.arbitrations.put,
+            "packet": self.packet_ins.put,
+            "idle_timeout_notification": self.idle_notifications.put,
+            "error": self.stream_errors.put,
+        }
         self._requests: queue.Queue[p4r.StreamMessageRequest | None] = queue.Queue()
         self._stream_thread: threading.Thread | None = None
         self._stream_call = None
@@ -73,10 +67,9 @@ class P4RuntimeClient:
         try:
             grpc.channel_ready_future(self.channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
-            raise P4RuntimeError(f"no P4Runtime server answered at {self.address}") from None
-
-    def _election(self) -> p4r.Uint128:
-        return p4r.Uint128(high=self.election_id >> 64, low=self.election_id & ((1 << 64) - 1))
+            raise P4RuntimeError(
+                grpc.StatusCode.UNAVAILABLE, f"no P4Runtime server answered at {self.address}"
+            ) from None
 
     def open_stream(self) -> p4r.MasterArbitrationUpdate:
         """Open the StreamChannel and send arbitration; returns the server's answer."""
@@ -93,39 +86,24 @@ class P4RuntimeClient:
             target=self._read_stream, name=f"p4rt-stream-{self.address}", daemon=True
         )
         self._stream_thread.start()
-        self._requests.put(
-            p4r.StreamMessageRequest(
-                arbitration=p4r.MasterArbitrationUpdate(
-                    device_id=self.device_id, election_id=self._election()
-                )
-            )
-        )
+        self._requests.put(arbitration_request(self.device_id, self.election_id))
         try:
             return self.arbitrations.get(timeout=self.timeout)
         except queue.Empty:
-            raise P4RuntimeError(f"{self.address}: no arbitration answer") from None
+            raise P4RuntimeError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"{self.address}: no arbitration answer"
+            ) from None
 
     def _read_stream(self) -> None:
         try:
             for msg in self._stream_call:
-                kind = msg.WhichOneof("update")
-                if kind == "packet":
-                    self.packet_ins.put(msg.packet)
-                elif kind == "arbitration":
-                    self.arbitrations.put(msg.arbitration)
-                elif kind == "idle_timeout_notification":
-                    self.idle_notifications.put(msg.idle_timeout_notification)
-                elif kind == "error":
-                    log.warning("%s: stream error: %s", self.address, msg.error.message)
+                route_stream_message(msg, self._sinks, self.address)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 log.warning("%s: stream closed: %s", self.address, exc.details())
 
     def packet_out(self, payload: bytes, metadata: Iterable[tuple[int, bytes]]) -> None:
-        out = p4r.PacketOut(payload=payload)
-        for mid, value in metadata:
-            out.metadata.add(metadata_id=mid, value=value)
-        self._requests.put(p4r.StreamMessageRequest(packet=out))
+        self._requests.put(packet_out_request(payload, metadata))
 
     def close(self) -> None:
         self._requests.put(None)
@@ -136,31 +114,21 @@ class P4RuntimeClient:
     # ---- RPCs -------------------------------------------------------------------------------
 
     def set_pipeline(self, p4info: p4i.P4Info, device_config: bytes, cookie: int = 0) -> None:
-        req = p4r.SetForwardingPipelineConfigRequest(
-            device_id=self.device_id,
-            election_id=self._election(),
-            action=p4r.SetForwardingPipelineConfigRequest.VERIFY_AND_COMMIT,
-            config=p4r.ForwardingPipelineConfig(
-                p4info=p4info,
-                p4_device_config=device_config,
-                cookie=p4r.ForwardingPipelineConfig.Cookie(cookie=cookie),
-            ),
+        req = pipeline_request(
+            self.device_id, self.election_id, p4info, device_config, cookie=cookie
         )
         try:
             self.stub.SetForwardingPipelineConfig(req, timeout=self.timeout)
         except grpc.RpcError as exc:
-            raise P4RuntimeError(
-                f"SetForwardingPipelineConfig failed: {exc.details()}", exc.code()
-            ) from None
+            raise rpc_error("SetForwardingPipelineConfig failed", exc) from None
 
     def write(self, updates: list[p4r.Update]) -> None:
         if not updates:
             return
-        req = p4r.WriteRequest(
-            device_id=self.device_id, election_id=self._election(), updates=updates
-        )
         try:
-            self.stub.Write(req, timeout=self.timeout)
+            self.stub.Write(
+                write_request(self.device_id, self.election_id, updates), timeout=self.timeout
+            )
         except grpc.RpcError as exc:
             raise decode_write_error(exc) from None
 
@@ -171,7 +139,7 @@ class P4RuntimeClient:
             for resp in self.stub.Read(req, timeout=self.timeout):
                 out.extend(resp.entities)
         except grpc.RpcError as exc:
-            raise P4RuntimeError(f"Read failed: {exc.details()}", exc.code()) from None
+            raise rpc_error("Read failed", exc) from None
         return out
 
     def read_counter(self, counter_id: int) -> dict[int, tuple[int, int]]:

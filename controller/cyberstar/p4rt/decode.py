@@ -1,7 +1,7 @@
 """P4Runtime `TableEntry` messages → validated `TableEntry`s, with the specification's codes.
 
 Per table, the ids, widths and match kinds are looked up once (`TableDecoder`), so that decoding
-a write batch is a tight loop. Violations raise `P4RTError` with the status code the P4Runtime
+a write batch is a tight loop. Violations raise `P4RuntimeError` with the status code the P4Runtime
 specification prescribes (§8.3 bytestrings, §9.1 table entries):
 
 * unknown table / action / field / param id, bad match or action shape → INVALID_ARGUMENT
@@ -16,31 +16,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import grpc
 from finsy.proto import p4r
+from grpc import StatusCode
 
+from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.pipeline.entries import Match, TableEntry
 from cyberstar.pipeline.model import ActionScope, MatchKind, Pipeline, Table
 from cyberstar.pipeline.values import LpmValue, TernaryValue, prefix_mask
 
-Code = grpc.StatusCode
 INSERT, DELETE = p4r.Update.INSERT, p4r.Update.DELETE
-
-
-class P4RTError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def bytes_value(data: bytes, width: int, what: str) -> int:
     """A bytestring of a `width`-bit field: canonical or padded, never wider than the field."""
     if not data:
-        raise P4RTError(Code.OUT_OF_RANGE, f"{what}: empty bytestring")
+        raise P4RuntimeError(StatusCode.OUT_OF_RANGE, f"{what}: empty bytestring")
     value = int.from_bytes(data, "big")
     if value >> width:
-        raise P4RTError(Code.OUT_OF_RANGE, f"{what}: value {value:#x} does not fit in {width} bits")
+        raise P4RuntimeError(
+            StatusCode.OUT_OF_RANGE, f"{what}: value {value:#x} does not fit in {width} bits"
+        )
     return value
 
 
@@ -91,21 +86,23 @@ class TableDecoder:
         t = self.table
         idle, priority, is_default = msg.idle_timeout_ns, msg.priority, msg.is_default_action
         if msg.is_const:
-            raise P4RTError(Code.INVALID_ARGUMENT, f"table {t.name}: is_const must be false")
+            raise P4RuntimeError(
+                StatusCode.INVALID_ARGUMENT, f"table {t.name}: is_const must be false"
+            )
         if msg.HasField("time_since_last_hit"):
-            raise P4RTError(
-                Code.INVALID_ARGUMENT, f"table {t.name}: time_since_last_hit is read-only"
+            raise P4RuntimeError(
+                StatusCode.INVALID_ARGUMENT, f"table {t.name}: time_since_last_hit is read-only"
             )
         if idle and (not t.idle_timeout or idle < 0):
-            raise P4RTError(
-                Code.INVALID_ARGUMENT,
+            raise P4RuntimeError(
+                StatusCode.INVALID_ARGUMENT,
                 f"table {t.name}: idle_timeout_ns {idle} "
                 + ("must not be negative" if t.idle_timeout else "(no idle timeout support)"),
             )
         if is_default:
             if len(msg.match) or priority or idle:
-                raise P4RTError(
-                    Code.INVALID_ARGUMENT,
+                raise P4RuntimeError(
+                    StatusCode.INVALID_ARGUMENT,
                     f"table {t.name}: the default entry takes no match, priority or idle timeout",
                 )
             match: dict[str, Match] = {}
@@ -117,7 +114,9 @@ class TableDecoder:
         if kind != DELETE and msg.HasField("action"):
             action, params = self.decode_action(msg.action, is_default)
         elif kind == INSERT:
-            raise P4RTError(Code.INVALID_ARGUMENT, f"table {t.name}: the entry has no action")
+            raise P4RuntimeError(
+                StatusCode.INVALID_ARGUMENT, f"table {t.name}: the entry has no action"
+            )
         return TableEntry(t.name, match, action, params, priority, is_default, idle, msg.metadata)
 
     def decode_match(self, msg: p4r.TableEntry) -> dict[str, Match]:
@@ -148,16 +147,18 @@ class TableDecoder:
             fid = fm.field_id
             f = fields.get(fid)
             if f is None:
-                raise P4RTError(
-                    Code.INVALID_ARGUMENT, f"table {t.name} has no match field id {fid}"
+                raise P4RuntimeError(
+                    StatusCode.INVALID_ARGUMENT, f"table {t.name} has no match field id {fid}"
                 )
             if fid in seen:
-                raise P4RTError(Code.INVALID_ARGUMENT, f"match field {f.name} given twice")
+                raise P4RuntimeError(
+                    StatusCode.INVALID_ARGUMENT, f"match field {f.name} given twice"
+                )
             seen.add(fid)
             kind = fm.WhichOneof("field_match_type")
             if kind != f.oneof:
-                raise P4RTError(
-                    Code.INVALID_ARGUMENT,
+                raise P4RuntimeError(
+                    StatusCode.INVALID_ARGUMENT,
                     f"table {t.name} field {f.name} is {f.oneof}, the update gives {kind}",
                 )
             if kind == "exact":
@@ -172,42 +173,46 @@ class TableDecoder:
                 value = bytes_value(fm.lpm.value, f.width, what)
                 plen = fm.lpm.prefix_len
                 if not 0 < plen <= f.width:
-                    raise P4RTError(
-                        Code.INVALID_ARGUMENT,
+                    raise P4RuntimeError(
+                        StatusCode.INVALID_ARGUMENT,
                         f"{what}: prefix length {plen} (a /0 match must be omitted)",
                     )
                 if value & ~prefix_mask(plen, f.width):
-                    raise P4RTError(
-                        Code.INVALID_ARGUMENT, f"{what}: bits set beyond the /{plen} prefix"
+                    raise P4RuntimeError(
+                        StatusCode.INVALID_ARGUMENT, f"{what}: bits set beyond the /{plen} prefix"
                     )
                 match[f.name] = LpmValue(value, plen)
             else:
                 value = bytes_value(fm.ternary.value, f.width, what)
                 mask = bytes_value(fm.ternary.mask, f.width, what + " mask")
                 if mask == 0:
-                    raise P4RTError(
-                        Code.INVALID_ARGUMENT, f"{what}: a zero mask is don't-care: omit the field"
+                    raise P4RuntimeError(
+                        StatusCode.INVALID_ARGUMENT,
+                        f"{what}: a zero mask is don't-care: omit the field",
                     )
                 if value & ~mask:
-                    raise P4RTError(Code.INVALID_ARGUMENT, f"{what}: value bits outside the mask")
+                    raise P4RuntimeError(
+                        StatusCode.INVALID_ARGUMENT, f"{what}: value bits outside the mask"
+                    )
                 match[f.name] = TernaryValue(value, mask)
         missing = self.exact_ids - seen
         if missing:
             names = ", ".join(self.fields[i].name for i in sorted(missing))
-            raise P4RTError(
-                Code.INVALID_ARGUMENT, f"table {t.name}: exact field(s) {names} missing"
+            raise P4RuntimeError(
+                StatusCode.INVALID_ARGUMENT, f"table {t.name}: exact field(s) {names} missing"
             )
         return match
 
     def _check_priority(self, priority: int) -> None:
         t = self.table
         if t.needs_priority and priority <= 0:
-            raise P4RTError(
-                Code.INVALID_ARGUMENT, f"table {t.name} has ternary fields: priority must be > 0"
+            raise P4RuntimeError(
+                StatusCode.INVALID_ARGUMENT,
+                f"table {t.name} has ternary fields: priority must be > 0",
             )
         if not t.needs_priority and priority:
-            raise P4RTError(
-                Code.INVALID_ARGUMENT, f"table {t.name} takes no priority (found {priority})"
+            raise P4RuntimeError(
+                StatusCode.INVALID_ARGUMENT, f"table {t.name} takes no priority (found {priority})"
             )
 
     def decode_action(self, ta: p4r.TableAction, is_default: bool) -> tuple[str, dict[str, int]]:
@@ -237,28 +242,35 @@ class TableDecoder:
                                ) -> tuple[str, dict[str, int]]:  # fmt: skip
         t = self.table
         if ta.WhichOneof("type") != "action":
-            raise P4RTError(Code.INVALID_ARGUMENT, f"table {t.name} is direct: give an action")
+            raise P4RuntimeError(
+                StatusCode.INVALID_ARGUMENT, f"table {t.name} is direct: give an action"
+            )
         a = self.actions.get(ta.action.action_id)
         if a is None:
-            raise P4RTError(
-                Code.INVALID_ARGUMENT,
+            raise P4RuntimeError(
+                StatusCode.INVALID_ARGUMENT,
                 f"action id {ta.action.action_id} is not an action of table {t.name}",
             )
         if is_default and a.scope is ActionScope.TABLE_ONLY:
-            raise P4RTError(Code.PERMISSION_DENIED, f"action {a.name} cannot be the default")
+            raise P4RuntimeError(
+                StatusCode.PERMISSION_DENIED, f"action {a.name} cannot be the default"
+            )
         if not is_default and a.scope is ActionScope.DEFAULT_ONLY:
-            raise P4RTError(
-                Code.PERMISSION_DENIED, f"action {a.name} is only allowed as the default action"
+            raise P4RuntimeError(
+                StatusCode.PERMISSION_DENIED,
+                f"action {a.name} is only allowed as the default action",
             )
         params: dict[str, int] = {}
         declared = a.params
         for p in ta.action.params:
             pid = p.param_id
             if not 0 < pid <= len(declared):
-                raise P4RTError(Code.INVALID_ARGUMENT, f"action {a.name} has no parameter id {pid}")
+                raise P4RuntimeError(
+                    StatusCode.INVALID_ARGUMENT, f"action {a.name} has no parameter id {pid}"
+                )
             name, width = declared[pid - 1]
             if name in params:
-                raise P4RTError(Code.INVALID_ARGUMENT, f"parameter {name} given twice")
+                raise P4RuntimeError(StatusCode.INVALID_ARGUMENT, f"parameter {name} given twice")
             data = p.value
             value = int.from_bytes(data, "big")
             if not data or value >> width:
@@ -266,8 +278,8 @@ class TableDecoder:
             params[name] = value
         if len(params) != len(a.params):
             missing = [n for n, _ in a.params if n not in params]
-            raise P4RTError(
-                Code.INVALID_ARGUMENT, f"action {a.name} is missing {', '.join(missing)}"
+            raise P4RuntimeError(
+                StatusCode.INVALID_ARGUMENT, f"action {a.name} is missing {', '.join(missing)}"
             )
         return a.name, params
 
@@ -280,5 +292,5 @@ class PipelineDecoder:
     def table(self, table_id: int) -> TableDecoder:
         dec = self.tables.get(table_id)
         if dec is None:
-            raise P4RTError(Code.INVALID_ARGUMENT, f"no table with id {table_id}")
+            raise P4RuntimeError(StatusCode.INVALID_ARGUMENT, f"no table with id {table_id}")
         return dec

@@ -1,78 +1,115 @@
-"""A P4Runtime server (grpcio) in front of a device.
+"""A P4Runtime server (grpc.aio) in front of a device.
 
 The protocol lives here — device ids, arbitration, pipeline state, per-update errors in Write
-status details, chunked Read responses, the stream — and the device (`cyberstar.pp.device`)
-does the target work. Errors follow the P4Runtime specification's status codes.
+status details, Read responses in bounded chunks, the stream — and the device
+(`cyberstar.pp.device`) does the target work. Errors follow the P4Runtime specification's
+status codes.
+
+No client can block another: the server runs on its own event loop, so an idle stream costs
+no thread; device work runs in a small thread pool and takes the device's lock one chunk at a
+time, so a Read whose client stops consuming holds no lock (and is cancelled when one chunk
+waits longer than `SEND_TIMEOUT_S`); streams are capped, and one that does not arbitrate
+within `ARBITRATION_TIMEOUT_S` is closed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import logging
-import queue
+import os
 import threading
 from collections.abc import Iterator
-from concurrent import futures
 from typing import Protocol
 
 import grpc
-from finsy.proto import p4r, p4r_grpc, rpc_code, rpc_status
+from finsy.proto import p4r, rpc_code, rpc_status
 from google.protobuf import any_pb2
 
+from cyberstar.p4rt import batching
 from cyberstar.p4rt.arbitration import Arbitration, Controller
-from cyberstar.p4rt.decode import P4RTError
-from cyberstar.xdp.program import Punted
+from cyberstar.p4rt.errors import P4RuntimeError
+from cyberstar.p4rt.outbox import Outbox
+from cyberstar.pipeline.frames import Punted
 
 log = logging.getLogger(__name__)
 API_VERSION = "1.4.0"
-READ_CHUNK = 1000
+READ_CHUNK = 1000  # entities per ReadResponse
+SEND_TIMEOUT_S = 30.0  # a Read response the client has not taken by then ends the Read
+ARBITRATION_TIMEOUT_S = 10.0  # a stream must arbitrate this soon after it opens
+MAX_STREAMS = 32  # open StreamChannels, arbitrated or not
+OUTBOX_LIMIT = 65536  # messages queued for one stream (PacketIns beyond it are dropped)
+MAX_MESSAGE_BYTES = 16 << 20
 Action = p4r.SetForwardingPipelineConfigRequest
 _END = object()
+_EXTENSIONS = (batching.STREAM_BATCHING, batching.PACKET_OUT_BATCH)
 
 
 class Device(Protocol):
     def verify_config(self, config: p4r.ForwardingPipelineConfig) -> None: ...
     def commit(self, reconcile: bool) -> None: ...
-    def write(self, updates: list[p4r.Update]) -> list[P4RTError | None]: ...
-    def read(self, entity: p4r.Entity) -> Iterator[p4r.Entity]: ...
-    def packet_out(self, packet: p4r.PacketOut) -> None: ...
-    def packet_in_message(self, punted: Punted) -> bytes: ...
+    def write(self, updates: list[p4r.Update]) -> list[P4RuntimeError | None]: ...
+    def read(self, entity: p4r.Entity) -> Iterator[list[p4r.Entity]]: ...
+    def packet_outs(self, packets: list[p4r.PacketOut]) -> list[P4RuntimeError | None]: ...
+    def packet_in(self, punted: Punted) -> bytes: ...
 
 
-def _abort(context: grpc.ServicerContext, err: P4RTError) -> None:
-    context.abort(err.code, err.message)
+class PacketIns(list):
+    """Serialized PacketIns queued for a stream as one item (a perf-buffer poll's worth); the
+    stream's outbox weighs it by its length."""
 
 
-class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
+def peer_of(context: grpc.aio.ServicerContext) -> str:
+    """The connection a call arrived on: its transport address and, under TLS, the peer's
+    certificate names. Calls on one gRPC channel share it; another process never does."""
+    names = context.peer_identities() or ()
+    return context.peer() + "".join(f"|{n.decode(errors='replace')}" for n in names)
+
+
+class P4RuntimeServer:
     def __init__(self, device: Device, device_id: int) -> None:
         self.device = device
         self.device_id = device_id
         self.arbitration = Arbitration(device_id)
         self._config: p4r.ForwardingPipelineConfig | None = None  # committed
         self._saved: p4r.ForwardingPipelineConfig | None = None  # VERIFY_AND_SAVE
-        self._write_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._gate: asyncio.Lock | None = None  # writes, pipeline changes, arbitration
+        self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="p4rt-device")
+        self._streams = 0
         self.stats = {"write_errors": 0, "packet_in": 0, "packet_in_dropped": 0}
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._gate = asyncio.Lock()
 
     # ---- helpers ------------------------------------------------------------------------------
 
     def _check_device(self, device_id: int) -> None:
         if device_id != self.device_id:
-            raise P4RTError(
+            raise P4RuntimeError(
                 grpc.StatusCode.NOT_FOUND, f"device id {device_id}: this target is {self.device_id}"
             )
 
     def _check_pipeline(self) -> None:
         if self._config is None:
-            raise P4RTError(
+            raise P4RuntimeError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "no forwarding pipeline: call SetForwardingPipelineConfig first",
             )
 
-    def publish(self, msg: p4r.StreamMessageResponse | bytes) -> bool:
-        """Send a stream message to the primary: an idle-timeout notification, or a PacketIn
-        already serialized (bytes)."""
+    async def _on_device(self, fn, *args):
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._pool, fn, *args)
+
+    def publish(self, msg: p4r.StreamMessageResponse | PacketIns) -> bool:
+        """Send the primary (from any thread) a stream message (an idle-timeout notification)
+        or PacketIns; each stream sends those as batches or one by one, as its controller
+        asked."""
         ok = self.arbitration.send_to_primary(msg)
-        if isinstance(msg, bytes):
-            self.stats["packet_in" if ok else "packet_in_dropped"] += 1
+        if isinstance(msg, PacketIns):
+            self.stats["packet_in" if ok else "packet_in_dropped"] += len(msg)
         return ok
 
     @property
@@ -81,57 +118,63 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
 
     # ---- RPCs ---------------------------------------------------------------------------------
 
-    def Capabilities(self, request, context):
-        return p4r.CapabilitiesResponse(p4runtime_api_version=API_VERSION)
+    async def Capabilities(self, request, context):
+        return p4r.CapabilitiesResponse(
+            p4runtime_api_version=API_VERSION, experimental=batching.capability()
+        )
 
-    def SetForwardingPipelineConfig(self, request, context):
+    async def SetForwardingPipelineConfig(self, request, context):
+        assert self._gate is not None
         try:
             self._check_device(request.device_id)
-            self.arbitration.check_writer(request.election_id)
-            action = request.action
-            if action in (
-                Action.VERIFY,
-                Action.VERIFY_AND_SAVE,
-                Action.VERIFY_AND_COMMIT,
-                Action.RECONCILE_AND_COMMIT,
-            ):
-                if not request.HasField("config"):
-                    raise P4RTError(grpc.StatusCode.INVALID_ARGUMENT, "no config given")
-                self.device.verify_config(request.config)
-            if action == Action.VERIFY:
-                pass
-            elif action == Action.VERIFY_AND_SAVE:
-                self._saved = request.config
-            elif action == Action.COMMIT:
-                if request.HasField("config"):
-                    raise P4RTError(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        "COMMIT takes no config (it commits the saved one)",
-                    )
-                if self._saved is None:
-                    raise P4RTError(grpc.StatusCode.NOT_FOUND, "no saved config to commit")
-                self._commit(self._saved, reconcile=False)
-                self._saved = None
-            elif action in (Action.VERIFY_AND_COMMIT, Action.RECONCILE_AND_COMMIT):
-                self._commit(request.config, reconcile=action == Action.RECONCILE_AND_COMMIT)
-            else:
-                raise P4RTError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown action {action}")
-        except P4RTError as err:
-            _abort(context, err)
+            async with self._gate:
+                self.arbitration.check_writer(_election_id(request), peer_of(context))
+                await self._set_pipeline(request)
+        except P4RuntimeError as err:
+            await context.abort(err.code, err.message)
         return p4r.SetForwardingPipelineConfigResponse()
 
-    def _commit(self, config: p4r.ForwardingPipelineConfig, reconcile: bool) -> None:
-        with self._write_lock:
-            self.device.commit(reconcile=reconcile and self._config is not None)
-            self._config = p4r.ForwardingPipelineConfig()
-            self._config.CopyFrom(config)
+    async def _set_pipeline(self, request: p4r.SetForwardingPipelineConfigRequest) -> None:
+        action = request.action
+        if action in (
+            Action.VERIFY,
+            Action.VERIFY_AND_SAVE,
+            Action.VERIFY_AND_COMMIT,
+            Action.RECONCILE_AND_COMMIT,
+        ):
+            if not request.HasField("config"):
+                raise P4RuntimeError(grpc.StatusCode.INVALID_ARGUMENT, "no config given")
+            await self._on_device(self.device.verify_config, request.config)
+        if action == Action.VERIFY:
+            pass
+        elif action == Action.VERIFY_AND_SAVE:
+            self._saved = request.config
+        elif action == Action.COMMIT:
+            if request.HasField("config"):
+                raise P4RuntimeError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "COMMIT takes no config (it commits the saved one)",
+                )
+            if self._saved is None:
+                raise P4RuntimeError(grpc.StatusCode.NOT_FOUND, "no saved config to commit")
+            await self._commit(self._saved, reconcile=False)
+            self._saved = None
+        elif action in (Action.VERIFY_AND_COMMIT, Action.RECONCILE_AND_COMMIT):
+            await self._commit(request.config, reconcile=action == Action.RECONCILE_AND_COMMIT)
+        else:
+            raise P4RuntimeError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown action {action}")
 
-    def GetForwardingPipelineConfig(self, request, context):
+    async def _commit(self, config: p4r.ForwardingPipelineConfig, reconcile: bool) -> None:
+        await self._on_device(self.device.commit, reconcile and self._config is not None)
+        self._config = p4r.ForwardingPipelineConfig()
+        self._config.CopyFrom(config)
+
+    async def GetForwardingPipelineConfig(self, request, context):
         try:
             self._check_device(request.device_id)
             self._check_pipeline()
-        except P4RTError as err:
-            _abort(context, err)
+        except P4RuntimeError as err:
+            await context.abort(err.code, err.message)
         assert self._config is not None
         rt = p4r.GetForwardingPipelineConfigRequest
         out = p4r.ForwardingPipelineConfig(cookie=self._config.cookie)
@@ -141,25 +184,27 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
             out.p4_device_config = self._config.p4_device_config
         return p4r.GetForwardingPipelineConfigResponse(config=out)
 
-    def Write(self, request, context):
+    async def Write(self, request, context):
+        assert self._gate is not None
         try:
             self._check_device(request.device_id)
-            self.arbitration.check_writer(request.election_id)
-            self._check_pipeline()
-            if request.atomicity != p4r.WriteRequest.CONTINUE_ON_ERROR:
-                raise P4RTError(
-                    grpc.StatusCode.UNIMPLEMENTED, "only CONTINUE_ON_ERROR batches are supported"
-                )
-        except P4RTError as err:
-            _abort(context, err)
-        with self._write_lock:
-            results = self.device.write(list(request.updates))
-        failed = [r for r in results if r is not None]
+            async with self._gate:
+                self.arbitration.check_writer(_election_id(request), peer_of(context))
+                self._check_pipeline()
+                if request.atomicity != p4r.WriteRequest.CONTINUE_ON_ERROR:
+                    raise P4RuntimeError(
+                        grpc.StatusCode.UNIMPLEMENTED,
+                        "only CONTINUE_ON_ERROR batches are supported",
+                    )
+                results = await self._on_device(self.device.write, list(request.updates))
+        except P4RuntimeError as err:
+            await context.abort(err.code, err.message)
+        failed = sum(r is not None for r in results)
         if not failed:
             return p4r.WriteResponse()
-        self.stats["write_errors"] += len(failed)
+        self.stats["write_errors"] += failed
         status = rpc_status.Status(
-            code=rpc_code.UNKNOWN, message=f"{len(failed)} of {len(results)} updates failed"
+            code=rpc_code.UNKNOWN, message=f"{failed} of {len(results)} updates failed"
         )
         for r in results:
             err = p4r.Error(canonical_code=rpc_code.OK)
@@ -175,76 +220,177 @@ class P4RuntimeServer(p4r_grpc.P4RuntimeServicer):
         context.set_details(status.message)
         return p4r.WriteResponse()
 
-    def Read(self, request, context):
+    async def Read(self, request, context):
         try:
             self._check_device(request.device_id)
             self._check_pipeline()
-            batch: list[p4r.Entity] = []
+            if not request.entities:
+                await context.write(p4r.ReadResponse())
+                return
             for entity in request.entities:
-                for e in self.device.read(entity):
-                    batch.append(e)
-                    if len(batch) >= READ_CHUNK:
-                        yield p4r.ReadResponse(entities=batch)
-                        batch = []
-            if batch or not request.entities:
-                yield p4r.ReadResponse(entities=batch)
-        except P4RTError as err:
-            _abort(context, err)
+                chunks = self.device.read(entity)
+                while (chunk := await self._on_device(next, chunks, None)) is not None:
+                    if not chunk:
+                        continue
+                    try:
+                        await asyncio.wait_for(
+                            context.write(p4r.ReadResponse(entities=chunk)), SEND_TIMEOUT_S
+                        )
+                    except TimeoutError:
+                        raise P4RuntimeError(
+                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"the client took no Read response for {SEND_TIMEOUT_S:.0f} s",
+                        ) from None
+        except P4RuntimeError as err:
+            await context.abort(err.code, err.message)
 
-    def StreamChannel(self, request_iterator, context):
-        outbox: queue.Queue = queue.Queue(maxsize=65536)
-        state: dict[str, Controller | None] = {"controller": None}
-        context.add_callback(lambda: outbox.put(_END))
-
-        def reader() -> None:
-            try:
-                for req in request_iterator:
-                    self._on_stream_request(req, state, outbox)
-            except P4RTError as err:
-                outbox.put(err)
-            except grpc.RpcError:
-                pass
-            except Exception:  # a bug must end this stream, not the server
-                log.exception("stream reader failed")
-            outbox.put(_END)
-
-        threading.Thread(target=reader, name="p4rt-stream-reader", daemon=True).start()
+    async def StreamChannel(self, request_iterator, context):
+        if self._streams >= MAX_STREAMS:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"{MAX_STREAMS} streams are open already"
+            )
+        self._streams += 1
+        assert self._loop is not None
+        outbox = Outbox(self._loop, OUTBOX_LIMIT, weight=_weight)
+        state = _StreamState(peer_of(context))
+        reader = asyncio.create_task(self._read_stream(request_iterator, state, outbox))
+        timer = self._loop.call_later(
+            ARBITRATION_TIMEOUT_S, self._arbitration_overdue, state, outbox
+        )
         try:
             while True:
-                item = outbox.get()
-                if item is _END:
-                    return
-                if isinstance(item, P4RTError):
-                    context.abort(item.code, item.message)
-                yield item
+                for item in _coalesced(await outbox.take(), state.batch):
+                    if item is _END:
+                        return
+                    if isinstance(item, P4RuntimeError):
+                        await context.abort(item.code, item.message)
+                    await context.write(item)
         finally:
-            if state["controller"] is not None:
-                self.arbitration.leave(state["controller"])
+            timer.cancel()
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            self._streams -= 1
+            if state.controller is not None:
+                self.arbitration.leave(state.controller)
 
-    def _on_stream_request(
-        self, req: p4r.StreamMessageRequest, state: dict, outbox: queue.Queue
+    @staticmethod
+    def _arbitration_overdue(state: _StreamState, outbox: Outbox) -> None:
+        if state.controller is None:
+            outbox.put_urgent(
+                P4RuntimeError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"no MasterArbitrationUpdate within {ARBITRATION_TIMEOUT_S:.0f} s",
+                )
+            )
+
+    async def _read_stream(self, requests, state: _StreamState, outbox: Outbox) -> None:
+        try:
+            async for req in requests:
+                await self._on_stream_request(req, state, outbox)
+        except P4RuntimeError as err:
+            outbox.put_urgent(err)
+        except asyncio.CancelledError:
+            raise
+        except grpc.RpcError:
+            pass
+        except Exception:  # a bug must end this stream, not the server
+            log.exception("stream reader failed")
+        outbox.put_urgent(_END)
+
+    async def _on_stream_request(
+        self, req: p4r.StreamMessageRequest, state: _StreamState, outbox: Outbox
     ) -> None:
         kind = req.WhichOneof("update")
         if kind == "arbitration":
-            state["controller"] = self.arbitration.update(
-                state["controller"], req.arbitration, outbox
-            )
+            assert self._gate is not None
+            async with self._gate:  # a change of primary waits for Writes in flight
+                state.controller = self.arbitration.update(
+                    state.controller, req.arbitration, outbox, state.peer
+                )
             return
-        controller = state["controller"]
+        controller = state.controller
         if controller is None:
-            raise P4RTError(
+            raise P4RuntimeError(
                 grpc.StatusCode.FAILED_PRECONDITION, "send a MasterArbitrationUpdate first"
             )
-        if kind != "packet":
-            outbox.put(_stream_error(grpc.StatusCode.UNIMPLEMENTED, f"{kind} is not supported"))
-            return
+        if kind == "packet":
+            self._packet_outs(controller, [req.packet], outbox)
+        elif kind == "other" and req.other.type_url in _EXTENSIONS:
+            try:  # cyberstar's stream batching (p4rt/batching.py)
+                if req.other.type_url == batching.STREAM_BATCHING:
+                    wanted = batching.requested_max_packets(req.other)
+                    state.batch = max(1, min(wanted, batching.MAX_PACKETS))
+                    return
+                packets = batching.packet_outs_of(req.other)
+            except ValueError as exc:
+                outbox.put_urgent(_stream_error(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+                return
+            self._packet_outs(controller, packets, outbox)
+        else:
+            what = f"other ({req.other.type_url})" if kind == "other" else kind
+            outbox.put_urgent(
+                _stream_error(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not supported")
+            )
+
+    def _packet_outs(
+        self, controller: Controller, packets: list[p4r.PacketOut], outbox: Outbox
+    ) -> None:
         try:
             if not self.arbitration.is_primary(controller):
-                raise P4RTError(grpc.StatusCode.PERMISSION_DENIED, "only the primary sends packets")
+                raise P4RuntimeError(
+                    grpc.StatusCode.PERMISSION_DENIED, "only the primary sends packets"
+                )
             self._check_pipeline()
-            self.device.packet_out(req.packet)
-        except P4RTError as err:
-            outbox.put(_stream_error(err.code, err.message, req.packet))
+        except P4RuntimeError as err:
+            for packet in packets:
+                outbox.put_urgent(_stream_error(err.code, err.message, packet))
+            return
+        try:
+            results = self.device.packet_outs(packets)
+        except Exception as exc:  # a bug: answer these PacketOuts, keep the stream
+            log.exception("PacketOut failed")
+            results = [P4RuntimeError(grpc.StatusCode.INTERNAL, str(exc))] * len(packets)
+        for packet, err in zip(packets, results, strict=True):
+            if err is not None:
+                outbox.put_urgent(_stream_error(err.code, err.message, packet))
+
+
+class _StreamState:
+    __slots__ = ("batch", "controller", "peer")
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.controller: Controller | None = None
+        self.batch = 1  # PacketIns per message: 1 until the controller asks for batches
+
+
+def _weight(item: object) -> int:
+    """An outbox item's weight: PacketIns count as their packets."""
+    return len(item) if isinstance(item, PacketIns) else 1
+
+
+def _coalesced(items: list, batch: int) -> Iterator[object]:
+    """The stream messages for what the outbox held: PacketIns as standard one-packet messages,
+    or, for a controller that asked for batches, consecutive PacketIns in batches of `batch`."""
+    packets: list[bytes] = []
+    for item in items:
+        if isinstance(item, PacketIns):
+            if batch == 1:
+                yield from map(batching.packet_in_response, item)
+            else:
+                packets += item
+            continue
+        for i in range(0, len(packets), batch):
+            yield batching.packet_in_batch_response(packets[i : i + batch])
+        packets = []
+        yield item
+    for i in range(0, len(packets), batch):
+        yield batching.packet_in_batch_response(packets[i : i + batch])
+
+
+def _election_id(request) -> p4r.Uint128 | None:
+    return request.election_id if request.HasField("election_id") else None
 
 
 def _stream_error(
@@ -257,7 +403,7 @@ def _stream_error(
 
 
 def _serialize(msg: object) -> bytes:
-    """Stream responses may be pre-serialized bytes (PacketIns, built on the hot path)."""
+    """Stream responses may be pre-serialized bytes (PacketIns, built on the punt path)."""
     return msg if isinstance(msg, bytes) else msg.SerializeToString()
 
 
@@ -298,16 +444,67 @@ def _handlers(impl: P4RuntimeServer) -> grpc.GenericRpcHandler:
     )  # fmt: skip
 
 
-def serve(server_impl: P4RuntimeServer, address: str, workers: int = 8) -> grpc.Server:
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers),
-        options=[
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
-        ],
-    )
-    server.add_generic_rpc_handlers((_handlers(server_impl),))
-    if server.add_insecure_port(address) == 0:
-        raise OSError(f"cannot listen on {address}")
-    server.start()
-    return server
+class ServingThread:
+    """The server's event loop, in a thread of its own; `stop` ends it."""
+
+    def __init__(self, server_impl: P4RuntimeServer, address: str) -> None:
+        self.address = address
+        self._loop = asyncio.new_event_loop()
+        self._server: grpc.aio.Server | None = None
+        started: concurrent.futures.Future = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._run, args=(server_impl, started), name="p4rt-server", daemon=True
+        )
+        self._thread.start()
+        started.result()  # raises what binding raised
+
+    def _run(self, impl: P4RuntimeServer, started: concurrent.futures.Future) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._start(impl))
+        except BaseException as exc:
+            started.set_exception(exc)
+            self._loop.close()
+            return
+        started.set_result(None)
+        self._loop.run_forever()
+        self._loop.close()
+
+    async def _start(self, impl: P4RuntimeServer) -> None:
+        impl.bind_loop(self._loop)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 0),  # a port another process holds is an error
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+            maximum_concurrent_rpcs=4 * MAX_STREAMS,
+        )
+        server.add_generic_rpc_handlers((_handlers(impl),))
+        try:
+            port = server.add_insecure_port(self.address)
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            raise OSError(
+                f"P4Runtime: cannot listen on {self.address}: the address is taken by another "
+                "process or is not an address of this host"
+            )
+        if self.address.startswith("unix:"):  # on a socket file, its mode is the door's lock
+            os.chmod(self.address.removeprefix("unix:"), 0o600)
+        await server.start()
+        self._server = server
+
+    def stop(self, grace: float = 1.0) -> None:
+        if self._server is not None and self._thread.is_alive():
+            fut = asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop)
+            with contextlib.suppress(Exception):
+                fut.result(grace + 5)
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+
+
+def serve(server_impl: P4RuntimeServer, address: str) -> ServingThread:
+    """Serve P4Runtime on `address` (host:port or unix:PATH) until `stop`."""
+    return ServingThread(server_impl, address)

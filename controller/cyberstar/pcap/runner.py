@@ -26,12 +26,16 @@ def run_packets(target: Target, packets: list[Packet], ingress_port: int) -> Run
 
 
 def write_results(out_dir: Path, packets: list[Packet], report: RunReport) -> None:
-    """`verdicts.jsonl` (one line per input frame, in order) and `out.pcap` (the bytes each
-    forwarded or punted frame leaves with, in input order, with the input's timestamp)."""
+    """`verdicts.jsonl` (one line per input frame, in order, with the reason of a drop) and
+    `out.pcap` (the bytes each forwarded or punted frame leaves with, in input order, with the
+    input's timestamp)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "verdicts.jsonl").open("w") as f:
         for i, o in enumerate(report.outcomes):
-            f.write(json.dumps({"index": i, "verdict": o.verdict, "port": o.port}) + "\n")
+            line = {"index": i, "verdict": o.verdict, "port": o.port}
+            if o.drop_reason:
+                line["drop_reason"] = o.drop_reason
+            f.write(json.dumps(line) + "\n")
     write_pcap(
         out_dir / "out.pcap",
         (

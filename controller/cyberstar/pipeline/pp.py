@@ -29,8 +29,10 @@ from cyberstar.pipeline.model import (
     HeaderInstance,
     HeaderType,
     IndexedCounter,
+    IndexedMeter,
     KeyField,
     MatchKind,
+    MeterUnit,
     Param,
     Pass,
     Pipeline,
@@ -166,6 +168,7 @@ PARSER_DROP_REASONS = (
     "truncated_inner_udp",
     "bad_inner_udp_length",
     "truncated_inner_icmp",
+    "frame_too_long",  # longer than MAX_FRAME: checked first, before any header
 )
 DROP_REASONS = (
     *PARSER_DROP_REASONS,
@@ -173,6 +176,8 @@ DROP_REASONS = (
     "flow_drop",
     "no_next_hop",
     "port_down",  # XDP only: the egress port has no interface attached
+    "flow_quota",  # XDP only: a flow-table miss of a tenant at its quota (pp serve --flow-quota)
+    "rate_limited",  # over the tenant's rate (tenant_rate marked the packet red)
 )
 # Reasons a packet reaches the CPU port. "host" is bmv2's stand-in for the XDP `pass` verdict.
 PUNT_REASONS = ("none", "miss", "host")
@@ -188,6 +193,10 @@ CONSTANTS = {
     "IP_PROTO_TCP": 6,
     "IP_PROTO_UDP": 17,
     "ENCAP_TTL": 64,
+    # The longest frame the pipeline takes (bytes, from the Ethernet header on); longer ones are
+    # dropped as frame_too_long, and a longer PacketOut is INVALID_ARGUMENT. XDP sees a frame in
+    # one page: 4096 minus the headroom and the skb_shared_info the kernel keeps around it.
+    "MAX_FRAME": 3520,
 }
 
 P = Param
@@ -374,6 +383,37 @@ COUNTERS = (
         (),
         "Forwarded packets by egress port.",
     ),
+    IndexedCounter(
+        "tenant_packets",
+        0x12000004,
+        1 << 16,
+        CounterUnit.BOTH,
+        (),
+        "Classified packets per tenant (the arrival rate the agent's rate policy reads).",
+    ),
+    IndexedCounter(
+        "tenant_rate_drops",
+        0x12000005,
+        1 << 16,
+        CounterUnit.BOTH,
+        (),
+        "Packets per tenant dropped over its rate (tenant_rate marked them red).",
+    ),
+)
+
+# Per-tenant rate management (§7.2): the agent's credit policy sets each tenant's rate.
+METERS = (
+    IndexedMeter(
+        "tenant_rate",
+        0x14000001,
+        1 << 16,
+        MeterUnit.PACKETS,
+        "tenant_id",
+        "rate_limited",
+        "tenant_packets",
+        "tenant_rate_drops",
+        "Each tenant's current rate and burst, in packets; red packets are dropped.",
+    ),
 )
 
 PIPELINE = Pipeline(
@@ -390,4 +430,5 @@ PIPELINE = Pipeline(
     punt_reasons=PUNT_REASONS,
     verdicts=VERDICTS,
     constants=CONSTANTS,
+    meters=METERS,
 )

@@ -130,12 +130,3 @@ def from_bytes(data: bytes, width: int) -> int:
     value = int.from_bytes(data, "big")
     check_width(value, width)
     return value
-
-
-def format_value(value: int, width: int) -> str:
-    """Human form: dotted IPv4 for 32 bits, MAC for 48 bits, else decimal."""
-    if width == 32:
-        return str(ipaddress.IPv4Address(value))
-    if width == 48:
-        return ":".join(f"{b:02x}" for b in value.to_bytes(6, "big"))
-    return str(value)

@@ -8,13 +8,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cyberstar.pipeline.checksum import internet_checksum, replace16, replace32
+from cyberstar.pipeline.checksum import replace16, replace32
 from cyberstar.pipeline.entries import TableEntry
+from cyberstar.pipeline.frames import (
+    ICMP_ECHO_TYPES,
+    Malformed,
+    Parsed,
+    effective_prefix,
+    lookup_metadata,
+    parse,
+)
+from cyberstar.pipeline.headers import ipv4_header, pack
+from cyberstar.pipeline.meters import RED, MeterCell, MeterConfig
 from cyberstar.pipeline.model import (
     REWRITE_TARGETS,
     Drop,
     Forward,
     ForwardVxlan,
+    IndexedMeter,
+    MeterUnit,
     Pass,
     Pipeline,
     Punt,
@@ -22,12 +34,8 @@ from cyberstar.pipeline.model import (
     SetMeta,
     SetNextHop,
 )
-from cyberstar.pipeline.pp import CONSTANTS, ETHERNET, IPV4, OUTER_HEADERS, PIPELINE, UDP, VXLAN
-from cyberstar.ref.headers import pack
-from cyberstar.ref.parser import Malformed, Parsed, parse
+from cyberstar.pipeline.pp import CONSTANTS, ETHERNET, OUTER_HEADERS, PIPELINE, UDP, VXLAN
 from cyberstar.ref.tables import RefTable
-
-ICMP_ECHO_TYPES = (0, 8)
 
 
 @dataclass
@@ -59,13 +67,20 @@ class RefModel:
         self.pipeline = pipeline
         self.tables = {t.name: RefTable(t) for t in pipeline.tables}
         self.counters = {c.name: [[0, 0] for _ in range(c.size)] for c in pipeline.counters}
+        self.meters: dict[str, dict[int, MeterCell]] = {m.name: {} for m in pipeline.meters}
 
     def install(self, entries: list[TableEntry]) -> None:
         for e in entries:
             self.tables[e.table].install(e)
 
-    def process(self, frame: bytes, ingress_port: int) -> Result:
-        result = self._process(frame, ingress_port)
+    def set_meter(self, name: str, index: int, config: MeterConfig | None) -> None:
+        """Configure a meter cell, keeping its state (None: back to never configured, which
+        marks green)."""
+        self.meters[name].setdefault(index, MeterCell()).config = config
+
+    def process(self, frame: bytes, ingress_port: int, now_ns: int = 0) -> Result:
+        """`now_ns`: the packet's arrival time, which only meters read."""
+        result = self._process(frame, ingress_port, now_ns)
         self._count("verdicts", self.pipeline.verdict(result.verdict), len(frame))
         if result.verdict == "drop":
             self._count("drop_reasons", self.pipeline.drop_reason(result.drop_reason), len(frame))
@@ -78,16 +93,19 @@ class RefModel:
         cell[0] += 1
         cell[1] += nbytes
 
-    def _process(self, frame: bytes, ingress_port: int) -> Result:
+    def _process(self, frame: bytes, ingress_port: int, now_ns: int) -> Result:
         try:
             p = parse(frame)
         except Malformed as exc:
             return Result("drop", drop_reason=exc.reason)
-        prefix = _effective_prefix(p)
+        prefix = effective_prefix(p)
         if prefix is None:
             return Result("pass")
-        st = _State(meta=_lookup_metadata(p, prefix, ingress_port))
+        st = _State(meta=lookup_metadata(p, prefix, ingress_port))
         self._apply("tenant_classify", st, len(frame))
+        for m in self.pipeline.meters:
+            if st.verdict is None:
+                self._meter(m, st, len(frame), now_ns)
         if st.verdict is None:
             self._apply("acl", st, len(frame))
         if st.verdict is None:
@@ -104,6 +122,15 @@ class RefModel:
             raise AssertionError("pipeline ended without a verdict")
         out = _rewrite(p, frame, prefix, st)
         return Result("forward", port=st.forward_args["port"], output=out, tenant_id=tenant)
+
+    def _meter(self, m: IndexedMeter, st: _State, frame_len: int, now_ns: int) -> None:
+        index = st.meta[m.index]
+        self._count(m.arrivals, index, frame_len)
+        cell = self.meters[m.name].setdefault(index, MeterCell())
+        units = 1 if m.unit is MeterUnit.PACKETS else frame_len
+        if cell.color(now_ns, units) == RED:
+            self._count(m.drops, index, frame_len)
+            st.verdict, st.drop_reason = "drop", m.drop_reason
 
     def _apply(self, table: str, st: _State, frame_len: int) -> None:
         hit = self.tables[table].lookup(st.meta, frame_len)
@@ -134,45 +161,6 @@ class RefModel:
                     st.verdict, st.punt_reason = "punt", reason
                 case Pass():
                     st.verdict = "pass"
-
-
-def frame_metadata(frame: bytes, ingress_port: int = 0) -> dict[str, int] | None:
-    """The lookup metadata the pipeline derives from a frame (tenant_id aside), or None for a
-    frame it would not look up (malformed, not IPv4). FM uses it on punted frames."""
-    try:
-        p = parse(frame)
-    except Malformed:
-        return None
-    prefix = _effective_prefix(p)
-    return None if prefix is None else _lookup_metadata(p, prefix, ingress_port)
-
-
-def _effective_prefix(p: Parsed) -> str | None:
-    """Which IPv4 the pipeline works on: the inner one of VXLAN, else the outer; None if neither."""
-    if p.has("vxlan"):
-        return "inner_" if p.has("inner_ipv4") else None
-    return "" if p.has("ipv4") else None
-
-
-def _lookup_metadata(p: Parsed, prefix: str, ingress_port: int) -> dict[str, int]:
-    ip = p.headers[f"{prefix}ipv4"]
-    l4_src = l4_dst = 0
-    if f"{prefix}tcp" in p.headers or f"{prefix}udp" in p.headers:
-        l4 = p.headers.get(f"{prefix}tcp") or p.headers[f"{prefix}udp"]
-        l4_src, l4_dst = l4["src_port"], l4["dst_port"]
-    elif f"{prefix}icmp" in p.headers and p.headers[f"{prefix}icmp"]["type"] in ICMP_ECHO_TYPES:
-        l4_src = l4_dst = p.headers[f"{prefix}icmp"]["identifier"]
-    return {
-        "ingress_port": ingress_port,
-        "vni": p.headers["vxlan"]["vni"] if p.has("vxlan") else 0,
-        "tenant_id": 0,
-        "l3_src": ip["src_addr"],
-        "l3_dst": ip["dst_addr"],
-        "l3_proto": ip["protocol"],
-        "l4_src": l4_src,
-        "l4_dst": l4_dst,
-        "nexthop_id": 0,
-    }
 
 
 def _rewrite(p: Parsed, frame: bytes, prefix: str, st: _State) -> bytes:
@@ -252,21 +240,10 @@ def vxlan_source_port(meta: dict[str, int]) -> int:
 
 def _encap_headers(args: dict[str, int], meta: dict[str, int], inner_len: int) -> bytes:
     udp_len = UDP.byte_len + VXLAN.byte_len + inner_len
-    ip = {
-        "version": 4,
-        "ihl": 5,
-        "diffserv": 0,
-        "total_len": IPV4.byte_len + udp_len,
-        "identification": 0,
-        "flags": 2,  # don't fragment
-        "frag_offset": 0,
-        "ttl": CONSTANTS["ENCAP_TTL"],
-        "protocol": CONSTANTS["IP_PROTO_UDP"],
-        "hdr_checksum": 0,
-        "src_addr": args["src_addr"],
-        "dst_addr": args["dst_addr"],
-    }
-    ip["hdr_checksum"] = internet_checksum(pack(IPV4, ip))
+    ip = ipv4_header(
+        args["src_addr"], args["dst_addr"], CONSTANTS["IP_PROTO_UDP"], udp_len,
+        ttl=CONSTANTS["ENCAP_TTL"],
+    )  # fmt: skip
     eth = {
         "dst_addr": args["dmac"],
         "src_addr": args["smac"],
@@ -279,4 +256,4 @@ def _encap_headers(args: dict[str, int], meta: dict[str, int], inner_len: int) -
         "checksum": 0,
     }
     vxlan = {"flags": 0x08, "reserved": 0, "vni": args["vni"], "reserved2": 0}
-    return pack(ETHERNET, eth) + pack(IPV4, ip) + pack(UDP, udp) + pack(VXLAN, vxlan)
+    return pack(ETHERNET, eth) + ip + pack(UDP, udp) + pack(VXLAN, vxlan)

@@ -1,8 +1,4 @@
-"""`cyberstar sc serve --config SC.yaml`: run one SC node until SIGTERM/SIGINT.
-
-`python -m cyberstar.sc.cli [-v] sc serve --config SC.yaml` is the same command without the
-rest of the CLI (the lab and the tests start nodes that way).
-"""
+"""`cyberstar sc serve --config SC.yaml`: run one SC node until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -10,25 +6,15 @@ import argparse
 import asyncio
 import gc
 import signal
-import sys
 from pathlib import Path
 
 from cyberstar.errors import RuntimeFailure
 from cyberstar.sc.config import ScConfig, load_config
+from cyberstar.verbs import Verb
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    sc = sub.add_parser("sc", help="the Service Computing plane")
-    verbs = sc.add_subparsers(dest="verb", metavar="VERB", required=True)
-    serve = verbs.add_parser(
-        "serve",
-        help="run one SC node (a member of an SC group)",
-        description="Serves the ServiceComputing gRPC API (controller/cyberstar/proto/sc.proto), "
-        "joins its SC group's chain through etcd and runs until SIGTERM or SIGINT. Exit codes: "
-        "0 stopped, 1 runtime failure (cannot listen, etcd unreachable), 2 bad configuration.",
-    )
+def arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--config", type=Path, required=True, help="SC.yaml (see docs/sc.md)")
-    serve.set_defaults(func=serve_command)
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -60,14 +46,11 @@ async def _serve(config: ScConfig) -> None:
         await node.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    from cyberstar.cli import run
-
-    parser = argparse.ArgumentParser(prog="python -m cyberstar.sc.cli")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    register(parser.add_subparsers(dest="object", required=True))
-    return run(parser, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+SERVE = Verb(
+    help="run one SC node (a member of an SC group)",
+    description="Serves the ServiceComputing gRPC API (controller/cyberstar/proto/sc.proto), "
+    "joins its SC group's chain through etcd and runs until SIGTERM or SIGINT. Exit codes: "
+    "0 stopped, 1 runtime failure (cannot listen, etcd unreachable), 2 bad configuration.",
+    arguments=arguments,
+    run=serve_command,
+)

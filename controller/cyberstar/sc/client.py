@@ -14,16 +14,20 @@ reply = await client.scale_status(op, wait_s=10)   # phase "fin"
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import grpc
 
 from cyberstar.proto import sc_pb2, sc_pb2_grpc
 from cyberstar.sc.flows import FlowKey, Packet
-from cyberstar.sc.replication import GRPC_OPTIONS
 
 HOPS_METADATA = "x-cyberstar-hops"
+# Channel options of the ServiceComputing API, for its clients and its server (sc.server).
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", 512 << 20),
+    ("grpc.max_receive_message_length", 512 << 20),
+]
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,3 @@ class ScaleError(RuntimeError):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
-
-
-def replies_by_id(replies: Sequence[sc_pb2.RuleReply]) -> dict[int, sc_pb2.RuleReply]:
-    return {r.request_id: r for r in replies}

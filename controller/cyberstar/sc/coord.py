@@ -118,10 +118,6 @@ def connect(endpoints: tuple[tuple[str, int], ...] | list[tuple[str, int]]) -> a
     return aetcd.Client(host=host, port=port)
 
 
-def prefix_end(prefix: bytes) -> bytes:
-    return prefix[:-1] + bytes([prefix[-1] + 1])
-
-
 async def watch_prefix(
     client: aetcd.Client,
     prefix: bytes,

@@ -2,10 +2,11 @@
 
 An element is `addr << 16 | port`. The set is kept as sorted disjoint half-open ranges of
 never-used elements plus a set of released ones, so a pool of a few public addresses costs a
-handful of integers until it is used. `take` prefers never-used elements (a released port is
-reused last, which keeps it out of TIME_WAIT trouble); `split` hands half of the elements to
-another shard; `merge` is a union. Removing distinct present elements commutes, which is what
-lets two SCGs allocate from the two halves independently.
+handful of integers until it is used. Iteration yields never-used elements first, so the head,
+which takes the first free one, reuses a released port last (out of TIME_WAIT trouble);
+`split` hands half of the elements to another shard; `merge` is a union. Removing distinct
+present elements commutes, which is what lets two SCGs allocate from the two halves
+independently.
 """
 
 from __future__ import annotations
@@ -62,16 +63,8 @@ class AddressPool:
         return cls(((lo, hi) for lo, hi in ranges), loose)
 
     # -- changes ------------------------------------------------------------------------------
-    def peek(self) -> int | None:
-        """The element `take()` would return, without taking it."""
-        if self._ranges:
-            return self._ranges[0][0]
-        if self._loose:
-            return next(iter(self._loose))
-        return None
-
     def take(self, elem: int) -> None:
-        """Remove a free element (the head chose it with `peek`; replicas replay the choice)."""
+        """Remove a free element (the head chose it by iterating; replicas replay the choice)."""
         if elem in self._loose:
             self._loose.remove(elem)
             self._size -= 1

@@ -37,10 +37,6 @@ from cyberstar.sc.state import NodeState, StateError
 
 log = logging.getLogger(__name__)
 
-GRPC_OPTIONS = [
-    ("grpc.max_send_message_length", 512 << 20),
-    ("grpc.max_receive_message_length", 512 << 20),
-]
 FRAME = struct.Struct(">I")
 MAX_FRAME = 512 << 20
 HELLO_TIMEOUT_S = 10.0
@@ -164,10 +160,6 @@ class Replicator:
         self._holding_acks = False  # while frames are handled: acks go out once, at the end
 
     # -- roles ---------------------------------------------------------------------------------
-    @property
-    def in_chain(self) -> bool:
-        return self.index is not None
-
     @property
     def is_head(self) -> bool:
         return self.index == 0 and not self.fresh
@@ -488,4 +480,4 @@ def _brief(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-__all__ = ["GRPC_OPTIONS", "ChainLink", "Replicator", "decode_ops", "encode_ops"]
+__all__ = ["ChainLink", "Replicator", "decode_ops", "encode_ops"]

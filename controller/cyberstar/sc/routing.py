@@ -3,7 +3,7 @@
 * `slot_of(tenant_id, key)` (from `flows`) — pure: the flow's slot.
 * `ShardMap` — a live copy of the etcd shard map and of every SCG's chain: `route(tenant_id,
   key)` → `Route(shard, slot, scg, head address)`; `route_slot` for releases (use the slot from
-  the RuleReply); `wait_for(...)` to wait on a condition of the map (tests, scale helpers).
+  the RuleReply); `wait_until(...)` to wait on a condition of the map (tests, scale helpers).
 * `ScRouter` — optional convenience on top: sends a mixed batch to the right SCGs in parallel,
   and retries the requests a chain change or a map change bounced (NOT_HEAD, UNAVAILABLE,
   WRONG_SHARD) after the map caught up.
@@ -37,12 +37,6 @@ class Route:
     slot: int
     scg: str
     head: str | None  # the chain head's gRPC address (None while the SCG has no live node)
-
-
-def shard_of(tenant_id: int, key: FlowKey, shards: dict[ShardId, str]) -> ShardId | None:
-    """The shard of a flow in a shard map (`{ShardId: scg}`), or None if no shard covers it."""
-    slot = slot_of(tenant_id, key)
-    return next((s for s in shards if s.tenant_id == tenant_id and s.holds(slot)), None)
 
 
 class ShardMap:
@@ -104,7 +98,7 @@ class ShardMap:
         async with self._changed:
             self._changed.notify_all()
 
-    async def wait_for(self, predicate: Callable[[ShardMap], bool], timeout: float) -> None:
+    async def wait_until(self, predicate: Callable[[ShardMap], bool], timeout: float) -> None:
         async with self._changed:
             await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self)), timeout)
 

@@ -30,14 +30,18 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+import aetcd
 import grpc
 
 from cyberstar.proto import sc_pb2
-from cyberstar.sc.client import flow_proto
-from cyberstar.sc.coord import read_shard_map
+from cyberstar.sc.client import ScClient, flow_proto
+from cyberstar.sc.config import ScConfig
+from cyberstar.sc.coord import Keys, read_shard_map
+from cyberstar.sc.engine import Engine
 from cyberstar.sc.flows import FlowKey, ShardId, adjacent
+from cyberstar.sc.metrics import Counters
 from cyberstar.sc.state import (
     ACTIVE,
     MOVING,
@@ -48,8 +52,24 @@ from cyberstar.sc.state import (
     pack_connections,
 )
 
-if TYPE_CHECKING:
-    from cyberstar.sc.server import ScNode
+
+class ScaleHost(Protocol):
+    """What a scale move needs from the SC node that drives or receives it (`ScNode`)."""
+
+    config: ScConfig
+    engine: Engine
+    counters: Counters
+    keys: Keys
+    etcd: aetcd.Client | None
+
+    async def submit(
+        self, ops: list, then: Callable[[], object] | None = None, wait: bool = True
+    ) -> tuple[bool, list]: ...
+
+    def head_address(self, scg: str) -> str | None: ...
+
+    def client_for(self, address: str) -> ScClient: ...
+
 
 log = logging.getLogger(__name__)
 Code = sc_pb2.Code
@@ -113,7 +133,7 @@ class ScaleOp:
 
 
 class ScaleDriver:
-    def __init__(self, node: ScNode) -> None:
+    def __init__(self, node: ScaleHost) -> None:
         self.node = node
         self.ops: dict[str, ScaleOp] = {}
 

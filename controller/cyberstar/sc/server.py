@@ -19,12 +19,12 @@ import grpc
 
 from cyberstar.proto import sc_pb2, sc_pb2_grpc
 from cyberstar.sc import coord
-from cyberstar.sc.client import HOPS_METADATA, ScClient
+from cyberstar.sc.client import GRPC_OPTIONS, HOPS_METADATA, ScClient
 from cyberstar.sc.config import ScConfig
 from cyberstar.sc.engine import Engine, Outcome, validate_flow
 from cyberstar.sc.flows import FlowKey, Packet, ShardId
 from cyberstar.sc.metrics import Counters
-from cyberstar.sc.replication import GRPC_OPTIONS, Replicator, encode_ops
+from cyberstar.sc.replication import Replicator, encode_ops
 from cyberstar.sc.rules import fill_rule
 from cyberstar.sc.scale import ScaleDriver
 from cyberstar.sc.state import NodeState

@@ -30,7 +30,3 @@ class Target(Protocol):
     def process(self, frame: bytes, ingress_port: int) -> Outcome: ...
 
     def close(self) -> None: ...
-
-
-class TargetUnavailable(RuntimeError):
-    """The target cannot run on this host (missing tools, no privileges); says what to install."""

@@ -10,46 +10,47 @@ the frame is then collected from the egress veth (forward) or the PacketIn strea
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import queue
-import shutil
 import socket
 import struct
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from finsy.proto import p4r
 
 from cyberstar import netns
 from cyberstar.codegen.p4info import parse_p4info_text
-from cyberstar.errors import RuntimeFailure
+from cyberstar.errors import RuntimeFailure, TargetUnavailable
 from cyberstar.p4rt.client import P4RuntimeClient
 from cyberstar.p4rt.codec import update
-from cyberstar.paths import p4_source
+from cyberstar.p4tools import compile_p4, require_tools, switch_command
 from cyberstar.pipeline.entries import TableEntry
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.subprocs import tied_to_parent
-from cyberstar.targets import Outcome, TargetUnavailable
+from cyberstar.targets import Outcome
 
 log = logging.getLogger(__name__)
 
-# A documented setting: a directory to look for the P4 tools in before PATH.
-P4_TOOLS_ENV = "CYBERSTAR_P4_BIN"
-SWITCH_BINARY = "simple_switch_grpc"
-COMPILER_BINARY = "p4c-bm2-ss"
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cyberstar" / "p4c"
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
 SOL_PACKET = 263
 PACKET_AUXDATA = 8
 TP_STATUS_VLAN_VALID = 0x10
 TP_STATUS_VLAN_TPID_VALID = 0x40
+VLAN_ETHERTYPES = (b"\x81\x00", b"\x88\xa8")
 DEFAULT_PORTS = 8
+VETH_MTU = 9000  # jumbo: frames between MAX_FRAME and this reach the switch, which drops them
+PACKET_OUT_FIELDS = {f.name: i for i, f in enumerate(PIPELINE.packet_out.fields, start=1)}
+
+
+def lost_on_veth(frame: bytes) -> bool:
+    """Linux untags every 802.1Q/802.1ad frame it receives before any packet socket (bmv2's
+    libpcap) sees it, and drops one whose tag is cut short."""
+    return frame[12:14] in VLAN_ETHERTYPES and len(frame) < 18
 
 
 def with_vlan_tag(frame: bytes, ancillary: list[tuple[int, int, bytes]]) -> bytes:
@@ -63,68 +64,6 @@ def with_vlan_tag(frame: bytes, ancillary: list[tuple[int, int, bytes]]) -> byte
                     tpid = 0x8100
                 return frame[:12] + struct.pack("!HH", tpid, tci) + frame[12:]
     return frame
-
-
-def find_tool(name: str) -> str | None:
-    extra = os.environ.get(P4_TOOLS_ENV)
-    if extra:
-        candidate = os.path.join(extra, name)
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return shutil.which(name)
-
-
-def require_tools() -> tuple[str, str]:
-    switch, compiler = find_tool(SWITCH_BINARY), find_tool(COMPILER_BINARY)
-    missing = [n for n, p in ((SWITCH_BINARY, switch), (COMPILER_BINARY, compiler)) if not p]
-    if missing:
-        raise TargetUnavailable(
-            f"{' and '.join(missing)} not installed: the bmv2 target needs bmv2 "
-            f"(simple_switch_grpc with P4Runtime) and p4c on PATH, or in ${P4_TOOLS_ENV}"
-        )
-    assert switch and compiler
-    return switch, compiler
-
-
-@dataclass(frozen=True)
-class CompiledP4:
-    json_path: Path
-    p4info_path: Path
-
-
-def require_compiler() -> str:
-    compiler = find_tool(COMPILER_BINARY)
-    if compiler is None:
-        raise TargetUnavailable(
-            f"{COMPILER_BINARY} not installed: put p4c on PATH or in ${P4_TOOLS_ENV}"
-        )
-    return compiler
-
-
-def compile_p4(source: str | None = None) -> CompiledP4:
-    """Compile the P4 program with p4c-bm2-ss (v1model), cached by the source's hash."""
-    compiler = require_compiler()
-    text = source or p4_source()
-    out = CACHE / hashlib.sha256(text.encode()).hexdigest()[:16]
-    compiled = CompiledP4(out / "pp.json", out / "pp.p4info.txtpb")
-    if compiled.json_path.exists() and compiled.p4info_path.exists():
-        return compiled
-    out.mkdir(parents=True, exist_ok=True)
-    src = out / "pp.p4"
-    src.write_text(text)
-    proc = subprocess.run(
-        [
-            compiler, "--arch", "v1model", "--std", "p4-16",
-            "--p4runtime-files", str(compiled.p4info_path),
-            "-o", str(compiled.json_path), str(src),
-        ],
-        capture_output=True,
-        text=True,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        compiled.json_path.unlink(missing_ok=True)
-        raise RuntimeFailure(f"p4c-bm2-ss failed on {src}:\n{proc.stderr.strip()}")
-    return compiled
 
 
 class Bmv2Target:
@@ -152,7 +91,7 @@ class Bmv2Target:
     def _start(self, switch: str) -> None:
         netns.create(self.ns)
         for port in range(self.ports):
-            netns.veth(f"sw{port}", f"host{port}", self.ns, self.ns, mtu=9000)
+            netns.veth(f"sw{port}", f"host{port}", self.ns, self.ns, mtu=VETH_MTU)
         with netns.entered(self.ns):
             for port in range(self.ports):
                 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
@@ -161,13 +100,16 @@ class Bmv2Target:
                 s.setblocking(False)
                 self.sockets[port] = s
         grpc_sock = self.workdir / "p4rt.sock"
-        iface_args = [a for port in range(self.ports) for a in ("-i", f"{port}@sw{port}")]
-        cmd = [
-            "ip", "netns", "exec", self.ns, switch, "--device-id", "1", "--no-p4",
-            "--log-file", str(self.workdir / "bmv2"), "--log-flush", *iface_args, "--",
-            "--grpc-server-addr", f"unix://{grpc_sock}",
-            "--cpu-port", str(PIPELINE.constants["CPU_PORT"]),
-        ]  # fmt: skip
+        cmd = switch_command(
+            switch,
+            self.ns,
+            {port: f"sw{port}" for port in range(self.ports)},
+            f"unix://{grpc_sock}",
+            device_id=1,
+            workdir=self.workdir,
+            cpu_port=PIPELINE.constants["CPU_PORT"],
+            log_level="trace",
+        )
         self.log_path = self.workdir / "switch.out"
         self.proc = subprocess.Popen(
             tied_to_parent(cmd), stdout=self.log_path.open("w"), stderr=subprocess.STDOUT
@@ -234,8 +176,23 @@ class Bmv2Target:
         if len(frame) < 14:
             # No link delivers a frame shorter than its header; the pipeline would drop it.
             return Outcome("drop", drop_reason="truncated_ethernet")
+        if len(frame) > VETH_MTU + 14:
+            # Nor a frame beyond the ports' MTU (a GSO super-frame in a host capture); one up
+            # to it that is longer than MAX_FRAME reaches the switch, which drops it.
+            return Outcome("drop", drop_reason="frame_too_long")
         before = self._verdict_counts()
-        self.sockets[ingress_port].send(frame)
+        if lost_on_veth(frame):
+            # Through the CPU port instead: the pipeline parses it as received on ingress_port.
+            assert self.client is not None
+            self.client.packet_out(
+                frame,
+                [
+                    (PACKET_OUT_FIELDS["ingress_port"], ingress_port.to_bytes(2, "big")),
+                    (PACKET_OUT_FIELDS["submit_to_ingress"], b"\x01"),
+                ],
+            )
+        else:
+            self.sockets[ingress_port].send(frame)
         deadline = time.monotonic() + 5
         while (after := self._verdict_counts()) == before:
             if time.monotonic() > deadline:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import os
 
+from cyberstar.errors import TargetUnavailable
 from cyberstar.pipeline.entries import TableEntry
+from cyberstar.pipeline.frames import Punted
 from cyberstar.pipeline.pp import PIPELINE
-from cyberstar.targets import Outcome, TargetUnavailable
-from cyberstar.xdp.program import Punted, XdpProgram
-from cyberstar.xdp.testrun import MIN_FRAME
+from cyberstar.targets import Outcome
+from cyberstar.xdp.program import XdpProgram
+from cyberstar.xdp.testrun import MAX_FRAME, MIN_FRAME
 
 log = logging.getLogger(__name__)
 LOOPBACK_IFINDEX = 1  # test runs see frames as received on the loopback device
@@ -48,6 +50,11 @@ class XdpTarget:
             # test-run one. The pipeline's answer for it is a drop (truncated_ethernet).
             log.info("%d-byte frame: below the Ethernet header, dropped", len(frame))
             return Outcome("drop", drop_reason="truncated_ethernet")
+        if len(frame) > MAX_FRAME:
+            # Nor does the kernel test-run a frame longer than a page (a GSO super-frame in a
+            # host capture): the program would drop it as frame_too_long, and does so live.
+            log.info("%d-byte frame: longer than %d bytes, dropped", len(frame), MAX_FRAME)
+            return Outcome("drop", drop_reason="frame_too_long")
         if ingress_port != self._ingress:
             self.prog.set_ingress_port(LOOPBACK_IFINDEX, ingress_port)
             self._ingress = ingress_port

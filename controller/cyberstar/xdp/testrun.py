@@ -9,10 +9,13 @@ import ctypes
 import os
 from dataclasses import dataclass
 
+from cyberstar.pipeline.pp import CONSTANTS
+
 _SYS_BPF = 321  # x86_64
 _BPF_PROG_TEST_RUN = 10
-# XDP test runs take at most a page minus XDP headroom and skb_shared_info.
-MAX_FRAME = 3520
+# XDP test runs take at most a page minus XDP headroom and skb_shared_info: the pipeline's
+# maximum frame size is that limit.
+MAX_FRAME = CONSTANTS["MAX_FRAME"]
 MIN_FRAME = 14  # the kernel refuses XDP test frames shorter than an Ethernet header
 
 XDP_ACTIONS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, ClassVar
 from cyberstar.sc.flows import PROTO_ICMP
 
 if TYPE_CHECKING:
-    from cyberstar.sc.config import Section
+    from cyberstar.yamlconf import Section
 
 
 class PacketView:

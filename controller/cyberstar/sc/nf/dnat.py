@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cyberstar.sc.config import Section, checked, parse_addr, parse_endpoint, parse_protocol
 from cyberstar.sc.nf.api import Drop, NetworkFunction, NfContext, PacketView
+from cyberstar.sc.nf.values import checked, parse_addr, parse_endpoint, parse_protocol
+from cyberstar.yamlconf import Section
 
 
 @dataclass(frozen=True)

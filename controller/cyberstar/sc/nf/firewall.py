@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cyberstar.sc.config import Section, checked, parse_protocol
 from cyberstar.sc.nf.api import Drop, NetworkFunction, NfContext, PacketView
 from cyberstar.sc.nf.match import PortSet, PrefixSet
+from cyberstar.sc.nf.values import checked, parse_protocol
+from cyberstar.yamlconf import Section
 
 ACTIONS = ("allow", "deny")
 

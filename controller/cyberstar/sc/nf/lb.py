@@ -24,9 +24,10 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from cyberstar.sc.config import Section, checked, parse_addr, parse_endpoint, parse_protocol
 from cyberstar.sc.nf.api import Drop, NetworkFunction, NfContext, PacketView
 from cyberstar.sc.nf.maglev import DEFAULT_TABLE_SIZE, build_table
+from cyberstar.sc.nf.values import checked, parse_addr, parse_endpoint, parse_protocol
+from cyberstar.yamlconf import Section
 
 _FLOW = struct.Struct(">BIIHH")
 

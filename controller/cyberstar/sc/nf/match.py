@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from cyberstar.sc.config import Section, checked, parse_port_range, parse_prefix
+from cyberstar.sc.nf.values import checked, parse_port_range, parse_prefix
+from cyberstar.yamlconf import Section
 
 
 class PrefixSet:

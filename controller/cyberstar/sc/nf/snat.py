@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import itertools
 
-from cyberstar.sc.config import Section, checked, parse_addr, parse_port_range
 from cyberstar.sc.flows import PROTO_ICMP, PROTO_TCP, PROTO_UDP
 from cyberstar.sc.nf.api import Drop, NetworkFunction, NfContext, PacketView
 from cyberstar.sc.nf.match import PrefixSet
+from cyberstar.sc.nf.values import checked, parse_addr, parse_port_range
 from cyberstar.sc.pool import element
+from cyberstar.yamlconf import Section
 
 DEFAULT_PORTS = (1024, 65535)
 POOL = "ports"

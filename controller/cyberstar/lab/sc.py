@@ -13,8 +13,6 @@ import json
 import os
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,35 +21,13 @@ from pathlib import Path
 
 import yaml
 
+from cyberstar.lab.procs import LabError, free_port, terminate, wait_port
 from cyberstar.sc.client import ReleaseKey, Request, ScClient
 from cyberstar.sc.flows import FlowKey, Packet
 from cyberstar.sc.pool import AddressPool
 from cyberstar.subprocs import tied_to_parent
 
 ETCD_BIN = "etcd"
-
-
-class LabError(RuntimeError):
-    pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise LabError(f"{what} exited with {proc.returncode}; log: {log.read_text()[-2000:]}")
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.02)  # polling a port that is about to open
-    raise LabError(f"{what} did not listen on port {port} within {timeout} s; log: {log}")
 
 
 class LocalEtcd:
@@ -100,7 +76,7 @@ class LocalEtcd:
         return ("127.0.0.1", self.client_port)
 
     def close(self) -> None:
-        _terminate(self.proc)
+        terminate(self.proc)
 
 
 class ScProcess:
@@ -125,7 +101,7 @@ class ScProcess:
                     [
                         sys.executable,
                         "-m",
-                        "cyberstar.sc.cli",
+                        "cyberstar.cli",
                         "-v",
                         "sc",
                         "serve",
@@ -149,24 +125,11 @@ class ScProcess:
 
     def stop(self) -> None:
         if self.proc is not None:
-            _terminate(self.proc)
+            terminate(self.proc)
 
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
-
-
-def _terminate(proc: subprocess.Popen, grace: float = 5.0) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 class ScLab:
@@ -230,26 +193,6 @@ class ScLab:
             self.etcd.close()
         if self._tmp is not None:
             self._tmp.cleanup()
-
-
-async def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
-    """Poll an async or sync predicate until it returns a truthy value."""
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return value
-        except Exception as exc:  # the thing we wait on may not be up yet
-            last_exc = exc
-        await asyncio.sleep(interval)
-    raise TimeoutError(
-        f"timed out after {timeout} s waiting for {what}"
-        + (f" (last error: {last_exc})" if last_exc else "")
-    )
 
 
 class SnatLoad:

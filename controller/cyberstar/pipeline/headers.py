@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from cyberstar.pipeline.checksum import internet_checksum
 from cyberstar.pipeline.model import HeaderType
+from cyberstar.pipeline.pp import IPV4
 
 
 def unpack(htype: HeaderType, data: bytes, offset: int = 0) -> dict[str, int]:
@@ -24,3 +26,25 @@ def pack(htype: HeaderType, values: dict[str, int]) -> bytes:
             raise ValueError(f"{htype.name}.{f.name}: {v} does not fit in {f.width} bits")
         raw = (raw << f.width) | v
     return raw.to_bytes(htype.byte_len, "big")
+
+
+def ipv4_header(
+    src: int, dst: int, protocol: int, payload_len: int, ttl: int, identification: int = 0
+) -> bytes:
+    """An option-less IPv4 header with DF set and its checksum computed in full."""
+    fields = {
+        "version": 4,
+        "ihl": 5,
+        "diffserv": 0,
+        "total_len": IPV4.byte_len + payload_len,
+        "identification": identification,
+        "flags": 2,  # don't fragment
+        "frag_offset": 0,
+        "ttl": ttl,
+        "protocol": protocol,
+        "hdr_checksum": 0,
+        "src_addr": src,
+        "dst_addr": dst,
+    }
+    fields["hdr_checksum"] = internet_checksum(pack(IPV4, fields))
+    return pack(IPV4, fields)

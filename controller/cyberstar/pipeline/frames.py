@@ -1,8 +1,11 @@
-"""The PP parser of the reference model: raw frame → header instances, or a drop reason.
+"""Frames as the PP pipeline sees them: the parser (raw frame → header instances, or a drop
+reason), the lookup metadata derived from them, and a punted frame. The reference model and
+FM both read frames through this module.
 
 The checks and their order are the pipeline's contract; the P4 parser and the XDP parser make
 the same checks in the same order (the differential tests hold them to it):
 
+  At most MAX_FRAME bytes in all (frame_too_long), then
   Ethernet (14 bytes) → optional 802.1Q tag → IPv4, if the EtherType says so:
     20 bytes present, version 4, IHL ≥ 5, IHL*4 ≤ total length ≤ bytes available,
     not a fragment (MF clear and offset 0), then by protocol within the total length:
@@ -16,12 +19,14 @@ Anything beyond the parsed headers is payload and is carried untouched.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
+from cyberstar.pipeline.headers import unpack
 from cyberstar.pipeline.model import HeaderType
 from cyberstar.pipeline.pp import CONSTANTS, ETHERNET, ICMP, IPV4, TCP, UDP, VLAN, VXLAN
-from cyberstar.ref.headers import unpack
 
+MAX_FRAME = CONSTANTS["MAX_FRAME"]
 ETHERTYPE_IPV4 = CONSTANTS["ETHERTYPE_IPV4"]
 ETHERTYPE_VLAN = CONSTANTS["ETHERTYPE_VLAN"]
 VXLAN_UDP_PORT = CONSTANTS["VXLAN_UDP_PORT"]
@@ -30,6 +35,17 @@ L4_TYPES = {
     CONSTANTS["IP_PROTO_UDP"]: ("udp", UDP),
     CONSTANTS["IP_PROTO_ICMP"]: ("icmp", ICMP),
 }
+
+
+ICMP_ECHO_TYPES = (0, 8)
+
+
+@dataclass(frozen=True)
+class Punted:
+    """A frame a data plane sent to the controller, with its packet_in metadata."""
+
+    metadata: dict[str, int]
+    frame: bytes
 
 
 class Malformed(Exception):
@@ -55,6 +71,8 @@ def parse(frame: bytes) -> Parsed:
     """Parse a frame; raises `Malformed(reason)` with a `drop_reasons` label."""
     p = Parsed()
     end = len(frame)
+    if end > MAX_FRAME:
+        raise Malformed("frame_too_long")
     off = _extract(p, frame, "ethernet", ETHERNET, 0, end, "truncated_ethernet")
     ether_type = p.headers["ethernet"]["ether_type"]
     if ether_type == ETHERTYPE_VLAN:
@@ -125,3 +143,68 @@ def _parse_vxlan(p: Parsed, frame: bytes, off: int) -> int:
     if p.headers["inner_ethernet"]["ether_type"] != ETHERTYPE_IPV4:
         return off
     return _parse_ipv4(p, frame, off, udp_end, "inner_")
+
+
+def frame_metadata(frame: bytes, ingress_port: int = 0) -> dict[str, int] | None:
+    """The lookup metadata the pipeline derives from a frame (tenant_id aside), or None for a
+    frame it would not look up (malformed, not IPv4). FM reads punted frames with it."""
+    try:
+        p = parse(frame)
+    except Malformed:
+        return None
+    prefix = effective_prefix(p)
+    return None if prefix is None else lookup_metadata(p, prefix, ingress_port)
+
+
+# Ethernet type .. the first 4 bytes after the L4 ports of an untagged IPv4 frame without options
+_PLAIN = struct.Struct("!HBxH2xHxB2xIIHHH")
+_TCP, _UDP = CONSTANTS["IP_PROTO_TCP"], CONSTANTS["IP_PROTO_UDP"]
+
+
+def frame_flow(frame: bytes, ingress_port: int = 0) -> tuple[int, int, int, int, int, int] | None:
+    """(vni, l3_proto, l3_src, l3_dst, l4_src, l4_dst) of `frame_metadata`, or None where it
+    gives None. The frames FM sees most — untagged IPv4 without options, TCP or UDP (not
+    VXLAN), well formed — are read with one struct; every other frame takes the parser."""
+    if len(frame) >= 40:
+        ether_type, ver_ihl, total, frag, proto, src, dst, sport, dport, udp_len = (
+            _PLAIN.unpack_from(frame, 12)
+        )
+        if (ether_type == ETHERTYPE_IPV4 and ver_ihl == 0x45 and total >= 20
+                and 14 + total <= len(frame) and not frag & 0x3FFF):  # fmt: skip
+            l4_len = total - 20
+            if proto == _TCP and l4_len >= 20 and 5 <= frame[46] >> 4 <= l4_len // 4:
+                return 0, proto, src, dst, sport, dport
+            if proto == _UDP and 8 <= udp_len <= l4_len and dport != VXLAN_UDP_PORT:
+                return 0, proto, src, dst, sport, dport
+    m = frame_metadata(frame, ingress_port)
+    if m is None:
+        return None
+    return m["vni"], m["l3_proto"], m["l3_src"], m["l3_dst"], m["l4_src"], m["l4_dst"]
+
+
+def effective_prefix(p: Parsed) -> str | None:
+    """Which IPv4 the pipeline works on: the inner one of VXLAN, else the outer; None if neither."""
+    if p.has("vxlan"):
+        return "inner_" if p.has("inner_ipv4") else None
+    return "" if p.has("ipv4") else None
+
+
+def lookup_metadata(p: Parsed, prefix: str, ingress_port: int) -> dict[str, int]:
+    ip = p.headers[f"{prefix}ipv4"]
+    l4_src = l4_dst = 0
+    if f"{prefix}tcp" in p.headers or f"{prefix}udp" in p.headers:
+        l4 = p.headers.get(f"{prefix}tcp") or p.headers[f"{prefix}udp"]
+        l4_src, l4_dst = l4["src_port"], l4["dst_port"]
+    elif f"{prefix}icmp" in p.headers and p.headers[f"{prefix}icmp"]["type"] in ICMP_ECHO_TYPES:
+        l4_src = l4_dst = p.headers[f"{prefix}icmp"]["identifier"]
+    return {
+        "ingress_port": ingress_port,
+        "vni": p.headers["vxlan"]["vni"] if p.has("vxlan") else 0,
+        "tenant_id": 0,
+        "l3_src": ip["src_addr"],
+        "l3_dst": ip["dst_addr"],
+        "l3_proto": ip["protocol"],
+        "l4_src": l4_src,
+        "l4_dst": l4_dst,
+        "nexthop_id": 0,
+    }
