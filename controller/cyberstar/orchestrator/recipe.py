@@ -95,7 +95,12 @@ def run(recipe_name: str, progress: bool = True, on_validation=None):
     )
     info["recipe"] = {
         "name": recipe_name,
-        **{k: v for k, v in asdict(recipe).items() if k not in ("settings", "config")},
+        # Lists, not tuples: the .pt keeps what the .json next to it says.
+        **{
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in asdict(recipe).items()
+            if k not in ("settings", "config")
+        },
         "train_seeds": f"{TRAIN_SEED_BASE}..{TRAIN_SEED_BASE + recipe.settings.episodes - 1}",
         "validation_seed_base": VALIDATION_SEED_BASE,
     }
