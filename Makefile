@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 SYSTEM_PYTHON := /usr/bin/python3
 
-.PHONY: install host p4-tools venv p4rt-shell test demo build lint bench clean
+.PHONY: install host p4-tools venv p4rt-shell test demo build lint bench clean placement-model
 
 install: host p4-tools venv p4rt-shell
 
@@ -59,6 +59,11 @@ lint: venv
 # Every script in bench/, one JSON object; `make bench BENCH_ARGS=--quick` for short runs.
 bench: install
 	$(PY) bench/all.py $(BENCH_ARGS)
+
+# The packaged placement model: its recipe is controller/cyberstar/orchestrator/recipe.py.
+placement-model: venv
+	OMP_NUM_THREADS=1 $(VENV)/bin/cyberstar place train --recipe packaged \
+		--out controller/cyberstar/orchestrator/models/drl.pt
 
 clean:
 	rm -rf $(VENV) $(P4RT_VENV) .pytest_cache build *.egg-info controller/*.egg-info

@@ -1,16 +1,27 @@
-"""Placement benchmark (paper §8.3, Figure 13): prints JSON for every instance family.
+"""Placement benchmark (paper §8.3, Figure 13) and the ablation that says where the gain comes from.
 
-Static mode (requests placed once, in file order; cost = sum of prices of used machines):
-FF, weighted BF, DRL (the packaged model unless --model), and the ILP optimum on the `small`
-family or a proven lower bound (cover LP) on the large ones; rejected counts and decision time
-per request. `bf_best_of_10` is BF with the best of 10 random weight vectors chosen in hindsight
-on the instance itself (the paper's Figure 13b tuning), an oracle reported for context only.
-Dynamic mode (one week of arrivals, departures and diurnal load; cost = price x machine-hours):
-FF, BF and DRL with the reactive reservation (trailing 6-hour peak), DRL with the last measured
-load, and DRL with Holt-Winters prediction. Test seeds default to 0..2; the packaged model was
-trained on seeds 1000+ and validated on 2000 (see controller/cyberstar/orchestrator/models/).
+Static mode (requests placed once, in file order; cost = sum of the prices of used machines), for
+every family and test seed:
+  ff, bf          the paper's baselines (first fit, weighted best fit with weights 1,1,1)
+  bf_tuned        best fit with weights tuned per family on tuning seeds (never the test seeds):
+                  the best of a grid over the weight simplex (step 0.2) by mean cost
+  drl_untrained   the agent with its learned term zeroed: the shaped immediate reward (the price
+                  of newly used machines and the potential F, drl_state.py) and the filtering search
+  drl             the trained agent (the packaged model unless --model)
+  bound           the best lower bound: the MILP optimum on `small`; elsewhere the larger of the
+                  cover LP and the column-generation (Lagrangian/Farley) bound (--bound-time)
+Dynamic mode (families with a `dynamic` section; cost = price x machine-hours): ff, bf and drl
+with the reactive reservation (trailing 6-hour peak), and drl with Holt-Winters prediction.
+Per family: mean and 95 % confidence interval (Student t over the seeds) of each cost, of the
+trained agent's saving against the best of ff, bf and bf_tuned on the same seed, of its gain
+over the untrained agent, of its distance to the bound, and of prediction's gain.
+Seeds: tests 0..N (never used for training, validation or tuning; training seeds start at
+100 000, validation at 50 000, tuning at 10 000).
 
-  .venv/bin/python bench/placement.py [--families paper-a,nat50] [--seeds 0,1,2] [--plot f.png]
+  .venv/bin/python bench/placement.py [--families paper-a,mix] [--seeds 0,1,2] [--draws 10]
+      [--model F] [--bound-time S] [--no-dynamic] [--table out.md] [--plot out.png]
+
+JSON on stdout; the ablation table (markdown) on stderr, and in --table FILE.
 """
 
 from __future__ import annotations
@@ -22,13 +33,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
+from cyberstar.orchestrator.bounds import column_generation_bound
 from cyberstar.orchestrator.checker import check_placement
 from cyberstar.orchestrator.cli import generate_family
-from cyberstar.orchestrator.drl import load_model
+from cyberstar.orchestrator.distribution import DISTRIBUTIONS
+from cyberstar.orchestrator.drl import DrlPolicy, load_model
 from cyberstar.orchestrator.generator import FAMILIES
 from cyberstar.orchestrator.heuristics import BestFit, FirstFit
-from cyberstar.orchestrator.ilp import cover_bound, solve_ilp
+from cyberstar.orchestrator.ilp import solve_ilp
 from cyberstar.orchestrator.predictor import evaluate
 from cyberstar.orchestrator.search import place_all
 from cyberstar.orchestrator.simulator import SimSettings, simulate
@@ -44,15 +58,47 @@ DEFAULT_FAMILIES = (
     "nat90",
     "azure",
     "small",
+    "mix",
+    "mix-wide",
 )
+TUNING_SEED_BASE = 10_000
+STATIC = ("ff", "bf", "bf_tuned", "drl_untrained", "drl")
+DYNAMIC = {
+    "ff": ("ff", "peak"),
+    "bf": ("bf", "peak"),
+    "drl": ("drl", "peak"),
+    "drl+prediction": ("drl", "holt-winters"),
+}
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def weight_grid(step: float = 0.2) -> list[tuple[float, float, float]]:
+    n = round(1 / step)
+    return [(a / n, b / n, (n - a - b) / n) for a in range(n + 1) for b in range(n + 1 - a)]
+
+
+def tune_bf(family: str, seeds: list[int]) -> dict:
+    """Weights with the lowest mean cost (relative to BF 1,1,1) over the tuning seeds."""
+    instances = [generate_family(family, s) for s in seeds]
+    reference = np.array([place_all(i, BestFit()).cost for i in instances])
+    best = None
+    for w in weight_grid():
+        if sum(w) == 0:
+            continue
+        costs = np.array([place_all(i, BestFit(w)).cost for i in instances])
+        score = float(np.mean(costs / reference))
+        if best is None or score < best["relative_cost"]:
+            best = {"weights": list(w), "relative_cost": round(score, 4)}
+    return {**best, "tuning_seeds": seeds}
+
+
 def static_run(instance, policy) -> dict:
+    cpu = time.process_time()
     placement = place_all(instance, policy)
+    cpu = time.process_time() - cpu
     report = check_placement(instance, placement)
     if not report.ok:
         raise SystemExit(f"{policy.name}: placement fails the checker: {report.violations[:3]}")
@@ -61,43 +107,30 @@ def static_run(instance, policy) -> dict:
         "rejected": len(placement.rejected),
         "ms_per_decision": placement.stats.get("decision_ms_mean"),
         "ms_p99": placement.stats.get("decision_ms_p99"),
+        # CPU time is what a decision costs; wall time also counts waiting for a shared core.
+        "cpu_ms_per_decision": round(1e3 * cpu / max(len(instance.requests), 1), 4),
+        "placement": placement,
     }
 
 
-def bf_best_of_10(instance) -> dict:
-    rng = np.random.default_rng(0)
-    best = None
-    for _ in range(10):
-        weights = tuple(rng.dirichlet([1.0, 1.0, 1.0]).round(3))
-        run = static_run(instance, BestFit(weights))
-        if best is None or run["cost"] < best["cost"]:
-            best = {**run, "weights": list(weights)}
-    return best
-
-
-def ilp_run(instance, family: str, time_limit: float) -> dict:
+def bound_run(instance, family: str, best, args) -> dict:
     if family == "small":
-        result = solve_ilp(instance, time_limit=time_limit)
-        if result.placement is not None:
-            assert check_placement(instance, result.placement).ok
+        result = solve_ilp(instance, time_limit=args.ilp_time_limit)
         out = result.to_json()
-        out["kind"] = "milp"
+        exact = result.status == "optimal" and not result.detail.get("rejected")
+        out["kind"] = "milp-optimum" if exact else "milp-bound"
+        out["bound"] = result.objective if exact else result.bound
         return out
-    bound = cover_bound(instance)
-    return {"kind": "cover-lp", "status": "lower_bound_only", "bound": round(bound, 4)}
+    if best["rejected"]:
+        return {"kind": "none", "bound": None, "reason": "no heuristic placed every request"}
+    result = column_generation_bound(instance, best["placement"], time_limit=args.bound_time)
+    return result.to_json()
 
 
-def dynamic_runs(instance, drl) -> dict:
-    runs = {
-        "ff": (FirstFit(), "peak"),
-        "bf": (BestFit(), "peak"),
-        "drl": (drl, "peak"),
-        "drl_last_value": (drl, "last"),
-        "drl+prediction": (drl, "holt-winters"),
-    }
+def dynamic_runs(instance, policies: dict) -> dict:
     out = {}
-    for name, (policy, predictor) in runs.items():
-        r = simulate(instance, policy, SimSettings(predictor=predictor))
+    for name, (algo, predictor) in DYNAMIC.items():
+        r = simulate(instance, policies[algo], SimSettings(predictor=predictor))
         out[name] = {
             "cost": round(r.cost, 2),
             "machine_hours": round(r.machine_hours, 1),
@@ -110,90 +143,152 @@ def dynamic_runs(instance, drl) -> dict:
     return out
 
 
-def gain(better: float, worse: float) -> float:
-    return round(1.0 - better / worse, 4) if worse else 0.0
+def mean_ci(values: list[float]) -> dict | None:
+    """Mean and the half-width of its 95 % confidence interval (Student t)."""
+    v = np.array([x for x in values if x is not None], dtype=float)
+    if len(v) == 0:
+        return None
+    half = (
+        float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+        if len(v) > 1
+        else None
+    )
+    return {
+        "mean": round(float(v.mean()), 4),
+        "ci95": None if half is None else round(half, 4),
+        "n": len(v),
+    }
 
 
-def run_family(family: str, seeds: list[int], drl, args) -> dict:
-    per_seed = []
+def run_family(family: str, seeds: list[int], policies: dict, args) -> dict:
+    tuning = tune_bf(family, [TUNING_SEED_BASE + k for k in range(args.tuning_seeds)])
+    tuned = BestFit(tuple(tuning["weights"]))
+    rows = []
     for seed in seeds:
         start = time.monotonic()
         instance = generate_family(family, seed)
-        static = {
-            "ff": static_run(instance, FirstFit()),
-            "bf": static_run(instance, BestFit()),
-            "drl": static_run(instance, drl),
-            "bf_best_of_10": bf_best_of_10(instance),
-            "ilp": ilp_run(instance, family, args.ilp_time_limit),
+        runs = {
+            "ff": static_run(instance, policies["ff"]),
+            "bf": static_run(instance, policies["bf"]),
+            "bf_tuned": static_run(instance, tuned),
+            "drl_untrained": static_run(instance, policies["drl_untrained"]),
+            "drl": static_run(instance, policies["drl"]),
         }
-        best_heuristic = min(static["ff"]["cost"], static["bf"]["cost"])
+        heuristics = [runs[k] for k in ("ff", "bf", "bf_tuned") if not runs[k]["rejected"]]
+        best = min(heuristics or [runs["ff"]], key=lambda r: r["cost"])
+        bound = bound_run(instance, family, best, args)
+        drl, untrained = runs["drl"]["cost"], runs["drl_untrained"]["cost"]
+        relative = {k: round(v["cost"] / best["cost"], 4) for k, v in runs.items()}
+        if bound.get("bound"):
+            relative["bound"] = round(bound["bound"] / best["cost"], 4)
         row = {
             "seed": seed,
             "requests": len(instance.requests),
-            "static": static,
-            "drl_gain_vs_best_of_ff_bf": gain(static["drl"]["cost"], best_heuristic),
+            "machines": len(instance.machines),
+            "static": {
+                k: {x: y for x, y in v.items() if x != "placement"} for k, v in runs.items()
+            },
+            "bound": bound,
+            "best_heuristic_cost": best["cost"],
+            "relative_to_best_heuristic": relative,
+            "drl_saving_vs_best_heuristic": round(1 - drl / best["cost"], 4),
+            "untrained_saving_vs_best_heuristic": round(1 - untrained / best["cost"], 4),
+            "learning_gain": round(1 - drl / untrained, 4),
+            "drl_above_bound": round(drl / bound["bound"] - 1, 4) if bound.get("bound") else None,
+            "best_heuristic_above_bound": round(best["cost"] / bound["bound"] - 1, 4)
+            if bound.get("bound")
+            else None,
         }
-        ilp = static["ilp"]
-        reference = ilp.get("objective") if ilp.get("status") == "optimal" else ilp.get("bound")
-        if reference:
-            row["drl_above_ilp"] = round(static["drl"]["cost"] / reference - 1.0, 4)
-            row["ilp_reference"] = "optimum" if ilp.get("status") == "optimal" else "lower bound"
-        if not args.no_dynamic and instance.dynamic is not None:
-            row["dynamic"] = dynamic_runs(instance, drl)
+        if not args.no_dynamic and instance.dynamic is not None and family not in DISTRIBUTIONS:
+            row["dynamic"] = dynamic_runs(instance, policies)
             d = row["dynamic"]
-            row["prediction_gain_machine_cost"] = gain(
-                d["drl+prediction"]["cost"], d["drl"]["cost"]
-            )
-        per_seed.append(row)
+            row["prediction_gain"] = round(1 - d["drl+prediction"]["cost"] / d["drl"]["cost"], 4)
+        rows.append(row)
+        s = row["static"]
         log(
-            f"{family} seed {seed}: ff {static['ff']['cost']} bf {static['bf']['cost']} drl "
-            f"{static['drl']['cost']} gain {row['drl_gain_vs_best_of_ff_bf']:+.3f} "
-            f"({time.monotonic() - start:.0f}s)"
+            f"{family} seed {seed}: ff {s['ff']['cost']} bf {s['bf']['cost']} bf_tuned "
+            f"{s['bf_tuned']['cost']} untrained {untrained} drl {drl} bound "
+            f"{bound.get('bound')} ({bound.get('kind')}) ({time.monotonic() - start:.0f}s)"
         )
-    accuracy = evaluate(
-        lf.load for lf in generate_family(family, seeds[0]).dynamic.lifetimes.values()
-    )
 
-    def mean(path: list[str]) -> float | None:
-        values = []
-        for row in per_seed:
+    def collect(path: list[str]) -> list:
+        out = []
+        for row in rows:
             v = row
             for key in path:
                 v = v.get(key) if isinstance(v, dict) else None
-            if v is not None:
-                values.append(v)
-        return round(float(np.mean(values)), 4) if values else None
+            out.append(v)
+        return out
 
-    summary = {
-        "ff": mean(["static", "ff", "cost"]),
-        "bf": mean(["static", "bf", "cost"]),
-        "drl": mean(["static", "drl", "cost"]),
-        "bf_best_of_10": mean(["static", "bf_best_of_10", "cost"]),
-        "ilp_optimum_or_bound": mean(["static", "ilp", "objective"])
-        if family == "small"
-        else mean(["static", "ilp", "bound"]),
-        "rejected_ff_bf_drl": [mean(["static", a, "rejected"]) for a in ("ff", "bf", "drl")],
-        "drl_ms_per_decision": mean(["static", "drl", "ms_per_decision"]),
-        "drl_gain_vs_best_of_ff_bf": mean(["drl_gain_vs_best_of_ff_bf"]),
-        "drl_above_ilp": mean(["drl_above_ilp"]),
+    summary = {name: mean_ci(collect(["static", name, "cost"])) for name in STATIC}
+    summary["bound"] = mean_ci(collect(["bound", "bound"]))
+    summary["best_heuristic"] = mean_ci(collect(["best_heuristic_cost"]))
+    summary["relative_to_best_heuristic"] = {
+        name: mean_ci(collect(["relative_to_best_heuristic", name])) for name in (*STATIC, "bound")
     }
-    if not args.no_dynamic:
-        for name in ("ff", "bf", "drl", "drl_last_value", "drl+prediction"):
-            summary[f"dynamic_{name}"] = mean(["dynamic", name, "cost"])
-        summary["dynamic_reallocations_drl_vs_pred"] = [
-            mean(["dynamic", "drl", "reallocations"]),
-            mean(["dynamic", "drl+prediction", "reallocations"]),
-        ]
+    summary["bound_kinds"] = sorted({str(k) for k in collect(["bound", "kind"])})
+    for key in (
+        "drl_saving_vs_best_heuristic",
+        "untrained_saving_vs_best_heuristic",
+        "learning_gain",
+        "drl_above_bound",
+        "best_heuristic_above_bound",
+    ):
+        summary[key] = mean_ci(collect([key]))
+    summary["rejected"] = {name: int(sum(collect(["static", name, "rejected"]))) for name in STATIC}
+    summary["drl_ms_per_decision"] = mean_ci(collect(["static", "drl", "ms_per_decision"]))
+    summary["drl_ms_p99"] = mean_ci(collect(["static", "drl", "ms_p99"]))
+    summary["drl_cpu_ms_per_decision"] = mean_ci(collect(["static", "drl", "cpu_ms_per_decision"]))
+    if any("dynamic" in r for r in rows):
+        for name in DYNAMIC:
+            summary[f"dynamic_{name}"] = mean_ci(collect(["dynamic", name, "cost"]))
+        summary["prediction_gain"] = mean_ci(collect(["prediction_gain"]))
         summary["dynamic_overloads_drl_vs_pred"] = [
-            mean(["dynamic", "drl", "overload_machine_steps"]),
-            mean(["dynamic", "drl+prediction", "overload_machine_steps"]),
+            mean_ci(collect(["dynamic", "drl", "overload_machine_steps"])),
+            mean_ci(collect(["dynamic", "drl+prediction", "overload_machine_steps"])),
         ]
-        summary["prediction_gain_machine_cost"] = mean(["prediction_gain_machine_cost"])
-    return {
-        "summary": summary,
-        "predictor_accuracy": [a.to_json() for a in accuracy],
-        "seeds": per_seed,
-    }
+    out = {"summary": summary, "bf_tuning": tuning, "seeds": rows}
+    if family not in DISTRIBUTIONS:
+        lifetimes = generate_family(family, seeds[0]).dynamic.lifetimes.values()
+        out["predictor_accuracy"] = [a.to_json() for a in evaluate(lf.load for lf in lifetimes)]
+    return out
+
+
+def _cell(stat: dict | None, percent: bool = False, digits: int = 1) -> str:
+    if stat is None:
+        return "n/a"
+    scale, unit = (100, " %") if percent else (1, "")
+    text = f"{stat['mean'] * scale:.{digits}f}"
+    if stat.get("ci95") is not None:
+        text += f" ± {stat['ci95'] * scale:.{digits}f}"
+    return text + unit
+
+
+def table(results: dict) -> str:
+    """One row per family. FF ... bound: cost relative to the best of FF, BF and BF tuned on the
+    same seed (mean ± 95 % CI over seeds); then the trained agent's saving against that best,
+    its gain over the untrained agent, its distance above the bound, prediction's saving in
+    dynamic mode, and the CPU time per decision."""
+    head = (
+        "| family | seeds | best heuristic (cost) | FF | BF | BF tuned | untrained agent "
+        "| trained agent | best bound | trained vs best heuristic | learning gain "
+        "| trained above bound | prediction gain (dynamic) | ms/decision (CPU) |"
+    )
+    lines = [head, "|" + "---|" * 14]
+    for family, r in results.items():
+        s = r["summary"]
+        rel = s["relative_to_best_heuristic"]
+        cells = [_cell(rel[k], digits=3) for k in ("ff", "bf", "bf_tuned", "drl_untrained", "drl")]
+        lines.append(
+            f"| {family} | {s['drl']['n']} | {_cell(s['best_heuristic'])} | "
+            + " | ".join(cells)
+            + f" | {_cell(rel['bound'], digits=3)} ({', '.join(s['bound_kinds'])}) | "
+            f"{_cell(s['drl_saving_vs_best_heuristic'], True)} | "
+            f"{_cell(s['learning_gain'], True)} | {_cell(s['drl_above_bound'], True)} | "
+            f"{_cell(s.get('prediction_gain'), True)} | "
+            f"{_cell(s['drl_cpu_ms_per_decision'], digits=2)} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def pyplot():
@@ -211,40 +306,46 @@ def pyplot():
 
 
 def plot(results: dict, path: str) -> None:
+    """(a) static cost of every ablation row relative to the best heuristic of the same seed,
+    mean and 95 % CI over seeds; (b) dynamic mode: DRL with prediction relative to without."""
     plt = pyplot()
-    families = [f for f in results if not f.startswith("nat")]
-    mixes = sorted(f for f in results if f.startswith("nat"))
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    width = 0.2
-    for k, (name, key) in enumerate(
-        [("FF", "ff"), ("BF", "bf"), ("DRL", "drl"), ("ILP / bound", "ilp_optimum_or_bound")]
-    ):
-        values = [results[f]["summary"][key] or 0 for f in families]
-        base = [results[f]["summary"]["ff"] for f in families]
-        a.bar(
-            np.arange(len(families)) + k * width,
-            np.array(values) / np.array(base),
-            width,
-            label=name,
+    families = list(results)
+    bars = [
+        ("FF", "ff"),
+        ("BF", "bf"),
+        ("BF tuned", "bf_tuned"),
+        ("untrained agent", "drl_untrained"),
+        ("trained agent", "drl"),
+        ("lower bound", "bound"),
+    ]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(15, 4.5), gridspec_kw={"width_ratios": [3, 1]})
+    width = 0.8 / len(bars)
+    x = np.arange(len(families))
+    for k, (label, key) in enumerate(bars):
+        stats_ = [results[f]["summary"]["relative_to_best_heuristic"][key] for f in families]
+        means = [st["mean"] if st else np.nan for st in stats_]
+        errors = [(st["ci95"] or 0.0) if st else 0.0 for st in stats_]
+        a.bar(x + k * width, means, width, yerr=errors, capsize=2, label=label)
+    a.axhline(1.0, color="grey", linewidth=0.8)
+    a.axhline(0.85, color="grey", linewidth=0.8, linestyle="--")
+    a.set_xticks(x + width * (len(bars) - 1) / 2, families, rotation=30)
+    a.set_ylabel("cost / best of FF, BF, BF tuned")
+    a.set_title("(a) static placement: ablation (mean, 95 % CI over seeds)")
+    a.set_ylim(0, 1.5)
+    a.legend(ncol=3, fontsize="small", loc="upper left")
+    dyn = [f for f in families if "prediction_gain" in results[f]["summary"]]
+    if dyn:
+        gains = [results[f]["summary"]["prediction_gain"] for f in dyn]
+        b.bar(
+            np.arange(len(dyn)),
+            [100 * g["mean"] for g in gains],
+            yerr=[100 * (g["ci95"] or 0) for g in gains],
+            capsize=2,
         )
-    a.set_xticks(np.arange(len(families)) + 1.5 * width, families)
-    a.set_ylabel("cost / FF cost")
-    a.set_title("(a) static placement cost")
-    a.set_ylim(0, 1.3)
-    a.legend(ncol=4, loc="upper center", fontsize="small")
-    if mixes:
-        x = [int(f[3:]) for f in mixes]
-        for name, key in [
-            ("BF", "bf"),
-            ("BF best of 10", "bf_best_of_10"),
-            ("DRL", "drl"),
-            ("FF", "ff"),
-        ]:
-            b.plot(x, [results[f]["summary"][key] for f in mixes], marker="o", label=name)
-        b.set_xlabel("NAT requests (%)")
-        b.set_ylabel("cost")
-        b.set_title("(b) NAT/LB mixes")
-        b.legend()
+        b.set_xticks(np.arange(len(dyn)), dyn, rotation=30)
+        b.set_ylabel("cost saved by prediction (%)")
+        b.set_title("(b) dynamic: DRL + Holt-Winters vs DRL")
+        b.axhline(0, color="grey", linewidth=0.8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -253,39 +354,56 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    known = [*FAMILIES, *DISTRIBUTIONS, "azure"]
     parser.add_argument(
-        "--families",
-        default=",".join(DEFAULT_FAMILIES),
-        help=f"comma-separated, from {', '.join([*FAMILIES, 'azure'])}",
+        "--families", default=",".join(DEFAULT_FAMILIES), help=f"from {', '.join(known)}"
     )
-    parser.add_argument("--seeds", default="0,1,2", help="test seeds (default 0,1,2)")
+    parser.add_argument("--seeds", default="0,1,2", help="test seeds of the families (0,1,2)")
+    parser.add_argument(
+        "--draws", type=int, default=10, help="test seeds 0..N-1 of the mix distributions (10)"
+    )
+    parser.add_argument("--tuning-seeds", type=int, default=3, help="seeds to tune BF on (3)")
     parser.add_argument("--model", help="DRL model (default: the packaged one)")
+    parser.add_argument(
+        "--bound-time", type=float, default=30.0, help="column generation seconds (30)"
+    )
     parser.add_argument("--ilp-time-limit", type=float, default=120.0)
     parser.add_argument("--no-dynamic", action="store_true", help="static mode only")
-    parser.add_argument("--plot", help="write a Figure-13-like PNG (needs matplotlib)")
+    parser.add_argument("--table", help="also write the ablation table (markdown) here")
+    parser.add_argument("--plot", help="draw the ablation as a PNG (needs matplotlib)")
     args = parser.parse_args(argv)
     families = [f for f in args.families.split(",") if f]
-    unknown = [f for f in families if f not in FAMILIES and f != "azure"]
+    unknown = [f for f in families if f not in known]
     if unknown:
         parser.error(f"--families: unknown {', '.join(unknown)}")
     seeds = [int(s) for s in args.seeds.split(",") if s]
     if args.plot:
         pyplot()  # fail before the long run, not after it
     drl, info = load_model(args.model)
+    policies = {
+        "ff": FirstFit(),
+        "bf": BestFit(),
+        "drl": drl,
+        "drl_untrained": DrlPolicy(None, drl.config),
+    }
     started = time.monotonic()
-    results = {f: run_family(f, seeds, drl, args) for f in families}
-    overall = [r["summary"]["drl_gain_vs_best_of_ff_bf"] for r in results.values()]
+    results = {}
+    for f in families:
+        family_seeds = list(range(args.draws)) if f in DISTRIBUTIONS else seeds
+        results[f] = run_family(f, family_seeds, policies, args)
     output = {
-        "command": " ".join(["bench/placement.py", *(argv or sys.argv[1:])]),
+        "command": " ".join(["bench/placement.py", *(argv if argv is not None else sys.argv[1:])]),
         "model": str(args.model or "packaged"),
-        "model_trained_on": sorted({f"{m['family']}:{m['seed']}" for m in info["instances"]}),
-        "seeds": seeds,
+        "model_recipe": info.get("recipe"),
         "seconds": round(time.monotonic() - started, 1),
-        "mean_drl_gain_vs_best_of_ff_bf": round(float(np.mean(overall)), 4),
         "families": results,
     }
     json.dump(output, sys.stdout, indent=1)
     sys.stdout.write("\n")
+    text = table(results)
+    log(text)
+    if args.table:
+        Path(args.table).write_text(text)
     if args.plot:
         plot(results, args.plot)
         log(f"plot written to {Path(args.plot).resolve()}")

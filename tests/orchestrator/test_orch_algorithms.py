@@ -8,7 +8,8 @@ from cyberstar.errors import UsageError
 from cyberstar.orchestrator.azure import trace_dir
 from cyberstar.orchestrator.checker import check_placement
 from cyberstar.orchestrator.cli import generate_family
-from cyberstar.orchestrator.drl import load_model
+from cyberstar.orchestrator.distribution import DISTRIBUTIONS
+from cyberstar.orchestrator.drl import DrlPolicy, load_model
 from cyberstar.orchestrator.generator import FAMILIES
 from cyberstar.orchestrator.heuristics import BestFit, FirstFit
 from cyberstar.orchestrator.ilp import solve_ilp
@@ -25,6 +26,7 @@ def azure_available() -> bool:
 
 FAMILY_NAMES = [
     *FAMILIES,
+    "mix-small",
     pytest.param(
         "azure",
         marks=pytest.mark.skipif(
@@ -34,6 +36,16 @@ FAMILY_NAMES = [
 ]
 
 
+def sized(family: str, seed: int, tenants: int, machines: int):
+    """An instance of the family at test size; a distribution draws its own pool, so only its
+    request list is cut."""
+    if family in DISTRIBUTIONS:
+        instance = generate_family(family, seed)
+        instance.requests = instance.requests[:tenants]
+        return instance
+    return generate_family(family, seed, tenants=tenants, machines=machines)
+
+
 @pytest.fixture(scope="module")
 def drl():
     return load_model()[0]
@@ -41,8 +53,14 @@ def drl():
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_online_algorithms_pass_the_checker(family, drl):
-    instance = generate_family(family, 7, tenants=60, machines=20)
-    for policy in (FirstFit(), BestFit(), BestFit((0.2, 0.1, 0.7)), drl):
+    instance = sized(family, 7, tenants=60, machines=20)
+    for policy in (
+        FirstFit(),
+        BestFit(),
+        BestFit((0.2, 0.1, 0.7)),
+        drl,
+        DrlPolicy(None, drl.config),
+    ):
         placement = place_all(instance, policy)
         report = check_placement(instance, placement)
         assert report.ok, (policy.name, report.violations)
@@ -52,7 +70,7 @@ def test_online_algorithms_pass_the_checker(family, drl):
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_ilp_passes_the_checker(family):
-    instance = generate_family(family, 7, tenants=8, machines=7)
+    instance = sized(family, 7, tenants=8, machines=7)
     result = solve_ilp(instance, time_limit=20)
     assert result.placement is not None, result.to_json()
     assert check_placement(instance, result.placement).ok
@@ -62,10 +80,10 @@ def test_ilp_passes_the_checker(family):
         assert result.objective <= best_online + 1e-6
 
 
-def test_full_size_family_places_everything_quickly(drl):
+def test_full_size_family_places_everything(drl):
+    # Decision time is a benchmark figure (bench/placement.py), not asserted here.
     instance = generate_family("paper-b", 11)
-    for policy in (FirstFit(), BestFit(), drl):
+    for policy in (FirstFit(), BestFit(), drl, DrlPolicy(None, drl.config)):
         placement = place_all(instance, policy)
         assert check_placement(instance, placement).ok
         assert not placement.rejected
-        assert placement.stats["decision_ms_mean"] < 10.0

@@ -1,9 +1,11 @@
-"""Training runs for a tiny epoch and produces a model that loads and places (real torch)."""
+"""Training runs a few tiny episodes and produces a model that loads and places (real torch)."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+import torch
 from orch_cases import cli
 
 from cyberstar.orchestrator.checker import check_placement
@@ -14,14 +16,20 @@ from cyberstar.orchestrator.search import place_all
 from cyberstar.orchestrator.training import TrainSettings, train
 
 
-def test_train_two_tiny_epochs_then_load_and_place(tmp_path):
+def test_train_four_tiny_episodes_then_load_and_place(tmp_path):
     instances = [generate("paper-a", 90 + s, tenants=40, machines=16) for s in range(2)]
-    settings = TrainSettings(epochs=2, seed=3, warmup=20, batch=16, target_sync=25)
-    net, info = train(
-        instances, settings, AgentConfig(hidden=16), validation=instances[:1], progress=False
+    settings = TrainSettings(
+        episodes=4, seed=3, batch=4, branch=0.3, horizon=4, target_sync=2, validate_every=2
     )
-    assert [h["epoch"] for h in info["history"]] == [1, 2]
-    assert all(h["loss"] is not None and h["validation_cost"] > 0 for h in info["history"])
+    net, info = train(
+        lambda k: instances[k % 2],
+        settings,
+        AgentConfig(hidden=16),
+        validation=instances[:1],
+        progress=False,
+    )
+    assert [h["episode"] for h in info["history"]] == [2, 4]
+    assert all(h["loss"] is not None and h["validation_cost_vs_bf"] > 0 for h in info["history"])
     path = tmp_path / "m.pt"
     save_model(path, net, AgentConfig(hidden=16), info)
     policy, loaded_info = load_model(path)
@@ -31,11 +39,15 @@ def test_train_two_tiny_epochs_then_load_and_place(tmp_path):
 
 
 def test_training_is_reproducible_from_its_seed():
-    instances = [generate("nat70", 95, tenants=30, machines=12)]
-    settings = TrainSettings(epochs=1, seed=7, warmup=10, batch=8, target_sync=10)
-    runs = [train(instances, settings, AgentConfig(hidden=8), progress=False)[0] for _ in range(2)]
-    first, second = (r.state_dict() for r in runs)
+    instance = generate("nat70", 95, tenants=30, machines=12)
+    settings = TrainSettings(episodes=2, seed=7, batch=4, branch=0.3, horizon=4)
+    runs = [
+        train(lambda k: instance, settings, AgentConfig(hidden=8), progress=False) for _ in range(2)
+    ]
+    assert runs[0][1]["branched_states"] >= 4  # it learned something, not the initial weights
+    first, second = (r[0].state_dict() for r in runs)
     assert all(first[k].equal(second[k]) for k in first)
+    assert not torch.all(first["4.weight"] == 0)
 
 
 def test_train_command_writes_model_and_recipe(tmp_path, capsys):
@@ -46,7 +58,7 @@ def test_train_command_writes_model_and_recipe(tmp_path, capsys):
     code = cli("place", "train", "--instances", data, "--out", out, "--epochs", "1", "--seed", "1")
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "epoch 1/1" in captured.err  # the progress bar
+    assert "episode 1/1" in captured.err  # the progress bar
     summary = json.loads(captured.out)
     assert summary["model"] == str(out)
     recipe = json.loads(out.with_suffix(".json").read_text())
@@ -64,9 +76,9 @@ def test_packaged_model_and_recipe_exist():
     path = default_model_path()
     assert path.is_file() and path.stat().st_size < 5_000_000
     recipe = json.loads(path.with_suffix(".json").read_text())
-    assert recipe["instances"] and recipe["history"]
+    assert recipe["recipe"]["name"] == "packaged" and recipe["history"]
     _, info = load_model()
-    assert info["instances"] == recipe["instances"]
+    assert info["recipe"] == recipe["recipe"]
 
 
 def test_bad_model_file_is_a_usage_error(tmp_path, capsys):
@@ -78,3 +90,39 @@ def test_bad_model_file_is_a_usage_error(tmp_path, capsys):
     code = cli("place", "--algo", "drl", "--model", bogus, "--instance", instance, "--out", out)
     assert code == 2
     assert "--model" in capsys.readouterr().err
+
+
+def test_train_command_by_recipe(tmp_path, capsys):
+    out = tmp_path / "smoke.pt"
+    assert cli("place", "train", "--recipe", "smoke", "--out", out, "--quiet") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [h["episode"] for h in summary["history"]] == [2, 4]
+    recipe = json.loads(out.with_suffix(".json").read_text())
+    assert recipe["recipe"]["name"] == "smoke"
+    assert recipe["recipe"]["train_seeds"].startswith("100000")
+    load_model(out)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--out", "m.pt"),
+        ("--recipe", "smoke", "--instances", "d", "--out", "m.pt"),
+    ],
+    ids=["neither", "both"],
+)
+def test_train_needs_one_source_of_instances(args, capsys):
+    assert cli("place", "train", *args) == 2
+    assert "either --recipe NAME or --instances DIR" in capsys.readouterr().err
+
+
+def test_old_model_format_is_refused_with_advice(tmp_path, capsys):
+    old = tmp_path / "old.pt"
+    torch.save({"format": "cyberstar-drl-1", "config": {}, "state_dict": {}}, str(old))
+    instance = tmp_path / "i.json"
+    save_instance(generate("small", 0), instance)
+    out = tmp_path / "p.json"
+    code = cli("place", "--algo", "drl", "--model", old, "--instance", instance, "--out", out)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cyberstar-drl-1" in err and "retrain" in err

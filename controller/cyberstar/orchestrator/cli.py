@@ -2,6 +2,7 @@
 
   cyberstar place --algo {ff,bf,ilp,drl} --instance I.json --out P.json [--model F] [--time-limit S]
   cyberstar place check    --instance I.json --placement P.json
+  cyberstar place train    --recipe packaged --out MODEL.pt
   cyberstar place train    --instances DIR --out MODEL.pt --epochs N [--seed S]
   cyberstar place generate --family F --seed S --out I.json
   cyberstar place simulate --instance I.json --algo A [--predictor P]
@@ -140,17 +141,34 @@ def _instances_in(directory: str, option: str):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from cyberstar.orchestrator.drl import AgentConfig, save_model
-    from cyberstar.orchestrator.training import TrainSettings, train
 
-    if args.epochs < 1:
-        raise UsageError(f"--epochs: expected at least 1, got {args.epochs}")
-    instances = _instances_in(args.instances, "--instances")
-    validation = _instances_in(args.validation, "--validation") if args.validation else None
-    settings = TrainSettings(epochs=args.epochs, seed=args.seed)
-    config = AgentConfig()
-    net, info = train(instances, settings, config, validation, progress=not args.quiet)
-    info["instances"] = [inst.meta for inst in instances]
-    info["validation"] = [inst.meta for inst in validation or []]
+    if (args.recipe is None) == (args.instances is None):
+        raise UsageError("train: give either --recipe NAME or --instances DIR (with --epochs)")
+    if args.recipe is not None:
+        from cyberstar.orchestrator.recipe import run
+
+        net, config, info = run(args.recipe, progress=not args.quiet)
+    else:
+        import numpy as np
+
+        from cyberstar.orchestrator.training import TrainSettings, train
+
+        if args.epochs is None or args.epochs < 1:
+            raise UsageError(f"--epochs: expected at least 1 with --instances, got {args.epochs}")
+        instances = _instances_in(args.instances, "--instances")
+        validation = _instances_in(args.validation, "--validation") if args.validation else None
+        order = np.random.default_rng(args.seed).permutation
+        epochs = [order(len(instances)) for _ in range(args.epochs)]
+        sequence = [int(i) for epoch in epochs for i in epoch]
+        settings = TrainSettings(
+            episodes=len(sequence), seed=args.seed, validate_every=len(instances)
+        )
+        config = AgentConfig()
+        net, info = train(
+            lambda k: instances[sequence[k]], settings, config, validation, progress=not args.quiet
+        )
+        info["instances"] = [inst.meta for inst in instances]
+        info["validation"] = [inst.meta for inst in validation or []]
     info["command"] = " ".join(["cyberstar", *sys.argv[1:]]) if sys.argv else ""
     out = Path(args.out)
     save_model(out, net, config, info)
@@ -194,12 +212,17 @@ def generate_family(family: str, seed: int, trace: str | None = None, **override
     from dataclasses import replace
 
     from cyberstar.orchestrator.azure import AZURE, azure_instance
+    from cyberstar.orchestrator.distribution import DISTRIBUTIONS, draw
     from cyberstar.orchestrator.generator import generate
 
     if family == "azure":
         settings = replace(AZURE, **{k: v for k, v in overrides.items() if v is not None})
         settings.validate()
         return azure_instance(seed, settings, trace)
+    if family in DISTRIBUTIONS:
+        if any(v is not None for v in overrides.values()):
+            raise UsageError(f"--family {family}: draws its own sizes; drop the overrides")
+        return draw(family, seed)
     return generate(family, seed, **overrides)
 
 
@@ -237,7 +260,14 @@ def check_arguments(check: argparse.ArgumentParser) -> None:
 
 
 def train_arguments(train: argparse.ArgumentParser) -> None:
-    train.add_argument("--instances", required=True, help="directory of training INSTANCE.json")
+    from cyberstar.orchestrator.recipe import RECIPES
+
+    train.add_argument(
+        "--recipe",
+        choices=tuple(RECIPES),
+        help="a named recipe that draws its own instances (packaged: the shipped model)",
+    )
+    train.add_argument("--instances", help="directory of training INSTANCE.json")
     train.add_argument(
         "--validation", help="directory of validation instances: keep the best epoch on them"
     )
@@ -246,15 +276,16 @@ def train_arguments(train: argparse.ArgumentParser) -> None:
         required=True,
         help="model file to write (.pt); the recipe is written next to it (.json)",
     )
-    train.add_argument("--epochs", type=int, required=True, help="passes over the instances")
+    train.add_argument("--epochs", type=int, help="passes over the --instances")
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def generate_arguments(gen: argparse.ArgumentParser) -> None:
+    from cyberstar.orchestrator.distribution import DISTRIBUTIONS
     from cyberstar.orchestrator.generator import FAMILIES
 
-    gen.add_argument("--family", required=True, choices=[*FAMILIES, "azure"])
+    gen.add_argument("--family", required=True, choices=[*FAMILIES, *DISTRIBUTIONS, "azure"])
     gen.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     gen.add_argument(
         "--count", type=int, default=1, help="instances to write; above 1, --out is a directory"
@@ -296,7 +327,7 @@ PLACE = Verb(
     "  cyberstar place --algo drl --instance i.json --out p.json\n"
     "  cyberstar place check --instance i.json --placement p.json\n"
     "  cyberstar place generate --family paper-b --seed 0 --out i.json\n"
-    "  cyberstar place train --instances train/ --out model.pt --epochs 10\n"
+    "  cyberstar place train --recipe packaged --out model.pt\n"
     "  cyberstar place simulate --instance i.json --algo drl --predictor holt-winters\n"
     "exit codes: 0 ok, 1 check failed or no placement found, 2 bad input",
     raw_text=True,

@@ -19,6 +19,15 @@ from cyberstar.orchestrator.sharding import ShardingIndex
 SLACK = 1e-9
 
 
+@dataclass
+class Lookahead:
+    """The requests known to be waiting after the one being decided (static mode: the rest of
+    the file; dynamic mode: the rest of this step's arrivals): their summed demand and count."""
+
+    demand: np.ndarray
+    count: int
+
+
 @dataclass(frozen=True)
 class Assignment:
     machines: tuple[int, ...]
@@ -37,6 +46,10 @@ class Cluster:
         self.count = np.zeros(self.num_machines, dtype=np.int64)
         self.index = ShardingIndex(instance.max_overlap, self.num_machines)
         self.placed: dict[str, Assignment] = {}
+        # Requests hosted by both machines of each pair (a feature of the DRL agent's state).
+        self.pairs = np.zeros((self.num_machines, self.num_machines), dtype=np.int32)
+        self.lookahead = Lookahead(np.zeros(3), 0)
+        self.cache: dict = {}  # per-pool constants derived by a policy (DRL features)
 
     # ---- queries ----------------------------------------------------------------------------
     @property
@@ -57,6 +70,17 @@ class Cluster:
         """Per machine, the highest fraction of usable capacity in use over the three resources."""
         return np.max(self.load / self.capacity, axis=1)
 
+    def copy(self) -> Cluster:
+        """An independent copy of the state (the instance and derived constants are shared)."""
+        other = object.__new__(Cluster)
+        other.__dict__.update(self.__dict__)
+        other.load = self.load.copy()
+        other.count = self.count.copy()
+        other.pairs = self.pairs.copy()
+        other.index = self.index.copy()
+        other.placed = dict(self.placed)
+        return other
+
     # ---- changes ----------------------------------------------------------------------------
     def place(self, request_id: str, machines: Sequence[int], demand: np.ndarray) -> None:
         machines = tuple(sorted(int(m) for m in machines))
@@ -66,6 +90,7 @@ class Cluster:
         demand = np.asarray(demand, dtype=float)
         self.load[list(machines)] += demand / len(machines)
         self.count[list(machines)] += 1
+        self.pairs[np.ix_(machines, machines)] += 1
         self.placed[request_id] = Assignment(machines, demand)
 
     def remove(self, request_id: str) -> Assignment:
@@ -73,6 +98,7 @@ class Cluster:
         self.index.remove(request_id, a.machines)
         self.load[list(a.machines)] -= a.demand / len(a.machines)
         self.count[list(a.machines)] -= 1
+        self.pairs[np.ix_(a.machines, a.machines)] -= 1
         idle = self.count == 0
         self.load[idle] = 0.0  # drop accumulated rounding on empty machines
         return a

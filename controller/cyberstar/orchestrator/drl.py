@@ -1,31 +1,27 @@
 """The Double-DQN placement agent (appendix A.2): per-machine Q-values and the filtering search.
 
-State: the paper's S_i = <B, C, M, b_i, c_i, m_i> (free bandwidth, compute and memory of every
-machine, and the request), extended with each machine's static capacity and price (so one
-network serves pools of different flavours and sizes), whether it is used, its sharding load and
-a few fleet-wide sums. The network is one small MLP applied to every (machine, group size g) row,
-so it takes any number of machines and ranks them (per-machine Q-values, as in the paper).
+State and reward: `drl_state.py`. The network is one small MLP applied to every (machine, group
+size g) feature row, so it takes any number of machines and ranks them (per-machine Q-values, as
+in the paper).
 
-Value of a group A of size g: Q(s, A) = sum_{e in A} q_g(s, e), with q_g(s, e) trained towards
-r_e + gamma * Q_target(s', A') / g, where A' is the filtering choice at the next state.
-Reward of machine e (`immediate`): the paper's reward charges the price of newly used machines
-(Eq. 1); on its own it is sparse and says nothing about which flavour to open, so ours charges
--price_e * (increase of e's utilisation on its busiest resource + open_weight if e was unused):
-summed over an episode the first term is each machine's price times its final utilisation, the
-second stands for the capacity a new machine may leave unused. The immediate reward of an
-action is known before taking it, so q_g(s, e) = r_e + W(s, e) with the MLP learning only W, the
-discounted value of what follows (initialised to 0: an untrained agent is the greedy one).
+Value of a group A of size g: Q(s, A) = sum_{e in A} q_g(s, e) with q = r + W: the immediate
+reward r_e is known before acting, the network learns only W, the discounted value of what
+follows (its last layer starts at 0, so an untrained agent is the greedy one on r). The targets
+are n-step Double-DQN returns (`training.py`).
 Filtering (Algorithm 2): keep the top-k machines by q, enumerate the combinations of sizes
 gmin..gmax among them, drop those that violate a constraint, and take the one that newly uses the
 fewest machines (the paper's reward charges exactly those), then the best Q(s, A); so the network
-decides which machines to fill and which flavour to open, never whether to open one needlessly.
-If none is feasible, fall back to the first feasible group in q order over all machines.
+decides which machines to fill, which flavour to open and how wide to spread a request, never
+whether to open a machine needlessly. If none is feasible, fall back to the first feasible group
+in q order over all machines.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from functools import cache
 from importlib import resources
 from itertools import combinations
 from pathlib import Path
@@ -34,72 +30,19 @@ import numpy as np
 
 from cyberstar.errors import UsageError
 from cyberstar.orchestrator.cluster import Cluster
+from cyberstar.orchestrator.drl_state import NUM_FEATURES, features, immediate, outlook, statics
 from cyberstar.orchestrator.model import Request
 from cyberstar.orchestrator.search import first_group
 
-NF_TYPES = ("nat", "lb")
-NUM_FEATURES = 26
 DEFAULT_MODEL = "drl.pt"
+MODEL_FORMAT = "cyberstar-drl-2"
 
 
 @dataclass(frozen=True)
 class AgentConfig:
-    hidden: int = 128
-    top_k: int = 8
-    gamma: float = 0.98
-    reward: str = "usage"  # "usage" (above) or "cost" (-price of newly used machines only)
-    open_weight: float = 0.1
-    reward_scale: float = 10.0
-
-
-def immediate(cluster: Cluster, demand: np.ndarray, config: AgentConfig) -> np.ndarray:
-    """Reward r_e of every machine for every group size, shape (sizes, machines)."""
-    price = cluster.price / cluster.price.max()
-    opened = (~cluster.used).astype(float)
-    if config.reward == "cost":
-        row = -config.reward_scale * price * opened
-        return np.tile(row, (cluster.gmax - cluster.gmin + 1, 1))
-    before = np.max(cluster.load / cluster.capacity, axis=1)
-    out = []
-    for g in range(cluster.gmin, cluster.gmax + 1):
-        after = np.max((cluster.load + demand / g) / cluster.capacity, axis=1)
-        out.append(-config.reward_scale * price * (after - before + config.open_weight * opened))
-    return np.stack(out)
-
-
-def features(cluster: Cluster, request: Request, demand: np.ndarray) -> np.ndarray:
-    """Feature rows of shape (sizes, machines, NUM_FEATURES), sizes = gmin..gmax."""
-    m = cluster.num_machines
-    cap = cluster.capacity
-    ref = cap.max(axis=0)
-    free = cluster.free()
-    used = cluster.used
-    n_used = int(used.sum())
-    sizes = range(cluster.gmin, cluster.gmax + 1)
-    out = np.zeros((len(sizes), m, NUM_FEATURES), dtype=np.float32)
-
-    common = np.zeros((m, NUM_FEATURES), dtype=np.float32)
-    common[:, 0:3] = free / ref
-    common[:, 3:6] = cap / ref
-    common[:, 6] = cluster.price / cluster.price.max()
-    common[:, 7] = used
-    o = cluster.index.max_overlap
-    partners = math.comb(max(n_used - 1, 0), o) if o > 0 else 1
-    common[:, 15] = np.clip(cluster.index.degree / max(partners, 1), 0.0, 1.0)
-    kind = NF_TYPES.index(request.nf) if request.nf in NF_TYPES else len(NF_TYPES)
-    common[:, 16 + kind] = 1.0
-    common[:, 19] = n_used / m
-    if n_used:
-        common[:, 20:23] = free[used].sum(axis=0) / cap[used].sum(axis=0)
-    common[:, 23:26] = cluster.load.sum(axis=0) / (ref * m) * 4.0
-    for gi, g in enumerate(sizes):
-        share = demand / g
-        rows = out[gi]
-        rows[:] = common
-        rows[:, 8:11] = np.clip((free - share) / cap, -1.0, 1.0)
-        rows[:, 11:14] = share / ref * 10.0
-        rows[:, 14] = g / cluster.gmax
-    return out
+    hidden: int = 64
+    top_k: int = 12
+    gamma: float = 0.99
 
 
 class QNetwork:
@@ -132,67 +75,84 @@ class Choice:
 def candidate_pool(cluster: Cluster, fit_any: np.ndarray) -> np.ndarray:
     """Machines worth ranking: every used machine that fits, plus at most gmax unused machines of
     each (capacity, price) flavour (unused machines of one flavour are interchangeable)."""
-    used = cluster.used
-    keep = fit_any & used
-    unused = np.flatnonzero(fit_any & ~used)
-    if len(unused):
-        keys = np.column_stack([cluster.capacity[unused], cluster.price[unused]])
-        _, first = np.unique(keys, axis=0, return_inverse=True)
-        seen: dict[int, int] = {}
-        for e, key in zip(unused, first.ravel(), strict=True):
-            if seen.get(int(key), 0) < cluster.gmax:
-                seen[int(key)] = seen.get(int(key), 0) + 1
-                keep[e] = True
+    keep = fit_any & cluster.used
+    flavour = statics(cluster).flavour
+    spare = fit_any & ~cluster.used
+    for f in np.unique(flavour[spare]):
+        keep[np.flatnonzero(spare & (flavour == f))[: cluster.gmax]] = True
     return np.flatnonzero(keep)
 
 
-def filtering(
+@cache
+def _combinations(k: int, g: int) -> np.ndarray:
+    """Every g-subset of range(k), lexicographic, shape (C(k, g), g)."""
+    return np.array(list(combinations(range(k), g)), dtype=np.int64).reshape(-1, g)
+
+
+def ranked_groups(
     cluster: Cluster, demand: np.ndarray, q: np.ndarray, top_k: int, allowed: np.ndarray | None
-) -> tuple[tuple[int, ...] | None, int, float]:
-    """Algorithm 2. `q` has shape (sizes, machines). Returns (group, size index, Q(s, group))."""
+) -> Iterator[tuple[tuple[int, ...], int, float]]:
+    """Algorithm 2's candidates, best first: the groups of sizes gmin..gmax among the top-k
+    machines by q that fit and pass the sharding index, ranked by (fewest newly used machines,
+    highest Q(s, A), smallest size, lexicographic). Yields (group, size index, Q(s, group))."""
     gmin, gmax = cluster.gmin, cluster.gmax
     fit = np.stack([cluster.fits(demand / g) for g in range(gmin, gmax + 1)])
     if allowed is not None:
         fit &= allowed
     pool = candidate_pool(cluster, fit[-1])
     if len(pool) == 0:
-        return None, 0, -math.inf
+        return
     best_q = q.max(axis=0)
-    top = pool[np.argsort(-best_q[pool], kind="stable")[:top_k]]
-    best: tuple[tuple[int, float], int, tuple[int, ...]] | None = None
-    index = cluster.index
+    top = np.sort(pool[np.argsort(-best_q[pool], kind="stable")[:top_k]])
     unused = ~cluster.used
+    groups, sizes, new, value = [], [], [], []
     for gi, g in enumerate(range(gmin, gmax + 1)):
-        members = [int(e) for e in top if fit[gi, e]]
-        qg = q[gi]
-        for combo in combinations(sorted(members), g):
-            key = (-int(sum(unused[e] for e in combo)), float(sum(qg[e] for e in combo)))
-            if best is not None and key <= best[0]:
-                continue
-            if index.allows(combo):
-                best = (key, gi, combo)
-    if best is not None:
-        return best[2], best[1], best[0][1]
+        members = top[fit[gi, top]]
+        if len(members) < g:
+            continue
+        combos = members[_combinations(len(members), g)]
+        groups.extend(combos.tolist())
+        sizes.append(np.full(len(combos), gi))
+        new.append(unused[combos].sum(axis=1))
+        value.append(q[gi][combos].sum(axis=1))
+    if not groups:
+        return
+    new_all, value_all = np.concatenate(new), np.concatenate(value)
+    size_all = np.concatenate(sizes)
+    for j in np.lexsort((-value_all, new_all)):
+        if cluster.index.allows(groups[j]):
+            yield tuple(groups[j]), int(size_all[j]), float(value_all[j])
+
+
+def filtering(
+    cluster: Cluster, demand: np.ndarray, q: np.ndarray, top_k: int, allowed: np.ndarray | None
+) -> tuple[tuple[int, ...] | None, int, float]:
+    """Algorithm 2: the best of `ranked_groups`; if none is feasible, the first feasible group in
+    q order over all machines. Returns (group, size index, Q(s, group))."""
+    for found in ranked_groups(cluster, demand, q, top_k, allowed):
+        return found
+    best_q = q.max(axis=0)
     order = np.argsort(-best_q, kind="stable").tolist()
     group = first_group(cluster, demand, order, order, allowed)
     if group is None:
         return None, 0, -math.inf
-    gi = len(group) - gmin
+    gi = len(group) - cluster.gmin
     return tuple(sorted(group)), gi, float(sum(q[gi, e] for e in group))
 
 
 class DrlPolicy:
-    """Greedy placement with a trained Q-network (the online running of appendix A.2)."""
-
-    name = "drl"
+    """Greedy placement with a trained Q-network (the online running of appendix A.2); with no
+    network, the untrained agent (W = 0: the immediate reward and the filtering alone)."""
 
     def __init__(self, network, config: AgentConfig):
-        import torch
-
-        self.torch = torch
-        self.net = network.eval()
+        self.net = network.eval() if network is not None else None
         self.config = config
-        torch.set_num_threads(1)
+        self.name = "drl" if network is not None else "drl-untrained"
+        if network is not None:
+            import torch
+
+            self.torch = torch
+            torch.set_num_threads(1)
 
     def future(self, rows: np.ndarray) -> np.ndarray:
         with self.torch.inference_mode():
@@ -202,7 +162,8 @@ class DrlPolicy:
     def decide(
         self, cluster: Cluster, request: Request, demand: np.ndarray, allowed: np.ndarray | None
     ) -> Choice:
-        return decide(cluster, request, demand, allowed, self.future, self.config)
+        future = self.future if self.net is not None else None
+        return decide(cluster, request, demand, allowed, future, self.config)
 
     def choose(
         self, cluster: Cluster, request: Request, demand: np.ndarray, allowed: np.ndarray | None
@@ -218,10 +179,12 @@ def decide(
     future,
     config: AgentConfig,
 ) -> Choice:
-    """Filtering choice with q = r + W, `future` mapping feature rows to W."""
-    rows = features(cluster, request, demand)
-    reward = immediate(cluster, demand, config)
-    q = reward + future(rows)
+    """Filtering choice with q = r + W, `future` mapping feature rows to W (None: W = 0, the
+    untrained agent)."""
+    view = outlook(cluster, demand)
+    reward = immediate(cluster, demand, view)
+    rows = features(cluster, demand, reward, view)
+    q = reward if future is None else reward + future(rows)
     group, gi, value = filtering(cluster, demand, q, config.top_k, allowed)
     if not group:
         return Choice(None, np.zeros((0, NUM_FEATURES), np.float32), np.zeros(0), value)
@@ -238,7 +201,7 @@ def save_model(path: Path | str, network, config: AgentConfig, info: dict) -> No
 
     torch.save(
         {
-            "format": "cyberstar-drl-1",
+            "format": MODEL_FORMAT,
             "config": asdict(config),
             "info": info,
             "state_dict": network.state_dict(),
@@ -259,8 +222,13 @@ def load_model(path: Path | str | None = None) -> tuple[DrlPolicy, dict]:
         blob = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a bad file
         raise UsageError(f"--model: {path} is not a cyberstar DRL model: {exc}") from exc
-    if not isinstance(blob, dict) or blob.get("format") != "cyberstar-drl-1":
+    if not isinstance(blob, dict) or "format" not in blob:
         raise UsageError(f"--model: {path} is not a cyberstar DRL model (format field)")
+    if blob["format"] != MODEL_FORMAT:
+        raise UsageError(
+            f"--model: {path} is a {blob['format']} model; this version reads {MODEL_FORMAT} "
+            "(retrain it with `cyberstar place train`)"
+        )
     config = AgentConfig(**blob["config"])
     net = QNetwork(config.hidden)
     net.load_state_dict(blob["state_dict"])

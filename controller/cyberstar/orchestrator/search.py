@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from cyberstar.orchestrator.cluster import Cluster
+from cyberstar.orchestrator.cluster import Cluster, Lookahead
 from cyberstar.orchestrator.model import Instance, Placement, Request
 
 log = logging.getLogger(__name__)
@@ -113,12 +113,15 @@ def first_group(
 
 def place_all(instance: Instance, policy: Policy) -> Placement:
     """Static mode: decide the requests in file order, each once, as the paper's sequential
-    formulation does. Stats include the decision time per request."""
+    formulation does; the policy may look at the demand still waiting (`cluster.lookahead`).
+    Stats include the decision time per request."""
     cluster = Cluster(instance)
     rejected: list[str] = []
     times = np.zeros(len(instance.requests))
+    waiting = queue_demand(instance)
     for i, request in enumerate(instance.requests):
         demand = np.array(request.demand, dtype=float)
+        cluster.lookahead = Lookahead(waiting[i], len(instance.requests) - i - 1)
         start = time.perf_counter()
         group = policy.choose(cluster, request, demand, None)
         times[i] = time.perf_counter() - start
@@ -129,6 +132,13 @@ def place_all(instance: Instance, policy: Policy) -> Placement:
             cluster.place(request.id, group, demand)
     stats = decision_stats(times)
     return cluster.to_placement(rejected, policy.name, stats)
+
+
+def queue_demand(instance: Instance) -> np.ndarray:
+    """Row i: the summed demand of the requests after request i in file order."""
+    demand = instance.demand_matrix()
+    after = np.cumsum(demand[::-1], axis=0)[::-1]
+    return np.vstack([after[1:], np.zeros((1, 3))])
 
 
 def decision_stats(seconds: np.ndarray) -> dict:

@@ -24,6 +24,12 @@ class ShardingIndex:
         # Number of used subsets that contain each machine: a feature for the DRL agent.
         self.degree = np.zeros(num_machines, dtype=np.int64)
 
+    def copy(self) -> ShardingIndex:
+        other = ShardingIndex(self.max_overlap, len(self.degree))
+        other._owner = dict(self._owner)
+        other.degree = self.degree.copy()
+        return other
+
     def __len__(self) -> int:
         return len(self._owner)
 

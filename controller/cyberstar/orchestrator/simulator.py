@@ -12,7 +12,8 @@ Each step t (one `step_seconds` interval):
     requests, largest first, to groups the algorithm chooses elsewhere until it fits;
  4. scale down: a used machine whose reserved utilisation is below `lower` is drained if all
     its requests fit on other used machines (otherwise nothing moves); the machine is released;
- 5. arrivals are placed by the algorithm;
+ 5. arrivals are placed by the algorithm (the policy sees the rest of this step's arrivals as
+    its lookahead; moves in 3 and 4 see none);
  6. cost: the price of every machine hosting a request, times the step length in hours
     (machine-hours weighted by price; raw machine-hours reported too). The actual load (the
     declared demand times the load profile) is compared with the usable capacity: a machine
@@ -29,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from cyberstar.errors import UsageError
-from cyberstar.orchestrator.cluster import SLACK, Cluster
+from cyberstar.orchestrator.cluster import SLACK, Cluster, Lookahead
 from cyberstar.orchestrator.model import Instance
 from cyberstar.orchestrator.predictor import REACTIVE, make_predictor
 from cyberstar.orchestrator.search import Policy, decision_stats
@@ -200,9 +201,14 @@ class Simulation:
                 self.predictors.pop(rid, None)
             for rid in list(c.placed):
                 c.set_demand(rid, self.reservation(rid))
+            c.lookahead = Lookahead(np.zeros(3), 0)
             self.scale_up()
             self.scale_down()
-            for rid in self.arrivals.get(t, []):
+            arriving = self.arrivals.get(t, [])
+            waiting = sum((self.declared[rid] for rid in arriving), np.zeros(3))
+            for k, rid in enumerate(arriving):
+                waiting = waiting - self.declared[rid]
+                c.lookahead = Lookahead(np.maximum(waiting, 0.0), len(arriving) - k - 1)
                 self.active.add(rid)
                 group = self.choose(rid, self.declared[rid], None)
                 if group is None:

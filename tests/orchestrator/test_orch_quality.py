@@ -1,0 +1,80 @@
+"""The packaged model has learned something: on a fixed family it never trained on (seeds below
+the validation and training ranges), the trained agent beats the same agent with its learned
+term zeroed by a margin, and beats the heuristics. The same bar rejects a zero-weight model and
+a random one, so this test fails if the packaged model is replaced by either."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cyberstar.orchestrator.drl import DrlPolicy, QNetwork, load_model
+from cyberstar.orchestrator.generator import generate
+from cyberstar.orchestrator.heuristics import BestFit, FirstFit
+from cyberstar.orchestrator.search import place_all
+
+# A fixed small family: three NAT/LB mixes at a third of the benchmark's size.
+CASES = [(family, seed) for family in ("nat10", "nat50", "nat90") for seed in (700, 701, 702)]
+# The trained agent's total cost must be at least this much below the untrained agent's.
+MARGIN = 0.03
+
+
+@pytest.fixture(scope="module")
+def instances():
+    return [generate(f, s, tenants=200, machines=40) for f, s in CASES]
+
+
+@pytest.fixture(scope="module")
+def packaged():
+    return load_model()[0]
+
+
+def total_cost(instances, policy) -> float:
+    return float(sum(place_all(inst, policy).cost for inst in instances))
+
+
+def learned_enough(instances, policy) -> bool:
+    untrained = DrlPolicy(None, policy.config)
+    return total_cost(instances, policy) <= (1 - MARGIN) * total_cost(instances, untrained)
+
+
+# Issue 13 is not done: the packaged model (recipe `packaged`, kept at episode 75 of 200) costs
+# 234.10 here against the untrained agent's 234.85 (0.3 %) and BF's 232.55. Strict: when a model
+# meets the bar these report XPASS as a failure, and the marks must go.
+NOT_YET = pytest.mark.xfail(
+    strict=True, reason="issue 13 open: the packaged model does not beat the untrained agent yet"
+)
+
+
+@NOT_YET
+def test_trained_agent_beats_the_untrained_one(instances, packaged):
+    trained = total_cost(instances, packaged)
+    untrained = total_cost(instances, DrlPolicy(None, packaged.config))
+    assert trained <= (1 - MARGIN) * untrained, (trained, untrained)
+
+
+@NOT_YET
+def test_trained_agent_beats_the_heuristics(instances, packaged):
+    trained = total_cost(instances, packaged)
+    heuristics = min(total_cost(instances, p) for p in (FirstFit(), BestFit()))
+    assert trained < heuristics, (trained, heuristics)
+
+
+def test_the_bar_rejects_a_zero_weight_model(instances, packaged):
+    import torch
+
+    net = QNetwork(packaged.config.hidden)
+    for p in net.parameters():
+        torch.nn.init.zeros_(p)
+    assert not learned_enough(instances, DrlPolicy(net, packaged.config))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_bar_rejects_a_random_model(instances, packaged, seed):
+    import torch
+
+    torch.manual_seed(seed)
+    net = QNetwork(packaged.config.hidden)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, 0.0, float(np.sqrt(2.0 / p.shape[-1])))
+    assert not learned_enough(instances, DrlPolicy(net, packaged.config))
