@@ -291,6 +291,8 @@ class P4RuntimeServer:
     async def _on_stream_request(
         self, req: p4r.StreamMessageRequest, state: _StreamState, outbox: Outbox
     ) -> None:
+        if isinstance(req, Undecodable):
+            raise P4RuntimeError(grpc.StatusCode.INVALID_ARGUMENT, req.message)
         kind = req.WhichOneof("update")
         if kind == "arbitration":
             assert self._gate is not None
@@ -349,13 +351,42 @@ def _serialize(msg: object) -> bytes:
     return msg if isinstance(msg, bytes) else msg.SerializeToString()
 
 
+class Undecodable:
+    """A request whose bytes are not the message the method takes."""
+
+    def __init__(self, what: str, error: Exception) -> None:
+        self.message = f"the request is not a valid {what}: {error}"
+
+
+def _decoder(message_type):
+    """Parse a request; bytes that do not parse become an `Undecodable`, which the method
+    answers with INVALID_ARGUMENT (gRPC would answer UNKNOWN and log a traceback)."""
+
+    def decode(data: bytes):
+        try:
+            return message_type.FromString(data)
+        except Exception as exc:
+            return Undecodable(message_type.DESCRIPTOR.full_name, exc)
+
+    return decode
+
+
+def _refusing_undecodable(method):
+    async def handler(request, context):
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return await method(request, context)
+
+    return handler
+
+
 def _handlers(impl: P4RuntimeServer) -> grpc.GenericRpcHandler:
     """The P4Runtime service, as the generated code registers it, except that StreamChannel
-    responses go through `_serialize`."""
+    responses go through `_serialize` and requests that do not parse are INVALID_ARGUMENT."""
 
     def unary(method, request_type, response_type):
         return grpc.unary_unary_rpc_method_handler(
-            method, request_deserializer=request_type.FromString,
+            _refusing_undecodable(method), request_deserializer=_decoder(request_type),
             response_serializer=response_type.SerializeToString,
         )  # fmt: skip
 
@@ -364,7 +395,7 @@ def _handlers(impl: P4RuntimeServer) -> grpc.GenericRpcHandler:
         {
             "Write": unary(impl.Write, p4r.WriteRequest, p4r.WriteResponse),
             "Read": grpc.unary_stream_rpc_method_handler(
-                impl.Read, request_deserializer=p4r.ReadRequest.FromString,
+                _refusing_undecodable(impl.Read), request_deserializer=_decoder(p4r.ReadRequest),
                 response_serializer=p4r.ReadResponse.SerializeToString,
             ),
             "SetForwardingPipelineConfig": unary(
@@ -376,7 +407,7 @@ def _handlers(impl: P4RuntimeServer) -> grpc.GenericRpcHandler:
                 p4r.GetForwardingPipelineConfigResponse,
             ),
             "StreamChannel": grpc.stream_stream_rpc_method_handler(
-                impl.StreamChannel, request_deserializer=p4r.StreamMessageRequest.FromString,
+                impl.StreamChannel, request_deserializer=_decoder(p4r.StreamMessageRequest),
                 response_serializer=_serialize,
             ),
             "Capabilities": unary(
