@@ -113,3 +113,53 @@ def compile_p4(source: str | None = None) -> CompiledP4:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return compiled
+
+
+# bmv2's Thrift runtime server (it cannot be turned off); reachable only from inside the
+# switch's namespace once `guard_thrift` has run there.
+THRIFT_PORT = 9090
+
+
+def switch_command(
+    switch: str,
+    ns: str,
+    ports: dict[int, str],
+    grpc_address: str,
+    device_id: int,
+    workdir: Path,
+    cpu_port: int,
+    log_level: str | None = None,
+) -> list[str]:
+    """simple_switch_grpc in namespace `ns`, started without a program (P4Runtime sets it),
+    with port N on interface ports[N] and P4Runtime on `grpc_address` (host:port, or unix:PATH
+    which is not bound to a namespace). Its nanomsg notification socket lives in `workdir`:
+    bmv2's default path is shared by every switch with the same device id on the machine, and
+    switches started alongside each other would take each other's idle-timeout notices."""
+    cmd = [
+        "ip", "netns", "exec", ns, switch, "--device-id", str(device_id), "--no-p4",
+        "--thrift-port", str(THRIFT_PORT),
+        "--notifications-addr", f"ipc://{workdir / 'notifications.ipc'}",
+    ]  # fmt: skip
+    if log_level is not None:
+        cmd += ["--log-file", str(workdir / "bmv2"), "--log-flush", "--log-level", log_level]
+    for port, iface in sorted(ports.items()):
+        cmd += ["-i", f"{port}@{iface}"]
+    return [*cmd, "--", "--grpc-server-addr", grpc_address, "--cpu-port", str(cpu_port)]
+
+
+def guard_thrift(ns: str) -> None:
+    """Drop Thrift connections to the switch that do not come from its own namespace's
+    loopback: bmv2's Thrift server is unauthenticated and listens on every address."""
+    rules = (
+        "table inet cyberstar_bmv2 {\n"
+        "  chain input {\n"
+        "    type filter hook input priority 0; policy accept;\n"
+        f'    iifname != "lo" tcp dport {THRIFT_PORT} drop\n'
+        "  }\n"
+        "}\n"
+    )
+    proc = subprocess.run(
+        ["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise RuntimeFailure(f"nft in {ns}: {proc.stderr.strip()}")

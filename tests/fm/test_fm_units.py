@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conformance.cases import client_tcp
 from finsy.proto import p4r
 
 from cyberstar.fm.cache import (
@@ -123,3 +124,28 @@ def test_packet_ins_fm_cannot_use_are_counted() -> None:
     garbage.metadata.add(metadata_id=3, value=b"\x07")
     assert slow._classify(None, garbage, 0.0) == (None, None)
     assert slow.stats["packet_in_unparsable"] == 1
+    # bmv2 hands what XDP passes to the host stack to the CPU port, reason "host": not a flow.
+    host = p4r.PacketIn(payload=bytes(client_tcp()))
+    fields = [f.name for f in PIPELINE.packet_in.fields]
+    for name, value in (("ingress_port", 1), ("reason", 2), ("tenant_id", 0)):
+        host.metadata.add(metadata_id=fields.index(name) + 1, value=bytes([value]))
+    assert PIPELINE.punt_reasons[2] == "host"
+    assert slow._classify(None, host, 0.0) == (None, None)
+    assert slow.stats["packet_in_host"] == 1
+
+
+def test_a_bmv2_node_gets_its_device_config_from_the_file_named(tmp_path) -> None:
+    (tmp_path / "pp.json").write_bytes(b'{"program": "pp.p4"}')
+    cfg = parse_fm_config(
+        "fm_id: fm1\npp_nodes:\n  - {id: a, address: x, device_config: pp.json}\n"
+        "  - {id: b, address: y}\n",
+        "fm.yaml",
+        tmp_path,
+    )
+    assert [n.device_config for n in cfg.pp_nodes] == [b'{"program": "pp.p4"}', b""]
+    with pytest.raises(ConfigError, match=r"fm.yaml:3.*cannot read .*missing.json"):
+        parse_fm_config(
+            "fm_id: fm1\npp_nodes:\n  - {id: a, address: x, device_config: missing.json}\n",
+            "fm.yaml",
+            tmp_path,
+        )

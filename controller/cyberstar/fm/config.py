@@ -10,6 +10,8 @@ pp_nodes:                       # PP nodes to program (more join through etcd me
     address: 127.0.0.1:9559     # P4Runtime (host:port or unix:PATH)
     device_id: 1
     rules: pp1.json             # optional static entries (rules-file format, relative to FM.yaml)
+    device_config: pp.json      # optional: the P4 device config FM sets with the pipeline,
+                                # p4c-bm2-ss's JSON for a bmv2 node (an XDP agent takes none)
 fabric:                         # optional: VXLAN next hops between PP nodes (paper §5.2)
   vni: 9000
   nexthop_base: 1000            # next hop id of peer i is nexthop_base + i (order below)
@@ -39,6 +41,7 @@ class PpNodeConfig:
     address: str
     device_id: int
     static_entries: tuple[TableEntry, ...] = ()
+    device_config: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -114,8 +117,15 @@ def _pp_node(sec: Section, base: Path) -> PpNodeConfig:
             entries = tuple(load_rules(path, PIPELINE))
         except RulesError as exc:
             raise sec.error("rules", str(exc)) from None
+    device_config = b""
+    if sec.has("device_config"):
+        path = base / sec.str("device_config")
+        try:
+            device_config = path.read_bytes()
+        except OSError as exc:
+            raise sec.error("device_config", f"cannot read {path}: {exc.strerror}") from None
     sec.done()
-    return PpNodeConfig(node_id, address, device_id, entries)
+    return PpNodeConfig(node_id, address, device_id, entries, device_config)
 
 
 def _fabric(sec: Section) -> FabricConfig:

@@ -164,7 +164,9 @@ class PpSession:
         current = await self.client.get_pipeline()
         if current is None or canonical_p4info(current.p4info) != canonical_p4info(ours):
             log.info("%s: setting the pipeline (the node starts empty)", self.name)
-            await self.client.set_pipeline(ours, b"", Action.VERIFY_AND_COMMIT)
+            await self.client.set_pipeline(
+                ours, self.config.device_config, Action.VERIFY_AND_COMMIT
+            )
             await self.on_reset(self)
         await self.write_idempotent(self.entries)
         self.ready.set()

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 PACKET_IN_FIELDS = {f.name: i for i, f in enumerate(PIPELINE.packet_in.fields, start=1)}
 PACKET_OUT_FIELDS = {f.name: i for i, f in enumerate(PIPELINE.packet_out.fields, start=1)}
 FLOW_TABLE_ID = PIPELINE.table("flow_table").id
+HOST_REASON = PIPELINE.punt_reasons.index("host")
 
 
 @dataclass
@@ -189,6 +190,11 @@ class SlowPath:
         port_id, tenant_id = PACKET_IN_FIELDS["ingress_port"], PACKET_IN_FIELDS["tenant_id"]
         if port_id not in meta or tenant_id not in meta:
             self.stats["packet_in_without_metadata"] += 1
+            return None, None
+        if meta.get(PACKET_IN_FIELDS["reason"]) == HOST_REASON:
+            # bmv2's stand-in for XDP's `pass` (ARP, IPv4 no tenant claims): its namespace's
+            # kernel sees these frames too; they are not flows for SC.
+            self.stats["packet_in_host"] += 1
             return None, None
         ingress_port, tenant = meta[port_id], meta[tenant_id]
         m = frame_metadata(pin.payload, ingress_port)

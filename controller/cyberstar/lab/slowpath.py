@@ -8,6 +8,10 @@
 With `pps=N`, PP node i (0-based) has its own namespace, linked to the client by c<i> and to
 the server by s<i>, gateway addresses 10.1.0.<1+10i> and 10.2.0.<1+10i>; client and server
 route over all of them (multipath, hashed on ports), as an ECMP group of PP nodes would see.
+`pp_kinds` says which nodes are XDP agents and which are bmv2 switches running the generated
+P4 (`("xdp", "bmv2")`); FM programs both kinds the same way, over P4Runtime. A bmv2 node's
+namespace kernel still answers ARP for its gateway addresses (bmv2 has no host stack; the
+frames it would pass reach that kernel through the veth anyway) and forwards nothing.
 
 Tenant 7: clients 10.1.0.0/24 reach servers 10.2.0.0/24 through SNAT (pool 203.0.113.9), and
 the web VIP 198.51.100.10:80 through a load balancer to 10.2.0.2:8080 and 10.2.0.3:8080.
@@ -24,12 +28,13 @@ import subprocess
 import tempfile
 import threading
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
 from cyberstar import netns
-from cyberstar.lab.pp_process import CYBERSTAR, PpNode, start_agent
+from cyberstar.lab.pp_process import CYBERSTAR, PpNode, start_pp_node
 from cyberstar.lab.procs import free_port
 from cyberstar.lab.sc import ScLab
 from cyberstar.paths import REPO_ROOT
@@ -97,7 +102,10 @@ def mac_of(ifname: str, ns: str) -> str:
 
 class SlowPathLab:
     def __init__(self, scgs: int = 1, nodes_per_scg: int = 3, idle_timeout_s: float = 30,
-                 mode: str = "skb", workdir: Path | None = None, pps: int = 1) -> None:  # fmt: skip
+                 mode: str = "skb", workdir: Path | None = None, pps: int = 1,
+                 pp_kinds: Sequence[str] | None = None) -> None:  # fmt: skip
+        self.pp_kinds = list(pp_kinds) if pp_kinds is not None else ["xdp"] * pps
+        pps = len(self.pp_kinds)
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="cyberstar-lab-")
         self.workdir = Path(workdir or self._tmp.name)
         pid = os.getpid()
@@ -208,11 +216,11 @@ class SlowPathLab:
         return self.pps[0]
 
     def start_pp(self, address: str | None = None, index: int = 0) -> None:
-        self.pps[index] = start_agent(self.pp_ns[index], ["pp1", "pp2"], mode=self.mode,
-                                      address=address)  # fmt: skip
+        self.pps[index] = start_pp_node(self.pp_kinds[index], self.pp_ns[index], ["pp1", "pp2"],
+                                        mode=self.mode, address=address)  # fmt: skip
 
     def restart_pp(self, index: int = 0) -> None:
-        """Stop a PP agent (its tables go with it) and start a new one at the same address."""
+        """Stop a PP node (its tables go with it) and start a new one at the same address."""
         node = self.pps[index]
         assert node is not None
         node.stop()
@@ -227,6 +235,10 @@ class SlowPathLab:
             rules.write_text(json.dumps(self.static_rules(i)))
             nodes.append({"id": f"pp{i + 1}", "address": node.address, "device_id": 1,
                           "rules": rules.name})  # fmt: skip
+            if node.device_config:
+                config_path = self.workdir / f"pp{i + 1}-device-config.json"
+                config_path.write_bytes(node.device_config)
+                nodes[-1]["device_config"] = config_path.name
         config = {
             "fm_id": fm_id,
             "etcd": [f"127.0.0.1:{self.sc.etcd.client_port}"],

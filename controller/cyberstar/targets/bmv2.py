@@ -27,7 +27,7 @@ from cyberstar.codegen.p4info import parse_p4info_text
 from cyberstar.errors import RuntimeFailure, TargetUnavailable
 from cyberstar.p4rt.client import P4RuntimeClient
 from cyberstar.p4rt.codec import update
-from cyberstar.p4tools import compile_p4, require_tools
+from cyberstar.p4tools import compile_p4, require_tools, switch_command
 from cyberstar.pipeline.entries import TableEntry
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.subprocs import tied_to_parent
@@ -100,13 +100,16 @@ class Bmv2Target:
                 s.setblocking(False)
                 self.sockets[port] = s
         grpc_sock = self.workdir / "p4rt.sock"
-        iface_args = [a for port in range(self.ports) for a in ("-i", f"{port}@sw{port}")]
-        cmd = [
-            "ip", "netns", "exec", self.ns, switch, "--device-id", "1", "--no-p4",
-            "--log-file", str(self.workdir / "bmv2"), "--log-flush", *iface_args, "--",
-            "--grpc-server-addr", f"unix://{grpc_sock}",
-            "--cpu-port", str(PIPELINE.constants["CPU_PORT"]),
-        ]  # fmt: skip
+        cmd = switch_command(
+            switch,
+            self.ns,
+            {port: f"sw{port}" for port in range(self.ports)},
+            f"unix://{grpc_sock}",
+            device_id=1,
+            workdir=self.workdir,
+            cpu_port=PIPELINE.constants["CPU_PORT"],
+            log_level="trace",
+        )
         self.log_path = self.workdir / "switch.out"
         self.proc = subprocess.Popen(
             tied_to_parent(cmd), stdout=self.log_path.open("w"), stderr=subprocess.STDOUT
