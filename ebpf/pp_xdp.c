@@ -509,7 +509,10 @@ struct flow_table_value {
         struct nat_params nat;
     } p;
 };
-BPF_F_TABLE("hash", struct flow_table_key, struct flow_table_value, flow_table, 1048576, BPF_F_NO_PREALLOC);
+#ifndef FLOW_TABLE_SIZE  // the loader may size the map (pp serve)
+#define FLOW_TABLE_SIZE 1048576
+#endif
+BPF_F_TABLE("hash", struct flow_table_key, struct flow_table_value, flow_table, FLOW_TABLE_SIZE, BPF_F_NO_PREALLOC);
 BPF_ARRAY(flow_table_default, struct flow_table_value, 1);
 
 struct next_hop_key {
@@ -541,7 +544,10 @@ struct next_hop_value {
         struct set_next_hop_vxlan_params set_next_hop_vxlan;
     } p;
 };
-BPF_F_TABLE("hash", struct next_hop_key, struct next_hop_value, next_hop, 4096, BPF_F_NO_PREALLOC);
+#ifndef NEXT_HOP_SIZE  // the loader may size the map (pp serve)
+#define NEXT_HOP_SIZE 4096
+#endif
+BPF_F_TABLE("hash", struct next_hop_key, struct next_hop_value, next_hop, NEXT_HOP_SIZE, BPF_F_NO_PREALLOC);
 BPF_ARRAY(next_hop_default, struct next_hop_value, 1);
 
 struct counter_cell {

@@ -38,6 +38,11 @@ _C_TYPE = {1: "__u8", 2: "__u16", 4: "__u32", 8: "__u64"}
 REWRITE_BITS = {t: 1 << i for i, t in enumerate(REWRITE_TARGETS)}
 
 
+def size_macro(table: str) -> str:
+    """The C macro holding a hash table's map size; `-D<macro>=N` sizes it at load time."""
+    return f"{table.upper()}_SIZE"
+
+
 def generate_xdp(p: Pipeline) -> str:
     parts = [
         _PROLOGUE,
@@ -187,8 +192,10 @@ def _maps(p: Pipeline) -> str:
             )
         else:
             out.append(
+                f"#ifndef {size_macro(t.name)}  // the loader may size the map (pp serve)\n"
+                f"#define {size_macro(t.name)} {t.size}\n#endif\n"
                 f'BPF_F_TABLE("hash", struct {t.name}_key, struct {t.name}_value, {t.name}, '
-                f"{t.size}, BPF_F_NO_PREALLOC);"
+                f"{size_macro(t.name)}, BPF_F_NO_PREALLOC);"
             )
         out.append(f"BPF_ARRAY({t.name}_default, struct {t.name}_value, 1);\n")
     out.append("struct counter_cell {\n    __u64 packets;\n    __u64 bytes;\n};")

@@ -48,7 +48,7 @@ class Device(Protocol):
     def verify_config(self, config: p4r.ForwardingPipelineConfig) -> None: ...
     def commit(self, reconcile: bool) -> None: ...
     def write(self, updates: list[p4r.Update]) -> list[P4RuntimeError | None]: ...
-    def read(self, entity: p4r.Entity) -> Iterator[list[p4r.Entity]]: ...
+    def read(self, entity: p4r.Entity) -> Iterator[bytes]: ...  # serialized ReadResponses
     def packet_out(self, packet: p4r.PacketOut) -> None: ...
     def packet_in_message(self, punted: Punted) -> bytes: ...
 
@@ -97,12 +97,17 @@ class P4RuntimeServer:
         return await self._loop.run_in_executor(self._pool, fn, *args)
 
     def publish(self, msg: p4r.StreamMessageResponse | bytes) -> bool:
-        """Send a stream message to the primary (any thread): an idle-timeout notification, or
-        a PacketIn already serialized (bytes)."""
+        """Send a stream message to the primary (any thread): a PacketIn already serialized
+        (bytes), counted, or another message."""
         ok = self.arbitration.send_to_primary(msg)
         if isinstance(msg, bytes):
             self.stats["packet_in" if ok else "packet_in_dropped"] += 1
         return ok
+
+    def notify(self, msg: bytes) -> bool:
+        """Send a serialized stream message other than a PacketIn (an idle-timeout
+        notification) to the primary (any thread)."""
+        return self.arbitration.send_to_primary(msg)
 
     @property
     def pipeline_set(self) -> bool:
@@ -220,12 +225,8 @@ class P4RuntimeServer:
             for entity in request.entities:
                 chunks = self.device.read(entity)
                 while (chunk := await self._on_device(next, chunks, None)) is not None:
-                    if not chunk:
-                        continue
                     try:
-                        await asyncio.wait_for(
-                            context.write(p4r.ReadResponse(entities=chunk)), SEND_TIMEOUT_S
-                        )
+                        await asyncio.wait_for(context.write(chunk), SEND_TIMEOUT_S)
                     except TimeoutError:
                         raise P4RuntimeError(
                             grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -347,7 +348,8 @@ def _stream_error(
 
 
 def _serialize(msg: object) -> bytes:
-    """Stream responses may be pre-serialized bytes (PacketIns, built on the hot path)."""
+    """Responses may be pre-serialized bytes (PacketIns and table entries, built without
+    message objects)."""
     return msg if isinstance(msg, bytes) else msg.SerializeToString()
 
 
@@ -396,7 +398,7 @@ def _handlers(impl: P4RuntimeServer) -> grpc.GenericRpcHandler:
             "Write": unary(impl.Write, p4r.WriteRequest, p4r.WriteResponse),
             "Read": grpc.unary_stream_rpc_method_handler(
                 _refusing_undecodable(impl.Read), request_deserializer=_decoder(p4r.ReadRequest),
-                response_serializer=p4r.ReadResponse.SerializeToString,
+                response_serializer=_serialize,
             ),
             "SetForwardingPipelineConfig": unary(
                 impl.SetForwardingPipelineConfig, p4r.SetForwardingPipelineConfigRequest,

@@ -15,6 +15,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ from cyberstar.xdp.program import XdpProgram
 
 log = logging.getLogger(__name__)
 ETH_P_ALL = 0x0003
-IDLE_SCAN_INTERVAL_S = 0.5  # when no entry has an idle timeout
+IDLE_TICK_S = 0.1  # the idle scan walks a slice of the tables this often
+IDLE_MIN_SLICE = 8192  # entries, at least, per slice
 
 
 @dataclass(frozen=True)
@@ -134,14 +136,25 @@ class PpAgent:
             self.prog.poll_punts(100)
 
     def _idle_loop(self) -> None:
-        while not self._stop.wait(self.device.idle_scan_interval() or IDLE_SCAN_INTERVAL_S):
-            if not self.server.pipeline_set or self.device.idle_scan_interval() is None:
+        """Walk the tables for idle entries a slice at a time, so that a full pass takes the
+        time `idle_pass_s` allows; the walk takes at most half a core (it waits as long as it
+        worked), so at millions of entries notifications may come late, never the node down."""
+        while not self._stop.wait(IDLE_TICK_S):
+            if not self.server.pipeline_set:
                 continue
+            pass_s = self.device.idle_pass_s()
+            if pass_s is None:
+                continue
+            budget = max(IDLE_MIN_SLICE, int(self.device.idle_entries() * IDLE_TICK_S / pass_s))
+            started = time.thread_time()
             try:
-                for msg in self.device.idle_scan():
-                    self.server.publish(msg)
+                for msg in self.device.idle_scan(budget):
+                    self.server.notify(msg)
             except Exception:
                 log.exception("idle-timeout scan failed")
+            spent = time.thread_time() - started
+            if spent > IDLE_TICK_S:
+                self._stop.wait(spent - IDLE_TICK_S)
 
     def metrics(self) -> list[Sample]:
         samples: list[Sample] = []
@@ -164,6 +177,7 @@ class PpAgent:
             ("cyberstar_pp_packet_in_total", {}, self.server.stats["packet_in"]),
         ]  # fmt: skip
         samples += [(f"cyberstar_pp_{k}_total", {}, v) for k, v in self.device.stats.items()]
+        samples += [(f"cyberstar_pp_{k}_total", {}, v) for k, v in self.device.idle_stats().items()]
         return samples
 
     def wait(self) -> None:

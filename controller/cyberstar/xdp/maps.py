@@ -48,7 +48,7 @@ def encode_value(
     last_hit_ns: int = 0,
 ) -> bytes:
     """The map value: action id, priority, direct counters, idle state, then the params."""
-    packer, action_id, params = _value_packer(pipeline, entry.table, entry.action)
+    packer, action_id, params = value_struct(pipeline, entry.table, entry.action)
     head = {
         "action": action_id,
         "priority": entry.priority,
@@ -58,18 +58,19 @@ def encode_value(
         "idle_timeout_ns": entry.idle_timeout_ns,
     }
     values = entry.params
-    return packer.pack(*[head[n] for n in _head_names(pipeline, entry.table)],
+    return packer.pack(*[head[n] for n in head_names(pipeline, entry.table)],
                        *[values[n] for n in params])  # fmt: skip
 
 
 @cache
-def _head_names(pipeline: Pipeline, table: str) -> tuple[str, ...]:
+def head_names(pipeline: Pipeline, table: str) -> tuple[str, ...]:
     return tuple(m.name for m in table_layout(pipeline, table).value_head.members)
 
 
 @cache
-def _value_packer(pipeline: Pipeline, table: str, action: str) -> tuple[struct.Struct, int, tuple]:
-    """One struct for a whole value of `action` in `table` (head, padding, params, padding)."""
+def value_struct(pipeline: Pipeline, table: str, action: str) -> tuple[struct.Struct, int, tuple]:
+    """One struct for a whole value of `action` in `table` (head, padding, params, padding),
+    the action's id and its params' names in struct order."""
     lay = table_layout(pipeline, table)
     fmt, offset = "<", 0
     members = [*lay.value_head.members]
@@ -98,6 +99,19 @@ def encode_ternary_entry(
     out[offs["mask"] : offs["mask"] + lay.key.size] = lay.key.pack(masks)
     out[offs["v"] : offs["v"] + lay.value_size] = encode_value(pipeline, entry, packets, byte_count)
     return bytes(out)
+
+
+@cache
+def key_struct(pipeline: Pipeline, table: str) -> tuple[struct.Struct, tuple[str, ...]]:
+    """The struct of an exact table's map key and its members' names, in struct order."""
+    key = table_layout(pipeline, table).key
+    assert isinstance(key, CStruct)
+    fmt, offset = "<", 0
+    for m in key.members:
+        fmt += "x" * (m.offset - offset) + PACK_CODES[m.size]
+        offset = m.offset + m.size
+    fmt += "x" * (key.size - offset)
+    return struct.Struct(fmt), tuple(m.name for m in key.members)
 
 
 def empty_ternary_slot(pipeline: Pipeline, table: str) -> bytes:

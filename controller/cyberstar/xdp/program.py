@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import ctypes
-import errno
 import json
 import logging
 import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from cyberstar.codegen.xdp import QUOTA_MAP
+from cyberstar.codegen.xdp import QUOTA_MAP, size_macro
 from cyberstar.codegen.xdp_layout import punt_meta_layout, table_layout, ternary_entry_offsets
 from cyberstar.errors import RuntimeFailure
 from cyberstar.paths import xdp_source
@@ -39,6 +40,22 @@ _MODE_FLAGS = {1: XDP_FLAGS_DRV_MODE, 2: XDP_FLAGS_SKB_MODE, 3: XDP_FLAGS_HW_MOD
 PROGRAM_NAME = "pp_xdp"
 BPF_MAP_TYPE_HASH = 1
 BATCH = 65536  # entries per BPF_MAP_UPDATE_BATCH call
+
+
+CLOCK_MONOTONIC_COARSE = 6  # the clock bpf_ktime_get_coarse_ns reads
+
+
+def coarse_now_ns() -> int:
+    """Now on the data plane's clock (what `last_hit_ns` is stamped with)."""
+    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+
+
+@dataclass(frozen=True)
+class HashMap:
+    fd: int
+    key_size: int
+    value_size: int
+    capacity: int  # max_entries
 
 
 class XdpLoadError(RuntimeFailure):
@@ -82,17 +99,23 @@ def _first_error(path: Path) -> str:
 class XdpProgram:
     """The generated PP program, loaded into the kernel, with its maps."""
 
-    def __init__(self, pipeline: Pipeline = PIPELINE, source: str | None = None) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline = PIPELINE,
+        source: str | None = None,
+        table_sizes: dict[str, int] | None = None,
+    ) -> None:
+        """`table_sizes` sizes hash tables' maps beyond the spec's sizes (pp serve
+        --flow-table-size)."""
         from bcc import BPF  # Debian's python3-bpfcc; imported here so other commands run without
-        from bcc.libbcc import lib
 
         self.pipeline = pipeline
         self._bpf_cls = BPF
-        self._lib = lib
         with _captured_stderr() as log_path:
             try:
                 self.source = source or xdp_source()
-                self.bpf = BPF(text=self.source.encode(), cflags=["-Wno-unused-function"])
+                sizes = [f"-D{size_macro(t)}={n}" for t, n in (table_sizes or {}).items()]
+                self.bpf = BPF(text=self.source.encode(), cflags=["-Wno-unused-function", *sizes])
                 self.fn = self.bpf.load_func(PROGRAM_NAME.encode(), BPF.XDP)
             except Exception as exc:
                 raise XdpLoadError(
@@ -187,6 +210,15 @@ class XdpProgram:
             n = min(BATCH, count - start)
             table.items_delete_batch((table.Key * n).from_buffer_copy(keys, start * ksize))
 
+    def hash_map(self, name: str) -> HashMap | None:
+        """The kernel side of a table kept in a BPF hash map (None for other maps)."""
+        table = self._map(name)
+        if table.ttype != BPF_MAP_TYPE_HASH:
+            return None
+        return HashMap(
+            table.map_fd, ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf), table.max_entries
+        )
+
     def lookup_raw(self, name: str, key: bytes) -> bytes | None:
         table = self._map(name)
         try:
@@ -194,82 +226,6 @@ class XdpProgram:
         except KeyError:
             return None
         return bytes(value)
-
-    def dump_raw(self, name: str, expected: int = 0) -> list[tuple[bytes, bytes]]:
-        """Every (key, value) of a hash or LPM table. `expected` (how many entries the caller
-        believes there are) sizes the buffers of a hash table's batch lookups."""
-        table = self._map(name)
-        if table.ttype != BPF_MAP_TYPE_HASH:
-            return [(bytes(k), bytes(v)) for k, v in table.items()]
-        ksize, vsize = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
-        capacity = max(64, expected + expected // 4 + 64)
-        keys = ctypes.create_string_buffer(ksize * capacity)
-        values = ctypes.create_string_buffer(vsize * capacity)
-        token, count, total = ctypes.c_uint32(0), ctypes.c_uint32(0), 0
-        while total < capacity:
-            count.value = capacity - total
-            rc = self._lib.bpf_lookup_batch(
-                table.map_fd,
-                ctypes.byref(token) if total else None,
-                ctypes.byref(token),
-                ctypes.byref(keys, ksize * total),
-                ctypes.byref(values, vsize * total),
-                ctypes.byref(count),
-            )
-            err = ctypes.get_errno()
-            total += count.value
-            if rc != 0:
-                if err != errno.ENOENT:
-                    raise OSError(err, f"BPF_MAP_LOOKUP_BATCH on {name}: {os.strerror(err)}")
-                break  # the whole map was read
-            if count.value == 0:
-                break
-        if total >= capacity:  # more entries than expected: fall back to a full read
-            return [(bytes(k), bytes(v)) for k, v in table.items_lookup_batch()]
-        kraw, vraw = keys.raw, values.raw
-        return [
-            (kraw[i * ksize : (i + 1) * ksize], vraw[i * vsize : (i + 1) * vsize])
-            for i in range(total)
-        ]
-
-    def iter_raw(self, name: str, chunk: int) -> Iterator[list[tuple[bytes, bytes]]]:
-        """Every (key, value) of a hash or LPM table, at most `chunk` per step: one
-        BPF_MAP_LOOKUP_BATCH call each for a hash table, so a walk of millions of entries needs
-        no buffer of their size and the caller may let go of its lock between steps (entries
-        changed meanwhile are seen or not, never twice)."""
-        table = self._map(name)
-        if table.ttype != BPF_MAP_TYPE_HASH:
-            yield [(bytes(k), bytes(v)) for k, v in table.items()]
-            return
-        ksize, vsize = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
-        keys = ctypes.create_string_buffer(ksize * chunk)
-        values = ctypes.create_string_buffer(vsize * chunk)
-        token_in, token_out, count = ctypes.c_uint32(0), ctypes.c_uint32(0), ctypes.c_uint32(0)
-        first = True
-        while True:
-            count.value = chunk
-            rc = self._lib.bpf_lookup_batch(
-                table.map_fd,
-                None if first else ctypes.byref(token_in),
-                ctypes.byref(token_out),
-                keys,
-                values,
-                ctypes.byref(count),
-            )
-            err = ctypes.get_errno()
-            n = count.value
-            if n:
-                kraw, vraw = keys.raw, values.raw
-                yield [
-                    (kraw[i * ksize : (i + 1) * ksize], vraw[i * vsize : (i + 1) * vsize])
-                    for i in range(n)
-                ]
-            if rc != 0:
-                if err == errno.ENOENT:
-                    return  # the whole map was read
-                raise OSError(err, f"BPF_MAP_LOOKUP_BATCH on {name}: {os.strerror(err)}")
-            token_in.value = token_out.value
-            first = False
 
     def publish_ternary(
         self,
