@@ -94,6 +94,12 @@ class P4RuntimeClient:
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"{self.address}: no arbitration answer"
             ) from None
 
+    def arbitrate(self, election_id: int) -> None:
+        """Send another MasterArbitrationUpdate on the open stream (the answer comes to
+        `arbitrations`)."""
+        self.election_id = election_id
+        self._requests.put(arbitration_request(self.device_id, election_id))
+
     def _read_stream(self) -> None:
         try:
             for msg in self._stream_call:

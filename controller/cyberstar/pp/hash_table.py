@@ -434,9 +434,11 @@ class HashTable:
 
     def _reset_timers(self, keys: bytes, values: bytes, n: int, now: int) -> None:
         """Last hit = now, for entries still in the map (BPF_EXIST skips deleted ones)."""
-        fresh = np.frombuffer(values, dtype=self._now_cols).copy()
-        fresh["last_hit_ns"] = now
-        batch.update(self.kmap.fd, keys, fresh.tobytes(), self.kmap.key_size,
+        # Set the field in place: copying the structured array would zero the bytes between
+        # its fields (the action and params), and write them back so.
+        raw = bytearray(values)
+        np.frombuffer(raw, dtype=self._now_cols)["last_hit_ns"] = now
+        batch.update(self.kmap.fd, keys, bytes(raw), self.kmap.key_size,
                      self.kmap.value_size, n, batch.BPF_EXIST)  # fmt: skip
 
 
