@@ -15,13 +15,13 @@ import contextlib
 import json
 import logging
 import signal
+import time
 import zlib
 from collections import defaultdict
 
 import aetcd
-from finsy.proto import p4r
 
-from cyberstar.fm.cache import CachedRule, Connection, RuleCache, entry_key, parse_cookie
+from cyberstar.fm.cache import CacheBuilder, RuleCache
 from cyberstar.fm.config import FabricConfig, FmConfig
 from cyberstar.fm.sessions import PpSession
 from cyberstar.fm.slowpath import SlowPath
@@ -33,6 +33,7 @@ from cyberstar.sc import coord
 from cyberstar.sc.routing import ScRouter, ShardMap
 
 log = logging.getLogger(__name__)
+REBUILD_LOG_EVERY = 1_000_000  # rules read between two progress lines of a cache rebuild
 
 
 def fabric_entries(fabric: FabricConfig, node_id: str) -> list[TableEntry]:
@@ -86,6 +87,7 @@ class FabricMaster:
         self.leader = False
         self.election_id = self.standby_id
         self.stats: dict[str, int] = defaultdict(int)
+        self.rebuild_stats: dict[str, float] = {}  # rules read per PP node, and seconds
         self.etcd: aetcd.Client | None = None
         self._lease = None
         self._stop = asyncio.Event()
@@ -131,6 +133,7 @@ class FabricMaster:
             "slow_path": dict(self.slowpath.stats),
             "first_packet_ms": self.slowpath.latency_percentiles(),
             "timings_s": {k: round(v, 3) for k, v in self.slowpath.timings.items()},
+            "cache_rebuild": self.rebuild_stats,
         }  # fmt: skip
 
     def _scale_route(self, query: dict[str, str], loop: asyncio.AbstractEventLoop
@@ -238,32 +241,31 @@ class FabricMaster:
         self.slowpath.enabled.set()
 
     async def _rebuild_cache(self) -> None:
-        """Rebuild the rule cache from what the PP nodes hold (a previous leader's rules)."""
+        """Rebuild the rule cache from what the PP nodes hold (a previous leader's rules), as
+        their flow tables stream in, logging progress every `REBUILD_LOG_EVERY` rules."""
         decoder = PipelineDecoder(PIPELINE).table(PIPELINE.table("flow_table").id)
-        conns: dict[int, Connection] = {}
+        builder = CacheBuilder(self.cache, decoder)
+        started = time.monotonic()
         for s in self.sessions:
+            read = 0
             try:
                 await asyncio.wait_for(s.ready.wait(), 10)
-                entries = await s.read_flow_entries()
+                async for chunk in s.flow_entries():
+                    for te in chunk:
+                        builder.add(te, s.index)
+                    read += len(chunk)
+                    if read % REBUILD_LOG_EVERY < len(chunk):
+                        log.info("%s: %d rules read into the cache (%.0f s)", s.name, read,
+                                 time.monotonic() - started)  # fmt: skip
             except Exception as exc:
-                log.warning("%s: cannot read its rules to rebuild the cache: %s", s.name, exc)
+                log.warning("%s: cannot read its rules to rebuild the cache (%d read): %s",
+                            s.name, read, exc or type(exc).__name__)  # fmt: skip
                 continue
-            for te in entries:
-                cookie = parse_cookie(te.metadata)
-                if cookie is None:
-                    continue
-                conn_id, slot = cookie
-                entry = decoder.decode(te, kind=p4r.Update.INSERT)
-                key = entry_key(entry)
-                conn = conns.setdefault(conn_id, Connection(conn_id, slot, []))
-                rule = next((r for r in conn.rules if r.key == key), None)
-                if rule is None:
-                    conn.rules.append(CachedRule(key, 1 << s.index, entry))
-                else:
-                    rule.installed |= 1 << s.index
-        for conn in conns.values():
-            self.cache.put(conn)
-        log.warning("rule cache rebuilt from the PP nodes: %d connections", len(conns))
+            self.rebuild_stats[s.name] = read
+        connections = builder.finish()
+        self.rebuild_stats["seconds"] = round(time.monotonic() - started, 3)
+        log.warning("rule cache rebuilt from the PP nodes: %d connections, %d rules in %.1f s",
+                    connections, builder.rules, time.monotonic() - started)  # fmt: skip
 
     def metrics(self) -> list[Sample]:
         out: list[Sample] = [
