@@ -25,12 +25,13 @@ from cyberstar.errors import RuntimeFailure, UsageError
 from cyberstar.metrics import Sample, serve_metrics
 from cyberstar.p4rt.server import P4RuntimeServer, serve
 from cyberstar.pipeline.pp import PIPELINE
-from cyberstar.pp.device import Port, XdpDevice
+from cyberstar.pp.device import FLOW_TABLE, Port, XdpDevice
 from cyberstar.pp.quota import FlowQuota, parse_quotas
 from cyberstar.xdp.program import XdpProgram
 
 log = logging.getLogger(__name__)
 ETH_P_ALL = 0x0003
+MAX_FLOW_TABLE = 1 << 28  # a BPF hash map's entries are u32; this is already ~50 GB
 IDLE_TICK_S = 0.1  # the idle scan walks a slice of the tables this often
 IDLE_MIN_SLICE = 8192  # entries, at least, per slice
 
@@ -70,10 +71,12 @@ class PpAgent:
         mode: str | None = None,
         ns: str | None = None,
         quota: FlowQuota | None = None,
+        flow_table_size: int | None = None,
     ) -> None:
         self.ns = ns
         self.mode = mode
-        self.prog = XdpProgram()
+        sizes = {FLOW_TABLE: flow_table_size} if flow_table_size else {}
+        self.prog = XdpProgram(table_sizes=sizes)
         self.prog.install_defaults()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -207,12 +210,15 @@ def run_agent(
     ns: str | None,
     metrics: str | None,
     flow_quota: list[str] | None = None,
+    flow_table_size: int | None = None,
 ) -> int:
     ports = parse_ports(ifaces)
+    if flow_table_size is not None and not 1 <= flow_table_size <= MAX_FLOW_TABLE:
+        raise UsageError(f"--flow-table-size {flow_table_size}: expected 1..{MAX_FLOW_TABLE}")
     tenant_bits = PIPELINE.meta_field("tenant_id").width
     quota = parse_quotas(flow_quota or [], (1 << tenant_bits) - 1)
     try:
-        agent = PpAgent(ports, grpc_address, device_id, mode, ns, quota)
+        agent = PpAgent(ports, grpc_address, device_id, mode, ns, quota, flow_table_size)
     except OSError as exc:
         raise RuntimeFailure(str(exc)) from None
     try:

@@ -26,6 +26,13 @@ def arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--netns", help="the interfaces live in this network namespace")
     serve.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics")
     serve.add_argument(
+        "--flow-table-size",
+        type=int,
+        metavar="N",
+        help="flow-table entries the node holds (its kernel map's size; default: the "
+        "pipeline's 1048576). About 200 bytes of kernel memory and 60 of the agent's each",
+    )
+    serve.add_argument(
         "--flow-quota",
         action="append",
         default=[],
@@ -41,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     return run_agent(
         args.iface, args.grpc, args.device_id, args.mode, args.netns, args.metrics,
-        args.flow_quota,
+        args.flow_quota, args.flow_table_size,
     )  # fmt: skip
 
 
