@@ -53,8 +53,9 @@ lint: venv
 	$(VENV)/bin/ruff format --check controller tests bench
 	$(VENV)/bin/vulture $(VULTURE_PATHS) --min-confidence 60 --exclude '*_pb2*.py'
 
+# Every script in bench/, one JSON object; `make bench BENCH_ARGS=--quick` for short runs.
 bench: install
-	$(PY) bench/xdp_fastpath.py
+	$(PY) bench/all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(P4RT_VENV) .pytest_cache build *.egg-info controller/*.egg-info

@@ -23,6 +23,7 @@
 #define V_PUNT 2
 #define V_PASS 3
 #define V_UNDECIDED 255
+#define PORT_SLOTS 256
 #define R_TRUNCATED_ETHERNET 0
 #define R_TRUNCATED_VLAN 1
 #define R_TRUNCATED_IPV4 2
@@ -54,6 +55,7 @@
 #define R_NO_NEXT_HOP 28
 #define R_PORT_DOWN 29
 #define R_FLOW_QUOTA 30
+#define R_RATE_LIMITED 31
 #define PUNT_NONE 0
 #define PUNT_MISS 1
 #define PUNT_HOST 2
@@ -84,33 +86,24 @@
 
 // ---- header accessors (big-endian wire fields, host-order values) ----
 static __always_inline __u64 ethernet_t_get_dst_addr(const __u8 *p) {
-    return ((__u64)p[0] << 40) | ((__u64)p[1] << 32) | ((__u64)p[2] << 24) | ((__u64)p[3] << 16) | ((__u64)p[4] << 8) | ((__u64)p[5] << 0);
+    return ((__u64)__builtin_bswap16(*(__u16 *)(p + 0)) << 32) | __builtin_bswap32(*(__u32 *)(p + 2));
 }
 static __always_inline void ethernet_t_set_dst_addr(__u8 *p, __u64 v) {
-    p[0] = (__u8)(v >> 40);
-    p[1] = (__u8)(v >> 32);
-    p[2] = (__u8)(v >> 24);
-    p[3] = (__u8)(v >> 16);
-    p[4] = (__u8)(v >> 8);
-    p[5] = (__u8)(v >> 0);
+    *(__u16 *)(p + 0) = __builtin_bswap16((__u16)(v >> 32));
+    *(__u32 *)(p + 2) = __builtin_bswap32((__u32)v);
 }
 static __always_inline __u64 ethernet_t_get_src_addr(const __u8 *p) {
-    return ((__u64)p[6] << 40) | ((__u64)p[7] << 32) | ((__u64)p[8] << 24) | ((__u64)p[9] << 16) | ((__u64)p[10] << 8) | ((__u64)p[11] << 0);
+    return ((__u64)__builtin_bswap16(*(__u16 *)(p + 6)) << 32) | __builtin_bswap32(*(__u32 *)(p + 8));
 }
 static __always_inline void ethernet_t_set_src_addr(__u8 *p, __u64 v) {
-    p[6] = (__u8)(v >> 40);
-    p[7] = (__u8)(v >> 32);
-    p[8] = (__u8)(v >> 24);
-    p[9] = (__u8)(v >> 16);
-    p[10] = (__u8)(v >> 8);
-    p[11] = (__u8)(v >> 0);
+    *(__u16 *)(p + 6) = __builtin_bswap16((__u16)(v >> 32));
+    *(__u32 *)(p + 8) = __builtin_bswap32((__u32)v);
 }
 static __always_inline __u32 ethernet_t_get_ether_type(const __u8 *p) {
-    return ((__u32)p[12] << 8) | ((__u32)p[13] << 0);
+    return __builtin_bswap16(*(__u16 *)(p + 12));
 }
 static __always_inline void ethernet_t_set_ether_type(__u8 *p, __u32 v) {
-    p[12] = (__u8)(v >> 8);
-    p[13] = (__u8)(v >> 0);
+    *(__u16 *)(p + 12) = __builtin_bswap16((__u16)v);
 }
 
 static __always_inline __u32 ipv4_t_get_version(const __u8 *p) {
@@ -126,24 +119,22 @@ static __always_inline void ipv4_t_set_ihl(__u8 *p, __u32 v) {
     p[0] = (__u8)((p[0] & 0xf0) | ((v >> 0) & 0x0f));
 }
 static __always_inline __u32 ipv4_t_get_diffserv(const __u8 *p) {
-    return ((__u32)p[1] << 0);
+    return (*(__u8 *)(p + 1));
 }
 static __always_inline void ipv4_t_set_diffserv(__u8 *p, __u32 v) {
-    p[1] = (__u8)(v >> 0);
+    *(__u8 *)(p + 1) = ((__u8)v);
 }
 static __always_inline __u32 ipv4_t_get_total_len(const __u8 *p) {
-    return ((__u32)p[2] << 8) | ((__u32)p[3] << 0);
+    return __builtin_bswap16(*(__u16 *)(p + 2));
 }
 static __always_inline void ipv4_t_set_total_len(__u8 *p, __u32 v) {
-    p[2] = (__u8)(v >> 8);
-    p[3] = (__u8)(v >> 0);
+    *(__u16 *)(p + 2) = __builtin_bswap16((__u16)v);
 }
 static __always_inline __u32 ipv4_t_get_identification(const __u8 *p) {
-    return ((__u32)p[4] << 8) | ((__u32)p[5] << 0);
+    return __builtin_bswap16(*(__u16 *)(p + 4));
 }
 static __always_inline void ipv4_t_set_identification(__u8 *p, __u32 v) {
-    p[4] = (__u8)(v >> 8);
-    p[5] = (__u8)(v >> 0);
+    *(__u16 *)(p + 4) = __builtin_bswap16((__u16)v);
 }
 static __always_inline __u32 ipv4_t_get_flags(const __u8 *p) {
     return ((((__u32)p[6] << 0)) >> 5) & 0x7;
@@ -159,77 +150,66 @@ static __always_inline void ipv4_t_set_frag_offset(__u8 *p, __u32 v) {
     p[7] = (__u8)(v >> 0);
 }
 static __always_inline __u32 ipv4_t_get_ttl(const __u8 *p) {
-    return ((__u32)p[8] << 0);
+    return (*(__u8 *)(p + 8));
 }
 static __always_inline void ipv4_t_set_ttl(__u8 *p, __u32 v) {
-    p[8] = (__u8)(v >> 0);
+    *(__u8 *)(p + 8) = ((__u8)v);
 }
 static __always_inline __u32 ipv4_t_get_protocol(const __u8 *p) {
-    return ((__u32)p[9] << 0);
+    return (*(__u8 *)(p + 9));
 }
 static __always_inline void ipv4_t_set_protocol(__u8 *p, __u32 v) {
-    p[9] = (__u8)(v >> 0);
+    *(__u8 *)(p + 9) = ((__u8)v);
 }
 static __always_inline __u32 ipv4_t_get_hdr_checksum(const __u8 *p) {
-    return ((__u32)p[10] << 8) | ((__u32)p[11] << 0);
+    return __builtin_bswap16(*(__u16 *)(p + 10));
 }
 static __always_inline void ipv4_t_set_hdr_checksum(__u8 *p, __u32 v) {
-    p[10] = (__u8)(v >> 8);
-    p[11] = (__u8)(v >> 0);
+    *(__u16 *)(p + 10) = __builtin_bswap16((__u16)v);
 }
 static __always_inline __u32 ipv4_t_get_src_addr(const __u8 *p) {
-    return ((__u32)p[12] << 24) | ((__u32)p[13] << 16) | ((__u32)p[14] << 8) | ((__u32)p[15] << 0);
+    return __builtin_bswap32(*(__u32 *)(p + 12));
 }
 static __always_inline void ipv4_t_set_src_addr(__u8 *p, __u32 v) {
-    p[12] = (__u8)(v >> 24);
-    p[13] = (__u8)(v >> 16);
-    p[14] = (__u8)(v >> 8);
-    p[15] = (__u8)(v >> 0);
+    *(__u32 *)(p + 12) = __builtin_bswap32((__u32)v);
 }
 static __always_inline __u32 ipv4_t_get_dst_addr(const __u8 *p) {
-    return ((__u32)p[16] << 24) | ((__u32)p[17] << 16) | ((__u32)p[18] << 8) | ((__u32)p[19] << 0);
+    return __builtin_bswap32(*(__u32 *)(p + 16));
 }
 static __always_inline void ipv4_t_set_dst_addr(__u8 *p, __u32 v) {
-    p[16] = (__u8)(v >> 24);
-    p[17] = (__u8)(v >> 16);
-    p[18] = (__u8)(v >> 8);
-    p[19] = (__u8)(v >> 0);
+    *(__u32 *)(p + 16) = __builtin_bswap32((__u32)v);
 }
 
 static __always_inline __u32 udp_t_get_src_port(const __u8 *p) {
-    return ((__u32)p[0] << 8) | ((__u32)p[1] << 0);
+    return __builtin_bswap16(*(__u16 *)(p + 0));
 }
 static __always_inline void udp_t_set_src_port(__u8 *p, __u32 v) {
-    p[0] = (__u8)(v >> 8);
-    p[1] = (__u8)(v >> 0);
+    *(__u16 *)(p + 0) = __builtin_bswap16((__u16)v);
 }
 static __always_inline __u32 udp_t_get_dst_port(const __u8 *p) {
-    return ((__u32)p[2] << 8) | ((__u32)p[3] << 0);
+    return __builtin_bswap16(*(__u16 *)(p + 2));
 }
 static __always_inline void udp_t_set_dst_port(__u8 *p, __u32 v) {
-    p[2] = (__u8)(v >> 8);
-    p[3] = (__u8)(v >> 0);
+    *(__u16 *)(p + 2) = __builtin_bswap16((__u16)v);
 }
 static __always_inline __u32 udp_t_get_length(const __u8 *p) {
-    return ((__u32)p[4] << 8) | ((__u32)p[5] << 0);
+    return __builtin_bswap16(*(__u16 *)(p + 4));
 }
 static __always_inline void udp_t_set_length(__u8 *p, __u32 v) {
-    p[4] = (__u8)(v >> 8);
-    p[5] = (__u8)(v >> 0);
+    *(__u16 *)(p + 4) = __builtin_bswap16((__u16)v);
 }
 static __always_inline __u32 udp_t_get_checksum(const __u8 *p) {
-    return ((__u32)p[6] << 8) | ((__u32)p[7] << 0);
+    return __builtin_bswap16(*(__u16 *)(p + 6));
 }
 static __always_inline void udp_t_set_checksum(__u8 *p, __u32 v) {
-    p[6] = (__u8)(v >> 8);
-    p[7] = (__u8)(v >> 0);
+    *(__u16 *)(p + 6) = __builtin_bswap16((__u16)v);
 }
 
 static __always_inline __u32 vxlan_t_get_flags(const __u8 *p) {
-    return ((__u32)p[0] << 0);
+    return (*(__u8 *)(p + 0));
 }
 static __always_inline void vxlan_t_set_flags(__u8 *p, __u32 v) {
-    p[0] = (__u8)(v >> 0);
+    *(__u8 *)(p + 0) = ((__u8)v);
 }
 static __always_inline __u32 vxlan_t_get_reserved(const __u8 *p) {
     return ((__u32)p[1] << 16) | ((__u32)p[2] << 8) | ((__u32)p[3] << 0);
@@ -248,10 +228,10 @@ static __always_inline void vxlan_t_set_vni(__u8 *p, __u32 v) {
     p[6] = (__u8)(v >> 0);
 }
 static __always_inline __u32 vxlan_t_get_reserved2(const __u8 *p) {
-    return ((__u32)p[7] << 0);
+    return (*(__u8 *)(p + 7));
 }
 static __always_inline void vxlan_t_set_reserved2(__u8 *p, __u32 v) {
-    p[7] = (__u8)(v >> 0);
+    *(__u8 *)(p + 7) = ((__u8)v);
 }
 
 static __always_inline __u32 vlan_t_get_pcp(const __u8 *p) {
@@ -274,45 +254,36 @@ static __always_inline void vlan_t_set_vid(__u8 *p, __u32 v) {
     p[1] = (__u8)(v >> 0);
 }
 static __always_inline __u32 vlan_t_get_ether_type(const __u8 *p) {
-    return ((__u32)p[2] << 8) | ((__u32)p[3] << 0);
+    return __builtin_bswap16(*(__u16 *)(p + 2));
 }
 static __always_inline void vlan_t_set_ether_type(__u8 *p, __u32 v) {
-    p[2] = (__u8)(v >> 8);
-    p[3] = (__u8)(v >> 0);
+    *(__u16 *)(p + 2) = __builtin_bswap16((__u16)v);
 }
 
 
 static __always_inline __u32 tcp_t_get_src_port(const __u8 *p) {
-    return ((__u32)p[0] << 8) | ((__u32)p[1] << 0);
+    return __builtin_bswap16(*(__u16 *)(p + 0));
 }
 static __always_inline void tcp_t_set_src_port(__u8 *p, __u32 v) {
-    p[0] = (__u8)(v >> 8);
-    p[1] = (__u8)(v >> 0);
+    *(__u16 *)(p + 0) = __builtin_bswap16((__u16)v);
 }
 static __always_inline __u32 tcp_t_get_dst_port(const __u8 *p) {
-    return ((__u32)p[2] << 8) | ((__u32)p[3] << 0);
+    return __builtin_bswap16(*(__u16 *)(p + 2));
 }
 static __always_inline void tcp_t_set_dst_port(__u8 *p, __u32 v) {
-    p[2] = (__u8)(v >> 8);
-    p[3] = (__u8)(v >> 0);
+    *(__u16 *)(p + 2) = __builtin_bswap16((__u16)v);
 }
 static __always_inline __u32 tcp_t_get_seq_no(const __u8 *p) {
-    return ((__u32)p[4] << 24) | ((__u32)p[5] << 16) | ((__u32)p[6] << 8) | ((__u32)p[7] << 0);
+    return __builtin_bswap32(*(__u32 *)(p + 4));
 }
 static __always_inline void tcp_t_set_seq_no(__u8 *p, __u32 v) {
-    p[4] = (__u8)(v >> 24);
-    p[5] = (__u8)(v >> 16);
-    p[6] = (__u8)(v >> 8);
-    p[7] = (__u8)(v >> 0);
+    *(__u32 *)(p + 4) = __builtin_bswap32((__u32)v);
 }
 static __always_inline __u32 tcp_t_get_ack_no(const __u8 *p) {
-    return ((__u32)p[8] << 24) | ((__u32)p[9] << 16) | ((__u32)p[10] << 8) | ((__u32)p[11] << 0);
+    return __builtin_bswap32(*(__u32 *)(p + 8));
 }
 static __always_inline void tcp_t_set_ack_no(__u8 *p, __u32 v) {
-    p[8] = (__u8)(v >> 24);
-    p[9] = (__u8)(v >> 16);
-    p[10] = (__u8)(v >> 8);
-    p[11] = (__u8)(v >> 0);
+    *(__u32 *)(p + 8) = __builtin_bswap32((__u32)v);
 }
 static __always_inline __u32 tcp_t_get_data_offset(const __u8 *p) {
     return ((((__u32)p[12] << 0)) >> 4) & 0xf;
@@ -327,65 +298,59 @@ static __always_inline void tcp_t_set_res(__u8 *p, __u32 v) {
     p[12] = (__u8)((p[12] & 0xf0) | ((v >> 0) & 0x0f));
 }
 static __always_inline __u32 tcp_t_get_flags(const __u8 *p) {
-    return ((__u32)p[13] << 0);
+    return (*(__u8 *)(p + 13));
 }
 static __always_inline void tcp_t_set_flags(__u8 *p, __u32 v) {
-    p[13] = (__u8)(v >> 0);
+    *(__u8 *)(p + 13) = ((__u8)v);
 }
 static __always_inline __u32 tcp_t_get_window(const __u8 *p) {
-    return ((__u32)p[14] << 8) | ((__u32)p[15] << 0);
+    return __builtin_bswap16(*(__u16 *)(p + 14));
 }
 static __always_inline void tcp_t_set_window(__u8 *p, __u32 v) {
-    p[14] = (__u8)(v >> 8);
-    p[15] = (__u8)(v >> 0);
+    *(__u16 *)(p + 14) = __builtin_bswap16((__u16)v);
 }
 static __always_inline __u32 tcp_t_get_checksum(const __u8 *p) {
-    return ((__u32)p[16] << 8) | ((__u32)p[17] << 0);
+    return __builtin_bswap16(*(__u16 *)(p + 16));
 }
 static __always_inline void tcp_t_set_checksum(__u8 *p, __u32 v) {
-    p[16] = (__u8)(v >> 8);
-    p[17] = (__u8)(v >> 0);
+    *(__u16 *)(p + 16) = __builtin_bswap16((__u16)v);
 }
 static __always_inline __u32 tcp_t_get_urgent_ptr(const __u8 *p) {
-    return ((__u32)p[18] << 8) | ((__u32)p[19] << 0);
+    return __builtin_bswap16(*(__u16 *)(p + 18));
 }
 static __always_inline void tcp_t_set_urgent_ptr(__u8 *p, __u32 v) {
-    p[18] = (__u8)(v >> 8);
-    p[19] = (__u8)(v >> 0);
+    *(__u16 *)(p + 18) = __builtin_bswap16((__u16)v);
 }
 
 static __always_inline __u32 icmp_t_get_type(const __u8 *p) {
-    return ((__u32)p[0] << 0);
+    return (*(__u8 *)(p + 0));
 }
 static __always_inline void icmp_t_set_type(__u8 *p, __u32 v) {
-    p[0] = (__u8)(v >> 0);
+    *(__u8 *)(p + 0) = ((__u8)v);
 }
 static __always_inline __u32 icmp_t_get_code(const __u8 *p) {
-    return ((__u32)p[1] << 0);
+    return (*(__u8 *)(p + 1));
 }
 static __always_inline void icmp_t_set_code(__u8 *p, __u32 v) {
-    p[1] = (__u8)(v >> 0);
+    *(__u8 *)(p + 1) = ((__u8)v);
 }
 static __always_inline __u32 icmp_t_get_checksum(const __u8 *p) {
-    return ((__u32)p[2] << 8) | ((__u32)p[3] << 0);
+    return __builtin_bswap16(*(__u16 *)(p + 2));
 }
 static __always_inline void icmp_t_set_checksum(__u8 *p, __u32 v) {
-    p[2] = (__u8)(v >> 8);
-    p[3] = (__u8)(v >> 0);
+    *(__u16 *)(p + 2) = __builtin_bswap16((__u16)v);
 }
 static __always_inline __u32 icmp_t_get_identifier(const __u8 *p) {
-    return ((__u32)p[4] << 8) | ((__u32)p[5] << 0);
+    return __builtin_bswap16(*(__u16 *)(p + 4));
 }
 static __always_inline void icmp_t_set_identifier(__u8 *p, __u32 v) {
-    p[4] = (__u8)(v >> 8);
-    p[5] = (__u8)(v >> 0);
+    *(__u16 *)(p + 4) = __builtin_bswap16((__u16)v);
 }
 static __always_inline __u32 icmp_t_get_sequence(const __u8 *p) {
-    return ((__u32)p[6] << 8) | ((__u32)p[7] << 0);
+    return __builtin_bswap16(*(__u16 *)(p + 6));
 }
 static __always_inline void icmp_t_set_sequence(__u8 *p, __u32 v) {
-    p[6] = (__u8)(v >> 8);
-    p[7] = (__u8)(v >> 0);
+    *(__u16 *)(p + 6) = __builtin_bswap16((__u16)v);
 }
 
 // ---- checksums: RFC 1624 eq. 3, folded twice (see cyberstar.pipeline.checksum) ----
@@ -409,15 +374,20 @@ static __always_inline __u32 udp_csum(__u32 c) {
 }
 
 // ---- maps: one per P4 table (same name), its default action, counters ----
+struct counter_cell {
+    __u64 packets;
+    __u64 bytes;
+};
 struct tenant_classify_key {
-    __u32 prefixlen;
-    __u8 data[16];
+    __u32 vni;
+    __u32 dst_addr;
+    __u32 host_mask;
+    __u16 ingress_port;
+    __u8 _pad0[2];
 };
 struct tenant_classify_value_head {
     __u32 action;
-    __u8 _pad0[4];
-    __u64 packets;
-    __u64 bytes;
+    __u32 counter;
 };
 struct set_tenant_params {
     __u16 tenant_id;
@@ -428,25 +398,42 @@ struct tenant_classify_value {
         struct set_tenant_params set_tenant;
     } p;
 };
-BPF_LPM_TRIE(tenant_classify, struct tenant_classify_key, struct tenant_classify_value, 1024);
+// Longest prefix first: one hash probe per prefix length in use (bit w - n of
+// `_lengths` set: some entry has an n-bit dst_addr prefix of w).
+BPF_F_TABLE("hash", struct tenant_classify_key, struct tenant_classify_value, tenant_classify, 1024, BPF_F_NO_PREALLOC);
+BPF_ARRAY(tenant_classify_lengths, __u64, 1);
+// The results for recent packet keys, valid while the epoch is unchanged.
+struct tenant_classify_cached {
+    struct tenant_classify_key k;  // the packet's: host_mask 0
+    __u32 epoch;
+    __u32 found;
+    struct tenant_classify_value v;
+};
+BPF_PERCPU_ARRAY(tenant_classify_cache, struct tenant_classify_cached, 1024);
 BPF_ARRAY(tenant_classify_default, struct tenant_classify_value, 1);
+// Bumped by the loader after each change: results cached elsewhere expire.
+BPF_ARRAY(tenant_classify_epoch, __u32, 1);
+BPF_PERCPU_ARRAY(tenant_classify_counters, struct counter_cell, 1024);
+static __always_inline void count_tenant_classify_counters(__u32 index, __u32 len) {
+    struct counter_cell *cell = tenant_classify_counters.lookup(&index);
+    if (cell) {
+        cell->packets += 1;
+        cell->bytes += len;
+    }
+}
 
 struct acl_match {
-    __u16 tenant_id;
-    __u8 _pad0[2];
     __u32 src_addr;
     __u32 dst_addr;
-    __u8 protocol;
-    __u8 _pad1[1];
+    __u16 tenant_id;
     __u16 src_port;
     __u16 dst_port;
-    __u8 _pad2[2];
+    __u8 protocol;
+    __u8 _pad0[1];
 };
 struct acl_value_head {
     __u32 action;
-    __u32 priority;
-    __u64 packets;
-    __u64 bytes;
+    __u32 counter;
 };
 struct acl_value {
     struct acl_value_head h;
@@ -456,20 +443,34 @@ struct acl_entry {
     struct acl_match mask;
     struct acl_value v;
 };
-BPF_ARRAY(acl, struct acl_entry, 512);
+_Static_assert(offsetof(struct acl_entry, v) == 32, "acl_entry layout");
+_Static_assert(sizeof(struct acl_entry) == 40, "acl_entry size");
+// Two halves: the control plane writes the idle one, then flips `_active`, so the
+// data plane never scans a half-written list. A list is (start | count << 16) in
+// `_lists`: per tenant_id value, then the list for values with none.
+BPF_ARRAY(acl, struct acl_entry, 4096);
+BPF_ARRAY(acl_lists, __u32, 131074);
 BPF_ARRAY(acl_active, __u32, 1);
 BPF_ARRAY(acl_default, struct acl_value, 1);
+// Bumped by the loader after each change: results cached elsewhere expire.
+BPF_ARRAY(acl_epoch, __u32, 1);
+BPF_PERCPU_ARRAY(acl_counters, struct counter_cell, 256);
+static __always_inline void count_acl_counters(__u32 index, __u32 len) {
+    struct counter_cell *cell = acl_counters.lookup(&index);
+    if (cell) {
+        cell->packets += 1;
+        cell->bytes += len;
+    }
+}
 
 struct flow_table_key {
-    __u16 tenant_id;
-    __u8 _pad0[2];
     __u32 src_addr;
     __u32 dst_addr;
-    __u8 protocol;
-    __u8 _pad1[1];
+    __u16 tenant_id;
     __u16 src_port;
     __u16 dst_port;
-    __u8 _pad2[2];
+    __u8 protocol;
+    __u8 _pad0[1];
 };
 struct flow_table_value_head {
     __u32 action;
@@ -478,6 +479,7 @@ struct flow_table_value_head {
     __u64 bytes;
     __u64 last_hit_ns;
     __u64 idle_timeout_ns;
+    __u64 acl_cache;
 };
 struct forward_params {
     __u16 nexthop_id;
@@ -516,7 +518,7 @@ BPF_F_TABLE("hash", struct flow_table_key, struct flow_table_value, flow_table, 
 BPF_ARRAY(flow_table_default, struct flow_table_value, 1);
 
 struct next_hop_key {
-    __u16 nexthop_id;
+    __u32 index;
 };
 struct next_hop_value_head {
     __u32 action;
@@ -544,17 +546,11 @@ struct next_hop_value {
         struct set_next_hop_vxlan_params set_next_hop_vxlan;
     } p;
 };
-#ifndef NEXT_HOP_SIZE  // the loader may size the map (pp serve)
-#define NEXT_HOP_SIZE 4096
-#endif
-BPF_F_TABLE("hash", struct next_hop_key, struct next_hop_value, next_hop, NEXT_HOP_SIZE, BPF_F_NO_PREALLOC);
+// Indexed by nexthop_id; action 0 is an empty slot.
+BPF_ARRAY(next_hop, struct next_hop_value, 65536);
 BPF_ARRAY(next_hop_default, struct next_hop_value, 1);
 
-struct counter_cell {
-    __u64 packets;
-    __u64 bytes;
-};
-BPF_PERCPU_ARRAY(drop_reasons, struct counter_cell, 31);
+BPF_PERCPU_ARRAY(drop_reasons, struct counter_cell, 32);
 static __always_inline void count_drop_reasons(__u32 index, __u32 len) {
     struct counter_cell *cell = drop_reasons.lookup(&index);
     if (cell) {
@@ -578,6 +574,35 @@ static __always_inline void count_port_tx(__u32 index, __u32 len) {
         cell->bytes += len;
     }
 }
+BPF_PERCPU_ARRAY(tenant_packets, struct counter_cell, 65536);
+static __always_inline void count_tenant_packets(__u32 index, __u32 len) {
+    struct counter_cell *cell = tenant_packets.lookup(&index);
+    if (cell) {
+        cell->packets += 1;
+        cell->bytes += len;
+    }
+}
+BPF_PERCPU_ARRAY(tenant_rate_drops, struct counter_cell, 65536);
+static __always_inline void count_tenant_rate_drops(__u32 index, __u32 len) {
+    struct counter_cell *cell = tenant_rate_drops.lookup(&index);
+    if (cell) {
+        cell->packets += 1;
+        cell->bytes += len;
+    }
+}
+struct meter_config {
+    __u64 peak_increment;
+    __u64 peak_depth;
+    __u64 committed_increment;
+    __u64 committed_depth;
+};
+struct meter_state {
+    __u64 peak_tat;
+    __u64 committed_tat;
+};
+// Meter tenant_rate: configuration (written by the loader), state (the data plane's).
+BPF_ARRAY(tenant_rate, struct meter_config, 65536);
+BPF_ARRAY(tenant_rate_state, struct meter_state, 65536);
 struct punt_meta {
     __u16 ingress_port;
     __u8 reason;
@@ -586,46 +611,115 @@ struct punt_meta {
     __u8 _pad1[2];
     __u32 len;
 };
-// Interfaces: ifindex → port, and port → ifindex for XDP_REDIRECT.
-BPF_HASH(ports, __u32, __u32, MAX_PORTS);
+struct port_slot {
+    __u32 ifindex;
+    __u32 port;
+};
+struct hit_clock {
+    __u64 tick_ns;
+    __u64 offset_ns;
+};
+struct clock_sample {
+    __u64 jiffies;
+    __u64 coarse_ns;
+};
+// Interfaces: ifindex → port (a direct-mapped cache by ifindex, collisions in the
+// spill hash), and port → ifindex for XDP_REDIRECT.
+BPF_ARRAY(ports, struct port_slot, 256);
+BPF_HASH(ports_spill, __u32, __u32, MAX_PORTS);
 BPF_DEVMAP(tx_ports, MAX_PORTS);
 // Punted packets (packet_in metadata + the frame) and perf-buffer overflows.
 BPF_PERF_OUTPUT(punts);
 BPF_PERCPU_ARRAY(punt_overflows, __u64, 1);
+// Last-hit times: jiffies (read inline) turned into CLOCK_MONOTONIC_COARSE nanoseconds
+// with the tick length and offset the loader measures (cyberstar.xdp.program).
+BPF_ARRAY(hit_clock, struct hit_clock, 1);
 // Tenants at their flow-entry quota (the agent's --flow-quota): a miss is dropped.
 BPF_ARRAY(tenant_over_quota, __u8, 65536);
 
-_Static_assert(sizeof(struct tenant_classify_key) == 20, "tenant_classify_key size");
-_Static_assert(sizeof(struct tenant_classify_value) == 32, "tenant_classify_value size");
-_Static_assert(offsetof(struct tenant_classify_value, p.set_tenant) == 24, "tenant_classify_value.p");
-_Static_assert(sizeof(struct acl_match) == 20, "acl_match size");
-_Static_assert(sizeof(struct acl_value) == 24, "acl_value size");
-_Static_assert(offsetof(struct acl_match, tenant_id) == 0, "acl_match.tenant_id");
-_Static_assert(offsetof(struct acl_match, src_addr) == 4, "acl_match.src_addr");
-_Static_assert(offsetof(struct acl_match, dst_addr) == 8, "acl_match.dst_addr");
-_Static_assert(offsetof(struct acl_match, protocol) == 12, "acl_match.protocol");
-_Static_assert(offsetof(struct acl_match, src_port) == 14, "acl_match.src_port");
-_Static_assert(offsetof(struct acl_match, dst_port) == 16, "acl_match.dst_port");
-_Static_assert(offsetof(struct acl_entry, v) == 40, "acl_entry layout");
-_Static_assert(sizeof(struct acl_entry) == 64, "acl_entry size");
-_Static_assert(sizeof(struct flow_table_key) == 20, "flow_table_key size");
-_Static_assert(sizeof(struct flow_table_value) == 56, "flow_table_value size");
-_Static_assert(offsetof(struct flow_table_key, tenant_id) == 0, "flow_table_key.tenant_id");
-_Static_assert(offsetof(struct flow_table_key, src_addr) == 4, "flow_table_key.src_addr");
-_Static_assert(offsetof(struct flow_table_key, dst_addr) == 8, "flow_table_key.dst_addr");
-_Static_assert(offsetof(struct flow_table_key, protocol) == 12, "flow_table_key.protocol");
-_Static_assert(offsetof(struct flow_table_key, src_port) == 14, "flow_table_key.src_port");
-_Static_assert(offsetof(struct flow_table_key, dst_port) == 16, "flow_table_key.dst_port");
-_Static_assert(offsetof(struct flow_table_value, p.forward) == 40, "flow_table_value.p");
-_Static_assert(offsetof(struct flow_table_value, p.snat) == 40, "flow_table_value.p");
-_Static_assert(offsetof(struct flow_table_value, p.dnat) == 40, "flow_table_value.p");
-_Static_assert(offsetof(struct flow_table_value, p.nat) == 40, "flow_table_value.p");
-_Static_assert(sizeof(struct next_hop_key) == 2, "next_hop_key size");
+_Static_assert(sizeof(struct tenant_classify_key) == 16, "tenant_classify_key size");
+_Static_assert(sizeof(struct tenant_classify_value) == 12, "tenant_classify_value size");
+_Static_assert(offsetof(struct tenant_classify_key, vni) == 0, "tenant_classify_key.vni");
+_Static_assert(offsetof(struct tenant_classify_key, dst_addr) == 4, "tenant_classify_key.dst_addr");
+_Static_assert(offsetof(struct tenant_classify_key, host_mask) == 8, "tenant_classify_key.host_mask");
+_Static_assert(offsetof(struct tenant_classify_key, ingress_port) == 12, "tenant_classify_key.ingress_port");
+_Static_assert(offsetof(struct tenant_classify_value, p.set_tenant) == 8, "tenant_classify_value.p");
+_Static_assert(sizeof(struct acl_match) == 16, "acl_match size");
+_Static_assert(sizeof(struct acl_value) == 8, "acl_value size");
+_Static_assert(offsetof(struct acl_match, src_addr) == 0, "acl_match.src_addr");
+_Static_assert(offsetof(struct acl_match, dst_addr) == 4, "acl_match.dst_addr");
+_Static_assert(offsetof(struct acl_match, tenant_id) == 8, "acl_match.tenant_id");
+_Static_assert(offsetof(struct acl_match, src_port) == 10, "acl_match.src_port");
+_Static_assert(offsetof(struct acl_match, dst_port) == 12, "acl_match.dst_port");
+_Static_assert(offsetof(struct acl_match, protocol) == 14, "acl_match.protocol");
+_Static_assert(sizeof(struct flow_table_key) == 16, "flow_table_key size");
+_Static_assert(sizeof(struct flow_table_value) == 64, "flow_table_value size");
+_Static_assert(offsetof(struct flow_table_key, src_addr) == 0, "flow_table_key.src_addr");
+_Static_assert(offsetof(struct flow_table_key, dst_addr) == 4, "flow_table_key.dst_addr");
+_Static_assert(offsetof(struct flow_table_key, tenant_id) == 8, "flow_table_key.tenant_id");
+_Static_assert(offsetof(struct flow_table_key, src_port) == 10, "flow_table_key.src_port");
+_Static_assert(offsetof(struct flow_table_key, dst_port) == 12, "flow_table_key.dst_port");
+_Static_assert(offsetof(struct flow_table_key, protocol) == 14, "flow_table_key.protocol");
+_Static_assert(offsetof(struct flow_table_value, p.forward) == 48, "flow_table_value.p");
+_Static_assert(offsetof(struct flow_table_value, p.snat) == 48, "flow_table_value.p");
+_Static_assert(offsetof(struct flow_table_value, p.dnat) == 48, "flow_table_value.p");
+_Static_assert(offsetof(struct flow_table_value, p.nat) == 48, "flow_table_value.p");
+_Static_assert(sizeof(struct next_hop_key) == 4, "next_hop_key size");
 _Static_assert(sizeof(struct next_hop_value) == 48, "next_hop_value size");
-_Static_assert(offsetof(struct next_hop_key, nexthop_id) == 0, "next_hop_key.nexthop_id");
+_Static_assert(offsetof(struct next_hop_key, index) == 0, "next_hop_key.index");
 _Static_assert(offsetof(struct next_hop_value, p.set_next_hop) == 8, "next_hop_value.p");
 _Static_assert(offsetof(struct next_hop_value, p.set_next_hop_vxlan) == 8, "next_hop_value.p");
 _Static_assert(sizeof(struct punt_meta) == 12, "punt_meta size");
+
+// Now, in CLOCK_MONOTONIC_COARSE nanoseconds (to one tick): jiffies, which the verifier reads
+// inline, scaled by the loader's calibration.
+static __always_inline __u64 hit_now(void) {
+    __u32 zero = 0;
+    struct hit_clock *c = hit_clock.lookup(&zero);
+    __u64 j = bpf_jiffies64();
+    return c ? j * c->tick_ns + c->offset_ns : 0;
+}
+
+// One GCRA test (cyberstar.pipeline.meters) on a theoretical arrival time shared by every
+// core, without locks: charge with an atomic add, take the charge back if it does not fit.
+// Resetting an idle TAT to now may race with another core's charge and lose that one charge.
+static __always_inline int gcra_conforms(__u64 *tat, __u64 now, __u64 increment, __u64 depth,
+                                         __u32 units) {
+    if (increment > depth)
+        return 0;  // a rate or a burst of 0
+    __u64 cost = increment * units;
+    if (cost > depth)
+        return 0;
+    if ((__s64)(*tat - now) < 0)
+        *tat = now;  // idle: the bucket is full
+    __u64 start = __sync_fetch_and_add(tat, cost);
+    if ((__s64)(start - now) < 0)
+        start = now;
+    if (start + cost > now + depth) {
+        __sync_fetch_and_add(tat, -cost);
+        return 0;
+    }
+    return 1;
+}
+
+// The loader's clock calibration: jiffies and CLOCK_MONOTONIC_COARSE read together.
+BPF_ARRAY(clock_sample, struct clock_sample, 1);
+int pp_clock_sample(struct xdp_md *ctx) {
+    __u32 zero = 0;
+    struct clock_sample s = {bpf_jiffies64(), bpf_ktime_get_coarse_ns()};
+    clock_sample.update(&zero, &s);
+    return XDP_DROP;
+}
+
+// The pipeline's port for an interface, or -1 if it is not one of ours.
+static __always_inline int ingress_port(__u32 ifindex) {
+    __u32 slot = ifindex & (PORT_SLOTS - 1);
+    struct port_slot *s = ports.lookup(&slot);
+    if (s && s->ifindex == ifindex && ifindex)
+        return s->port;
+    __u32 *spilled = ports_spill.lookup(&ifindex);
+    return spilled ? (int)*spilled : -1;
+}
 
 // ---- per-packet state ----
 struct pp_meta {
@@ -674,6 +768,7 @@ struct parsed {
     __u32 vxlan_off;
     __u32 inner_eth_off;   // start of the inner frame of VXLAN
 };
+BPF_PERCPU_ARRAY(parse_scratch, struct parsed, 1);
 
 // Parse one IPv4 header and its L4 header at `off`, bounded by `end` (checks and their order as
 // in cyberstar.pipeline.frames). Returns a drop reason, or -1. `inner` selects the inner_ reasons.
@@ -825,30 +920,64 @@ static __always_inline void run_tenant_classify(struct pp_meta *m, struct tenant
     }
 }
 
-static __always_inline void apply_tenant_classify(struct pp_meta *m, __u32 frame_len) {
-    __u32 zero = 0;
+// The entry matching the packet, or NULL.
+static __always_inline struct tenant_classify_value *lookup_tenant_classify(struct pp_meta *m) {
     struct tenant_classify_key k;
     __builtin_memset(&k, 0, sizeof(k));
-    k.prefixlen = 72;
-    k.data[0] = (__u8)(m->ingress_port >> 8);
-    k.data[1] = (__u8)(m->ingress_port >> 0);
-    k.data[2] = (__u8)(m->vni >> 16);
-    k.data[3] = (__u8)(m->vni >> 8);
-    k.data[4] = (__u8)(m->vni >> 0);
-    k.data[5] = (__u8)(m->l3_dst >> 24);
-    k.data[6] = (__u8)(m->l3_dst >> 16);
-    k.data[7] = (__u8)(m->l3_dst >> 8);
-    k.data[8] = (__u8)(m->l3_dst >> 0);
-    struct tenant_classify_value *v = tenant_classify.lookup(&k);
-    if (v) {
-        __sync_fetch_and_add(&v->h.packets, 1);
-        __sync_fetch_and_add(&v->h.bytes, frame_len);
-        run_tenant_classify(m, v);
-        return;
+    k.ingress_port = m->ingress_port;
+    k.vni = m->vni;
+    k.dst_addr = m->l3_dst;
+    __u32 zero = 0;
+    __u32 *e = tenant_classify_epoch.lookup(&zero);
+    __u32 epoch = e ? *e : 0;  // read before the probes: a result is never newer than it
+    __u32 h = (__u32)k.vni * 0x9e3779b1u ^ (__u32)k.dst_addr * 0x85ebca6bu ^ (__u32)k.ingress_port * 0xc2b2ae35u;
+    __u32 slot = (h ^ h >> 16) & 1023;
+    struct tenant_classify_cached *c = tenant_classify_cache.lookup(&slot);
+    if (c && c->epoch == epoch && c->k.vni == k.vni && c->k.dst_addr == k.dst_addr && c->k.ingress_port == k.ingress_port)
+        return c->found ? &c->v : NULL;
+    struct tenant_classify_value *v = NULL;
+    struct tenant_classify_key probe = k;
+    __u64 *lengths = tenant_classify_lengths.lookup(&zero);
+    __u64 left = lengths ? *lengths : 0;
+    // Without branches (which would give the verifier one state per length): the lowest bit
+    // left is the longest prefix, and one less than it is the mask of its host bits.
+    for (__u32 i = 0; i <= 32 && left; i++) {
+        __u64 longest = left & -left;
+        left ^= longest;
+        probe.host_mask = longest - 1;
+        probe.dst_addr = k.dst_addr & ~(longest - 1);
+        v = tenant_classify.lookup(&probe);
+        if (v)
+            break;
     }
-    v = tenant_classify_default.lookup(&zero);
+    if (c) {
+        c->k = k;
+        c->epoch = epoch;
+        c->found = v != NULL;
+        if (v)
+            c->v = *v;
+    }
+    return v;
+}
+
+// A hit: direct counters and last-hit time.
+static __always_inline void hit_tenant_classify(struct pp_meta *m, struct tenant_classify_value *v, __u32 frame_len) {
+    count_tenant_classify_counters(v->h.counter, frame_len);
+}
+
+static __always_inline void run_tenant_classify_default(struct pp_meta *m) {
+    __u32 zero = 0;
+    struct tenant_classify_value *v = tenant_classify_default.lookup(&zero);
     if (v)
         run_tenant_classify(m, v);
+}
+
+static __always_inline void apply_tenant_classify(struct pp_meta *m, __u32 frame_len) {
+    struct tenant_classify_value *v = lookup_tenant_classify(m);
+    if (!v)
+        return run_tenant_classify_default(m);
+    hit_tenant_classify(m, v, frame_len);
+    run_tenant_classify(m, v);
 }
 
 static __always_inline void run_acl(struct pp_meta *m, struct acl_value *v) {
@@ -862,8 +991,8 @@ static __always_inline void run_acl(struct pp_meta *m, struct acl_value *v) {
     }
 }
 
-static __always_inline void apply_acl(struct pp_meta *m, __u32 frame_len) {
-    __u32 zero = 0;
+// The entry matching the packet, or NULL.
+static __always_inline struct acl_value *lookup_acl(struct pp_meta *m) {
     struct acl_match k;
     __builtin_memset(&k, 0, sizeof(k));
     k.tenant_id = m->tenant_id;
@@ -873,14 +1002,24 @@ static __always_inline void apply_acl(struct pp_meta *m, __u32 frame_len) {
     k.src_port = m->l4_src;
     k.dst_port = m->l4_dst;
     struct acl_value *v = NULL;
+    __u32 zero = 0;
     __u32 *active = acl_active.lookup(&zero);
-    __u32 base = active ? *active : 0;
-    // Entries are kept sorted by priority (highest first) and packed; an empty slot ends them.
+    __u32 half = active ? *active & 1 : 0;
+    __u32 li = half * 65537 + k.tenant_id;
+    __u32 *l = acl_lists.lookup(&li);
+    __u32 list = l ? *l : 0;
+    if (!(list >> 16)) {  // no entries of its own: the list for every other value
+        li = half * 65537 + 65536;
+        l = acl_lists.lookup(&li);
+        list = l ? *l : 0;
+    }
+    __u32 start = list & 0xffff, count = list >> 16;
+    // Entries in priority order (highest first).
     #pragma clang loop unroll(disable)
-    for (__u32 i = 0; i < 256; i++) {
-        __u32 idx = base + i;
+    for (__u32 i = 0; i < 256 && i < count; i++) {
+        __u32 idx = start + i;
         struct acl_entry *e = acl.lookup(&idx);
-        if (!e || e->v.h.action == 0)
+        if (!e)
             break;
         if ((k.tenant_id & e->mask.tenant_id) == e->value.tenant_id &&
                 (k.src_addr & e->mask.src_addr) == e->value.src_addr &&
@@ -892,15 +1031,27 @@ static __always_inline void apply_acl(struct pp_meta *m, __u32 frame_len) {
             break;
         }
     }
-    if (v) {
-        __sync_fetch_and_add(&v->h.packets, 1);
-        __sync_fetch_and_add(&v->h.bytes, frame_len);
-        run_acl(m, v);
-        return;
-    }
-    v = acl_default.lookup(&zero);
+    return v;
+}
+
+// A hit: direct counters and last-hit time.
+static __always_inline void hit_acl(struct pp_meta *m, struct acl_value *v, __u32 frame_len) {
+    count_acl_counters(v->h.counter, frame_len);
+}
+
+static __always_inline void run_acl_default(struct pp_meta *m) {
+    __u32 zero = 0;
+    struct acl_value *v = acl_default.lookup(&zero);
     if (v)
         run_acl(m, v);
+}
+
+static __always_inline void apply_acl(struct pp_meta *m, __u32 frame_len) {
+    struct acl_value *v = lookup_acl(m);
+    if (!v)
+        return run_acl_default(m);
+    hit_acl(m, v, frame_len);
+    run_acl(m, v);
 }
 
 static __always_inline void run_flow_table(struct pp_meta *m, struct flow_table_value *v) {
@@ -948,8 +1099,8 @@ static __always_inline void run_flow_table(struct pp_meta *m, struct flow_table_
     }
 }
 
-static __always_inline void apply_flow_table(struct pp_meta *m, __u32 frame_len) {
-    __u32 zero = 0;
+// The entry matching the packet, or NULL.
+static __always_inline struct flow_table_value *lookup_flow_table(struct pp_meta *m) {
     struct flow_table_key k;
     __builtin_memset(&k, 0, sizeof(k));
     k.tenant_id = m->tenant_id;
@@ -959,18 +1110,82 @@ static __always_inline void apply_flow_table(struct pp_meta *m, __u32 frame_len)
     k.src_port = m->l4_src;
     k.dst_port = m->l4_dst;
     struct flow_table_value *v = flow_table.lookup(&k);
-    if (v) {
-        __sync_fetch_and_add(&v->h.packets, 1);
-        __sync_fetch_and_add(&v->h.bytes, frame_len);
-        __u64 now = bpf_ktime_get_coarse_ns();
-        if (v->h.last_hit_ns != now)
-            v->h.last_hit_ns = now;
-        run_flow_table(m, v);
-        return;
-    }
-    v = flow_table_default.lookup(&zero);
+    return v;
+}
+
+// A hit: direct counters and last-hit time.
+static __always_inline void hit_flow_table(struct pp_meta *m, struct flow_table_value *v, __u32 frame_len) {
+    v->h.packets += 1;
+    v->h.bytes += frame_len;
+    __u64 now = hit_now();
+    if (v->h.last_hit_ns != now)
+        v->h.last_hit_ns = now;
+}
+
+static __always_inline void run_flow_table_default(struct pp_meta *m) {
+    __u32 zero = 0;
+    struct flow_table_value *v = flow_table_default.lookup(&zero);
     if (v)
         run_flow_table(m, v);
+}
+
+static __always_inline __u64 acl_action_index(__u32 id) {
+    switch (id) {
+    case ACT_ACL_PERMIT: return 1;
+    case ACT_ACL_DENY: return 2;
+    }
+    return 0;
+}
+
+static __always_inline __u32 acl_action_id(__u64 index) {
+    switch (index) {
+    case 1: return ACT_ACL_PERMIT;
+    case 2: return ACT_ACL_DENY;
+    }
+    return 0;
+}
+
+// acl, then flow_table. A flow_table entry keeps the acl result for its key as one word,
+// epoch << 32 | action index << 16 | counter slot (action index 0: the default action),
+// written and read whole; a different acl_epoch means it is stale.
+static __always_inline void apply_flow_table(struct pp_meta *m, __u32 frame_len) {
+    __u32 zero = 0;
+    struct flow_table_value *v = lookup_flow_table(m);
+    if (!v) {
+        struct acl_value *a = lookup_acl(m);
+        if (a) {
+            hit_acl(m, a, frame_len);
+            run_acl(m, a);
+        } else {
+            run_acl_default(m);
+        }
+        if (m->verdict == V_UNDECIDED)
+            run_flow_table_default(m);
+        return;
+    }
+    __u32 *e = acl_epoch.lookup(&zero);
+    __u64 epoch = e ? *e : 0;  // read before the scan: a result is never newer than its epoch
+    __u64 cached = v->h.acl_cache;
+    if (cached >> 32 != epoch) {
+        struct acl_value *a = lookup_acl(m);
+        cached = epoch << 32;
+        if (a)
+            cached |= acl_action_index(a->h.action) << 16 | a->h.counter;
+        v->h.acl_cache = cached;
+    }
+    __u32 id = acl_action_id(cached >> 16 & 0xffff);
+    if (id) {
+        count_acl_counters(cached & 0xffff, frame_len);
+        struct acl_value a = {};
+        a.h.action = id;
+        run_acl(m, &a);
+    } else {
+        run_acl_default(m);
+    }
+    if (m->verdict != V_UNDECIDED)
+        return;
+    hit_flow_table(m, v, frame_len);
+    run_flow_table(m, v);
 }
 
 static __always_inline void run_next_hop(struct pp_meta *m, struct next_hop_value *v) {
@@ -999,33 +1214,57 @@ static __always_inline void run_next_hop(struct pp_meta *m, struct next_hop_valu
     }
 }
 
-static __always_inline void apply_next_hop(struct pp_meta *m, __u32 frame_len) {
-    __u32 zero = 0;
-    struct next_hop_key k;
-    __builtin_memset(&k, 0, sizeof(k));
-    k.nexthop_id = m->nexthop_id;
-    struct next_hop_value *v = next_hop.lookup(&k);
-    if (v) {
+// The entry matching the packet, or NULL.
+static __always_inline struct next_hop_value *lookup_next_hop(struct pp_meta *m) {
+    __u32 idx = m->nexthop_id;
+    struct next_hop_value *v = next_hop.lookup(&idx);
+    return v && v->h.action ? v : NULL;
+}
 
-        run_next_hop(m, v);
-        return;
-    }
-    v = next_hop_default.lookup(&zero);
+// A hit: direct counters and last-hit time.
+static __always_inline void hit_next_hop(struct pp_meta *m, struct next_hop_value *v, __u32 frame_len) {
+}
+
+static __always_inline void run_next_hop_default(struct pp_meta *m) {
+    __u32 zero = 0;
+    struct next_hop_value *v = next_hop_default.lookup(&zero);
     if (v)
         run_next_hop(m, v);
 }
 
-static __always_inline void rewrite_l3_l4(void *data, void *data_end, struct parsed *ps,
-                                          struct pp_meta *m) {
-    __u8 *ip = data + (ps->eff_ip_off & OFF_MASK);
-    if ((void *)(ip + IPV4_T_LEN) > data_end)
+static __always_inline void apply_next_hop(struct pp_meta *m, __u32 frame_len) {
+    struct next_hop_value *v = lookup_next_hop(m);
+    if (!v)
+        return run_next_hop_default(m);
+    hit_next_hop(m, v, frame_len);
+    run_next_hop(m, v);
+}
+
+// tenant_rate: count the packet's arrival, mark it; red is dropped (rate_limited).
+static __always_inline void meter_tenant_rate(struct pp_meta *m, __u32 frame_len) {
+    __u32 index = m->tenant_id;
+    count_tenant_packets(index, frame_len);
+    struct meter_config *c = tenant_rate.lookup(&index);
+    if (!c || !c->peak_increment)
+        return;  // never configured: green
+    struct meter_state *s = tenant_rate_state.lookup(&index);
+    if (!s)
         return;
-    __u8 *l4 = data + (ps->eff_l4_off & OFF_MASK);
-    __u32 kind = ps->eff_l4_kind;
-    if ((void *)(l4 + ICMP_T_LEN) > data_end)
-        kind = L4_NONE;
-    if (kind == L4_TCP && (void *)(l4 + TCP_T_LEN) > data_end)
-        kind = L4_NONE;
+    // The clock of last-hit times: jiffies, read inline (bpf_ktime_get_ns costs ~40 ns in a
+    // VM, more than the rest of the meter). Buckets refill in steps of one tick.
+    __u64 now = hit_now();
+    // Only the peak test: the pipeline drops red and treats yellow as green, so the committed
+    // test (which only tells yellow from green) would change nothing a packet does.
+    if (gcra_conforms(&s->peak_tat, now, c->peak_increment, c->peak_depth, 1))
+        return;
+    count_tenant_rate_drops(index, frame_len);  // red
+    m->verdict = V_DROP;
+    m->drop_reason = R_RATE_LIMITED;
+}
+
+// `kind` is a constant at every call: each L4 header's code is checked under its own bound.
+static __always_inline void rewrite_headers(__u8 *ip, __u8 *l4, const __u32 kind,
+                                            struct pp_meta *m) {
     // Rewrites in the fixed order l3_src, l3_dst, l4_src, l4_dst (as every target does).
     #pragma unroll
     for (int i = 0; i < 2; i++) {
@@ -1074,6 +1313,29 @@ static __always_inline void rewrite_l3_l4(void *data, void *data_end, struct par
             }
         }
     }
+}
+
+static __always_inline void rewrite_l3_l4(void *data, void *data_end, struct parsed *ps,
+                                          struct pp_meta *m) {
+    __u8 *ip = data + (ps->eff_ip_off & OFF_MASK);
+    if ((void *)(ip + IPV4_T_LEN) > data_end)
+        return;
+    __u8 *l4 = data + (ps->eff_l4_off & OFF_MASK);
+    switch (ps->eff_l4_kind) {
+    case L4_TCP:
+        if ((void *)(l4 + TCP_T_LEN) <= data_end)
+            return rewrite_headers(ip, l4, L4_TCP, m);
+        break;
+    case L4_UDP:
+        if ((void *)(l4 + UDP_T_LEN) <= data_end)
+            return rewrite_headers(ip, l4, L4_UDP, m);
+        break;
+    case L4_ICMP:
+        if ((void *)(l4 + ICMP_T_LEN) <= data_end)
+            return rewrite_headers(ip, l4, L4_ICMP, m);
+        break;
+    }
+    rewrite_headers(ip, l4, L4_NONE, m);
 }
 
 #define ENCAP_LEN (ETHERNET_T_LEN + IPV4_T_LEN + UDP_T_LEN + VXLAN_T_LEN)
@@ -1168,9 +1430,8 @@ int pp_xdp(struct xdp_md *ctx) {
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
     __u32 frame_len = data_end - data;
-    __u32 ifindex = ctx->ingress_ifindex;
-    __u32 *port = ports.lookup(&ifindex);
-    if (!port)
+    int port = ingress_port(ctx->ingress_ifindex);
+    if (port < 0)
         return XDP_PASS;  // not one of our interfaces
     if (frame_len > MAX_FRAME) {  // the parser's first check, made here: in pp_parse it
         count_verdicts(V_DROP, frame_len);  // costs the verifier twice the states
@@ -1178,32 +1439,38 @@ int pp_xdp(struct xdp_md *ctx) {
         return XDP_DROP;
     }
 
-    struct parsed ps;
-    __builtin_memset(&ps, 0, sizeof(ps));
+    // The parse results live in a per-CPU map value, not on the stack: the verifier then sees
+    // every parse path leave the same state (a map pointer), and checks the tables once
+    // rather than once per header layout.
+    __u32 zero = 0;
+    struct parsed *ps = parse_scratch.lookup(&zero);
+    if (!ps)
+        return XDP_ABORTED;
+    __builtin_memset(ps, 0, sizeof(*ps));
     struct pp_meta m;
     __builtin_memset(&m, 0, sizeof(m));
-    m.ingress_port = *port;
+    m.ingress_port = port;
     m.verdict = V_UNDECIDED;
 
-    int reason = pp_parse(data, data_end, &ps);
+    int reason = pp_parse(data, data_end, ps);
     if (reason >= 0) {
         m.verdict = V_DROP;
         m.drop_reason = reason;
-    } else if (!ps.eff_valid) {
+    } else if (!ps->eff_valid) {
         m.verdict = V_PASS;
     } else {
-        load_lookup_meta(data, data_end, &ps, &m);
+        load_lookup_meta(data, data_end, ps, &m);
         apply_tenant_classify(&m, frame_len);
         if (m.verdict == V_UNDECIDED)
-            apply_acl(&m, frame_len);
+            meter_tenant_rate(&m, frame_len);
         if (m.verdict == V_UNDECIDED)
-            apply_flow_table(&m, frame_len);
+            apply_flow_table(&m, frame_len);  // the ACL first (see there)
         if (m.verdict == V_UNDECIDED && m.has_next_hop)
             apply_next_hop(&m, frame_len);
     }
 
     if (m.verdict == V_FORWARD) {
-        if (forward(ctx, &ps, &m, frame_len) == 0) {
+        if (forward(ctx, ps, &m, frame_len) == 0) {
             long rc = tx_ports.redirect_map(m.out_port, XDP_DROP);
             if (rc == XDP_REDIRECT) {
                 count_verdicts(V_FORWARD, frame_len);

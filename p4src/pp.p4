@@ -51,6 +51,7 @@ const bit<8> R_FLOW_DROP = 27;
 const bit<8> R_NO_NEXT_HOP = 28;
 const bit<8> R_PORT_DOWN = 29;
 const bit<8> R_FLOW_QUOTA = 30;
+const bit<8> R_RATE_LIMITED = 31;
 // Punt reasons (packet_in.reason).
 const bit<8> PUNT_NONE = 0;
 const bit<8> PUNT_MISS = 1;
@@ -60,6 +61,8 @@ const bit<8> RW_L3_SRC = 1;
 const bit<8> RW_L3_DST = 2;
 const bit<8> RW_L4_SRC = 4;
 const bit<8> RW_L4_DST = 8;
+// Meter colors (v1model, as bmv2 marks them).
+const bit<2> METER_RED = 2;
 
 header ethernet_t {
     bit<48> dst_addr;
@@ -196,6 +199,7 @@ struct metadata_t {
     bit<32> out_src_addr;
     bit<32> out_dst_addr;
     bit<24> out_vni;
+    bit<2> meter_color;   // of the pipeline's meters: 0 green, 1 yellow, 2 red
 }
 
 error {
@@ -564,11 +568,17 @@ control PpIngress(inout headers_t hdr, inout metadata_t meta,
     @id(0x13000003) @name(".flow_counter")
     direct_counter(CounterType.packets_and_bytes) flow_counter;
     @id(0x12000001) @name(".drop_reasons")
-    counter(31, CounterType.packets_and_bytes) drop_reasons;
+    counter(32, CounterType.packets_and_bytes) drop_reasons;
     @id(0x12000002) @name(".verdicts")
     counter(4, CounterType.packets_and_bytes) verdicts;
     @id(0x12000003) @name(".port_tx")
     counter(512, CounterType.packets_and_bytes) port_tx;
+    @id(0x12000004) @name(".tenant_packets")
+    counter(65536, CounterType.packets_and_bytes) tenant_packets;
+    @id(0x12000005) @name(".tenant_rate_drops")
+    counter(65536, CounterType.packets_and_bytes) tenant_rate_drops;
+    @id(0x14000001) @name(".tenant_rate")
+    meter(65536, MeterType.packets) tenant_rate;
 
     @id(0x01000001) @name(".set_tenant")
     action set_tenant(bit<16> tenant_id) {
@@ -831,6 +841,15 @@ control PpIngress(inout headers_t hdr, inout metadata_t meta,
             }
             }
             tenant_classify.apply();
+            if (meta.verdict == V_UNDECIDED) {
+                tenant_packets.count((bit<32>)meta.tenant_id);
+                tenant_rate.execute_meter<bit<2>>((bit<32>)meta.tenant_id, meta.meter_color);
+                if (meta.meter_color == METER_RED) {
+                    tenant_rate_drops.count((bit<32>)meta.tenant_id);
+                    meta.verdict = V_DROP;
+                    meta.drop_reason = R_RATE_LIMITED;
+                }
+            }
             if (meta.verdict == V_UNDECIDED) {
                 acl.apply();
             }

@@ -9,6 +9,7 @@ APT_PACKAGES=(
   clang llvm libbpf-dev bpftool
   linux-headers-amd64
   mininet bridge-utils iproute2 iputils-ping tcpdump ethtool nftables conntrack
+  nginx
   etcd-server etcd-client
   build-essential pkg-config git util-linux
 )
@@ -33,10 +34,13 @@ else
   log "apt packages already installed"
 fi
 
-# etcd-server's package starts a system-wide etcd where systemd runs; cyberstar starts its own.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
-  systemctl disable --now etcd >/dev/null 2>&1 || true
-fi
+# etcd-server's and nginx's packages start system-wide services where systemd runs; cyberstar
+# starts its own (nginx is the benchmarks' server, in a namespace).
+for service in etcd nginx; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$service" 2>/dev/null; then
+    systemctl disable --now "$service" >/dev/null 2>&1 || true
+  fi
+done
 
 # BCC compiles against /lib/modules/$(uname -r)/build. Debian ships no headers for a foreign
 # running kernel; its 6.1 headers work for the helpers and structs cyberstar uses.

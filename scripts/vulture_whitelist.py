@@ -31,6 +31,8 @@ _.log_message
 _.connection_made
 _.data_received
 _.connection_lost
+# queue.Queue's hook, overridden by p4rt/server.py's _Outbox (bounded in packets).
+_._qsize
 # Dataclass fields serialised with dataclasses.asdict (simulator results).
 scale_downs
 _.scale_downs

@@ -70,6 +70,9 @@ def check_primary_steps(steps: dict[str, dict]) -> None:
     assert steps["deleted"]["counts"] == {"tenant_classify": 0, "acl": 0, "flow_table": 0,
                                           "next_hop": 0}  # fmt: skip
     assert steps["counters"]["cells"] == 4
+    meter = steps["meter"]["text"]  # the per-tenant rate, configured and read back
+    for field in ("cir: 250000", "cburst: 2048", "pir: 250000", "pburst: 2048", "index: 7"):
+        assert field in meter, meter
 
 
 def test_lower_election_id_is_a_backup_that_cannot_write(pp_node, tmp_path) -> None:

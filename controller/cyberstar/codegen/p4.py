@@ -65,6 +65,8 @@ def generate_p4(p: Pipeline) -> str:
         *(f"const bit<8> PUNT_{r.upper()} = {i};" for i, r in enumerate(p.punt_reasons)),
         "// Pending rewrites (metadata.rw_flags).",
         *(f"const bit<8> RW_{t.upper()} = {b};" for t, b in REWRITE_BITS.items()),
+        "// Meter colors (v1model, as bmv2 marks them).",
+        f"const bit<2> METER_RED = {METER_RED};",
         "",
     ]
     for h in p.header_types:
@@ -142,6 +144,7 @@ def _metadata_decl(p: Pipeline) -> str:
         "    bit<32> out_src_addr;",
         "    bit<32> out_dst_addr;",
         "    bit<24> out_vni;",
+        "    bit<2> meter_color;   // of the pipeline's meters: 0 green, 1 yellow, 2 red",
         "}\n",
     ]
     return "\n".join(lines)
@@ -386,6 +389,29 @@ def _table_decl(t: Table) -> str:
     )
 
 
+METER_RED = 2  # v1model/bmv2 colors: 0 green, 1 yellow, 2 red
+
+
+def _meter_block(p: Pipeline) -> str:
+    """Each meter, for a packet still undecided after classification: count its arrival,
+    color it, drop it if red."""
+    out = []
+    for m in p.meters:
+        index = f"(bit<32>)meta.{m.index}"
+        out.append(f"""\
+            if (meta.verdict == V_UNDECIDED) {{
+                {m.arrivals}.count({index});
+                {m.name}.execute_meter<bit<2>>({index}, meta.meter_color);
+                if (meta.meter_color == METER_RED) {{
+                    {m.drops}.count({index});
+                    meta.verdict = V_DROP;
+                    meta.drop_reason = R_{m.drop_reason.upper()};
+                }}
+            }}
+""")
+    return "".join(out)
+
+
 def _counter_decl(c: IndexedCounter) -> str:
     kind = {"PACKETS": "packets", "BYTES": "bytes", "BOTH": "packets_and_bytes"}[c.unit.value]
     return (
@@ -471,6 +497,9 @@ def _ingress(p: Pipeline) -> str:
             out.append(f"    direct_counter(CounterType.packets_and_bytes) {dc.name};")
     for c in p.counters:
         out.append(_counter_decl(c).rstrip("\n"))
+    for m in p.meters:
+        out.append(f'    @id(0x{m.id:08x}) @name(".{m.name}")')
+        out.append(f"    meter({m.size}, MeterType.{m.unit.value.lower()}) {m.name};")
     out.append("")
     for a in p.actions:
         params = ", ".join(f"bit<{prm.width}> {prm.name}" for prm in a.params)
@@ -522,6 +551,7 @@ def _ingress(p: Pipeline) -> str:
 {_lookup_block("inner_")}            }} else {{
 {_lookup_block("")}            }}
             tenant_classify.apply();
+{_meter_block(p)}\
             if (meta.verdict == V_UNDECIDED) {{
                 acl.apply();
             }}

@@ -55,6 +55,11 @@ def build_p4info(p: Pipeline) -> p4i.P4Info:
             _preamble(dc.preamble, t.direct_counter.id, t.direct_counter.name)
             dc.spec.unit = p4i.CounterSpec.BOTH
             dc.direct_table_id = t.id
+    for m in p.meters:
+        mtr = info.meters.add()
+        _preamble(mtr.preamble, m.id, m.name)
+        mtr.spec.unit = getattr(p4i.MeterSpec, m.unit.value)
+        mtr.size = m.size
     for ch in (p.packet_in, p.packet_out):
         cpm = info.controller_packet_metadata.add()
         _preamble(cpm.preamble, ch.id, ch.name)
@@ -84,7 +89,9 @@ def canonical_p4info(info: p4i.P4Info) -> bytes:
     copy = p4i.P4Info()
     copy.CopyFrom(info)
     copy.ClearField("pkg_info")
-    for group in ("tables", "actions", "counters", "direct_counters", "controller_packet_metadata"):
+    groups = ("tables", "actions", "counters", "direct_counters", "meters",
+              "controller_packet_metadata")  # fmt: skip
+    for group in groups:
         items = sorted(getattr(copy, group), key=lambda o: o.preamble.id)
         copy.ClearField(group)
         getattr(copy, group).extend(items)

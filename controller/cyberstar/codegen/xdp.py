@@ -9,13 +9,21 @@ flow follow `cyberstar.ref` step for step.
 from __future__ import annotations
 
 from cyberstar.codegen.xdp_layout import (
-    CStruct,
-    LpmKey,
+    CLOCK_SAMPLE,
+    HIT_CLOCK,
+    HOST_MASK,
+    LPM_CACHE_SLOTS,
+    METER_CONFIG,
+    METER_STATE,
+    PORT_SLOT,
+    PORT_SLOTS,
+    TableKind,
     TableLayout,
     c_size,
+    cached_tables,
+    map_entry_offsets,
     punt_meta_layout,
     table_layout,
-    ternary_entry_offsets,
 )
 from cyberstar.pipeline.model import (
     REWRITE_TARGETS,
@@ -25,6 +33,8 @@ from cyberstar.pipeline.model import (
     Forward,
     ForwardVxlan,
     HeaderType,
+    IndexedMeter,
+    MeterUnit,
     Pass,
     Pipeline,
     Punt,
@@ -51,11 +61,13 @@ def generate_xdp(p: Pipeline) -> str:
         *(_accessors(h) for h in p.header_types),
         _CHECKSUM_C,
         _maps(p),
+        _HELPERS_C,
         _meta_struct(p),
         _PARSER_C,
         *(_table_apply(p, t) for t in p.tables),
+        *(_meter_c(m) for m in p.meters),
         _FINISH_C,
-        _MAIN_C,
+        _main_c(p),
     ]
     return "\n".join(parts)
 
@@ -76,7 +88,7 @@ def _constants(p: Pipeline) -> str:
     lines = ["// ---- constants ----"]
     lines += [f"#define {k} {v}" for k, v in p.constants.items()]
     lines += [f"#define V_{v.upper()} {i}" for i, v in enumerate(p.verdicts)]
-    lines += [f"#define V_UNDECIDED {VERDICT_UNDECIDED}"]
+    lines += [f"#define V_UNDECIDED {VERDICT_UNDECIDED}", f"#define PORT_SLOTS {PORT_SLOTS}"]
     lines += [f"#define R_{r.upper()} {i}" for i, r in enumerate(p.drop_reasons)]
     lines += [f"#define PUNT_{r.upper()} {i}" for i, r in enumerate(p.punt_reasons)]
     lines += [f"#define RW_{t.upper()} {b}" for t, b in REWRITE_BITS.items()]
@@ -95,37 +107,63 @@ def _accessors(h: HeaderType) -> str:
     out = []
     for f in h.fields:
         off = h.bit_offset(f.name)
-        first, last = off // 8, (off + f.width - 1) // 8
-        nbytes = last - first + 1
-        shift = nbytes * 8 - (off % 8) - f.width
-        mask = (1 << f.width) - 1
         vt = _value_type(f.width)
-        word = " | ".join(
-            f"(({vt})p[{first + i}] << {8 * (nbytes - 1 - i)})" for i in range(nbytes)
-        )
-        getter = f"(({word}) >> {shift}) & 0x{mask:x}" if shift or f.width % 8 else word
+        if off % 8 == 0 and f.width in _WORDS:
+            getter, setter = _word_access(off // 8, f.width)
+        else:
+            getter, setter = _bit_access(off, f.width, vt)
         out.append(
             f"static __always_inline {vt} {h.name}_get_{f.name}(const __u8 *p) {{\n"
             f"    return {getter};\n}}"
         )
-        stores = []
-        for i in range(nbytes):
-            byte_shift = 8 * (nbytes - 1 - i) - shift
-            expr = f"(v << {-byte_shift})" if byte_shift < 0 else f"(v >> {byte_shift})"
-            bits_in_byte = ((mask << shift) >> (8 * (nbytes - 1 - i))) & 0xFF
-            if bits_in_byte == 0xFF:
-                stores.append(f"    p[{first + i}] = (__u8){expr};")
-            else:
-                stores.append(
-                    f"    p[{first + i}] = (__u8)((p[{first + i}] & 0x{~bits_in_byte & 0xFF:02x})"
-                    f" | ({expr} & 0x{bits_in_byte:02x}));"
-                )
         out.append(
             f"static __always_inline void {h.name}_set_{f.name}(__u8 *p, {vt} v) {{\n"
-            + "\n".join(stores)
+            + setter
             + "\n}"
         )
     return "\n".join(out) + "\n"
+
+
+# Byte-aligned fields of these widths are read and written as whole (unaligned) words, which
+# the verifier allows on packet data, with a byte swap: a few instructions instead of one load,
+# shift and or per byte. Each width is a list of (byte offset, bits) words, most significant
+# first.
+_WORDS = {8: [(0, 8)], 16: [(0, 16)], 32: [(0, 32)], 48: [(0, 16), (2, 32)]}
+_SWAP = {8: "", 16: "__builtin_bswap16", 32: "__builtin_bswap32"}
+_WORD_TYPE = {8: "__u8", 16: "__u16", 32: "__u32"}
+
+
+def _word_access(first: int, width: int) -> tuple[str, str]:
+    reads, writes, shift = [], [], width
+    for rel, bits in _WORDS[width]:
+        shift -= bits
+        load = f"{_SWAP[bits]}(*({_WORD_TYPE[bits]} *)(p + {first + rel}))"
+        reads.append(f"((__u64){load} << {shift})" if shift else load)
+        value = f"({_WORD_TYPE[bits]})(v >> {shift})" if shift else f"({_WORD_TYPE[bits]})v"
+        writes.append(f"    *({_WORD_TYPE[bits]} *)(p + {first + rel}) = {_SWAP[bits]}({value});")
+    return " | ".join(reads), "\n".join(writes)
+
+
+def _bit_access(off: int, width: int, vt: str) -> tuple[str, str]:
+    first, last = off // 8, (off + width - 1) // 8
+    nbytes = last - first + 1
+    shift = nbytes * 8 - (off % 8) - width
+    mask = (1 << width) - 1
+    word = " | ".join(f"(({vt})p[{first + i}] << {8 * (nbytes - 1 - i)})" for i in range(nbytes))
+    getter = f"(({word}) >> {shift}) & 0x{mask:x}" if shift or width % 8 else word
+    stores = []
+    for i in range(nbytes):
+        byte_shift = 8 * (nbytes - 1 - i) - shift
+        expr = f"(v << {-byte_shift})" if byte_shift < 0 else f"(v >> {byte_shift})"
+        bits_in_byte = ((mask << shift) >> (8 * (nbytes - 1 - i))) & 0xFF
+        if bits_in_byte == 0xFF:
+            stores.append(f"    p[{first + i}] = (__u8){expr};")
+        else:
+            stores.append(
+                f"    p[{first + i}] = (__u8)((p[{first + i}] & 0x{~bits_in_byte & 0xFF:02x})"
+                f" | ({expr} & 0x{bits_in_byte:02x}));"
+            )
+    return getter, "\n".join(stores)
 
 
 _CHECKSUM_C = """\
@@ -152,70 +190,61 @@ static __always_inline __u32 udp_csum(__u32 c) {
 
 
 def _maps(p: Pipeline) -> str:
-    out = ["// ---- maps: one per P4 table (same name), its default action, counters ----"]
+    out = [
+        "// ---- maps: one per P4 table (same name), its default action, counters ----",
+        "struct counter_cell {\n    __u64 packets;\n    __u64 bytes;\n};",
+    ]
     asserts = []
     for t in p.tables:
         lay = table_layout(p, t.name)
         out.append(lay.key.c_decl())
-        out.append(lay.value_head.c_decl())
+        out.append(lay.map_head.c_decl())
         members = []
         for aname, params in lay.params.items():
             if params.members:
                 out.append(params.c_decl())
                 members.append(f"        struct {params.name} {aname};")
         union = "    union {\n" + "\n".join(members) + "\n    } p;\n" if members else ""
-        out.append(f"struct {t.name}_value {{\n    struct {lay.value_head.name} h;\n{union}}};")
+        out.append(f"struct {t.name}_value {{\n    struct {lay.map_head.name} h;\n{union}}};")
         asserts += _layout_asserts(lay)
-        if lay.ternary:
-            out.append(
-                f"struct {t.name}_entry {{\n"
-                f"    struct {lay.key.name} value;\n"
-                f"    struct {lay.key.name} mask;\n"
-                f"    struct {t.name}_value v;\n}};"
-            )
-            offs = ternary_entry_offsets(lay)
-            asserts.append(
-                f"_Static_assert(offsetof(struct {t.name}_entry, v) == {offs['v']}, "
-                f'"{t.name}_entry layout");'
-            )
-            asserts.append(
-                f"_Static_assert(sizeof(struct {t.name}_entry) == {offs['size']}, "
-                f'"{t.name}_entry size");'
-            )
-            # Two halves: the control plane writes the idle one, then flips `<table>_active`, so
-            # the data plane never scans a half-written list.
-            out.append(f"BPF_ARRAY({t.name}, struct {t.name}_entry, {2 * t.size});")
-            out.append(f"BPF_ARRAY({t.name}_active, __u32, 1);")
-        elif isinstance(lay.key, LpmKey):
-            out.append(
-                f"BPF_LPM_TRIE({t.name}, struct {t.name}_key, struct {t.name}_value, {t.size});"
-            )
-        else:
-            out.append(
-                f"#ifndef {size_macro(t.name)}  // the loader may size the map (pp serve)\n"
-                f"#define {size_macro(t.name)} {t.size}\n#endif\n"
-                f'BPF_F_TABLE("hash", struct {t.name}_key, struct {t.name}_value, {t.name}, '
-                f"{size_macro(t.name)}, BPF_F_NO_PREALLOC);"
-            )
-        out.append(f"BPF_ARRAY({t.name}_default, struct {t.name}_value, 1);\n")
-    out.append("struct counter_cell {\n    __u64 packets;\n    __u64 bytes;\n};")
+        out.append(_table_maps(lay))
+        out.append(f"BPF_ARRAY({t.name}_default, struct {t.name}_value, 1);")
+        if t.name in cached_tables(p):
+            out.append(f"// Bumped by the loader after each change: results cached elsewhere "
+                       f"expire.\nBPF_ARRAY({t.name}_epoch, __u32, 1);")  # fmt: skip
+        if lay.percpu_counters:
+            out.append(f"BPF_PERCPU_ARRAY({t.name}_counters, struct counter_cell, "
+                       f"{lay.counter_slots});")  # fmt: skip
+            out.append(_count_fn(f"{t.name}_counters"))
+        out.append("")
     for c in p.counters:
         out.append(f"BPF_PERCPU_ARRAY({c.name}, struct counter_cell, {c.size});")
+        out.append(_count_fn(c.name))
+    out += [METER_CONFIG.c_decl(), METER_STATE.c_decl()]
+    for m in p.meters:
         out.append(
-            f"static __always_inline void count_{c.name}(__u32 index, __u32 len) {{\n"
-            f"    struct counter_cell *cell = {c.name}.lookup(&index);\n"
-            "    if (cell) {\n        cell->packets += 1;\n        cell->bytes += len;\n    }\n}"
+            f"// Meter {m.name}: configuration (written by the loader), state (the data plane's)."
         )
+        out.append(f"BPF_ARRAY({m.name}, struct {METER_CONFIG.name}, {m.size});")
+        out.append(f"BPF_ARRAY({m.name}_state, struct {METER_STATE.name}, {m.size});")
     punt = punt_meta_layout(p)
     out.append(punt.c_decl())
     asserts.append(f'_Static_assert(sizeof(struct {punt.name}) == {punt.size}, "punt_meta size");')
+    out.append(PORT_SLOT.c_decl())
+    out.append(HIT_CLOCK.c_decl())
+    out.append(CLOCK_SAMPLE.c_decl())
     out.append(
-        "// Interfaces: ifindex → port, and port → ifindex for XDP_REDIRECT.\n"
-        "BPF_HASH(ports, __u32, __u32, MAX_PORTS);\n"
+        "// Interfaces: ifindex → port (a direct-mapped cache by ifindex, collisions in the\n"
+        "// spill hash), and port → ifindex for XDP_REDIRECT.\n"
+        f"BPF_ARRAY(ports, struct {PORT_SLOT.name}, {PORT_SLOTS});\n"
+        "BPF_HASH(ports_spill, __u32, __u32, MAX_PORTS);\n"
         "BPF_DEVMAP(tx_ports, MAX_PORTS);\n"
         "// Punted packets (packet_in metadata + the frame) and perf-buffer overflows.\n"
         "BPF_PERF_OUTPUT(punts);\n"
         "BPF_PERCPU_ARRAY(punt_overflows, __u64, 1);\n"
+        "// Last-hit times: jiffies (read inline) turned into CLOCK_MONOTONIC_COARSE nanoseconds\n"
+        "// with the tick length and offset the loader measures (cyberstar.xdp.program).\n"
+        f"BPF_ARRAY(hit_clock, struct {HIT_CLOCK.name}, 1);\n"
         "// Tenants at their flow-entry quota (the agent's --flow-quota): a miss is dropped.\n"
         f"BPF_ARRAY({QUOTA_MAP}, __u8, {1 << p.meta_field('tenant_id').width});\n"
     )
@@ -223,24 +252,148 @@ def _maps(p: Pipeline) -> str:
     return "\n".join(out) + "\n"
 
 
+def _count_fn(name: str) -> str:
+    return (
+        f"static __always_inline void count_{name}(__u32 index, __u32 len) {{\n"
+        f"    struct counter_cell *cell = {name}.lookup(&index);\n"
+        "    if (cell) {\n        cell->packets += 1;\n        cell->bytes += len;\n    }\n}"
+    )
+
+
+def _table_maps(lay: TableLayout) -> str:
+    t = lay.table
+    if lay.kind is TableKind.TERNARY:
+        offs = map_entry_offsets(lay)
+        lists = 2 * (lay.partitions + 1)
+        return (
+            f"struct {t.name}_entry {{\n"
+            f"    struct {lay.key.name} value;\n"
+            f"    struct {lay.key.name} mask;\n"
+            f"    struct {t.name}_value v;\n}};\n"
+            f"_Static_assert(offsetof(struct {t.name}_entry, v) == {offs['v']}, "
+            f'"{t.name}_entry layout");\n'
+            f"_Static_assert(sizeof(struct {t.name}_entry) == {offs['size']}, "
+            f'"{t.name}_entry size");\n'
+            "// Two halves: the control plane writes the idle one, then flips `_active`, so the\n"
+            "// data plane never scans a half-written list. A list is (start | count << 16) in\n"
+            + (
+                f"// `_lists`: per {lay.partition} value, then the list for values with none.\n"
+                if lay.partition
+                else "// `_lists`, one per half.\n"
+            )
+            + f"BPF_ARRAY({t.name}, struct {t.name}_entry, {2 * lay.list_capacity});\n"
+            f"BPF_ARRAY({t.name}_lists, __u32, {lists});\n"
+            f"BPF_ARRAY({t.name}_active, __u32, 1);"
+        )
+    if lay.kind is TableKind.DIRECT:
+        return (
+            f"// Indexed by {t.key[0].name}; action 0 is an empty slot.\n"
+            f"BPF_ARRAY({t.name}, struct {t.name}_value, {lay.counter_slots});"
+        )
+    decl = (
+        f'BPF_F_TABLE("hash", struct {t.name}_key, struct {t.name}_value, {t.name}, '
+        f"{t.size}, BPF_F_NO_PREALLOC);"
+    )
+    if lay.kind is TableKind.HASH:
+        return (
+            f"#ifndef {size_macro(t.name)}  // the loader may size the map (pp serve)\n"
+            f"#define {size_macro(t.name)} {t.size}\n#endif\n"
+            f'BPF_F_TABLE("hash", struct {t.name}_key, struct {t.name}_value, {t.name}, '
+            f"{size_macro(t.name)}, BPF_F_NO_PREALLOC);"
+        )
+    if lay.kind is TableKind.LPM:
+        cached = "\n".join(
+            [
+                f"struct {t.name}_cached {{",
+                f"    struct {t.name}_key k;  // the packet's: {HOST_MASK} 0",
+                "    __u32 epoch;",
+                "    __u32 found;",
+                f"    struct {t.name}_value v;",
+                "};",
+                f"BPF_PERCPU_ARRAY({t.name}_cache, struct {t.name}_cached, {LPM_CACHE_SLOTS});",
+            ]
+        )
+        return (
+            f"// Longest prefix first: one hash probe per prefix length in use (bit w - n of\n"
+            f"// `_lengths` set: some entry has an n-bit {lay.table.lpm_field.name} prefix of w).\n"
+            f"{decl}\nBPF_ARRAY({t.name}_lengths, __u64, 1);\n"
+            "// The results for recent packet keys, valid while the epoch is unchanged.\n"
+            f"{cached}"
+        )
+    raise AssertionError(f"table {t.name}: no maps for kind {lay.kind}")
+
+
 def _layout_asserts(lay: TableLayout) -> list[str]:
     name, key = lay.table.name, lay.key.name
     lines = [
         f'_Static_assert(sizeof(struct {key}) == {lay.key.size}, "{key} size");',
-        f'_Static_assert(sizeof(struct {name}_value) == {lay.value_size}, "{name}_value size");',
+        f"_Static_assert(sizeof(struct {name}_value) == {lay.map_value_size}, "
+        f'"{name}_value size");',
     ]
-    if isinstance(lay.key, CStruct):
-        lines += [
-            f'_Static_assert(offsetof(struct {key}, {m.name}) == {m.offset}, "{key}.{m.name}");'
-            for m in lay.key.members
-        ]
+    lines += [
+        f'_Static_assert(offsetof(struct {key}, {m.name}) == {m.offset}, "{key}.{m.name}");'
+        for m in lay.key.members
+    ]
     for aname, params in lay.params.items():
         if params.members:
             lines.append(
                 f"_Static_assert(offsetof(struct {name}_value, p.{aname}) == "
-                f'{lay.params_offset}, "{name}_value.p");'
+                f'{lay.map_params_offset}, "{name}_value.p");'
             )
     return lines
+
+
+_HELPERS_C = """\
+// Now, in CLOCK_MONOTONIC_COARSE nanoseconds (to one tick): jiffies, which the verifier reads
+// inline, scaled by the loader's calibration.
+static __always_inline __u64 hit_now(void) {
+    __u32 zero = 0;
+    struct hit_clock *c = hit_clock.lookup(&zero);
+    __u64 j = bpf_jiffies64();
+    return c ? j * c->tick_ns + c->offset_ns : 0;
+}
+
+// One GCRA test (cyberstar.pipeline.meters) on a theoretical arrival time shared by every
+// core, without locks: charge with an atomic add, take the charge back if it does not fit.
+// Resetting an idle TAT to now may race with another core's charge and lose that one charge.
+static __always_inline int gcra_conforms(__u64 *tat, __u64 now, __u64 increment, __u64 depth,
+                                         __u32 units) {
+    if (increment > depth)
+        return 0;  // a rate or a burst of 0
+    __u64 cost = increment * units;
+    if (cost > depth)
+        return 0;
+    if ((__s64)(*tat - now) < 0)
+        *tat = now;  // idle: the bucket is full
+    __u64 start = __sync_fetch_and_add(tat, cost);
+    if ((__s64)(start - now) < 0)
+        start = now;
+    if (start + cost > now + depth) {
+        __sync_fetch_and_add(tat, -cost);
+        return 0;
+    }
+    return 1;
+}
+
+// The loader's clock calibration: jiffies and CLOCK_MONOTONIC_COARSE read together.
+BPF_ARRAY(clock_sample, struct clock_sample, 1);
+int pp_clock_sample(struct xdp_md *ctx) {
+    __u32 zero = 0;
+    struct clock_sample s = {bpf_jiffies64(), bpf_ktime_get_coarse_ns()};
+    clock_sample.update(&zero, &s);
+    return XDP_DROP;
+}
+
+// The pipeline's port for an interface, or -1 if it is not one of ours.
+static __always_inline int ingress_port(__u32 ifindex) {
+    __u32 slot = ifindex & (PORT_SLOTS - 1);
+    struct port_slot *s = ports.lookup(&slot);
+    if (s && s->ifindex == ifindex && ifindex)
+        return s->port;
+    __u32 *spilled = ports_spill.lookup(&ifindex);
+    return spilled ? (int)*spilled : -1;
+}
+"""
 
 
 def _meta_struct(p: Pipeline) -> str:
@@ -290,6 +443,7 @@ struct parsed {
     __u32 vxlan_off;
     __u32 inner_eth_off;   // start of the inner frame of VXLAN
 };
+BPF_PERCPU_ARRAY(parse_scratch, struct parsed, 1);
 
 // Parse one IPv4 header and its L4 header at `off`, bounded by `end` (checks and their order as
 // in cyberstar.pipeline.frames). Returns a drop reason, or -1. `inner` selects the inner_ reasons.
@@ -470,22 +624,6 @@ def _primitive_c(a: Action, prim) -> list[str]:
     raise TypeError(f"unknown primitive {prim!r}")
 
 
-def _key_build(t: Table, lay: TableLayout, var: str) -> list[str]:
-    """C statements that fill key `var` from the lookup metadata `m`."""
-    lines = [f"__builtin_memset(&{var}, 0, sizeof({var}));"]
-    if isinstance(lay.key, LpmKey):
-        lines.append(f"{var}.prefixlen = {8 * lay.key.data_len};")
-        pos = 0
-        for name, nbytes in lay.key.parts:
-            src = f"m->{t.key_field(name).source}"
-            for i in range(nbytes):
-                lines.append(f"{var}.data[{pos + i}] = (__u8)({src} >> {8 * (nbytes - 1 - i)});")
-            pos += nbytes
-    else:
-        lines += [f"{var}.{k.name} = m->{k.source};" for k in t.key]
-    return lines
-
-
 def _table_apply(p: Pipeline, t: Table) -> str:
     lay = table_layout(p, t.name)
     cases = []
@@ -499,39 +637,240 @@ def _table_apply(p: Pipeline, t: Table) -> str:
         f"static __always_inline {signature} {{\n"
         f"    switch (v->h.action) {{\n{''.join(cases)}    }}\n}}\n"
     )
-    count = []
-    if t.direct_counter:
-        count += [
-            "        __sync_fetch_and_add(&v->h.packets, 1);",
-            "        __sync_fetch_and_add(&v->h.bytes, frame_len);",
-        ]
+    hit = []
+    if t.direct_counter and lay.percpu_counters:
+        hit.append(f"    count_{t.name}_counters({_slot(lay)}, frame_len);")
+    elif t.direct_counter:
+        # One flow is processed by one core at a time (RSS), so no atomics: two cores hitting
+        # one entry at the same instant may lose an increment.
+        hit += ["    v->h.packets += 1;", "    v->h.bytes += frame_len;"]
     if t.idle_timeout:
-        # CLOCK_MONOTONIC_COARSE (jiffy resolution) is enough for idle timeouts and costs a
-        # fraction of bpf_ktime_get_ns; writing only on change keeps the cache line clean.
-        count += [
-            "        __u64 now = bpf_ktime_get_coarse_ns();",
-            "        if (v->h.last_hit_ns != now)",
-            "            v->h.last_hit_ns = now;",
+        hit += [
+            "    __u64 now = hit_now();",
+            "    if (v->h.last_hit_ns != now)",  # keeps the line clean on repeated hits
+            "        v->h.last_hit_ns = now;",
         ]
-    count_c = "\n".join(count)
-    if lay.ternary:
-        match_fields = " &&\n                ".join(
-            f"(k.{k.name} & e->mask.{k.name}) == e->value.{k.name}" for k in t.key
-        )
-        keys = "\n".join(f"    k.{k.name} = m->{k.source};" for k in t.key)
-        lookup = f"""\
-    struct {lay.key.name} k;
-    __builtin_memset(&k, 0, sizeof(k));
-{keys}
+    found = "v && v->h.action ? v : NULL" if lay.kind is TableKind.DIRECT else "v"
+    hit_c = "".join(f"{line}\n" for line in hit)
+    value = f"struct {t.name}_value"
+    out = f"""\
+{run}
+// The entry matching the packet, or NULL.
+static __always_inline {value} *lookup_{t.name}(struct pp_meta *m) {{
+{_LOOKUP[lay.kind](lay)}    return {found};
+}}
+
+// A hit: direct counters and last-hit time.
+static __always_inline void hit_{t.name}(struct pp_meta *m, {value} *v, __u32 frame_len) {{
+{hit_c}}}
+
+static __always_inline void run_{t.name}_default(struct pp_meta *m) {{
+    __u32 zero = 0;
+    {value} *v = {t.name}_default.lookup(&zero);
+    if (v)
+        run_{t.name}(m, v);
+}}
+"""
+    if lay.caches is not None:
+        return out + _caching_apply(p, lay)
+    return (
+        out
+        + f"""
+static __always_inline void apply_{t.name}(struct pp_meta *m, __u32 frame_len) {{
+    {value} *v = lookup_{t.name}(m);
+    if (!v)
+        return run_{t.name}_default(m);
+    hit_{t.name}(m, v, frame_len);
+    run_{t.name}(m, v);
+}}
+"""
+    )
+
+
+def _caching_apply(p: Pipeline, lay: TableLayout) -> str:
+    """`apply_<table>` of a table whose entries carry the result of the ternary table applied
+    before it (`TableLayout.caches`): a hit reuses that result while the ternary table's epoch
+    is unchanged, and only a miss or a changed ternary table scans its entries."""
+    t, c = lay.table, p.table(lay.caches)
+    refs = [p.action(r.action) for r in c.actions]
+    to_index = "".join(
+        f"    case ACT_{a.name.upper()}: return {i};\n" for i, a in enumerate(refs, start=1)
+    )
+    to_id = "".join(
+        f"    case {i}: return ACT_{a.name.upper()};\n" for i, a in enumerate(refs, start=1)
+    )
+    counter = "a->h.counter" if table_layout(p, c.name).percpu_counters else "0"
+    count = (
+        f"        count_{c.name}_counters(cached & 0xffff, frame_len);\n"
+        if table_layout(p, c.name).percpu_counters
+        else ""
+    )
+    return f"""
+static __always_inline __u64 {c.name}_action_index(__u32 id) {{
+    switch (id) {{
+{to_index}    }}
+    return 0;
+}}
+
+static __always_inline __u32 {c.name}_action_id(__u64 index) {{
+    switch (index) {{
+{to_id}    }}
+    return 0;
+}}
+
+// {c.name}, then {t.name}. A {t.name} entry keeps the {c.name} result for its key as one word,
+// epoch << 32 | action index << 16 | counter slot (action index 0: the default action),
+// written and read whole; a different {c.name}_epoch means it is stale.
+static __always_inline void apply_{t.name}(struct pp_meta *m, __u32 frame_len) {{
+    __u32 zero = 0;
+    struct {t.name}_value *v = lookup_{t.name}(m);
+    if (!v) {{
+        struct {c.name}_value *a = lookup_{c.name}(m);
+        if (a) {{
+            hit_{c.name}(m, a, frame_len);
+            run_{c.name}(m, a);
+        }} else {{
+            run_{c.name}_default(m);
+        }}
+        if (m->verdict == V_UNDECIDED)
+            run_{t.name}_default(m);
+        return;
+    }}
+    __u32 *e = {c.name}_epoch.lookup(&zero);
+    __u64 epoch = e ? *e : 0;  // read before the scan: a result is never newer than its epoch
+    __u64 cached = v->h.{c.name}_cache;
+    if (cached >> 32 != epoch) {{
+        struct {c.name}_value *a = lookup_{c.name}(m);
+        cached = epoch << 32;
+        if (a)
+            cached |= {c.name}_action_index(a->h.action) << 16 | {counter};
+        v->h.{c.name}_cache = cached;
+    }}
+    __u32 id = {c.name}_action_id(cached >> 16 & 0xffff);
+    if (id) {{
+{count}        struct {c.name}_value a = {{}};
+        a.h.action = id;
+        run_{c.name}(m, &a);
+    }} else {{
+        run_{c.name}_default(m);
+    }}
+    if (m->verdict != V_UNDECIDED)
+        return;
+    hit_{t.name}(m, v, frame_len);
+    run_{t.name}(m, v);
+}}
+"""
+
+
+def _slot(lay: TableLayout) -> str:
+    return f"m->{lay.table.key[0].source}" if lay.kind is TableKind.DIRECT else "v->h.counter"
+
+
+def _fill_key(t: Table, var: str, skip: str | None = None) -> str:
+    lines = [f"    __builtin_memset(&{var}, 0, sizeof({var}));"]
+    lines += [f"    {var}.{k.name} = m->{k.source};" for k in t.key if k.name != skip]
+    return "".join(f"{line}\n" for line in lines)
+
+
+def _lookup_hash(lay: TableLayout) -> str:
+    t = lay.table
+    return (
+        f"    struct {t.name}_key k;\n{_fill_key(t, 'k')}"
+        f"    struct {t.name}_value *v = {t.name}.lookup(&k);\n"
+    )
+
+
+def _lookup_direct(lay: TableLayout) -> str:
+    t = lay.table
+    return (
+        f"    __u32 idx = m->{t.key[0].source};\n"
+        f"    struct {t.name}_value *v = {t.name}.lookup(&idx);\n"
+    )
+
+
+def _lookup_lpm(lay: TableLayout) -> str:
+    t = lay.table
+    lpm = t.lpm_field
+    assert lpm is not None
+    width = lay.lpm_width
+    members = [m.name for m in lay.key.members if m.name != HOST_MASK]
+    same = " && ".join(f"c->k.{n} == k.{n}" for n in members)
+    mix = " ^ ".join(
+        f"(__u32)k.{n} * 0x{mult:08x}u"
+        for n, mult in zip(members, (0x9E3779B1, 0x85EBCA6B, 0xC2B2AE35, 0x27D4EB2F), strict=False)
+    )
+    return f"""\
+    struct {t.name}_key k;
+{_fill_key(t, "k")}\
+    __u32 zero = 0;
+    __u32 *e = {t.name}_epoch.lookup(&zero);
+    __u32 epoch = e ? *e : 0;  // read before the probes: a result is never newer than it
+    __u32 h = {mix};
+    __u32 slot = (h ^ h >> 16) & {LPM_CACHE_SLOTS - 1};
+    struct {t.name}_cached *c = {t.name}_cache.lookup(&slot);
+    if (c && c->epoch == epoch && {same})
+        return c->found ? &c->v : NULL;
     struct {t.name}_value *v = NULL;
+    struct {t.name}_key probe = k;
+    __u64 *lengths = {t.name}_lengths.lookup(&zero);
+    __u64 left = lengths ? *lengths : 0;
+    // Without branches (which would give the verifier one state per length): the lowest bit
+    // left is the longest prefix, and one less than it is the mask of its host bits.
+    for (__u32 i = 0; i <= {width} && left; i++) {{
+        __u64 longest = left & -left;
+        left ^= longest;
+        probe.{HOST_MASK} = longest - 1;
+        probe.{lpm.name} = k.{lpm.name} & ~(longest - 1);
+        v = {t.name}.lookup(&probe);
+        if (v)
+            break;
+    }}
+    if (c) {{
+        c->k = k;
+        c->epoch = epoch;
+        c->found = v != NULL;
+        if (v)
+            c->v = *v;
+    }}
+"""
+
+
+def _lookup_ternary(lay: TableLayout) -> str:
+    t = lay.table
+    match_fields = " &&\n                ".join(
+        f"(k.{k.name} & e->mask.{k.name}) == e->value.{k.name}" for k in t.key
+    )
+    parts = lay.partitions
+    own = f"half * {parts + 1} + k.{lay.partition}" if lay.partition else "half"
+    rest = (
+        f"""\
+    if (!(list >> 16)) {{  // no entries of its own: the list for every other value
+        li = half * {parts + 1} + {parts};
+        l = {t.name}_lists.lookup(&li);
+        list = l ? *l : 0;
+    }}
+"""
+        if lay.partition
+        else ""
+    )
+    return f"""\
+    struct {lay.key.name} k;
+{_fill_key(t, "k")}\
+    struct {t.name}_value *v = NULL;
+    __u32 zero = 0;
     __u32 *active = {t.name}_active.lookup(&zero);
-    __u32 base = active ? *active : 0;
-    // Entries are kept sorted by priority (highest first) and packed; an empty slot ends them.
+    __u32 half = active ? *active & 1 : 0;
+    __u32 li = {own};
+    __u32 *l = {t.name}_lists.lookup(&li);
+    __u32 list = l ? *l : 0;
+{rest}\
+    __u32 start = list & 0xffff, count = list >> 16;
+    // Entries in priority order (highest first).
     #pragma clang loop unroll(disable)
-    for (__u32 i = 0; i < {t.size}; i++) {{
-        __u32 idx = base + i;
+    for (__u32 i = 0; i < {t.size} && i < count; i++) {{
+        __u32 idx = start + i;
         struct {t.name}_entry *e = {t.name}.lookup(&idx);
-        if (!e || e->v.h.action == 0)
+        if (!e)
             break;
         if ({match_fields}) {{
             v = &e->v;
@@ -539,40 +878,20 @@ def _table_apply(p: Pipeline, t: Table) -> str:
         }}
     }}
 """
-    else:
-        key_lines = "".join(f"    {line}\n" for line in _key_build(t, lay, "k"))
-        lookup = (
-            f"    struct {t.name}_key k;\n{key_lines}"
-            f"    struct {t.name}_value *v = {t.name}.lookup(&k);\n"
-        )
-    return f"""\
-{run}
-static __always_inline void apply_{t.name}(struct pp_meta *m, __u32 frame_len) {{
-    __u32 zero = 0;
-{lookup}    if (v) {{
-{count_c}
-        run_{t.name}(m, v);
-        return;
-    }}
-    v = {t.name}_default.lookup(&zero);
-    if (v)
-        run_{t.name}(m, v);
-}}
-"""
+
+
+_LOOKUP = {
+    TableKind.HASH: _lookup_hash,
+    TableKind.DIRECT: _lookup_direct,
+    TableKind.LPM: _lookup_lpm,
+    TableKind.TERNARY: _lookup_ternary,
+}
 
 
 _FINISH_C = """\
-static __always_inline void rewrite_l3_l4(void *data, void *data_end, struct parsed *ps,
-                                          struct pp_meta *m) {
-    __u8 *ip = data + (ps->eff_ip_off & OFF_MASK);
-    if ((void *)(ip + IPV4_T_LEN) > data_end)
-        return;
-    __u8 *l4 = data + (ps->eff_l4_off & OFF_MASK);
-    __u32 kind = ps->eff_l4_kind;
-    if ((void *)(l4 + ICMP_T_LEN) > data_end)
-        kind = L4_NONE;
-    if (kind == L4_TCP && (void *)(l4 + TCP_T_LEN) > data_end)
-        kind = L4_NONE;
+// `kind` is a constant at every call: each L4 header's code is checked under its own bound.
+static __always_inline void rewrite_headers(__u8 *ip, __u8 *l4, const __u32 kind,
+                                            struct pp_meta *m) {
     // Rewrites in the fixed order l3_src, l3_dst, l4_src, l4_dst (as every target does).
     #pragma unroll
     for (int i = 0; i < 2; i++) {
@@ -621,6 +940,29 @@ static __always_inline void rewrite_l3_l4(void *data, void *data_end, struct par
             }
         }
     }
+}
+
+static __always_inline void rewrite_l3_l4(void *data, void *data_end, struct parsed *ps,
+                                          struct pp_meta *m) {
+    __u8 *ip = data + (ps->eff_ip_off & OFF_MASK);
+    if ((void *)(ip + IPV4_T_LEN) > data_end)
+        return;
+    __u8 *l4 = data + (ps->eff_l4_off & OFF_MASK);
+    switch (ps->eff_l4_kind) {
+    case L4_TCP:
+        if ((void *)(l4 + TCP_T_LEN) <= data_end)
+            return rewrite_headers(ip, l4, L4_TCP, m);
+        break;
+    case L4_UDP:
+        if ((void *)(l4 + UDP_T_LEN) <= data_end)
+            return rewrite_headers(ip, l4, L4_UDP, m);
+        break;
+    case L4_ICMP:
+        if ((void *)(l4 + ICMP_T_LEN) <= data_end)
+            return rewrite_headers(ip, l4, L4_ICMP, m);
+        break;
+    }
+    rewrite_headers(ip, l4, L4_NONE, m);
 }
 
 #define ENCAP_LEN (ETHERNET_T_LEN + IPV4_T_LEN + UDP_T_LEN + VXLAN_T_LEN)
@@ -715,14 +1057,60 @@ static __always_inline int forward(struct xdp_md *ctx, struct parsed *ps, struct
 # The agent marks a tenant at its flow-entry quota here; _MAIN_C names it too.
 QUOTA_MAP = "tenant_over_quota"
 
+
+def _meter_c(m: IndexedMeter) -> str:
+    units = "1" if m.unit is MeterUnit.PACKETS else "frame_len"
+    index = f"m->{m.index}"
+    return f"""\
+// {m.name}: count the packet's arrival, mark it; red is dropped ({m.drop_reason}).
+static __always_inline void meter_{m.name}(struct pp_meta *m, __u32 frame_len) {{
+    __u32 index = {index};
+    count_{m.arrivals}(index, frame_len);
+    struct meter_config *c = {m.name}.lookup(&index);
+    if (!c || !c->peak_increment)
+        return;  // never configured: green
+    struct meter_state *s = {m.name}_state.lookup(&index);
+    if (!s)
+        return;
+    // The clock of last-hit times: jiffies, read inline (bpf_ktime_get_ns costs ~40 ns in a
+    // VM, more than the rest of the meter). Buckets refill in steps of one tick.
+    __u64 now = hit_now();
+    // Only the peak test: the pipeline drops red and treats yellow as green, so the committed
+    // test (which only tells yellow from green) would change nothing a packet does.
+    if (gcra_conforms(&s->peak_tat, now, c->peak_increment, c->peak_depth, {units}))
+        return;
+    count_{m.drops}(index, frame_len);  // red
+    m->verdict = V_DROP;
+    m->drop_reason = R_{m.drop_reason.upper()};
+}}
+"""
+
+
+def _main_c(p: Pipeline) -> str:
+    """The program: the fixed pipeline order, with the ACL folded into the flow table when
+    flow entries carry its result."""
+    if table_layout(p, "flow_table").caches == "acl":
+        calls = "            apply_flow_table(&m, frame_len);  // the ACL first (see there)"
+    else:
+        calls = (
+            "            apply_acl(&m, frame_len);\n"
+            "        if (m.verdict == V_UNDECIDED)\n"
+            "            apply_flow_table(&m, frame_len);"
+        )
+    meters = "".join(
+        f"        if (m.verdict == V_UNDECIDED)\n            meter_{mt.name}(&m, frame_len);\n"
+        for mt in p.meters
+    )
+    return _MAIN_C.replace("%(acl_then_flow)s", calls).replace("%(meters)s", meters)
+
+
 _MAIN_C = """\
 int pp_xdp(struct xdp_md *ctx) {
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
     __u32 frame_len = data_end - data;
-    __u32 ifindex = ctx->ingress_ifindex;
-    __u32 *port = ports.lookup(&ifindex);
-    if (!port)
+    int port = ingress_port(ctx->ingress_ifindex);
+    if (port < 0)
         return XDP_PASS;  // not one of our interfaces
     if (frame_len > MAX_FRAME) {  // the parser's first check, made here: in pp_parse it
         count_verdicts(V_DROP, frame_len);  // costs the verifier twice the states
@@ -730,32 +1118,36 @@ int pp_xdp(struct xdp_md *ctx) {
         return XDP_DROP;
     }
 
-    struct parsed ps;
-    __builtin_memset(&ps, 0, sizeof(ps));
+    // The parse results live in a per-CPU map value, not on the stack: the verifier then sees
+    // every parse path leave the same state (a map pointer), and checks the tables once
+    // rather than once per header layout.
+    __u32 zero = 0;
+    struct parsed *ps = parse_scratch.lookup(&zero);
+    if (!ps)
+        return XDP_ABORTED;
+    __builtin_memset(ps, 0, sizeof(*ps));
     struct pp_meta m;
     __builtin_memset(&m, 0, sizeof(m));
-    m.ingress_port = *port;
+    m.ingress_port = port;
     m.verdict = V_UNDECIDED;
 
-    int reason = pp_parse(data, data_end, &ps);
+    int reason = pp_parse(data, data_end, ps);
     if (reason >= 0) {
         m.verdict = V_DROP;
         m.drop_reason = reason;
-    } else if (!ps.eff_valid) {
+    } else if (!ps->eff_valid) {
         m.verdict = V_PASS;
     } else {
-        load_lookup_meta(data, data_end, &ps, &m);
+        load_lookup_meta(data, data_end, ps, &m);
         apply_tenant_classify(&m, frame_len);
-        if (m.verdict == V_UNDECIDED)
-            apply_acl(&m, frame_len);
-        if (m.verdict == V_UNDECIDED)
-            apply_flow_table(&m, frame_len);
+%(meters)s        if (m.verdict == V_UNDECIDED)
+%(acl_then_flow)s
         if (m.verdict == V_UNDECIDED && m.has_next_hop)
             apply_next_hop(&m, frame_len);
     }
 
     if (m.verdict == V_FORWARD) {
-        if (forward(ctx, &ps, &m, frame_len) == 0) {
+        if (forward(ctx, ps, &m, frame_len) == 0) {
             long rc = tx_ports.redirect_map(m.out_port, XDP_DROP);
             if (rc == XDP_REDIRECT) {
                 count_verdicts(V_FORWARD, frame_len);

@@ -114,12 +114,14 @@ class FabricMaster:
             loop = asyncio.get_running_loop()
             serve_http(self.config.http, {
                 "/metrics": metrics_route(self.metrics),
-                "/status": lambda _q: (200, "application/json", json.dumps(self.status())),
+                "/status": lambda q: (200, "application/json",
+                                      json.dumps(self.status(float(q.get("since", 0))))),
                 "/scale": lambda q: self._scale_route(q, loop),
             })  # fmt: skip
         await self._stop.wait()
 
-    def status(self) -> dict:
+    def status(self, since: float = 0.0) -> dict:
+        """`since` (time.monotonic() of this host): first-packet latencies after it only."""
         return {
             "fm_id": self.config.fm_id,
             "leader": self.leader,
@@ -131,7 +133,7 @@ class FabricMaster:
                                   "packet_in": s.packet_ins, "lost_primary": s.lost_primary,
                                   "election_id": s.election_id} for s in self.sessions},
             "slow_path": dict(self.slowpath.stats),
-            "first_packet_ms": self.slowpath.latency_percentiles(),
+            "first_packet_us": self.slowpath.latency_percentiles(since),
             "timings_s": {k: round(v, 3) for k, v in self.slowpath.timings.items()},
             "cache_rebuild": self.rebuild_stats,
         }  # fmt: skip
@@ -278,8 +280,9 @@ class FabricMaster:
             out.append(("cyberstar_fm_pp_primary", {"pp": s.name}, int(s.primary)))
             out.append(("cyberstar_fm_pp_connections_total", {"pp": s.name}, s.connections))
             out.append(("cyberstar_fm_pp_lost_primary_total", {"pp": s.name}, s.lost_primary))
-        for q, ms in self.slowpath.latency_percentiles().items():
-            out.append(("cyberstar_fm_first_packet_seconds", {"quantile": q}, ms / 1000))
+        for q, us in self.slowpath.latency_percentiles().items():
+            if q != "count":
+                out.append(("cyberstar_fm_first_packet_seconds", {"quantile": q}, us / 1e6))
         return out
 
     async def close(self) -> None:

@@ -192,16 +192,17 @@ class PpSession:
                 raise
             await self.client.write(again)
 
-    async def write(self, updates: list[p4r.Update]) -> None:
+    async def write(self, updates: list[p4r.Update | bytes]) -> None:
         if self.client is None or not self.primary:
             raise P4RuntimeError(
                 grpc.StatusCode.FAILED_PRECONDITION, f"{self.name}: not connected as primary"
             )
         await self.client.write(updates)
 
-    async def packet_out(self, payload: bytes, metadata: list[tuple[int, bytes]]) -> None:
+    async def packet_out(self, payload: bytes, metadata: list[tuple[int, bytes]],
+                         on_sent: Callable[[], None] | None = None) -> None:  # fmt: skip
         if self.client is not None:
-            await self.client.packet_out(payload, metadata)
+            await self.client.packet_out(payload, metadata, on_sent)
 
     async def flow_entries(self) -> AsyncIterator[list[p4r.TableEntry]]:
         """The node's flow table, a Read response at a time (each within the client's

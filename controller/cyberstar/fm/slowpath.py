@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 
 from finsy.proto import p4r
@@ -30,22 +31,24 @@ from cyberstar.fm.cache import (
     flow_key,
 )
 from cyberstar.fm.sessions import PpSession
-from cyberstar.p4rt.codec import update
+from cyberstar.p4rt.codec import ExactTableEncoder
 from cyberstar.p4rt.decode import PipelineDecoder
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.pipeline.entries import TableEntry
-from cyberstar.pipeline.frames import frame_metadata
+from cyberstar.pipeline.frames import frame_flow
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.proto import sc_pb2
 from cyberstar.sc.client import ReleaseKey, Request
 from cyberstar.sc.flows import FlowKey, Packet
 from cyberstar.sc.routing import ScRouter
-from cyberstar.sc.rules import table_entry
+from cyberstar.sc.rules import flow_table_entry
 
 log = logging.getLogger(__name__)
 PACKET_IN_FIELDS = {f.name: i for i, f in enumerate(PIPELINE.packet_in.fields, start=1)}
 PACKET_OUT_FIELDS = {f.name: i for i, f in enumerate(PIPELINE.packet_out.fields, start=1)}
 FLOW_TABLE_ID = PIPELINE.table("flow_table").id
+FLOW_UPDATES = ExactTableEncoder(PIPELINE, "flow_table")
+LATENCY_SAMPLES = 200_000  # first-packet latencies kept for /status
 HOST_REASON = PIPELINE.punt_reasons.index("host")
 
 
@@ -71,8 +74,9 @@ class SlowPath:
         self.decoder = PipelineDecoder(PIPELINE)
         self.stats: dict[str, int] = defaultdict(int)
         self.timings: dict[str, float] = defaultdict(float)  # seconds spent per phase
-        self.latencies: list[float] = []  # seconds from PacketIn to PacketOut, recent
-        self._queue: asyncio.Queue[tuple[PpSession, p4r.PacketIn]] = asyncio.Queue()
+        # (when sent, seconds from the PacketIn's arrival to its PacketOut's sending), recent
+        self.latencies: deque[tuple[float, float]] = deque(maxlen=LATENCY_SAMPLES)
+        self._queue: asyncio.Queue[tuple[PpSession, p4r.PacketIn, float]] = asyncio.Queue()
         self._pending: dict[bytes, list[Punt]] = {}
         self._ids = itertools.count(1)
         self._conn_ids = itertools.count(int(time.time() * 1000) << 16)
@@ -82,20 +86,24 @@ class SlowPath:
         self._warned_tenants: set[int] = set()  # a key of each connection no PP holds → deadline
         self.enabled = asyncio.Event()  # set while FM leads
 
-    def latency_percentiles(self) -> dict[str, float]:
-        """PacketIn arrival to PacketOut, in ms, over the recent first packets."""
-        lat = sorted(self.latencies)
+    def latency_percentiles(self, since: float = 0.0) -> dict[str, float]:
+        """PacketIn arrival at FM to its PacketOut written to the stream, in µs, over the
+        recent first packets whose PacketOut left after `since` (time.monotonic())."""
+        recent = list(self.latencies)  # one copy under the GIL: the loop appends meanwhile
+        lat = sorted(dt for t, dt in recent if t >= since)
         if not lat:
-            return {}
-        return {q: round(lat[min(len(lat) - 1, int(len(lat) * float(q)))] * 1000, 3)
-                for q in ("0.5", "0.99")}  # fmt: skip
+            return {"count": 0}
+        out = {q: round(lat[min(len(lat) - 1, int(len(lat) * float(q)))] * 1e6, 1)
+               for q in ("0.5", "0.9", "0.99")}  # fmt: skip
+        out["count"] = len(lat)
+        return out
 
     # ---- inputs (called from the sessions' pumps) --------------------------------------------
 
     def on_packet_in(self, session: PpSession, pin: p4r.PacketIn) -> None:
         self.stats["packet_in"] += 1
         session.packet_ins += 1
-        self._queue.put_nowait((session, pin))
+        self._queue.put_nowait((session, pin, time.monotonic()))
 
     def on_idle(self, session: PpSession, note: p4r.IdleTimeoutNotification) -> None:
         self._spawn(self._expire(session, list(note.table_entry)))
@@ -139,13 +147,12 @@ class SlowPath:
 
         task.add_done_callback(done)
 
-    async def _process(self, batch: list[tuple[PpSession, p4r.PacketIn]]) -> None:
+    async def _process(self, batch: list[tuple[PpSession, p4r.PacketIn, float]]) -> None:
         hits: dict[PpSession, list[tuple[Connection, Punt]]] = defaultdict(list)
         requests: list[Request] = []
         waiting: dict[int, bytes] = {}
-        now = time.monotonic()
-        for session, pin in batch:
-            punt, packet = self._classify(session, pin, now)
+        for session, pin, arrived in batch:
+            punt, packet = self._classify(session, pin, arrived)
             if punt is None:
                 continue
             conn = self.cache.get(punt.key)
@@ -184,7 +191,7 @@ class SlowPath:
             await self._answer(replies, waiting)
             self.timings["install_seconds"] += time.monotonic() - t0
 
-    def _classify(self, session: PpSession, pin: p4r.PacketIn, now: float
+    def _classify(self, session: PpSession, pin: p4r.PacketIn, arrived: float
                   ) -> tuple[Punt | None, Packet | None]:  # fmt: skip
         meta = {m.metadata_id: int.from_bytes(m.value, "big") for m in pin.metadata if m.value}
         port_id, tenant_id = PACKET_IN_FIELDS["ingress_port"], PACKET_IN_FIELDS["tenant_id"]
@@ -197,14 +204,14 @@ class SlowPath:
             self.stats["packet_in_host"] += 1
             return None, None
         ingress_port, tenant = meta[port_id], meta[tenant_id]
-        m = frame_metadata(pin.payload, ingress_port)
-        if m is None:
+        flow = frame_flow(pin.payload, ingress_port)
+        if flow is None:
             self.stats["packet_in_unparsable"] += 1
             return None, None
-        fkey = FlowKey(m["l3_proto"], m["l3_src"], m["l3_dst"], m["l4_src"], m["l4_dst"])
+        fkey = FlowKey(*flow[1:])
         key = flow_key(tenant, *fkey)
-        punt = Punt(session, pin, ingress_port, key, now)
-        return punt, Packet(tenant, ingress_port, m["vni"], fkey)
+        punt = Punt(session, pin, ingress_port, key, arrived)
+        return punt, Packet(tenant, ingress_port, flow[0], fkey)
 
     async def _answer(self, replies: list[sc_pb2.RuleReply], waiting: dict[int, bytes]) -> None:
         by_session: dict[PpSession, list[tuple[Connection, Punt]]] = defaultdict(list)
@@ -232,12 +239,9 @@ class SlowPath:
         conn_id = next(self._conn_ids)
         rules = []
         try:
+            cookie = connection_cookie(conn_id, reply.slot)
             for rule in reply.rules:
-                entry = table_entry(rule)
-                entry = TableEntry(
-                    entry.table, entry.match, entry.action, entry.params, entry.priority,
-                    entry.is_default, entry.idle_timeout_ns, connection_cookie(conn_id, reply.slot),
-                )  # fmt: skip
+                entry = flow_table_entry(rule, cookie)
                 rules.append(CachedRule(entry_key(entry), 0, entry))
         except Exception as exc:
             self.stats["sc_bad_rules"] += 1
@@ -255,7 +259,7 @@ class SlowPath:
             if conn.conn_id in seen:
                 continue
             seen.add(conn.conn_id)
-            updates += [update(p4r.Update.INSERT, PIPELINE, r.entry) for r in conn.rules]
+            updates += [FLOW_UPDATES.update(p4r.Update.INSERT, r.entry) for r in conn.rules]
         if updates:
             try:
                 await session.write(updates)
@@ -274,15 +278,17 @@ class SlowPath:
                 if conn.cacheable:
                     self.cache.put(conn)
         out_meta = (PACKET_OUT_FIELDS["submit_to_ingress"], PACKET_OUT_FIELDS["ingress_port"])
-        now = time.monotonic()
         for _, punt in items:
             await session.packet_out(
                 punt.packet.payload,
                 [(out_meta[0], b"\x01"), (out_meta[1], punt.ingress_port.to_bytes(2, "big"))],
+                functools.partial(self._sent, punt.arrived),
             )
-            self.latencies.append(now - punt.arrived)
         self.stats["packet_out"] += len(items)
-        del self.latencies[:-10000]
+
+    def _sent(self, arrived: float) -> None:
+        now = time.monotonic()
+        self.latencies.append((now, now - arrived))
 
     # ---- PP resets and idle timeouts → release -----------------------------------------------
 

@@ -52,7 +52,7 @@ UNKNOWN_TENANT, UNKNOWN_TENANT_SERVER = 99, "10.2.0.5"
 FABRIC_VNI, FABRIC_NEXTHOP_BASE = 9000, 1000
 
 
-def tenant_config(idle_timeout_s: float) -> dict:
+def tenant_config(idle_timeout_s: float, snat_pool: str) -> dict:
     return {
         "id": TENANT,
         "chain": ["web", "nat"],
@@ -72,7 +72,7 @@ def tenant_config(idle_timeout_s: float) -> dict:
                     }
                 ],
             },
-            "nat": {"kind": "snat", "pool": [f"{PUBLIC_IP}:20000-59999"], "sources": [CLIENT_NET]},
+            "nat": {"kind": "snat", "pool": [snat_pool], "sources": [CLIENT_NET]},
         },
     }
 
@@ -103,7 +103,11 @@ def mac_of(ifname: str, ns: str) -> str:
 class SlowPathLab:
     def __init__(self, scgs: int = 1, nodes_per_scg: int = 3, idle_timeout_s: float = 30,
                  mode: str = "skb", workdir: Path | None = None, pps: int = 1,
-                 pp_kinds: Sequence[str] | None = None) -> None:  # fmt: skip
+                 pp_kinds: Sequence[str] | None = None,
+                 public_net: str | None = None) -> None:  # fmt: skip
+        """`public_net` (a prefix outside 203.0.113.16/28) replaces tenant 7's one-address
+        SNAT pool, PUBLIC_IP ports 20000-59999, by every address of the prefix, ports
+        1024-65535: benchmarks need more than 40 000 connections."""
         self.pp_kinds = list(pp_kinds) if pp_kinds is not None else ["xdp"] * pps
         pps = len(self.pp_kinds)
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="cyberstar-lab-")
@@ -116,7 +120,9 @@ class SlowPathLab:
         self.scgs = scgs
         self.nodes_per_scg = nodes_per_scg
         self.mode = mode
-        tenants = [tenant_config(idle_timeout_s), small_tenant_config(idle_timeout_s)]
+        self.public_net = public_net or f"{PUBLIC_IP}/32"
+        pool = f"{public_net}:1024-65535" if public_net else f"{PUBLIC_IP}:20000-59999"
+        tenants = [tenant_config(idle_timeout_s, pool), small_tenant_config(idle_timeout_s)]
         self.sc = ScLab(tenants, workdir=self.workdir / "sc")
         self.pps: list[PpNode | None] = [None] * pps
         self.fms: dict[str, subprocess.Popen] = {}
@@ -200,7 +206,7 @@ class SlowPathLab:
         return [
             classify(1, SERVER_NET),
             classify(1, f"{VIP}/32"),
-            classify(2, f"{PUBLIC_IP}/32"),
+            classify(2, self.public_net),
             classify(1, f"{SMALL_SERVER}/32", SMALL_TENANT),
             classify(2, f"{SMALL_PUBLIC_IP}/32", SMALL_TENANT),
             classify(1, f"{UNKNOWN_TENANT_SERVER}/32", UNKNOWN_TENANT),

@@ -9,22 +9,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from finsy.proto import p4i, p4r, p4r_grpc
 
+from cyberstar.p4rt import batching
 from cyberstar.p4rt.client import CHANNEL_OPTIONS
+from cyberstar.p4rt.codec import write_request_bytes
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.p4rt.messages import (
     Action,
     arbitration_request,
     decode_write_error,
-    packet_out_request,
     pipeline_request,
     route_stream_message,
     rpc_error,
-    write_request,
 )
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,16 @@ class AioP4RuntimeClient:
         self.timeout = timeout
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = p4r_grpc.P4RuntimeStub(self.channel)
+        # Write with a request serialized by us (FM builds its updates as bytes), and the
+        # stream, whose requests may be messages or bytes (PacketOuts built by hand)
+        self._write_serialized = self.channel.unary_unary(
+            "/p4.v1.P4Runtime/Write", response_deserializer=p4r.WriteResponse.FromString
+        )
+        self._stream_channel = self.channel.stream_stream(
+            "/p4.v1.P4Runtime/StreamChannel",
+            request_serializer=_serialize,
+            response_deserializer=p4r.StreamMessageResponse.FromString,
+        )
         self.packet_ins: asyncio.Queue[p4r.PacketIn] = asyncio.Queue()
         self.idle_notifications: asyncio.Queue[p4r.IdleTimeoutNotification] = asyncio.Queue()
         self.arbitrations: asyncio.Queue[p4r.MasterArbitrationUpdate] = asyncio.Queue()
@@ -48,30 +58,77 @@ class AioP4RuntimeClient:
             "idle_timeout_notification": self.idle_notifications.put_nowait,
         }
         self.stream_closed = asyncio.Event()
-        self._out: asyncio.Queue[p4r.StreamMessageRequest | None] = asyncio.Queue()
+        # stream requests to write, each with what to call once gRPC has sent it
+        self._out: asyncio.Queue[tuple[p4r.StreamMessageRequest, Callable | None] | None] = (
+            asyncio.Queue()
+        )
         self._reader: asyncio.Task | None = None
+        self._writer: asyncio.Task | None = None
+        self.batch = 1  # packets per stream message, once the server agreed to batches
         self._call = None
 
     async def open_stream(self) -> p4r.MasterArbitrationUpdate:
         """Open the StreamChannel and arbitrate with `election_id`; returns the answer."""
 
-        async def requests() -> AsyncIterator[p4r.StreamMessageRequest]:
-            while (msg := await self._out.get()) is not None:
-                yield msg
-
-        self._call = self.stub.StreamChannel(requests())
+        self._call = self._stream_channel()
         self._reader = asyncio.create_task(self._read())
+        self._writer = asyncio.create_task(self._write())
         await self.arbitrate(self.election_id)
         try:
-            return await asyncio.wait_for(self.arbitrations.get(), self.timeout)
+            answer = await asyncio.wait_for(self.arbitrations.get(), self.timeout)
         except TimeoutError:
             raise P4RuntimeError(
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"{self.address}: no arbitration answer"
             ) from None
+        await self._negotiate_batching()
+        return answer
+
+    async def _negotiate_batching(self) -> None:
+        """PacketIns and PacketOuts in batches when the server offers it (cyberstar's stream
+        extension, `p4rt/batching.py`); standard messages otherwise."""
+        try:
+            caps = await self.stub.Capabilities(p4r.CapabilitiesRequest(), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            log.info("%s: Capabilities: %s; no batching", self.address, exc.details())
+            return
+        offered = batching.server_max_packets(caps)
+        if offered:
+            self.batch = min(offered, batching.MAX_PACKETS)
+            await self._out.put((batching.opt_in_request(self.batch), None))
 
     async def arbitrate(self, election_id: int) -> None:
         self.election_id = election_id
-        await self._out.put(arbitration_request(self.device_id, election_id))
+        await self._out.put((arbitration_request(self.device_id, election_id), None))
+
+    async def _write(self) -> None:
+        """Write queued requests in order; with batching, PacketOuts queued together leave in
+        one PacketOutBatch."""
+        held: list = []  # a request taken while gathering PacketOuts: written next
+        try:
+            while True:
+                item = held.pop() if held else await self._out.get()
+                if item is None:
+                    break
+                msg, on_sent = item
+                sent = [on_sent]
+                if isinstance(msg, bytes):  # a serialized PacketOut
+                    packets = [msg]
+                    while len(packets) < self.batch and not self._out.empty():
+                        nxt = self._out.get_nowait()
+                        if nxt is None or not isinstance(nxt[0], bytes):
+                            held.append(nxt)
+                            break
+                        packets.append(nxt[0])
+                        sent.append(nxt[1])
+                    msg = (batching.packet_out_batch_request(packets) if len(packets) > 1
+                           else batching.packet_out_request(msg))  # fmt: skip
+                await self._call.write(msg)
+                for callback in sent:
+                    if callback is not None:
+                        callback()
+            await self._call.done_writing()
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
+            log.info("%s: stream writer ended: %s", self.address, exc)
 
     async def _read(self) -> None:
         try:
@@ -83,8 +140,10 @@ class AioP4RuntimeClient:
         finally:
             self.stream_closed.set()
 
-    async def packet_out(self, payload: bytes, metadata: list[tuple[int, bytes]]) -> None:
-        await self._out.put(packet_out_request(payload, metadata))
+    async def packet_out(self, payload: bytes, metadata: list[tuple[int, bytes]],
+                         on_sent: Callable[[], None] | None = None) -> None:  # fmt: skip
+        """Queue a PacketOut; `on_sent` is called once gRPC has written it to the stream."""
+        await self._out.put((batching.packet_out(payload, metadata), on_sent))
 
     async def get_pipeline(self) -> p4r.ForwardingPipelineConfig | None:
         """The device's pipeline, or None before one is set."""
@@ -108,12 +167,15 @@ class AioP4RuntimeClient:
         except grpc.aio.AioRpcError as exc:
             raise rpc_error("SetForwardingPipelineConfig", exc) from None
 
-    async def write(self, updates: list[p4r.Update]) -> None:
+    async def write(self, updates: list[p4r.Update | bytes]) -> None:
+        """One Write of `updates`, messages or already serialized (`ExactTableEncoder`)."""
         if not updates:
             return
-        req = write_request(self.device_id, self.election_id, updates)
+        req = write_request_bytes(self.device_id, self.election_id,
+                                  [u if isinstance(u, bytes) else u.SerializeToString()
+                                   for u in updates])  # fmt: skip
         try:
-            await self.stub.Write(req, timeout=self.timeout)
+            await self._write_serialized(req, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             raise decode_write_error(exc) from None
 
@@ -149,8 +211,13 @@ class AioP4RuntimeClient:
         await self._out.put(None)
         if self._call is not None:
             self._call.cancel()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
+        for task in (self._writer, self._reader):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         await self.channel.close()
+
+
+def _serialize(msg: p4r.StreamMessageRequest | bytes) -> bytes:
+    return msg if isinstance(msg, bytes) else msg.SerializeToString()

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 import grpc
 from finsy.proto import p4i, p4r, rpc_code, rpc_status
 
+from cyberstar.p4rt import batching
 from cyberstar.p4rt.errors import P4RuntimeError
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,15 @@ def route_stream_message(
     msg: p4r.StreamMessageResponse, sinks: dict[str, Callable], address: str
 ) -> None:
     """Hand a stream message to the sink for its `update` kind (arbitration, packet,
-    idle_timeout_notification); stream errors are logged."""
+    idle_timeout_notification); the PacketIns of a PacketInBatch go to the packet sink one
+    by one; stream errors are logged."""
     kind = msg.WhichOneof("update")
     sink = sinks.get(kind)
     if sink is not None:
         sink(getattr(msg, kind))
+    elif kind == "other" and msg.other.type_url == batching.PACKET_IN_BATCH:
+        for packet_in in batching.packet_ins_of(msg.other):
+            sinks["packet"](packet_in)
     elif kind == "error":
         log.warning("%s: stream error: %s", address, msg.error.message)
 

@@ -2,35 +2,55 @@
 
 The punt and idle-timeout threads publish without waiting for the event loop; the loop is woken
 only when the stream's writer is asleep, so a burst costs one wake-up, not one per message.
+The limit is on the messages' total weight (by default one each; the server weighs a batch of
+PacketIns by its packets).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import threading
+from collections.abc import Callable
+
+
+def _one(_: object) -> int:
+    return 1
 
 
 class Outbox:
-    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, limit: int, weight: Callable[[object], int] = _one
+    ) -> None:
         self._loop = loop
         self._items: collections.deque = collections.deque()
         self._wake = asyncio.Event()
         self._asleep = False
+        self._weight = weight
+        self._load = 0  # the queued items' total weight
+        self._lock = threading.Lock()  # producers run on several threads
         self.limit = limit
 
     def put(self, msg: object) -> bool:
-        """Queue a message (any thread); False when the outbox is full."""
-        if len(self._items) >= self.limit:
-            return False
-        self._items.append(msg)
-        if self._asleep:
-            self._asleep = False
-            self._loop.call_soon_threadsafe(self._wake.set)
+        """Queue a message (any thread); False when it would take the outbox over its limit."""
+        w = self._weight(msg)
+        with self._lock:
+            if self._load + w > self.limit:
+                return False
+            self._load += w
+            self._items.append(msg)
+        self._wake_writer()
         return True
 
     def put_urgent(self, msg: object) -> None:
         """Queue a message that must not be dropped (arbitration, errors, the end)."""
-        self._items.append(msg)
+        w = self._weight(msg)
+        with self._lock:
+            self._load += w
+            self._items.append(msg)
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
         if self._asleep:
             self._asleep = False
             self._loop.call_soon_threadsafe(self._wake.set)
@@ -44,5 +64,8 @@ class Outbox:
                 break
             await self._wake.wait()
         self._asleep = False
-        items = self._items
-        return [items.popleft() for _ in range(len(items))]
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+            self._load = 0
+        return items

@@ -27,6 +27,7 @@ import grpc
 from finsy.proto import p4r, rpc_code, rpc_status
 from google.protobuf import any_pb2
 
+from cyberstar.p4rt import batching
 from cyberstar.p4rt.arbitration import Arbitration, Controller
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.p4rt.outbox import Outbox
@@ -42,6 +43,7 @@ OUTBOX_LIMIT = 65536  # messages queued for one stream (PacketIns beyond it are 
 MAX_MESSAGE_BYTES = 16 << 20
 Action = p4r.SetForwardingPipelineConfigRequest
 _END = object()
+_EXTENSIONS = (batching.STREAM_BATCHING, batching.PACKET_OUT_BATCH)
 
 
 class Device(Protocol):
@@ -49,8 +51,13 @@ class Device(Protocol):
     def commit(self, reconcile: bool) -> None: ...
     def write(self, updates: list[p4r.Update]) -> list[P4RuntimeError | None]: ...
     def read(self, entity: p4r.Entity) -> Iterator[bytes]: ...  # serialized ReadResponses
-    def packet_out(self, packet: p4r.PacketOut) -> None: ...
-    def packet_in_message(self, punted: Punted) -> bytes: ...
+    def packet_outs(self, packets: list[p4r.PacketOut]) -> list[P4RuntimeError | None]: ...
+    def packet_in(self, punted: Punted) -> bytes: ...
+
+
+class PacketIns(list):
+    """Serialized PacketIns queued for a stream as one item (a perf-buffer poll's worth); the
+    stream's outbox weighs it by its length."""
 
 
 def peer_of(context: grpc.aio.ServicerContext) -> str:
@@ -96,12 +103,13 @@ class P4RuntimeServer:
         assert self._loop is not None
         return await self._loop.run_in_executor(self._pool, fn, *args)
 
-    def publish(self, msg: p4r.StreamMessageResponse | bytes) -> bool:
-        """Send a stream message to the primary (any thread): a PacketIn already serialized
-        (bytes), counted, or another message."""
+    def publish(self, msg: p4r.StreamMessageResponse | PacketIns) -> bool:
+        """Send the primary (from any thread) a stream message (an idle-timeout notification)
+        or PacketIns; each stream sends those as batches or one by one, as its controller
+        asked."""
         ok = self.arbitration.send_to_primary(msg)
-        if isinstance(msg, bytes):
-            self.stats["packet_in" if ok else "packet_in_dropped"] += 1
+        if isinstance(msg, PacketIns):
+            self.stats["packet_in" if ok else "packet_in_dropped"] += len(msg)
         return ok
 
     def notify(self, msg: bytes) -> bool:
@@ -116,7 +124,9 @@ class P4RuntimeServer:
     # ---- RPCs ---------------------------------------------------------------------------------
 
     async def Capabilities(self, request, context):
-        return p4r.CapabilitiesResponse(p4runtime_api_version=API_VERSION)
+        return p4r.CapabilitiesResponse(
+            p4runtime_api_version=API_VERSION, experimental=batching.capability()
+        )
 
     async def SetForwardingPipelineConfig(self, request, context):
         assert self._gate is not None
@@ -242,7 +252,7 @@ class P4RuntimeServer:
             )
         self._streams += 1
         assert self._loop is not None
-        outbox = Outbox(self._loop, OUTBOX_LIMIT)
+        outbox = Outbox(self._loop, OUTBOX_LIMIT, weight=_weight)
         state = _StreamState(peer_of(context))
         reader = asyncio.create_task(self._read_stream(request_iterator, state, outbox))
         timer = self._loop.call_later(
@@ -250,7 +260,7 @@ class P4RuntimeServer:
         )
         try:
             while True:
-                for item in await outbox.take():
+                for item in _coalesced(await outbox.take(), state.batch):
                     if item is _END:
                         return
                     if isinstance(item, P4RuntimeError):
@@ -307,31 +317,79 @@ class P4RuntimeServer:
             raise P4RuntimeError(
                 grpc.StatusCode.FAILED_PRECONDITION, "send a MasterArbitrationUpdate first"
             )
-        if kind != "packet":
+        if kind == "packet":
+            self._packet_outs(controller, [req.packet], outbox)
+        elif kind == "other" and req.other.type_url in _EXTENSIONS:
+            try:  # cyberstar's stream batching (p4rt/batching.py)
+                if req.other.type_url == batching.STREAM_BATCHING:
+                    wanted = batching.requested_max_packets(req.other)
+                    state.batch = max(1, min(wanted, batching.MAX_PACKETS))
+                    return
+                packets = batching.packet_outs_of(req.other)
+            except ValueError as exc:
+                outbox.put_urgent(_stream_error(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+                return
+            self._packet_outs(controller, packets, outbox)
+        else:
+            what = f"other ({req.other.type_url})" if kind == "other" else kind
             outbox.put_urgent(
-                _stream_error(grpc.StatusCode.UNIMPLEMENTED, f"{kind} is not supported")
+                _stream_error(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not supported")
             )
-            return
+
+    def _packet_outs(
+        self, controller: Controller, packets: list[p4r.PacketOut], outbox: Outbox
+    ) -> None:
         try:
             if not self.arbitration.is_primary(controller):
                 raise P4RuntimeError(
                     grpc.StatusCode.PERMISSION_DENIED, "only the primary sends packets"
                 )
             self._check_pipeline()
-            self.device.packet_out(req.packet)
         except P4RuntimeError as err:
-            outbox.put_urgent(_stream_error(err.code, err.message, req.packet))
-        except Exception as exc:  # a bug: answer this PacketOut, keep the stream
+            for packet in packets:
+                outbox.put_urgent(_stream_error(err.code, err.message, packet))
+            return
+        try:
+            results = self.device.packet_outs(packets)
+        except Exception as exc:  # a bug: answer these PacketOuts, keep the stream
             log.exception("PacketOut failed")
-            outbox.put_urgent(_stream_error(grpc.StatusCode.INTERNAL, str(exc), req.packet))
+            results = [P4RuntimeError(grpc.StatusCode.INTERNAL, str(exc))] * len(packets)
+        for packet, err in zip(packets, results, strict=True):
+            if err is not None:
+                outbox.put_urgent(_stream_error(err.code, err.message, packet))
 
 
 class _StreamState:
-    __slots__ = ("controller", "peer")
+    __slots__ = ("batch", "controller", "peer")
 
     def __init__(self, peer: str) -> None:
         self.peer = peer
         self.controller: Controller | None = None
+        self.batch = 1  # PacketIns per message: 1 until the controller asks for batches
+
+
+def _weight(item: object) -> int:
+    """An outbox item's weight: PacketIns count as their packets."""
+    return len(item) if isinstance(item, PacketIns) else 1
+
+
+def _coalesced(items: list, batch: int) -> Iterator[object]:
+    """The stream messages for what the outbox held: PacketIns as standard one-packet messages,
+    or, for a controller that asked for batches, consecutive PacketIns in batches of `batch`."""
+    packets: list[bytes] = []
+    for item in items:
+        if isinstance(item, PacketIns):
+            if batch == 1:
+                yield from map(batching.packet_in_response, item)
+            else:
+                packets += item
+            continue
+        for i in range(0, len(packets), batch):
+            yield batching.packet_in_batch_response(packets[i : i + batch])
+        packets = []
+        yield item
+    for i in range(0, len(packets), batch):
+        yield batching.packet_in_batch_response(packets[i : i + batch])
 
 
 def _election_id(request) -> p4r.Uint128 | None:
@@ -348,8 +406,8 @@ def _stream_error(
 
 
 def _serialize(msg: object) -> bytes:
-    """Responses may be pre-serialized bytes (PacketIns and table entries, built without
-    message objects)."""
+    """Responses may be pre-serialized bytes (PacketIns, idle-timeout notifications and Read
+    responses, built without message objects)."""
     return msg if isinstance(msg, bytes) else msg.SerializeToString()
 
 

@@ -1,8 +1,9 @@
-"""P4Runtime messages written as protobuf wire bytes, for the paths where building message
-objects would cost more than the work itself: PacketIns, and table entries read by the million.
+"""Protobuf wire format by hand, for the P4Runtime messages built as bytes on hot paths where
+building message objects would cost more than the work itself: PacketIns, PacketOuts, their
+batches, FM's flow-table Updates, and table entries read by the million.
 
-Field numbers are p4runtime.proto's (checked against the generated descriptors in the tests);
-byte strings are canonical (no leading zero bytes), as a server must send them.
+Field numbers are p4runtime.proto's; tests hold each builder to protobuf's own parser. Byte
+strings are canonical (no leading zero bytes), as a server must send them.
 """
 
 from __future__ import annotations

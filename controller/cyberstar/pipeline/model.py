@@ -32,11 +32,11 @@ class HeaderType:
     fields: tuple[Field, ...] = ()
     varbit: Field | None = None
 
-    @property
+    @cached_property  # read per header per parsed frame (FM parses every PacketIn)
     def bit_width(self) -> int:
         return sum(f.width for f in self.fields)
 
-    @property
+    @cached_property
     def byte_len(self) -> int:
         if self.bit_width % 8:
             raise ValueError(f"header {self.name} is {self.bit_width} bits, not whole bytes")
@@ -259,6 +259,30 @@ class IndexedCounter:
     doc: str = ""
 
 
+class MeterUnit(enum.Enum):
+    PACKETS = "PACKETS"
+    BYTES = "BYTES"
+
+
+@dataclass(frozen=True)
+class IndexedMeter:
+    """A meter array, executed once per classified packet at index `meta.<index>` (after
+    tenant classification): a two-rate three-color marker (RFC 2698) whose cells the controller
+    configures over P4Runtime (MeterEntry: CIR, CBS, PIR, PBS). A cell never configured marks
+    green. Red packets are dropped with `drop_reason`, and counted at the same index in
+    `drops`; every packet the meter sees is counted in `arrivals`."""
+
+    name: str
+    id: int
+    size: int
+    unit: MeterUnit
+    index: str  # a field of the lookup metadata
+    drop_reason: str
+    arrivals: str  # an indexed counter of the same size
+    drops: str  # an indexed counter of the same size
+    doc: str = ""
+
+
 @dataclass(frozen=True, eq=False)  # identity hash: layouts are cached per pipeline object
 class Pipeline:
     name: str
@@ -274,6 +298,7 @@ class Pipeline:
     punt_reasons: tuple[str, ...]
     verdicts: tuple[str, ...]
     constants: dict[str, int] = field(default_factory=dict, hash=False)
+    meters: tuple[IndexedMeter, ...] = ()
 
     def __post_init__(self) -> None:
         _check_pipeline(self)
@@ -340,6 +365,7 @@ ID_PREFIX = {
     "controller_header": 0x04,
     "counter": 0x12,
     "direct_counter": 0x13,
+    "meter": 0x14,
 }
 
 
@@ -381,6 +407,14 @@ def _check_pipeline(p: Pipeline) -> None:
         claim(c.id, "counter", c.name)
         if c.labels and len(c.labels) > c.size:
             raise ValueError(f"counter {c.name}: {len(c.labels)} labels for size {c.size}")
+    for m in p.meters:
+        claim(m.id, "meter", m.name)
+        p.meta_field(m.index)
+        if m.drop_reason not in p.drop_reasons:
+            raise ValueError(f"meter {m.name}: unknown drop reason {m.drop_reason!r}")
+        for name in (m.arrivals, m.drops):
+            if p.counter(name).size != m.size:
+                raise ValueError(f"meter {m.name}: counter {name} must have {m.size} cells")
     if not set(p.parser_drop_reasons) <= set(p.drop_reasons):
         raise ValueError("parser drop reasons must also be drop reasons")
     for h in (p.packet_in, p.packet_out):

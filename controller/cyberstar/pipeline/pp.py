@@ -29,8 +29,10 @@ from cyberstar.pipeline.model import (
     HeaderInstance,
     HeaderType,
     IndexedCounter,
+    IndexedMeter,
     KeyField,
     MatchKind,
+    MeterUnit,
     Param,
     Pass,
     Pipeline,
@@ -175,6 +177,7 @@ DROP_REASONS = (
     "no_next_hop",
     "port_down",  # XDP only: the egress port has no interface attached
     "flow_quota",  # XDP only: a flow-table miss of a tenant at its quota (pp serve --flow-quota)
+    "rate_limited",  # over the tenant's rate (tenant_rate marked the packet red)
 )
 # Reasons a packet reaches the CPU port. "host" is bmv2's stand-in for the XDP `pass` verdict.
 PUNT_REASONS = ("none", "miss", "host")
@@ -380,6 +383,37 @@ COUNTERS = (
         (),
         "Forwarded packets by egress port.",
     ),
+    IndexedCounter(
+        "tenant_packets",
+        0x12000004,
+        1 << 16,
+        CounterUnit.BOTH,
+        (),
+        "Classified packets per tenant (the arrival rate the agent's rate policy reads).",
+    ),
+    IndexedCounter(
+        "tenant_rate_drops",
+        0x12000005,
+        1 << 16,
+        CounterUnit.BOTH,
+        (),
+        "Packets per tenant dropped over its rate (tenant_rate marked them red).",
+    ),
+)
+
+# Per-tenant rate management (§7.2): the agent's credit policy sets each tenant's rate.
+METERS = (
+    IndexedMeter(
+        "tenant_rate",
+        0x14000001,
+        1 << 16,
+        MeterUnit.PACKETS,
+        "tenant_id",
+        "rate_limited",
+        "tenant_packets",
+        "tenant_rate_drops",
+        "Each tenant's current rate and burst, in packets; red packets are dropped.",
+    ),
 )
 
 PIPELINE = Pipeline(
@@ -396,4 +430,5 @@ PIPELINE = Pipeline(
     punt_reasons=PUNT_REASONS,
     verdicts=VERDICTS,
     constants=CONSTANTS,
+    meters=METERS,
 )

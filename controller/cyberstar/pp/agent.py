@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from cyberstar import netns
 from cyberstar.errors import RuntimeFailure, UsageError
 from cyberstar.metrics import Sample, serve_metrics
-from cyberstar.p4rt.server import P4RuntimeServer, serve
+from cyberstar.p4rt.server import P4RuntimeServer, PacketIns, serve
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.pp.device import FLOW_TABLE, Port, XdpDevice
 from cyberstar.pp.quota import FlowQuota, parse_quotas
+from cyberstar.pp.ratemanager import RateManager, RatePolicyFile
 from cyberstar.xdp.program import XdpProgram
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class PpAgent:
         mode: str | None = None,
         ns: str | None = None,
         quota: FlowQuota | None = None,
+        rate_policy: RatePolicyFile | None = None,
         flow_table_size: int | None = None,
     ) -> None:
         self.ns = ns
@@ -80,6 +82,7 @@ class PpAgent:
         self.prog.install_defaults()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._punted = PacketIns()  # PacketIns of the current perf-buffer poll
         self.modes: dict[str, str] = {}
         try:
             self.ports = self._open_ports(ports)
@@ -93,6 +96,11 @@ class PpAgent:
             raise
         self._spawn(self._punt_loop, "punts")
         self._spawn(self._idle_loop, "idle-timeouts")
+        self.rates: RateManager | None = None
+        if rate_policy is not None:
+            meter = self.prog.pipeline.meters[0]
+            self.rates = RateManager(self.prog, rate_policy.policy, meter)
+            self._spawn(lambda: self._rate_loop(rate_policy.interval), "rate-policy")
 
     @contextmanager
     def in_namespace(self) -> Iterator[None]:
@@ -132,11 +140,16 @@ class PpAgent:
         self._threads.append(t)
 
     def _on_punt(self, punted) -> None:
-        self.server.publish(self.device.packet_in_message(punted))
+        self._punted.append(self.device.packet_in(punted))
 
     def _punt_loop(self) -> None:
+        """Every punt a poll of the perf buffer delivers goes to the primary as one item: its
+        stream sends them in PacketInBatch messages if its controller asked, else one by one."""
         while not self._stop.is_set():
             self.prog.poll_punts(100)
+            if self._punted:
+                self.server.publish(self._punted)
+                self._punted = PacketIns()
 
     def _idle_loop(self) -> None:
         """Walk the tables for idle entries a slice at a time, so that a full pass takes the
@@ -158,6 +171,14 @@ class PpAgent:
             spent = time.thread_time() - started
             if spent > IDLE_TICK_S:
                 self._stop.wait(spent - IDLE_TICK_S)
+
+    def _rate_loop(self, interval: float) -> None:
+        assert self.rates is not None
+        while not self._stop.wait(interval):
+            try:
+                self.rates.tick()
+            except Exception:
+                log.exception("rate policy step failed")
 
     def metrics(self) -> list[Sample]:
         samples: list[Sample] = []
@@ -181,6 +202,14 @@ class PpAgent:
         ]  # fmt: skip
         samples += [(f"cyberstar_pp_{k}_total", {}, v) for k, v in self.device.stats.items()]
         samples += [(f"cyberstar_pp_{k}_total", {}, v) for k, v in self.device.idle_stats().items()]
+        if self.rates is not None:
+            for t, s in self.rates.policy.tenants.items():
+                labels = {"tenant": str(t), "state": s.state.value}
+                samples += [
+                    ("cyberstar_pp_tenant_rate", labels, s.rate),
+                    ("cyberstar_pp_tenant_credit", labels, s.credit),
+                    ("cyberstar_pp_tenant_arrival_rate", labels, s.arrival),
+                ]
         return samples
 
     def wait(self) -> None:
@@ -210,6 +239,7 @@ def run_agent(
     ns: str | None,
     metrics: str | None,
     flow_quota: list[str] | None = None,
+    rate_policy: RatePolicyFile | None = None,
     flow_table_size: int | None = None,
 ) -> int:
     ports = parse_ports(ifaces)
@@ -218,7 +248,9 @@ def run_agent(
     tenant_bits = PIPELINE.meta_field("tenant_id").width
     quota = parse_quotas(flow_quota or [], (1 << tenant_bits) - 1)
     try:
-        agent = PpAgent(ports, grpc_address, device_id, mode, ns, quota, flow_table_size)
+        agent = PpAgent(
+            ports, grpc_address, device_id, mode, ns, quota, rate_policy, flow_table_size
+        )
     except OSError as exc:
         raise RuntimeFailure(str(exc)) from None
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from cyberstar.verbs import Verb
 
@@ -41,14 +42,22 @@ def arguments(serve: argparse.ArgumentParser) -> None:
         "TENANT=N for one (repeat); beyond it INSERTs are RESOURCE_EXHAUSTED and the "
         "tenant's misses are dropped (counted as flow_quota). Default: no quota",
     )
+    serve.add_argument(
+        "--rate-policy",
+        type=Path,
+        metavar="FILE",
+        help="per-tenant credit-based rates (YAML: capacity, interval, tenants; see README)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from cyberstar.pp.agent import run_agent
+    from cyberstar.pp.ratemanager import load_rate_policy
 
+    policy = load_rate_policy(args.rate_policy) if args.rate_policy else None
     return run_agent(
         args.iface, args.grpc, args.device_id, args.mode, args.netns, args.metrics,
-        args.flow_quota, args.flow_table_size,
+        args.flow_quota, policy, args.flow_table_size,
     )  # fmt: skip
 
 

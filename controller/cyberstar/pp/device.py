@@ -15,7 +15,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from finsy.proto import p4i, p4r
@@ -29,7 +29,8 @@ from cyberstar.p4rt.decode import PipelineDecoder
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.pipeline.entries import TableEntry, match_identity
 from cyberstar.pipeline.frames import Punted
-from cyberstar.pipeline.model import Pipeline
+from cyberstar.pipeline.meters import MeterConfig
+from cyberstar.pipeline.model import IndexedMeter, Pipeline
 from cyberstar.pp.hash_table import HashTable, HashUpdate
 from cyberstar.pp.quota import FlowQuota
 from cyberstar.xdp.maps import encode_key, encode_value
@@ -92,6 +93,7 @@ class XdpDevice:
         self._ternary: dict[str, dict[tuple, tuple[int, TableEntry]]] = {}
         self._defaults: dict[str, TableEntry] = {}
         self._seq = 0
+        self._meters = {m.id: m for m in self.pipeline.meters}
         self.run_in_namespace = contextlib.nullcontext
         self.stats = {
             "packet_out": 0,
@@ -135,6 +137,9 @@ class XdpDevice:
         self._defaults = {
             t.name: TableEntry(t.name, {}, t.default_action, {}, is_default=True)
             for t in self.pipeline.tables
+        }
+        self._meter_configs: dict[str, dict[int, MeterConfig]] = {
+            m.name: {} for m in self.pipeline.meters
         }
 
     # ---- writes -------------------------------------------------------------------------------
@@ -194,6 +199,9 @@ class XdpDevice:
     def _validate(self, index: int, upd: p4r.Update) -> Pending | HashUpdate | None:
         entity = upd.entity
         which = entity.WhichOneof("entity")
+        if which == "meter_entry":
+            self._write_meter(upd)
+            return None
         if which != "table_entry":
             raise P4RuntimeError(
                 StatusCode.UNIMPLEMENTED, f"writing {which} is not supported by this target"
@@ -327,6 +335,63 @@ class XdpDevice:
             out[entry.match_key()] = (head.get("packets", 0), head.get("bytes", 0))
         return out
 
+    def _meter(self, meter_id: int) -> IndexedMeter:
+        if meter_id not in self._meters:
+            raise P4RuntimeError(StatusCode.NOT_FOUND, f"no meter with id {meter_id}")
+        return self._meters[meter_id]
+
+    def _write_meter(self, upd: p4r.Update) -> None:
+        """MeterEntry: MODIFY one cell's configuration; without a config, reset the cell to
+        never configured (green)."""
+        me = upd.entity.meter_entry
+        if upd.type != MODIFY:
+            raise P4RuntimeError(
+                StatusCode.INVALID_ARGUMENT, "meter entries can only be modified (MODIFY)"
+            )
+        m = self._meter(me.meter_id)
+        if not me.HasField("index"):
+            raise P4RuntimeError(StatusCode.INVALID_ARGUMENT, f"meter {m.name}: give an index")
+        i = me.index.index
+        if not 0 <= i < m.size:
+            raise P4RuntimeError(
+                StatusCode.OUT_OF_RANGE, f"meter {m.name} index {i} not in 0..{m.size - 1}"
+            )
+        config = None
+        if me.HasField("config"):
+            c = me.config
+            config = MeterConfig(c.cir, c.cburst, c.pir, c.pburst)
+            if min(c.cir, c.cburst, c.pir, c.pburst) < 0 or c.cir > c.pir:
+                raise P4RuntimeError(
+                    StatusCode.INVALID_ARGUMENT,
+                    f"meter {m.name}: rates and bursts must be >= 0 and cir <= pir, found {c}",
+                )
+        self.prog.set_meter(m.name, i, config)
+        if config is None:
+            self._meter_configs[m.name].pop(i, None)
+        else:
+            self._meter_configs[m.name][i] = config
+
+    def _read_meters(self, req: p4r.MeterEntry) -> Iterator[p4r.Entity]:
+        meters = [self._meter(req.meter_id)] if req.meter_id else list(self._meters.values())
+        for m in meters:
+            if req.HasField("index"):
+                if not 0 <= req.index.index < m.size:
+                    raise P4RuntimeError(
+                        StatusCode.OUT_OF_RANGE,
+                        f"meter {m.name} index {req.index.index} not in 0..{m.size - 1}",
+                    )
+                indices: Iterable[int] = [req.index.index]
+            else:
+                indices = range(m.size)
+            configs = self._meter_configs[m.name]
+            for i in indices:
+                out = p4r.MeterEntry(meter_id=m.id, index=p4r.Index(index=i))
+                if (c := configs.get(i)) is not None:
+                    out.config.CopyFrom(
+                        p4r.MeterConfig(cir=c.cir, cburst=c.cburst, pir=c.pir, pburst=c.pburst)
+                    )
+                yield p4r.Entity(meter_entry=out)
+
     # ---- reads --------------------------------------------------------------------------------
 
     def read(self, entity: p4r.Entity) -> Iterator[bytes]:
@@ -337,6 +402,8 @@ class XdpDevice:
             source = self._read_tables(entity.table_entry)
         elif which == "counter_entry":
             source = (e.SerializeToString() for e in self._read_counters(entity.counter_entry))
+        elif which == "meter_entry":
+            source = (e.SerializeToString() for e in self._read_meters(entity.meter_entry))
         elif which == "direct_counter_entry":
             source = self._read_direct_counters(entity.direct_counter_entry)
         else:
@@ -459,7 +526,20 @@ class XdpDevice:
 
     # ---- packet I/O ---------------------------------------------------------------------------
 
-    def packet_out(self, packet: p4r.PacketOut) -> None:
+    def packet_outs(self, packets: list[p4r.PacketOut]) -> list[P4RuntimeError | None]:
+        """Send PacketOuts in order (in our network namespace once for all); one result each."""
+        results: list[P4RuntimeError | None] = []
+        with self.run_in_namespace():  # the kernel resolves ingress ifindexes in our netns
+            for packet in packets:
+                try:
+                    self._packet_out(packet)
+                except P4RuntimeError as err:
+                    results.append(err)
+                    continue
+                results.append(None)
+        return results
+
+    def _packet_out(self, packet: p4r.PacketOut) -> None:
         size, limit = len(packet.payload), self.pipeline.constants["MAX_FRAME"]
         if not ETHERNET_HEADER <= size <= limit:
             raise P4RuntimeError(
@@ -482,8 +562,7 @@ class XdpDevice:
             raise P4RuntimeError(StatusCode.INVALID_ARGUMENT, f"no port {port_no} on this PP node")
         try:
             if meta.get("submit_to_ingress"):
-                with self.run_in_namespace():  # the kernel resolves the ifindex in our netns
-                    self.prog.run(packet.payload, ingress_ifindex=port.ifindex)
+                self.prog.run(packet.payload, ingress_ifindex=port.ifindex)
             else:
                 if port.sock is None:
                     raise P4RuntimeError(
@@ -496,14 +575,13 @@ class XdpDevice:
             ) from None
         self.stats["packet_out"] += 1
 
-    def packet_in_message(self, punted: Punted) -> bytes:
-        """A serialized StreamMessageResponse carrying the PacketIn: built as bytes, since the
-        punt path is hot and protobuf objects cost more than the whole kernel→agent hop."""
+    def packet_in(self, punted: Punted) -> bytes:
+        """A serialized PacketIn: built as bytes, since the punt path is hot and protobuf
+        objects cost more than the whole kernel→agent hop."""
         meta = punted.metadata
         frame = punted.frame
         encoded = self._metadata_bytes(tuple(meta.get(n, 0) for _, n in self._packet_in_fields))
-        body = wire.field(1, frame) + encoded  # PacketIn.payload, .metadata
-        return wire.field(2, body)  # StreamMessageResponse.packet
+        return wire.field(1, frame) + encoded  # PacketIn.payload, .metadata
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one device per process, few distinct values
     def _metadata_bytes(self, values: tuple[int, ...]) -> bytes:

@@ -201,7 +201,8 @@ class HashTable:
         spec = self._actions[u.action]
         head = {"action": u.action, "priority": 0, "packets": packets, "bytes": nbytes,
                 "last_hit_ns": last_hit_ns, "idle_timeout_ns": u.idle_timeout_ns}  # fmt: skip
-        return spec.packer.pack(*[head[n] for n in self._head_names], *u.params)
+        # a cache of other tables' results (the ACL's) starts empty: stale, so recomputed
+        return spec.packer.pack(*[head.get(n, 0) for n in self._head_names], *u.params)
 
     def apply(self, group: list[HashUpdate], now: int) -> list[tuple[int, P4RuntimeError]]:
         """Apply updates of distinct keys; deletes first (they make room), then the rest."""

@@ -14,7 +14,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # Protos import each other as `cyberstar/proto/x.proto`, so generated modules import
 # `cyberstar.proto.x_pb2`: the include root is the directory holding the `cyberstar` package.
 INCLUDE_ROOT = PACKAGE_DIR.parent.parent
-PROTOS = ("sc.proto",)
+# each proto, and whether it declares a service (then it gets gRPC code too)
+PROTOS = {"sc.proto": True, "p4rt_batch.proto": False}
 
 
 def generate(out_root: Path = INCLUDE_ROOT) -> list[Path]:
@@ -25,8 +26,9 @@ def generate(out_root: Path = INCLUDE_ROOT) -> list[Path]:
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     out_root.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for proto in PROTOS:
+    for proto, service in PROTOS.items():
         rel = f"cyberstar/proto/{proto}"
+        grpc_out = [f"--grpc_python_out={out_root}"] if service else []
         rc = protoc.main(
             [
                 "protoc",
@@ -34,14 +36,16 @@ def generate(out_root: Path = INCLUDE_ROOT) -> list[Path]:
                 f"-I{well_known}",
                 f"--python_out={out_root}",
                 f"--pyi_out={out_root}",
-                f"--grpc_python_out={out_root}",
+                *grpc_out,
                 rel,
             ]
         )
         if rc != 0:
             raise RuntimeError(f"protoc failed on {rel} (exit {rc})")
         stem = out_root / "cyberstar" / "proto" / proto.removesuffix(".proto")
-        written += [Path(f"{stem}_pb2.py"), Path(f"{stem}_pb2.pyi"), Path(f"{stem}_pb2_grpc.py")]
+        written += [Path(f"{stem}_pb2.py"), Path(f"{stem}_pb2.pyi")]
+        if service:
+            written.append(Path(f"{stem}_pb2_grpc.py"))
     return written
 
 

@@ -19,11 +19,14 @@ from cyberstar.pipeline.frames import (
     parse,
 )
 from cyberstar.pipeline.headers import ipv4_header, pack
+from cyberstar.pipeline.meters import RED, MeterCell, MeterConfig
 from cyberstar.pipeline.model import (
     REWRITE_TARGETS,
     Drop,
     Forward,
     ForwardVxlan,
+    IndexedMeter,
+    MeterUnit,
     Pass,
     Pipeline,
     Punt,
@@ -64,13 +67,20 @@ class RefModel:
         self.pipeline = pipeline
         self.tables = {t.name: RefTable(t) for t in pipeline.tables}
         self.counters = {c.name: [[0, 0] for _ in range(c.size)] for c in pipeline.counters}
+        self.meters: dict[str, dict[int, MeterCell]] = {m.name: {} for m in pipeline.meters}
 
     def install(self, entries: list[TableEntry]) -> None:
         for e in entries:
             self.tables[e.table].install(e)
 
-    def process(self, frame: bytes, ingress_port: int) -> Result:
-        result = self._process(frame, ingress_port)
+    def set_meter(self, name: str, index: int, config: MeterConfig | None) -> None:
+        """Configure a meter cell, keeping its state (None: back to never configured, which
+        marks green)."""
+        self.meters[name].setdefault(index, MeterCell()).config = config
+
+    def process(self, frame: bytes, ingress_port: int, now_ns: int = 0) -> Result:
+        """`now_ns`: the packet's arrival time, which only meters read."""
+        result = self._process(frame, ingress_port, now_ns)
         self._count("verdicts", self.pipeline.verdict(result.verdict), len(frame))
         if result.verdict == "drop":
             self._count("drop_reasons", self.pipeline.drop_reason(result.drop_reason), len(frame))
@@ -83,7 +93,7 @@ class RefModel:
         cell[0] += 1
         cell[1] += nbytes
 
-    def _process(self, frame: bytes, ingress_port: int) -> Result:
+    def _process(self, frame: bytes, ingress_port: int, now_ns: int) -> Result:
         try:
             p = parse(frame)
         except Malformed as exc:
@@ -93,6 +103,9 @@ class RefModel:
             return Result("pass")
         st = _State(meta=lookup_metadata(p, prefix, ingress_port))
         self._apply("tenant_classify", st, len(frame))
+        for m in self.pipeline.meters:
+            if st.verdict is None:
+                self._meter(m, st, len(frame), now_ns)
         if st.verdict is None:
             self._apply("acl", st, len(frame))
         if st.verdict is None:
@@ -109,6 +122,15 @@ class RefModel:
             raise AssertionError("pipeline ended without a verdict")
         out = _rewrite(p, frame, prefix, st)
         return Result("forward", port=st.forward_args["port"], output=out, tenant_id=tenant)
+
+    def _meter(self, m: IndexedMeter, st: _State, frame_len: int, now_ns: int) -> None:
+        index = st.meta[m.index]
+        self._count(m.arrivals, index, frame_len)
+        cell = self.meters[m.name].setdefault(index, MeterCell())
+        units = 1 if m.unit is MeterUnit.PACKETS else frame_len
+        if cell.color(now_ns, units) == RED:
+            self._count(m.drops, index, frame_len)
+            st.verdict, st.drop_reason = "drop", m.drop_reason
 
     def _apply(self, table: str, st: _State, frame_len: int) -> None:
         hit = self.tables[table].lookup(st.meta, frame_len)

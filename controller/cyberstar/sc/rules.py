@@ -5,7 +5,8 @@ Field and parameter names come from the pipeline spec, never from a second list 
 
 from __future__ import annotations
 
-from cyberstar.pipeline.entries import TableEntry, build_entry
+from cyberstar.pipeline.entries import EntryError, TableEntry, build_entry
+from cyberstar.pipeline.model import ActionScope
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.proto import sc_pb2
 from cyberstar.sc.flows import FlowKey
@@ -70,3 +71,48 @@ def table_entry(rule: sc_pb2.Rule) -> TableEntry:
         priority=rule.priority or None,
         idle_timeout_ns=rule.idle_timeout_ns,
     )
+
+
+_TABLE = PIPELINE.table(FLOW_TABLE)
+_KEY_WIDTHS = tuple(k.width for k in _TABLE.key)
+_ACTIONS = {
+    r.action: tuple((p.name, p.width) for p in PIPELINE.action(r.action).params)
+    for r in _TABLE.actions
+    if r.scope is not ActionScope.DEFAULT_ONLY
+}
+
+
+def flow_table_entry(rule: sc_pb2.Rule, metadata: bytes = b"") -> TableEntry:
+    """`table_entry(rule)` with `metadata`, for the rules SC sends (flow_table, every match
+    field in the table's order, as `fill_rule` writes them): the same checks — table, field
+    names, widths, action and its scope, parameter names and widths — without the general
+    parser. Any other rule takes `table_entry`. EntryError names what is wrong."""
+    match_fields = rule.match
+    if rule.table != FLOW_TABLE or len(match_fields) != len(_KEY_FIELDS) or rule.priority:
+        return _with_metadata(table_entry(rule), metadata)
+    match = {}
+    for m, name, width in zip(match_fields, _KEY_FIELDS, _KEY_WIDTHS, strict=True):
+        if m.name != name or m.prefix_len or m.mask:
+            return _with_metadata(table_entry(rule), metadata)
+        if m.value >> width:
+            raise EntryError(f"{FLOW_TABLE}: {name}={m.value} does not fit in {width} bits")
+        match[name] = m.value
+    params_spec = _ACTIONS.get(rule.action)
+    if params_spec is None or len(rule.params) != len(params_spec):
+        return _with_metadata(table_entry(rule), metadata)  # the general path says why
+    params = {}
+    given = rule.params
+    for name, width in params_spec:
+        if name not in given:
+            return _with_metadata(table_entry(rule), metadata)
+        value = given[name]
+        if value >> width:
+            raise EntryError(f"action {rule.action}: {name}={value} does not fit in {width} bits")
+        params[name] = value
+    return TableEntry(FLOW_TABLE, match, rule.action, params, 0, False, rule.idle_timeout_ns,
+                      metadata)  # fmt: skip
+
+
+def _with_metadata(entry: TableEntry, metadata: bytes) -> TableEntry:
+    return TableEntry(entry.table, entry.match, entry.action, entry.params, entry.priority,
+                      entry.is_default, entry.idle_timeout_ns, metadata)  # fmt: skip

@@ -9,25 +9,29 @@ import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from cyberstar.codegen.xdp import QUOTA_MAP, size_macro
-from cyberstar.codegen.xdp_layout import punt_meta_layout, table_layout, ternary_entry_offsets
+from cyberstar.codegen.xdp_layout import (
+    CLOCK_SAMPLE,
+    HIT_CLOCK,
+    METER_CONFIG,
+    PORT_SLOT,
+    PORT_SLOTS,
+    TableKind,
+    punt_meta_layout,
+    table_layout,
+)
 from cyberstar.errors import RuntimeFailure
 from cyberstar.paths import xdp_source
-from cyberstar.pipeline.entries import TableEntry
 from cyberstar.pipeline.frames import Punted
+from cyberstar.pipeline.meters import Gcra, MeterConfig, gcra_pair
 from cyberstar.pipeline.model import Pipeline
 from cyberstar.pipeline.pp import PIPELINE
-from cyberstar.xdp.maps import (
-    empty_ternary_slot,
-    encode_key,
-    encode_ternary_entry,
-    encode_value,
-)
+from cyberstar.xdp.tables import TableMaps
 from cyberstar.xdp.testrun import ProgRunResult, prog_test_run
 
 log = logging.getLogger(__name__)
@@ -38,8 +42,8 @@ XDP_FLAGS_DRV_MODE = 1 << 2
 XDP_FLAGS_HW_MODE = 1 << 3
 _MODE_FLAGS = {1: XDP_FLAGS_DRV_MODE, 2: XDP_FLAGS_SKB_MODE, 3: XDP_FLAGS_HW_MODE}  # ip's modes
 PROGRAM_NAME = "pp_xdp"
-BPF_MAP_TYPE_HASH = 1
-BATCH = 65536  # entries per BPF_MAP_UPDATE_BATCH call
+CLOCK_SAMPLER = "pp_clock_sample"
+HZ_CHOICES = (100, 250, 300, 1000)  # the kernel's CONFIG_HZ choices
 
 
 CLOCK_MONOTONIC_COARSE = 6  # the clock bpf_ktime_get_coarse_ns reads
@@ -96,7 +100,7 @@ def _first_error(path: Path) -> str:
     return lines[-1] if lines else "no message"
 
 
-class XdpProgram:
+class XdpProgram(TableMaps):
     """The generated PP program, loaded into the kernel, with its maps."""
 
     def __init__(
@@ -124,14 +128,25 @@ class XdpProgram:
                 ) from None
         log_path.unlink(missing_ok=True)
         self._check_layouts()
-        self._ternary: dict[str, list[TableEntry]] = {
-            t.name: [] for t in pipeline.tables if t.needs_priority
-        }
+        self._init_tables()
+        self._port_slots: dict[int, int] = {}  # slot of `ports` → the ifindex it holds
+        self._configured_meters: dict[str, set[int]] = {}
+        self.calibrate_hit_clock()
         self.attached: dict[str, int] = {}
         self.punts_lost = 0
 
     def _map(self, name: str):
         return self.bpf[name.encode()]
+
+    def hash_map(self, name: str) -> HashMap | None:
+        """The kernel side of an exact table kept in a BPF hash map, whose values are the
+        entry values (None for other kinds of table)."""
+        if table_layout(self.pipeline, name).kind is not TableKind.HASH:
+            return None
+        table = self._map(name)
+        return HashMap(
+            table.map_fd, ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf), table.max_entries
+        )
 
     @property
     def fd(self) -> int:
@@ -140,145 +155,14 @@ class XdpProgram:
     def _check_layouts(self) -> None:
         """Refuse to run if the compiled maps do not have the spec's layouts."""
         for t in self.pipeline.tables:
-            lay = table_layout(self.pipeline, t.name)
+            expected = self.map_sizes(table_layout(self.pipeline, t.name))
             table = self._map(t.name)
-            if lay.ternary:
-                expected_key, expected_leaf = 4, ternary_entry_offsets(lay)["size"]
-            else:
-                expected_key, expected_leaf = lay.key.size, lay.value_size
             found = (ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf))
-            if found != (expected_key, expected_leaf):
+            if found != expected:
                 raise XdpLoadError(
                     f"map {t.name}: key/value sizes {found} differ from the spec's "
-                    f"{(expected_key, expected_leaf)}; regenerate with `cyberstar build`"
+                    f"{expected}; regenerate with `cyberstar build`"
                 )
-
-    # ---- tables --------------------------------------------------------------------------
-
-    def install(self, entries: Iterable[TableEntry]) -> None:
-        """Add entries (tests, the pcap runner, the demo); the P4Runtime device uses the
-        finer-grained operations below."""
-        touched_ternary = set()
-        batches: dict[str, list[TableEntry]] = {}
-        for e in entries:
-            if e.is_default:
-                self.write_default(e)
-            elif table_layout(self.pipeline, e.table).ternary:
-                self._ternary[e.table].append(e)
-                touched_ternary.add(e.table)
-            else:
-                batches.setdefault(e.table, []).append(e)
-        for name, batch in batches.items():
-            self.write_exact(name, batch)
-        for name in touched_ternary:
-            self.publish_ternary(name, sorted(self._ternary[name], key=lambda e: -e.priority))
-
-    def write_default(self, entry: TableEntry) -> None:
-        default = self._map(f"{entry.table}_default")
-        default[ctypes.c_int(0)] = default.Leaf.from_buffer_copy(encode_value(self.pipeline, entry))
-
-    def write_exact(self, name: str, entries: list[TableEntry]) -> None:
-        keys = b"".join(encode_key(self.pipeline, e) for e in entries)
-        values = b"".join(encode_value(self.pipeline, e) for e in entries)
-        self.write_raw(name, keys, values, len(entries))
-
-    def write_raw(self, name: str, keys: bytes, values: bytes, count: int) -> None:
-        """Upsert `count` encoded key/value pairs. Hash tables take one BPF_MAP_UPDATE_BATCH
-        call per chunk; LPM tries (no batch support in the kernel) one update per entry."""
-        table = self._map(name)
-        ksize, vsize = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
-        if table.ttype != BPF_MAP_TYPE_HASH or count == 1:
-            for i in range(count):
-                table[table.Key.from_buffer_copy(keys, i * ksize)] = table.Leaf.from_buffer_copy(
-                    values, i * vsize
-                )
-            return
-        for start in range(0, count, BATCH):
-            n = min(BATCH, count - start)
-            ct_keys = (table.Key * n).from_buffer_copy(keys, start * ksize)
-            ct_values = (table.Leaf * n).from_buffer_copy(values, start * vsize)
-            table.items_update_batch(ct_keys, ct_values)
-
-    def delete_raw(self, name: str, keys: bytes, count: int) -> None:
-        table = self._map(name)
-        ksize = ctypes.sizeof(table.Key)
-        if table.ttype != BPF_MAP_TYPE_HASH or count == 1:
-            for i in range(count):
-                del table[table.Key.from_buffer_copy(keys, i * ksize)]
-            return
-        for start in range(0, count, BATCH):
-            n = min(BATCH, count - start)
-            table.items_delete_batch((table.Key * n).from_buffer_copy(keys, start * ksize))
-
-    def hash_map(self, name: str) -> HashMap | None:
-        """The kernel side of a table kept in a BPF hash map (None for other maps)."""
-        table = self._map(name)
-        if table.ttype != BPF_MAP_TYPE_HASH:
-            return None
-        return HashMap(
-            table.map_fd, ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf), table.max_entries
-        )
-
-    def lookup_raw(self, name: str, key: bytes) -> bytes | None:
-        table = self._map(name)
-        try:
-            value = table[table.Key.from_buffer_copy(key)]
-        except KeyError:
-            return None
-        return bytes(value)
-
-    def publish_ternary(
-        self,
-        name: str,
-        entries: list[TableEntry],
-        counters: dict[tuple, tuple[int, int]] | None = None,
-    ) -> None:
-        """Write a ternary table's entries (already in match order) to the idle half of its
-        array, end them with an empty slot, then make that half the active one. `counters`
-        carries direct counters over, by entry identity."""
-        size = self.pipeline.table(name).size
-        if len(entries) > size:
-            raise ValueError(f"table {name} holds at most {size} entries, asked for {len(entries)}")
-        table, active = self._map(name), self._map(f"{name}_active")
-        base = size - active[ctypes.c_int(0)].value  # the idle half: 0 or size
-        counters = counters or {}
-        slots = [
-            encode_ternary_entry(self.pipeline, e, *counters.get(e.match_key(), (0, 0)))
-            for e in entries
-        ]
-        if len(entries) < size:
-            slots.append(empty_ternary_slot(self.pipeline, name))
-        for i, slot in enumerate(slots):
-            table[ctypes.c_int(base + i)] = table.Leaf.from_buffer_copy(slot)
-        active[ctypes.c_int(0)] = ctypes.c_uint32(base)
-        self._ternary[name] = list(entries)
-
-    def ternary_entries(self, name: str) -> list[TableEntry]:
-        """The published entries of a ternary table, in match order."""
-        return list(self._ternary[name])
-
-    def ternary_value_offset(self, name: str) -> int:
-        return ternary_entry_offsets(table_layout(self.pipeline, name))["v"]
-
-    def ternary_raw(self, name: str) -> list[bytes]:
-        """The active entries of a ternary table, in match order."""
-        table, active = self._map(name), self._map(f"{name}_active")
-        base = active[ctypes.c_int(0)].value
-        return [bytes(table[ctypes.c_int(base + i)]) for i in range(len(self._ternary[name]))]
-
-    def clear(self) -> None:
-        """Remove every entry and restore the spec's default actions."""
-        for t in self.pipeline.tables:
-            if t.name in self._ternary:
-                self.publish_ternary(t.name, [])
-            else:
-                self._map(t.name).clear()
-        self.install_defaults()
-
-    def install_defaults(self) -> None:
-        """Write each table's spec default action into its `<table>_default` map."""
-        for t in self.pipeline.tables:
-            self.write_default(TableEntry(t.name, {}, t.default_action, {}, is_default=True))
 
     # ---- ports ----------------------------------------------------------------------------
 
@@ -288,9 +172,68 @@ class XdpProgram:
         self.set_egress_port(port, ifindex)
 
     def set_ingress_port(self, ifindex: int, port: int) -> None:
-        """Frames arriving on `ifindex` enter the pipeline as `port`."""
-        ports = self._map("ports")
-        ports[ports.Key(ifindex)] = ports.Leaf(port)
+        """Frames arriving on `ifindex` enter the pipeline as `port`: in the direct-mapped
+        `ports` array when its slot is free or already this interface's, else in the spill
+        hash."""
+        slot = ifindex % PORT_SLOTS
+        if self._port_slots.setdefault(slot, ifindex) == ifindex:
+            ports = self._map("ports")
+            raw = PORT_SLOT.pack({"ifindex": ifindex, "port": port})
+            ports[ctypes.c_int(slot)] = ports.Leaf.from_buffer_copy(raw)
+        else:
+            spill = self._map("ports_spill")
+            spill[spill.Key(ifindex)] = spill.Leaf(port)
+
+    # ---- meters ---------------------------------------------------------------------------
+
+    def set_meter(self, name: str, index: int, config: MeterConfig | None) -> None:
+        """Configure a meter cell (None: never configured, green). Its state stays: a new
+        rate applies from the bucket's current level."""
+        peak, committed = gcra_pair(config) if config else (Gcra(0, 0), Gcra(0, 0))
+        raw = METER_CONFIG.pack({
+            "peak_increment": peak.increment, "peak_depth": peak.depth,
+            "committed_increment": committed.increment, "committed_depth": committed.depth,
+        })  # fmt: skip
+        cells = self._map(name)
+        cells[ctypes.c_int(index)] = cells.Leaf.from_buffer_copy(raw)
+        configured = self._configured_meters.setdefault(name, set())
+        if config is None:
+            configured.discard(index)
+        else:
+            configured.add(index)
+
+    def clear(self) -> None:
+        """Remove every entry, restore the default actions, unconfigure every meter cell."""
+        super().clear()
+        for name, cells in self._configured_meters.items():
+            for index in list(cells):
+                self.set_meter(name, index, None)
+
+    # ---- time ---------------------------------------------------------------------------
+
+    def calibrate_hit_clock(self, seconds: float = 0.05) -> None:
+        """Let the data plane turn jiffies into CLOCK_MONOTONIC_COARSE nanoseconds: measure the
+        tick (two samples `seconds` apart, snapped to a CONFIG_HZ choice) and the offset."""
+        sampler = self.bpf.load_func(CLOCK_SAMPLER.encode(), self._bpf_cls.XDP)
+        table = self._map("clock_sample")
+
+        def sample() -> dict[str, int]:
+            prog_test_run(sampler.fd, bytes(14))
+            return CLOCK_SAMPLE.unpack(bytes(table[ctypes.c_int(0)]))
+
+        first = sample()
+        time.sleep(seconds)
+        last = sample()
+        ticks = max(1, last["jiffies"] - first["jiffies"])
+        hz = 1e9 * ticks / max(1, last["coarse_ns"] - first["coarse_ns"])
+        tick_ns = 1_000_000_000 // min(HZ_CHOICES, key=lambda c: abs(c - hz))
+        # jiffies start near 2^32 - 300 HZ: the offset wraps, as the data plane's u64 sum does
+        offsets = sorted(
+            (s["coarse_ns"] - s["jiffies"] * tick_ns) % (1 << 64) for s in (first, last, sample())
+        )
+        clock = self._map("hit_clock")
+        raw = HIT_CLOCK.pack({"tick_ns": tick_ns, "offset_ns": offsets[1]})
+        clock[ctypes.c_int(0)] = clock.Leaf.from_buffer_copy(raw)
 
     def set_egress_port(self, port: int, ifindex: int) -> None:
         """Frames forwarded to `port` leave through `ifindex`."""

@@ -116,6 +116,14 @@ def main():
     counter = list(sh.CounterEntry("verdicts").read())
     emit(step="counters", cells=len(counter))
 
+    meter = sh.MeterEntry("tenant_rate")
+    meter.index = 7
+    meter.cir, meter.cburst, meter.pir, meter.pburst = 250000, 2048, 250000, 2048
+    meter.modify()
+    cell = sh.MeterEntry("tenant_rate")
+    cell.index = 7
+    emit(step="meter", text=" ".join(str(c._entry) for c in cell.read()))
+
 
 try:
     main()

@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""FM's Python work per first packet outside gRPC, in process CPU time: the general encoders
+against the ones FM uses.
+
+Per connection FM parses the punted frame, turns SC's two rules into table entries, encodes
+them as two P4Runtime Updates of one WriteRequest, and builds the PacketOut. `general` does it
+with the general paths (`frame_metadata`, `table_entry`, `codec.update`, protobuf messages);
+`fm` with FM's (`frame_flow`, `flow_table_entry`, `ExactTableEncoder`, bytes built by hand),
+which tests hold equal to the general ones. CPU time, not wall time: a loaded machine slows
+both alike. Prints one JSON object (best and median of `--runs`).
+
+Run: .venv/bin/python bench/fm_encoding.py [--connections N] [--runs R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+from finsy.proto import p4r
+
+from cyberstar import packets
+from cyberstar.fm.cache import CachedRule, connection_cookie, entry_key
+from cyberstar.fm.slowpath import FLOW_UPDATES
+from cyberstar.p4rt import batching
+from cyberstar.p4rt.codec import update, write_request_bytes
+from cyberstar.p4rt.messages import packet_out_request, write_request
+from cyberstar.pipeline.entries import TableEntry
+from cyberstar.pipeline.frames import frame_flow, frame_metadata
+from cyberstar.pipeline.pp import PIPELINE
+from cyberstar.proto import sc_pb2
+from cyberstar.sc.flows import FlowKey
+from cyberstar.sc.rules import fill_rule, flow_table_entry, table_entry
+from cyberstar.sc.state import FlowRule
+
+FRAME = packets.tcp_frame("02:00:00:00:00:0a", "02:00:00:00:00:01", "10.1.0.2", "10.2.0.2",
+                          40000, 80)  # fmt: skip
+META = [(1, b"\x01"), (2, b"\x00\x01")]  # submit_to_ingress, ingress_port
+INSERT = p4r.Update.INSERT
+
+
+def sc_reply() -> sc_pb2.RuleReply:
+    reply = sc_pb2.RuleReply(request_id=1, slot=5)
+    fill_rule(
+        reply.rules.add(),
+        7,
+        FlowRule(FlowKey(6, 0x0A010002, 0x0A020002, 40000, 80), "snat", (0xCB007109, 50000, 2)),
+        30_000_000_000,
+    )
+    fill_rule(
+        reply.rules.add(),
+        7,
+        FlowRule(FlowKey(6, 0x0A020002, 0xCB007109, 80, 50000), "dnat", (0x0A010002, 40000, 1)),
+        30_000_000_000,
+    )
+    return reply  # fmt: skip
+
+
+def general(reply: sc_pb2.RuleReply, i: int) -> None:
+    frame_metadata(FRAME, 1)
+    rules = []
+    for r in reply.rules:
+        e = table_entry(r)
+        e = TableEntry(e.table, e.match, e.action, e.params, e.priority, e.is_default,
+                       e.idle_timeout_ns, connection_cookie(i, 5))  # fmt: skip
+        rules.append(CachedRule(entry_key(e), 0, e))
+    write_request(1, 1 << 33, [update(INSERT, PIPELINE, r.entry) for r in rules]
+                  ).SerializeToString()  # fmt: skip
+    packet_out_request(FRAME, META).SerializeToString()
+
+
+def fm(reply: sc_pb2.RuleReply, i: int) -> None:
+    frame_flow(FRAME, 1)
+    cookie = connection_cookie(i, 5)
+    rules = [CachedRule(entry_key(e), 0, e) for e in (flow_table_entry(r, cookie)
+                                                      for r in reply.rules)]  # fmt: skip
+    write_request_bytes(1, 1 << 33, [FLOW_UPDATES.update(INSERT, r.entry) for r in rules])
+    batching.packet_out_request(batching.packet_out(FRAME, META))
+
+
+def measure(fn, reply: sc_pb2.RuleReply, n: int, runs: int) -> dict:
+    per = []
+    for _ in range(runs):
+        t0 = time.process_time()
+        for i in range(n):
+            fn(reply, i)
+        per.append((time.process_time() - t0) / n * 1e6)
+    return {"best_us": round(min(per), 1), "median_us": round(statistics.median(per), 1)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--connections", type=int, default=5000, help="per run")
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    reply = sc_reply()
+    out = {"per_connection_cpu": {}}
+    for _ in range(2):  # interleaved: a change of load hits both
+        for name, fn in (("general", general), ("fm", fm)):
+            out["per_connection_cpu"].setdefault(name, []).append(
+                measure(fn, reply, args.connections, args.runs)
+            )
+    best = {k: min(r["best_us"] for r in v) for k, v in out["per_connection_cpu"].items()}
+    out["best_us"] = best
+    out["fm_over_general"] = round(best["fm"] / best["general"], 2)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

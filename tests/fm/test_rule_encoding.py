@@ -1,0 +1,99 @@
+"""FM's per-connection encodings against the general ones they shortcut: SC's rules to table
+entries (`flow_table_entry` vs `table_entry`) and entries to serialized P4Runtime Updates
+(`ExactTableEncoder` vs `codec.update`, itself held to the P4Runtime spec by tests/pp)."""
+
+from __future__ import annotations
+
+import pytest
+from finsy.proto import p4r
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cyberstar.p4rt.codec import ExactTableEncoder, update, write_request_bytes
+from cyberstar.p4rt.messages import write_request
+from cyberstar.pipeline.entries import EntryError, TableEntry
+from cyberstar.pipeline.pp import PIPELINE
+from cyberstar.proto import sc_pb2
+from cyberstar.sc.flows import FlowKey
+from cyberstar.sc.rules import fill_rule, flow_table_entry, table_entry
+from cyberstar.sc.state import FlowRule
+
+TABLE = PIPELINE.table("flow_table")
+ACTIONS = [r.action for r in TABLE.actions if r.action != "punt_miss"]
+ENCODER = ExactTableEncoder(PIPELINE, "flow_table")
+
+
+def bits(width: int):
+    return st.integers(0, (1 << width) - 1)
+
+
+@st.composite
+def entries(draw) -> TableEntry:
+    match = {k.name: draw(bits(k.width)) for k in TABLE.key}
+    action = draw(st.sampled_from(ACTIONS))
+    params = {p.name: draw(bits(p.width)) for p in PIPELINE.action(action).params}
+    idle = draw(st.sampled_from([0, 1, 30_000_000_000, (1 << 63) - 1]))
+    metadata = draw(st.binary(max_size=200))
+    return TableEntry("flow_table", match, action, params, 0, False, idle, metadata)
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries(), st.sampled_from([p4r.Update.INSERT, p4r.Update.MODIFY, p4r.Update.DELETE]))
+def test_exact_encoder_equals_the_general_update(entry: TableEntry, kind: int) -> None:
+    assert p4r.Update.FromString(ENCODER.update(kind, entry)) == update(kind, PIPELINE, entry)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(entries(), max_size=5), st.integers(0, (1 << 128) - 1), st.integers(0, 1 << 40))
+def test_write_request_bytes_equal_the_message(batch, election_id: int, device_id: int) -> None:
+    raw = write_request_bytes(device_id, election_id, [ENCODER.update(1, e) for e in batch])
+    expected = write_request(device_id, election_id, [update(1, PIPELINE, e) for e in batch])
+    assert p4r.WriteRequest.FromString(raw) == expected
+
+
+def test_the_encoder_refuses_a_table_with_non_exact_keys() -> None:
+    with pytest.raises(ValueError, match="non-exact"):
+        ExactTableEncoder(PIPELINE, "acl")
+
+
+def _rule(action: str, params: tuple[int, ...]) -> sc_pb2.Rule:
+    msg = sc_pb2.Rule()
+    key = FlowKey(6, 0x0A010002, 0x0A020002, 40000, 80)
+    fill_rule(msg, 7, FlowRule(key, action, params), 30_000_000_000)
+    return msg
+
+
+@settings(max_examples=200, deadline=None)
+@given(entries())
+def test_flow_table_entry_equals_table_entry(entry: TableEntry) -> None:
+    msg = sc_pb2.Rule()
+    key = FlowKey(*(entry.match[n] for n in ("protocol", "src_addr", "dst_addr", "src_port",
+                                              "dst_port")))  # fmt: skip
+    params = tuple(entry.params[p.name] for p in PIPELINE.action(entry.action).params)
+    fill_rule(msg, entry.match["tenant_id"], FlowRule(key, entry.action, params), 5)
+    general = table_entry(msg)
+    fast = flow_table_entry(msg, b"cookie")
+    assert fast == TableEntry(general.table, general.match, general.action, general.params,
+                              general.priority, general.is_default, 5, b"cookie")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda r: setattr(r.match[1], "value", 1 << 32),  # src_addr beyond 32 bits
+        lambda r: r.params.__setitem__("src_port", 1 << 16),  # a parameter beyond its width
+        lambda r: r.params.__setitem__("bogus", 1),  # a parameter the action has not
+        lambda r: r.params.pop("nexthop_id"),  # a missing parameter
+        lambda r: setattr(r, "action", "punt_miss"),  # a default-only action
+        lambda r: setattr(r, "action", "no_such_action"),
+        lambda r: setattr(r.match[0], "name", "vni"),  # a field the table has not
+        lambda r: setattr(r, "table", "next_hop"),
+    ],
+)
+def test_flow_table_entry_refuses_what_table_entry_refuses(mutate) -> None:
+    msg = _rule("snat", (0xCB007109, 50000, 2))
+    mutate(msg)
+    with pytest.raises(EntryError):
+        table_entry(msg)
+    with pytest.raises(EntryError):
+        flow_table_entry(msg, b"")
