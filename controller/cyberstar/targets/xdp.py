@@ -34,7 +34,6 @@ class XdpTarget:
         self.prog.open_punts(self._punted.append)
         self._ports: set[int] = set()
         self._ingress: int | None = None
-        self._drops = [packets for packets, _ in self.prog.counter("drop_reasons")]
 
     def install(self, entries: list[TableEntry]) -> None:
         self.prog.install(entries)
@@ -59,6 +58,7 @@ class XdpTarget:
             self.prog.set_ingress_port(LOOPBACK_IFINDEX, ingress_port)
             self._ingress = ingress_port
         before = {p: self.prog.counter_cell("port_tx", p)[0] for p in self._ports}
+        drops_before = self._drops()
         result = self.prog.run(frame)
         if result.action == "XDP_REDIRECT":
             moved = [p for p in self._ports if self.prog.counter_cell("port_tx", p)[0] > before[p]]
@@ -69,14 +69,16 @@ class XdpTarget:
         if self._punted:
             punted = self._punted.pop(0)
             return Outcome("punt", None, punted.frame)
-        return Outcome("drop", drop_reason=self._last_drop_reason())
+        moved = [
+            i for i, (a, b) in enumerate(zip(self._drops(), drops_before, strict=True)) if a > b
+        ]
+        return Outcome(
+            "drop", drop_reason=PIPELINE.drop_reasons[moved[0]] if len(moved) == 1 else None
+        )
 
-    def _last_drop_reason(self) -> str | None:
-        """The reason whose counter moved since the last drop (only drops move them)."""
-        now = [packets for packets, _ in self.prog.counter("drop_reasons")]
-        moved = [i for i, (a, b) in enumerate(zip(now, self._drops, strict=True)) if a > b]
-        self._drops = now
-        return PIPELINE.drop_reasons[moved[0]] if len(moved) == 1 else None
+    def _drops(self) -> list[int]:
+        """Packets counted per drop reason: the one that moves during a run is its reason."""
+        return [packets for packets, _ in self.prog.counter("drop_reasons")]
 
     def close(self) -> None:
         self.prog.close()
