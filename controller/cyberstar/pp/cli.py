@@ -31,7 +31,8 @@ def arguments(serve: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="flow-table entries the node holds (its kernel map's size; default: the "
-        "pipeline's 1048576). About 200 bytes of kernel memory and 60 of the agent's each",
+        "pipeline's 1048576). About 170 bytes of kernel memory and 90 of the agent's "
+        "each (bench/scale.py at 1M entries)",
     )
     serve.add_argument(
         "--flow-quota",
