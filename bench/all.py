@@ -30,6 +30,7 @@ QUICK = {
     "fm_encoding": ["--connections", "1000", "--runs", "3"],
     "sc_scale": ["--mappings", "20000", "--seconds", "1", "--window", "1"],
     "placement": ["--seeds", "0", "--ilp-time-limit", "10", "--no-dynamic"],
+    "scale": ["--sizes", "10000,100000", "--fm-at", "100000", "--probe-idle-s", "2"],
 }
 
 

@@ -480,6 +480,7 @@ struct flow_table_value_head {
     __u64 packets;
     __u64 bytes;
     __u64 last_hit_ns;
+    __u64 idle_timeout_ns;
     __u64 acl_cache;
 };
 struct forward_params {
@@ -512,7 +513,10 @@ struct flow_table_value {
         struct nat_params nat;
     } p;
 };
-BPF_F_TABLE("hash", struct flow_table_key, struct flow_table_value, flow_table, 1048576, BPF_F_NO_PREALLOC);
+#ifndef FLOW_TABLE_SIZE  // the loader may size the map (pp serve)
+#define FLOW_TABLE_SIZE 1048576
+#endif
+BPF_F_TABLE("hash", struct flow_table_key, struct flow_table_value, flow_table, FLOW_TABLE_SIZE, BPF_F_NO_PREALLOC);
 BPF_ARRAY(flow_table_default, struct flow_table_value, 1);
 
 struct next_hop_key {
@@ -670,17 +674,17 @@ _Static_assert(offsetof(struct acl_match, src_port) == 10, "acl_match.src_port")
 _Static_assert(offsetof(struct acl_match, dst_port) == 12, "acl_match.dst_port");
 _Static_assert(offsetof(struct acl_match, protocol) == 14, "acl_match.protocol");
 _Static_assert(sizeof(struct flow_table_key) == 16, "flow_table_key size");
-_Static_assert(sizeof(struct flow_table_value) == 56, "flow_table_value size");
+_Static_assert(sizeof(struct flow_table_value) == 64, "flow_table_value size");
 _Static_assert(offsetof(struct flow_table_key, src_addr) == 0, "flow_table_key.src_addr");
 _Static_assert(offsetof(struct flow_table_key, dst_addr) == 4, "flow_table_key.dst_addr");
 _Static_assert(offsetof(struct flow_table_key, tenant_id) == 8, "flow_table_key.tenant_id");
 _Static_assert(offsetof(struct flow_table_key, src_port) == 10, "flow_table_key.src_port");
 _Static_assert(offsetof(struct flow_table_key, dst_port) == 12, "flow_table_key.dst_port");
 _Static_assert(offsetof(struct flow_table_key, protocol) == 14, "flow_table_key.protocol");
-_Static_assert(offsetof(struct flow_table_value, p.forward) == 40, "flow_table_value.p");
-_Static_assert(offsetof(struct flow_table_value, p.snat) == 40, "flow_table_value.p");
-_Static_assert(offsetof(struct flow_table_value, p.dnat) == 40, "flow_table_value.p");
-_Static_assert(offsetof(struct flow_table_value, p.nat) == 40, "flow_table_value.p");
+_Static_assert(offsetof(struct flow_table_value, p.forward) == 48, "flow_table_value.p");
+_Static_assert(offsetof(struct flow_table_value, p.snat) == 48, "flow_table_value.p");
+_Static_assert(offsetof(struct flow_table_value, p.dnat) == 48, "flow_table_value.p");
+_Static_assert(offsetof(struct flow_table_value, p.nat) == 48, "flow_table_value.p");
 _Static_assert(sizeof(struct next_hop_key) == 4, "next_hop_key size");
 _Static_assert(sizeof(struct next_hop_value) == 48, "next_hop_value size");
 _Static_assert(offsetof(struct next_hop_key, index) == 0, "next_hop_key.index");

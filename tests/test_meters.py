@@ -159,7 +159,8 @@ def test_meter_entries_over_p4runtime_configure_the_cells(xdp_target) -> None:
 
     def read_cell() -> p4r.Entity:
         request = p4r.MeterEntry(meter_id=meter.id, index=p4r.Index(index=TENANT))
-        (entity,) = [e for chunk in device.read(p4r.Entity(meter_entry=request)) for e in chunk]
+        chunks = device.read(p4r.Entity(meter_entry=request))  # serialized ReadResponses
+        (entity,) = [e for c in chunks for e in p4r.ReadResponse.FromString(c).entities]
         return entity
 
     assert read_cell().meter_entry.config == cfg

@@ -243,3 +243,47 @@ def test_offload_records_exactly_the_rules_the_dpu_took(room: int) -> None:
     assert offloader.stats["offloads"] == (1 if room == 2 else 0)
     assert offloader.stats["offloaded_rules"] == room
     assert offloader.stats["offload_write_errors"] == (0 if room == 2 else 1)
+
+
+def test_cache_rebuilt_rule_by_rule_from_pp_tables() -> None:
+    """A new leader reads the PP nodes' flow tables in whatever order they come (hash order,
+    node by node) and gets back the connections, each rule's nodes included."""
+    import random
+
+    from cyberstar.fm.cache import CacheBuilder
+    from cyberstar.p4rt.codec import table_entry_to_proto
+    from cyberstar.p4rt.decode import PipelineDecoder
+
+    conns = []
+    for c in range(200):
+        fwd = flow(20000 + c, "snat", {"src_addr": "203.0.113.9", "src_port": 30000 + c,
+                                       "nexthop_id": 2})  # fmt: skip
+        back = flow(40000 + c, "dnat", {"dst_addr": "10.1.0.2", "dst_port": 20000 + c,
+                                        "nexthop_id": 1}, src="10.2.0.9")  # fmt: skip
+        conns.append(Connection(c, c % 7, [fwd, back]))
+    # node 0 holds every rule, node 2 the forward rules of even connections
+    held = [(conn, r, 0) for conn in conns for r in conn.rules]
+    held += [(conn, conn.rules[0], 2) for conn in conns if conn.conn_id % 2 == 0]
+    random.Random(5).shuffle(held)
+    cache = RuleCache(PIPELINE)
+    decoder = PipelineDecoder(PIPELINE).table(PIPELINE.table("flow_table").id)
+    builder = CacheBuilder(cache, decoder)
+    for conn, rule, node in held:
+        te = table_entry_to_proto(PIPELINE, rule.entry)
+        te.metadata = connection_cookie(conn.conn_id, conn.slot)
+        builder.add(te, node)
+    foreign = table_entry_to_proto(PIPELINE, conns[0].rules[0].entry)  # no cookie: not FM's
+    builder.add(foreign, 0)
+    assert builder.finish() == 200 and builder.rules == 500 and builder.skipped == 1
+    assert cache.connections == 200 and len(cache) == 400
+    for conn in conns:
+        for rule in conn.rules:
+            got = cache.get(rule.key)
+            assert got is not None and (got.conn_id, got.slot) == (conn.conn_id, conn.slot)
+            assert [r.key for r in sorted(got.rules, key=lambda r: r.key)] == sorted(
+                r.key for r in conn.rules)  # fmt: skip
+            by_key = {r.key: r for r in got.rules}
+            on_node_2 = rule is conn.rules[0] and conn.conn_id % 2 == 0
+            assert by_key[rule.key].installed == 0b001 | (0b100 if on_node_2 else 0)
+            assert by_key[rule.key].entry.params == rule.entry.params
+            assert by_key[rule.key].entry.idle_timeout_ns == rule.entry.idle_timeout_ns

@@ -34,7 +34,8 @@ def acl_ports(device) -> list[int]:
     """The acl entries the agent reads back, by destination port."""
     out = []
     for chunk in device.read(p4r.Entity(table_entry=p4r.TableEntry(table_id=ACL.id))):
-        out += [int.from_bytes(e.table_entry.match[0].ternary.value, "big") for e in chunk]
+        entities = p4r.ReadResponse.FromString(chunk).entities
+        out += [int.from_bytes(e.table_entry.match[0].ternary.value, "big") for e in entities]
     return out
 
 

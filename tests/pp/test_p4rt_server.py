@@ -4,6 +4,7 @@ writes and reads with the specification's status codes, counters, arbitration.""
 from __future__ import annotations
 
 import socket
+import time
 
 import grpc
 import pytest
@@ -15,7 +16,6 @@ from cyberstar.lab.wait import wait_until
 from cyberstar.p4rt.arbitration import election_int
 from cyberstar.p4rt.client import P4RuntimeClient, P4RuntimeError
 from cyberstar.p4rt.codec import update
-from cyberstar.p4rt.messages import arbitration_request
 from cyberstar.pipeline.entries import build_entry
 from cyberstar.pipeline.pp import PIPELINE
 
@@ -409,8 +409,7 @@ def test_primary_backup_and_failover(pp_node) -> None:
     note = backup.arbitrations.get(timeout=10)
     assert note.status.code == rpc_code.NOT_FOUND
     assert election_int(note.election_id) == 10  # the highest id the server has seen
-    backup.election_id = 11
-    backup._requests.put(arbitration_request(1, 11))
+    backup.arbitrate(11)
     assert backup.arbitrations.get(timeout=10).status.code == rpc_code.OK
     backup.write([update(INSERT, PIPELINE, flow_entry())])
 
@@ -431,7 +430,7 @@ def test_duplicate_election_id_is_invalid_argument(pp_node) -> None:
     assert stream_end(dup) == grpc.StatusCode.INVALID_ARGUMENT
     # a live controller may not move to an id another one holds either
     other = pp_node.client(election_id=4)
-    other._requests.put(arbitration_request(1, 10))
+    other.arbitrate(10)
     assert stream_end(other) == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -447,10 +446,9 @@ def test_rogue_election_id_is_remembered_and_can_be_reached(pp_node) -> None:
     pp_node.clients.remove(rogue)
     note = fm.arbitrations.get(timeout=10)
     assert (note.status.code, election_int(note.election_id)) == (rpc_code.NOT_FOUND, 1 << 100)
-    fm._requests.put(arbitration_request(1, (1 << 32) + 8))  # higher than before, not enough
+    fm.arbitrate((1 << 32) + 8)  # higher than before, not enough
     assert fm.arbitrations.get(timeout=10).status.code == rpc_code.NOT_FOUND
-    fm.election_id = 1 << 100
-    fm._requests.put(arbitration_request(1, fm.election_id))
+    fm.arbitrate(1 << 100)
     assert fm.arbitrations.get(timeout=10).status.code == rpc_code.OK
     fm.set_pipeline(build_p4info(PIPELINE), b"")
     fm.write([update(INSERT, PIPELINE, flow_entry())])
@@ -584,3 +582,31 @@ def test_updates_of_one_key_in_a_batch_each_get_a_result(primary) -> None:
     assert [(i, code) for i, code, _ in err.errors] == [
         (0, "NOT_FOUND"), (2, "ALREADY_EXISTS"), (6, "ALREADY_EXISTS")]  # fmt: skip
     assert _flow_ports(c) == {1: 50001, 3: 50004, 4: 50005}
+
+
+def test_idle_timeout_notifies_resets_the_timer_and_keeps_the_entry(primary) -> None:
+    """§16.1: an entry idle for its timeout is notified (key, metadata and timeout set), its
+    timer is reset (another notification one timeout later) and the entry is unchanged."""
+    c = primary
+    while not c.idle_notifications.empty():
+        c.idle_notifications.get_nowait()
+    idle = update(INSERT, PIPELINE, flow_entry(sport=7))
+    idle.entity.table_entry.idle_timeout_ns = 300_000_000
+    idle.entity.table_entry.metadata = b"cookie"
+    busy = update(INSERT, PIPELINE, flow_entry(sport=8))  # no timeout: never notified
+    c.write([idle, busy])
+    written = idle.entity.table_entry
+    times = []
+    t0 = time.monotonic()
+    for _ in range(2):
+        note = c.idle_notifications.get(timeout=10)
+        times.append(time.monotonic() - t0)
+        (te,) = note.table_entry
+        assert (te.table_id, list(te.match)) == (written.table_id, list(written.match))
+        assert (te.metadata, te.idle_timeout_ns) == (b"cookie", 300_000_000)
+    assert times[0] >= 0.25 and times[1] - times[0] >= 0.25  # a coarse clock: a few ms early
+    read = c.read([p4r.Entity(table_entry=p4r.TableEntry(table_id=FLOW.id))])
+    by_port = {int.from_bytes(e.table_entry.match[4].exact.value, "big"): e.table_entry
+               for e in read}  # fmt: skip
+    assert by_port[7] == written  # action, params, timeout and metadata as written
+    assert by_port[8] == busy.entity.table_entry

@@ -49,6 +49,11 @@ _C_TYPE = {1: "__u8", 2: "__u16", 4: "__u32", 8: "__u64"}
 REWRITE_BITS = {t: 1 << i for i, t in enumerate(REWRITE_TARGETS)}
 
 
+def size_macro(table: str) -> str:
+    """The C macro holding a hash table's map size; `-D<macro>=N` sizes it at load time."""
+    return f"{table.upper()}_SIZE"
+
+
 def generate_xdp(p: Pipeline) -> str:
     parts = [
         _PROLOGUE,
@@ -290,6 +295,13 @@ def _table_maps(lay: TableLayout) -> str:
         f'BPF_F_TABLE("hash", struct {t.name}_key, struct {t.name}_value, {t.name}, '
         f"{t.size}, BPF_F_NO_PREALLOC);"
     )
+    if lay.kind is TableKind.HASH:
+        return (
+            f"#ifndef {size_macro(t.name)}  // the loader may size the map (pp serve)\n"
+            f"#define {size_macro(t.name)} {t.size}\n#endif\n"
+            f'BPF_F_TABLE("hash", struct {t.name}_key, struct {t.name}_value, {t.name}, '
+            f"{size_macro(t.name)}, BPF_F_NO_PREALLOC);"
+        )
     if lay.kind is TableKind.LPM:
         cached = "\n".join(
             [
@@ -309,7 +321,7 @@ def _table_maps(lay: TableLayout) -> str:
             "// The results for recent packet keys, valid while the epoch is unchanged.\n"
             f"{cached}"
         )
-    return decl
+    raise AssertionError(f"table {t.name}: no maps for kind {lay.kind}")
 
 
 def _layout_asserts(lay: TableLayout) -> list[str]:

@@ -226,9 +226,9 @@ def table_layout(pipeline: Pipeline, table_name: str) -> TableLayout:
     if t.direct_counter:
         head_fields += [("packets", 8), ("bytes", 8)]
         map_fields += [("packets", 8), ("bytes", 8)] if kind is TableKind.HASH else [("counter", 4)]
-    if t.idle_timeout:
-        head_fields.append(("last_hit_ns", 8))
-        map_fields.append(("last_hit_ns", 8))
+    if t.idle_timeout:  # the timeout is the agent's, kept here so that it keeps no copy
+        head_fields += [("last_hit_ns", 8), ("idle_timeout_ns", 8)]
+        map_fields += [("last_hit_ns", 8), ("idle_timeout_ns", 8)]
     caches = cached_table(pipeline, t) if kind is TableKind.HASH else None
     if caches:  # the same in both: entry values of flow tables are written as they are
         head_fields.append((f"{caches}_cache", 8))

@@ -18,6 +18,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from finsy.proto import p4r
+
 from cyberstar.pipeline.entries import TableEntry
 from cyberstar.pipeline.model import Pipeline
 
@@ -63,6 +65,7 @@ class RuleCodec:
         table = pipeline.table(FLOW_TABLE)
         self.actions = [pipeline.action(r.action) for r in table.actions]
         self.index = {a.name: i for i, a in enumerate(self.actions)}
+        self.by_id = {a.id: i for i, a in enumerate(self.actions)}
         self.params = [
             struct.Struct(">" + "".join(_code(p.width) for p in a.params)) for a in self.actions
         ]
@@ -77,6 +80,61 @@ class RuleCodec:
                 self.params[i].pack(*(r.entry.params[p.name] for p in self.actions[i].params))
             )
         return b"".join(out)
+
+    def rule_bytes(self, te: p4r.TableEntry, installed: int, decoder) -> tuple[bytes, bytes]:
+        """A flow_table entry read from a PP node, as (key, packed rule), read straight from
+        the message when it has the usual shape, else through `decoder`."""
+        values = [0] * 6
+        seen = 0
+        for fm in te.match:
+            fid = fm.field_id - 1
+            data = fm.exact.value
+            if not 0 <= fid < 6 or not data or seen >> fid & 1:
+                return self._rule_bytes_checked(te, installed, decoder)
+            seen |= 1 << fid
+            values[fid] = int.from_bytes(data, "big")
+        action = te.action.action
+        i = self.by_id.get(action.action_id)
+        if seen != 0x3F or i is None:
+            return self._rule_bytes_checked(te, installed, decoder)
+        params = [int.from_bytes(p.value, "big") for p in action.params]
+        if len(params) != len(self.actions[i].params):
+            return self._rule_bytes_checked(te, installed, decoder)
+        tenant, src, dst, proto, sport, dport = values
+        key = KEY.pack(tenant, src, dst, proto, sport, dport)
+        idle_ms = te.idle_timeout_ns // 1_000_000
+        return key, _RULE.pack(key, installed, idle_ms, i) + self.params[i].pack(*params)
+
+    def _rule_bytes_checked(self, te: p4r.TableEntry, installed: int, decoder
+                            ) -> tuple[bytes, bytes]:  # fmt: skip
+        entry = decoder.decode(te, kind=p4r.Update.INSERT)
+        i = self.index[entry.action]
+        key = entry_key(entry)
+        params = self.params[i].pack(*(entry.params[p.name] for p in self.actions[i].params))
+        return key, _RULE.pack(key, installed, entry.idle_timeout_ns // 1_000_000, i) + params
+
+    def record_keys(self, record: bytes) -> list[bytes]:
+        _, _, n = _HEAD.unpack_from(record)
+        off, keys = _HEAD.size, []
+        for _ in range(n):
+            key, _, _, i = _RULE.unpack_from(record, off)
+            keys.append(key)
+            off += _RULE.size + self.params[i].size
+        return keys
+
+    def with_rule(self, record: bytes, key: bytes, rule: bytes) -> bytes:
+        """`record` with `rule` added, or, if it has a rule of that key already (the same rule
+        on another PP node), with that rule's installed bits added."""
+        conn_id, slot, n = _HEAD.unpack_from(record)
+        off = _HEAD.size
+        for _ in range(n):
+            k, installed, idle_ms, i = _RULE.unpack_from(record, off)
+            if k == key:
+                more = _RULE.unpack_from(rule)[1]
+                merged = _RULE.pack(k, installed | more, idle_ms, i)
+                return record[:off] + merged + record[off + _RULE.size :]
+            off += _RULE.size + self.params[i].size
+        return _HEAD.pack(conn_id, slot, n + 1) + record[_HEAD.size :] + rule
 
     def unpack(self, record: bytes) -> Connection:
         conn_id, slot, n = _HEAD.unpack_from(record)
@@ -99,6 +157,42 @@ class RuleCodec:
             )  # fmt: skip
             rules.append(CachedRule(key, installed, entry))
         return Connection(conn_id, slot, rules)
+
+
+class CacheBuilder:
+    """Fills a cache from the rules PP nodes hold (a new leader's rebuild), one rule at a time
+    as reads stream in, without building objects per rule: each rule's packed bytes go into
+    its connection's record, found by connection id while the rebuild lasts."""
+
+    def __init__(self, cache: RuleCache, decoder) -> None:
+        self.cache = cache
+        self.codec = cache.codec
+        self.decoder = decoder  # the flow table's TableDecoder, for rules off the short path
+        self._first_key: dict[int, bytes] = {}  # connection id → a key of its record
+        self.rules = 0
+        self.skipped = 0  # entries FM did not write (no cookie of ours)
+
+    def add(self, te: p4r.TableEntry, pp_index: int) -> None:
+        cookie = parse_cookie(te.metadata)
+        if cookie is None:
+            self.skipped += 1
+            return
+        conn_id, slot = cookie
+        key, rule = self.codec.rule_bytes(te, 1 << pp_index, self.decoder)
+        first = self._first_key.get(conn_id)
+        self.rules += 1
+        if first is None:
+            self.cache.store([key], _HEAD.pack(conn_id, slot, 1) + rule)
+            self._first_key[conn_id] = key
+            self.cache.connections += 1
+            return
+        record = self.codec.with_rule(self.cache.record(first), key, rule)
+        self.cache.store(self.codec.record_keys(record), record)
+
+    def finish(self) -> int:
+        """The connections rebuilt; the builder's index is dropped."""
+        self._first_key.clear()
+        return self.cache.connections
 
 
 def _code(width: int) -> str:
@@ -145,6 +239,14 @@ class RuleCache:
         for key in conn.rule_keys():
             self._records[key] = record
         self.connections += fresh
+
+    def record(self, key: bytes) -> bytes:
+        return self._records[key]
+
+    def store(self, keys: list[bytes], record: bytes) -> None:
+        """A packed connection record under each of its rule keys (the rebuild's way in)."""
+        for key in keys:
+            self._records[key] = record
 
     def remove(self, conn: Connection) -> None:
         present = False

@@ -20,14 +20,14 @@ import json
 import logging
 import math
 import signal
+import time
 import zlib
 from collections import defaultdict
 
 import aetcd
-from finsy.proto import p4r
 
 from cyberstar.errors import RuntimeFailure
-from cyberstar.fm.cache import CachedRule, Connection, RuleCache, entry_key, parse_cookie
+from cyberstar.fm.cache import CacheBuilder, RuleCache
 from cyberstar.fm.config import FabricConfig, FmConfig
 from cyberstar.fm.offload import Offloader
 from cyberstar.fm.sessions import PpSession
@@ -42,6 +42,7 @@ from cyberstar.sc.routing import ScRouter, ShardMap
 from cyberstar.tls import server_ssl, warn_plaintext
 
 log = logging.getLogger(__name__)
+REBUILD_LOG_EVERY = 1_000_000  # rules read between two progress lines of a cache rebuild
 
 
 def fabric_entries(fabric: FabricConfig, node_id: str) -> list[TableEntry]:
@@ -110,6 +111,7 @@ class FabricMaster:
         self.leader = False
         self.election_id = self.standby_id
         self.stats: dict[str, int] = defaultdict(int)
+        self.rebuild_stats: dict[str, float] = {}  # rules read per PP node, and seconds
         self.etcd: aetcd.Client | None = None
         self._lease = None
         self._keeper: coord.LeaseKeeper | None = None
@@ -194,6 +196,7 @@ class FabricMaster:
             "offload": dict(self.offloader.stats) if self.offloader else {},
             "first_packet_us": self.slowpath.latency_percentiles(since),
             "timings_s": {k: round(v, 3) for k, v in self.slowpath.timings.items()},
+            "cache_rebuild": self.rebuild_stats,
         }  # fmt: skip
 
     def _status_route(self, request: Request) -> tuple[int, str, str]:
@@ -337,47 +340,44 @@ class FabricMaster:
         self.slowpath.enabled.set()
 
     async def _rebuild_cache(self) -> None:
-        """Rebuild the rule cache from what the PP nodes hold (a previous leader's rules)."""
+        """Rebuild the rule cache from what the PP nodes hold (a previous leader's rules), as
+        their flow tables stream in, logging progress every `REBUILD_LOG_EVERY` rules."""
         decoder = PipelineDecoder(PIPELINE).table(PIPELINE.table("flow_table").id)
-        conns: dict[int, Connection] = {}
+        builder = CacheBuilder(self.cache, decoder)
+        started = time.monotonic()
 
-        async def read(s: PpSession) -> list[p4r.TableEntry]:
+        async def read(s: PpSession) -> None:
             # A node that is down (a spare not booted yet, a crashed one) holds no rules.
             if not s.connected:
-                return []
+                return
             try:
                 await asyncio.wait_for(s.ready.wait(), 10)
-                return await s.read_flow_entries()
             except TimeoutError:
                 log.warning(
-                    "%s (%s): not connected within 10 s; its rules are not in the rebuilt cache "
-                    "(its flows punt again)",
-                    s.name,
-                    s.config.address,
-                )
+                    "%s (%s): not connected within 10 s; its rules are not in the rebuilt "
+                    "cache (its flows punt again)", s.name, s.config.address,
+                )  # fmt: skip
+                return
+            read = 0
+            try:
+                async for chunk in s.flow_entries():
+                    for te in chunk:
+                        builder.add(te, s.index)
+                    read += len(chunk)
+                    if read % REBUILD_LOG_EVERY < len(chunk):
+                        log.info("%s: %d rules read into the cache (%.0f s)", s.name, read,
+                                 time.monotonic() - started)  # fmt: skip
             except Exception as exc:
-                log.warning("%s: cannot read its rules to rebuild the cache: %s", s.name,
-                            coord.reason_of(exc))  # fmt: skip
-            return []
+                log.warning("%s: cannot read its rules to rebuild the cache (%d read): %s",
+                            s.name, read, coord.reason_of(exc))  # fmt: skip
+                return
+            self.rebuild_stats[s.name] = read
 
-        tables = await asyncio.gather(*(read(s) for s in self.sessions))
-        for s, entries in zip(self.sessions, tables, strict=True):
-            for te in entries:
-                cookie = parse_cookie(te.metadata)
-                if cookie is None:
-                    continue
-                conn_id, slot = cookie
-                entry = decoder.decode(te, kind=p4r.Update.INSERT)
-                key = entry_key(entry)
-                conn = conns.setdefault(conn_id, Connection(conn_id, slot, []))
-                rule = next((r for r in conn.rules if r.key == key), None)
-                if rule is None:
-                    conn.rules.append(CachedRule(key, 1 << s.index, entry))
-                else:
-                    rule.installed |= 1 << s.index
-        for conn in conns.values():
-            self.cache.put(conn)
-        log.info("rule cache rebuilt from the PP nodes: %d connections", len(conns))
+        await asyncio.gather(*(read(s) for s in self.sessions))
+        connections = builder.finish()
+        self.rebuild_stats["seconds"] = round(time.monotonic() - started, 3)
+        log.info("rule cache rebuilt from the PP nodes: %d connections, %d rules in %.1f s",
+                 connections, builder.rules, time.monotonic() - started)  # fmt: skip
 
     def metrics(self) -> list[Sample]:
         out: list[Sample] = [

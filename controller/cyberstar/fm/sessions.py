@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from finsy.proto import p4r, rpc_code
@@ -146,6 +146,7 @@ class PpSession:
             self._retake_pause = RETAKE_S[0]
             await self._program()
         if self.primary:
+            self.ready.set()  # programmed now or before (primary already, with a new id)
             return
         self.ready.set()
         if not self.leading:
@@ -235,6 +236,14 @@ class PpSession:
         if with_counters:
             req.counter_data.SetInParent()
         return [e.table_entry for e in await self.client.read([p4r.Entity(table_entry=req)])]
+
+    async def flow_entries(self) -> AsyncIterator[list[p4r.TableEntry]]:
+        """The node's flow table, a Read response at a time (each within the client's
+        per-response deadline, however large the table)."""
+        assert self.client is not None
+        req = p4r.TableEntry(table_id=PIPELINE.table("flow_table").id)
+        async for resp in self.client.read_stream([p4r.Entity(table_entry=req)]):
+            yield [e.table_entry for e in resp.entities]
 
     async def close(self) -> None:
         if self._task is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from finsy.proto import p4i, p4r, p4r_grpc
@@ -204,14 +204,32 @@ class AioP4RuntimeClient:
             raise decode_write_error(exc) from None
 
     async def read(self, entities: list[p4r.Entity]) -> list[p4r.Entity]:
-        req = p4r.ReadRequest(device_id=self.device_id, entities=entities)
         out: list[p4r.Entity] = []
+        async for resp in self.read_stream(entities):
+            out.extend(resp.entities)
+        return out
+
+    async def read_stream(self, entities: list[p4r.Entity]) -> AsyncIterator[p4r.ReadResponse]:
+        """A Read's responses as they come: the deadline is per response (`timeout` s each),
+        not for the whole Read, so a table of millions of entries can be read."""
+        req = p4r.ReadRequest(device_id=self.device_id, entities=entities)
+        call = self.stub.Read(req)
+        responses = aiter(call)
         try:
-            async for resp in self.stub.Read(req, timeout=self.timeout):
-                out.extend(resp.entities)
+            while True:
+                try:
+                    yield await asyncio.wait_for(anext(responses), self.timeout)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise P4RuntimeError(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"Read: no response from {self.address} within {self.timeout:.0f} s",
+                    ) from None
         except grpc.aio.AioRpcError as exc:
             raise rpc_error("Read", exc) from None
-        return out
+        finally:
+            call.cancel()
 
     async def close(self) -> None:
         await self._out.put(None)

@@ -102,6 +102,12 @@ class P4RuntimeClient:
                 grpc.StatusCode.DEADLINE_EXCEEDED, f"{self.address}: no arbitration answer"
             ) from None
 
+    def arbitrate(self, election_id: int) -> None:
+        """Send another MasterArbitrationUpdate on the open stream (the answer comes to
+        `arbitrations`)."""
+        self.election_id = election_id
+        self._requests.put(arbitration_request(self.device_id, election_id))
+
     def _read_stream(self) -> None:
         try:
             for msg in self._stream_call:
@@ -141,14 +147,42 @@ class P4RuntimeClient:
             raise decode_write_error(exc) from None
 
     def read(self, entities: list[p4r.Entity]) -> list[p4r.Entity]:
-        req = p4r.ReadRequest(device_id=self.device_id, entities=entities)
         out: list[p4r.Entity] = []
-        try:
-            for resp in self.stub.Read(req, timeout=self.timeout):
-                out.extend(resp.entities)
-        except grpc.RpcError as exc:
-            raise rpc_error("Read failed", exc) from None
+        for resp in self.read_stream(entities):
+            out.extend(resp.entities)
         return out
+
+    def read_stream(self, entities: list[p4r.Entity]) -> Iterator[p4r.ReadResponse]:
+        """A Read's responses as they come: the deadline is per response (`timeout` s each),
+        not for the whole Read, so a table of millions of entries can be read."""
+        req = p4r.ReadRequest(device_id=self.device_id, entities=entities)
+        call = self.stub.Read(req)
+        late = threading.Event()
+
+        def give_up() -> None:
+            late.set()
+            call.cancel()
+
+        try:
+            while True:
+                timer = threading.Timer(self.timeout, give_up)
+                timer.start()
+                try:
+                    resp = next(call)
+                except StopIteration:
+                    return
+                finally:
+                    timer.cancel()
+                yield resp
+        except grpc.RpcError as exc:
+            if late.is_set():
+                raise P4RuntimeError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"Read failed: no response from {self.address} within {self.timeout:.0f} s",
+                ) from None
+            raise rpc_error("Read failed", exc) from None
+        finally:
+            call.cancel()
 
     def read_counter(self, counter_id: int) -> dict[int, tuple[int, int]]:
         """index → (packets, bytes) for every cell of an indexed counter."""

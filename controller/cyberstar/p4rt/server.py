@@ -57,7 +57,7 @@ class Device(Protocol):
     def verify_config(self, config: p4r.ForwardingPipelineConfig) -> None: ...
     def commit(self, reconcile: bool) -> None: ...
     def write(self, updates: list[p4r.Update]) -> list[P4RuntimeError | None]: ...
-    def read(self, entity: p4r.Entity) -> Iterator[list[p4r.Entity]]: ...
+    def read(self, entity: p4r.Entity) -> Iterator[bytes]: ...  # serialized ReadResponses
     def packet_outs(self, packets: list[p4r.PacketOut]) -> list[P4RuntimeError | None]: ...
     def packet_in(self, punted: Punted) -> bytes: ...
 
@@ -118,6 +118,11 @@ class P4RuntimeServer:
         if isinstance(msg, PacketIns):
             self.stats["packet_in" if ok else "packet_in_dropped"] += len(msg)
         return ok
+
+    def notify(self, msg: bytes) -> bool:
+        """Send a serialized stream message other than a PacketIn (an idle-timeout
+        notification) to the primary (any thread)."""
+        return self.arbitration.send_to_primary(msg)
 
     @property
     def pipeline_set(self) -> bool:
@@ -237,12 +242,8 @@ class P4RuntimeServer:
             for entity in request.entities:
                 chunks = self.device.read(entity)
                 while (chunk := await self._on_device(next, chunks, None)) is not None:
-                    if not chunk:
-                        continue
                     try:
-                        await asyncio.wait_for(
-                            context.write(p4r.ReadResponse(entities=chunk)), SEND_TIMEOUT_S
-                        )
+                        await asyncio.wait_for(context.write(chunk), SEND_TIMEOUT_S)
                     except TimeoutError:
                         raise P4RuntimeError(
                             grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -308,6 +309,8 @@ class P4RuntimeServer:
     async def _on_stream_request(
         self, req: p4r.StreamMessageRequest, state: _StreamState, outbox: Outbox
     ) -> None:
+        if isinstance(req, Undecodable):
+            raise P4RuntimeError(grpc.StatusCode.INVALID_ARGUMENT, req.message)
         kind = req.WhichOneof("update")
         if kind == "arbitration":
             assert self._gate is not None
@@ -410,17 +413,47 @@ def _stream_error(
 
 
 def _serialize(msg: object) -> bytes:
-    """Stream responses may be pre-serialized bytes (PacketIns, built on the punt path)."""
+    """Responses may be pre-serialized bytes (PacketIns, idle-timeout notifications and Read
+    responses, built without message objects)."""
     return msg if isinstance(msg, bytes) else msg.SerializeToString()
+
+
+class Undecodable:
+    """A request whose bytes are not the message the method takes."""
+
+    def __init__(self, what: str, error: Exception) -> None:
+        self.message = f"the request is not a valid {what}: {error}"
+
+
+def _decoder(message_type):
+    """Parse a request; bytes that do not parse become an `Undecodable`, which the method
+    answers with INVALID_ARGUMENT (gRPC would answer UNKNOWN and log a traceback)."""
+
+    def decode(data: bytes):
+        try:
+            return message_type.FromString(data)
+        except Exception as exc:
+            return Undecodable(message_type.DESCRIPTOR.full_name, exc)
+
+    return decode
+
+
+def _refusing_undecodable(method):
+    async def handler(request, context):
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return await method(request, context)
+
+    return handler
 
 
 def _handlers(impl: P4RuntimeServer) -> grpc.GenericRpcHandler:
     """The P4Runtime service, as the generated code registers it, except that StreamChannel
-    responses go through `_serialize`."""
+    responses go through `_serialize` and requests that do not parse are INVALID_ARGUMENT."""
 
     def unary(method, request_type, response_type):
         return grpc.unary_unary_rpc_method_handler(
-            method, request_deserializer=request_type.FromString,
+            _refusing_undecodable(method), request_deserializer=_decoder(request_type),
             response_serializer=response_type.SerializeToString,
         )  # fmt: skip
 
@@ -429,8 +462,8 @@ def _handlers(impl: P4RuntimeServer) -> grpc.GenericRpcHandler:
         {
             "Write": unary(impl.Write, p4r.WriteRequest, p4r.WriteResponse),
             "Read": grpc.unary_stream_rpc_method_handler(
-                impl.Read, request_deserializer=p4r.ReadRequest.FromString,
-                response_serializer=p4r.ReadResponse.SerializeToString,
+                _refusing_undecodable(impl.Read), request_deserializer=_decoder(p4r.ReadRequest),
+                response_serializer=_serialize,
             ),
             "SetForwardingPipelineConfig": unary(
                 impl.SetForwardingPipelineConfig, p4r.SetForwardingPipelineConfigRequest,
@@ -441,7 +474,7 @@ def _handlers(impl: P4RuntimeServer) -> grpc.GenericRpcHandler:
                 p4r.GetForwardingPipelineConfigResponse,
             ),
             "StreamChannel": grpc.stream_stream_rpc_method_handler(
-                impl.StreamChannel, request_deserializer=p4r.StreamMessageRequest.FromString,
+                impl.StreamChannel, request_deserializer=_decoder(p4r.StreamMessageRequest),
                 response_serializer=_serialize,
             ),
             "Capabilities": unary(

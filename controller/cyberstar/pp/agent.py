@@ -15,6 +15,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from cyberstar.errors import RuntimeFailure, UsageError
 from cyberstar.metrics import Sample, serve_metrics
 from cyberstar.p4rt.server import P4RuntimeServer, PacketIns, serve
 from cyberstar.pipeline.pp import PIPELINE
-from cyberstar.pp.device import Port, XdpDevice
+from cyberstar.pp.device import FLOW_TABLE, Port, XdpDevice
 from cyberstar.pp.quota import FlowQuota, parse_quotas
 from cyberstar.pp.ratemanager import RateManager, RatePolicyFile
 from cyberstar.tls import TlsFiles, require_local, server_ssl
@@ -33,7 +34,9 @@ from cyberstar.xdp.program import XdpProgram
 
 log = logging.getLogger(__name__)
 ETH_P_ALL = 0x0003
-IDLE_SCAN_INTERVAL_S = 0.5  # when no entry has an idle timeout
+MAX_FLOW_TABLE = 1 << 28  # a BPF hash map's entries are u32; this is already ~50 GB
+IDLE_TICK_S = 0.1  # the idle scan walks a slice of the tables this often
+IDLE_MIN_SLICE = 8192  # entries, at least, per slice
 
 
 @dataclass(frozen=True)
@@ -73,10 +76,12 @@ class PpAgent:
         quota: FlowQuota | None = None,
         rate_policy: RatePolicyFile | None = None,
         tls: TlsFiles | None = None,
+        flow_table_size: int | None = None,
     ) -> None:
         self.ns = ns
         self.mode = mode
-        self.prog = XdpProgram()
+        sizes = {FLOW_TABLE: flow_table_size} if flow_table_size else {}
+        self.prog = XdpProgram(table_sizes=sizes)
         self.prog.install_defaults()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -152,14 +157,25 @@ class PpAgent:
                 self._punted = PacketIns()
 
     def _idle_loop(self) -> None:
-        while not self._stop.wait(self.device.idle_scan_interval() or IDLE_SCAN_INTERVAL_S):
-            if not self.server.pipeline_set or self.device.idle_scan_interval() is None:
+        """Walk the tables for idle entries a slice at a time, so that a full pass takes the
+        time `idle_pass_s` allows; the walk takes at most half a core (it waits as long as it
+        worked), so at millions of entries notifications may come late, never the node down."""
+        while not self._stop.wait(IDLE_TICK_S):
+            if not self.server.pipeline_set:
                 continue
+            pass_s = self.device.idle_pass_s()
+            if pass_s is None:
+                continue
+            budget = max(IDLE_MIN_SLICE, int(self.device.idle_entries() * IDLE_TICK_S / pass_s))
+            started = time.thread_time()
             try:
-                for msg in self.device.idle_scan():
-                    self.server.publish(msg)
+                for msg in self.device.idle_scan(budget):
+                    self.server.notify(msg)
             except Exception:
                 log.exception("idle-timeout scan failed")
+            spent = time.thread_time() - started
+            if spent > IDLE_TICK_S:
+                self._stop.wait(spent - IDLE_TICK_S)
 
     def _rate_loop(self, interval: float) -> None:
         assert self.rates is not None
@@ -190,6 +206,7 @@ class PpAgent:
             ("cyberstar_pp_packet_in_total", {}, self.server.stats["packet_in"]),
         ]  # fmt: skip
         samples += [(f"cyberstar_pp_{k}_total", {}, v) for k, v in self.device.stats.items()]
+        samples += [(f"cyberstar_pp_{k}_total", {}, v) for k, v in self.device.idle_stats().items()]
         if self.rates is not None:
             for t, s in self.rates.policy.tenants.items():
                 labels = {"tenant": str(t), "state": s.state.value}
@@ -283,8 +300,11 @@ def run_agent(
     tls: TlsFiles | None,
     flow_quota: list[str] | None = None,
     rate_policy: RatePolicyFile | None = None,
+    flow_table_size: int | None = None,
 ) -> int:
     ports = parse_ports(ifaces)
+    if flow_table_size is not None and not 1 <= flow_table_size <= MAX_FLOW_TABLE:
+        raise UsageError(f"--flow-table-size {flow_table_size}: expected 1..{MAX_FLOW_TABLE}")
     tenant_bits = PIPELINE.meta_field("tenant_id").width
     quota = parse_quotas(flow_quota or [], (1 << tenant_bits) - 1)
     if ns:
@@ -296,7 +316,9 @@ def run_agent(
     else:
         tls.read()  # unreadable files are bad input (exit 2), before any program is loaded
     try:
-        agent = PpAgent(ports, grpc_address, device_id, mode, ns, quota, rate_policy, tls)
+        agent = PpAgent(
+            ports, grpc_address, device_id, mode, ns, quota, rate_policy, tls, flow_table_size
+        )
     except OSError as exc:
         raise RuntimeFailure(str(exc)) from None
     try:

@@ -1,8 +1,9 @@
 """The XDP PP node as a P4Runtime device: table state, map writes, reads, packet I/O.
 
-The agent keeps the authoritative list of entries (for existence checks, reads and canonical
-read-back); the BPF maps hold what the data plane uses plus the direct counters and the
-last-hit times, which reads fetch from the kernel.
+The kernel maps are the tables. A table kept in a BPF hash map (the flow table: millions of
+entries) is served from its map alone (`pp/hash_table.py`): existence, reads and idle scans
+come from the kernel, and the agent keeps only each entry's controller metadata. Small tables
+of other kinds (LPM, ternary) keep their entries in the agent as well, for canonical read-back.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import logging
 import socket
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
@@ -23,30 +23,41 @@ from grpc import StatusCode
 
 from cyberstar.codegen.p4info import build_p4info, canonical_p4info
 from cyberstar.codegen.xdp_layout import table_layout
+from cyberstar.p4rt import wire
 from cyberstar.p4rt.codec import table_entry_to_proto
 from cyberstar.p4rt.decode import PipelineDecoder
 from cyberstar.p4rt.errors import P4RuntimeError
-from cyberstar.p4rt.wire import field, varint
 from cyberstar.pipeline.entries import TableEntry, match_identity
 from cyberstar.pipeline.frames import Punted
 from cyberstar.pipeline.meters import MeterConfig
 from cyberstar.pipeline.model import IndexedMeter, Pipeline
+from cyberstar.pp.hash_table import HashTable, HashUpdate
 from cyberstar.pp.quota import FlowQuota
 from cyberstar.pp.ratelimit import RatePolicy
 from cyberstar.pp.tenants import TENANT_CREDIT, TENANT_CREDIT_ID, credit_entities
 from cyberstar.xdp.maps import encode_key, encode_value
-from cyberstar.xdp.program import XdpProgram
+from cyberstar.xdp.program import XdpProgram, coarse_now_ns
 
 log = logging.getLogger(__name__)
-CLOCK_MONOTONIC_COARSE = 6  # the clock bpf_ktime_get_coarse_ns reads
 READ_CHUNK = 1000  # entities gathered under the lock at a time
 ETHERNET_HEADER = 14  # the shortest frame a PacketOut may carry
 INSERT, MODIFY, DELETE = p4r.Update.INSERT, p4r.Update.MODIFY, p4r.Update.DELETE
-FLOW_TABLE = "flow_table"  # the table per-tenant quotas apply to (keyed by tenant_id first)
+FLOW_TABLE = "flow_table"  # the table per-tenant quotas apply to (keyed by tenant_id)
 
 
-def coarse_now_ns() -> int:
-    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+@dataclass(slots=True)
+class Pending:
+    """One update of a small or ternary table, once validated."""
+
+    index: int
+    kind: int
+    entry: TableEntry
+    key: bytes
+    counters: tuple[int, int] | None  # counter_data given in the update
+
+    @property
+    def table(self) -> str:
+        return self.entry.table
 
 
 @dataclass
@@ -55,17 +66,6 @@ class Port:
     ifname: str
     ifindex: int
     sock: socket.socket | None = None
-
-
-@dataclass(slots=True)
-class _Pending:
-    """One update of a batch, once validated: what to write and where its result goes."""
-
-    index: int
-    kind: int
-    entry: TableEntry
-    key: bytes
-    counters: tuple[int, int] | None  # counter_data given in the update
 
 
 class XdpDevice:
@@ -83,7 +83,15 @@ class XdpDevice:
             (i, f.name) for i, f in enumerate(self.pipeline.packet_in.fields, start=1)
         ]
         self._lock = threading.RLock()
-        self._exact: dict[str, dict[bytes, TableEntry]] = {}
+        self._hash: dict[str, HashTable] = {}
+        self._hash_by_id: dict[int, HashTable] = {}
+        for t in self.pipeline.tables:
+            kmap = None if t.needs_priority or t.lpm_field else prog.hash_map(t.name)
+            if kmap is not None:
+                quota_of = self.quota if t.name == FLOW_TABLE else None
+                table = HashTable(self.pipeline, t, kmap, prog, quota_of)
+                self._hash[t.name] = self._hash_by_id[t.id] = table
+        self._entries: dict[str, dict[bytes, TableEntry]] = {}  # other exact tables (LPM)
         self._ternary: dict[str, dict[tuple, tuple[int, TableEntry]]] = {}
         self._defaults: dict[str, TableEntry] = {}
         self._seq = 0
@@ -121,13 +129,18 @@ class XdpDevice:
                 self.quota.clear()
 
     def _reset_state(self) -> None:
-        self._exact = {t.name: {} for t in self.pipeline.tables if not t.needs_priority}
+        for table in self._hash.values():
+            table.clear()
+        self._entries = {
+            t.name: {}
+            for t in self.pipeline.tables
+            if not t.needs_priority and t.name not in self._hash
+        }
         self._ternary = {t.name: {} for t in self.pipeline.tables if t.needs_priority}
         self._defaults = {
             t.name: TableEntry(t.name, {}, t.default_action, {}, is_default=True)
             for t in self.pipeline.tables
         }
-        self._idle_timeouts: Counter[int] = Counter()
         self._meter_configs: dict[str, dict[int, MeterConfig]] = {
             m.name: {} for m in self.pipeline.meters
         }
@@ -140,7 +153,7 @@ class XdpDevice:
         and a MODIFY of one key, say) first applies the group, so that each update sees the
         ones before it."""
         results: list[P4RuntimeError | None] = [None] * len(updates)
-        groups: dict[str, dict[object, _Pending]] = {}
+        groups: dict[str, dict[object, Pending | HashUpdate]] = {}
         with self._lock:
             for i, upd in enumerate(updates):
                 try:
@@ -154,9 +167,9 @@ class XdpDevice:
                     continue
                 if pending is None:
                     continue
-                table = pending.entry.table
+                table = pending.table
                 group = groups.setdefault(table, {})
-                ident = pending.key if table in self._exact else pending.entry.match_key()
+                ident = pending.key if table not in self._ternary else pending.entry.match_key()
                 if ident in group:
                     self._apply(table, group, results)
                 group[ident] = pending
@@ -165,20 +178,28 @@ class XdpDevice:
         return results
 
     def _apply(
-        self, table: str, group: dict[object, _Pending], results: list[P4RuntimeError | None]
+        self,
+        table: str,
+        group: dict[object, Pending | HashUpdate],
+        results: list[P4RuntimeError | None],
     ) -> None:
         batch = list(group.values())
         group.clear()
-        apply = self._apply_ternary if table in self._ternary else self._apply_exact
         try:
-            for index, err in apply(table, batch):
-                results[index] = err
+            if table in self._hash:
+                errors = self._hash[table].apply(batch, coarse_now_ns())
+            elif table in self._ternary:
+                errors = self._apply_ternary(table, batch)
+            else:
+                errors = self._apply_small(table, batch)
         except Exception as exc:  # a bug: these updates fail, the others go on
             log.exception("writing %d updates to %s", len(batch), table)
-            for p in batch:
-                results[p.index] = P4RuntimeError(StatusCode.INTERNAL, f"{table}: {exc}")
+            errors = [(p.index, P4RuntimeError(StatusCode.INTERNAL, f"{table}: {exc}"))
+                      for p in batch]  # fmt: skip
+        for index, err in errors:
+            results[index] = err
 
-    def _validate(self, index: int, upd: p4r.Update) -> _Pending | None:
+    def _validate(self, index: int, upd: p4r.Update) -> Pending | HashUpdate | None:
         entity = upd.entity
         which = entity.WhichOneof("entity")
         if which == "meter_entry":
@@ -193,6 +214,11 @@ class XdpDevice:
             raise P4RuntimeError(
                 StatusCode.INVALID_ARGUMENT, "update type must be INSERT, MODIFY or DELETE"
             )
+        hashed = self._hash_by_id.get(msg.table_id)
+        if hashed is not None:
+            update = hashed.prepare(index, upd.type, msg)  # the common case, straight
+            if update is not None:
+                return update
         dec = self.decoder.table(msg.table_id)
         t = dec.table
         entry = dec.decode(msg, kind=upd.type)
@@ -213,145 +239,47 @@ class XdpDevice:
             self.prog.write_default(entry)
             self._defaults[t.name] = entry
             return None
+        if hashed is not None:
+            return hashed.from_entry(index, upd.type, entry, counters)
         key = b"" if t.needs_priority else encode_key(self.pipeline, entry)
-        return _Pending(index, upd.type, entry, key, counters)
+        return Pending(index, upd.type, entry, key, counters)
 
-    def _apply_exact(self, table: str, batch: list[_Pending]) -> list[tuple[int, P4RuntimeError]]:
-        store = self._exact[table]
+    def _apply_small(self, table: str, batch: list[Pending]) -> list[tuple[int, P4RuntimeError]]:
+        """An exact table of another kind (an LPM trie): its entries are kept here too, for
+        existence checks and canonical reads; each is written to the kernel on its own."""
+        store = self._entries[table]
         size = self.pipeline.table(table).size
         errors: list[tuple[int, P4RuntimeError]] = []
-        upserts: list[tuple[_Pending, bytes]] = []
-        deletes: list[_Pending] = []
-        now = coarse_now_ns()
-        added: set[bytes] = set()
-        new_by_tenant: Counter[int] = Counter()
         for p in batch:
-            exists = p.key in store or p.key in added
-            if p.kind == INSERT:
-                if exists:
-                    errors.append(
-                        (
-                            p.index,
-                            P4RuntimeError(StatusCode.ALREADY_EXISTS, f"{table}: entry exists"),
-                        )
-                    )
-                    continue
-                if len(store) + len(added) >= size:
-                    errors.append(
-                        (
-                            p.index,
-                            P4RuntimeError(
-                                StatusCode.RESOURCE_EXHAUSTED, f"table {table} is full ({size})"
-                            ),
-                        )
-                    )
-                    continue
-                if table == FLOW_TABLE:
-                    tenant = p.entry.match["tenant_id"]
-                    if not self.quota.room(tenant, new_by_tenant[tenant]):
-                        errors.append((p.index, self._over_quota(tenant)))
-                        continue
-                    new_by_tenant[tenant] += 1
-                packets, nbytes = p.counters or (0, 0)
-                value = encode_value(self.pipeline, p.entry, packets, nbytes, now)
-                added.add(p.key)
-                upserts.append((p, value))
-            elif not exists:
+            old = store.get(p.key)
+            if p.kind == INSERT and old is not None:
                 errors.append(
-                    (p.index, P4RuntimeError(StatusCode.NOT_FOUND, f"{table}: no such entry"))
+                    (p.index, _error(StatusCode.ALREADY_EXISTS, f"{table}: entry exists"))
                 )
-            elif p.kind == MODIFY:
-                upserts.append((p, self._modified_value(table, p, store, now)))
+            elif p.kind == INSERT and len(store) >= size:
+                errors.append(
+                    (p.index, _error(StatusCode.RESOURCE_EXHAUSTED, f"table {table} is full"))
+                )
+            elif p.kind != INSERT and old is None:
+                errors.append((p.index, _error(StatusCode.NOT_FOUND, f"{table}: no such entry")))
+            elif p.kind == DELETE:
+                self.prog.delete_raw(table, p.key, 1)
+                del store[p.key]
             else:
-                deletes.append(p)
-        if upserts:
-            errors += self._write_upserts(table, upserts)
-        if deletes:
-            errors += self._write_deletes(table, deletes)
-        return errors
-
-    def _over_quota(self, tenant: int) -> P4RuntimeError:
-        return P4RuntimeError(
-            StatusCode.RESOURCE_EXHAUSTED,
-            f"{FLOW_TABLE}: tenant {tenant} holds its quota of {self.quota.limit(tenant)} "
-            "entries on this PP node (pp serve --flow-quota)",
-        )
-
-    def _modified_value(
-        self, table: str, p: _Pending, store: dict[bytes, TableEntry], now: int
-    ) -> bytes:
-        """MODIFY keeps the counters and idle state unless the update sets them; an unset
-        action keeps the action."""
-        old = store[p.key]
-        entry = p.entry
-        if not entry.action:
-            entry = replace(entry, action=old.action, params=old.params)
-        p.entry = entry
-        lay = table_layout(self.pipeline, table)
-        raw = self.prog.lookup_raw(table, p.key)
-        head = lay.value_head.unpack(raw) if raw else {}
-        packets, nbytes = p.counters or (head.get("packets", 0), head.get("bytes", 0))
-        return encode_value(self.pipeline, entry, packets, nbytes, head.get("last_hit_ns", now))
-
-    def _write_upserts(
-        self, table: str, upserts: list[tuple[_Pending, bytes]]
-    ) -> list[tuple[int, P4RuntimeError]]:
-        try:
-            self.prog.write_raw(
-                table, b"".join(p.key for p, _ in upserts), b"".join(v for _, v in upserts),
-                len(upserts),
-            )  # fmt: skip
-        except Exception:
-            return self._one_by_one(table, upserts)
-        store, idle = self._exact[table], self._idle_timeouts
-        for p, _ in upserts:
-            if p.kind == INSERT:  # known absent: no old entry to forget
-                store[p.key] = p.entry
-                if p.entry.idle_timeout_ns:
-                    idle[p.entry.idle_timeout_ns] += 1
-                if table == FLOW_TABLE:
-                    self.quota.add(p.entry.match["tenant_id"])
-            else:
-                self._store_put(table, p.key, p.entry)
-        return []
-
-    def _one_by_one(
-        self, table: str, upserts: list[tuple[_Pending, bytes]]
-    ) -> list[tuple[int, P4RuntimeError]]:
-        """A batch the kernel refused: retry each entry alone, so each gets its own result and
-        none is left half-applied."""
-        errors = []
-        for p, value in upserts:
-            try:
+                entry, packets, nbytes = p.entry, *(p.counters or (0, 0))
+                if old is not None:  # MODIFY keeps the counters, and the action when unset
+                    if not entry.action:
+                        entry = replace(entry, action=old.action, params=old.params)
+                    head = table_layout(self.pipeline, table).value_head.unpack(
+                        self.prog.lookup_raw(table, p.key) or bytes(64)
+                    )
+                    packets, nbytes = p.counters or (head.get("packets", 0), head.get("bytes", 0))
+                value = encode_value(self.pipeline, entry, packets, nbytes)
                 self.prog.write_raw(table, p.key, value, 1)
-            except Exception as exc:
-                errors.append(
-                    (p.index, P4RuntimeError(StatusCode.RESOURCE_EXHAUSTED, f"{table}: {exc}"))
-                )
-                continue
-            self._store_put(table, p.key, p.entry)
+                store[p.key] = entry
         return errors
 
-    def _write_deletes(
-        self, table: str, deletes: list[_Pending]
-    ) -> list[tuple[int, P4RuntimeError]]:
-        try:
-            self.prog.delete_raw(table, b"".join(p.key for p in deletes), len(deletes))
-        except Exception:
-            errors = []
-            for p in deletes:
-                try:
-                    self.prog.delete_raw(table, p.key, 1)
-                except Exception as exc:
-                    errors.append((p.index, P4RuntimeError(StatusCode.INTERNAL, f"{table}: {exc}")))
-                    continue
-                self._store_pop(table, p.key)
-            return errors
-        for p in deletes:
-            self._store_pop(table, p.key)
-        return []
-
-    def _apply_ternary(self, table: str, batch: list[_Pending]) -> list[tuple[int, P4RuntimeError]]:
+    def _apply_ternary(self, table: str, batch: list[Pending]) -> list[tuple[int, P4RuntimeError]]:
         """The batch applied to a copy of the table's entries, published, and only then kept:
         if publishing fails, the agent's view stays what the kernel has."""
         store = dict(self._ternary[table])
@@ -475,16 +403,16 @@ class XdpDevice:
 
     # ---- reads --------------------------------------------------------------------------------
 
-    def read(self, entity: p4r.Entity) -> Iterator[list[p4r.Entity]]:
-        """The entities `entity` asks for, in chunks of at most `READ_CHUNK`; the device lock is
-        held while a chunk is gathered, never while the caller sends it."""
+    def read(self, entity: p4r.Entity) -> Iterator[bytes]:
+        """Serialized ReadResponses of at most `READ_CHUNK` entities; the device lock is held
+        while a chunk is gathered, never while the caller sends it."""
         which = entity.WhichOneof("entity")
         if which == "table_entry":
             source = self._read_tables(entity.table_entry)
         elif which == "counter_entry":
-            source = self._read_counters(entity.counter_entry)
+            source = (e.SerializeToString() for e in self._read_counters(entity.counter_entry))
         elif which == "meter_entry":
-            source = self._read_meters(entity.meter_entry)
+            source = (e.SerializeToString() for e in self._read_meters(entity.meter_entry))
         elif which == "direct_counter_entry":
             source = self._read_direct_counters(entity.direct_counter_entry)
         elif which == "extern_entry":
@@ -496,9 +424,9 @@ class XdpDevice:
                 chunk = list(itertools.islice(source, READ_CHUNK))
             if not chunk:
                 return
-            yield chunk
+            yield wire.read_response(chunk)
 
-    def _read_externs(self, req: p4r.ExternEntry) -> Iterator[p4r.Entity]:
+    def _read_externs(self, req: p4r.ExternEntry) -> Iterator[bytes]:
         """The one extern this node serves: its rate policy's tenants (`pp/tenants.py`)."""
         if req.extern_type_id != TENANT_CREDIT:
             raise P4RuntimeError(
@@ -511,19 +439,18 @@ class XdpDevice:
                 StatusCode.NOT_FOUND, f"no tenant credit extern with id {req.extern_id:#x}"
             )
         if self.rate_policy is not None:
-            yield from credit_entities(self.rate_policy)
+            for e in credit_entities(self.rate_policy):
+                yield e.SerializeToString()
 
-    def _read_direct_counters(self, req: p4r.DirectCounterEntry) -> Iterator[p4r.Entity]:
-        for e in self._read_tables(req.table_entry, with_counters=True):
+    def _read_direct_counters(self, req: p4r.DirectCounterEntry) -> Iterator[bytes]:
+        for raw in self._read_tables(req.table_entry, with_counters=True):
+            te = p4r.Entity.FromString(raw).table_entry
             yield p4r.Entity(
-                direct_counter_entry=p4r.DirectCounterEntry(
-                    table_entry=e.table_entry, data=e.table_entry.counter_data
-                )
-            )
+                direct_counter_entry=p4r.DirectCounterEntry(table_entry=te, data=te.counter_data)
+            ).SerializeToString()
 
-    def _read_tables(
-        self, req: p4r.TableEntry, with_counters: bool = False
-    ) -> Iterator[p4r.Entity]:
+    def _read_tables(self, req: p4r.TableEntry, with_counters: bool = False) -> Iterator[bytes]:
+        """Serialized `Entity{table_entry}`s of the tables `req` names, as it filters them."""
         if req.table_id == 0:
             tables = self.pipeline.tables
         else:
@@ -536,9 +463,13 @@ class XdpDevice:
                     StatusCode.INVALID_ARGUMENT, f"table {t.name} has no direct counter"
                 )
             if req.is_default_action:
-                yield p4r.Entity(
-                    table_entry=table_entry_to_proto(self.pipeline, self._defaults[t.name])
-                )
+                entry = table_entry_to_proto(self.pipeline, self._defaults[t.name])
+                yield p4r.Entity(table_entry=entry).SerializeToString()
+                continue
+            counters = want_counters and t.direct_counter is not None
+            if t.name in self._hash:
+                key = self._request_key(t.name, req) if len(req.match) else None
+                yield from self._hash[t.name].read(req, key, counters, want_idle)
                 continue
             for entry, head in self._entries_with_state(t.name, req):
                 if req.action.action.action_id and (
@@ -548,14 +479,18 @@ class XdpDevice:
                 if req.priority and entry.priority != req.priority:
                     continue
                 msg = table_entry_to_proto(self.pipeline, entry)
-                if want_counters and t.direct_counter is not None:
+                if counters:
                     msg.counter_data.packet_count = head.get("packets", 0)
                     msg.counter_data.byte_count = head.get("bytes", 0)
                 if want_idle and t.idle_timeout:
                     msg.time_since_last_hit.elapsed_ns = max(
                         0, coarse_now_ns() - head.get("last_hit_ns", 0)
                     )
-                yield p4r.Entity(table_entry=msg)
+                yield p4r.Entity(table_entry=msg).SerializeToString()
+
+    def _request_key(self, table: str, req: p4r.TableEntry) -> bytes:
+        match = self.decoder.table(self.pipeline.table(table).id).decode_match(req)
+        return encode_key(self.pipeline, TableEntry(table, match, "", {}))
 
     def direct_counters(self, table: str) -> list[tuple[TableEntry, int, int]]:
         """Every entry of `table` with its direct counter: (entry, packets, bytes)."""
@@ -566,9 +501,8 @@ class XdpDevice:
     def _entries_with_state(
         self, table: str, req: p4r.TableEntry
     ) -> Iterator[tuple[TableEntry, dict[str, int]]]:
-        """The table's entries (one, if `req` names a match) with their map state: counters
-        and last hit. Exact tables are walked in the kernel map, chunk by chunk, so writes
-        between chunks are seen or not but never break the walk."""
+        """The entries of a table kept here (one, if `req` names a match) with their map
+        state: counters and last hit."""
         lay = table_layout(self.pipeline, table)
         dec = self.decoder.table(self.pipeline.table(table).id)
         if table in self._ternary:
@@ -586,21 +520,13 @@ class XdpDevice:
             for e in entries:
                 yield e, heads.get(e.match_key(), {})
             return
-        store = self._exact[table]
-        if len(req.match):
-            match = dec.decode_match(req)
-            key = encode_key(self.pipeline, TableEntry(table, match, "", {}))
+        store = self._entries[table]
+        keys = [self._request_key(table, req)] if len(req.match) else list(store)
+        for key in keys:
             entry = store.get(key)
-            if entry is None:
-                return
-            raw = self.prog.lookup_raw(table, key)
-            yield entry, lay.value_head.unpack(raw) if raw else {}
-            return
-        for chunk in self.prog.iter_raw(table, READ_CHUNK):
-            for key, raw in chunk:
-                entry = store.get(key)
-                if entry is not None:
-                    yield entry, lay.value_head.unpack(raw)
+            if entry is not None:
+                raw = self.prog.lookup_raw(table, key)
+                yield entry, lay.value_head.unpack(raw) if raw else {}
 
     def _read_counters(self, req: p4r.CounterEntry) -> Iterator[p4r.Entity]:
         counters = self.pipeline.counters
@@ -687,83 +613,52 @@ class XdpDevice:
         meta = punted.metadata
         frame = punted.frame
         encoded = self._metadata_bytes(tuple(meta.get(n, 0) for _, n in self._packet_in_fields))
-        return b"\x0a" + varint(len(frame)) + frame + encoded  # PacketIn.payload, .metadata
+        return wire.field(1, frame) + encoded  # PacketIn.payload, .metadata
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one device per process, few distinct values
     def _metadata_bytes(self, values: tuple[int, ...]) -> bytes:
         return b"".join(
-            field(2, b"\x08" + varint(i) + field(2, _canonical_int(v)))
+            wire.field(2, wire.tag(1, 0) + wire.varint(i) + wire.field(2, wire.canonical(v)))
             for (i, _), v in zip(self._packet_in_fields, values, strict=True)
         )
 
     # ---- idle timeouts ------------------------------------------------------------------------
 
-    def idle_scan(self) -> list[p4r.StreamMessageResponse]:
-        """Entries idle for at least their timeout: one notification per table, and their timers
-        reset (P4Runtime §16.1)."""
+    def idle_scan(self, budget: int) -> list[bytes]:
+        """Serialized IdleTimeoutNotifications (one per table) for entries idle for their
+        timeout, found in the next `budget` entries of each table's walk (§16.1)."""
         out = []
         now = coarse_now_ns()
-        with self._lock:
-            for t in self.pipeline.tables:
-                if not t.idle_timeout or t.name not in self._exact:
-                    continue
-                store = self._exact[t.name]
-                if not any(e.idle_timeout_ns for e in store.values()):
-                    continue
-                lay = table_layout(self.pipeline, t.name)
-                expired = []
-                for key, raw in self.prog.dump_raw(t.name, len(store)):
-                    entry = store.get(key)
-                    if entry is None or not entry.idle_timeout_ns:
-                        continue
-                    head = lay.value_head.unpack(raw)
-                    if now - head["last_hit_ns"] >= entry.idle_timeout_ns:
-                        expired.append((key, entry, raw))
-                if not expired:
-                    continue
-                note = p4r.IdleTimeoutNotification(timestamp=time.time_ns())
-                for key, entry, raw in expired:
-                    note.table_entry.append(table_entry_to_proto(self.pipeline, entry))
-                    self.prog.write_raw(t.name, key, _with_last_hit(lay, raw, now), 1)
+        for table in self._hash.values():
+            with self._lock:
+                expired = table.scan_idle(budget, now)
+            if expired:
                 self.stats["idle_notifications"] += len(expired)
-                out.append(p4r.StreamMessageResponse(idle_timeout_notification=note))
+                out.append(wire.idle_timeout_notification(expired, time.time_ns()))
         return out
 
-    def _store_put(self, table: str, key: bytes, entry: TableEntry) -> None:
-        self._store_pop(table, key)
-        self._exact[table][key] = entry
-        if entry.idle_timeout_ns:
-            self._idle_timeouts[entry.idle_timeout_ns] += 1
-        if table == FLOW_TABLE:
-            self.quota.add(entry.match["tenant_id"])
+    def idle_pass_s(self) -> float | None:
+        """How long a full pass over the tables may take so that notifications come on time:
+        a quarter of the shortest idle timeout (0.1 s to 30 s), or None when no entry has one."""
+        shortest = min((t.idle.shortest_ns for t in self._hash.values() if t.idle.shortest_ns),
+                       default=0)  # fmt: skip
+        return min(30.0, max(0.1, shortest / 4e9)) if shortest else None
 
-    def _store_pop(self, table: str, key: bytes) -> None:
-        old = self._exact[table].pop(key, None)
-        if old is None:
-            return
-        if old.idle_timeout_ns:
-            self._idle_timeouts[old.idle_timeout_ns] -= 1
-            if not self._idle_timeouts[old.idle_timeout_ns]:
-                del self._idle_timeouts[old.idle_timeout_ns]
-        if table == FLOW_TABLE:
-            self.quota.remove(old.match["tenant_id"])
+    def idle_stats(self) -> dict[str, int]:
+        """Entries the idle scans walked and full passes they made, since the start."""
+        tables = self._hash.values()
+        return {
+            "idle_scanned_entries": sum(t.idle.scanned for t in tables),
+            "idle_passes": sum(t.idle.passes for t in tables),
+        }
 
-    def idle_scan_interval(self) -> float | None:
-        """How often to scan for idle entries: a quarter of the shortest timeout (0.1 s to 2 s),
-        or None when no entry has one."""
-        if not self._idle_timeouts:
-            return None
-        return min(2.0, max(0.1, min(self._idle_timeouts) / 4e9))
+    def idle_entries(self) -> int:
+        """Entries an idle pass walks."""
+        return sum(t.count for t in self._hash.values() if t.idle.shortest_ns)
 
 
-def _with_last_hit(lay, raw: bytes, now: int) -> bytes:
-    head = lay.value_head.unpack(raw)
-    head["last_hit_ns"] = now
-    return lay.value_head.pack(head) + raw[lay.value_head.size :]
-
-
-def _canonical_int(value: int) -> bytes:
-    return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
+def _error(code: StatusCode, message: str) -> P4RuntimeError:
+    return P4RuntimeError(code, message)
 
 
 def _p4info_difference(ours: p4i.P4Info, theirs: p4i.P4Info) -> str:

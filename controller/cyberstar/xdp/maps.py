@@ -15,6 +15,7 @@ from cyberstar.codegen.xdp_layout import (
     DIRECT_INDEX,
     HOST_MASK,
     PACK_CODES,
+    CStruct,
     Member,
     TableKind,
     TableLayout,
@@ -58,9 +59,9 @@ def encode_value(
     byte_count: int = 0,
     last_hit_ns: int = 0,
 ) -> bytes:
-    """The entry value: action id, priority, direct counters, last hit time, then the params
+    """The entry value: action id, priority, direct counters, idle state, then the params
     (what a flow entry caches of the ACL starts empty)."""
-    packer, action_id, params = _value_packer(pipeline, entry.table, entry.action)
+    packer, action_id, params = value_struct(pipeline, entry.table, entry.action)
     head = {
         "action": action_id,
         "priority": entry.priority,
@@ -69,18 +70,19 @@ def encode_value(
         "last_hit_ns": last_hit_ns,
     }
     values = entry.params
-    return packer.pack(*[head.get(n, 0) for n in _head_names(pipeline, entry.table)],
+    return packer.pack(*[head.get(n, 0) for n in head_names(pipeline, entry.table)],
                        *[values[n] for n in params])  # fmt: skip
 
 
 @cache
-def _head_names(pipeline: Pipeline, table: str) -> tuple[str, ...]:
+def head_names(pipeline: Pipeline, table: str) -> tuple[str, ...]:
     return tuple(m.name for m in table_layout(pipeline, table).value_head.members)
 
 
 @cache
-def _value_packer(pipeline: Pipeline, table: str, action: str) -> tuple[struct.Struct, int, tuple]:
-    """One struct for a whole value of `action` in `table` (head, padding, params, padding)."""
+def value_struct(pipeline: Pipeline, table: str, action: str) -> tuple[struct.Struct, int, tuple]:
+    """One struct for a whole value of `action` in `table` (head, padding, params, padding),
+    the action's id and its params' names in struct order."""
     lay = table_layout(pipeline, table)
     fmt, offset = "<", 0
     members = [*lay.value_head.members]
@@ -141,6 +143,19 @@ def encode_ternary_entry(
     out[offs["mask"] : offs["mask"] + lay.key.size] = mask
     out[offs["v"] : offs["v"] + lay.value_size] = encode_value(pipeline, entry, packets, byte_count)
     return bytes(out)
+
+
+@cache
+def key_struct(pipeline: Pipeline, table: str) -> tuple[struct.Struct, tuple[str, ...]]:
+    """The struct of an exact table's map key and its members' names, in struct order."""
+    key = table_layout(pipeline, table).key
+    assert isinstance(key, CStruct)
+    fmt, offset = "<", 0
+    for m in key.members:
+        fmt += "x" * (m.offset - offset) + PACK_CODES[m.size]
+        offset = m.offset + m.size
+    fmt += "x" * (key.size - offset)
+    return struct.Struct(fmt), tuple(m.name for m in key.members)
 
 
 def map_ternary_entry(pipeline: Pipeline, entry: TableEntry, slot: int) -> bytes:

@@ -11,15 +11,17 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from cyberstar.codegen.xdp import QUOTA_MAP
+from cyberstar.codegen.xdp import QUOTA_MAP, size_macro
 from cyberstar.codegen.xdp_layout import (
     CLOCK_SAMPLE,
     HIT_CLOCK,
     METER_CONFIG,
     PORT_SLOT,
     PORT_SLOTS,
+    TableKind,
     punt_meta_layout,
     table_layout,
 )
@@ -42,6 +44,22 @@ _MODE_FLAGS = {1: XDP_FLAGS_DRV_MODE, 2: XDP_FLAGS_SKB_MODE, 3: XDP_FLAGS_HW_MOD
 PROGRAM_NAME = "pp_xdp"
 CLOCK_SAMPLER = "pp_clock_sample"
 HZ_CHOICES = (100, 250, 300, 1000)  # the kernel's CONFIG_HZ choices
+
+
+CLOCK_MONOTONIC_COARSE = 6  # the clock bpf_ktime_get_coarse_ns reads
+
+
+def coarse_now_ns() -> int:
+    """Now on the data plane's clock (what `last_hit_ns` is stamped with)."""
+    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+
+
+@dataclass(frozen=True)
+class HashMap:
+    fd: int
+    key_size: int
+    value_size: int
+    capacity: int  # max_entries
 
 
 class XdpLoadError(RuntimeFailure):
@@ -85,17 +103,23 @@ def _first_error(path: Path) -> str:
 class XdpProgram(TableMaps):
     """The generated PP program, loaded into the kernel, with its maps."""
 
-    def __init__(self, pipeline: Pipeline = PIPELINE, source: str | None = None) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline = PIPELINE,
+        source: str | None = None,
+        table_sizes: dict[str, int] | None = None,
+    ) -> None:
+        """`table_sizes` sizes hash tables' maps beyond the spec's sizes (pp serve
+        --flow-table-size)."""
         from bcc import BPF  # Debian's python3-bpfcc; imported here so other commands run without
-        from bcc.libbcc import lib
 
         self.pipeline = pipeline
         self._bpf_cls = BPF
-        self._lib = lib
         with _captured_stderr() as log_path:
             try:
                 self.source = source or xdp_source()
-                self.bpf = BPF(text=self.source.encode(), cflags=["-Wno-unused-function"])
+                sizes = [f"-D{size_macro(t)}={n}" for t, n in (table_sizes or {}).items()]
+                self.bpf = BPF(text=self.source.encode(), cflags=["-Wno-unused-function", *sizes])
                 self.fn = self.bpf.load_func(PROGRAM_NAME.encode(), BPF.XDP)
             except Exception as exc:
                 raise XdpLoadError(
@@ -104,7 +128,7 @@ class XdpProgram(TableMaps):
                 ) from None
         log_path.unlink(missing_ok=True)
         self._check_layouts()
-        self._init_tables(lib)
+        self._init_tables()
         self._port_slots: dict[int, int] = {}  # slot of `ports` → the ifindex it holds
         self._configured_meters: dict[str, set[int]] = {}
         self.calibrate_hit_clock()
@@ -113,6 +137,16 @@ class XdpProgram(TableMaps):
 
     def _map(self, name: str):
         return self.bpf[name.encode()]
+
+    def hash_map(self, name: str) -> HashMap | None:
+        """The kernel side of an exact table kept in a BPF hash map, whose values are the
+        entry values (None for other kinds of table)."""
+        if table_layout(self.pipeline, name).kind is not TableKind.HASH:
+            return None
+        table = self._map(name)
+        return HashMap(
+            table.map_fd, ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf), table.max_entries
+        )
 
     @property
     def fd(self) -> int:

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from cyberstar.codegen.xdp_layout import (
     DIRECT_INDEX,
@@ -47,8 +46,7 @@ class TableMaps:
     def _map(self, name: str):  # provided by XdpProgram
         raise NotImplementedError
 
-    def _init_tables(self, lib) -> None:
-        self._lib = lib
+    def _init_tables(self) -> None:
         self._ternary: dict[str, list[TableEntry]] = {}
         self._ternary_slots: dict[str, dict[tuple, int]] = {}
         self._lpm_slots: dict[str, dict[bytes, int]] = {}
@@ -254,92 +252,6 @@ class TableMaps:
         if lay.kind is TableKind.DIRECT and not lay.map_head.unpack(value)["action"]:
             return None
         return self._entry_value(lay, value, self._slot_of(lay, key))
-
-    def dump_raw(self, name: str, expected: int = 0) -> list[tuple[bytes, bytes]]:
-        """Every (key, entry value) of an exact, LPM or direct table. `expected` (how many
-        entries the caller believes there are) sizes the buffers of a hash map's batch
-        lookups."""
-        lay = table_layout(self.pipeline, name)
-        if lay.kind is TableKind.DIRECT:
-            keys = [lay.key.pack({DIRECT_INDEX: i}) for i in sorted(self._direct_used[name])]
-            return [(k, v) for k in keys if (v := self.lookup_raw(name, k)) is not None]
-        pairs = self._dump_hash(name, expected)
-        if lay.kind is TableKind.HASH:
-            return pairs
-        return [(k, self._entry_value(lay, v, self._slot_of(lay, k))) for k, v in pairs]
-
-    def _dump_hash(self, name: str, expected: int) -> list[tuple[bytes, bytes]]:
-        table = self._map(name)
-        ksize, vsize = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
-        capacity = max(64, expected + expected // 4 + 64)
-        keys = ctypes.create_string_buffer(ksize * capacity)
-        values = ctypes.create_string_buffer(vsize * capacity)
-        token, count, total = ctypes.c_uint32(0), ctypes.c_uint32(0), 0
-        while total < capacity:
-            count.value = capacity - total
-            rc = self._lib.bpf_lookup_batch(
-                table.map_fd,
-                ctypes.byref(token) if total else None,
-                ctypes.byref(token),
-                ctypes.byref(keys, ksize * total),
-                ctypes.byref(values, vsize * total),
-                ctypes.byref(count),
-            )
-            err = ctypes.get_errno()
-            total += count.value
-            if rc != 0:
-                if err != errno.ENOENT:
-                    raise OSError(err, f"BPF_MAP_LOOKUP_BATCH on {name}: {os.strerror(err)}")
-                break  # the whole map was read
-            if count.value == 0:
-                break
-        if total >= capacity:  # more entries than expected: fall back to a full read
-            return [(bytes(k), bytes(v)) for k, v in table.items_lookup_batch()]
-        kraw, vraw = keys.raw, values.raw
-        return [
-            (kraw[i * ksize : (i + 1) * ksize], vraw[i * vsize : (i + 1) * vsize])
-            for i in range(total)
-        ]
-
-    def iter_raw(self, name: str, chunk: int) -> Iterator[list[tuple[bytes, bytes]]]:
-        """Every (key, entry value) of an exact, LPM or direct table, at most `chunk` per step:
-        one BPF_MAP_LOOKUP_BATCH call each for a flow (hash) table, so a walk of millions of
-        entries needs no buffer of their size and the caller may let go of its lock between
-        steps (entries changed meanwhile are seen or not, never twice). The other kinds are
-        small: one step."""
-        if table_layout(self.pipeline, name).kind is not TableKind.HASH:
-            yield self.dump_raw(name)
-            return
-        table = self._map(name)
-        ksize, vsize = ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf)
-        keys = ctypes.create_string_buffer(ksize * chunk)
-        values = ctypes.create_string_buffer(vsize * chunk)
-        token_in, token_out, count = ctypes.c_uint32(0), ctypes.c_uint32(0), ctypes.c_uint32(0)
-        first = True
-        while True:
-            count.value = chunk
-            rc = self._lib.bpf_lookup_batch(
-                table.map_fd,
-                None if first else ctypes.byref(token_in),
-                ctypes.byref(token_out),
-                keys,
-                values,
-                ctypes.byref(count),
-            )
-            err = ctypes.get_errno()
-            n = count.value
-            if n:
-                kraw, vraw = keys.raw, values.raw
-                yield [
-                    (kraw[i * ksize : (i + 1) * ksize], vraw[i * vsize : (i + 1) * vsize])
-                    for i in range(n)
-                ]
-            if rc != 0:
-                if err == errno.ENOENT:
-                    return  # the whole map was read
-                raise OSError(err, f"BPF_MAP_LOOKUP_BATCH on {name}: {os.strerror(err)}")
-            token_in.value = token_out.value
-            first = False
 
     # ---- ternary tables ----------------------------------------------------------------
 

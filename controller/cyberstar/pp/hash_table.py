@@ -1,0 +1,457 @@
+"""An exact table kept in a BPF hash map, served over P4Runtime without a copy of it.
+
+The kernel map is the table: it says whether an entry exists (an INSERT is written with
+BPF_NOEXIST, a MODIFY with BPF_EXIST, and the batch call names the entry it stopped at), it
+holds the action, params, counters and idle state that reads give back, and it is walked chunk
+by chunk for reads and idle scans. The agent keeps only what the map cannot give back: the
+controller's metadata of each entry (`MetadataStore`), how many entries there are, and per
+tenant for quotas. A table of millions of entries costs the agent tens of bytes an entry.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from finsy.proto import p4r
+from grpc import StatusCode
+
+from cyberstar.codegen.xdp_layout import table_layout
+from cyberstar.p4rt.errors import P4RuntimeError
+from cyberstar.p4rt.wire import ExactEntryWriter
+from cyberstar.pipeline.entries import TableEntry
+from cyberstar.pipeline.model import ActionScope, Pipeline, Table
+from cyberstar.pp.metadata import MetadataStore
+from cyberstar.pp.quota import FlowQuota
+from cyberstar.xdp import batch
+from cyberstar.xdp.maps import head_names, key_struct, value_struct
+from cyberstar.xdp.program import HashMap, coarse_now_ns
+
+INSERT, MODIFY, DELETE = p4r.Update.INSERT, p4r.Update.MODIFY, p4r.Update.DELETE
+READ_CHUNK = 1000  # entries a read gathers per step
+SCAN_CHUNK = 8192  # entries an idle scan reads per kernel call
+
+
+@dataclass(slots=True)
+class HashUpdate:
+    """One validated update of a hash table: the key, and what the value is made of."""
+
+    table: str
+    index: int  # in the Write batch
+    kind: int
+    key: bytes
+    tenant: int  # the tenant_id key field (quotas), 0 without one
+    action: int  # action id; 0: unset (a MODIFY that keeps the action, or a DELETE)
+    params: tuple[int, ...]
+    idle_timeout_ns: int = 0
+    metadata: bytes = b""
+    counters: tuple[int, int] | None = None  # counter_data given in the update
+
+
+@dataclass(frozen=True)
+class _Action:
+    name: str
+    param_widths: tuple[int, ...]
+    packer: object  # struct.Struct of the whole value
+    head_size: int  # fields of the value head in front of the params
+    entry_allowed: bool  # not a default-only action
+
+
+@dataclass
+class IdleScan:
+    """Where the walk for idle entries is, and what the last full pass found."""
+
+    walk: batch.Walk | None = None
+    shortest_ns: int = 0  # the shortest idle timeout seen (0: no entry has one)
+    pass_shortest_ns: int = 0
+    inserted_ns: list[int] = field(default_factory=list)  # timeouts written since the pass began
+    passes: int = 0
+    scanned: int = 0
+
+
+class HashTable:
+    def __init__(
+        self, pipeline: Pipeline, table: Table, kmap: HashMap, prog, quota: FlowQuota | None
+    ) -> None:
+        self.pipeline = pipeline
+        self.table = table
+        self.name = table.name
+        self.kmap = kmap
+        self.prog = prog
+        self.quota = quota  # tenants' entries of this table, by its tenant_id key field
+        self.count = 0
+        self.metadata = MetadataStore(kmap.key_size)
+        self.idle = IdleScan()
+        self.lay = table_layout(pipeline, table.name)
+        self._key, names = key_struct(pipeline, table.name)
+        self._key_names = names
+        self._to_p4_order = [names.index(k.name) for k in table.key]
+        self._tenant = names.index("tenant_id") if quota is not None else -1
+        heads = head_names(pipeline, table.name)
+        self._head = {name: i for i, name in enumerate(heads)}
+        self._head_names = heads
+        self._action_offset = self.lay.value_head.member("action").offset
+        self._actions: dict[int, _Action] = {}
+        for ref in table.actions:
+            packer, aid, params = value_struct(pipeline, table.name, ref.action)
+            action = pipeline.action(ref.action)
+            widths = {p.name: p.width for p in action.params}
+            self._actions[aid] = _Action(
+                ref.action, tuple(widths[n] for n in params), packer, len(heads),
+                ref.scope is not ActionScope.DEFAULT_ONLY,
+            )  # fmt: skip
+            assert list(params) == [p.name for p in action.params], "params in spec order"
+        # field id → (position in the key struct, width)
+        self._fields = {i: (names.index(k.name), k.width) for i, k in enumerate(table.key, start=1)}
+        self.writer = ExactEntryWriter(
+            table.id,
+            list(range(1, len(table.key) + 1)),
+            {aid: list(range(1, len(a.param_widths) + 1)) for aid, a in self._actions.items()},
+        )
+        self._now_cols = _head_dtype(self.lay, kmap.value_size)
+
+    def clear(self) -> None:
+        self.count = 0
+        self.metadata.clear()
+        self.idle = IdleScan()
+
+    # ---- writes -------------------------------------------------------------------------------
+
+    def prepare(self, index: int, kind: int, te: p4r.TableEntry) -> HashUpdate | None:
+        """The update of a well-formed entry, read straight from the message; None for
+        anything else (the caller then decodes it in full, which names what is wrong)."""
+        fields = self._fields
+        values: list = [None] * len(fields)
+        for fm in te.match:
+            slot = fields.get(fm.field_id)
+            data = fm.exact.value
+            if slot is None or not data:
+                return None
+            pos, width = slot
+            v = int.from_bytes(data, "big")
+            if v >> width or values[pos] is not None:
+                return None
+            values[pos] = v
+        if None in values or te.priority or te.is_default_action or te.is_const:
+            return None
+        aid, params = 0, ()
+        if kind != DELETE:
+            a = te.action.action
+            aid = a.action_id
+            spec = self._actions.get(aid)
+            if spec is None or not spec.entry_allowed:
+                return (
+                    None if aid or kind == INSERT else self._unset_action(index, kind, te, values)
+                )
+            widths = spec.param_widths
+            got: list = [None] * len(widths)
+            for param in a.params:
+                pid, data = param.param_id - 1, param.value
+                if not 0 <= pid < len(widths) or not data or got[pid] is not None:
+                    return None
+                v = int.from_bytes(data, "big")
+                if v >> widths[pid]:
+                    return None
+                got[pid] = v
+            if None in got:
+                return None
+            params = tuple(got)
+        return self._update(index, kind, te, values, aid, params)
+
+    def _unset_action(self, index: int, kind: int, te: p4r.TableEntry, values: list):
+        """A MODIFY without an action keeps the entry's action."""
+        if te.HasField("action"):
+            return None
+        return self._update(index, kind, te, values, 0, ())
+
+    def _update(self, index: int, kind: int, te: p4r.TableEntry, values: list, aid: int,
+                params: tuple) -> HashUpdate | None:  # fmt: skip
+        idle = te.idle_timeout_ns
+        if idle and (idle < 0 or not self.table.idle_timeout):
+            return None
+        if te.HasField("time_since_last_hit"):
+            return None
+        counters = None
+        if te.HasField("counter_data"):
+            if self.table.direct_counter is None:
+                return None
+            counters = (te.counter_data.packet_count, te.counter_data.byte_count)
+        tenant = values[self._tenant] if self._tenant >= 0 else 0
+        key = self._key.pack(*values)
+        return HashUpdate(self.name, index, kind, key, tenant, aid, params, idle, te.metadata,
+                          counters)  # fmt: skip
+
+    def from_entry(self, index: int, kind: int, entry: TableEntry,
+                   counters: tuple[int, int] | None) -> HashUpdate:  # fmt: skip
+        """The update of an entry the full decoder accepted."""
+        values = [entry.match[n] for n in self._key_names]
+        aid, params = 0, ()
+        if entry.action:
+            aid = self.pipeline.action(entry.action).id
+            params = tuple(entry.params[p.name] for p in self.pipeline.action(entry.action).params)
+        tenant = values[self._tenant] if self._tenant >= 0 else 0
+        return HashUpdate(self.name, index, kind, self._key.pack(*values), tenant, aid, params,
+                          entry.idle_timeout_ns, entry.metadata, counters)  # fmt: skip
+
+    def _value(self, u: HashUpdate, packets: int, nbytes: int, last_hit_ns: int) -> bytes:
+        spec = self._actions[u.action]
+        head = {"action": u.action, "priority": 0, "packets": packets, "bytes": nbytes,
+                "last_hit_ns": last_hit_ns, "idle_timeout_ns": u.idle_timeout_ns}  # fmt: skip
+        # a cache of other tables' results (the ACL's) starts empty: stale, so recomputed
+        return spec.packer.pack(*[head.get(n, 0) for n in self._head_names], *u.params)
+
+    def apply(self, group: list[HashUpdate], now: int) -> list[tuple[int, P4RuntimeError]]:
+        """Apply updates of distinct keys; deletes first (they make room), then the rest."""
+        errors: list[tuple[int, P4RuntimeError]] = []
+        deletes = [u for u in group if u.kind == DELETE]
+        modifies = [u for u in group if u.kind == MODIFY]
+        inserts = [u for u in group if u.kind == INSERT]
+        if deletes:
+            self._delete(deletes, errors)
+        if modifies:
+            self._modify(modifies, now, errors)
+        if inserts:
+            self._insert(inserts, now, errors)
+        return errors
+
+    def _insert(self, items: list[HashUpdate], now: int, errors: list) -> None:
+        room = self.kmap.capacity - self.count
+        quota = self.quota
+        by_tenant: Counter[int] = Counter()
+        accepted = []
+        for u in items:
+            if room <= 0:
+                errors.append((u.index, self._full()))
+                continue
+            if quota is not None:
+                if not quota.room(u.tenant, by_tenant[u.tenant]):
+                    errors.append((u.index, self._over_quota(u.tenant)))
+                    continue
+                by_tenant[u.tenant] += 1
+            room -= 1
+            accepted.append(u)
+        value = self._value
+        values = b"".join(value(u, *(u.counters or (0, 0)), now) for u in accepted)
+        written = self._write(accepted, values, batch.BPF_NOEXIST, errors, {
+            errno.EEXIST: (StatusCode.ALREADY_EXISTS, "entry exists"),
+            errno.E2BIG: (StatusCode.RESOURCE_EXHAUSTED, "the table is full"),
+            errno.ENOMEM: (StatusCode.RESOURCE_EXHAUSTED, "no kernel memory for the entry"),
+        })  # fmt: skip
+        self.count += len(written)
+        if quota is not None:
+            for tenant, n in Counter(u.tenant for u in written).items():
+                quota.add(tenant, n)
+        self._kept(written)
+
+    def _modify(self, items: list[HashUpdate], now: int, errors: list) -> None:
+        """MODIFY keeps the counters and idle state unless the update sets them; an unset
+        action keeps the action."""
+        present, values = [], []
+        for u in items:
+            raw = self.prog.lookup_raw(self.name, u.key)
+            if raw is None:
+                errors.append((u.index, P4RuntimeError(StatusCode.NOT_FOUND, self._no_entry)))
+                continue
+            _, aid, params, head = self._decode(u.key, raw)
+            if not u.action:
+                u.action, u.params = aid, params
+            packets, nbytes = u.counters or (head.get("packets", 0), head.get("bytes", 0))
+            values.append(self._value(u, packets, nbytes, head.get("last_hit_ns", now)))
+            present.append(u)
+        written = self._write(present, b"".join(values), batch.BPF_EXIST, errors, {
+            errno.ENOENT: (StatusCode.NOT_FOUND, "no such entry"),
+        })  # fmt: skip
+        self._kept(written, replace_metadata=True)
+
+    def _delete(self, items: list[HashUpdate], errors: list) -> None:
+        keys = b"".join(u.key for u in items)
+        ksize, start, deleted = self.kmap.key_size, 0, []
+        while start < len(items):
+            n, err = batch.delete(self.kmap.fd, keys, ksize, start, len(items) - start)
+            deleted += items[start : start + n]
+            start += n
+            if err:
+                code = StatusCode.NOT_FOUND if err == errno.ENOENT else StatusCode.INTERNAL
+                message = self._no_entry if err == errno.ENOENT else os.strerror(err)
+                errors.append((items[start].index, P4RuntimeError(code, message)))
+                start += 1
+        self.count -= len(deleted)
+        if self.quota is not None:
+            for tenant, n in Counter(u.tenant for u in deleted).items():
+                self.quota.remove(tenant, n)
+        if len(self.metadata):
+            self.metadata.remove([u.key for u in deleted])
+
+    def _write(self, items: list[HashUpdate], values: bytes, flags: int, errors: list,
+               codes: dict[int, tuple[StatusCode, str]]) -> list[HashUpdate]:  # fmt: skip
+        """Write `items`; each the kernel refuses gets its error, the others are returned."""
+        keys = b"".join(u.key for u in items)
+        refused = batch.update(self.kmap.fd, keys, values, self.kmap.key_size,
+                               self.kmap.value_size, len(items), flags)  # fmt: skip
+        if not refused:
+            return items
+        for i, err in refused:
+            code, message = codes.get(err, (StatusCode.INTERNAL, os.strerror(err)))
+            errors.append((items[i].index, P4RuntimeError(code, f"{self.name}: {message}")))
+        failed = {i for i, _ in refused}
+        return [u for i, u in enumerate(items) if i not in failed]
+
+    def _kept(self, written: list[HashUpdate], replace_metadata: bool = False) -> None:
+        """Bookkeeping of entries now in the map: their metadata and idle timeouts."""
+        if replace_metadata:
+            self.metadata.put([u.key for u in written], [u.metadata for u in written])
+        else:
+            with_meta = [u for u in written if u.metadata]
+            if with_meta:
+                self.metadata.put([u.key for u in with_meta], [u.metadata for u in with_meta])
+        timeouts = [u.idle_timeout_ns for u in written if u.idle_timeout_ns]
+        if timeouts:
+            shortest = min(timeouts)
+            self.idle.inserted_ns.append(shortest)
+            if not self.idle.shortest_ns or shortest < self.idle.shortest_ns:
+                self.idle.shortest_ns = shortest
+
+    @property
+    def _no_entry(self) -> str:
+        return f"{self.name}: no such entry"
+
+    def _full(self) -> P4RuntimeError:
+        return P4RuntimeError(
+            StatusCode.RESOURCE_EXHAUSTED,
+            f"table {self.name} is full ({self.kmap.capacity} entries; pp serve "
+            "--flow-table-size sizes it)",
+        )
+
+    def _over_quota(self, tenant: int) -> P4RuntimeError:
+        assert self.quota is not None
+        return P4RuntimeError(
+            StatusCode.RESOURCE_EXHAUSTED,
+            f"{self.name}: tenant {tenant} holds its quota of {self.quota.limit(tenant)} "
+            "entries on this PP node (pp serve --flow-quota)",
+        )
+
+    # ---- reads --------------------------------------------------------------------------------
+
+    def _decode(self, key: bytes, value: bytes) -> tuple[tuple, int, tuple, dict[str, int]]:
+        """(match in P4 order, action id, params, head fields) of one map entry."""
+        raw = self._key.unpack(key)
+        match = tuple(raw[i] for i in self._to_p4_order)
+        aid = int.from_bytes(value[self._action_offset : self._action_offset + 4], "little")
+        spec = self._actions[aid]
+        fields = spec.packer.unpack(value)
+        head = {name: fields[i] for name, i in self._head.items()}
+        return match, aid, fields[spec.head_size :], head
+
+    def read(self, req: p4r.TableEntry, key: bytes | None, counters: bool, idle: bool
+             ) -> Iterator[bytes]:  # fmt: skip
+        """Serialized `Entity{table_entry}`s: the one under `key`, or every entry (walked in
+        chunks). The caller holds the device lock around each step of the iterator."""
+        if req.priority or req.is_default_action:
+            return
+        action = req.action.action.action_id
+        if key is not None:
+            raw = self.prog.lookup_raw(self.name, key)
+            if raw is not None:
+                yield from self._entities([key], [raw], action, counters, idle)
+            return
+        walk = batch.Walk(self.kmap.fd, self.kmap.key_size, self.kmap.value_size, READ_CHUNK)
+        ksize, vsize = self.kmap.key_size, self.kmap.value_size
+        while not walk.done:
+            kraw, vraw, n = walk.next()
+            keys = [kraw[i * ksize : (i + 1) * ksize] for i in range(n)]
+            values = [vraw[i * vsize : (i + 1) * vsize] for i in range(n)]
+            yield from self._entities(keys, values, action, counters, idle)
+
+    def _entities(self, keys: list[bytes], values: list[bytes], action: int, counters: bool,
+                  idle: bool) -> Iterator[bytes]:  # fmt: skip
+        metas = self.metadata.get(keys) if len(self.metadata) else [b""] * len(keys)
+        now = coarse_now_ns() if idle else 0
+        has_idle = self.table.idle_timeout
+        entity = self.writer.entity
+        for key, value, meta in zip(keys, values, metas, strict=True):
+            match, aid, params, head = self._decode(key, value)
+            if action and aid != action:
+                continue
+            yield entity(
+                match, aid, params,
+                head.get("idle_timeout_ns", 0), meta,
+                (head["packets"], head["bytes"]) if counters and "packets" in head else None,
+                max(0, now - head["last_hit_ns"]) if idle and has_idle else None,
+            )  # fmt: skip
+
+    # ---- idle timeouts ------------------------------------------------------------------------
+
+    def scan_idle(self, budget: int, now: int) -> list[bytes]:
+        """Go on walking the table for up to `budget` entries: the serialized entries that have
+        been idle for their timeout, whose timers are reset (§16.1). A pass that reaches the end
+        learns the shortest timeout in the table, and the next pass starts over."""
+        scan = self.idle
+        if not scan.shortest_ns:
+            return []
+        if scan.walk is None:
+            scan.walk = batch.Walk(self.kmap.fd, self.kmap.key_size, self.kmap.value_size,
+                                   SCAN_CHUNK)  # fmt: skip
+            scan.pass_shortest_ns = 0
+            scan.inserted_ns = []
+        expired: list[bytes] = []
+        done = 0
+        while done < budget and scan.walk is not None:
+            kraw, vraw, n = scan.walk.next()
+            done += n
+            scan.scanned += n
+            if n:
+                expired += self._expired(kraw, vraw, n, now)
+            if scan.walk.done:
+                scan.passes += 1
+                seen = [t for t in (scan.pass_shortest_ns, *scan.inserted_ns) if t]
+                scan.shortest_ns = min(seen, default=0)
+                scan.walk = None
+        return expired
+
+    def _expired(self, kraw: bytes, vraw: bytes, n: int, now: int) -> list[bytes]:
+        cols = np.frombuffer(vraw, dtype=self._now_cols, count=n)
+        timeout = cols["idle_timeout_ns"].astype(np.int64)
+        with_timeout = timeout > 0
+        if not with_timeout.any():
+            return []
+        shortest = int(timeout[with_timeout].min())
+        scan = self.idle
+        if not scan.pass_shortest_ns or shortest < scan.pass_shortest_ns:
+            scan.pass_shortest_ns = shortest
+        idle_for = np.int64(now) - cols["last_hit_ns"].astype(np.int64)
+        hits = np.flatnonzero(with_timeout & (idle_for >= timeout))
+        if not len(hits):
+            return []
+        ksize, vsize = self.kmap.key_size, self.kmap.value_size
+        keys = [kraw[i * ksize : (i + 1) * ksize] for i in hits.tolist()]
+        values = [vraw[i * vsize : (i + 1) * vsize] for i in hits.tolist()]
+        entities = list(self._entities(keys, values, 0, False, False))
+        self._reset_timers(b"".join(keys), b"".join(values), len(keys), now)
+        return entities
+
+    def _reset_timers(self, keys: bytes, values: bytes, n: int, now: int) -> None:
+        """Last hit = now, for entries still in the map (BPF_EXIST skips deleted ones)."""
+        # Set the field in place: copying the structured array would zero the bytes between
+        # its fields (the action and params), and write them back so.
+        raw = bytearray(values)
+        np.frombuffer(raw, dtype=self._now_cols)["last_hit_ns"] = now
+        batch.update(self.kmap.fd, keys, bytes(raw), self.kmap.key_size,
+                     self.kmap.value_size, n, batch.BPF_EXIST)  # fmt: skip
+
+
+def _head_dtype(lay, value_size: int) -> np.dtype:
+    """A numpy view of the map values: the idle-state fields at their layout offsets."""
+    present = {m.name for m in lay.value_head.members}
+    names = [n for n in ("last_hit_ns", "idle_timeout_ns") if n in present]
+    if len(names) < 2:
+        return np.dtype({"names": [], "formats": [], "itemsize": value_size})
+    return np.dtype({
+        "names": names,
+        "formats": ["<u8"] * len(names),
+        "offsets": [lay.value_head.member(n).offset for n in names],
+        "itemsize": value_size,
+    })  # fmt: skip
