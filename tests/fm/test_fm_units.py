@@ -184,18 +184,20 @@ def test_a_bmv2_node_gets_its_device_config_from_the_file_named(tmp_path) -> Non
 
 
 def test_offload_config_names_its_nodes_and_a_threshold() -> None:
-    nodes = "fm_id: fm1\npp_nodes:\n  - {id: pp1, address: x}\n  - {id: dpu1, address: y}\n"
+    nodes = (
+        BASE + 'pp_nodes:\n  - {id: pp1, address: "unix:x"}\n  - {id: dpu1, address: "unix:y"}\n'
+    )
     cfg = parse_fm_config(nodes + "offload:\n  pairs: [{host: pp1, dpu: dpu1}]\n", "fm.yaml")
     assert cfg.offload is not None
     assert cfg.offload.pairs == (("pp1", "dpu1"),)
     assert (cfg.offload.min_packets_per_s, cfg.offload.interval_s) == (1000, 0.5)
     cases = [
-        ("offload:\n  pairs: [{host: pp1, dpu: dpu9}]\n", "fm.yaml:6", "not one of pp_nodes"),
-        ("offload:\n  pairs: [{host: pp1, dpu: pp1}]\n", "fm.yaml:6", "already in another"),
-        ("offload:\n  pairs: []\n", "fm.yaml:6", "at least one"),
+        ("offload:\n  pairs: [{host: pp1, dpu: dpu9}]\n", "fm.yaml:8", "not one of pp_nodes"),
+        ("offload:\n  pairs: [{host: pp1, dpu: pp1}]\n", "fm.yaml:8", "already in another"),
+        ("offload:\n  pairs: []\n", "fm.yaml:8", "at least one"),
         ("offload:\n  pairs: [{host: pp1, dpu: dpu1}]\n  min_packets_per_s: 0\n",
-         "fm.yaml:7", "nothing would ever be an elephant"),
-        ("offload:\n  pairs: [{host: pp1, dpu: dpu1}]\n  interval_ms: 1\n", "fm.yaml:7",
+         "fm.yaml:9", "nothing would ever be an elephant"),
+        ("offload:\n  pairs: [{host: pp1, dpu: dpu1}]\n  interval_ms: 1\n", "fm.yaml:9",
          "interval_ms"),
     ]  # fmt: skip
     for text, where, what in cases:
