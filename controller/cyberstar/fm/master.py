@@ -347,8 +347,9 @@ class FabricMaster:
         started = time.monotonic()
 
         async def read(s: PpSession) -> None:
-            # A node that is down (a spare not booted yet, a crashed one) holds no rules.
-            if not s.connected:
+            # A node that is down (a spare not booted yet, a crashed one) holds no rules; one
+            # whose session is still connecting is waited for.
+            if s.down:
                 return
             try:
                 await asyncio.wait_for(s.ready.wait(), 10)

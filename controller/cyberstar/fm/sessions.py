@@ -75,6 +75,11 @@ class PpSession:
     def name(self) -> str:
         return self.config.id
 
+    @property
+    def down(self) -> bool:
+        """Its last connection attempt failed (not merely: not connected yet)."""
+        return self._down_logged and not self.connected
+
     def start(self, election_id: int) -> None:
         self.election_id = election_id
         self._task = asyncio.create_task(self._run(), name=f"pp-session-{self.name}")
