@@ -403,8 +403,10 @@ class SlowPath:
                                       entity=p4r.Entity(table_entry=te)))  # fmt: skip
             if session.index in self.dpu_of.values() and conn is not None:
                 self.stats["offload_teardowns"] += 1
+                # The host re-notifies an idle rule once per idle timeout (plus its scan's
+                # lag): a notice within two timeouts of the teardown covers offloaded time.
                 idle_s = max(r.entry.idle_timeout_ns for r in conn.rules) / 1e9
-                self._offload_grace[key] = time.monotonic() + idle_s
+                self._offload_grace[key] = time.monotonic() + 2 * idle_s
             if conn is None:
                 continue
             for rule in conn.rules:
@@ -423,7 +425,8 @@ class SlowPath:
             await self._release(releases)
 
     def _offloaded(self, conn: Connection, key: bytes, dpu: int) -> bool:
-        """The DPU holds this rule, or tore it down less than the rule's idle timeout ago."""
+        """The DPU holds this rule, or tore it down less than two of the rule's idle timeouts
+        ago."""
         if any(r.key == key and r.installed & (1 << dpu) for r in conn.rules):
             return True
         until = self._offload_grace.get(key)
