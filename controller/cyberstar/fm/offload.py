@@ -65,7 +65,7 @@ class Offloader:
         """Read the host's counters once; offload the connections of its elephant rules."""
         if not (host.primary and host.ready.is_set() and dpu.primary and dpu.ready.is_set()):
             return
-        entries = await host.read_flow_entries(with_counters=True)
+        entries = [te async for chunk in host.flow_entries(with_counters=True) for te in chunk]
         now = time.monotonic()
         elephants: list[bytes] = []
         seen: set[tuple[str, bytes]] = set()

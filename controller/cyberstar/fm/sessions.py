@@ -233,20 +233,16 @@ class PpSession:
         if self.client is not None:
             await self.client.packet_out(payload, metadata, on_sent)
 
-    async def read_flow_entries(self, with_counters: bool = False) -> list[p4r.TableEntry]:
-        """The node's flow-table entries; with their direct counters if asked."""
+    async def flow_entries(
+        self, with_counters: bool = False
+    ) -> AsyncIterator[list[p4r.TableEntry]]:
+        """The node's flow table (with its direct counters if asked), a Read response at a time
+        (each within the client's per-response deadline, however large the table)."""
         if self.client is None:
             raise P4RuntimeError(grpc.StatusCode.UNAVAILABLE, f"{self.name}: not connected")
         req = p4r.TableEntry(table_id=PIPELINE.table("flow_table").id)
         if with_counters:
             req.counter_data.SetInParent()
-        return [e.table_entry for e in await self.client.read([p4r.Entity(table_entry=req)])]
-
-    async def flow_entries(self) -> AsyncIterator[list[p4r.TableEntry]]:
-        """The node's flow table, a Read response at a time (each within the client's
-        per-response deadline, however large the table)."""
-        assert self.client is not None
-        req = p4r.TableEntry(table_id=PIPELINE.table("flow_table").id)
         async for resp in self.client.read_stream([p4r.Entity(table_entry=req)]):
             yield [e.table_entry for e in resp.entities]
 
