@@ -53,6 +53,8 @@ ALLOWED = {
     "Transfer": {"sc"},
 }
 LOOP_BEAT_S = 0.5
+# The chain lock lives on a lease of this TTL: a holder that dies frees it after this long.
+CHAIN_LOCK_TTL_S = 10
 
 
 def status(code: int, message: str = "") -> sc_pb2.Status:
@@ -288,11 +290,16 @@ class ScNode:
 
     # -- chain membership ----------------------------------------------------------------------
     async def _reconcile(self) -> None:
-        """The holder of the group's lock rewrites the chain: dead nodes out, new ones last."""
+        """The holder of the group's lock rewrites the chain: dead nodes out, new ones last.
+
+        It waits for the lock rather than giving up: a node killed while holding it keeps it
+        until its lease lapses, and the membership change that needs repairing may be the
+        last event this watch sees."""
         assert self.etcd is not None
-        lock = self.etcd.lock(self.keys.chain_lock(self.config.scg), ttl=10)
-        if not await lock.acquire(timeout=5):
-            return
+        lock = self.etcd.lock(self.keys.chain_lock(self.config.scg), ttl=CHAIN_LOCK_TTL_S)
+        while not await lock.acquire(timeout=CHAIN_LOCK_TTL_S):
+            if self._stop.is_set():
+                return
         try:
             members = {}
             for kv in await self.etcd.get_prefix(self.keys.members()):
