@@ -22,6 +22,7 @@ from grpc import StatusCode
 
 from cyberstar.codegen.xdp_layout import table_layout
 from cyberstar.p4rt.errors import P4RuntimeError
+from cyberstar.p4rt.exact_wire import ExactWire, ParsedEntry
 from cyberstar.p4rt.wire import ExactEntryWriter
 from cyberstar.pipeline.entries import TableEntry
 from cyberstar.pipeline.model import ActionScope, Pipeline, Table
@@ -107,6 +108,12 @@ class HashTable:
             assert list(params) == [p.name for p in action.params], "params in spec order"
         # field id → (position in the key struct, width)
         self._fields = {i: (names.index(k.name), k.width) for i, k in enumerate(table.key, start=1)}
+        self._from_p4_order = [self._to_p4_order.index(pos) for pos in range(len(names))]
+        self._wire = ExactWire(
+            table.id,
+            [k.width for k in table.key],
+            {aid: [*a.param_widths] for aid, a in self._actions.items() if a.entry_allowed},
+        )
         self.writer = ExactEntryWriter(
             table.id,
             list(range(1, len(table.key) + 1)),
@@ -123,7 +130,31 @@ class HashTable:
 
     def prepare(self, index: int, kind: int, te: p4r.TableEntry) -> HashUpdate | None:
         """The update of a well-formed entry, read straight from the message; None for
-        anything else (the caller then decodes it in full, which names what is wrong)."""
+        anything else (the caller then decodes it in full, which names what is wrong). The
+        common shape is read from the entry's wire form (`ExactWire`), the rest field by
+        field; both give the same update (tests/pp/test_exact_wire.py)."""
+        parsed = self._wire.parse(te.SerializeToString())
+        if parsed is not None:
+            update = self._from_wire(index, kind, parsed)
+            if update is not None:
+                return update
+        return self.prepare_fields(index, kind, te)
+
+    def _from_wire(self, index: int, kind: int, parsed: ParsedEntry) -> HashUpdate | None:
+        values, aid, params, idle, metadata = parsed
+        if kind == DELETE:
+            aid, params = 0, ()
+        elif not aid:
+            return None
+        if idle and (idle >> 63 or not self.table.idle_timeout):
+            return None
+        ordered = [values[i] for i in self._from_p4_order]
+        tenant = ordered[self._tenant] if self._tenant >= 0 else 0
+        return HashUpdate(self.name, index, kind, self._key.pack(*ordered), tenant, aid,
+                          tuple(params), idle, metadata)  # fmt: skip
+
+    def prepare_fields(self, index: int, kind: int, te: p4r.TableEntry) -> HashUpdate | None:
+        """`prepare` through the message's fields, for any field order."""
         fields = self._fields
         values: list = [None] * len(fields)
         for fm in te.match:

@@ -1,0 +1,174 @@
+"""A Write's exact entries read from their wire form (`p4rt/exact_wire.py`) give the same update
+as reading them field by field, whatever the entry: every table kept in a hash map (the flow
+table), every update kind, well-formed or with one thing wrong (a value empty, too wide or
+with leading zeros, a field missing, repeated, out of order or of another match kind, a
+priority, counter data, a negative timeout, long metadata). And bytes the wire reader accepts
+are bytes a protobuf parser reads the same way: mutated entries it takes are parsed by protobuf
+and checked against the field reader."""
+
+from __future__ import annotations
+
+import pytest
+from finsy.proto import p4r
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cyberstar.codegen.xdp_layout import TableKind, table_layout
+from cyberstar.pipeline.pp import PIPELINE
+
+pytestmark = pytest.mark.root
+HASH_TABLES = sorted(
+    t.name for t in PIPELINE.tables if table_layout(PIPELINE, t.name).kind is TableKind.HASH
+)
+KINDS = [p4r.Update.INSERT, p4r.Update.MODIFY, p4r.Update.DELETE]
+SETTINGS = settings(max_examples=600, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tables(xdp_target):
+    from cyberstar.pp.device import XdpDevice
+
+    tables = XdpDevice(xdp_target.prog, [])._hash
+    assert sorted(tables) == HASH_TABLES
+    return tables
+
+
+def _canonical(width: int) -> st.SearchStrategy[bytes]:
+    return st.integers(0, (1 << width) - 1).map(
+        lambda v: v.to_bytes(max(1, (v.bit_length() + 7) // 8), "big")
+    )
+
+
+def _odd(width: int) -> st.SearchStrategy[bytes]:
+    """Not a canonical value of `width` bits: empty, padded with zeros, or too wide."""
+    n = (width + 7) // 8
+    return st.one_of(
+        st.just(b""),
+        _canonical(width).map(lambda b: b"\x00" + b),
+        st.integers(1 << width, (1 << (8 * n + 8)) - 1).map(
+            lambda v: v.to_bytes((v.bit_length() + 7) // 8, "big")
+        ),
+    )
+
+
+DEVIATIONS = [None] * 12 + [
+    "table id", "field order", "field missing", "field repeated", "field id", "ternary",
+    "value", "no action", "action id", "param order", "param missing", "param value",
+    "priority", "counter data", "default action", "time since last hit", "long metadata",
+]  # fmt: skip
+
+
+@st.composite
+def entries(draw, table_name: str) -> p4r.TableEntry:
+    """A well-formed entry of `table_name`, or one with one thing wrong (most are well-formed,
+    so that both readers are compared on the entries the wire reader takes)."""
+    odd = draw(st.sampled_from(DEVIATIONS))
+    table = PIPELINE.table(table_name)
+    te = p4r.TableEntry(table_id=table.id + (odd == "table id"))
+    fields = list(enumerate(table.key, start=1))
+    if odd == "field order":
+        fields = draw(st.permutations(fields))
+    spoil = draw(st.integers(0, len(fields) - 1))  # the field a field deviation is about
+    for at, (fid, key) in enumerate(fields):
+        here = at == spoil
+        if here and odd == "field missing":
+            continue
+        for _ in range(2 if here and odd == "field repeated" else 1):
+            fm = te.match.add(field_id=fid + 40 if here and odd == "field id" else fid)
+            value = draw(_odd(key.width) if here and odd == "value" else _canonical(key.width))
+            if here and odd == "ternary":
+                fm.ternary.value, fm.ternary.mask = value, b"\xff"
+            else:
+                fm.exact.value = value
+    if odd != "no action":
+        action = draw(st.sampled_from([PIPELINE.action(r.action) for r in table.actions]))
+        a = te.action.action
+        a.action_id = 0x01000999 if odd == "action id" else action.id
+        params = list(enumerate(action.params, start=1))
+        if odd == "param order":
+            params = draw(st.permutations(params))
+        spoil = draw(st.integers(0, max(0, len(params) - 1)))
+        for at, (pid, p) in enumerate(params):
+            here = at == spoil
+            if here and odd == "param missing":
+                continue
+            bad = here and odd == "param value"
+            a.params.add(param_id=pid, value=draw(_odd(p.width) if bad else _canonical(p.width)))
+    te.priority = draw(st.integers(1, 100)) if odd == "priority" else 0
+    te.idle_timeout_ns = draw(st.sampled_from([0, 30 * 10**9, 300_000_000, 1, 2**62, -5]))
+    te.metadata = draw(st.binary(min_size=128, max_size=300) if odd == "long metadata"
+                       else st.binary(max_size=40))  # fmt: skip
+    if odd == "counter data":
+        te.counter_data.packet_count = draw(st.integers(0, 5))
+    te.is_default_action = odd == "default action"
+    if odd == "time since last hit":
+        te.time_since_last_hit.elapsed_ns = 5
+    return te
+
+
+@pytest.mark.parametrize("name", HASH_TABLES)
+def test_the_wire_reader_and_the_field_reader_agree(tables, name: str) -> None:
+    table = tables[name]
+
+    @SETTINGS
+    @given(te=entries(name), kind=st.sampled_from(KINDS))
+    def check(te: p4r.TableEntry, kind: int) -> None:
+        assert table.prepare(3, kind, te) == table.prepare_fields(3, kind, te)
+
+    check()
+
+
+def test_a_controllers_flow_entries_take_the_wire_path(tables) -> None:
+    """FM's entries (a connection's SNAT rule with its cookie and idle timeout) are read from
+    the wire: the values are those written."""
+    from cyberstar.p4rt.codec import update
+    from cyberstar.pipeline.entries import build_entry
+
+    entry = build_entry(
+        PIPELINE, "flow_table",
+        {"tenant_id": 7, "src_addr": "10.1.0.100", "dst_addr": "10.2.0.2", "protocol": 6,
+         "src_port": 40000, "dst_port": 80},
+        "snat", {"src_addr": "203.0.113.64", "src_port": 1024, "nexthop_id": 2},
+    )  # fmt: skip
+    te = update(p4r.Update.INSERT, PIPELINE, entry).entity.table_entry
+    te.idle_timeout_ns, te.metadata = 30 * 10**9, b"\x00\x01cookie"
+    parsed = tables["flow_table"]._wire.parse(te.SerializeToString())
+    assert parsed == (
+        [7, 0x0A010064, 0x0A020002, 6, 40000, 80],
+        PIPELINE.action("snat").id,
+        [0xCB007140, 1024, 2],
+        30 * 10**9,
+        b"\x00\x01cookie",
+    )
+
+
+@st.composite
+def mutated(draw, table_name: str) -> bytes:
+    raw = bytearray(draw(entries(table_name)).SerializeToString())
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, max(0, len(raw) - 1)))
+        what = draw(st.integers(0, 2))
+        if what == 0 and raw:
+            raw[at] = draw(st.integers(0, 255))
+        elif what == 1:
+            raw.insert(at, draw(st.integers(0, 255)))
+        elif raw:
+            del raw[at]
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("name", HASH_TABLES)
+def test_bytes_the_wire_reader_takes_are_read_alike_by_protobuf(tables, name: str) -> None:
+    table = tables[name]
+
+    @SETTINGS
+    @given(raw=mutated(name), kind=st.sampled_from(KINDS))
+    def check(raw: bytes, kind: int) -> None:
+        parsed = table._wire.parse(raw)
+        if parsed is None:
+            return
+        te = p4r.TableEntry.FromString(raw)  # must parse: the shape is protobuf's
+        assert table._from_wire(3, kind, parsed) == table.prepare_fields(3, kind, te)
+
+    check()
