@@ -103,7 +103,9 @@ class P4RuntimeServer:
         if self._config is None:
             raise P4RuntimeError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                "no forwarding pipeline: call SetForwardingPipelineConfig first",
+                # bmv2's words, which controllers (finsy) recognize
+                "no forwarding pipeline config set for this device: "
+                "call SetForwardingPipelineConfig first",
             )
 
     async def _on_device(self, fn, *args):
@@ -170,7 +172,6 @@ class P4RuntimeServer:
             if self._saved is None:
                 raise P4RuntimeError(grpc.StatusCode.NOT_FOUND, "no saved config to commit")
             await self._commit(self._saved, reconcile=False)
-            self._saved = None
         elif action in (Action.VERIFY_AND_COMMIT, Action.RECONCILE_AND_COMMIT):
             await self._commit(request.config, reconcile=action == Action.RECONCILE_AND_COMMIT)
         else:
@@ -180,20 +181,28 @@ class P4RuntimeServer:
         await self._on_device(self.device.commit, reconcile and self._config is not None)
         self._config = p4r.ForwardingPipelineConfig()
         self._config.CopyFrom(config)
+        self._saved = None
 
     async def GetForwardingPipelineConfig(self, request, context):
+        """The saved or committed config, with the fields `response_type` asks for; without
+        one the response's `config` is unset (P4Runtime §15), which controllers (finsy,
+        p4runtime-shell) take as "set the pipeline"."""
         try:
             self._check_device(request.device_id)
-            self._check_pipeline()
         except P4RuntimeError as err:
             await context.abort(err.code, err.message)
-        assert self._config is not None
+        # a saved config is the one later Reads and Writes refer to (§14)
+        stored = self._saved if self._saved is not None else self._config
+        if stored is None:
+            return p4r.GetForwardingPipelineConfigResponse()
         rt = p4r.GetForwardingPipelineConfigRequest
-        out = p4r.ForwardingPipelineConfig(cookie=self._config.cookie)
+        out = p4r.ForwardingPipelineConfig()
+        if stored.HasField("cookie"):
+            out.cookie.CopyFrom(stored.cookie)
         if request.response_type in (rt.ALL, rt.P4INFO_AND_COOKIE):
-            out.p4info.CopyFrom(self._config.p4info)
+            out.p4info.CopyFrom(stored.p4info)
         if request.response_type in (rt.ALL, rt.DEVICE_CONFIG_AND_COOKIE):
-            out.p4_device_config = self._config.p4_device_config
+            out.p4_device_config = stored.p4_device_config
         return p4r.GetForwardingPipelineConfigResponse(config=out)
 
     async def Write(self, request, context):
