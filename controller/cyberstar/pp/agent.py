@@ -159,20 +159,32 @@ class PpAgent:
     def _idle_loop(self) -> None:
         """Walk the tables for idle entries a slice at a time, so that a full pass takes the
         time `idle_pass_s` allows; the walk takes at most half a core (it waits as long as it
-        worked), so at millions of entries notifications may come late, never the node down."""
+        worked), so at millions of entries notifications may come late, never the node down.
+        A pass that ends early (a small table) is not followed by the next until `idle_pass_s`
+        after it began: the kernel's batch walk visits every bucket of the map, however few
+        entries it holds, so back-to-back passes of a mostly empty table cost CPU for nothing."""
+        began: float | None = None  # when the current pass began
+        finished = False  # the current pass has ended; the next waits for its time
         while not self._stop.wait(IDLE_TICK_S):
             if not self.server.pipeline_set:
                 continue
             pass_s = self.device.idle_pass_s()
             if pass_s is None:
                 continue
+            now = time.monotonic()
+            if finished and began is not None and now - began < pass_s:
+                continue
+            if finished or began is None:
+                began, finished = now, False
             budget = max(IDLE_MIN_SLICE, int(self.device.idle_entries() * IDLE_TICK_S / pass_s))
+            passes = self.device.idle_stats()["idle_passes"]
             started = time.thread_time()
             try:
                 for msg in self.device.idle_scan(budget):
                     self.server.notify(msg)
             except Exception:
                 log.exception("idle-timeout scan failed")
+            finished = self.device.idle_stats()["idle_passes"] != passes
             spent = time.thread_time() - started
             if spent > IDLE_TICK_S:
                 self._stop.wait(spent - IDLE_TICK_S)
