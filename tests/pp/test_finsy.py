@@ -47,7 +47,8 @@ ETH_P_ALL = 3
 
 @pytest.fixture(scope="module", params=["bmv2", "xdp"])
 def node(request) -> PpNode:
-    """A node of the kind, no pipeline set, P4Runtime over mutual TLS: the XDP node on
+    """A node of the kind with no pipeline until the module's first test connects (tests run
+    in file order, each param's in turn), P4Runtime over mutual TLS: the XDP node on
     loopback TCP, as the README's example dials it; bmv2, which listens in its namespace, on a
     unix socket."""
     needs.root()
