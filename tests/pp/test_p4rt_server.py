@@ -8,6 +8,7 @@ import time
 
 import grpc
 import pytest
+from finsy import p4client as finsy_p4client
 from finsy.proto import p4i, p4r, rpc_code
 
 from cyberstar import netns
@@ -58,6 +59,49 @@ def test_write_before_pipeline_is_failed_precondition(pp_node) -> None:
     c = pp_node.client(election_id=10)
     err = write_error(c, [update(INSERT, PIPELINE, flow_entry())])
     assert err.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_get_pipeline_before_any_is_an_unset_config(pp_node) -> None:
+    """P4Runtime §15: a server that does not know its config answers with `config` unset (a
+    controller then sets it); a Read before any pipeline is FAILED_PRECONDITION in words
+    finsy recognizes (its `is_pipeline_missing`)."""
+    c = pp_node.client(election_id=10)
+    rt = p4r.GetForwardingPipelineConfigRequest
+    for response_type in rt.ResponseType.values():
+        got = c.stub.GetForwardingPipelineConfig(
+            rt(device_id=1, response_type=response_type), timeout=10
+        )
+        assert not got.HasField("config"), response_type
+    with pytest.raises(grpc.RpcError) as err:
+        c.stub.GetForwardingPipelineConfig(rt(device_id=2), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND  # §15: an unknown device id
+    with pytest.raises(P4RuntimeError) as read_err:
+        c.read([p4r.Entity(table_entry=p4r.TableEntry())])
+    assert read_err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert finsy_p4client._NO_PIPELINE_CONFIG.search(read_err.value.message)
+
+
+def test_get_pipeline_gives_the_saved_config_and_only_the_fields_asked_for(pp_node) -> None:
+    c = pp_node.client(election_id=10)
+    action = p4r.SetForwardingPipelineConfigRequest
+    commit = action(
+        device_id=1,
+        election_id=p4r.Uint128(low=10),
+        action=action.VERIFY_AND_COMMIT,
+        config=p4r.ForwardingPipelineConfig(p4info=build_p4info(PIPELINE)),
+    )
+    c.stub.SetForwardingPipelineConfig(commit, timeout=10)  # no cookie: none is read back
+    rt = p4r.GetForwardingPipelineConfigRequest
+    got = c.stub.GetForwardingPipelineConfig(rt(device_id=1), timeout=10).config
+    assert not got.HasField("cookie") and got.HasField("p4info")
+    save = action()
+    save.CopyFrom(commit)
+    save.action = action.VERIFY_AND_SAVE
+    save.config.cookie.cookie = 9
+    c.stub.SetForwardingPipelineConfig(save, timeout=10)
+    only = c.stub.GetForwardingPipelineConfig(rt(device_id=1, response_type=rt.COOKIE_ONLY),
+                                              timeout=10).config  # fmt: skip
+    assert only.cookie.cookie == 9 and not only.HasField("p4info")
 
 
 def test_pipeline_set_and_get(pp_node) -> None:
@@ -362,6 +406,8 @@ def test_counters_read_and_direct_counter_data(primary) -> None:
     ) == (5, 500)
     dc = c.read([p4r.Entity(direct_counter_entry=p4r.DirectCounterEntry(table_entry=req))])
     assert dc[0].direct_counter_entry.data.packet_count == 5
+    # the counts are in `data` only, as bmv2 answers (docs/p4runtime.md)
+    assert not dc[0].direct_counter_entry.table_entry.HasField("counter_data")
     verdicts = c.read_counter(PIPELINE.counter("verdicts").id)
     assert sorted(verdicts) == list(range(len(PIPELINE.verdicts)))
     one = c.read(

@@ -47,6 +47,7 @@ ARBITRATION_TIMEOUT_S = 10.0  # a stream must arbitrate this soon after it opens
 MAX_STREAMS = 32  # open StreamChannels, arbitrated or not
 OUTBOX_LIMIT = 65536  # messages queued for one stream (PacketIns beyond it are dropped)
 MAX_MESSAGE_BYTES = 16 << 20
+MAX_SINCE_SAVE = 1 << 20  # updates written after VERIFY_AND_SAVE, replayed by COMMIT
 CONTROLLER_ROLES = frozenset({"fm", "admin"})  # certificate roles that may use the service
 Action = p4r.SetForwardingPipelineConfigRequest
 _END = object()
@@ -81,6 +82,7 @@ class P4RuntimeServer:
         self.arbitration = Arbitration(device_id)
         self._config: p4r.ForwardingPipelineConfig | None = None  # committed
         self._saved: p4r.ForwardingPipelineConfig | None = None  # VERIFY_AND_SAVE
+        self._since_save: list[p4r.Update] = []  # applied since, for COMMIT to replay (§14)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._gate: asyncio.Lock | None = None  # writes, pipeline changes, arbitration
         self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="p4rt-device")
@@ -103,7 +105,9 @@ class P4RuntimeServer:
         if self._config is None:
             raise P4RuntimeError(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                "no forwarding pipeline: call SetForwardingPipelineConfig first",
+                # bmv2's words, which controllers (finsy) recognize
+                "no forwarding pipeline config set for this device: "
+                "call SetForwardingPipelineConfig first",
             )
 
     async def _on_device(self, fn, *args):
@@ -161,6 +165,7 @@ class P4RuntimeServer:
             pass
         elif action == Action.VERIFY_AND_SAVE:
             self._saved = request.config
+            self._since_save = []
         elif action == Action.COMMIT:
             if request.HasField("config"):
                 raise P4RuntimeError(
@@ -169,8 +174,10 @@ class P4RuntimeServer:
                 )
             if self._saved is None:
                 raise P4RuntimeError(grpc.StatusCode.NOT_FOUND, "no saved config to commit")
+            # The forwarding state becomes the writes made since the save (§14).
+            replay = self._since_save
             await self._commit(self._saved, reconcile=False)
-            self._saved = None
+            await self._on_device(self.device.write, replay)
         elif action in (Action.VERIFY_AND_COMMIT, Action.RECONCILE_AND_COMMIT):
             await self._commit(request.config, reconcile=action == Action.RECONCILE_AND_COMMIT)
         else:
@@ -180,20 +187,29 @@ class P4RuntimeServer:
         await self._on_device(self.device.commit, reconcile and self._config is not None)
         self._config = p4r.ForwardingPipelineConfig()
         self._config.CopyFrom(config)
+        self._saved = None
+        self._since_save = []
 
     async def GetForwardingPipelineConfig(self, request, context):
+        """The saved or committed config, with the fields `response_type` asks for; without
+        one the response's `config` is unset (P4Runtime §15), which controllers (finsy,
+        p4runtime-shell) take as "set the pipeline"."""
         try:
             self._check_device(request.device_id)
-            self._check_pipeline()
         except P4RuntimeError as err:
             await context.abort(err.code, err.message)
-        assert self._config is not None
+        # a saved config is the one later Reads and Writes refer to (§14)
+        stored = self._saved if self._saved is not None else self._config
+        if stored is None:
+            return p4r.GetForwardingPipelineConfigResponse()
         rt = p4r.GetForwardingPipelineConfigRequest
-        out = p4r.ForwardingPipelineConfig(cookie=self._config.cookie)
+        out = p4r.ForwardingPipelineConfig()
+        if stored.HasField("cookie"):
+            out.cookie.CopyFrom(stored.cookie)
         if request.response_type in (rt.ALL, rt.P4INFO_AND_COOKIE):
-            out.p4info.CopyFrom(self._config.p4info)
+            out.p4info.CopyFrom(stored.p4info)
         if request.response_type in (rt.ALL, rt.DEVICE_CONFIG_AND_COOKIE):
-            out.p4_device_config = self._config.p4_device_config
+            out.p4_device_config = stored.p4_device_config
         return p4r.GetForwardingPipelineConfigResponse(config=out)
 
     async def Write(self, request, context):
@@ -208,7 +224,18 @@ class P4RuntimeServer:
                         grpc.StatusCode.UNIMPLEMENTED,
                         "only CONTINUE_ON_ERROR batches are supported",
                     )
-                results = await self._on_device(self.device.write, list(request.updates))
+                updates = list(request.updates)
+                saving = self._saved is not None
+                if saving and len(self._since_save) + len(updates) > MAX_SINCE_SAVE:
+                    raise P4RuntimeError(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"{MAX_SINCE_SAVE} updates were written since VERIFY_AND_SAVE: "
+                        "COMMIT the saved config (or commit another) before writing more",
+                    )
+                results = await self._on_device(self.device.write, updates)
+                if saving:
+                    done = zip(updates, results, strict=True)
+                    self._since_save += [u for u, r in done if r is None]
         except P4RuntimeError as err:
             await context.abort(err.code, err.message)
         failed = sum(r is not None for r in results)

@@ -445,8 +445,11 @@ class XdpDevice:
     def _read_direct_counters(self, req: p4r.DirectCounterEntry) -> Iterator[bytes]:
         for raw in self._read_tables(req.table_entry, with_counters=True):
             te = p4r.Entity.FromString(raw).table_entry
+            data = p4r.CounterData()
+            data.CopyFrom(te.counter_data)
+            te.ClearField("counter_data")  # the counts go in `data` only, as bmv2 answers
             yield p4r.Entity(
-                direct_counter_entry=p4r.DirectCounterEntry(table_entry=te, data=te.counter_data)
+                direct_counter_entry=p4r.DirectCounterEntry(table_entry=te, data=data)
             ).SerializeToString()
 
     def _read_tables(self, req: p4r.TableEntry, with_counters: bool = False) -> Iterator[bytes]:
