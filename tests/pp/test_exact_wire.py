@@ -14,6 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cyberstar.codegen.xdp_layout import TableKind, table_layout
+from cyberstar.p4rt.codec import update
+from cyberstar.pipeline.entries import build_entry
 from cyberstar.pipeline.pp import PIPELINE
 
 pytestmark = pytest.mark.root
@@ -119,12 +121,8 @@ def test_the_wire_reader_and_the_field_reader_agree(tables, name: str) -> None:
     check()
 
 
-def test_a_controllers_flow_entries_take_the_wire_path(tables) -> None:
-    """FM's entries (a connection's SNAT rule with its cookie and idle timeout) are read from
-    the wire: the values are those written."""
-    from cyberstar.p4rt.codec import update
-    from cyberstar.pipeline.entries import build_entry
-
+def _fm_entry() -> p4r.TableEntry:
+    """A connection's SNAT rule as FM writes it, with its cookie and idle timeout."""
     entry = build_entry(
         PIPELINE, "flow_table",
         {"tenant_id": 7, "src_addr": "10.1.0.100", "dst_addr": "10.2.0.2", "protocol": 6,
@@ -133,7 +131,12 @@ def test_a_controllers_flow_entries_take_the_wire_path(tables) -> None:
     )  # fmt: skip
     te = update(p4r.Update.INSERT, PIPELINE, entry).entity.table_entry
     te.idle_timeout_ns, te.metadata = 30 * 10**9, b"\x00\x01cookie"
-    parsed = tables["flow_table"]._wire.parse(te.SerializeToString())
+    return te
+
+
+def test_a_controllers_flow_entries_take_the_wire_path(tables) -> None:
+    """FM's entries are read from the wire: the values are those written."""
+    parsed = tables["flow_table"]._wire.parse(_fm_entry().SerializeToString())
     assert parsed == (
         [7, 0x0A010064, 0x0A020002, 6, 40000, 80],
         PIPELINE.action("snat").id,
@@ -169,6 +172,35 @@ def test_bytes_the_wire_reader_takes_are_read_alike_by_protobuf(tables, name: st
         if parsed is None:
             return
         te = p4r.TableEntry.FromString(raw)  # must parse: the shape is protobuf's
-        assert table._from_wire(3, kind, parsed) == table.prepare_fields(3, kind, te)
+        update = table._from_wire(3, kind, parsed)
+        if update is not None:  # else `prepare` reads `te` field by field
+            assert update == table.prepare_fields(3, kind, te)
 
     check()
+
+
+def test_entry_bytes_off_by_one_are_refused_or_read_as_protobuf_reads_them(tables) -> None:
+    """Each byte of a flow entry (tags, lengths, values), and each pair of bytes, one more and
+    one less: the wire reader refuses the bytes, or protobuf parses them to an entry with the
+    same update."""
+    table = tables["flow_table"]
+    te = _fm_entry()
+    raw = te.SerializeToString()
+    assert table._wire.parse(raw) is not None
+    taken = 0
+    changes = [((at,), d) for at in range(len(raw)) for d in (1, -1)]
+    # and pairs: a length and the length around it, one more or less together
+    changes += [((a, b), d) for a in range(len(raw)) for b in range(a + 1, len(raw))
+                for d in (1, -1)]  # fmt: skip
+    for where, delta in changes:
+        changed = bytearray(raw)
+        for at in where:
+            changed[at] = (changed[at] + delta) % 256
+        parsed = table._wire.parse(bytes(changed))
+        if parsed is None:
+            continue
+        taken += 1  # value bytes: still a well-formed entry
+        update = table._from_wire(3, p4r.Update.INSERT, parsed)
+        other = p4r.TableEntry.FromString(bytes(changed))
+        assert update == table.prepare_fields(3, p4r.Update.INSERT, other), where
+    assert 0 < taken < len(changes)
