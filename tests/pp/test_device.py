@@ -55,3 +55,29 @@ def test_a_failed_ternary_publish_changes_nothing(device, monkeypatch) -> None:
     assert [e.match["dst_port"].value for e in device.prog.ternary_entries("acl")] == [22]
     assert device.write([update(INSERT, PIPELINE, acl(9, 23))]) == [None]
     assert sorted(acl_ports(device)) == [22, 23]
+
+
+def test_a_write_on_the_event_loop_never_waits_for_a_busy_device(device) -> None:
+    """The P4Runtime server runs a small Write on its event loop only when no other thread
+    holds the device (a Read, an idle scan): then it is done at once; otherwise the server is
+    told to hand it to a thread, and nothing is written."""
+    import threading
+
+    held, release = threading.Event(), threading.Event()
+
+    def reader() -> None:
+        with device._lock:
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    held.wait(10)
+    try:
+        assert device.write_if_idle([update(INSERT, PIPELINE, acl(5, 22))]) is None
+    finally:
+        release.set()
+        t.join(10)
+    assert acl_ports(device) == []  # nothing was written
+    assert device.write_if_idle([update(INSERT, PIPELINE, acl(5, 22))]) == [None]
+    assert acl_ports(device) == [22]

@@ -177,6 +177,15 @@ class XdpDevice:
                 self._apply(table, group, results)
         return results
 
+    def write_if_idle(self, updates: list[p4r.Update]) -> list[P4RuntimeError | None] | None:
+        """`write`, unless another thread holds the device (a Read, an idle scan): None."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self.write(updates)
+        finally:
+            self._lock.release()
+
     def _apply(
         self,
         table: str,
