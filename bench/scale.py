@@ -8,7 +8,7 @@ with FM-shaped rules in batches of 1000 and print, at each size, JSON with
 * the time to read the whole flow table (per-response deadlines, streamed in chunks of 1000),
 * the agent's CPU while idle: the idle-timeout scan walking every entry (a quarter of the
   shortest timeout per pass, capped at half a core), and how late a notification came for
-  probe entries with a short timeout,
+  probe entries with a short timeout (deleted again once notified),
 * FM takeover: a new FM leads (becomes primary, rebuilds its cache from the node's flow table
   as it streams in), its time from start to leading, and its memory per cached rule (RSS growth
   over an FM that took over an empty node, keys included).
@@ -28,6 +28,8 @@ import json
 import os
 import sys
 import time
+
+from finsy.proto import p4r
 
 from cyberstar.lab.scale import (
     cookie_of,
@@ -72,6 +74,11 @@ def idle_figures(sn, quiet_s: float, probe_timeout_s: float) -> dict:
             late = time.perf_counter() - written_at - probe_timeout_s
             break
     busy_cpu = (cpu_seconds(pid) - cpu0) / (time.perf_counter() - written_at)
+    # The probe has done its job: gone, the table holds the bulk rules only (an FM taking over
+    # would release the idle connection and delete its rules itself).
+    (delete,) = write_requests(probe, 2, sn.client.election_id, int(probe_timeout_s * 1e9),
+                               p4r.Update.DELETE)  # fmt: skip
+    send(delete, timeout=60)
     return {
         "quiet_cpu_cores": round(quiet_cpu, 3),
         "probe_idle_timeout_s": probe_timeout_s,
@@ -102,6 +109,7 @@ def main() -> int:
         empty = fm_takeover(sn.node, store, "fm0")
         sn.retake()
         out["fm_empty_rss_bytes"] = empty.rss_bytes
+        probes = 0
         for size in sizes:
             window = min(args.window, size - sn.written)
             sn.fill(size - window, LONG_IDLE_NS)
@@ -115,10 +123,11 @@ def main() -> int:
                 "kernel_flow_table_bytes": map_memory("flow_table"),
             }
             read, read_s = sn.read_all()
-            assert read == sn.written, (read, sn.written)
+            assert read == sn.written - probes, (read, sn.written - probes)
             row.update({"full_read_s": round(read_s, 2), "read_entries": read,
                         "read_per_s": round(read / read_s)})  # fmt: skip
             row.update(idle_figures(sn, args.quiet_s, args.probe_idle_s))
+            probes += 2  # written and deleted
             if size in fm_at:
                 t = fm_takeover(sn.node, store, f"fm{size}")
                 sn.retake()
