@@ -9,12 +9,15 @@ duplicated, none leaked."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
+from collections.abc import AsyncIterator
 
 import pytest
 
 from cyberstar.lab.sc import ScLab, SnatLoad, cluster_census
 from cyberstar.lab.wait import wait_until_async
+from cyberstar.sc import coord
 from cyberstar.sc.routing import ScRouter, ShardMap
 
 TENANTS = [
@@ -36,6 +39,23 @@ UNIVERSE = 2 * 3072
 def chain_ids(shard_map: ShardMap, scg: str) -> list[str]:
     chain = shard_map.chains.get(scg)
     return [n.id for n in chain.nodes] if chain else []
+
+
+@contextlib.asynccontextmanager
+async def watched_group(lab: ScLab, scg: str = "scg1", size: int = 3
+                        ) -> AsyncIterator[tuple[ShardMap, coord.EtcdClient]]:  # fmt: skip
+    """An SC group of `size` nodes whose chain has formed, a shard map watching it and an
+    etcd client of the test's own."""
+    lab.add_scg(scg, size)
+    smap = ShardMap(lab.etcd_config())
+    await smap.start()
+    client = await coord.connect(lab.etcd_config(), "test")
+    try:
+        await smap.wait_until(lambda m: len(chain_ids(m, scg)) == size, 30)
+        yield smap, client
+    finally:
+        await client.close()
+        await smap.close()
 
 
 async def converged(lab: ScLab, size: int) -> bool:

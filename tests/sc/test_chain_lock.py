@@ -14,9 +14,8 @@ import pytest
 
 from cyberstar.lab.sc import ScLab
 from cyberstar.sc import coord
-from cyberstar.sc.routing import ShardMap
 from cyberstar.sc.server import CHAIN_LOCK_TTL_S
-from sc.test_chain import TENANTS, chain_ids
+from sc.test_chain import TENANTS, chain_ids, watched_group
 
 pytestmark = pytest.mark.usefixtures("need_etcd")
 
@@ -24,12 +23,7 @@ pytestmark = pytest.mark.usefixtures("need_etcd")
 def test_the_chain_is_repaired_once_a_dead_holders_lock_lapses() -> None:
     async def go() -> None:
         with ScLab(TENANTS, lease_ttl_s=2) as lab:
-            lab.add_scg("scg1", 3)
-            smap = ShardMap(lab.etcd_config())
-            await smap.start()
-            client = await coord.connect(lab.etcd_config(), "test")
-            try:
-                await smap.wait_until(lambda m: len(chain_ids(m, "scg1")) == 3, 30)
+            async with watched_group(lab) as (smap, client):
                 # Stands in for a node that took the lock and died: never released or refreshed.
                 lock = client.lock(coord.Keys().chain_lock("scg1"), ttl=CHAIN_LOCK_TTL_S)
                 assert await lock.acquire(timeout=5)
@@ -40,8 +34,5 @@ def test_the_chain_is_repaired_once_a_dead_holders_lock_lapses() -> None:
                 # Not before the lock was free: the repair really waited for it.
                 assert time.monotonic() - held_at >= CHAIN_LOCK_TTL_S - 1
                 assert len(chain_ids(smap, "scg1")) == 2
-            finally:
-                await client.close()
-                await smap.close()
 
     asyncio.run(go())

@@ -16,7 +16,7 @@ from cyberstar.lab.sc import LocalEtcd, ScLab
 from cyberstar.sc import coord
 from cyberstar.sc.flows import ShardId
 from cyberstar.sc.routing import ShardMap
-from sc.test_chain import TENANTS, chain_ids
+from sc.test_chain import TENANTS, chain_ids, watched_group
 
 pytestmark = pytest.mark.usefixtures("need_etcd")
 BAD = {
@@ -66,12 +66,7 @@ def test_the_shard_map_skips_bad_values_once(tmp_path, caplog) -> None:
 def test_a_group_repairs_its_chain_around_bad_values() -> None:
     async def go() -> None:
         with ScLab(TENANTS, lease_ttl_s=2) as lab:
-            lab.add_scg("scg1", 3)
-            smap = ShardMap(lab.etcd_config())
-            await smap.start()
-            client = await coord.connect(lab.etcd_config(), "test")
-            try:
-                await smap.wait_until(lambda m: len(chain_ids(m, "scg1")) == 3, 30)
+            async with watched_group(lab) as (smap, client):
                 await client.put(b"/cyberstar/members/sc/ghost", b"not json")
                 await client.put(b"/cyberstar/shards/7/2000-3000", b"{")
                 victim = chain_ids(smap, "scg1")[1]
@@ -79,9 +74,6 @@ def test_a_group_repairs_its_chain_around_bad_values() -> None:
                 await smap.wait_until(lambda m: victim not in chain_ids(m, "scg1"), 60)
                 lab.restart_node(victim)
                 await smap.wait_until(lambda m: len(chain_ids(m, "scg1")) == 3, 60)
-            finally:
-                await client.close()
-                await smap.close()
             logs = "".join(n.log.read_text() for n in lab.nodes.values())
             assert "members/sc/ghost: skipping a malformed value" in logs
 
