@@ -81,8 +81,9 @@ class ExactWire:
             self._actions[varint(aid)] = (aid, re.compile(body, re.DOTALL), odd)
         self._aid_lengths = sorted({len(k) for k in self._actions})
         self._idle_values: dict[bytes, int] = {}  # a controller uses few idle timeouts
+        idle, meta = re.escape(bytes([_IDLE])), re.escape(bytes([_METADATA]))
         self._tail = re.compile(
-            b"(?:\\x48(" + _VARINT + b"))?(?:\\x5a([\\x00-\\x7f])(.*))?", re.DOTALL
+            b"(?:" + idle + b"(" + _VARINT + b"))?(?:" + meta + rb"([\x00-\x7f])(.*))?", re.DOTALL
         )
 
     def parse(self, raw: bytes) -> ParsedEntry | None:
