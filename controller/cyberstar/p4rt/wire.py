@@ -13,7 +13,12 @@ from functools import lru_cache
 _LEN, _VARINT = 2, 0
 
 
+_ONE_BYTE = [bytes((i,)) for i in range(128)]  # the varints of 0..127 (lengths, mostly)
+
+
 def varint(value: int) -> bytes:
+    if 0 <= value < 128:
+        return _ONE_BYTE[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -26,9 +31,14 @@ def tag(number: int, wire_type: int) -> bytes:
     return varint(number << 3 | wire_type)
 
 
+_LEN_TAGS = [tag(n, _LEN) for n in range(16)]
+
+
 def field(number: int, data: bytes) -> bytes:
     """A length-delimited field: bytes, or an embedded message."""
-    return tag(number, _LEN) + varint(len(data)) + data
+    n = len(data)
+    head = _LEN_TAGS[number] if number < 16 else tag(number, _LEN)
+    return head + (_ONE_BYTE[n] if n < 128 else varint(n)) + data
 
 
 def canonical(value: int) -> bytes:
