@@ -8,6 +8,7 @@ import pytest
 from finsy.proto import p4r
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pp.test_exact_wire import entries as exact_wire_entries
 
 from cyberstar.p4rt.codec import ExactTableEncoder, update, write_request_bytes
 from cyberstar.p4rt.messages import write_request
@@ -97,3 +98,31 @@ def test_flow_table_entry_refuses_what_table_entry_refuses(mutate) -> None:
         table_entry(msg)
     with pytest.raises(EntryError):
         flow_table_entry(msg, b"")
+
+
+@settings(max_examples=800, deadline=None)
+@given(te=exact_wire_entries("flow_table"))
+def test_fm_reads_a_rule_from_its_wire_form_as_from_its_fields(te: p4r.TableEntry) -> None:
+    """A new leader's cache rebuild reads each rule a PP node holds from its wire form when it
+    can (`RuleCodec.rule_bytes_wire`): the same key, packed rule and cookie as from the
+    message's fields, on entries well-formed or with one thing wrong."""
+    from cyberstar.fm.cache import RuleCodec
+    from cyberstar.p4rt.decode import PipelineDecoder
+
+    codec = RuleCodec(PIPELINE)
+    decoder = PipelineDecoder(PIPELINE).table(PIPELINE.table("flow_table").id)
+    parsed = codec.wire.parse(te.SerializeToString())
+    if parsed is None:
+        return
+
+    def outcome(read, *args) -> object:
+        try:
+            return read(*args)
+        except Exception as exc:  # an idle timeout beyond the cache's 32-bit milliseconds
+            return type(exc)
+
+    packed = outcome(codec.rule_bytes_wire, parsed, 5)
+    if packed is None:
+        return  # read field by field, as before
+    assert packed == outcome(codec.rule_bytes, te, 5, decoder)
+    assert parsed[4] == te.metadata

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from finsy.proto import p4r
 
+from cyberstar.p4rt.exact_wire import ExactWire, ParsedEntry
 from cyberstar.pipeline.entries import TableEntry
 from cyberstar.pipeline.model import Pipeline
 
@@ -69,6 +70,11 @@ class RuleCodec:
         self.params = [
             struct.Struct(">" + "".join(_code(p.width) for p in a.params)) for a in self.actions
         ]
+        self.wire = ExactWire(
+            table.id,
+            [k.width for k in table.key],
+            {a.id: [p.width for p in a.params] for a in self.actions},
+        )
 
     def pack(self, conn: Connection) -> bytes:
         out = [_HEAD.pack(conn.conn_id, conn.slot, len(conn.rules))]
@@ -104,6 +110,18 @@ class RuleCodec:
         key = KEY.pack(tenant, src, dst, proto, sport, dport)
         idle_ms = te.idle_timeout_ns // 1_000_000
         return key, _RULE.pack(key, installed, idle_ms, i) + self.params[i].pack(*params)
+
+    def rule_bytes_wire(self, parsed: ParsedEntry, installed: int) -> tuple[bytes, bytes] | None:
+        """`rule_bytes` of an entry read from its wire form (`ExactWire`); None when the entry
+        is not one `rule_bytes` reads straight."""
+        values, aid, params, idle_ns, _ = parsed
+        i = self.by_id.get(aid)
+        if i is None or idle_ns >> 63 or len(params) != len(self.actions[i].params):
+            return None
+        key = KEY.pack(*values)
+        return key, _RULE.pack(key, installed, idle_ns // 1_000_000, i) + self.params[i].pack(
+            *params
+        )
 
     def _rule_bytes_checked(self, te: p4r.TableEntry, installed: int, decoder
                             ) -> tuple[bytes, bytes]:  # fmt: skip
@@ -173,12 +191,21 @@ class CacheBuilder:
         self.skipped = 0  # entries FM did not write (no cookie of ours)
 
     def add(self, te: p4r.TableEntry, pp_index: int) -> None:
-        cookie = parse_cookie(te.metadata)
+        """Add one rule; the usual shape is read from the entry's wire form (a third of the
+        time of protobuf's field accessors), anything else field by field."""
+        parsed = self.codec.wire.parse(te.SerializeToString())
+        packed = None
+        if parsed is not None:
+            metadata = parsed[4]
+            packed = self.codec.rule_bytes_wire(parsed, 1 << pp_index)
+        if packed is None:
+            metadata = te.metadata
+        cookie = parse_cookie(metadata)
         if cookie is None:
             self.skipped += 1
             return
         conn_id, slot = cookie
-        key, rule = self.codec.rule_bytes(te, 1 << pp_index, self.decoder)
+        key, rule = packed or self.codec.rule_bytes(te, 1 << pp_index, self.decoder)
         first = self._first_key.get(conn_id)
         self.rules += 1
         if first is None:
