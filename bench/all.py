@@ -28,6 +28,7 @@ QUICK = {
     "slowpath": ["--seconds", "2"],
     "fm_cache": ["--rules", "200000", "--lookups", "50000"],
     "fm_encoding": ["--connections", "1000", "--runs", "3"],
+    "grpc_floor": ["--calls", "500", "--rounds", "1"],
     "sc_scale": ["--mappings", "20000", "--seconds", "1", "--window", "1"],
     "placement": ["--seeds", "0", "--ilp-time-limit", "10", "--no-dynamic"],
     "scale": ["--sizes", "10000,100000", "--fm-at", "100000", "--probe-idle-s", "2"],
