@@ -165,7 +165,7 @@ def mutate_fields(draw, req: p4r.WriteRequest) -> p4r.WriteRequest:
         elif target == "idle":
             te.idle_timeout_ns = draw(st.integers(-(2**63), 2**63 - 1))
         elif target == "counter":
-            te.counter_data.packet_count = draw(st.integers(0, 2**64 - 1))
+            te.counter_data.packet_count = draw(st.integers(0, 2**63 - 1))  # an int64
         elif target == "meta":
             te.metadata = draw(st.binary(max_size=64))
         elif target == "default":
