@@ -106,10 +106,7 @@ class RuleCodec:
         params = [int.from_bytes(p.value, "big") for p in action.params]
         if len(params) != len(self.actions[i].params):
             return self._rule_bytes_checked(te, installed, decoder)
-        tenant, src, dst, proto, sport, dport = values
-        key = KEY.pack(tenant, src, dst, proto, sport, dport)
-        idle_ms = te.idle_timeout_ns // 1_000_000
-        return key, _RULE.pack(key, installed, idle_ms, i) + self.params[i].pack(*params)
+        return self._packed(values, installed, te.idle_timeout_ns, i, params)
 
     def rule_bytes_wire(self, parsed: ParsedEntry, installed: int) -> tuple[bytes, bytes] | None:
         """`rule_bytes` of an entry read from its wire form (`ExactWire`); None when the entry
@@ -118,6 +115,11 @@ class RuleCodec:
         i = self.by_id.get(aid)
         if i is None or idle_ns >> 63 or len(params) != len(self.actions[i].params):
             return None
+        return self._packed(values, installed, idle_ns, i, params)
+
+    def _packed(self, values: list[int], installed: int, idle_ns: int, i: int,
+                params: list[int]) -> tuple[bytes, bytes]:  # fmt: skip
+        """(key, packed rule) of match values in field-id order and action `i`'s params."""
         key = KEY.pack(*values)
         return key, _RULE.pack(key, installed, idle_ns // 1_000_000, i) + self.params[i].pack(
             *params
