@@ -20,7 +20,7 @@ p4-tools:
 # BCC and Mininet are Debian packages for /usr/bin/python3: the venv must see system site-packages.
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py controller/cyberstar/p4rt/_exact_wire.c
 	test -x $(PY) || $(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev]'

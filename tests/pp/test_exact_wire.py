@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 from finsy.proto import p4r
+from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -135,15 +136,15 @@ def _fm_entry() -> p4r.TableEntry:
 
 
 def test_a_controllers_flow_entries_take_the_wire_path(tables) -> None:
-    """FM's entries are read from the wire: the values are those written."""
-    parsed = tables["flow_table"]._wire.parse(_fm_entry().SerializeToString())
-    assert parsed == (
-        [7, 0x0A010064, 0x0A020002, 6, 40000, 80],
-        PIPELINE.action("snat").id,
-        [0xCB007140, 1024, 2],
-        30 * 10**9,
-        b"\x00\x01cookie",
-    )
+    """FM's entries are read from the wire: the values are those written, and the map key is
+    the flow table's key struct (addresses, tenant, ports, protocol; little-endian)."""
+    raw = _fm_entry().SerializeToString()
+    rest = (PIPELINE.action("snat").id, [0xCB007140, 1024, 2], 30 * 10**9, b"\x00\x01cookie")
+    wire = tables["flow_table"]._wire
+    assert wire.parse(raw) == ([7, 0x0A010064, 0x0A020002, 6, 40000, 80], *rest)
+    key = (bytes([0x64, 0, 1, 10]) + bytes([2, 0, 2, 10]) + (7).to_bytes(2, "little")
+           + (40000).to_bytes(2, "little") + (80).to_bytes(2, "little") + b"\x06\x00")  # fmt: skip
+    assert wire.parse_key(raw) == (key, 7, *rest)
 
 
 @st.composite
@@ -168,7 +169,7 @@ def test_bytes_the_wire_reader_takes_are_read_alike_by_protobuf(tables, name: st
     @SETTINGS
     @given(raw=mutated(name), kind=st.sampled_from(KINDS))
     def check(raw: bytes, kind: int) -> None:
-        parsed = table._wire.parse(raw)
+        parsed = table._wire.parse_key(raw)
         if parsed is None:
             return
         te = p4r.TableEntry.FromString(raw)  # must parse: the shape is protobuf's
@@ -186,7 +187,7 @@ def test_entry_bytes_off_by_one_are_refused_or_read_as_protobuf_reads_them(table
     table = tables["flow_table"]
     te = _fm_entry()
     raw = te.SerializeToString()
-    assert table._wire.parse(raw) is not None
+    assert table._wire.parse_key(raw) is not None
     taken = 0
     changes = [((at,), d) for at in range(len(raw)) for d in (1, -1)]
     # and pairs: a length and the length around it, one more or less together
@@ -196,7 +197,7 @@ def test_entry_bytes_off_by_one_are_refused_or_read_as_protobuf_reads_them(table
         changed = bytearray(raw)
         for at in where:
             changed[at] = (changed[at] + delta) % 256
-        parsed = table._wire.parse(bytes(changed))
+        parsed = table._wire.parse_key(bytes(changed))
         if parsed is None:
             continue
         taken += 1  # value bytes: still a well-formed entry
@@ -204,3 +205,70 @@ def test_entry_bytes_off_by_one_are_refused_or_read_as_protobuf_reads_them(table
         other = p4r.TableEntry.FromString(bytes(changed))
         assert update == table.prepare_fields(3, p4r.Update.INSERT, other), where
     assert 0 < taken < len(changes)
+
+
+def _odd_table_entry(key: list[bytes], params: list[bytes], idle: bytes = b"") -> bytes:
+    """An entry of a table with 9- and 24-bit keys and a 9-bit param (table 5, action 3),
+    written byte by byte from p4runtime.proto's field numbers."""
+    raw = b"\x08\x05"
+    for fid, v in enumerate(key, start=1):
+        raw += bytes([0x12, len(v) + 6, 0x08, fid, 0x12, len(v) + 2, 0x0A, len(v)]) + v
+    body = b"\x08\x03" + b"".join(
+        bytes([0x22, len(v) + 4, 0x10, pid, 0x1A, len(v)]) + v
+        for pid, v in enumerate(params, start=1)
+    )
+    return raw + bytes([0x1A, len(body) + 2, 0x0A, len(body)]) + body + idle
+
+
+def test_values_wider_than_an_odd_width_field_are_refused() -> None:
+    """A 9-bit field takes 0x01ff, not 0x0200 (two bytes either way); the same for params and
+    24-bit fields. (The flow table's fields are all whole bytes.)"""
+    from cyberstar.p4rt.exact_wire import ExactWire
+
+    wire = ExactWire(5, [9, 24], {3: [9]}, (8, [(0, 2), (4, 4)], 0))
+    ok = _odd_table_entry([b"\x01\xff", b"\xff\xff\xff"], [b"\x01\xff"])
+    te = p4r.TableEntry.FromString(ok)
+    assert [int.from_bytes(m.exact.value, "big") for m in te.match] == [0x1FF, 0xFFFFFF]
+    assert wire.parse(ok) == ([0x1FF, 0xFFFFFF], 3, [0x1FF], 0, b"")
+    assert wire.parse_key(ok) == (b"\xff\x01\x00\x00\xff\xff\xff\x00", 0x1FF, 3, [0x1FF], 0, b"")
+    for bad in (
+        _odd_table_entry([b"\x02\x00", b"\xff\xff\xff"], [b"\x01\xff"]),
+        _odd_table_entry([b"\x01\xff", b"\x01\xff\xff\xff"], [b"\x01\xff"]),
+        _odd_table_entry([b"\x01\xff", b"\xff\xff\xff"], [b"\x02\x00"]),
+    ):
+        p4r.TableEntry.FromString(bad)  # protobuf takes it: the width is P4Runtime's rule
+        assert wire.parse(bad) is None and wire.parse_key(bad) is None
+
+
+def test_an_idle_timeout_varint_is_read_up_to_its_ten_bytes() -> None:
+    """A negative int64 is a 10-byte varint, read as its unsigned value (>= 2**63, which the
+    table then refuses); an 11th byte is no varint at all, and protobuf refuses it too."""
+    from cyberstar.p4rt.exact_wire import ExactWire
+
+    wire = ExactWire(5, [9, 24], {3: [9]})
+    entry = _odd_table_entry(
+        [b"\x01", b"\x02"], [b"\x03"], b"\x48" + b"\xfb" + b"\xff" * 8 + b"\x01"
+    )
+    assert p4r.TableEntry.FromString(entry).idle_timeout_ns == -5
+    assert wire.parse(entry) == ([1, 2], 3, [3], 2**64 - 5, b"")
+    too_long = _odd_table_entry([b"\x01", b"\x02"], [b"\x03"], b"\x48" + b"\xff" * 10 + b"\x01")
+    with pytest.raises(DecodeError):
+        p4r.TableEntry.FromString(too_long)
+    assert wire.parse(too_long) is None
+
+
+def test_every_prefix_of_an_entry_is_refused_or_read_as_protobuf_reads_it(tables) -> None:
+    """The reader never reads past the end: each cut of an FM entry is refused, or (cut
+    between two fields) read as protobuf reads it."""
+    table = tables["flow_table"]
+    raw = _fm_entry().SerializeToString()
+    taken = 0
+    for cut in range(len(raw) + 1):
+        parsed = table._wire.parse_key(raw[:cut])
+        if parsed is None:
+            continue
+        taken += 1
+        update = table._from_wire(3, p4r.Update.INSERT, parsed)
+        other = p4r.TableEntry.FromString(raw[:cut])
+        assert update == table.prepare_fields(3, p4r.Update.INSERT, other), cut
+    assert taken == 4  # cut after the match, the action, the idle timeout; and whole

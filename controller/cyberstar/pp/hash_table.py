@@ -15,6 +15,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
 from finsy.proto import p4r
@@ -22,7 +23,7 @@ from grpc import StatusCode
 
 from cyberstar.codegen.xdp_layout import table_layout
 from cyberstar.p4rt.errors import P4RuntimeError
-from cyberstar.p4rt.exact_wire import ExactWire, ParsedEntry
+from cyberstar.p4rt.exact_wire import ExactWire, KeyedEntry
 from cyberstar.p4rt.wire import ExactEntryWriter
 from cyberstar.pipeline.entries import TableEntry
 from cyberstar.pipeline.model import ActionScope, Pipeline, Table
@@ -33,6 +34,7 @@ from cyberstar.xdp.maps import head_names, key_struct, value_struct
 from cyberstar.xdp.program import HashMap, coarse_now_ns
 
 INSERT, MODIFY, DELETE = p4r.Update.INSERT, p4r.Update.MODIFY, p4r.Update.DELETE
+_HEAD_ARGS = ("action", "packets", "bytes", "last_hit_ns", "idle_timeout_ns")
 READ_CHUNK = 1000  # entries a read gathers per step
 SCAN_CHUNK = 8192  # entries an idle scan reads per kernel call
 
@@ -94,7 +96,10 @@ class HashTable:
         self._tenant = names.index("tenant_id") if quota is not None else -1
         heads = head_names(pipeline, table.name)
         self._head = {name: i for i, name in enumerate(heads)}
-        self._head_names = heads
+        # the value head's fields in struct order, from (action, packets, bytes, last_hit_ns,
+        # idle_timeout_ns, 0): a cache of other tables' results (the ACL's) starts empty
+        picks = [_HEAD_ARGS.index(n) if n in _HEAD_ARGS else len(_HEAD_ARGS) for n in heads]
+        self._head_of = itemgetter(*picks) if len(picks) > 1 else lambda a: (a[picks[0]],)
         self._action_offset = self.lay.value_head.member("action").offset
         self._actions: dict[int, _Action] = {}
         for ref in table.actions:
@@ -108,11 +113,16 @@ class HashTable:
             assert list(params) == [p.name for p in action.params], "params in spec order"
         # field id → (position in the key struct, width)
         self._fields = {i: (names.index(k.name), k.width) for i, k in enumerate(table.key, start=1)}
-        self._from_p4_order = [self._to_p4_order.index(pos) for pos in range(len(names))]
+        members = {m.name: m for m in self.lay.key.members}
         self._wire = ExactWire(
             table.id,
             [k.width for k in table.key],
             {aid: [*a.param_widths] for aid, a in self._actions.items() if a.entry_allowed},
+            (
+                self._key.size,
+                [(members[k.name].offset, members[k.name].size) for k in table.key],
+                [k.name for k in table.key].index("tenant_id") if quota is not None else -1,
+            ),
         )
         self.writer = ExactEntryWriter(
             table.id,
@@ -133,25 +143,23 @@ class HashTable:
         anything else (the caller then decodes it in full, which names what is wrong). The
         common shape is read from the entry's wire form (`ExactWire`), the rest field by
         field; both give the same update (tests/pp/test_exact_wire.py)."""
-        parsed = self._wire.parse(te.SerializeToString())
+        parsed = self._wire.parse_key(te.SerializeToString())
         if parsed is not None:
             update = self._from_wire(index, kind, parsed)
             if update is not None:
                 return update
         return self.prepare_fields(index, kind, te)
 
-    def _from_wire(self, index: int, kind: int, parsed: ParsedEntry) -> HashUpdate | None:
-        values, aid, params, idle, metadata = parsed
+    def _from_wire(self, index: int, kind: int, parsed: KeyedEntry) -> HashUpdate | None:
+        key, tenant, aid, params, idle, metadata = parsed
         if kind == DELETE:
             aid, params = 0, ()
         elif not aid:
             return None
         if idle and (idle >> 63 or not self.table.idle_timeout):
             return None
-        ordered = [values[i] for i in self._from_p4_order]
-        tenant = ordered[self._tenant] if self._tenant >= 0 else 0
-        return HashUpdate(self.name, index, kind, self._key.pack(*ordered), tenant, aid,
-                          tuple(params), idle, metadata)  # fmt: skip
+        return HashUpdate(self.name, index, kind, key, tenant, aid, tuple(params), idle,
+                          metadata)  # fmt: skip
 
     def prepare_fields(self, index: int, kind: int, te: p4r.TableEntry) -> HashUpdate | None:
         """`prepare` through the message's fields, for any field order."""
@@ -229,11 +237,8 @@ class HashTable:
                           entry.idle_timeout_ns, entry.metadata, counters)  # fmt: skip
 
     def _value(self, u: HashUpdate, packets: int, nbytes: int, last_hit_ns: int) -> bytes:
-        spec = self._actions[u.action]
-        head = {"action": u.action, "priority": 0, "packets": packets, "bytes": nbytes,
-                "last_hit_ns": last_hit_ns, "idle_timeout_ns": u.idle_timeout_ns}  # fmt: skip
-        # a cache of other tables' results (the ACL's) starts empty: stale, so recomputed
-        return spec.packer.pack(*[head.get(n, 0) for n in self._head_names], *u.params)
+        head = self._head_of((u.action, packets, nbytes, last_hit_ns, u.idle_timeout_ns, 0))
+        return self._actions[u.action].packer.pack(*head, *u.params)
 
     def apply(self, group: list[HashUpdate], now: int) -> list[tuple[int, P4RuntimeError]]:
         """Apply updates of distinct keys; deletes first (they make room), then the rest."""

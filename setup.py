@@ -1,0 +1,14 @@
+"""The C part of the package (everything else is in pyproject.toml): the P4Runtime wire reader
+of a PP node's Writes and FM's cache, `cyberstar.p4rt._exact_wire` (see p4rt/exact_wire.py)."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "cyberstar.p4rt._exact_wire",
+            ["controller/cyberstar/p4rt/_exact_wire.c"],
+            extra_compile_args=["-O2", "-Wall", "-Werror"],
+        )
+    ]
+)
