@@ -384,3 +384,76 @@ def test_half_open_grpc_connections_are_closed(lab: ScLab) -> None:
         for s in socks:
             s.close()
     assert run(inspect(head.address, lab.client_tls)).role == "head"
+
+
+async def _stream(address: str, tls, messages: list[bytes], answers: int
+                  ) -> tuple[grpc.StatusCode, list[sc_pb2.RuleReplyBatch]]:  # fmt: skip
+    """Raw bytes on ComputeStream, then up to `answers` reply batches read: the status the
+    stream ends with (OK while it is open) and the replies."""
+    from cyberstar.tls import channel_credentials
+
+    replies: list[sc_pb2.RuleReplyBatch] = []
+    async with grpc.aio.secure_channel(address, channel_credentials(tls)) as ch:
+        path = "/cyberstar.sc.v1.ServiceComputing/ComputeStream"
+        call = ch.stream_stream(path, response_deserializer=sc_pb2.RuleReplyBatch.FromString)()
+        try:
+            for m in messages:
+                await call.write(m)
+            for _ in range(answers):
+                replies.append(await asyncio.wait_for(call.read(), 10))
+            await call.done_writing()
+            return await asyncio.wait_for(call.code(), 10), replies
+        except grpc.aio.AioRpcError as exc:
+            return exc.code(), replies
+
+
+def _batch(batch_id: int, first: int, n: int) -> sc_pb2.RuleBatch:
+    return sc_pb2.RuleBatch(batch_id=batch_id, requests=[
+        sc_pb2.RuleRequest(request_id=i, flow=sc_pb2.Flow(
+            tenant_id=7, ingress_port=1, src_addr=0x0A000001, dst_addr=0x5DB8D801, protocol=6,
+            src_port=20000 + i, dst_port=443))
+        for i in range(first, first + n)
+    ])  # fmt: skip
+
+
+def test_the_compute_stream_answers_each_batch_under_its_id(lab: ScLab) -> None:
+    head = run(chain_of(lab)).nodes[0]
+    batches = [_batch(70, 1, 3), _batch(71, 10, 1), _batch(72, 20, 5)]
+    code, replies = run(_stream(head.address, lab.client_tls,
+                                [b.SerializeToString() for b in batches], 3))  # fmt: skip
+    assert code == grpc.StatusCode.OK
+    by_id = {r.batch_id: r for r in replies}
+    assert sorted(by_id) == [70, 71, 72]
+    for b in batches:
+        got = by_id[b.batch_id].replies
+        assert [r.request_id for r in got] == [r.request_id for r in b.requests]
+        assert all(r.status.code == sc_pb2.OK and len(r.rules) == 2 for r in got)
+
+    async def through_the_client() -> list[list[int]]:  # FM's way: concurrent batches
+        async with ScClient(head.address, lab.client_tls) as c:
+            got = await asyncio.gather(*(c.compute(_batch(0, 100 + 10 * k, k + 1).requests)
+                                         for k in range(6)))  # fmt: skip
+        return [[r.request_id for r in g if r.status.code == sc_pb2.OK] for g in got]
+
+    assert run(through_the_client()) == [list(range(100 + 10 * k, 101 + 11 * k)) for k in range(6)]
+
+
+def test_the_compute_stream_is_a_door_like_compute(lab: ScLab) -> None:
+    """Its roles, garbage and huge batches get Compute's answers, and end the stream."""
+    head = run(chain_of(lab)).nodes[0]
+    log = lab.nodes[head.id].log
+    start = log.stat().st_size
+    good = _batch(1, 1, 1).SerializeToString()
+    pp = lab.certs.files("pp", "pp-x")
+    assert run(_stream(head.address, pp, [good], 1))[0] == grpc.StatusCode.PERMISSION_DENIED
+    code, replies = run(_stream(head.address, lab.client_tls, [good, b"\xff\xff\xff\x01"], 2))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [r.batch_id for r in replies] == [1]  # what came before the garbage is answered
+    huge = _batch(2, 1, 2000).SerializeToString()  # the lab's max_batch is 1024
+    assert run(_stream(head.address, lab.client_tls, [huge], 1))[0] == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
+    assert "Traceback" not in log.read_text()[start:]
+    # and the head still answers
+    code, replies = run(_stream(head.address, lab.client_tls, [good], 1))
+    assert code == grpc.StatusCode.OK and replies[0].replies[0].status.code == sc_pb2.OK

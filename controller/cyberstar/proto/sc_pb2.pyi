@@ -69,10 +69,12 @@ class RuleRequest(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., flow: _Optional[_Union[Flow, _Mapping]] = ..., shard: _Optional[str] = ...) -> None: ...
 
 class RuleBatch(_message.Message):
-    __slots__ = ("requests",)
+    __slots__ = ("requests", "batch_id")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     requests: _containers.RepeatedCompositeFieldContainer[RuleRequest]
-    def __init__(self, requests: _Optional[_Iterable[_Union[RuleRequest, _Mapping]]] = ...) -> None: ...
+    batch_id: int
+    def __init__(self, requests: _Optional[_Iterable[_Union[RuleRequest, _Mapping]]] = ..., batch_id: _Optional[int] = ...) -> None: ...
 
 class MatchField(_message.Message):
     __slots__ = ("name", "value", "prefix_len", "mask")
@@ -124,10 +126,12 @@ class RuleReply(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., slot: _Optional[int] = ..., shard: _Optional[str] = ...) -> None: ...
 
 class RuleReplyBatch(_message.Message):
-    __slots__ = ("replies",)
+    __slots__ = ("replies", "batch_id")
     REPLIES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     replies: _containers.RepeatedCompositeFieldContainer[RuleReply]
-    def __init__(self, replies: _Optional[_Iterable[_Union[RuleReply, _Mapping]]] = ...) -> None: ...
+    batch_id: int
+    def __init__(self, replies: _Optional[_Iterable[_Union[RuleReply, _Mapping]]] = ..., batch_id: _Optional[int] = ...) -> None: ...
 
 class ReleaseItem(_message.Message):
     __slots__ = ("flow", "slot")
