@@ -216,3 +216,134 @@ def test_an_oversized_packet_out_batch_is_refused(stream) -> None:
     err = stream.next_message()
     assert err.error.canonical_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "at most" in err.error.message
+
+
+WRITE_URL = "type.googleapis.com/cyberstar.p4rt.v1.StreamWrite"
+RESULT_URL = "type.googleapis.com/cyberstar.p4rt.v1.StreamWriteResult"
+
+
+def _drop_rule(src_port: int, kind: int = p4r.Update.INSERT) -> p4r.Update:
+    """flow_drop for the flow of `frames(1, src_port)` (tenant 7 by the fixture's classify)."""
+    return update(kind, PIPELINE, build_entry(
+        PIPELINE, "flow_table",
+        {"tenant_id": 7, "src_addr": "192.168.1.2", "dst_addr": "10.0.0.5", "protocol": 6,
+         "src_port": src_port, "dst_port": 80},
+        "flow_drop", {},
+    ))  # fmt: skip
+
+
+def _write_request(stream: RawStream, updates: list[p4r.Update], election_id: int = 0) -> bytes:
+    eid = p4r.Uint128(low=election_id or stream.election_id)
+    return p4r.WriteRequest(device_id=1, election_id=eid, updates=updates).SerializeToString()
+
+
+def _stream_write(stream: RawStream, write_id: int, request: bytes) -> None:
+    value = pb.StreamWrite(id=write_id, request=request).SerializeToString()
+    stream.send(p4r.StreamMessageRequest(other=any_pb2.Any(type_url=WRITE_URL, value=value)))
+
+
+def _next_other(stream: RawStream, url: str) -> bytes:
+    """The value of the next `other` message of type `url` (PacketIns of earlier tests are
+    skipped)."""
+    while True:
+        msg = stream.next_message()
+        if msg.WhichOneof("update") == "error":
+            raise AssertionError(f"stream error: {msg.error}")
+        if msg.WhichOneof("update") == "other" and msg.other.type_url == url:
+            return msg.other.value
+
+
+def _result(stream: RawStream) -> tuple[int, list[int], int]:
+    """A StreamWriteResult: its id, the p4.v1.Error code of each update, the status code."""
+    from finsy.proto import rpc_status
+
+    r = pb.StreamWriteResult.FromString(_next_other(stream, RESULT_URL))
+    status = rpc_status.Status.FromString(r.status)
+    codes = []
+    for d in status.details:
+        err = p4r.Error()
+        assert d.Unpack(err)
+        codes.append(err.canonical_code)
+    return r.id, codes, status.code
+
+
+def _to_ingress(stream: RawStream, frame: bytes) -> None:
+    """A PacketOut that runs the pipeline as if `frame` came in on port 1."""
+    out = p4r.PacketOut(payload=frame, metadata=[
+        p4r.PacketMetadata(metadata_id=OUT_FIELDS["submit_to_ingress"], value=b"\x01"),
+        p4r.PacketMetadata(metadata_id=OUT_FIELDS["ingress_port"], value=b"\x00\x01"),
+    ])  # fmt: skip
+    stream.send(p4r.StreamMessageRequest(packet=out))
+
+
+def _hits(stream: RawStream, src_ports: list[int]) -> list[int]:
+    """The packets counted by the flow entry of each `frames(1, port)` flow."""
+    req = p4r.TableEntry(table_id=PIPELINE.table("flow_table").id)
+    req.counter_data.SetInParent()
+    field_id = [k.name for k in PIPELINE.table("flow_table").key].index("src_port") + 1
+    by_port = {}
+    for resp in stream.stub.Read(p4r.ReadRequest(device_id=1, entities=[
+            p4r.Entity(table_entry=req)]), timeout=10):  # fmt: skip
+        for e in resp.entities:
+            te = e.table_entry
+            fields = {m.field_id: int.from_bytes(m.exact.value, "big") for m in te.match}
+            by_port[fields[field_id]] = te.counter_data.packet_count
+    return [by_port.get(p, -1) for p in src_ports]
+
+
+def test_a_stream_write_is_in_the_tables_before_the_packet_out_after_it(stream) -> None:
+    """Capabilities offer stream writes; a PacketOut sent right after an entry written on the
+    stream is counted by that entry, and one sent just before it is not."""
+    caps = stream.stub.Capabilities(p4r.CapabilitiesRequest(), timeout=10)
+    assert pb.StreamBatching.FromString(caps.experimental.value).writes
+    stream.send(opt_in(64))
+    after, before = [52000 + 2 * i for i in range(20)], [52001 + 2 * i for i in range(20)]
+    for i, (a, b) in enumerate(zip(after, before, strict=True)):
+        _to_ingress(stream, frames(1, b)[0])  # before its entry: a miss
+        # large enough to be written on the device's thread, not inline
+        others = [_drop_rule(10000 + 200 * i + k) for k in range(200)]
+        _stream_write(stream, 100 + i,
+                      _write_request(stream, [*others, _drop_rule(a), _drop_rule(b)]))  # fmt: skip
+        _to_ingress(stream, frames(1, a)[0])
+        assert _result(stream) == (100 + i, [], 0)
+    time.sleep(0.5)  # the last PacketOut is handled after its write was answered
+    assert _hits(stream, after) == [1] * 20
+    assert _hits(stream, before) == [0] * 20
+
+
+def test_a_stream_writes_answer_is_the_write_calls(stream) -> None:
+    """Per-update errors and the whole request's errors, as the Write RPC gives them."""
+    stream.send(opt_in(64))
+    request = _write_request(stream, [_drop_rule(53000), _drop_rule(53000)])
+    _stream_write(stream, 7, request)
+    assert _result(stream) == (7, [rpc_code.OK, rpc_code.ALREADY_EXISTS], rpc_code.UNKNOWN)
+    with pytest.raises(grpc.RpcError) as called:
+        stream.stub.Write(p4r.WriteRequest.FromString(request), timeout=10)
+    from finsy.proto import rpc_status
+
+    trailer = dict(called.value.trailing_metadata())["grpc-status-details-bin"]
+    by_call = []
+    for d in rpc_status.Status.FromString(trailer).details:
+        err = p4r.Error()
+        d.Unpack(err)
+        by_call.append(err.canonical_code)
+    assert by_call == [rpc_code.ALREADY_EXISTS, rpc_code.ALREADY_EXISTS]
+    # not the primary's election id: the whole request is refused, as a Write call would be
+    _stream_write(stream, 8, _write_request(stream, [_drop_rule(53002)], stream.election_id + 1))
+    assert _result(stream) == (8, [], rpc_code.PERMISSION_DENIED)
+
+
+def test_stream_writes_need_the_opt_in_and_garbage_is_a_stream_error(stream) -> None:
+    _stream_write(stream, 1, _write_request(stream, [_drop_rule(54000)]))
+    err = stream.next_message()
+    assert err.error.canonical_code == grpc.StatusCode.UNIMPLEMENTED.value[0]
+    stream.send(opt_in(64))
+    stream.send(p4r.StreamMessageRequest(other=any_pb2.Any(type_url=WRITE_URL,
+                                                           value=b"\xff\xff\xff")))  # fmt: skip
+    err = stream.next_message()
+    assert err.error.canonical_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    _stream_write(stream, 2, b"\xff\xff\xff")  # a StreamWrite whose request does not parse
+    err = stream.next_message()
+    assert err.error.canonical_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    _stream_write(stream, 3, _write_request(stream, [_drop_rule(54000)]))  # still answers
+    assert _result(stream) == (3, [], 0)
