@@ -127,9 +127,9 @@ class PacketInCounter:
         self.requests.put(arbitration_request(device_id, election_id))
         self.granted = 0
         if batch:
-            self.granted = batching.server_batching(
+            self.granted = batching.server_max_packets(
                 stub.Capabilities(p4r.CapabilitiesRequest(), timeout=10)
-            ).max_packets
+            )
             if self.granted:
                 self.requests.put(batching.opt_in_request(min(batch, self.granted)))
         self.thread = threading.Thread(target=self._read, daemon=True)

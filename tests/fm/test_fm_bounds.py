@@ -143,27 +143,20 @@ def test_a_connection_whose_rules_were_not_written_is_released() -> None:
 
 
 async def _short_sc() -> tuple[grpc.aio.Server, int]:
-    """A misbehaving SC node: it answers every Compute batch with one reply too few (a call or
-    a batch of its ComputeStream, as FM sends them)."""
+    """A misbehaving SC node: it answers every Compute batch with one reply too few."""
 
     async def compute(request: sc_pb2.RuleBatch, context) -> sc_pb2.RuleReplyBatch:
         st = sc_pb2.Status(code=sc_pb2.UNKNOWN_TENANT, message="no")
         return sc_pb2.RuleReplyBatch(
-            batch_id=request.batch_id,
             replies=[sc_pb2.RuleReply(request_id=r.request_id, status=st)
-                     for r in request.requests[:-1]],
+                     for r in request.requests[:-1]]
         )  # fmt: skip
 
-    async def compute_stream(batches, context):
-        async for batch in batches:
-            yield await compute(batch, context)
-
-    codec = {"request_deserializer": sc_pb2.RuleBatch.FromString,
-             "response_serializer": sc_pb2.RuleReplyBatch.SerializeToString}  # fmt: skip
     handler = grpc.method_handlers_generic_handler(
         "cyberstar.sc.v1.ServiceComputing",
-        {"Compute": grpc.unary_unary_rpc_method_handler(compute, **codec),
-         "ComputeStream": grpc.stream_stream_rpc_method_handler(compute_stream, **codec)},
+        {"Compute": grpc.unary_unary_rpc_method_handler(
+            compute, request_deserializer=sc_pb2.RuleBatch.FromString,
+            response_serializer=sc_pb2.RuleReplyBatch.SerializeToString)},
     )  # fmt: skip
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler,))

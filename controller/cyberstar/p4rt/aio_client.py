@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -25,7 +24,6 @@ from cyberstar.p4rt.messages import (
     pipeline_request,
     route_stream_message,
     rpc_error,
-    write_error,
 )
 from cyberstar.tls import TlsFiles, aio_channel
 
@@ -72,7 +70,6 @@ class AioP4RuntimeClient:
             "arbitration": self.arbitrations.put_nowait,
             "packet": self._bounded(self.packet_ins),
             "idle_timeout_notification": self._bounded(self.idle_notifications),
-            "write_result": self._write_result,
         }
         self.stream_closed = asyncio.Event()
         # stream requests to write, each with what to call once gRPC has sent it
@@ -82,9 +79,6 @@ class AioP4RuntimeClient:
         self._reader: asyncio.Task | None = None
         self._writer: asyncio.Task | None = None
         self.batch = 1  # packets per stream message, once the server agreed to batches
-        self.stream_writes = False  # Writes go on the stream (the server takes StreamWrites)
-        self._writes: dict[int, asyncio.Future] = {}  # StreamWrites waiting for their result
-        self._write_ids = itertools.count(1)
         self._call = None
 
     def _bounded(self, queue: asyncio.Queue):
@@ -120,11 +114,10 @@ class AioP4RuntimeClient:
         except grpc.aio.AioRpcError as exc:
             log.info("%s: Capabilities: %s; no batching", self.address, exc.details())
             return
-        offered = batching.server_batching(caps)
-        if offered.max_packets:
-            self.batch = min(offered.max_packets, batching.MAX_PACKETS)
+        offered = batching.server_max_packets(caps)
+        if offered:
+            self.batch = min(offered, batching.MAX_PACKETS)
             await self._out.put((batching.opt_in_request(self.batch), None))
-            self.stream_writes = offered.writes
 
     async def arbitrate(self, election_id: int) -> None:
         self.election_id = election_id
@@ -169,18 +162,6 @@ class AioP4RuntimeClient:
                 log.info("%s: stream ended: %s", self.address, exc.details())
         finally:
             self.stream_closed.set()
-            writes, self._writes = self._writes, {}
-            for answer in writes.values():
-                if not answer.done():
-                    answer.set_exception(P4RuntimeError(
-                        grpc.StatusCode.UNAVAILABLE,
-                        f"{self.address}: the stream ended before the Write was answered",
-                    ))  # fmt: skip
-
-    def _write_result(self, write_id: int, status) -> None:
-        answer = self._writes.pop(write_id, None)
-        if answer is not None and not answer.done():
-            answer.set_result(status)
 
     async def packet_out(self, payload: bytes, metadata: list[tuple[int, bytes]],
                          on_sent: Callable[[], None] | None = None) -> None:  # fmt: skip
@@ -217,33 +198,10 @@ class AioP4RuntimeClient:
         req = write_request_bytes(self.device_id, self.election_id,
                                   [u if isinstance(u, bytes) else u.SerializeToString()
                                    for u in updates])  # fmt: skip
-        if self.stream_writes and not self.stream_closed.is_set():
-            await self._stream_write(req)
-            return
         try:
             await self._write_serialized(req, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             raise decode_write_error(exc) from None
-
-    async def _stream_write(self, req: bytes) -> None:
-        """The Write as a StreamWrite, in order with the PacketOuts queued after it."""
-        write_id = next(self._write_ids)
-        answer = asyncio.get_running_loop().create_future()
-        self._writes[write_id] = answer
-        try:
-            await self._out.put((batching.stream_write_request(write_id, req), None))
-            status = await asyncio.wait_for(answer, self.timeout)
-        except TimeoutError:
-            raise P4RuntimeError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"Write: no answer from {self.address} within {self.timeout:.0f} s",
-            ) from None
-        finally:
-            self._writes.pop(write_id, None)
-        if status.code != grpc.StatusCode.OK.value[0]:
-            code = next((c for c in grpc.StatusCode if c.value[0] == status.code),
-                        grpc.StatusCode.UNKNOWN)  # fmt: skip
-            raise write_error(code, status.message, status)
 
     async def read(self, entities: list[p4r.Entity]) -> list[p4r.Entity]:
         out: list[p4r.Entity] = []

@@ -4,13 +4,12 @@ The messages are in `cyberstar/proto/p4rt_batch.proto`, which says how they are 
 the server advertises `StreamBatching` in `CapabilitiesResponse.experimental`; a controller
 opts in on its stream with a `StreamBatching` in `StreamMessageRequest.other`; then PacketIns
 travel as `PacketInBatch` (`StreamMessageResponse.other`) and PacketOuts may travel as
-`PacketOutBatch` (`StreamMessageRequest.other`), and writes may travel on the stream as
-`StreamWrite`, answered by a `StreamWriteResult`. Everything else is standard P4Runtime.
+`PacketOutBatch` (`StreamMessageRequest.other`). Everything else is standard P4Runtime.
 """
 
 from __future__ import annotations
 
-from finsy.proto import p4r, rpc_status
+from finsy.proto import p4r
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 
@@ -22,8 +21,6 @@ _PREFIX = "type.googleapis.com/"
 STREAM_BATCHING = _PREFIX + pb.StreamBatching.DESCRIPTOR.full_name
 PACKET_IN_BATCH = _PREFIX + pb.PacketInBatch.DESCRIPTOR.full_name
 PACKET_OUT_BATCH = _PREFIX + pb.PacketOutBatch.DESCRIPTOR.full_name
-STREAM_WRITE = _PREFIX + pb.StreamWrite.DESCRIPTOR.full_name
-STREAM_WRITE_RESULT = _PREFIX + pb.StreamWriteResult.DESCRIPTOR.full_name
 
 
 def _any(type_url: str, message) -> any_pb2.Any:
@@ -32,14 +29,14 @@ def _any(type_url: str, message) -> any_pb2.Any:
 
 def capability(max_packets: int = MAX_PACKETS) -> any_pb2.Any:
     """What a batching server puts in `CapabilitiesResponse.experimental`."""
-    return _any(STREAM_BATCHING, pb.StreamBatching(max_packets=max_packets, writes=True))
+    return _any(STREAM_BATCHING, pb.StreamBatching(max_packets=max_packets))
 
 
-def server_batching(caps: p4r.CapabilitiesResponse) -> pb.StreamBatching:
-    """What the server offers (max_packets 0: no batching)."""
+def server_max_packets(caps: p4r.CapabilitiesResponse) -> int:
+    """How many packets per message the server batches (0: it does not)."""
     if not caps.HasField("experimental") or caps.experimental.type_url != STREAM_BATCHING:
-        return pb.StreamBatching()
-    return pb.StreamBatching.FromString(caps.experimental.value)
+        return 0
+    return pb.StreamBatching.FromString(caps.experimental.value).max_packets
 
 
 def opt_in_request(max_packets: int) -> p4r.StreamMessageRequest:
@@ -104,37 +101,3 @@ def packet_outs_of(other: any_pb2.Any) -> list[p4r.PacketOut]:
         return [p4r.PacketOut.FromString(p) for p in raw]
     except DecodeError:
         raise ValueError("a PacketOutBatch that does not parse") from None
-
-
-def stream_write_request(write_id: int, request: bytes) -> p4r.StreamMessageRequest:
-    """A StreamWrite of a serialized WriteRequest."""
-    return p4r.StreamMessageRequest(
-        other=_any(STREAM_WRITE, pb.StreamWrite(id=write_id, request=request))
-    )
-
-
-def stream_write_of(other: any_pb2.Any) -> tuple[int, p4r.WriteRequest]:
-    """A StreamWrite's id and WriteRequest; ValueError says what is wrong with it."""
-    try:
-        msg = pb.StreamWrite.FromString(other.value)
-        return msg.id, p4r.WriteRequest.FromString(msg.request)
-    except DecodeError:
-        raise ValueError("a StreamWrite that does not parse") from None
-
-
-def stream_write_result(write_id: int, status: rpc_status.Status | None
-                        ) -> p4r.StreamMessageResponse:  # fmt: skip
-    """The answer to StreamWrite `write_id`: `status` as the Write call would end (None: OK)."""
-    raw = status.SerializeToString() if status is not None else b""
-    return p4r.StreamMessageResponse(
-        other=_any(STREAM_WRITE_RESULT, pb.StreamWriteResult(id=write_id, status=raw))
-    )
-
-
-def stream_write_result_of(other: any_pb2.Any) -> tuple[int, rpc_status.Status]:
-    """A StreamWriteResult's id and status; ValueError if it does not parse."""
-    try:
-        msg = pb.StreamWriteResult.FromString(other.value)
-        return msg.id, rpc_status.Status.FromString(msg.status)
-    except DecodeError:
-        raise ValueError("a StreamWriteResult that does not parse") from None

@@ -66,15 +66,6 @@ def route_stream_message(
     elif kind == "other" and msg.other.type_url == batching.PACKET_IN_BATCH:
         for packet_in in batching.packet_ins_of(msg.other):
             sinks["packet"](packet_in)
-    elif kind == "other" and msg.other.type_url == batching.STREAM_WRITE_RESULT:
-        sink = sinks.get("write_result")
-        try:
-            result = batching.stream_write_result_of(msg.other)
-        except ValueError as exc:
-            log.warning("%s: %s", address, exc)
-            return
-        if sink is not None:
-            sink(*result)
     elif kind == "error":
         log.warning("%s: stream error: %s", address, msg.error.message)
 
@@ -85,22 +76,16 @@ def rpc_error(what: str, exc: grpc.RpcError) -> P4RuntimeError:
 
 def decode_write_error(exc: grpc.RpcError) -> P4RuntimeError:
     """Decode the per-update p4.v1.Error details of a failed batch (P4Runtime §12.3)."""
+    errors: list[tuple[int, str, str]] = []
     trailers = dict(exc.trailing_metadata() or ())
     raw = trailers.get("grpc-status-details-bin")
-    status = rpc_status.Status.FromString(raw) if raw else None
-    return write_error(exc.code(), exc.details(), status)
-
-
-def write_error(code: grpc.StatusCode, details: str, status: rpc_status.Status | None
-                ) -> P4RuntimeError:  # fmt: skip
-    """The error of a Write that ended with `code` and `details` (and, for a batch with failed
-    updates, `status` with one p4.v1.Error per update)."""
-    errors: list[tuple[int, str, str]] = []
-    for i, detail in enumerate(status.details if status is not None else ()):
-        err = p4r.Error()
-        if detail.Unpack(err) and err.canonical_code != rpc_code.OK:
-            errors.append((i, rpc_code.Code.Name(err.canonical_code), err.message))
+    if raw:
+        status = rpc_status.Status.FromString(raw)
+        for i, detail in enumerate(status.details):
+            err = p4r.Error()
+            if detail.Unpack(err) and err.canonical_code != rpc_code.OK:
+                errors.append((i, rpc_code.Code.Name(err.canonical_code), err.message))
     lines = "; ".join(f"update {i}: {code}: {msg}" for i, code, msg in errors)
     return P4RuntimeError(
-        code, f"Write failed: {details}" + (f" ({lines})" if lines else ""), errors
+        exc.code(), f"Write failed: {exc.details()}" + (f" ({lines})" if lines else ""), errors
     )

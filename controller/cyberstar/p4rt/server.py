@@ -217,55 +217,38 @@ class P4RuntimeServer:
         return p4r.GetForwardingPipelineConfigResponse(config=out)
 
     async def Write(self, request, context):
+        assert self._gate is not None
         try:
-            results = await self._write(request, peer_of(context))
+            self._check_device(request.device_id)
+            async with self._gate:
+                self.arbitration.check_writer(_election_id(request), peer_of(context))
+                self._check_pipeline()
+                if request.atomicity != p4r.WriteRequest.CONTINUE_ON_ERROR:
+                    raise P4RuntimeError(
+                        grpc.StatusCode.UNIMPLEMENTED,
+                        "only CONTINUE_ON_ERROR batches are supported",
+                    )
+                updates = list(request.updates)
+                saving = self._saved is not None
+                if saving and len(self._since_save) + len(updates) > MAX_SINCE_SAVE:
+                    raise P4RuntimeError(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"{MAX_SINCE_SAVE} updates were written since VERIFY_AND_SAVE: "
+                        "COMMIT the saved config (or commit another) before writing more",
+                    )
+                results = None
+                if len(updates) <= INLINE_WRITE_UPDATES:
+                    results = self.device.write_if_idle(updates)
+                if results is None:
+                    results = await self._on_device(self.device.write, updates)
+                if saving:
+                    done = zip(updates, results, strict=True)
+                    self._since_save += [u for u, r in done if r is None]
         except P4RuntimeError as err:
             await context.abort(err.code, err.message)
-        status = self._write_status(results)
-        if status is not None:
-            context.set_trailing_metadata(
-                (("grpc-status-details-bin", status.SerializeToString()),)
-            )
-            context.set_code(grpc.StatusCode.UNKNOWN)
-            context.set_details(status.message)
-        return p4r.WriteResponse()
-
-    async def _write(self, request, peer: str) -> list[P4RuntimeError | None]:
-        """A WriteRequest's result per update (Write, or a StreamWrite from `peer`'s stream);
-        P4RuntimeError for the whole request."""
-        assert self._gate is not None
-        self._check_device(request.device_id)
-        async with self._gate:
-            self.arbitration.check_writer(_election_id(request), peer)
-            self._check_pipeline()
-            if request.atomicity != p4r.WriteRequest.CONTINUE_ON_ERROR:
-                raise P4RuntimeError(
-                    grpc.StatusCode.UNIMPLEMENTED,
-                    "only CONTINUE_ON_ERROR batches are supported",
-                )
-            updates = list(request.updates)
-            saving = self._saved is not None
-            if saving and len(self._since_save) + len(updates) > MAX_SINCE_SAVE:
-                raise P4RuntimeError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"{MAX_SINCE_SAVE} updates were written since VERIFY_AND_SAVE: "
-                    "COMMIT the saved config (or commit another) before writing more",
-                )
-            results = None
-            if len(updates) <= INLINE_WRITE_UPDATES:
-                results = self.device.write_if_idle(updates)
-            if results is None:
-                results = await self._on_device(self.device.write, updates)
-            if saving:
-                done = zip(updates, results, strict=True)
-                self._since_save += [u for u, r in done if r is None]
-        return results
-
-    def _write_status(self, results: list[P4RuntimeError | None]) -> rpc_status.Status | None:
-        """The status a Write with failed updates ends with (§12.3), None when none failed."""
         failed = sum(r is not None for r in results)
         if not failed:
-            return None
+            return p4r.WriteResponse()
         self.stats["write_errors"] += failed
         status = rpc_status.Status(
             code=rpc_code.UNKNOWN, message=f"{failed} of {len(results)} updates failed"
@@ -279,25 +262,10 @@ class P4RuntimeServer:
             detail = any_pb2.Any()
             detail.Pack(err)
             status.details.append(detail)
-        return status
-
-    async def _stream_write(self, other: any_pb2.Any, state: _StreamState, outbox: Outbox
-                            ) -> None:  # fmt: skip
-        """A StreamWrite (p4rt/batching.py): handled as Write, answered on the stream."""
-        try:
-            write_id, request = batching.stream_write_of(other)
-        except ValueError as exc:
-            outbox.put_urgent(_stream_error(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
-            return
-        try:
-            status = self._write_status(await self._write(request, state.peer))
-        except P4RuntimeError as err:
-            status = rpc_status.Status(code=err.code.value[0], message=err.message)
-        if not outbox.put(batching.stream_write_result(write_id, status)):
-            outbox.put_urgent(P4RuntimeError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{OUTBOX_LIMIT} messages wait for this controller: read the stream",
-            ))  # fmt: skip
+        context.set_trailing_metadata((("grpc-status-details-bin", status.SerializeToString()),))
+        context.set_code(grpc.StatusCode.UNKNOWN)
+        context.set_details(status.message)
+        return p4r.WriteResponse()
 
     async def Read(self, request, context):
         try:
@@ -393,14 +361,11 @@ class P4RuntimeServer:
             )
         if kind == "packet":
             self._packet_outs(controller, [req.packet], outbox)
-        elif kind == "other" and req.other.type_url == batching.STREAM_WRITE and state.batch_opted:
-            await self._stream_write(req.other, state, outbox)
         elif kind == "other" and req.other.type_url in _EXTENSIONS:
             try:  # cyberstar's stream batching (p4rt/batching.py)
                 if req.other.type_url == batching.STREAM_BATCHING:
                     wanted = batching.requested_max_packets(req.other)
                     state.batch = max(1, min(wanted, batching.MAX_PACKETS))
-                    state.batch_opted = True
                     return
                 packets = batching.packet_outs_of(req.other)
             except ValueError as exc:
@@ -437,13 +402,12 @@ class P4RuntimeServer:
 
 
 class _StreamState:
-    __slots__ = ("batch", "batch_opted", "controller", "peer")
+    __slots__ = ("batch", "controller", "peer")
 
     def __init__(self, peer: str) -> None:
         self.peer = peer
         self.controller: Controller | None = None
         self.batch = 1  # PacketIns per message: 1 until the controller asks for batches
-        self.batch_opted = False  # it did: it may also send StreamWrites
 
 
 def _weight(item: object) -> int:

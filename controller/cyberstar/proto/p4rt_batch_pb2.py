@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n cyberstar/proto/p4rt_batch.proto\x12\x11\x63yberstar.p4rt.v1\"5\n\x0eStreamBatching\x12\x13\n\x0bmax_packets\x18\x01 \x01(\r\x12\x0e\n\x06writes\x18\x02 \x01(\x08\"*\n\x0bStreamWrite\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0f\n\x07request\x18\x02 \x01(\x0c\"/\n\x11StreamWriteResult\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0e\n\x06status\x18\x02 \x01(\x0c\" \n\rPacketInBatch\x12\x0f\n\x07packets\x18\x01 \x03(\x0c\"!\n\x0ePacketOutBatch\x12\x0f\n\x07packets\x18\x01 \x03(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n cyberstar/proto/p4rt_batch.proto\x12\x11\x63yberstar.p4rt.v1\"%\n\x0eStreamBatching\x12\x13\n\x0bmax_packets\x18\x01 \x01(\r\" \n\rPacketInBatch\x12\x0f\n\x07packets\x18\x01 \x03(\x0c\"!\n\x0ePacketOutBatch\x12\x0f\n\x07packets\x18\x01 \x03(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,13 +32,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cyberstar.proto.p4rt_batch_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STREAMBATCHING']._serialized_start=55
-  _globals['_STREAMBATCHING']._serialized_end=108
-  _globals['_STREAMWRITE']._serialized_start=110
-  _globals['_STREAMWRITE']._serialized_end=152
-  _globals['_STREAMWRITERESULT']._serialized_start=154
-  _globals['_STREAMWRITERESULT']._serialized_end=201
-  _globals['_PACKETINBATCH']._serialized_start=203
-  _globals['_PACKETINBATCH']._serialized_end=235
-  _globals['_PACKETOUTBATCH']._serialized_start=237
-  _globals['_PACKETOUTBATCH']._serialized_end=270
+  _globals['_STREAMBATCHING']._serialized_end=92
+  _globals['_PACKETINBATCH']._serialized_start=94
+  _globals['_PACKETINBATCH']._serialized_end=126
+  _globals['_PACKETOUTBATCH']._serialized_start=128
+  _globals['_PACKETOUTBATCH']._serialized_end=161
 # @@protoc_insertion_point(module_scope)
