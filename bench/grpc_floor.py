@@ -1,7 +1,6 @@
 #!/usr/bin/env python3
 """What one hop of the slow path costs before any work: the CPU of a grpc.aio unary call (the
-PP Write), of a request and its answer on an open grpc.aio stream (the SC ComputeStream) and of
-a plain asyncio TCP round trip, on this machine.
+PP Write, the SC Compute) and of a plain asyncio TCP round trip, on this machine.
 
 Client and server run in one process and one event loop, so the process's CPU time over N
 sequential calls of a 200-byte echo is the whole cost of a call, both ends. Prints JSON: wall
@@ -36,18 +35,10 @@ async def _echo(request: bytes, _context) -> bytes:
     return request
 
 
-async def _echo_stream(requests, _context):
-    async for request in requests:
-        yield request
-
-
-async def grpc_call_cost(calls: int, tls: bool, certs: LabCerts,
-                         stream: bool = False) -> dict[str, float]:  # fmt: skip
-    """Unary calls, or (`stream`) messages each answered on one open stream."""
+async def grpc_call_cost(calls: int, tls: bool, certs: LabCerts) -> dict[str, float]:
     server = grpc.aio.server()
-    handlers = {"E": grpc.unary_unary_rpc_method_handler(_echo),
-                "S": grpc.stream_stream_rpc_method_handler(_echo_stream)}  # fmt: skip
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.T", handlers),))
+    handler = grpc.unary_unary_rpc_method_handler(_echo)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.T", {"E": handler}),))
     if tls:
         s, c = certs.files("pp", "pp"), certs.files("fm", "fm")
         port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
@@ -60,22 +51,13 @@ async def grpc_call_cost(calls: int, tls: bool, certs: LabCerts,
         port = server.add_insecure_port("127.0.0.1:0")
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     await server.start()
-    if stream:
-        open_stream = channel.stream_stream("/t.T/S")()
-
-        async def call(payload: bytes) -> None:
-            await open_stream.write(payload)
-            await open_stream.read()
-    else:
-        call = channel.unary_unary("/t.T/E")
+    call = channel.unary_unary("/t.T/E")
     for _ in range(50):  # connection set up and warm
         await call(PAYLOAD)
     cpu0, t0 = _cpu(), time.perf_counter()
     for _ in range(calls):
         await call(PAYLOAD)
     wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
-    if stream:
-        await open_stream.done_writing()
     await channel.close()
     await server.stop(None)
     return {"wall_us": round(wall / calls * 1e6, 1), "cpu_us": round(cpu / calls * 1e6, 1)}
@@ -109,14 +91,10 @@ def main() -> int:
     args = ap.parse_args()
     certs = LabCerts(Path(tempfile.mkdtemp(prefix="cyberstar-grpc-floor-")))
     out: dict = {"load_average_start": os.getloadavg()}
-    runs: dict[str, list[dict]] = {"grpc_aio_unary_tls": [], "grpc_aio_stream_message_tls": [],
-                                   "grpc_aio_unary_plaintext": [],
+    runs: dict[str, list[dict]] = {"grpc_aio_unary_tls": [], "grpc_aio_unary_plaintext": [],
                                    "asyncio_tcp_round_trip": []}  # fmt: skip
     for _ in range(args.rounds):  # interleaved, so that a burst of load hits all alike
         runs["grpc_aio_unary_tls"].append(asyncio.run(grpc_call_cost(args.calls, True, certs)))
-        runs["grpc_aio_stream_message_tls"].append(
-            asyncio.run(grpc_call_cost(args.calls, True, certs, stream=True))
-        )
         runs["grpc_aio_unary_plaintext"].append(
             asyncio.run(grpc_call_cost(args.calls, False, certs))
         )

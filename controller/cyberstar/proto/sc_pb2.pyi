@@ -69,12 +69,10 @@ class RuleRequest(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., flow: _Optional[_Union[Flow, _Mapping]] = ..., shard: _Optional[str] = ...) -> None: ...
 
 class RuleBatch(_message.Message):
-    __slots__ = ("requests", "batch_id")
+    __slots__ = ("requests",)
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
-    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     requests: _containers.RepeatedCompositeFieldContainer[RuleRequest]
-    batch_id: int
-    def __init__(self, requests: _Optional[_Iterable[_Union[RuleRequest, _Mapping]]] = ..., batch_id: _Optional[int] = ...) -> None: ...
+    def __init__(self, requests: _Optional[_Iterable[_Union[RuleRequest, _Mapping]]] = ...) -> None: ...
 
 class MatchField(_message.Message):
     __slots__ = ("name", "value", "prefix_len", "mask")
@@ -126,12 +124,10 @@ class RuleReply(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., slot: _Optional[int] = ..., shard: _Optional[str] = ...) -> None: ...
 
 class RuleReplyBatch(_message.Message):
-    __slots__ = ("replies", "batch_id")
+    __slots__ = ("replies",)
     REPLIES_FIELD_NUMBER: _ClassVar[int]
-    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     replies: _containers.RepeatedCompositeFieldContainer[RuleReply]
-    batch_id: int
-    def __init__(self, replies: _Optional[_Iterable[_Union[RuleReply, _Mapping]]] = ..., batch_id: _Optional[int] = ...) -> None: ...
+    def __init__(self, replies: _Optional[_Iterable[_Union[RuleReply, _Mapping]]] = ...) -> None: ...
 
 class ReleaseItem(_message.Message):
     __slots__ = ("flow", "slot")

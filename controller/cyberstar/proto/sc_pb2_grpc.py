@@ -39,11 +39,6 @@ class ServiceComputingStub:
                 request_serializer=cyberstar_dot_proto_dot_sc__pb2.RuleBatch.SerializeToString,
                 response_deserializer=cyberstar_dot_proto_dot_sc__pb2.RuleReplyBatch.FromString,
                 _registered_method=True)
-        self.ComputeStream = channel.stream_stream(
-                '/cyberstar.sc.v1.ServiceComputing/ComputeStream',
-                request_serializer=cyberstar_dot_proto_dot_sc__pb2.RuleBatch.SerializeToString,
-                response_deserializer=cyberstar_dot_proto_dot_sc__pb2.RuleReplyBatch.FromString,
-                _registered_method=True)
         self.Release = channel.unary_unary(
                 '/cyberstar.sc.v1.ServiceComputing/Release',
                 request_serializer=cyberstar_dot_proto_dot_sc__pb2.ReleaseBatch.SerializeToString,
@@ -77,15 +72,6 @@ class ServiceComputingServicer:
     def Compute(self, request, context):
         """FM → SCG chain head: rules for the first packet of each flow. Replies come back in request
         order, one per request, after every state change they depend on reached the chain's tail.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ComputeStream(self, request_iterator, context):
-        """The same over one stream: FM keeps it open to each head, so a batch costs two stream
-        messages instead of a call. Each reply batch carries the batch_id of its request batch;
-        batches are answered as they are done, not in order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,11 +122,6 @@ def add_ServiceComputingServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Compute': grpc.unary_unary_rpc_method_handler(
                     servicer.Compute,
-                    request_deserializer=cyberstar_dot_proto_dot_sc__pb2.RuleBatch.FromString,
-                    response_serializer=cyberstar_dot_proto_dot_sc__pb2.RuleReplyBatch.SerializeToString,
-            ),
-            'ComputeStream': grpc.stream_stream_rpc_method_handler(
-                    servicer.ComputeStream,
                     request_deserializer=cyberstar_dot_proto_dot_sc__pb2.RuleBatch.FromString,
                     response_serializer=cyberstar_dot_proto_dot_sc__pb2.RuleReplyBatch.SerializeToString,
             ),
@@ -195,33 +176,6 @@ class ServiceComputing:
             request,
             target,
             '/cyberstar.sc.v1.ServiceComputing/Compute',
-            cyberstar_dot_proto_dot_sc__pb2.RuleBatch.SerializeToString,
-            cyberstar_dot_proto_dot_sc__pb2.RuleReplyBatch.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ComputeStream(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
-            target,
-            '/cyberstar.sc.v1.ServiceComputing/ComputeStream',
             cyberstar_dot_proto_dot_sc__pb2.RuleBatch.SerializeToString,
             cyberstar_dot_proto_dot_sc__pb2.RuleReplyBatch.FromString,
             options,

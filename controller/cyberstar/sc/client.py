@@ -15,13 +15,9 @@ reply = await client.scale_status(op, wait_s=10)   # phase "fin"
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-import grpc
 
 from cyberstar.proto import sc_pb2, sc_pb2_grpc
 from cyberstar.sc.flows import FlowKey, Packet
@@ -84,10 +80,8 @@ class ScClient:
         self.timeout_s = timeout_s
         self._channel = aio_channel(address, tls, GRPC_OPTIONS, "SC node")
         self.stub = sc_pb2_grpc.ServiceComputingStub(self._channel)
-        self._stream = ComputeStream(self.stub, timeout_s)
 
     async def close(self) -> None:
-        await self._stream.close()
         await self._channel.close()
 
     async def __aenter__(self) -> ScClient:
@@ -99,15 +93,12 @@ class ScClient:
     async def compute(
         self, requests: Iterable[Request | sc_pb2.RuleRequest], hops: int = 0
     ) -> list[sc_pb2.RuleReply]:
-        """One reply per request, in order (`sc_pb2.RuleReply`: status, rules, slot, shard).
-        A first hop (FM's) goes over the node's ComputeStream, a proxied one is a call."""
+        """One reply per request, in order (`sc_pb2.RuleReply`: status, rules, slot, shard)."""
         batch = sc_pb2.RuleBatch(
             requests=[
                 r if isinstance(r, sc_pb2.RuleRequest) else request_proto(r) for r in requests
             ]
         )
-        if not hops:
-            return list((await self._stream.compute(batch)).replies)
         reply = await self.stub.Compute(
             batch, timeout=self.timeout_s, metadata=((HOPS_METADATA, str(hops)),)
         )
@@ -149,59 +140,6 @@ class ScClient:
         return await self.stub.Inspect(
             sc_pb2.InspectRequest(elements=elements), timeout=self.timeout_s
         )
-
-
-class ComputeStream:
-    """One ComputeStream call to a node, opened on first use and again after it ends: batches
-    are written with an id and their reply batches matched by it. A batch not answered within
-    `timeout_s` fails with TimeoutError; when the stream ends, every batch waiting on it fails
-    with the reason."""
-
-    def __init__(self, stub: sc_pb2_grpc.ServiceComputingStub, timeout_s: float) -> None:
-        self._stub = stub
-        self._timeout_s = timeout_s
-        self._call = None
-        self._reader: asyncio.Task | None = None
-        self._waiting: dict[int, asyncio.Future] = {}
-        self._ids = itertools.count(1)
-        self._write = asyncio.Lock()  # one write at a time on a call
-
-    async def compute(self, batch: sc_pb2.RuleBatch) -> sc_pb2.RuleReplyBatch:
-        batch.batch_id = next(self._ids)
-        answer = asyncio.get_running_loop().create_future()
-        self._waiting[batch.batch_id] = answer
-        try:
-            async with self._write:
-                if self._call is None:
-                    self._call = self._stub.ComputeStream()
-                    self._reader = asyncio.create_task(self._read(self._call))
-                await self._call.write(batch)
-            return await asyncio.wait_for(answer, self._timeout_s)
-        finally:
-            self._waiting.pop(batch.batch_id, None)
-
-    async def _read(self, call) -> None:
-        reason: BaseException = ConnectionError("the SC node ended the ComputeStream")
-        try:
-            async for reply in call:
-                answer = self._waiting.pop(reply.batch_id, None)
-                if answer is not None and not answer.done():
-                    answer.set_result(reply)
-        except grpc.aio.AioRpcError as exc:
-            reason = exc
-        finally:
-            if self._call is call:
-                self._call = None
-            waiting, self._waiting = self._waiting, {}
-            for answer in waiting.values():
-                if not answer.done():
-                    answer.set_exception(reason)
-
-    async def close(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
-        if self._reader is not None:
-            await asyncio.gather(self._reader, return_exceptions=True)
 
 
 class ScaleError(RuntimeError):

@@ -46,7 +46,6 @@ MAX_HOPS = 3
 # The roles (certificate organizational units) each RPC takes calls from.
 ALLOWED = {
     "Compute": {"fm", "sc", "admin"},
-    "ComputeStream": {"fm", "sc", "admin"},
     "Release": {"fm", "sc", "admin"},
     "Scale": {"fm", "admin"},
     "ScaleStatus": {"fm", "sc", "admin"},
@@ -54,9 +53,6 @@ ALLOWED = {
     "Transfer": {"sc"},
 }
 LOOP_BEAT_S = 0.5
-# Batches of one ComputeStream computed at once; the stream's next batch is read when one is
-# answered (gRPC's flow control then holds the sender back).
-STREAM_BATCHES_IN_FLIGHT = 8
 # The chain lock lives on a lease of this TTL: a holder that dies frees it after this long.
 CHAIN_LOCK_TTL_S = 10
 
@@ -440,13 +436,6 @@ class ScNode:
         for method in service.methods:
             request = getattr(sc_pb2, method.input_type.name)
             reply = getattr(sc_pb2, method.output_type.name)
-            if method.client_streaming:
-                handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                    self._compute_stream,
-                    request_deserializer=_lenient(request),
-                    response_serializer=reply.SerializeToString,
-                )
-                continue
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
                 self._guarded(method.name),
                 request_deserializer=_lenient(request),
@@ -458,42 +447,30 @@ class ScNode:
         serve = getattr(self, method)
 
         async def call(request, context):
-            for check in (self._parsed, self._peer_allowed, self._size_allowed):
-                refusal = check(method, request, context)
-                if refusal is not None:
-                    await self._refuse(context, *refusal)
+            if isinstance(request, Unparsable):
+                await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"{method}: {request.size} bytes that are not a "
+                                   f"{request.kind}")  # fmt: skip
+            peer = grpc_peer(context)
+            if peer is not None and peer.role not in ALLOWED[method]:
+                await self._refuse(
+                    context,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"{method} is not open to {peer.role}:{peer.name} "
+                    f"(allowed roles: {', '.join(sorted(ALLOWED[method]))})",
+                )
+            items = len(request.requests) if method == "Compute" else (
+                len(request.items) if method == "Release" else 0)  # fmt: skip
+            limit = self.config.limits.max_batch
+            if items > limit:
+                await self._refuse(
+                    context,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{method} of {items} items: at most {limit} per call; split the batch",
+                )
             return await serve(request, context)
 
         return call
-
-    def _parsed(self, method: str, request, _context) -> tuple[grpc.StatusCode, str] | None:
-        """The refusal of a message that does not parse."""
-        if isinstance(request, Unparsable):
-            return (grpc.StatusCode.INVALID_ARGUMENT,
-                    f"{method}: {request.size} bytes that are not a {request.kind}")  # fmt: skip
-        return None
-
-    def _peer_allowed(self, method: str, _request, context) -> tuple[grpc.StatusCode, str] | None:
-        """The refusal of a caller whose role may not call `method`."""
-        peer = grpc_peer(context)
-        if peer is not None and peer.role not in ALLOWED[method]:
-            return (
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"{method} is not open to {peer.role}:{peer.name} "
-                f"(allowed roles: {', '.join(sorted(ALLOWED[method]))})",
-            )
-        return None
-
-    def _size_allowed(self, method: str, request, _context) -> tuple[grpc.StatusCode, str] | None:
-        """The refusal of a batch over the limit."""
-        items = len(request.requests) if method.startswith("Compute") else (
-            len(request.items) if method == "Release" else 0)  # fmt: skip
-        limit = self.config.limits.max_batch
-        if items > limit:
-            return (grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"{method} of {items} items: at most {limit} per call; "
-                    "split the batch")  # fmt: skip
-        return None
 
     async def _refuse(self, context, code: grpc.StatusCode, message: str) -> None:
         self.counters.inc("refused_calls")
@@ -502,60 +479,14 @@ class ScNode:
 
     # -- FM-facing RPCs ------------------------------------------------------------------------
     async def Compute(self, request: sc_pb2.RuleBatch, context) -> sc_pb2.RuleReplyBatch:
-        return await self._compute_batch(request.requests, _hops(context))
-
-    async def _compute_stream(self, batches, context) -> None:
-        """ComputeStream: each batch answered as Compute answers it, with its batch_id, as
-        soon as it is done; at most STREAM_BATCHES_IN_FLIGHT at once. A batch Compute would
-        refuse ends the stream with Compute's status."""
-        refusal = self._peer_allowed("ComputeStream", None, context)
-        hops = _hops(context)
-        slots = asyncio.Semaphore(STREAM_BATCHES_IN_FLIGHT)
-        write = asyncio.Lock()
-        tasks: set[asyncio.Task] = set()
-
-        async def answer(batch: sc_pb2.RuleBatch) -> None:
-            try:
-                reply = await self._compute_batch(batch.requests, hops)
-            except Exception as exc:  # a bug: this batch fails (retried), the stream goes on
-                log.exception("ComputeStream batch %d", batch.batch_id)
-                st = status(Code.UNAVAILABLE, f"{self.config.node_id}: internal error ({exc})")
-                reply = sc_pb2.RuleReplyBatch(replies=[
-                    sc_pb2.RuleReply(request_id=r.request_id, status=st) for r in batch.requests
-                ])  # fmt: skip
-            finally:
-                slots.release()
-            reply.batch_id = batch.batch_id
-            async with write:
-                await context.write(reply)
-
-        try:
-            if refusal is None:
-                async for batch in batches:
-                    refusal = self._parsed("ComputeStream", batch, context) or (
-                        self._size_allowed("ComputeStream", batch, context)
-                    )
-                    if refusal is not None:
-                        break
-                    await slots.acquire()
-                    task = asyncio.create_task(answer(batch))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-            # the caller closed its side, or sent what is refused: answer what came before
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-        if refusal is not None:
-            await self._refuse(context, *refusal)
-
-    async def _compute_batch(self, reqs, hops: int) -> sc_pb2.RuleReplyBatch:
+        reqs = request.requests
         if not self.replicator.is_head:
             self.counters.inc("not_head", len(reqs))
             st = status(Code.NOT_HEAD, self.not_head_message())
             return sc_pb2.RuleReplyBatch(
                 replies=[sc_pb2.RuleReply(request_id=r.request_id, status=st) for r in reqs]
             )
+        hops = _hops(context)
         ops: list = []
         replies: list[sc_pb2.RuleReply] = []
         proxied: dict[str, list[int]] = defaultdict(list)
