@@ -272,3 +272,47 @@ def test_every_prefix_of_an_entry_is_refused_or_read_as_protobuf_reads_it(tables
         other = p4r.TableEntry.FromString(raw[:cut])
         assert update == table.prepare_fields(3, p4r.Update.INSERT, other), cut
     assert taken == 4  # cut after the match, the action, the idle timeout; and whole
+
+
+@pytest.mark.parametrize("name", HASH_TABLES)
+def test_an_updates_wire_form_reads_as_its_entry(tables, name: str) -> None:
+    """A whole Update read from its bytes: what the entry's reader gives, with the Update's
+    kind; an unspecified or unknown kind is left to the general path."""
+    table = tables[name]
+
+    @SETTINGS
+    @given(te=entries(name), kind=st.sampled_from([0, *KINDS, 4, 300]))
+    def check(te: p4r.TableEntry, kind: int) -> None:
+        got = table.prepare_update(3, p4r.Update(type=kind, entity=p4r.Entity(table_entry=te)))
+        if kind not in KINDS:
+            assert got is None
+            return
+        parsed = table._wire.parse_key(te.SerializeToString())
+        assert got == (table._from_wire(3, kind, parsed) if parsed is not None else None)
+        if got is not None:
+            assert got == table.prepare_fields(3, kind, te)
+
+    check()
+
+
+def test_update_bytes_off_by_one_are_refused_or_read_as_protobuf_reads_them(tables) -> None:
+    """Each byte of an FM Update, one more and one less (its kind, the Entity's tags and
+    lengths, the entry): refused, or read as protobuf reads the changed bytes."""
+    table = tables["flow_table"]
+    raw = p4r.Update(type=p4r.Update.INSERT,
+                     entity=p4r.Entity(table_entry=_fm_entry())).SerializeToString()  # fmt: skip
+    assert table._wire.parse_update(raw) is not None
+    taken = 0
+    for at in range(len(raw)):
+        for delta in (1, -1):
+            changed = bytearray(raw)
+            changed[at] = (changed[at] + delta) % 256
+            parsed = table._wire.parse_update(bytes(changed))
+            if parsed is None:
+                continue
+            taken += 1
+            upd = p4r.Update.FromString(bytes(changed))
+            assert parsed[0] == upd.type
+            update = table._from_wire(3, parsed[0], parsed[1:])
+            assert update == table.prepare_fields(3, upd.type, upd.entity.table_entry), at
+    assert 0 < taken < 2 * len(raw)

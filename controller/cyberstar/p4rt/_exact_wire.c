@@ -14,6 +14,7 @@
  * Reader(table_head, key_widths, actions, key_layout=None)
  *   .parse(raw) -> (values, action_id, params, idle, metadata)
  *   .parse_key(raw) -> (map key, tenant, action_id, params, idle, metadata)
+ *   .parse_update(raw Update) -> (kind, map key, tenant, action_id, params, idle, metadata)
  * with `table_head` = 08 <table id varint>, `actions` = [(action id varint, action id, widths)],
  * `key_layout` = (key size, [(offset, size) of each match field], tenant field index or -1): the
  * map key, a little-endian struct with the match values as host integers.
@@ -315,16 +316,8 @@ static PyObject *key_of(Reader *self, const unsigned char *raw, Py_ssize_t end, 
     return key;
 }
 
-static PyObject *parse(Reader *self, PyObject *arg, int as_key) {
-    char *data;
-    Py_ssize_t end;
-    if (PyBytes_AsStringAndSize(arg, &data, &end) < 0)
-        return NULL;
-    if (as_key && !self->key_offsets) {
-        PyErr_SetString(PyExc_TypeError, "parse_key needs a Reader made with a key_layout");
-        return NULL;
-    }
-    const unsigned char *raw = (const unsigned char *)data;
+/* The entry in raw[0:end] (see the top of the file); as_key: with the match as the map key. */
+static PyObject *parse_entry(Reader *self, const unsigned char *raw, Py_ssize_t end, int as_key) {
     PyObject *values = NULL, *params = NULL, *aid = NULL, *idle = NULL, *metadata = NULL;
     unsigned long long tenant = 0;
     Py_ssize_t pos = self->head_len;
@@ -396,7 +389,7 @@ static PyObject *parse(Reader *self, PyObject *arg, int as_key) {
         if (raw[pos] != 0x5a || pos + 2 > end || raw[pos + 1] > 127 ||
             raw[pos + 1] != end - pos - 2)
             goto not_shape;
-        metadata = PyBytes_FromStringAndSize(data + pos + 2, end - pos - 2);
+        metadata = PyBytes_FromStringAndSize((const char *)raw + pos + 2, end - pos - 2);
     } else {
         metadata = PyBytes_FromStringAndSize(NULL, 0);
     }
@@ -424,18 +417,93 @@ fail:
     return NULL;
 }
 
+static int bytes_of(Reader *self, PyObject *arg, int as_key, const unsigned char **raw,
+                    Py_ssize_t *end) {
+    char *data;
+    if (PyBytes_AsStringAndSize(arg, &data, end) < 0)
+        return -1;
+    if (as_key && !self->key_offsets) {
+        PyErr_SetString(PyExc_TypeError, "parse_key needs a Reader made with a key_layout");
+        return -1;
+    }
+    *raw = (const unsigned char *)data;
+    return 0;
+}
+
 static PyObject *Reader_parse(Reader *self, PyObject *arg) {
-    return parse(self, arg, 0);
+    const unsigned char *raw;
+    Py_ssize_t end;
+    if (bytes_of(self, arg, 0, &raw, &end) < 0)
+        return NULL;
+    return parse_entry(self, raw, end, 0);
 }
 
 static PyObject *Reader_parse_key(Reader *self, PyObject *arg) {
-    return parse(self, arg, 1);
+    const unsigned char *raw;
+    Py_ssize_t end;
+    if (bytes_of(self, arg, 1, &raw, &end) < 0)
+        return NULL;
+    return parse_entry(self, raw, end, 1);
+}
+
+/* A varint of at most 5 bytes at *pos (a length or an enum), advancing *pos; -1 if none. */
+static long long short_varint(const unsigned char *raw, Py_ssize_t end, Py_ssize_t *pos) {
+    long long v = 0;
+    for (int i = 0; i < 5 && *pos < end; i++) {
+        unsigned char b = raw[(*pos)++];
+        v |= (long long)(b & 0x7f) << (7 * i);
+        if (b < 0x80)
+            return v;
+    }
+    return -1;
+}
+
+/* A serialized p4.v1.Update{type, entity{table_entry}} of kind INSERT, MODIFY or DELETE and an
+ * entry of the shape: (kind, key, tenant, action id, params, idle, metadata), or None. */
+static PyObject *Reader_parse_update(Reader *self, PyObject *arg) {
+    const unsigned char *raw;
+    Py_ssize_t end, pos = 0;
+    long long kind = 0;
+    if (bytes_of(self, arg, 1, &raw, &end) < 0)
+        return NULL;
+    if (pos < end && raw[pos] == 0x08) { /* type */
+        pos++;
+        kind = short_varint(raw, end, &pos);
+    }
+    if (kind < 1 || kind > 3 || pos >= end || raw[pos++] != 0x12) /* entity, the last field */
+        Py_RETURN_NONE;
+    if (short_varint(raw, end, &pos) != end - pos || pos >= end || raw[pos++] != 0x12)
+        Py_RETURN_NONE; /* Entity.table_entry, its only field */
+    if (short_varint(raw, end, &pos) != end - pos)
+        Py_RETURN_NONE;
+    PyObject *entry = parse_entry(self, raw + pos, end - pos, 1);
+    if (entry == NULL || entry == Py_None)
+        return entry;
+    PyObject *out = PyTuple_New(7);
+    PyObject *k = PyLong_FromLongLong(kind);
+    if (!out || !k) {
+        Py_XDECREF(out);
+        Py_XDECREF(k);
+        Py_DECREF(entry);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(out, 0, k);
+    for (Py_ssize_t i = 0; i < 6; i++) {
+        PyObject *item = PyTuple_GET_ITEM(entry, i);
+        Py_INCREF(item);
+        PyTuple_SET_ITEM(out, i + 1, item);
+    }
+    Py_DECREF(entry);
+    return out;
 }
 
 static PyMethodDef Reader_methods[] = {
     {"parse", (PyCFunction)Reader_parse, METH_O,
      "The (values, action id, params, idle_timeout_ns, metadata) of a serialized entry of "
      "the well-formed shape, or None."},
+    {"parse_update", (PyCFunction)Reader_parse_update, METH_O,
+     "`parse_key` of a serialized Update (INSERT, MODIFY or DELETE) of an entry: (kind, key, "
+     "tenant, action id, params, idle_timeout_ns, metadata), or None."},
     {"parse_key", (PyCFunction)Reader_parse_key, METH_O,
      "`parse` with the match as the map key of key_layout: (key, tenant, action id, params, "
      "idle_timeout_ns, metadata), or None."},

@@ -59,3 +59,9 @@ class ExactWire:
         if self._reader is None:
             return None
         return self._reader.parse_key(raw)
+
+    def parse_update(self, raw: bytes) -> tuple[int, *KeyedEntry] | None:
+        """`parse_key` of a serialized Update (INSERT, MODIFY or DELETE): (kind, *KeyedEntry)."""
+        if self._reader is None:
+            return None
+        return self._reader.parse_update(raw)

@@ -154,10 +154,14 @@ class XdpDevice:
         ones before it."""
         results: list[P4RuntimeError | None] = [None] * len(updates)
         groups: dict[str, dict[object, Pending | HashUpdate]] = {}
+        # one hash table (the flow table): its updates are read from their wire form first
+        wire = next(iter(self._hash.values())).prepare_update if len(self._hash) == 1 else None
         with self._lock:
             for i, upd in enumerate(updates):
                 try:
-                    pending = self._validate(i, upd)
+                    pending = wire(i, upd) if wire is not None else None
+                    if pending is None:
+                        pending = self._validate(i, upd)
                 except P4RuntimeError as err:
                     results[i] = err
                     continue

@@ -150,6 +150,14 @@ class HashTable:
                 return update
         return self.prepare_fields(index, kind, te)
 
+    def prepare_update(self, index: int, upd: p4r.Update) -> HashUpdate | None:
+        """`prepare` of a whole Update read from its wire form: None for any Update that is not
+        an INSERT, MODIFY or DELETE of a well-formed entry of this table."""
+        parsed = self._wire.parse_update(upd.SerializeToString())
+        if parsed is None:
+            return None
+        return self._from_wire(index, parsed[0], parsed[1:])
+
     def _from_wire(self, index: int, kind: int, parsed: KeyedEntry) -> HashUpdate | None:
         key, tenant, aid, params, idle, metadata = parsed
         if kind == DELETE:
