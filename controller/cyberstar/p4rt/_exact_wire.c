@@ -316,8 +316,10 @@ static PyObject *key_of(Reader *self, const unsigned char *raw, Py_ssize_t end, 
     return key;
 }
 
-/* The entry in raw[0:end] (see the top of the file); as_key: with the match as the map key. */
-static PyObject *parse_entry(Reader *self, const unsigned char *raw, Py_ssize_t end, int as_key) {
+/* The entry in raw[0:end] (see the top of the file); as_key: with the match as the map key;
+ * kind > 0: an Update's kind, put first in the tuple. */
+static PyObject *parse_entry(Reader *self, const unsigned char *raw, Py_ssize_t end, int as_key,
+                             long long kind) {
     PyObject *values = NULL, *params = NULL, *aid = NULL, *idle = NULL, *metadata = NULL;
     unsigned long long tenant = 0;
     Py_ssize_t pos = self->head_len;
@@ -395,26 +397,22 @@ static PyObject *parse_entry(Reader *self, const unsigned char *raw, Py_ssize_t 
     }
     if (!metadata)
         goto fail;
+    if (kind > 0)
+        return Py_BuildValue("(LNKNNNN)", kind, values, tenant, aid, params, idle, metadata);
     if (as_key)
         return Py_BuildValue("(NKNNNN)", values, tenant, aid, params, idle, metadata);
     return Py_BuildValue("(NNNNN)", values, aid, params, idle, metadata);
 
-not_shape:
-    if (PyErr_Occurred())
-        goto fail;
-    Py_XDECREF(values);
-    Py_XDECREF(params);
-    Py_XDECREF(aid);
-    Py_XDECREF(idle);
-    Py_XDECREF(metadata);
-    Py_RETURN_NONE;
+not_shape: /* None, unless an exception is set (out of memory): then NULL */
 fail:
     Py_XDECREF(values);
     Py_XDECREF(params);
     Py_XDECREF(aid);
     Py_XDECREF(idle);
     Py_XDECREF(metadata);
-    return NULL;
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 static int bytes_of(Reader *self, PyObject *arg, int as_key, const unsigned char **raw,
@@ -435,7 +433,7 @@ static PyObject *Reader_parse(Reader *self, PyObject *arg) {
     Py_ssize_t end;
     if (bytes_of(self, arg, 0, &raw, &end) < 0)
         return NULL;
-    return parse_entry(self, raw, end, 0);
+    return parse_entry(self, raw, end, 0, 0);
 }
 
 static PyObject *Reader_parse_key(Reader *self, PyObject *arg) {
@@ -443,7 +441,7 @@ static PyObject *Reader_parse_key(Reader *self, PyObject *arg) {
     Py_ssize_t end;
     if (bytes_of(self, arg, 1, &raw, &end) < 0)
         return NULL;
-    return parse_entry(self, raw, end, 1);
+    return parse_entry(self, raw, end, 1, 0);
 }
 
 /* A varint of at most 5 bytes at *pos (a length or an enum), advancing *pos; -1 if none. */
@@ -476,25 +474,7 @@ static PyObject *Reader_parse_update(Reader *self, PyObject *arg) {
         Py_RETURN_NONE; /* Entity.table_entry, its only field */
     if (short_varint(raw, end, &pos) != end - pos)
         Py_RETURN_NONE;
-    PyObject *entry = parse_entry(self, raw + pos, end - pos, 1);
-    if (entry == NULL || entry == Py_None)
-        return entry;
-    PyObject *out = PyTuple_New(7);
-    PyObject *k = PyLong_FromLongLong(kind);
-    if (!out || !k) {
-        Py_XDECREF(out);
-        Py_XDECREF(k);
-        Py_DECREF(entry);
-        return NULL;
-    }
-    PyTuple_SET_ITEM(out, 0, k);
-    for (Py_ssize_t i = 0; i < 6; i++) {
-        PyObject *item = PyTuple_GET_ITEM(entry, i);
-        Py_INCREF(item);
-        PyTuple_SET_ITEM(out, i + 1, item);
-    }
-    Py_DECREF(entry);
-    return out;
+    return parse_entry(self, raw + pos, end - pos, 1, kind);
 }
 
 static PyMethodDef Reader_methods[] = {
