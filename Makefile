@@ -20,7 +20,8 @@ p4-tools:
 # BCC and Mininet are Debian packages for /usr/bin/python3: the venv must see system site-packages.
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.py controller/cyberstar/p4rt/_exact_wire.c
+$(VENV)/.installed: pyproject.toml setup.py controller/cyberstar/p4rt/_exact_wire.c \
+		controller/cyberstar/pp/_metadata.c
 	test -x $(PY) || $(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev]'

@@ -1,5 +1,6 @@
 """The C part of the package (everything else is in pyproject.toml): the P4Runtime wire reader
-of a PP node's Writes and FM's cache, `cyberstar.p4rt._exact_wire` (see p4rt/exact_wire.py)."""
+of a PP node's Writes and FM's cache, `cyberstar.p4rt._exact_wire` (see p4rt/exact_wire.py),
+and the hash table of a PP node's entry metadata, `cyberstar.pp._metadata` (pp/metadata.py)."""
 
 from setuptools import Extension, setup
 
@@ -9,6 +10,11 @@ setup(
             "cyberstar.p4rt._exact_wire",
             ["controller/cyberstar/p4rt/_exact_wire.c"],
             extra_compile_args=["-O2", "-Wall"],
-        )
+        ),
+        Extension(
+            "cyberstar.pp._metadata",
+            ["controller/cyberstar/pp/_metadata.c"],
+            extra_compile_args=["-O2", "-Wall"],
+        ),
     ]
 )

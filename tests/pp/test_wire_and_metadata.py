@@ -4,6 +4,9 @@ dict by random operations)."""
 
 from __future__ import annotations
 
+import random
+
+import pytest
 from finsy.proto import p4r
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -100,3 +103,44 @@ def test_metadata_store_grows_and_keeps_everything() -> None:
     assert store.get(keys[:6]) == [b"", b"m" + keys[1][:3], b"", b"m" + keys[3][:3], b"",
                                    b"m" + keys[5][:3]]  # fmt: skip
     assert store.nbytes / len(store) <= 34 / 0.375 * 2  # deleted slots not yet reclaimed
+
+
+def test_metadata_store_under_churn_matches_a_dict() -> None:
+    """Long runs of puts and removes over a small key space: probe paths through removed
+    slots, their reuse, and the rebuilds that drop them and grow or keep the table."""
+    rng = random.Random(7)
+    space = [rng.randbytes(13) for _ in range(3000)]  # 13 bytes: a key of two partial words
+    store, model = MetadataStore(13), {}
+    for step in range(3000):
+        keys = rng.sample(space, rng.choice((1, 2, 7, 60, 400)))
+        if rng.random() < 0.5:
+            values = [rng.randbytes(rng.choice((0, 1, 14, INLINE, INLINE + 1, 30)))
+                      for _ in keys]  # fmt: skip
+            store.put(keys, values)
+            for k, v in zip(keys, values, strict=True):
+                if v:
+                    model[k] = v
+                else:
+                    model.pop(k, None)
+        else:
+            store.remove(keys)
+            for k in keys:
+                model.pop(k, None)
+        assert len(store) == len(model), step
+    assert store.get(space) == [model.get(k, b"") for k in space]
+    store.clear()
+    assert len(store) == 0 and store.get(space[:3]) == [b"", b"", b""]
+
+
+def test_metadata_store_refuses_a_wrong_key_and_changes_nothing() -> None:
+    store = MetadataStore(16)
+    store.put([b"k" * 16], [b"one"])
+    with pytest.raises(ValueError, match=r"key 1: expected 16 bytes, found b'short'"):
+        store.put([b"j" * 16, b"short"], [b"two", b"three"])
+    with pytest.raises(TypeError, match="value 0: expected bytes"):
+        store.put([b"j" * 16], ["text"])
+    with pytest.raises(ValueError, match="1 keys but 2 values"):
+        store.put([b"j" * 16], [b"a", b"b"])
+    with pytest.raises(ValueError, match="key 0: expected 16 bytes"):
+        store.remove([b"k" * 17])
+    assert store.get([b"k" * 16, b"j" * 16]) == [b"one", b""] and len(store) == 1
