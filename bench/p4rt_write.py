@@ -8,8 +8,9 @@ into the node at 20 000, 50 000, 100 000 frames/s and unpaced: PacketIns that re
 primary within the sender's window divided by the window (what arrived later, and what never
 did, is printed beside it), to a standard controller and to one that asked for PacketInBatch
 messages (the stream extension, p4rt/batching.py); the primary only counts, so it is not the
-limit. Batches of 1000 are also written by two threads with a Write in flight each
-(`batch_1000_two_writers`), as a pipelining controller would.
+limit. Batches of 1000 are also written with a 14-byte cookie in every entry's metadata
+(`batch_1000_fm_cookie`, as FM writes every rule), and by two threads with a Write in flight
+each (`batch_1000_two_writers`), as a pipelining controller would.
 Targets: the XDP agent (`cyberstar pp serve`), and bmv2 (simple_switch_grpc) when installed.
 Goals: 100 000 entries/s with batches of 1000 (never below 50 000) and 50 000 PacketIn/s
 delivered on a 2-core machine.
@@ -44,20 +45,22 @@ from cyberstar.tls import TlsFiles, secure_or_plain_channel
 INSERT, DELETE = p4r.Update.INSERT, p4r.Update.DELETE
 
 
-def flow_updates(kind: int, start: int, count: int) -> list[p4r.Update]:
+def flow_updates(kind: int, start: int, count: int, cookie: bool = False) -> list[p4r.Update]:
+    """`cookie`: each entry carries 14 bytes of controller metadata, as every rule FM writes."""
     return [
         update(kind, PIPELINE, TableEntry(
             "flow_table",
             {"tenant_id": 7, "src_addr": 0x0B000000 + i, "dst_addr": 0x0A000005, "protocol": 6,
              "src_port": 1024 + i % 60000, "dst_port": 80},
             "snat", {"src_addr": 0xCB007109, "src_port": 1024 + i % 60000, "nexthop_id": 2},
+            metadata=i.to_bytes(14, "big") if cookie and kind == INSERT else b"",
         ))
         for i in range(start, start + count)
     ]  # fmt: skip
 
 
-def write_rate(client, batch: int, total: int) -> dict[str, float]:
-    inserts = [flow_updates(INSERT, s, batch) for s in range(0, total, batch)]
+def write_rate(client, batch: int, total: int, cookie: bool = False) -> dict[str, float]:
+    inserts = [flow_updates(INSERT, s, batch, cookie) for s in range(0, total, batch)]
     deletes = [flow_updates(DELETE, s, batch) for s in range(0, total, batch)]
     t0 = time.perf_counter()
     for b in inserts:
@@ -215,6 +218,7 @@ def writes(client, args) -> dict:
     for batch in (1, 100, 1000):
         total = min(args.entries, 2000) if batch == 1 else args.entries
         out[f"batch_{batch}"] = write_rate(client, batch, total)
+    out["batch_1000_fm_cookie"] = write_rate(client, 1000, args.entries, cookie=True)
     out["batch_1000_two_writers"] = two_writer_rate(client, args.entries)
     return out
 
