@@ -1,6 +1,7 @@
 """The C part of the package (everything else is in pyproject.toml): the P4Runtime wire reader
 of a PP node's Writes and FM's cache, `cyberstar.p4rt._exact_wire` (see p4rt/exact_wire.py),
-and the hash table of a PP node's entry metadata, `cyberstar.pp._metadata` (pp/metadata.py)."""
+the hash table of a PP node's entry metadata, `cyberstar.pp._metadata` (pp/metadata.py), and
+the per-entry map update loop, `cyberstar.xdp._bpf_update` (xdp/batch.py)."""
 
 from setuptools import Extension, setup
 
@@ -14,6 +15,11 @@ setup(
         Extension(
             "cyberstar.pp._metadata",
             ["controller/cyberstar/pp/_metadata.c"],
+            extra_compile_args=["-O2", "-Wall"],
+        ),
+        Extension(
+            "cyberstar.xdp._bpf_update",
+            ["controller/cyberstar/xdp/_bpf_update.c"],
             extra_compile_args=["-O2", "-Wall"],
         ),
     ]

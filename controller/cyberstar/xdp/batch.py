@@ -6,6 +6,8 @@ flags. Here an update of many entries is one BPF_MAP_UPDATE_ELEM call each with 
 each refused entry with its errno; a delete batch stops at the first missing key and says how
 many it deleted; a walk reads a hash map chunk by chunk. The P4Runtime device builds INSERT,
 MODIFY and DELETE on these, one result per entry, with no copy of the table in user space.
+The update loop is in C (`_bpf_update.c`): through ctypes each entry cost ~1 µs more than its
+system call, and the loop runs without the GIL.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import ctypes
 import errno
 import os
 
+from cyberstar.xdp._bpf_update import update as _update
+
 _SYS_BPF = 321  # x86_64
-BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_LOOKUP_BATCH = 24
 BPF_MAP_DELETE_BATCH = 27
 BPF_NOEXIST, BPF_EXIST = 1, 2
@@ -48,31 +51,12 @@ def _call(cmd: int, attr: _BatchAttr) -> int:
     return ctypes.get_errno() if rc != 0 else 0
 
 
-class _ElemAttr(ctypes.Structure):
-    _fields_ = [
-        ("map_fd", ctypes.c_uint32),
-        ("_pad", ctypes.c_uint32),
-        ("key", ctypes.c_uint64),
-        ("value", ctypes.c_uint64),
-        ("flags", ctypes.c_uint64),
-    ]
-
-
 def update(
     map_fd: int, keys: bytes, values: bytes, ksize: int, vsize: int, count: int, flags: int
 ) -> list[tuple[int, int]]:
     """Write the `count` packed `keys`/`values` with `flags` (BPF_NOEXIST: only new keys,
     BPF_EXIST: only present ones); returns (position, errno) of each entry refused."""
-    attr = _ElemAttr(map_fd=map_fd, flags=flags)
-    key, value = _address(keys), _address(values)
-    ref, size, syscall = ctypes.byref(attr), ctypes.sizeof(attr), _libc.syscall
-    refused = []
-    for i in range(count):
-        attr.key = key + i * ksize
-        attr.value = value + i * vsize
-        if syscall(_SYS_BPF, BPF_MAP_UPDATE_ELEM, ref, size):
-            refused.append((i, ctypes.get_errno()))
-    return refused
+    return _update(map_fd, keys, values, ksize, vsize, count, flags)
 
 
 def delete(map_fd: int, keys: bytes, ksize: int, start: int, count: int) -> tuple[int, int]:
