@@ -17,7 +17,9 @@ then prints one JSON object:
 * `scale_in`: the moved half merges back (whole-shard move), same figures.
 * `compute_latency`: milliseconds per Compute call of 1, 3 and 10 new-connection requests
   (one caller, one call at a time: FM's latency for a small slow-path batch), and with 4
-  callers of 3 (median and the requests per second they got).
+  callers of 3 (median and the requests per second they got); through gRPC and through the
+  compute link FM uses (`compute_link`), run after each other, the gRPC figures first, with
+  the CPU time per call of the caller (this process) and of the three SC nodes (/proc).
 
 Run from the repository: .venv/bin/python bench/sc_scale.py [--mappings 100000]
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -34,8 +37,10 @@ from pathlib import Path
 
 from cyberstar.lab.sc import ScLab
 from cyberstar.sc.client import Request, ScClient
+from cyberstar.sc.compute_link import ComputeLinkClient
 from cyberstar.sc.flows import FlowKey, Packet
 from cyberstar.sc.routing import ScRouter, ShardMap
+from cyberstar.tls import client_ssl
 
 TENANT = 7
 TENANTS = [
@@ -87,10 +92,23 @@ async def rate(client: ScClient, flows: Flows, batch: int, clients: int, seconds
     return done / (time.monotonic() - start)
 
 
-async def latency(client: ScClient, flows: Flows, batch: int, callers: int, seconds: float) -> dict:
-    """Per-call latency of Compute batches of new flows, `callers` calls in flight."""
+def cpu_s(pids: list[int]) -> float:
+    """utime + stime of the processes `pids`, in seconds."""
+    ticks = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def latency(client: ScClient | ComputeLinkClient, flows: Flows, batch: int, callers: int,
+                  seconds: float, sc_pids: list[int]) -> dict:  # fmt: skip
+    """Per-call latency of Compute batches of new flows, `callers` calls in flight, and the CPU
+    per call of this process and of the SC nodes."""
     lat: list[float] = []
     deadline = time.monotonic() + seconds
+    caller_cpu, sc_cpu = time.process_time(), cpu_s(sc_pids)
 
     async def caller() -> None:
         while time.monotonic() < deadline:
@@ -100,12 +118,18 @@ async def latency(client: ScClient, flows: Flows, batch: int, callers: int, seco
 
     start = time.monotonic()
     await asyncio.gather(*(caller() for _ in range(callers)))
+    elapsed = time.monotonic() - start
+    caller_cpu, sc_cpu = time.process_time() - caller_cpu, cpu_s(sc_pids) - sc_cpu
     lat.sort()
     return {
         "callers": callers,
         "median_ms": round(statistics.median(lat) * 1e3, 3),
         "p90_ms": round(lat[int(len(lat) * 0.9)] * 1e3, 3),
-        "requests_per_s": round(len(lat) * batch / (time.monotonic() - start)),
+        "requests_per_s": round(len(lat) * batch / elapsed),
+        "cpu_us_per_call": {
+            "caller": round(caller_cpu / len(lat) * 1e6),
+            "sc_group": round(sc_cpu / len(lat) * 1e6),
+        },
     }
 
 
@@ -220,12 +244,20 @@ async def main(args: argparse.Namespace) -> dict:
                 "clients": 1,
                 "per_s": round(await repeated_rate(client, sample, args.seconds)),
             }
-            result["compute_latency"] = {
-                f"batch_{batch}" + ("" if callers == 1 else f"_x{callers}"): await latency(
-                    client, flows, batch, callers, args.seconds
-                )
-                for batch, callers in ((1, 1), (3, 1), (10, 1), (3, 4))
-            }
+        head = shard_map.chains["scg1"].head
+        assert head is not None and head.compute, "the SC head publishes no compute link"
+        sc_pids = [p.proc.pid for n, p in lab.nodes.items() if n.startswith("scg1") and p.proc]
+        link = ComputeLinkClient(head.compute, client_ssl(lab.client_tls), timeout_s=120)
+        result["compute_latency"] = {}
+        async with ScClient(head.address, lab.client_tls, timeout_s=120) as client:
+            for name, via in (("grpc", client), ("compute_link", link)):
+                result["compute_latency"][name] = {
+                    f"batch_{batch}" + ("" if callers == 1 else f"_x{callers}"): await latency(
+                        via, flows, batch, callers, args.seconds, sc_pids
+                    )
+                    for batch, callers in ((1, 1), (3, 1), (10, 1), (3, 4))
+                }
+        await link.close()
         await shard_map.close()
         return result
 

@@ -97,6 +97,9 @@ class OneHeadMap:
     def route(self, tenant_id: int, key: FlowKey) -> Route:
         return Route(ShardId.whole(tenant_id), 0, "scg1", self.head)
 
+    def compute_address(self, head: str) -> str:
+        return ""  # the head publishes no compute link: Compute goes over gRPC
+
 
 class EngineRouter:
     """A router in front of a real SC engine: what an SC group would answer."""

@@ -334,3 +334,23 @@ class TransferReply(_message.Message):
     status: Status
     shard: str
     def __init__(self, status: _Optional[_Union[Status, _Mapping]] = ..., shard: _Optional[str] = ...) -> None: ...
+
+class ComputeCall(_message.Message):
+    __slots__ = ("call_id", "hops", "batch")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    HOPS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    call_id: int
+    hops: int
+    batch: RuleBatch
+    def __init__(self, call_id: _Optional[int] = ..., hops: _Optional[int] = ..., batch: _Optional[_Union[RuleBatch, _Mapping]] = ...) -> None: ...
+
+class ComputeAnswer(_message.Message):
+    __slots__ = ("call_id", "batch", "error")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    call_id: int
+    batch: RuleReplyBatch
+    error: Status
+    def __init__(self, call_id: _Optional[int] = ..., batch: _Optional[_Union[RuleReplyBatch, _Mapping]] = ..., error: _Optional[_Union[Status, _Mapping]] = ...) -> None: ...

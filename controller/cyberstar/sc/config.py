@@ -5,6 +5,8 @@ node_id: sc1a                # unique in the cluster; the common name of its cer
 listen: 127.0.0.1:7101       # gRPC address (FM and the other SCGs dial it: no wildcard)
 chain_listen: 127.0.0.1:0    # replication link from the predecessor (default: listen's host,
                              # a free port; the address in use is published in etcd)
+compute_listen: 127.0.0.1:0  # FM's Compute without gRPC (sc/compute_link.py; same default,
+                             # published in etcd; same TLS and limits as gRPC)
 metrics: 127.0.0.1:9200      # optional: Prometheus /metrics (counters, shard sizes)
 tls: {ca: certs/ca.crt, cert: certs/sc1a.crt, key: certs/sc1a.key}  # or plaintext: true
 etcd:
@@ -84,10 +86,18 @@ class ScConfig:
     chain_listen: str = ""  # host:port of the replication listener; "" = listen's host, port 0
     limits: ScLimits = field(default_factory=ScLimits)
     metrics: str = ""  # host:port of the Prometheus endpoint (mutual TLS as gRPC); "" = none
+    compute_listen: str = ""  # host:port of the compute link; "" = listen's host, port 0
 
     @property
     def chain_endpoint(self) -> tuple[str, int]:
-        host, _, port = (self.chain_listen or self.listen.rpartition(":")[0] + ":0").rpartition(":")
+        return self._endpoint(self.chain_listen)
+
+    @property
+    def compute_endpoint(self) -> tuple[str, int]:
+        return self._endpoint(self.compute_listen)
+
+    def _endpoint(self, given: str) -> tuple[str, int]:
+        host, _, port = (given or self.listen.rpartition(":")[0] + ":0").rpartition(":")
         return host.strip("[]"), int(port)
 
 
@@ -102,9 +112,12 @@ def parse_config(text: str, name: str = "<config>", base: Path = Path(".")) -> S
     if ":" not in listen:
         raise top.error("listen", f"expected host:port, found {listen!r}")
     chain_listen = top.str("chain_listen", "")
-    if chain_listen and not chain_listen.rpartition(":")[2].isdigit():
-        raise top.error("chain_listen", f"expected host:port, found {chain_listen!r}")
-    for key, value in (("listen", listen), ("chain_listen", chain_listen)):
+    compute_listen = top.str("compute_listen", "")
+    for key, value in (("chain_listen", chain_listen), ("compute_listen", compute_listen)):
+        if value and not value.rpartition(":")[2].isdigit():
+            raise top.error(key, f"expected host:port, found {value!r}")
+    for key, value in (("listen", listen), ("chain_listen", chain_listen),
+                       ("compute_listen", compute_listen)):  # fmt: skip
         # Both are published in etcd for other nodes to dial: a wildcard cannot be dialled.
         if value.rpartition(":")[0].strip("[]") in ("0.0.0.0", "::"):
             raise top.error(key, f"{value!r} is a wildcard, but other nodes dial this address: "
@@ -114,7 +127,8 @@ def parse_config(text: str, name: str = "<config>", base: Path = Path(".")) -> S
         raise top.error("metrics", f"expected host:port, found {metrics!r}")
     tls = parse_tls(top, base, "the SC node's gRPC and chain link")
     if tls is None:
-        served = (("listen", listen), ("chain_listen", chain_listen), ("metrics", metrics))
+        served = (("listen", listen), ("chain_listen", chain_listen),
+                  ("compute_listen", compute_listen), ("metrics", metrics))  # fmt: skip
         for key, value in served:
             if value and not is_local(value):
                 raise top.error(
@@ -171,7 +185,7 @@ def parse_config(text: str, name: str = "<config>", base: Path = Path(".")) -> S
     top.done()
     _refuse_overlapping_pools(pools)
     return ScConfig(node_id, listen, etcd, scg, tenants, tls, lease_ttl, commit_timeout, prefix,
-                    chain_listen, limits, metrics)  # fmt: skip
+                    chain_listen, limits, metrics, compute_listen)  # fmt: skip
 
 
 def _limits(sec: Section) -> ScLimits:

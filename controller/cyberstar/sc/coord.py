@@ -4,10 +4,10 @@ Key layout (all under a prefix, `/cyberstar` by default; values are JSON):
 
 | key | value (writer) |
 |---|---|
-| `members/sc/<node_id>` | `{"scg", "address", "chain", "incarnation"}` on the node's lease |
+| `members/sc/<node_id>` | `{"scg", "address", "chain", "compute", "incarnation"}` on its lease |
 | `members/fm/<id>`, `members/pp/<id>` | `{"address", ...}` on a lease (written by FM) |
 | `fm/leader` | leader's node id on its lease; create-if-absent election (FM) |
-| `scg/<scg>/chain` | `{"epoch", "nodes": [{"id", "address", "chain", "incarnation"}]}` (locker) |
+| `scg/<scg>/chain` | `{"epoch", "nodes": [{"id", "address", "chain", "compute", ...}]}` (locker) |
 | `scg/<scg>/lock` | etcd lock: whoever holds it may rewrite the chain (SC nodes) |
 | `tenants/<tenant>/claimed` | the SCG that created the tenant's first shard (its head) |
 | `shards/<tenant>/<lo>-<hi>` | `{"scg"}`: the SCG owning slots [lo, hi) of the tenant (SCG heads) |
@@ -230,6 +230,7 @@ class ChainNode:
     address: str  # gRPC (FM, other SCGs)
     incarnation: str
     chain: str = ""  # replication listener (its predecessor connects to it)
+    compute: str = ""  # compute link (FM's Compute without gRPC; "" = gRPC only)
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,13 @@ class Chain:
 
     def to_json(self) -> bytes:
         nodes = [
-            {"id": n.id, "address": n.address, "chain": n.chain, "incarnation": n.incarnation}
+            {
+                "id": n.id,
+                "address": n.address,
+                "chain": n.chain,
+                "compute": n.compute,
+                "incarnation": n.incarnation,
+            }
             for n in self.nodes
         ]
         return json.dumps({"epoch": self.epoch, "nodes": nodes}).encode()
@@ -406,14 +413,18 @@ def parse_chain(scg: str, raw: bytes) -> Chain:
         fields = {k: n.get(k) for k in ("id", "address", "incarnation", "chain")}
         if not all(isinstance(v, str) for v in fields.values()):
             raise ValueError("a chain node needs string id, address, incarnation, chain")
-        nodes.append(ChainNode(**fields))
+        compute = n.get("compute", "")  # absent in chains written before the compute link
+        if not isinstance(compute, str):
+            raise ValueError("a chain node's compute address must be a string")
+        nodes.append(ChainNode(**fields, compute=compute))
     return Chain(scg, d["epoch"], tuple(nodes))
 
 
 def parse_member(raw: bytes) -> dict:
     d = _json_object(raw, {"scg": str, "address": str, "incarnation": str})
-    if not isinstance(d.get("chain", ""), str):
-        raise ValueError("field 'chain': expected str")
+    for key in ("chain", "compute"):
+        if not isinstance(d.get(key, ""), str):
+            raise ValueError(f"field {key!r}: expected str")
     return d
 
 

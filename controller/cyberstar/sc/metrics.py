@@ -7,6 +7,7 @@ from collections import Counter
 # name → help text; every counter the node may increment is declared here.
 COUNTERS = {
     "requests": "rule requests received (Compute items)",
+    "link_calls": "Compute calls received on the compute link (the others came over gRPC)",
     "rules_ok": "requests answered with rules and status OK",
     "connections_created": "connections stored (state replicated through the chain)",
     "cache_hits": "requests answered from a stored connection",
@@ -26,7 +27,8 @@ COUNTERS = {
     "snapshots_sent": "state snapshots sent to a successor joining the chain",
     "resyncs_incremental": "successors caught up with the updates they lacked (no snapshot)",
     "chain_refused": "chain-link connections refused (no or wrong hello, too many, too slow)",
-    "refused_calls": "gRPC calls refused: caller's role not allowed, or a batch over the limit",
+    "refused_calls": "calls refused (gRPC or compute link): caller's role not allowed, a batch "
+    "over the limit, a frame that is not a call, or too many connections",
     "lease_lost": "times this node's membership lease lapsed and it rejoined",
     "scale_ops": "scale operations started on this node",
     "scale_failed": "scale operations that failed",

@@ -104,17 +104,20 @@ def update_frame(
 class ChainLink(asyncio.Protocol):
     """One TCP connection between neighbours of a chain: length-prefixed protobuf frames,
     delivered to `on_frames` from the loop's read callback. A frame over `max_frame` bytes
-    closes the link before its bytes are buffered."""
+    closes the link before its bytes are buffered (and is reported to `on_oversized`, or
+    logged). The compute link (`compute_link.py`) speaks the same frames."""
 
     def __init__(
         self,
         on_frames: Callable[[ChainLink, list[bytes]], None],
         max_frame: int = HELLO_MAX_FRAME,
         on_open: Callable[[ChainLink], None] | None = None,
+        on_oversized: Callable[[ChainLink, int], None] | None = None,
     ) -> None:
         self.on_frames = on_frames
         self.max_frame = max_frame
         self.on_open = on_open
+        self.on_oversized = on_oversized
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
         self.acked_sent = -1  # upstream side: the last ack written on this link
@@ -140,8 +143,11 @@ class ChainLink(asyncio.Protocol):
             while size - off >= 4:
                 (n,) = FRAME.unpack_from(view, off)
                 if n > self.max_frame:
-                    log.warning("chain link from %s: a frame of %d bytes (at most %d here); "
-                                "closing", self.remote, n, self.max_frame)  # fmt: skip
+                    if self.on_oversized is not None:
+                        self.on_oversized(self, n)
+                    else:
+                        log.warning("chain link from %s: a frame of %d bytes (at most %d here); "
+                                    "closing", self.remote, n, self.max_frame)  # fmt: skip
                     self.close()
                     return
                 if size - off - 4 < n:

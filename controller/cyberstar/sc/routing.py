@@ -25,8 +25,9 @@ import aetcd
 from cyberstar.proto import sc_pb2
 from cyberstar.sc import coord
 from cyberstar.sc.client import ReleaseKey, Request, ScClient, release_proto, request_proto
+from cyberstar.sc.compute_link import ComputeLinkClient
 from cyberstar.sc.flows import FlowKey, ShardId, slot_of
-from cyberstar.tls import TlsFiles
+from cyberstar.tls import TlsFiles, client_ssl
 
 log = logging.getLogger(__name__)
 RETRY_CODES = (sc_pb2.NOT_HEAD, sc_pb2.UNAVAILABLE, sc_pb2.WRONG_SHARD)
@@ -107,6 +108,13 @@ class ShardMap:
         chain = self.chains.get(scg)
         return chain.head.address if chain and chain.head else None
 
+    def compute_address(self, head: str) -> str:
+        """The compute link of the chain head whose gRPC address is `head` ("" = none)."""
+        for chain in self.chains.values():
+            if chain.head is not None and chain.head.address == head:
+                return chain.head.compute
+        return ""
+
     def route_slot(self, tenant_id: int, slot: int) -> Route | None:
         for sid, scg in self.shards.items():
             if sid.tenant_id == tenant_id and sid.holds(slot):
@@ -118,7 +126,8 @@ class ShardMap:
 
 
 class ScRouter:
-    """Batches requests per SCG over one `ScClient` per head; retries bounced requests."""
+    """Batches requests per SCG over one `ScClient` per head (Compute on the head's compute
+    link when it publishes one); retries bounced requests."""
 
     def __init__(self, shard_map: ShardMap, tls: TlsFiles | None, attempts: int = 40,
                  pause_s: float = 0.05) -> None:  # fmt: skip
@@ -127,6 +136,8 @@ class ScRouter:
         self.attempts = attempts
         self.pause_s = pause_s
         self._clients: dict[str, ScClient] = {}
+        self._links: dict[str, ComputeLinkClient] = {}
+        self._link_ssl = client_ssl(tls) if tls is not None else None
 
     def client(self, address: str) -> ScClient:
         c = self._clients.get(address)
@@ -134,8 +145,18 @@ class ScRouter:
             c = self._clients[address] = ScClient(address, self.tls, timeout_s=10)
         return c
 
+    def compute_client(self, head: str) -> ScClient | ComputeLinkClient:
+        """What Compute goes through to the head at gRPC address `head`."""
+        address = self.map.compute_address(head)
+        if not address:
+            return self.client(head)
+        c = self._links.get(address)
+        if c is None:
+            c = self._links[address] = ComputeLinkClient(address, self._link_ssl, timeout_s=10)
+        return c
+
     async def close(self) -> None:
-        for c in self._clients.values():
+        for c in [*self._clients.values(), *self._links.values()]:
             await c.close()
 
     async def compute(self, requests: Sequence[Request]) -> list[sc_pb2.RuleReply]:
@@ -178,7 +199,7 @@ class ScRouter:
         """One reply per request, in order, whatever the node answered: a missing, extra or
         mismatched reply becomes UNAVAILABLE for its request (retried), never a crash."""
         try:
-            got = await self.client(head).compute([request_proto(r) for r in reqs])
+            got = await self.compute_client(head).compute([request_proto(r) for r in reqs])
         except Exception as exc:
             st = sc_pb2.Status(code=sc_pb2.UNAVAILABLE, message=f"{head}: {coord.reason_of(exc)}")
             return [sc_pb2.RuleReply(request_id=r.request_id, status=st) for r in reqs]

@@ -8,7 +8,8 @@ is not taken for a dead node.
 Who may call what (the caller's certificate role, `cyberstar.certs`): `Compute`, `Release`,
 `ScaleStatus` and `Inspect` FM, SC nodes (passing requests on) and admins; `Scale` FM and
 admins; `Transfer` SC nodes only. Batches over `limits.max_batch` are refused with
-RESOURCE_EXHAUSTED, so one call's work on the loop stays bounded.
+RESOURCE_EXHAUSTED, so one call's work on the loop stays bounded. FM calls Compute on the compute
+link (`compute_link.py`) when the head publishes one: same roles, limits and answers.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from cyberstar.metrics import HttpServer, Route
 from cyberstar.proto import sc_pb2
 from cyberstar.sc import coord
 from cyberstar.sc.client import HOPS_METADATA, ScClient
+from cyberstar.sc.compute_link import ComputeService
 from cyberstar.sc.config import ScConfig
 from cyberstar.sc.engine import Engine, Outcome, validate_flow
 from cyberstar.sc.flows import FlowKey, Packet, ShardId
@@ -128,6 +130,19 @@ class ScNode:
         self._server: grpc.aio.Server | None = None
         self._chain_server: asyncio.Server | None = None
         self.chain_address = ""
+        self._compute_server: asyncio.Server | None = None
+        self.compute_address = ""
+        grpc_limits = config.limits.grpc
+        self.compute_service = ComputeService(
+            self.compute_batch,
+            tls=tls is not None,
+            allowed=ALLOWED["Compute"],
+            counters=self.counters,
+            max_batch=config.limits.max_batch,
+            max_frame=grpc_limits.max_message_bytes,
+            max_connections=grpc_limits.max_connections,
+            idle_timeout_s=grpc_limits.idle_timeout_s,
+        )
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._lease: aetcd.leases.Lease | None = None
@@ -149,25 +164,12 @@ class ScNode:
         self._server.add_generic_rpc_handlers((self._service(),))
         bind(self._server, config.listen, config.tls, f"{me} gRPC")
         await self._server.start()
-        host, port = config.chain_endpoint
-        try:
-            self._chain_server = await asyncio.get_running_loop().create_server(
-                self.replicator.accept,
-                host,
-                port,
-                ssl=self._server_ssl,
-                ssl_handshake_timeout=HELLO_TIMEOUT_S if config.tls else None,
-                backlog=128,
-                reuse_port=False,
-            )
-        except OSError as exc:
-            raise OSError(
-                f"{me} chain link: cannot listen on {host}:{port}: {exc.strerror}"
-            ) from None
-        bound = self._chain_server.sockets[0].getsockname()[1]
-        self.chain_address = f"{host}:{bound}"
-        if config.tls is None:
-            warn_plaintext(f"{me} chain link", self.chain_address)
+        self._chain_server, self.chain_address = await self._listen(
+            self.replicator.accept, config.chain_endpoint, f"{me} chain link"
+        )
+        self._compute_server, self.compute_address = await self._listen(
+            self.compute_service.accept, config.compute_endpoint, f"{me} compute link"
+        )
         self.etcd = await coord.connect(config.etcd, me)
         await self._register()
         self._spawn(self._watch_lease())
@@ -176,14 +178,36 @@ class ScNode:
         if config.metrics:
             await self._serve_metrics()
         log.info(
-            "%s of %s listening on %s (chain link on %s, %s), etcd %s",
+            "%s of %s listening on %s (chain link on %s, compute link on %s, %s), etcd %s",
             me,
             config.scg,
             config.listen,
             self.chain_address,
+            self.compute_address,
             "mutual TLS" if config.tls else "PLAINTEXT",
             config.etcd.address,
         )
+
+    async def _listen(self, factory, endpoint: tuple[str, int],
+                      what: str) -> tuple[asyncio.Server, str]:  # fmt: skip
+        """A listener of framed links (chain, compute) with the node's TLS: (server, address)."""
+        host, port = endpoint
+        try:
+            server = await asyncio.get_running_loop().create_server(
+                factory,
+                host,
+                port,
+                ssl=self._server_ssl,
+                ssl_handshake_timeout=HELLO_TIMEOUT_S if self.config.tls else None,
+                backlog=128,
+                reuse_port=False,
+            )
+        except OSError as exc:
+            raise OSError(f"{what}: cannot listen on {host}:{port}: {exc.strerror}") from None
+        address = f"{host}:{server.sockets[0].getsockname()[1]}"
+        if self.config.tls is None:
+            warn_plaintext(what, address)
+        return server, address
 
     async def _serve_metrics(self) -> None:
         """GET /metrics: the counters and each shard's size, read in the event loop (the state
@@ -236,8 +260,10 @@ class ScNode:
                 await self._lease.revoke()
         for client in self._clients.values():
             await client.close()
-        if self._chain_server is not None:
-            self._chain_server.close()
+        self.compute_service.close()
+        for listener in (self._chain_server, self._compute_server):
+            if listener is not None:
+                listener.close()
         if self._server is not None:
             await self._server.stop(0.5)
         if self.etcd is not None:
@@ -251,6 +277,7 @@ class ScNode:
             "scg": self.config.scg,
             "address": self.config.listen,
             "chain": self.chain_address,
+            "compute": self.compute_address,
             "incarnation": self.incarnation,
         }
         await self.etcd.put(
@@ -329,7 +356,9 @@ class ScNode:
             kept = {n.id for n in keep}
             joiners = sorted((rev, nid, m) for nid, (rev, m) in members.items() if nid not in kept)
             nodes = tuple(keep) + tuple(
-                coord.ChainNode(nid, m["address"], m["incarnation"], m.get("chain", ""))
+                coord.ChainNode(
+                    nid, m["address"], m["incarnation"], m.get("chain", ""), m.get("compute", "")
+                )
                 for _, nid, m in joiners
             )
             if nodes != chain.nodes:
@@ -479,6 +508,10 @@ class ScNode:
 
     # -- FM-facing RPCs ------------------------------------------------------------------------
     async def Compute(self, request: sc_pb2.RuleBatch, context) -> sc_pb2.RuleReplyBatch:
+        return await self.compute_batch(request, _hops(context))
+
+    async def compute_batch(self, request: sc_pb2.RuleBatch, hops: int) -> sc_pb2.RuleReplyBatch:
+        """A Compute, from gRPC or the compute link (`hops`: SCGs it was passed through)."""
         reqs = request.requests
         if not self.replicator.is_head:
             self.counters.inc("not_head", len(reqs))
@@ -486,7 +519,6 @@ class ScNode:
             return sc_pb2.RuleReplyBatch(
                 replies=[sc_pb2.RuleReply(request_id=r.request_id, status=st) for r in reqs]
             )
-        hops = _hops(context)
         ops: list = []
         replies: list[sc_pb2.RuleReply] = []
         proxied: dict[str, list[int]] = defaultdict(list)

@@ -1,0 +1,178 @@
+"""The compute link (`cyberstar.sc.compute_link`): FM's Compute to an SC head without gRPC,
+held to the gRPC Compute's answers and tried as a hostile caller would (issue 9: the gRPC call
+was most of FM's CPU per batch; every listening socket is a door)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from cyberstar.lab.sc import ScLab, ScProcess
+from cyberstar.proto import sc_pb2
+from cyberstar.sc.client import Request, ScClient
+from cyberstar.sc.compute_link import ComputeLinkClient, ComputeLinkError
+from cyberstar.sc.flows import FlowKey, Packet
+from cyberstar.sc.routing import ScRouter, ShardMap
+from cyberstar.tls import client_ssl
+from sc import chainwire
+from sc.test_chain import TENANTS
+from sc.test_sc_security import chain_of, inspect, run
+
+pytestmark = pytest.mark.usefixtures("need_etcd")
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with ScLab(TENANTS, lease_ttl_s=3) as lab:
+        lab.add_scg("scg1", 3)
+        run(chain_of(lab))
+        yield lab
+
+
+def flows(first: int, n: int) -> list[sc_pb2.RuleRequest]:
+    return [
+        sc_pb2.RuleRequest(request_id=i, flow=sc_pb2.Flow(
+            tenant_id=7, ingress_port=1, src_addr=0x0A000001 + i, dst_addr=0x5DB8D801,
+            protocol=6, src_port=40000, dst_port=443))
+        for i in range(first, first + n)
+    ]  # fmt: skip
+
+
+async def link_compute(address: str, tls, batches: list[list[sc_pb2.RuleRequest]]) -> list:
+    client = ComputeLinkClient(address, client_ssl(tls), timeout_s=10)
+    try:
+        return await asyncio.gather(*(client.compute(b) for b in batches))
+    finally:
+        await client.close()
+
+
+async def grpc_compute(address: str, tls, batch: list[sc_pb2.RuleRequest]) -> list:
+    async with ScClient(address, tls) as c:
+        return await c.compute(batch)
+
+
+def test_the_link_answers_as_the_grpc_compute(lab: ScLab) -> None:
+    head = run(chain_of(lab)).nodes[0]
+    assert head.compute and head.compute != head.address
+    fm = lab.certs.files("fm", "fm-link")
+    before = run(inspect(head.address, lab.client_tls)).counters
+    # 40 calls in flight on one connection (more than a connection's calls served at once),
+    # answered out of order: each answer must reach its own call.
+    batches = [flows(1000 + 10 * i, 1 + i % 10) for i in range(40)]
+    answers = run(link_compute(head.compute, fm, batches))
+    for batch, replies in zip(batches, answers, strict=True):
+        assert [r.request_id for r in replies] == [r.request_id for r in batch]
+        assert all(r.status.code == sc_pb2.OK and r.rules for r in replies)
+    # The same flows through gRPC: the connections the link created, the same rules.
+    again = run(grpc_compute(head.address, fm, [r for b in batches for r in b]))
+    assert again == [r for a in answers for r in a]
+    after = run(inspect(head.address, lab.client_tls)).counters
+    n = sum(len(b) for b in batches)
+    assert after["link_calls"] - before["link_calls"] == 40
+    assert after["connections_created"] - before["connections_created"] == n
+    assert after["cache_hits"] - before["cache_hits"] == n
+
+
+def test_fm_routes_compute_over_the_link(lab: ScLab) -> None:
+    chain = run(chain_of(lab))
+    head = chain.nodes[0]
+
+    async def route() -> list:
+        smap = ShardMap(lab.etcd_config())
+        await smap.start()
+        router = ScRouter(smap, lab.certs.files("fm", "fm-router"))
+        try:
+            assert smap.compute_address(head.address) == head.compute
+            assert isinstance(router.compute_client(head.address), ComputeLinkClient)
+            key = FlowKey(6, 0x0A000099, 0x5DB8D801, 40001, 443)
+            return await router.compute([Request(1, Packet(7, 1, 0, key))])
+        finally:
+            await router.close()
+            await smap.close()
+
+    before = run(inspect(head.address, lab.client_tls)).counters["link_calls"]
+    (reply,) = run(route())
+    assert reply.status.code == sc_pb2.OK and reply.rules
+    assert run(inspect(head.address, lab.client_tls)).counters["link_calls"] == before + 1
+
+
+def test_the_link_is_open_only_to_compute_roles(lab: ScLab) -> None:
+    head = run(chain_of(lab)).nodes[0]
+    before = run(inspect(head.address, lab.client_tls)).counters
+    for role in ("pp", "etcd"):
+        with pytest.raises(ComputeLinkError, match="the link closed"):
+            run(link_compute(head.compute, lab.certs.files(role, f"{role}-x"), [flows(1, 1)]))
+    # Plaintext to the TLS listener: no answer, the connection is closed.
+    with chainwire.connect(head.compute, None) as sock:
+        call = sc_pb2.ComputeCall(call_id=1, batch=sc_pb2.RuleBatch(requests=flows(1, 1)))
+        chainwire.send_frame(sock, call.SerializeToString())
+        assert chainwire.closed_by_peer(sock, 15)
+    after = run(inspect(head.address, lab.client_tls)).counters
+    assert after["refused_calls"] == before["refused_calls"] + 2
+    assert after["requests"] == before["requests"]
+    assert after["link_calls"] == before["link_calls"]
+
+
+def test_garbage_oversized_frames_and_batches_are_refused(lab: ScLab) -> None:
+    head = run(chain_of(lab)).nodes[0]
+    fm = lab.certs.files("fm", "fm-garbage")
+    refused = run(inspect(head.address, lab.client_tls)).counters["refused_calls"]
+    # A frame that is not a ComputeCall closes its connection, without an answer.
+    with chainwire.connect(head.compute, fm) as sock:
+        chainwire.send_frame(sock, b"\xff\xff\xff\x07")
+        assert chainwire.read_frame(sock) is None
+    # A frame announced over the message limit (64 MiB) is refused at its length.
+    with chainwire.connect(head.compute, fm) as sock:
+        sock.sendall(chainwire.FRAME.pack((64 << 20) + 1))
+        assert chainwire.closed_by_peer(sock, 15)
+    # A batch over max_batch (1024) is refused whole; the connection goes on.
+    with chainwire.connect(head.compute, fm) as sock:
+        huge = sc_pb2.ComputeCall(call_id=5, batch=sc_pb2.RuleBatch(requests=flows(0, 1025)))
+        chainwire.send_frame(sock, huge.SerializeToString())
+        answer = sc_pb2.ComputeAnswer.FromString(chainwire.read_frame(sock))
+        assert answer.call_id == 5 and answer.error.code == sc_pb2.MALFORMED
+        assert (
+            answer.error.message == "Compute of 1025 items: at most 1024 per call; split the batch"
+        )
+        assert not answer.batch.replies
+        ok = sc_pb2.ComputeCall(call_id=6, batch=sc_pb2.RuleBatch(requests=flows(5000, 1)))
+        chainwire.send_frame(sock, ok.SerializeToString())
+        answer = sc_pb2.ComputeAnswer.FromString(chainwire.read_frame(sock))
+        assert answer.call_id == 6 and answer.batch.replies[0].status.code == sc_pb2.OK
+    info = run(inspect(head.address, lab.client_tls))
+    assert info.counters["refused_calls"] == refused + 3
+    assert info.role == "head" and "Traceback" not in lab.nodes[head.id].log.read_text()
+
+
+def test_connections_are_capped_and_idle_ones_closed(lab: ScLab) -> None:
+    config = lab.node_config("scg9-0", "scg9")
+    config["limits"] = {"max_connections": 2, "idle_timeout_s": 2}
+    node = ScProcess(config, lab.workdir)
+    lab.nodes["scg9-0"] = node
+    node.start()
+
+    async def head_of_scg9():
+        smap = ShardMap(lab.etcd_config())
+        await smap.start()
+        try:
+            await smap.wait_until(lambda m: "scg9" in m.chains and m.chains["scg9"].nodes, 30)
+            return smap.chains["scg9"].nodes[0]
+        finally:
+            await smap.close()
+
+    head = run(head_of_scg9())
+    fm = lab.certs.files("fm", "fm-idle")
+    socks = [chainwire.connect(head.compute, fm) for _ in range(3)]
+    try:
+        # Over the cap: closed at once; the others are held while busy, closed once idle.
+        assert [chainwire.closed_by_peer(s, 1.0) for s in socks] == [False, False, True]
+        t0 = time.monotonic()
+        assert all(chainwire.closed_by_peer(s, 15) for s in socks[:2])
+        assert time.monotonic() - t0 < 10  # idle for 2 s, checked every 2 s
+    finally:
+        for s in socks:
+            s.close()
+    info = run(inspect(head.address, lab.client_tls))
+    assert info.counters["refused_calls"] == 1
