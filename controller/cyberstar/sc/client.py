@@ -67,6 +67,12 @@ def request_proto(r: Request) -> sc_pb2.RuleRequest:
     )
 
 
+def rule_batch(requests: Iterable[Request | sc_pb2.RuleRequest]) -> sc_pb2.RuleBatch:
+    return sc_pb2.RuleBatch(
+        requests=[r if isinstance(r, sc_pb2.RuleRequest) else request_proto(r) for r in requests]
+    )
+
+
 def release_proto(r: ReleaseKey) -> sc_pb2.ReleaseItem:
     item = sc_pb2.ReleaseItem(flow=flow_proto(r.tenant_id, r.key))
     if r.slot is not None:
@@ -94,13 +100,8 @@ class ScClient:
         self, requests: Iterable[Request | sc_pb2.RuleRequest], hops: int = 0
     ) -> list[sc_pb2.RuleReply]:
         """One reply per request, in order (`sc_pb2.RuleReply`: status, rules, slot, shard)."""
-        batch = sc_pb2.RuleBatch(
-            requests=[
-                r if isinstance(r, sc_pb2.RuleRequest) else request_proto(r) for r in requests
-            ]
-        )
         reply = await self.stub.Compute(
-            batch, timeout=self.timeout_s, metadata=((HOPS_METADATA, str(hops)),)
+            rule_batch(requests), timeout=self.timeout_s, metadata=((HOPS_METADATA, str(hops)),)
         )
         return list(reply.replies)
 

@@ -33,7 +33,7 @@ from google.protobuf.message import DecodeError
 
 from cyberstar.listen import PeerLog
 from cyberstar.proto import sc_pb2
-from cyberstar.sc.client import Request, request_proto
+from cyberstar.sc.client import Request, rule_batch
 from cyberstar.sc.metrics import Counters
 from cyberstar.sc.replication import HELLO_TIMEOUT_S, ChainLink
 
@@ -197,11 +197,7 @@ class ComputeLinkClient:
         self, requests: Iterable[Request | sc_pb2.RuleRequest], hops: int = 0
     ) -> list[sc_pb2.RuleReply]:
         """One reply per request, in order."""
-        batch = sc_pb2.RuleBatch(
-            requests=[
-                r if isinstance(r, sc_pb2.RuleRequest) else request_proto(r) for r in requests
-            ]
-        )
+        batch = rule_batch(requests)
         link = await self._connected()
         call_id = next(self._ids)
         loop = asyncio.get_running_loop()
