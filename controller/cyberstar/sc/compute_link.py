@@ -100,10 +100,10 @@ class ComputeService:
         if calls is None:
             return
         calls.last_activity = time.monotonic()
-        self._counters.inc("link_calls", len(frames))
         for frame in frames:
             try:
                 calls.waiting.append(sc_pb2.ComputeCall.FromString(frame))
+                self._counters.inc("link_calls")
             except DecodeError:
                 self._counters.inc("refused_calls")
                 self._refusals.bad_request(link.remote, f"compute link: {len(frame)} bytes "
@@ -232,16 +232,20 @@ class ComputeLinkClient:
                 return self._link
             host, _, port = self.address.rpartition(":")
             loop = asyncio.get_running_loop()
+            connecting = loop.create_connection(
+                lambda: ChainLink(
+                    self._on_frames, self._max_frame, on_oversized=self._on_oversized
+                ),
+                host.strip("[]"),
+                int(port),
+                ssl=self._ssl,
+                ssl_handshake_timeout=HELLO_TIMEOUT_S if self._ssl else None,
+            )
             try:
-                _, link = await loop.create_connection(
-                    lambda: ChainLink(self._on_frames, self._max_frame),
-                    host.strip("[]"),
-                    int(port),
-                    ssl=self._ssl,
-                    ssl_handshake_timeout=HELLO_TIMEOUT_S if self._ssl else None,
-                )
-            except (OSError, ssl.SSLError) as exc:
-                raise ComputeLinkError(f"{self.address}: cannot connect: {exc}") from None
+                _, link = await asyncio.wait_for(connecting, self.timeout_s)
+            except (OSError, ssl.SSLError, TimeoutError) as exc:
+                why = str(exc) or f"no connection in {self.timeout_s:g} s"
+                raise ComputeLinkError(f"{self.address}: cannot connect: {why}") from None
             if self._ssl is not None and (link.peer is None or link.peer.role != "sc"):
                 link.close()
                 raise ComputeLinkError(
@@ -265,6 +269,10 @@ class ComputeLinkClient:
             waiter = self._calls.get(answer.call_id)
             if waiter is not None and not waiter.done():
                 waiter.set_result(answer)
+
+    def _on_oversized(self, _link: ChainLink, size: int) -> None:
+        log.warning("compute link to %s: a frame of %d bytes (at most %d); closing",
+                    self.address, size, self._max_frame)  # fmt: skip
 
     def _lost(self, link: ChainLink) -> None:
         if self._link is link:
