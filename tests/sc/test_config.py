@@ -55,6 +55,19 @@ def test_good_config_loads() -> None:
         ("listen: 127.0.0.1:7101", "listen: [", 4, "not valid YAML"),
         ("listen: 127.0.0.1:7101", "listen: 0.0.0.0:7101", 2, "wildcard"),
         ("listen: 127.0.0.1:7101", "listen: 127.0.0.1:7101\nchain_listen: '[::]:0'", 3, "dial"),
+        ("listen: 127.0.0.1:7101", "listen: 127.0.0.1:7101\ncompute_listen: 0.0.0.0:0", 3, "dial"),
+        (
+            "listen: 127.0.0.1:7101",
+            "listen: 127.0.0.1:7101\ncompute_listen: 127.0.0.1:x",
+            3,
+            "expected host:port, found '127.0.0.1:x'",
+        ),
+        (
+            "listen: 127.0.0.1:7101",
+            "listen: 127.0.0.1:7101\ncompute_listen: 10.1.2.3:0",
+            3,
+            "not a loopback address, and the node is plaintext",
+        ),
         ("sets: {clients: [10.0.0.0/8]}", "sets: {clients: [10.0.0.1/8]}", 15, "host bits"),
     ],
 )

@@ -118,14 +118,14 @@ def parse_config(text: str, name: str = "<config>", base: Path = Path(".")) -> S
             raise top.error(key, f"expected host:port, found {value!r}")
     for key, value in (("listen", listen), ("chain_listen", chain_listen),
                        ("compute_listen", compute_listen)):  # fmt: skip
-        # Both are published in etcd for other nodes to dial: a wildcard cannot be dialled.
+        # All are published in etcd for other nodes to dial: a wildcard cannot be dialled.
         if value.rpartition(":")[0].strip("[]") in ("0.0.0.0", "::"):
             raise top.error(key, f"{value!r} is a wildcard, but other nodes dial this address: "
                                  "give this host's address on the SC network")  # fmt: skip
     metrics = top.str("metrics", "")
     if metrics and not metrics.rpartition(":")[2].isdigit():
         raise top.error("metrics", f"expected host:port, found {metrics!r}")
-    tls = parse_tls(top, base, "the SC node's gRPC and chain link")
+    tls = parse_tls(top, base, "the SC node's gRPC, chain link and compute link")
     if tls is None:
         served = (("listen", listen), ("chain_listen", chain_listen),
                   ("compute_listen", compute_listen), ("metrics", metrics))  # fmt: skip
