@@ -5,10 +5,12 @@ was most of FM's CPU per batch; every listening socket is a door)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import pytest
 
+from cyberstar.lab.procs import free_port
 from cyberstar.lab.sc import ScLab, ScProcess
 from cyberstar.proto import sc_pb2
 from cyberstar.sc.client import Request, ScClient
@@ -96,6 +98,31 @@ def test_fm_routes_compute_over_the_link(lab: ScLab) -> None:
     (reply,) = run(route())
     assert reply.status.code == sc_pb2.OK and reply.rules
     assert run(inspect(head.address, lab.client_tls)).counters["link_calls"] == before + 1
+
+
+def test_fm_uses_grpc_when_the_link_cannot_be_reached(lab: ScLab, caplog) -> None:
+    head = run(chain_of(lab)).nodes[0]
+
+    async def route() -> list:
+        smap = ShardMap(lab.etcd_config())
+        await smap.start()
+        smap.compute_address = lambda _head: f"127.0.0.1:{free_port()}"  # nobody listens
+        router = ScRouter(smap, lab.certs.files("fm", "fm-fallback"))
+        try:
+            key = FlowKey(6, 0x0A000098, 0x5DB8D801, 40002, 443)
+            return await router.compute([Request(1, Packet(7, 1, 0, key))])
+        finally:
+            await router.close()
+            await smap.close()
+
+    before = run(inspect(head.address, lab.client_tls)).counters
+    (reply,) = run(route())
+    assert reply.status.code == sc_pb2.OK and reply.rules
+    after = run(inspect(head.address, lab.client_tls)).counters
+    assert after["requests"] == before["requests"] + 1
+    assert after["link_calls"] == before["link_calls"]
+    assert re.search(r"SC compute link 127\.0\.0\.1:\d+: cannot connect: .*; using gRPC to "
+                     + re.escape(head.address), caplog.text)  # fmt: skip
 
 
 def test_the_link_is_open_only_to_compute_roles(lab: ScLab) -> None:

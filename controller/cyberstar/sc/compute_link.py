@@ -178,6 +178,10 @@ class ComputeLinkError(ConnectionError):
     """The call got no answer: the link failed, timed out, or the node refused the call."""
 
 
+class ComputeLinkUnreachable(ComputeLinkError):
+    """No connection could be made (nothing was sent): the caller may use gRPC instead."""
+
+
 class ComputeLinkClient:
     """The caller's side, with `ScClient.compute`'s signature: one connection, opened on the
     first call and again after it closes; calls in flight fail when it closes."""
@@ -245,10 +249,10 @@ class ComputeLinkClient:
                 _, link = await asyncio.wait_for(connecting, self.timeout_s)
             except (OSError, ssl.SSLError, TimeoutError) as exc:
                 why = str(exc) or f"no connection in {self.timeout_s:g} s"
-                raise ComputeLinkError(f"{self.address}: cannot connect: {why}") from None
+                raise ComputeLinkUnreachable(f"{self.address}: cannot connect: {why}") from None
             if self._ssl is not None and (link.peer is None or link.peer.role != "sc"):
                 link.close()
-                raise ComputeLinkError(
+                raise ComputeLinkUnreachable(
                     f"{self.address} answers with the certificate of "
                     f"{link.peer.role + ':' + link.peer.name if link.peer else 'nobody'}, "
                     "not an SC node's"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import aetcd
 from cyberstar.proto import sc_pb2
 from cyberstar.sc import coord
 from cyberstar.sc.client import ReleaseKey, Request, ScClient, release_proto, request_proto
-from cyberstar.sc.compute_link import ComputeLinkClient
+from cyberstar.sc.compute_link import ComputeLinkClient, ComputeLinkUnreachable
 from cyberstar.sc.flows import FlowKey, ShardId, slot_of
 from cyberstar.tls import TlsFiles, client_ssl
 
@@ -138,6 +139,7 @@ class ScRouter:
         self._clients: dict[str, ScClient] = {}
         self._links: dict[str, ComputeLinkClient] = {}
         self._link_ssl = client_ssl(tls) if tls is not None else None
+        self._unreachable_logged: dict[str, float] = {}
 
     def client(self, address: str) -> ScClient:
         c = self._clients.get(address)
@@ -158,6 +160,18 @@ class ScRouter:
     async def close(self) -> None:
         for c in [*self._clients.values(), *self._links.values()]:
             await c.close()
+
+    async def _compute(self, head: str, reqs: list[sc_pb2.RuleRequest]) -> list[sc_pb2.RuleReply]:
+        """Compute on the head's compute link, or over gRPC when the link cannot be reached
+        (a firewall between FM and SC that lets only the gRPC port through, say)."""
+        try:
+            return await self.compute_client(head).compute(reqs)
+        except ComputeLinkUnreachable as exc:
+            now = time.monotonic()
+            if now - self._unreachable_logged.get(head, -1e9) > 60:
+                self._unreachable_logged[head] = now
+                log.warning("SC compute link %s; using gRPC to %s", exc, head)
+            return await self.client(head).compute(reqs)
 
     async def compute(self, requests: Sequence[Request]) -> list[sc_pb2.RuleReply]:
         """One reply per request, in order; a request is retried while its SCG is in flux."""
@@ -199,7 +213,7 @@ class ScRouter:
         """One reply per request, in order, whatever the node answered: a missing, extra or
         mismatched reply becomes UNAVAILABLE for its request (retried), never a crash."""
         try:
-            got = await self.compute_client(head).compute([request_proto(r) for r in reqs])
+            got = await self._compute(head, [request_proto(r) for r in reqs])
         except Exception as exc:
             st = sc_pb2.Status(code=sc_pb2.UNAVAILABLE, message=f"{head}: {coord.reason_of(exc)}")
             return [sc_pb2.RuleReply(request_id=r.request_id, status=st) for r in reqs]
