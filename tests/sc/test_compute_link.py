@@ -61,7 +61,7 @@ def test_the_link_answers_as_the_grpc_compute(lab: ScLab) -> None:
     fm = lab.certs.files("fm", "fm-link")
     before = run(inspect(head.address, lab.client_tls)).counters
     # 40 calls in flight on one connection (more than a connection's calls served at once),
-    # answered out of order: each answer must reach its own call.
+    # answered in the order they end: each answer must reach its own call.
     batches = [flows(1000 + 10 * i, 1 + i % 10) for i in range(40)]
     answers = run(link_compute(head.compute, fm, batches))
     for batch, replies in zip(batches, answers, strict=True):
