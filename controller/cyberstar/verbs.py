@@ -4,6 +4,8 @@ its own verbs next to the code they run."""
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,3 +30,19 @@ class Verb:
         if self.raw_text:
             options["formatter_class"] = argparse.RawDescriptionHelpFormatter
         return options
+
+
+def serve_until_signalled(stop: threading.Event, poll_s: float = 0.2) -> None:
+    """Block a serving command's main thread until SIGTERM or SIGINT, or until another thread
+    sets `stop`; then set `stop`.
+
+    The handler only records the signal. A handler that set the Event itself runs in the main
+    thread between two bytecodes, possibly while that thread holds the Event's lock (inside
+    `wait`, or inside the handler of a first signal when a second one arrives), and then waits
+    for that lock forever: a process sent SIGTERM twice never stopped."""
+    signalled: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: signalled.append(signum))
+    while not signalled and not stop.wait(poll_s):
+        pass
+    stop.set()

@@ -11,7 +11,6 @@ serves, so the lab's plots and autoscaler treat both kinds of node alike.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -20,6 +19,7 @@ from cyberstar.metrics import Sample, serve_metrics
 from cyberstar.p4rt.client import P4RuntimeClient
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.tls import TlsFiles, server_ssl
+from cyberstar.verbs import serve_until_signalled
 
 
 def collect(client: P4RuntimeClient) -> list[Sample]:
@@ -51,10 +51,7 @@ def main(argv: list[str]) -> int:
     client = P4RuntimeClient(args.grpc, args.device_id, tls=tls)
     client.wait_ready(30)
     serve_metrics(args.listen, lambda: collect(client), server_ssl(tls))
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    serve_until_signalled(threading.Event())
     client.close()
     return 0
 

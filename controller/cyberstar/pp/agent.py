@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import socket
 import threading
 import time
@@ -30,6 +29,7 @@ from cyberstar.pp.device import FLOW_TABLE, Port, XdpDevice
 from cyberstar.pp.quota import FlowQuota, parse_quotas
 from cyberstar.pp.ratemanager import RateManager, RatePolicyFile
 from cyberstar.tls import TlsFiles, require_local, server_ssl
+from cyberstar.verbs import serve_until_signalled
 from cyberstar.xdp.program import XdpProgram
 
 log = logging.getLogger(__name__)
@@ -250,9 +250,7 @@ class PpAgent:
 
     def wait(self) -> None:
         """Serve until SIGTERM or SIGINT."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self._stop.set())
-        self._stop.wait()
+        serve_until_signalled(self._stop)
 
     def close(self) -> None:
         self._stop.set()
