@@ -29,12 +29,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
+from cyberstar.lab.cpu import process_cpu_s
 from cyberstar.lab.sc import ScLab
 from cyberstar.sc.client import Request, ScClient
 from cyberstar.sc.compute_link import ComputeLinkClient
@@ -94,12 +94,7 @@ async def rate(client: ScClient, flows: Flows, batch: int, clients: int, seconds
 
 def cpu_s(pids: list[int]) -> float:
     """utime + stime of the processes `pids`, in seconds."""
-    ticks = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return sum(process_cpu_s(pid) for pid in pids)
 
 
 async def latency(client: ScClient | ComputeLinkClient, flows: Flows, batch: int, callers: int,

@@ -5,7 +5,7 @@
  *   .put(keys, values) -> [indices of values longer than INLINE]   (those keys are removed)
  *   .get(keys) -> [value or b""]
  *   .remove(keys)
- *   .clear(), len(table), .nbytes, .slots
+ *   .clear(), len(table), .nbytes
  * An empty value removes its key. Keys of another size than key_size: ValueError, nothing
  * changed. `multiplier` (odd, drawn per process by the caller) keys the hash, so that nobody
  * can craft keys that share a probe path.
@@ -265,10 +265,6 @@ static PyObject *Table_nbytes(Table *t, void *Py_UNUSED(closure)) {
     return PyLong_FromSsize_t(t->nslots * t->stride);
 }
 
-static PyObject *Table_nslots(Table *t, void *Py_UNUSED(closure)) {
-    return PyLong_FromSsize_t(t->nslots);
-}
-
 static int Table_init(Table *t, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"key_size", "multiplier", NULL};
     Py_ssize_t key_size;
@@ -311,7 +307,6 @@ static PyMethodDef Table_methods[] = {
 
 static PyGetSetDef Table_getset[] = {
     {"nbytes", (getter)Table_nbytes, NULL, "bytes of the slot array", NULL},
-    {"slots", (getter)Table_nslots, NULL, "slots of the table", NULL},
     {NULL},
 };
 
