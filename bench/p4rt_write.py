@@ -9,8 +9,10 @@ primary within the sender's window divided by the window (what arrived later, an
 did, is printed beside it), to a standard controller and to one that asked for PacketInBatch
 messages (the stream extension, p4rt/batching.py); the primary only counts, so it is not the
 limit. Batches of 1000 are also written with a 14-byte cookie in every entry's metadata
-(`batch_1000_fm_cookie`, as FM writes every rule), and by two threads with a Write in flight
-each (`batch_1000_two_writers`), as a pipelining controller would.
+(`batch_1000_fm_cookie`, as FM writes every rule), by two threads with a Write in flight
+each (`batch_1000_two_writers`), as a pipelining controller would, and as requests serialized
+before the clock starts (`batch_1000_serialized`, as FM sends its Writes: the node's own rate;
+every other row includes the Python client building and serializing its protobuf messages).
 Targets: the XDP agent (`cyberstar pp serve`), and bmv2 (simple_switch_grpc) when installed.
 Goals: 100 000 entries/s with batches of 1000 (never below 50 000) and 50 000 PacketIn/s
 delivered on a 2-core machine.
@@ -36,7 +38,7 @@ from cyberstar.lab.endpoints import FrameSender
 from cyberstar.lab.pp_process import start_agent
 from cyberstar.p4rt import batching
 from cyberstar.p4rt.codec import update
-from cyberstar.p4rt.messages import arbitration_request
+from cyberstar.p4rt.messages import arbitration_request, write_request
 from cyberstar.pipeline.entries import TableEntry, build_entry
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.proto import p4rt_batch_pb2
@@ -99,6 +101,25 @@ def two_writer_rate(client, total: int, batch: int = 1000) -> dict[str, float]:
         t.start()
     for t in threads:
         t.join()
+    elapsed = time.perf_counter() - t0
+    for s in range(0, total, batch):
+        client.write(flow_updates(DELETE, s, batch))
+    return {"insert_per_s": round(total / elapsed)}
+
+
+def serialized_rate(client, total: int, batch: int = 1000) -> dict[str, float]:
+    """Inserts (with FM's cookie) whose WriteRequests were serialized before the clock started,
+    sent as bytes, as FM sends its Writes (p4rt/codec.py): the node's rate without the client's
+    protobuf work, which the other rows include."""
+    send = client.channel.unary_unary(
+        "/p4.v1.P4Runtime/Write", response_deserializer=p4r.WriteResponse.FromString
+    )
+    inserts = [write_request(client.device_id, client.election_id,
+                             flow_updates(INSERT, s, batch, cookie=True)).SerializeToString()
+               for s in range(0, total, batch)]  # fmt: skip
+    t0 = time.perf_counter()
+    for req in inserts:
+        send(req, timeout=client.timeout)
     elapsed = time.perf_counter() - t0
     for s in range(0, total, batch):
         client.write(flow_updates(DELETE, s, batch))
@@ -220,6 +241,7 @@ def writes(client, args) -> dict:
         out[f"batch_{batch}"] = write_rate(client, batch, total)
     out["batch_1000_fm_cookie"] = write_rate(client, 1000, args.entries, cookie=True)
     out["batch_1000_two_writers"] = two_writer_rate(client, args.entries)
+    out["batch_1000_serialized"] = serialized_rate(client, args.entries)
     return out
 
 

@@ -7,9 +7,7 @@ Notifications stay on time: an entry is reported within its timeout plus one pas
 from __future__ import annotations
 
 import os
-import ssl
 import time
-import urllib.request
 
 import needs
 import pytest
@@ -19,6 +17,7 @@ from cyberstar.lab.pp_process import start_agent
 from cyberstar.lab.procs import free_port
 from cyberstar.p4rt.codec import update
 from cyberstar.pipeline.pp import PIPELINE
+from pp.scrape import metric
 from pp.test_p4rt_server import flow_entry
 
 pytestmark = pytest.mark.root
@@ -27,12 +26,7 @@ TIMEOUT_S = 8.0  # a pass every 2 s
 
 
 def _idle_passes(port: int, tls) -> int:
-    context = ssl.create_default_context(cafile=str(tls.ca))
-    context.load_cert_chain(str(tls.cert), str(tls.key))
-    text = urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=context).read()
-    line = next(ln for ln in text.decode().splitlines()
-                if ln.startswith("cyberstar_pp_idle_passes_total"))  # fmt: skip
-    return int(float(line.split()[-1]))
+    return metric(port, tls, "cyberstar_pp_idle_passes_total")
 
 
 def test_a_small_table_is_walked_once_a_pass_not_every_tick() -> None:

@@ -34,6 +34,9 @@ typedef struct {
     PyObject *aid;
     Py_ssize_t nparams;
     Field *params;
+    unsigned long long aid_value;
+    int *param_offsets; /* each param's (offset, size) in the map value (value_layout) */
+    int *param_sizes;
 } Action;
 
 typedef struct {
@@ -49,6 +52,10 @@ typedef struct {
     int *key_offsets;
     int *key_sizes;
     Py_ssize_t tenant; /* the match field whose value `parse_key` also returns, -1: none */
+    /* the map value of `batch` (value_layout): size, and the offsets of the action id (its
+     * size too), the last hit time and the idle timeout (-1: the table has none) */
+    Py_ssize_t value_size;
+    int action_off, action_size, last_hit_off, idle_off;
 } Reader;
 
 static void free_actions(Reader *self) {
@@ -56,6 +63,8 @@ static void free_actions(Reader *self) {
         for (Py_ssize_t i = 0; i < self->nactions; i++) {
             Py_XDECREF(self->actions[i].aid);
             PyMem_Free(self->actions[i].params);
+            PyMem_Free(self->actions[i].param_offsets);
+            PyMem_Free(self->actions[i].param_sizes);
         }
         PyMem_Free(self->actions);
         self->actions = NULL;
@@ -104,26 +113,24 @@ static Py_ssize_t read_widths(PyObject *seq, Field **out) {
     return n;
 }
 
-/* key_layout = (key size, [(offset, size) of match field 1, 2, ...], tenant field index) */
-static int read_key_layout(Reader *self, PyObject *layout) {
-    PyObject *fields;
-    Py_ssize_t size, tenant;
-    if (!PyArg_ParseTuple(layout, "nOn", &size, &fields, &tenant))
-        return -1;
-    PyObject *fast = PySequence_Fast(fields, "key_layout's fields must be a sequence");
+/* (offset, size) pairs of a sequence into offsets[n]/sizes[n], each inside `limit` bytes and
+ * wide enough for its field; -1 with an exception set otherwise */
+static int read_places(PyObject *seq, Py_ssize_t n, const Field *fields, Py_ssize_t limit,
+                       int **offsets, int **sizes, const char *what) {
+    PyObject *fast = PySequence_Fast(seq, "places must be a sequence of (offset, size)");
     if (!fast)
         return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
-    if (n != self->nkeys || size < 1 || size > 256 || tenant < -1 || tenant >= n) {
+    if (PySequence_Fast_GET_SIZE(fast) != n) {
         Py_DECREF(fast);
-        PyErr_SetString(PyExc_ValueError, "key_layout must place every match field, once");
+        PyErr_Format(PyExc_ValueError, "%s: %zd places for %zd fields", what,
+                     PySequence_Fast_GET_SIZE(seq), n);
         return -1;
     }
-    PyMem_Free(self->key_offsets);
-    PyMem_Free(self->key_sizes);
-    self->key_offsets = PyMem_Calloc(n ? n : 1, sizeof(int));
-    self->key_sizes = PyMem_Calloc(n ? n : 1, sizeof(int));
-    if (!self->key_offsets || !self->key_sizes) {
+    PyMem_Free(*offsets);
+    PyMem_Free(*sizes);
+    *offsets = PyMem_Calloc(n ? n : 1, sizeof(int));
+    *sizes = PyMem_Calloc(n ? n : 1, sizeof(int));
+    if (!*offsets || !*sizes) {
         Py_DECREF(fast);
         PyErr_NoMemory();
         return -1;
@@ -134,27 +141,80 @@ static int read_key_layout(Reader *self, PyObject *layout) {
             Py_DECREF(fast);
             return -1;
         }
-        if (sz < 1 || sz > 8 || off < 0 || off + sz > size || 8 * sz < self->keys[i].width) {
+        if (sz < 1 || sz > 8 || off < 0 || off + sz > limit || 8 * sz < fields[i].width) {
             Py_DECREF(fast);
-            PyErr_Format(PyExc_ValueError, "match field %zd does not fit its key member", i + 1);
+            PyErr_Format(PyExc_ValueError, "%s: field %zd does not fit its member", what, i + 1);
             return -1;
         }
-        self->key_offsets[i] = off;
-        self->key_sizes[i] = sz;
+        (*offsets)[i] = off;
+        (*sizes)[i] = sz;
     }
     Py_DECREF(fast);
+    return 0;
+}
+
+/* key_layout = (key size, [(offset, size) of match field 1, 2, ...], tenant field index) */
+static int read_key_layout(Reader *self, PyObject *layout) {
+    PyObject *fields;
+    Py_ssize_t size, tenant;
+    if (!PyArg_ParseTuple(layout, "nOn", &size, &fields, &tenant))
+        return -1;
+    if (size < 1 || size > 256 || tenant < -1 || tenant >= self->nkeys) {
+        PyErr_SetString(PyExc_ValueError, "key_layout must place every match field, once");
+        return -1;
+    }
+    if (read_places(fields, self->nkeys, self->keys, size, &self->key_offsets, &self->key_sizes,
+                    "key_layout") < 0)
+        return -1;
     self->key_size = size;
     self->tenant = tenant;
     return 0;
 }
 
-static int Reader_init(Reader *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"table_head", "key_widths", "actions", "key_layout", NULL};
-    Py_buffer head;
-    PyObject *key_widths, *actions, *key_layout = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*OO|O", kwlist, &head, &key_widths, &actions,
-                                     &key_layout))
+/* value_layout = (value size, (action offset, size), last_hit_ns offset, idle_timeout_ns
+ * offset, {action id: [(offset, size) of each param]}); offsets -1: no such member */
+static int read_value_layout(Reader *self, PyObject *layout) {
+    Py_ssize_t size;
+    int action_off, action_size, last_hit_off, idle_off;
+    PyObject *params;
+    if (!PyArg_ParseTuple(layout, "n(ii)iiO!", &size, &action_off, &action_size, &last_hit_off,
+                          &idle_off, &PyDict_Type, &params))
         return -1;
+    if (size < 1 || size > 4096 || action_off < 0 || action_size < 1 || action_size > 8 ||
+        action_off + action_size > size || last_hit_off < -1 || last_hit_off + 8 > size ||
+        idle_off < -1 || idle_off + 8 > size) {
+        PyErr_SetString(PyExc_ValueError, "value_layout's members must lie inside the value");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < self->nactions; i++) {
+        Action *a = &self->actions[i];
+        PyObject *places = PyDict_GetItemWithError(params, a->aid);
+        if (!places) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "value_layout must place every action's params");
+            return -1;
+        }
+        if (read_places(places, a->nparams, a->params, size, &a->param_offsets, &a->param_sizes,
+                        "value_layout") < 0)
+            return -1;
+    }
+    self->value_size = size;
+    self->action_off = action_off;
+    self->action_size = action_size;
+    self->last_hit_off = last_hit_off;
+    self->idle_off = idle_off;
+    return 0;
+}
+
+static int Reader_init(Reader *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"table_head", "key_widths", "actions", "key_layout", "value_layout",
+                             NULL};
+    Py_buffer head;
+    PyObject *key_widths, *actions, *key_layout = Py_None, *value_layout = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*OO|OO", kwlist, &head, &key_widths, &actions,
+                                     &key_layout, &value_layout))
+        return -1;
+    self->value_size = 0;
     int ok = head.len >= 2 && head.len <= (Py_ssize_t)sizeof(self->head);
     if (ok)
         memcpy(self->head, head.buf, head.len);
@@ -203,6 +263,11 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwds) {
             PyErr_SetString(PyExc_ValueError, "an action id varint is 1..10 bytes");
             return -1;
         }
+        a->aid_value = PyLong_AsUnsignedLongLong(aid);
+        if (a->aid_value == (unsigned long long)-1 && PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return -1;
+        }
         Py_INCREF(aid);
         a->aid = aid;
         a->nparams = read_widths(widths, &a->params);
@@ -217,7 +282,9 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwds) {
         }
     }
     Py_DECREF(fast);
-    return key_layout == Py_None ? 0 : read_key_layout(self, key_layout);
+    if (key_layout != Py_None && read_key_layout(self, key_layout) < 0)
+        return -1;
+    return value_layout == Py_None ? 0 : read_value_layout(self, value_layout);
 }
 
 /* A big-endian value of n bytes as an int; NULL (exception set) only when out of memory. */
@@ -289,22 +356,16 @@ static PyObject *values_of(const unsigned char *raw, Py_ssize_t end, Py_ssize_t 
     return list;
 }
 
-/* The match fields from *pos as the map key (a new bytes), and the tenant field's value; NULL
- * with no exception: not the shape. */
-static PyObject *key_of(Reader *self, const unsigned char *raw, Py_ssize_t end, Py_ssize_t *pos,
-                        unsigned long long *tenant) {
-    PyObject *key = PyBytes_FromStringAndSize(NULL, self->key_size);
-    if (!key)
-        return NULL;
-    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(key);
+/* The match fields from *pos written into the map key `out` (key_size bytes, zeroed here),
+ * and the tenant field's value; -1: not the shape. */
+static int key_into(Reader *self, const unsigned char *raw, Py_ssize_t end, Py_ssize_t *pos,
+                    unsigned char *out, unsigned long long *tenant) {
     memset(out, 0, self->key_size);
     for (Py_ssize_t i = 0; i < self->nkeys; i++) {
         int n;
         Py_ssize_t at = value_group(raw, end, pos, MATCH_HEADER, 4, (int)i + 1, &self->keys[i], &n);
-        if (at < 0) {
-            Py_DECREF(key);
-            return NULL;
-        }
+        if (at < 0)
+            return -1;
         unsigned long long v = 0;
         for (int k = 0; k < n; k++)
             v = (v << 8) | raw[at + k];
@@ -313,7 +374,72 @@ static PyObject *key_of(Reader *self, const unsigned char *raw, Py_ssize_t end, 
         if (i == self->tenant)
             *tenant = v;
     }
+    return 0;
+}
+
+/* The match fields from *pos as the map key (a new bytes), and the tenant field's value; NULL
+ * with no exception: not the shape. */
+static PyObject *key_of(Reader *self, const unsigned char *raw, Py_ssize_t end, Py_ssize_t *pos,
+                        unsigned long long *tenant) {
+    PyObject *key = PyBytes_FromStringAndSize(NULL, self->key_size);
+    if (!key)
+        return NULL;
+    if (key_into(self, raw, end, pos, (unsigned char *)PyBytes_AS_STRING(key), tenant) < 0) {
+        Py_DECREF(key);
+        return NULL;
+    }
     return key;
+}
+
+/* The action at raw[pos] (1a <b+2> 0a <b> 08 <action id>, b the length of the Action), or
+ * NULL: not the shape or not an action entries may name. */
+static const Action *action_at(Reader *self, const unsigned char *raw, Py_ssize_t end,
+                               Py_ssize_t pos) {
+    if (pos + 5 > end || raw[pos + 1] > 127 || raw[pos + 2] != 0x0a || raw[pos + 4] != 0x08)
+        return NULL;
+    for (Py_ssize_t i = 0; i < self->nactions; i++) {
+        const Action *a = &self->actions[i];
+        if (pos + 5 + a->id_len <= end && memcmp(raw + pos + 5, a->id, a->id_len) == 0)
+            return a;
+    }
+    return NULL;
+}
+
+/* Whether the action at `start`, its params ending at `p`, has the lengths its header says. */
+static int action_lengths_agree(const unsigned char *raw, Py_ssize_t start, Py_ssize_t p) {
+    return raw[start + 3] == p - (start + 4) && raw[start + 1] == raw[start + 3] + 2;
+}
+
+/* After the 48 tag: a varint of at most 10 bytes, read as the wire has it (a negative int64:
+ * >= 2**63), advancing *pos; -1: not a varint. */
+static int idle_at(const unsigned char *raw, Py_ssize_t end, Py_ssize_t *pos,
+                   unsigned __int128 *out) {
+    unsigned __int128 v = 0;
+    for (Py_ssize_t i = 0;; i++) {
+        if (i == 10 || *pos + i >= end)
+            return -1;
+        v |= (unsigned __int128)(raw[*pos + i] & 0x7f) << (7 * i);
+        if (raw[*pos + i] < 0x80) {
+            *pos += i + 1;
+            *out = v;
+            return 0;
+        }
+    }
+}
+
+/* The metadata field ending the entry at *pos (5a <m> metadata[m], m < 128), or none: sets
+ * *at and *len (0: none); -1: anything else before `end`. */
+static int metadata_at(const unsigned char *raw, Py_ssize_t end, Py_ssize_t pos, Py_ssize_t *at,
+                       Py_ssize_t *len) {
+    *at = pos;
+    *len = 0;
+    if (pos == end)
+        return 0;
+    if (raw[pos] != 0x5a || pos + 2 > end || raw[pos + 1] > 127 || raw[pos + 1] != end - pos - 2)
+        return -1;
+    *at = pos + 2;
+    *len = end - pos - 2;
+    return 0;
 }
 
 /* The entry in raw[0:end] (see the top of the file); as_key: with the match as the map key;
@@ -322,7 +448,7 @@ static PyObject *parse_entry(Reader *self, const unsigned char *raw, Py_ssize_t 
                              long long kind) {
     PyObject *values = NULL, *params = NULL, *aid = NULL, *idle = NULL, *metadata = NULL;
     unsigned long long tenant = 0;
-    Py_ssize_t pos = self->head_len;
+    Py_ssize_t pos = self->head_len, meta_at, meta_len;
     if (end < pos || memcmp(raw, self->head, pos) != 0)
         Py_RETURN_NONE;
     if (as_key)
@@ -332,25 +458,12 @@ static PyObject *parse_entry(Reader *self, const unsigned char *raw, Py_ssize_t 
     if (!values)
         goto not_shape;
     if (pos < end && raw[pos] == 0x1a) {
-        /* 1a <b+2> 0a <b> 08 <action id> params, b the length of the Action */
-        if (pos + 5 > end || raw[pos + 1] > 127 || raw[pos + 2] != 0x0a || raw[pos + 4] != 0x08)
-            goto not_shape;
-        Py_ssize_t body = pos + 4;
-        const Action *found = NULL;
-        for (Py_ssize_t i = 0; i < self->nactions; i++) {
-            const Action *a = &self->actions[i];
-            if (pos + 5 + a->id_len <= end && memcmp(raw + pos + 5, a->id, a->id_len) == 0) {
-                found = a;
-                break;
-            }
-        }
+        const Action *found = action_at(self, raw, end, pos);
         if (!found)
             goto not_shape;
         Py_ssize_t p = pos + 5 + found->id_len;
         params = values_of(raw, end, &p, found->params, found->nparams, 0);
-        if (!params)
-            goto not_shape;
-        if (raw[pos + 3] != p - body || raw[pos + 1] != raw[pos + 3] + 2)
+        if (!params || !action_lengths_agree(raw, pos, p))
             goto not_shape;
         aid = found->aid;
         Py_INCREF(aid);
@@ -362,18 +475,10 @@ static PyObject *parse_entry(Reader *self, const unsigned char *raw, Py_ssize_t 
             goto fail;
     }
     if (pos < end && raw[pos] == 0x48) {
-        /* a varint of at most 10 bytes, read as the wire has it (a negative int64: >= 2**63) */
-        unsigned __int128 v = 0;
-        Py_ssize_t i = 0;
+        unsigned __int128 v;
         pos++;
-        for (;; i++) {
-            if (i == 10 || pos + i >= end)
-                goto not_shape;
-            v |= (unsigned __int128)(raw[pos + i] & 0x7f) << (7 * i);
-            if (raw[pos + i] < 0x80)
-                break;
-        }
-        pos += i + 1;
+        if (idle_at(raw, end, &pos, &v) < 0)
+            goto not_shape;
         if (v >> 64) {
             unsigned char le[16];
             for (int k = 0; k < 16; k++)
@@ -387,14 +492,9 @@ static PyObject *parse_entry(Reader *self, const unsigned char *raw, Py_ssize_t 
     }
     if (!idle)
         goto fail;
-    if (pos < end) {
-        if (raw[pos] != 0x5a || pos + 2 > end || raw[pos + 1] > 127 ||
-            raw[pos + 1] != end - pos - 2)
-            goto not_shape;
-        metadata = PyBytes_FromStringAndSize((const char *)raw + pos + 2, end - pos - 2);
-    } else {
-        metadata = PyBytes_FromStringAndSize(NULL, 0);
-    }
+    if (metadata_at(raw, end, pos, &meta_at, &meta_len) < 0)
+        goto not_shape;
+    metadata = PyBytes_FromStringAndSize((const char *)raw + meta_at, meta_len);
     if (!metadata)
         goto fail;
     if (kind > 0)
@@ -456,25 +556,271 @@ static long long short_varint(const unsigned char *raw, Py_ssize_t end, Py_ssize
     return -1;
 }
 
-/* A serialized p4.v1.Update{type, entity{table_entry}} of kind INSERT, MODIFY or DELETE and an
- * entry of the shape: (kind, key, tenant, action id, params, idle, metadata), or None. */
-static PyObject *Reader_parse_update(Reader *self, PyObject *arg) {
-    const unsigned char *raw;
-    Py_ssize_t end, pos = 0;
+/* The table entry of a serialized p4.v1.Update{type, entity{table_entry}} of kind INSERT,
+ * MODIFY or DELETE: its kind, and *start where its bytes begin (they run to `end`); 0: not
+ * that shape. */
+static long long update_entry(const unsigned char *raw, Py_ssize_t end, Py_ssize_t *start) {
+    Py_ssize_t pos = 0;
     long long kind = 0;
-    if (bytes_of(self, arg, 1, &raw, &end) < 0)
-        return NULL;
     if (pos < end && raw[pos] == 0x08) { /* type */
         pos++;
         kind = short_varint(raw, end, &pos);
     }
     if (kind < 1 || kind > 3 || pos >= end || raw[pos++] != 0x12) /* entity, the last field */
-        Py_RETURN_NONE;
+        return 0;
     if (short_varint(raw, end, &pos) != end - pos || pos >= end || raw[pos++] != 0x12)
-        Py_RETURN_NONE; /* Entity.table_entry, its only field */
+        return 0; /* Entity.table_entry, its only field */
     if (short_varint(raw, end, &pos) != end - pos)
+        return 0;
+    *start = pos;
+    return kind;
+}
+
+/* A serialized Update of kind INSERT, MODIFY or DELETE and an entry of the shape: (kind, key,
+ * tenant, action id, params, idle, metadata), or None. */
+static PyObject *Reader_parse_update(Reader *self, PyObject *arg) {
+    const unsigned char *raw;
+    Py_ssize_t end, pos;
+    if (bytes_of(self, arg, 1, &raw, &end) < 0)
+        return NULL;
+    long long kind = update_entry(raw, end, &pos);
+    if (!kind)
         Py_RETURN_NONE;
     return parse_entry(self, raw + pos, end - pos, 1, kind);
+}
+
+enum { INSERT = 1, DELETE = 3 };
+
+/* An entry of the shape (the table's, `parse_update`'s Update) into its map key, and for an
+ * INSERT (value not NULL) into its map value: action id, params, last hit `now`, idle timeout;
+ * what `parse_update` reads and `HashTable._from_wire` accepts, and nothing else. The tenant,
+ * the idle timeout and where the metadata lies are returned. 0, or -1: not the shape. */
+static int entry_into(Reader *self, const unsigned char *raw, Py_ssize_t end, unsigned char *key,
+                      unsigned char *value, unsigned long long now, unsigned long long *tenant,
+                      unsigned long long *idle, Py_ssize_t *meta_at, Py_ssize_t *meta_len) {
+    Py_ssize_t pos = self->head_len;
+    if (end < pos || memcmp(raw, self->head, pos) != 0)
+        return -1;
+    if (key_into(self, raw, end, &pos, key, tenant) < 0)
+        return -1;
+    if (value)
+        memset(value, 0, self->value_size);
+    if (pos < end && raw[pos] == 0x1a) {
+        const Action *a = action_at(self, raw, end, pos);
+        if (!a)
+            return -1;
+        Py_ssize_t p = pos + 5 + a->id_len;
+        for (Py_ssize_t i = 0; i < a->nparams; i++) {
+            int n;
+            Py_ssize_t at = value_group(raw, end, &p, PARAM_HEADER, 3, (int)i + 1, &a->params[i], &n);
+            if (at < 0)
+                return -1;
+            if (!value)
+                continue; /* a DELETE's action is read, not used */
+            unsigned long long v = 0;
+            for (int k = 0; k < n; k++)
+                v = (v << 8) | raw[at + k];
+            for (int k = 0; k < a->param_sizes[i]; k++)
+                value[a->param_offsets[i] + k] = (unsigned char)(v >> (8 * k));
+        }
+        if (!action_lengths_agree(raw, pos, p))
+            return -1;
+        if (value)
+            for (int k = 0; k < self->action_size; k++)
+                value[self->action_off + k] = (unsigned char)(a->aid_value >> (8 * k));
+        pos = p;
+    } else if (value) {
+        return -1; /* an INSERT names its action */
+    }
+    unsigned __int128 v = 0;
+    if (pos < end && raw[pos] == 0x48) {
+        pos++;
+        if (idle_at(raw, end, &pos, &v) < 0)
+            return -1;
+    }
+    if (v && (v >> 63 || self->idle_off < 0))
+        return -1; /* negative, or a table without idle timeouts: the full decoder says why */
+    *idle = (unsigned long long)v;
+    if (metadata_at(raw, end, pos, meta_at, meta_len) < 0)
+        return -1;
+    if (value) {
+        for (int k = 0; k < 8 && self->last_hit_off >= 0; k++)
+            value[self->last_hit_off + k] = (unsigned char)(now >> (8 * k));
+        for (int k = 0; k < 8 && self->idle_off >= 0; k++)
+            value[self->idle_off + k] = (unsigned char)(*idle >> (8 * k));
+    }
+    return 0;
+}
+
+/* Where the next field of a message at *pos lies: its number, and (wire type 2) its bytes;
+ * advances *pos past it. -1: not a field (or a group, which no P4Runtime message has). */
+static long long next_field(const unsigned char *raw, Py_ssize_t end, Py_ssize_t *pos,
+                            Py_ssize_t *body, Py_ssize_t *len) {
+    long long tag = short_varint(raw, end, pos);
+    if (tag < 8)
+        return -1;
+    *len = -1;
+    switch (tag & 7) {
+    case 0: /* varint */
+        for (int i = 0;; i++) {
+            if (i == 10 || *pos >= end)
+                return -1;
+            if (raw[(*pos)++] < 0x80)
+                break;
+        }
+        break;
+    case 1:
+        *pos += 8;
+        break;
+    case 2: {
+        long long n = short_varint(raw, end, pos);
+        if (n < 0 || n > end - *pos)
+            return -1;
+        *body = *pos;
+        *len = (Py_ssize_t)n;
+        *pos += n;
+        break;
+    }
+    case 5:
+        *pos += 4;
+        break;
+    default:
+        return -1;
+    }
+    return *pos <= end ? tag >> 3 : -1;
+}
+
+static unsigned long long key_hash(const unsigned char *k, Py_ssize_t n) {
+    unsigned long long h = 0xcbf29ce484222325ULL; /* FNV-1a */
+    for (Py_ssize_t i = 0; i < n; i++)
+        h = (h ^ k[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+/* Whether two of the n packed keys are equal. -1: out of memory. */
+static int any_repeated(const unsigned char *keys, Py_ssize_t n, Py_ssize_t ksize) {
+    size_t slots = 16;
+    while (slots < 2 * (size_t)n)
+        slots <<= 1;
+    Py_ssize_t *table = PyMem_Malloc(slots * sizeof(Py_ssize_t));
+    if (!table)
+        return -1;
+    for (size_t i = 0; i < slots; i++)
+        table[i] = -1;
+    int repeated = 0;
+    for (Py_ssize_t i = 0; i < n && !repeated; i++) {
+        const unsigned char *k = keys + i * ksize;
+        size_t s = (size_t)key_hash(k, ksize) & (slots - 1);
+        for (; table[s] >= 0; s = (s + 1) & (slots - 1))
+            if (memcmp(keys + table[s] * ksize, k, ksize) == 0) {
+                repeated = 1;
+                break;
+            }
+        table[s] = i;
+    }
+    PyMem_Free(table);
+    return repeated;
+}
+
+#define UPDATES_FIELD 4 /* WriteRequest.updates */
+
+/* batch(WriteRequest bytes, now): see the method table. */
+static PyObject *Reader_batch(Reader *self, PyObject *args) {
+    Py_buffer req;
+    unsigned long long now;
+    if (!PyArg_ParseTuple(args, "y*K", &req, &now))
+        return NULL;
+    if (!self->key_offsets || !self->value_size) {
+        PyBuffer_Release(&req);
+        PyErr_SetString(PyExc_TypeError, "batch needs a Reader made with key and value layouts");
+        return NULL;
+    }
+    const unsigned char *raw = req.buf;
+    Py_ssize_t end = req.len, pos = 0, body, len, n = 0;
+    PyObject *keys = NULL, *values = NULL, *tenants = NULL, *meta_pos = NULL, *meta_keys = NULL,
+             *meta_values = NULL;
+    long long field, kind = 0;
+    while (pos < end) { /* count the updates; all of one kind, INSERT or DELETE */
+        if ((field = next_field(raw, end, &pos, &body, &len)) < 0)
+            goto not_shape;
+        if (field != UPDATES_FIELD)
+            continue;
+        Py_ssize_t at;
+        long long k = len < 0 ? 0 : update_entry(raw + body, len, &at);
+        if ((k != INSERT && k != DELETE) || (kind && k != kind))
+            goto not_shape;
+        kind = k;
+        n++;
+    }
+    if (!n)
+        goto not_shape;
+    Py_ssize_t ksize = self->key_size, vsize = kind == INSERT ? self->value_size : 0;
+    keys = PyBytes_FromStringAndSize(NULL, n * ksize);
+    values = vsize ? PyBytes_FromStringAndSize(NULL, n * vsize) : Py_NewRef(Py_None);
+    tenants = PyBytes_FromStringAndSize(NULL, n * 8);
+    meta_pos = PyList_New(0);
+    meta_keys = PyList_New(0);
+    meta_values = PyList_New(0);
+    if (!keys || !values || !tenants || !meta_pos || !meta_keys || !meta_values)
+        goto fail;
+    unsigned char *kout = (unsigned char *)PyBytes_AS_STRING(keys);
+    unsigned char *vout = vsize ? (unsigned char *)PyBytes_AS_STRING(values) : NULL;
+    unsigned char *tout = (unsigned char *)PyBytes_AS_STRING(tenants);
+    unsigned long long shortest = 0;
+    Py_ssize_t i = 0;
+    for (pos = 0; pos < end;) {
+        if ((field = next_field(raw, end, &pos, &body, &len)) < 0)
+            goto not_shape;
+        if (field != UPDATES_FIELD)
+            continue;
+        Py_ssize_t at, meta_at, meta_len;
+        unsigned long long tenant = 0, idle = 0;
+        update_entry(raw + body, len, &at);
+        if (entry_into(self, raw + body + at, len - at, kout + i * ksize,
+                       vout ? vout + i * vsize : NULL, now, &tenant, &idle, &meta_at,
+                       &meta_len) < 0)
+            goto not_shape;
+        for (int k = 0; k < 8; k++)
+            tout[8 * i + k] = (unsigned char)(tenant >> (8 * k));
+        if (idle && (!shortest || idle < shortest))
+            shortest = idle;
+        if (meta_len && vout) {
+            PyObject *p = PyLong_FromSsize_t(i);
+            PyObject *k = PyBytes_FromStringAndSize((const char *)kout + i * ksize, ksize);
+            PyObject *m = PyBytes_FromStringAndSize((const char *)raw + body + at + meta_at, meta_len);
+            int bad = !p || !k || !m || PyList_Append(meta_pos, p) < 0 ||
+                      PyList_Append(meta_keys, k) < 0 || PyList_Append(meta_values, m) < 0;
+            Py_XDECREF(p);
+            Py_XDECREF(k);
+            Py_XDECREF(m);
+            if (bad)
+                goto fail;
+        }
+        i++;
+    }
+    int repeated = any_repeated(kout, n, ksize);
+    if (repeated < 0) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    if (repeated)
+        goto not_shape;
+    PyBuffer_Release(&req);
+    return Py_BuildValue("(LnNNNNNNK)", kind, n, keys, values, tenants, meta_pos, meta_keys,
+                         meta_values, shortest);
+
+not_shape: /* None, unless an exception is set: then NULL */
+fail:
+    PyBuffer_Release(&req);
+    Py_XDECREF(keys);
+    Py_XDECREF(values);
+    Py_XDECREF(tenants);
+    Py_XDECREF(meta_pos);
+    Py_XDECREF(meta_keys);
+    Py_XDECREF(meta_values);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef Reader_methods[] = {
@@ -487,6 +833,12 @@ static PyMethodDef Reader_methods[] = {
     {"parse_key", (PyCFunction)Reader_parse_key, METH_O,
      "`parse` with the match as the map key of key_layout: (key, tenant, action id, params, "
      "idle_timeout_ns, metadata), or None."},
+    {"batch", (PyCFunction)Reader_batch, METH_VARARGS,
+     "batch(WriteRequest bytes, now): when every Update is an INSERT, or every one a DELETE, "
+     "of a well-formed entry of this table with no key twice: (kind, count, packed map keys, "
+     "packed map values (last hit `now`; None for DELETEs), tenants (u64 each), and of the "
+     "INSERTs with metadata their positions, keys and metadata, the shortest idle timeout (0: "
+     "none)); else None."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -14,6 +14,8 @@ which the caller reads the general way.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from cyberstar.p4rt._exact_wire import Reader
 from cyberstar.p4rt.wire import varint
 
@@ -22,6 +24,24 @@ from cyberstar.p4rt.wire import varint
 ParsedEntry = tuple[list[int], int, list[int], int, bytes]
 # the same with the match as a map key: (key, the tenant field's value, action id, ...)
 KeyedEntry = tuple[bytes, int, int, list[int], int, bytes]
+# the map value `batch` packs: (size, (action id offset, size), last_hit_ns offset,
+# idle_timeout_ns offset (-1: none), {action id: [(offset, size) of each param]})
+ValueLayout = tuple[int, tuple[int, int], int, int, dict[int, list[tuple[int, int]]]]
+
+
+class Batch(NamedTuple):
+    """A WriteRequest's Updates, all INSERTs or all DELETEs of well-formed entries of one table
+    with distinct keys, as packed map keys and values."""
+
+    kind: int
+    count: int
+    keys: bytes  # count map keys
+    values: bytes | None  # count map values (last hit: the time given), None for DELETEs
+    tenants: bytes  # the tenant_id key field of each, a little-endian u64
+    meta_positions: list[int]  # the INSERTs with metadata: their positions,
+    meta_keys: list[bytes]  # keys
+    meta_values: list[bytes]  # and metadata
+    shortest_idle_ns: int  # the shortest idle timeout among them, 0: none
 
 
 def _nbytes(width: int) -> int:
@@ -36,7 +56,7 @@ class ExactWire:
 
     def __init__(self, table_id: int, key_widths: list[int], actions: dict[int, list[int]],
                  key_layout: tuple[int, list[tuple[int, int]], int] | None = None,
-                 ) -> None:  # fmt: skip
+                 value_layout: ValueLayout | None = None) -> None:  # fmt: skip
         ids_fit = len(key_widths) < 128 and all(len(w) < 128 for w in actions.values())
         widest = max([*key_widths, *(w for ws in actions.values() for w in ws)], default=0)
         # ids and the lengths of a value's group: one byte each
@@ -48,6 +68,7 @@ class ExactWire:
                 key_widths,
                 [(varint(aid), aid, widths) for aid, widths in actions.items()],
                 key_layout,
+                value_layout,
             )
 
     def parse(self, raw: bytes) -> ParsedEntry | None:
@@ -65,3 +86,14 @@ class ExactWire:
         if self._reader is None:
             return None
         return self._reader.parse_update(raw)
+
+    def batch(self, request: bytes, now_ns: int) -> Batch | None:
+        """A serialized WriteRequest read whole (`Batch`), the INSERTs' values with last hit
+        `now_ns`; None when any Update is not of that form (the caller reads them one by one).
+        Needs a Reader made with a `key_layout` and a `value_layout`. The request's bytes are
+        ones protobuf parsed (the server parses each request first): its fields other than the
+        Updates are skipped unread."""
+        if self._reader is None:
+            return None
+        got = self._reader.batch(request, now_ns)
+        return None if got is None else Batch(*got)

@@ -60,8 +60,11 @@ _EXTENSIONS = (batching.STREAM_BATCHING, batching.PACKET_OUT_BATCH)
 class Device(Protocol):
     def verify_config(self, config: p4r.ForwardingPipelineConfig) -> None: ...
     def commit(self, reconcile: bool) -> None: ...
-    def write(self, updates: list[p4r.Update]) -> list[P4RuntimeError | None]: ...
-    def write_if_idle(self, updates: list[p4r.Update]) -> list[P4RuntimeError | None] | None: ...
+    # `request`: the serialized WriteRequest the updates came in, for a device that reads it
+    def write(self, updates: list[p4r.Update], request: bytes | None = None
+              ) -> list[P4RuntimeError | None]: ...  # fmt: skip
+    def write_if_idle(self, updates: list[p4r.Update], request: bytes | None = None
+                      ) -> list[P4RuntimeError | None] | None: ...  # fmt: skip
     def read(self, entity: p4r.Entity) -> Iterator[bytes]: ...  # serialized ReadResponses
     def packet_outs(self, packets: list[p4r.PacketOut]) -> list[P4RuntimeError | None]: ...
     def packet_in(self, punted: Punted) -> bytes: ...
@@ -218,6 +221,9 @@ class P4RuntimeServer:
 
     async def Write(self, request, context):
         assert self._gate is not None
+        raw = None
+        if isinstance(request, SerializedWrite):
+            request, raw = request.message, request.raw
         try:
             self._check_device(request.device_id)
             async with self._gate:
@@ -228,7 +234,7 @@ class P4RuntimeServer:
                         grpc.StatusCode.UNIMPLEMENTED,
                         "only CONTINUE_ON_ERROR batches are supported",
                     )
-                updates = list(request.updates)
+                updates = request.updates
                 saving = self._saved is not None
                 if saving and len(self._since_save) + len(updates) > MAX_SINCE_SAVE:
                     raise P4RuntimeError(
@@ -238,9 +244,9 @@ class P4RuntimeServer:
                     )
                 results = None
                 if len(updates) <= INLINE_WRITE_UPDATES:
-                    results = self.device.write_if_idle(updates)
+                    results = self.device.write_if_idle(updates, raw)
                 if results is None:
-                    results = await self._on_device(self.device.write, updates)
+                    results = await self._on_device(self.device.write, updates, raw)
                 if saving:
                     done = zip(updates, results, strict=True)
                     self._since_save += [u for u, r in done if r is None]
@@ -473,6 +479,23 @@ def _decoder(message_type):
     return decode
 
 
+class SerializedWrite:
+    """A WriteRequest with the bytes it was parsed from, which the device may read whole."""
+
+    __slots__ = ("message", "raw")
+
+    def __init__(self, message: p4r.WriteRequest, raw: bytes) -> None:
+        self.message, self.raw = message, raw
+
+
+def _write_decoder(data: bytes) -> SerializedWrite | Undecodable:
+    message = _decode_write(data)
+    return message if isinstance(message, Undecodable) else SerializedWrite(message, data)
+
+
+_decode_write = _decoder(p4r.WriteRequest)
+
+
 def _refusing_undecodable(method):
     async def handler(request, context):
         if isinstance(request, Undecodable):
@@ -486,16 +509,17 @@ def _handlers(impl: P4RuntimeServer) -> grpc.GenericRpcHandler:
     """The P4Runtime service, as the generated code registers it, except that StreamChannel
     responses go through `_serialize` and requests that do not parse are INVALID_ARGUMENT."""
 
-    def unary(method, request_type, response_type):
+    def unary(method, request_type, response_type, decoder=None):
         return grpc.unary_unary_rpc_method_handler(
-            _refusing_undecodable(method), request_deserializer=_decoder(request_type),
+            _refusing_undecodable(method),
+            request_deserializer=decoder or _decoder(request_type),
             response_serializer=response_type.SerializeToString,
         )  # fmt: skip
 
     return grpc.method_handlers_generic_handler(
         "p4.v1.P4Runtime",
         {
-            "Write": unary(impl.Write, p4r.WriteRequest, p4r.WriteResponse),
+            "Write": unary(impl.Write, p4r.WriteRequest, p4r.WriteResponse, _write_decoder),
             "Read": grpc.unary_stream_rpc_method_handler(
                 _refusing_undecodable(impl.Read), request_deserializer=_decoder(p4r.ReadRequest),
                 response_serializer=_serialize,

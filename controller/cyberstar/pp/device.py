@@ -101,6 +101,7 @@ class XdpDevice:
         self.stats = {
             "packet_out": 0,
             "idle_notifications": 0,
+            "writes_read_whole": 0,  # Writes read in one pass of C (HashTable.write_request)
         }
         self._reset_state()
 
@@ -147,16 +148,31 @@ class XdpDevice:
 
     # ---- writes -------------------------------------------------------------------------------
 
-    def write(self, updates: list[p4r.Update]) -> list[P4RuntimeError | None]:
+    def write(self, updates: list[p4r.Update], request: bytes | None = None
+              ) -> list[P4RuntimeError | None]:  # fmt: skip
         """One result per update, always. Updates are grouped by table and applied a group at
         a time (one map batch); an update whose entry is already in its table's group (an INSERT
         and a MODIFY of one key, say) first applies the group, so that each update sees the
-        ones before it."""
+        ones before it. `request`: the serialized WriteRequest the updates came in, which a
+        batch of flow-table INSERTs or DELETEs is read from whole (`HashTable.write_request`)."""
         results: list[P4RuntimeError | None] = [None] * len(updates)
         groups: dict[str, dict[object, Pending | HashUpdate]] = {}
         # one hash table (the flow table): its updates are read from their wire form first
-        wire = next(iter(self._hash.values())).prepare_update if len(self._hash) == 1 else None
+        flows = next(iter(self._hash.values())) if len(self._hash) == 1 else None
+        wire = flows.prepare_update if flows is not None else None
         with self._lock:
+            if request is not None and flows is not None:
+                try:
+                    errors = flows.write_request(request, len(updates), coarse_now_ns())
+                except Exception as exc:  # a bug: these updates fail
+                    log.exception("writing a batch of %d updates to %s", len(updates), flows.name)
+                    errors = [(i, P4RuntimeError(StatusCode.INTERNAL, f"{flows.name}: {exc}"))
+                              for i in range(len(updates))]  # fmt: skip
+                if errors is not None:
+                    self.stats["writes_read_whole"] += 1
+                    for index, err in errors:
+                        results[index] = err
+                    return results
             for i, upd in enumerate(updates):
                 try:
                     pending = wire(i, upd) if wire is not None else None
@@ -181,12 +197,13 @@ class XdpDevice:
                 self._apply(table, group, results)
         return results
 
-    def write_if_idle(self, updates: list[p4r.Update]) -> list[P4RuntimeError | None] | None:
+    def write_if_idle(self, updates: list[p4r.Update], request: bytes | None = None
+                      ) -> list[P4RuntimeError | None] | None:  # fmt: skip
         """`write`, unless another thread holds the device (a Read, an idle scan): None."""
         if not self._lock.acquire(blocking=False):
             return None
         try:
-            return self.write(updates)
+            return self.write(updates, request)
         finally:
             self._lock.release()
 

@@ -35,6 +35,11 @@ from cyberstar.xdp.program import HashMap, coarse_now_ns
 
 INSERT, MODIFY, DELETE = p4r.Update.INSERT, p4r.Update.MODIFY, p4r.Update.DELETE
 _HEAD_ARGS = ("action", "packets", "bytes", "last_hit_ns", "idle_timeout_ns")
+_INSERT_CODES = {
+    errno.EEXIST: (StatusCode.ALREADY_EXISTS, "entry exists"),
+    errno.E2BIG: (StatusCode.RESOURCE_EXHAUSTED, "the table is full"),
+    errno.ENOMEM: (StatusCode.RESOURCE_EXHAUSTED, "no kernel memory for the entry"),
+}
 READ_CHUNK = 1000  # entries a read gathers per step
 SCAN_CHUNK = 8192  # entries an idle scan reads per kernel call
 
@@ -123,6 +128,7 @@ class HashTable:
                 [(members[k.name].offset, members[k.name].size) for k in table.key],
                 [k.name for k in table.key].index("tenant_id") if quota is not None else -1,
             ),
+            self._value_layout(),
         )
         self.writer = ExactEntryWriter(
             table.id,
@@ -130,6 +136,18 @@ class HashTable:
             {aid: list(range(1, len(a.param_widths) + 1)) for aid, a in self._actions.items()},
         )
         self._now_cols = _head_dtype(self.lay, kmap.value_size)
+
+    def _value_layout(self) -> tuple:
+        """The map value as `ExactWire.batch` packs it (see `_value`)."""
+        head, lay = self.lay.value_head, self.lay
+        action = head.member("action")
+        names = {m.name: m.offset for m in head.members}
+        params = {}
+        for aid, a in self._actions.items():
+            members = lay.params[a.name].members
+            params[aid] = [(lay.params_offset + m.offset, m.size) for m in members]
+        return (lay.value_size, (action.offset, action.size), names.get("last_hit_ns", -1),
+                names.get("idle_timeout_ns", -1), params)  # fmt: skip
 
     def clear(self) -> None:
         self.count = 0
@@ -262,33 +280,79 @@ class HashTable:
             self._insert(inserts, now, errors)
         return errors
 
-    def _insert(self, items: list[HashUpdate], now: int, errors: list) -> None:
+    def write_request(self, request: bytes, count: int, now: int
+                      ) -> list[tuple[int, P4RuntimeError]] | None:  # fmt: skip
+        """`apply` of a whole serialized WriteRequest of `count` Updates, read in one pass of C
+        (`ExactWire.batch`) when they are all INSERTs or all DELETEs of well-formed entries of
+        this table with distinct keys: the same results as `apply` of each, without a Python
+        object per entry. None for any other request (the caller reads it update by update)."""
+        b = self._wire.batch(request, now)
+        if b is None or b.count != count:
+            return None
+        errors: list[tuple[int, P4RuntimeError]] = []
+        tenants = memoryview(b.tenants).cast("Q")
+        if b.kind == DELETE:
+            self._delete_packed(b.keys, count, tenants, errors)
+            return errors
+        admitted = self._admitted(tenants, errors)
+        keys, values = b.keys, b.values
+        assert values is not None
+        if len(admitted) < count:
+            ks, vs = self.kmap.key_size, self.kmap.value_size
+            keys = b"".join(keys[i * ks : (i + 1) * ks] for i in admitted)
+            values = b"".join(values[i * vs : (i + 1) * vs] for i in admitted)
+        refused = self._write_packed(keys, values, len(admitted), batch.BPF_NOEXIST, _INSERT_CODES)
+        failed = {admitted[i] for i, _ in refused}
+        errors += [(admitted[i], err) for i, err in refused]
+        written = [i for i in admitted if i not in failed] if failed else admitted
+        self.count += len(written)
+        if self.quota is not None:
+            held = tenants if len(written) == count else [tenants[i] for i in written]
+            for tenant, n in Counter(held).items():
+                self.quota.add(tenant, n)
+        if b.meta_positions and len(written) == count:
+            self.metadata.put(b.meta_keys, b.meta_values)
+        elif b.meta_positions:
+            ok = set(written)
+            kept = [j for j, i in enumerate(b.meta_positions) if i in ok]
+            self.metadata.put([b.meta_keys[j] for j in kept], [b.meta_values[j] for j in kept])
+        if b.shortest_idle_ns and written:
+            self._timeouts_written(b.shortest_idle_ns)
+        return errors
+
+    def _admitted(self, tenants, errors: list) -> list[int]:
+        """The positions of the INSERTs of these tenants that the table's room and the tenants'
+        quotas admit, in order; each other gets its error in `errors`."""
         room = self.kmap.capacity - self.count
         quota = self.quota
+        if room >= len(tenants) and (quota is None or not quota.limited):
+            return list(range(len(tenants)))
         by_tenant: Counter[int] = Counter()
-        accepted = []
-        for u in items:
+        admitted = []
+        for i, tenant in enumerate(tenants):
             if room <= 0:
-                errors.append((u.index, self._full()))
+                errors.append((i, self._full()))
                 continue
             if quota is not None:
-                if not quota.room(u.tenant, by_tenant[u.tenant]):
-                    errors.append((u.index, self._over_quota(u.tenant)))
+                if not quota.room(tenant, by_tenant[tenant]):
+                    errors.append((i, self._over_quota(tenant)))
                     continue
-                by_tenant[u.tenant] += 1
+                by_tenant[tenant] += 1
             room -= 1
-            accepted.append(u)
+            admitted.append(i)
+        return admitted
+
+    def _insert(self, items: list[HashUpdate], now: int, errors: list) -> None:
+        refusals: list[tuple[int, P4RuntimeError]] = []
+        accepted = [items[i] for i in self._admitted([u.tenant for u in items], refusals)]
+        errors += [(items[i].index, err) for i, err in refusals]
         value = self._value
         values = b"".join(value(u, *(u.counters or (0, 0)), now) for u in accepted)
-        written = self._write(accepted, values, batch.BPF_NOEXIST, errors, {
-            errno.EEXIST: (StatusCode.ALREADY_EXISTS, "entry exists"),
-            errno.E2BIG: (StatusCode.RESOURCE_EXHAUSTED, "the table is full"),
-            errno.ENOMEM: (StatusCode.RESOURCE_EXHAUSTED, "no kernel memory for the entry"),
-        })  # fmt: skip
+        written = self._write(accepted, values, batch.BPF_NOEXIST, errors, _INSERT_CODES)
         self.count += len(written)
-        if quota is not None:
+        if self.quota is not None:
             for tenant, n in Counter(u.tenant for u in written).items():
-                quota.add(tenant, n)
+                self.quota.add(tenant, n)
         self._kept(written)
 
     def _modify(self, items: list[HashUpdate], now: int, errors: list) -> None:
@@ -312,37 +376,52 @@ class HashTable:
         self._kept(written, replace_metadata=True)
 
     def _delete(self, items: list[HashUpdate], errors: list) -> None:
+        refusals: list[tuple[int, P4RuntimeError]] = []
         keys = b"".join(u.key for u in items)
+        self._delete_packed(keys, len(items), [u.tenant for u in items], refusals)
+        errors += [(items[i].index, err) for i, err in refusals]
+
+    def _delete_packed(self, keys: bytes, count: int, tenants, errors: list) -> None:
+        """Delete `count` packed keys (of these tenants); each missing one gets its error."""
         ksize, start, deleted = self.kmap.key_size, 0, []
-        while start < len(items):
-            n, err = batch.delete(self.kmap.fd, keys, ksize, start, len(items) - start)
-            deleted += items[start : start + n]
+        while start < count:
+            n, err = batch.delete(self.kmap.fd, keys, ksize, start, count - start)
+            deleted += range(start, start + n)
             start += n
             if err:
                 code = StatusCode.NOT_FOUND if err == errno.ENOENT else StatusCode.INTERNAL
                 message = self._no_entry if err == errno.ENOENT else os.strerror(err)
-                errors.append((items[start].index, P4RuntimeError(code, message)))
+                errors.append((start, P4RuntimeError(code, message)))
                 start += 1
         self.count -= len(deleted)
         if self.quota is not None:
-            for tenant, n in Counter(u.tenant for u in deleted).items():
+            for tenant, n in Counter(tenants[i] for i in deleted).items():
                 self.quota.remove(tenant, n)
         if len(self.metadata):
-            self.metadata.remove([u.key for u in deleted])
+            self.metadata.remove([keys[i * ksize : (i + 1) * ksize] for i in deleted])
 
     def _write(self, items: list[HashUpdate], values: bytes, flags: int, errors: list,
                codes: dict[int, tuple[StatusCode, str]]) -> list[HashUpdate]:  # fmt: skip
         """Write `items`; each the kernel refuses gets its error, the others are returned."""
         keys = b"".join(u.key for u in items)
-        refused = batch.update(self.kmap.fd, keys, values, self.kmap.key_size,
-                               self.kmap.value_size, len(items), flags)  # fmt: skip
+        refused = self._write_packed(keys, values, len(items), flags, codes)
         if not refused:
             return items
-        for i, err in refused:
-            code, message = codes.get(err, (StatusCode.INTERNAL, os.strerror(err)))
-            errors.append((items[i].index, P4RuntimeError(code, f"{self.name}: {message}")))
+        errors += [(items[i].index, err) for i, err in refused]
         failed = {i for i, _ in refused}
         return [u for i, u in enumerate(items) if i not in failed]
+
+    def _write_packed(self, keys: bytes, values: bytes, count: int, flags: int,
+                      codes: dict[int, tuple[StatusCode, str]]
+                      ) -> list[tuple[int, P4RuntimeError]]:  # fmt: skip
+        """Write `count` packed entries; (position, error) of each the kernel refuses."""
+        refused = batch.update(self.kmap.fd, keys, values, self.kmap.key_size,
+                               self.kmap.value_size, count, flags)  # fmt: skip
+        out = []
+        for i, err in refused:
+            code, message = codes.get(err, (StatusCode.INTERNAL, os.strerror(err)))
+            out.append((i, P4RuntimeError(code, f"{self.name}: {message}")))
+        return out
 
     def _kept(self, written: list[HashUpdate], replace_metadata: bool = False) -> None:
         """Bookkeeping of entries now in the map: their metadata and idle timeouts."""
@@ -354,10 +433,13 @@ class HashTable:
                 self.metadata.put([u.key for u in with_meta], [u.metadata for u in with_meta])
         timeouts = [u.idle_timeout_ns for u in written if u.idle_timeout_ns]
         if timeouts:
-            shortest = min(timeouts)
-            self.idle.inserted_ns.append(shortest)
-            if not self.idle.shortest_ns or shortest < self.idle.shortest_ns:
-                self.idle.shortest_ns = shortest
+            self._timeouts_written(min(timeouts))
+
+    def _timeouts_written(self, shortest: int) -> None:
+        """Entries with idle timeouts were written, the shortest `shortest` ns."""
+        self.idle.inserted_ns.append(shortest)
+        if not self.idle.shortest_ns or shortest < self.idle.shortest_ns:
+            self.idle.shortest_ns = shortest
 
     @property
     def _no_entry(self) -> str:

@@ -24,6 +24,11 @@ class FlowQuota:
         self._full: set[int] = set()
         self.on_full: Callable[[int, bool], None] = lambda _tenant, _full: None
 
+    @property
+    def limited(self) -> bool:
+        """Whether any tenant has a limit."""
+        return self.default is not None or bool(self.tenants)
+
     def limit(self, tenant: int) -> int | None:
         return self.tenants.get(tenant, self.default)
 
