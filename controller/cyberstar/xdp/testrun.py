@@ -70,31 +70,29 @@ def prog_test_run(
 ) -> ProgRunResult:
     """Run the program on `frame`. With `ingress_ifindex`, run it in live-frames mode as if the
     frame had arrived on that interface: redirects really transmit, XDP_PASS reaches the stack
-    (kernel ≥ 5.18)."""
+    (kernel ≥ 5.18), and there is no output frame (`data` is empty)."""
     if not MIN_FRAME <= len(frame) <= MAX_FRAME:
         raise ValueError(
             f"XDP test runs take frames of {MIN_FRAME}..{MAX_FRAME} bytes, found {len(frame)}"
         )
     data_in = ctypes.create_string_buffer(frame, len(frame))
-    data_out = ctypes.create_string_buffer(MAX_FRAME + 256)
     attr = _TestAttr(
-        prog_fd=prog_fd,
-        data_size_in=len(frame),
-        data_size_out=len(data_out),
-        data_in=ctypes.addressof(data_in),
-        data_out=ctypes.addressof(data_out),
-        repeat=repeat,
+        prog_fd=prog_fd, data_size_in=len(frame), data_in=ctypes.addressof(data_in), repeat=repeat
     )
-    if ingress_ifindex is not None:
+    data_out = None
+    if ingress_ifindex is not None:  # live frames give no output frame: no buffer for one
         ctx = _XdpMd(data=0, data_end=len(frame), ingress_ifindex=ingress_ifindex)
         attr.ctx_in = ctypes.addressof(ctx)
         attr.ctx_size_in = ctypes.sizeof(ctx)
         attr.flags = BPF_F_TEST_XDP_LIVE_FRAMES
-        attr.data_out = 0
-        attr.data_size_out = 0
+    else:
+        data_out = ctypes.create_string_buffer(MAX_FRAME + 256)
+        attr.data_out = ctypes.addressof(data_out)
+        attr.data_size_out = len(data_out)
     rc = _libc.syscall(_SYS_BPF, _BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
     if rc != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"BPF_PROG_TEST_RUN failed: {os.strerror(err)}")
     action = XDP_ACTIONS.get(attr.retval, f"XDP_{attr.retval}")
-    return ProgRunResult(action, data_out.raw[: attr.data_size_out], attr.duration)
+    out = data_out.raw[: attr.data_size_out] if data_out is not None else b""
+    return ProgRunResult(action, out, attr.duration)
