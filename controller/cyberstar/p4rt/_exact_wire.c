@@ -11,13 +11,15 @@
  * and nothing else. A value wider than its field, any other order or field: None, and the caller
  * reads the entry field by field through protobuf, which names what is wrong.
  *
- * Reader(table_head, key_widths, actions, key_layout=None)
+ * Reader(table_head, key_widths, actions, key_layout=None, value_layout=None)
  *   .parse(raw) -> (values, action_id, params, idle, metadata)
  *   .parse_key(raw) -> (map key, tenant, action_id, params, idle, metadata)
  *   .parse_update(raw Update) -> (kind, map key, tenant, action_id, params, idle, metadata)
+ *   .batch(raw WriteRequest, now) -> every Update's packed map key and value, or None
  * with `table_head` = 08 <table id varint>, `actions` = [(action id varint, action id, widths)],
  * `key_layout` = (key size, [(offset, size) of each match field], tenant field index or -1): the
- * map key, a little-endian struct with the match values as host integers.
+ * map key, a little-endian struct with the match values as host integers; `value_layout` the
+ * map value's (see read_value_layout).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -773,6 +775,8 @@ static PyObject *Reader_batch(Reader *self, PyObject *args) {
             goto not_shape;
         if (field != UPDATES_FIELD)
             continue;
+        if (i == n) /* the first pass counted them (its bytes cannot change: the GIL is held) */
+            goto not_shape;
         Py_ssize_t at, meta_at, meta_len;
         unsigned long long tenant = 0, idle = 0;
         update_entry(raw + body, len, &at);
@@ -798,6 +802,8 @@ static PyObject *Reader_batch(Reader *self, PyObject *args) {
         }
         i++;
     }
+    if (i != n)
+        goto not_shape;
     int repeated = any_repeated(kout, n, ksize);
     if (repeated < 0) {
         PyErr_NoMemory();

@@ -316,8 +316,8 @@ class HashTable:
             ok = set(written)
             kept = [j for j, i in enumerate(b.meta_positions) if i in ok]
             self.metadata.put([b.meta_keys[j] for j in kept], [b.meta_values[j] for j in kept])
-        if b.shortest_idle_ns and written:
-            self._timeouts_written(b.shortest_idle_ns)
+        if b.shortest_idle_ns and written:  # of the whole request: a refused entry's shorter
+            self._timeouts_written(b.shortest_idle_ns)  # timeout only paces the scan faster
         return errors
 
     def _admitted(self, tenants, errors: list) -> list[int]:
