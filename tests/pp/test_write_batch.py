@@ -5,23 +5,17 @@ Bytes it takes are bytes protobuf reads alike; garbage is refused without a cras
 
 from __future__ import annotations
 
-import os
-
-import needs
 import pytest
 from finsy.proto import p4r
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cyberstar import netns
-from cyberstar.lab.pp_process import start_agent
-from cyberstar.lab.procs import free_port
 from cyberstar.p4rt.codec import update
 from cyberstar.pipeline.entries import TableEntry, build_entry
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.pp.quota import FlowQuota
-from pp.scrape import metric
+from pp.scrape import metered_agent, metric
 
 pytestmark = pytest.mark.root
 INSERT, MODIFY, DELETE = p4r.Update.INSERT, p4r.Update.MODIFY, p4r.Update.DELETE
@@ -249,20 +243,14 @@ def test_every_prefix_of_a_request_is_refused_or_read_as_protobuf_reads_it(xdp_t
 def test_a_write_through_grpc_is_read_whole() -> None:
     """The server hands the device the request's bytes: a client's batch of flow INSERTs takes
     the whole path (the agent's metric says so) and reads back as written."""
-    needs.root()
-    port = free_port()
-    with netns.with_pp_ports(f"cs-whole-{os.getpid()}") as ns:
-        node = start_agent(ns, ["pp1", "pp2"], extra=["--metrics", f"127.0.0.1:{port}"])
-        try:
-            client = node.primary_with_pipeline()
-            entries = [flow(100 + i, cookie=b"fm") for i in range(50)]
-            client.write([update(INSERT, PIPELINE, e) for e in entries])
-            everything = [p4r.Entity(table_entry=p4r.TableEntry(table_id=FLOWS.id))]
-            read = client.read(everything)
-            assert len(read) == 50 and {e.table_entry.metadata for e in read} == {b"fm"}
-            assert metric(port, node.tls, "cyberstar_pp_writes_read_whole_total") == 1
-            client.write([update(DELETE, PIPELINE, e) for e in entries])
-            assert client.read(everything) == []
-            assert metric(port, node.tls, "cyberstar_pp_writes_read_whole_total") == 2
-        finally:
-            assert node.stop() == 0
+    with metered_agent("whole") as (node, port):
+        client = node.primary_with_pipeline()
+        entries = [flow(100 + i, cookie=b"fm") for i in range(50)]
+        client.write([update(INSERT, PIPELINE, e) for e in entries])
+        everything = [p4r.Entity(table_entry=p4r.TableEntry(table_id=FLOWS.id))]
+        read = client.read(everything)
+        assert len(read) == 50 and {e.table_entry.metadata for e in read} == {b"fm"}
+        assert metric(port, node.tls, "cyberstar_pp_writes_read_whole_total") == 1
+        client.write([update(DELETE, PIPELINE, e) for e in entries])
+        assert client.read(everything) == []
+        assert metric(port, node.tls, "cyberstar_pp_writes_read_whole_total") == 2
