@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pp.test_exact_wire import entries as exact_wire_entries
 
-from cyberstar.p4rt.codec import ExactTableEncoder, update, write_request_bytes
+from cyberstar.p4rt.codec import ExactTableEncoder, update, write_of, write_request_bytes
 from cyberstar.p4rt.messages import write_request
 from cyberstar.pipeline.entries import EntryError, TableEntry
 from cyberstar.pipeline.pp import PIPELINE
@@ -50,6 +50,15 @@ def test_write_request_bytes_equal_the_message(batch, election_id: int, device_i
     raw = write_request_bytes(device_id, election_id, [ENCODER.update(1, e) for e in batch])
     expected = write_request(device_id, election_id, [update(1, PIPELINE, e) for e in batch])
     assert p4r.WriteRequest.FromString(raw) == expected
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(entries(), st.booleans()), max_size=5), st.integers(0, (1 << 128) - 1))
+def test_a_write_of_messages_and_bytes_equals_the_message(batch, election_id: int) -> None:
+    """What the clients send (`write_of`): Updates given as messages or as bytes, in order."""
+    given = [ENCODER.update(1, e) if as_bytes else update(1, PIPELINE, e) for e, as_bytes in batch]
+    expected = write_request(3, election_id, [update(1, PIPELINE, e) for e, _ in batch])
+    assert p4r.WriteRequest.FromString(write_of(3, election_id, given)) == expected
 
 
 def test_the_encoder_refuses_a_table_with_non_exact_keys() -> None:

@@ -15,7 +15,7 @@ import grpc
 from finsy.proto import p4i, p4r, p4r_grpc
 
 from cyberstar.p4rt import batching, client
-from cyberstar.p4rt.codec import write_request_bytes
+from cyberstar.p4rt.codec import write_of
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.p4rt.messages import (
     Action,
@@ -195,11 +195,10 @@ class AioP4RuntimeClient:
         """One Write of `updates`, messages or already serialized (`ExactTableEncoder`)."""
         if not updates:
             return
-        req = write_request_bytes(self.device_id, self.election_id,
-                                  [u if isinstance(u, bytes) else u.SerializeToString()
-                                   for u in updates])  # fmt: skip
         try:
-            await self._write_serialized(req, timeout=self.timeout)
+            await self._write_serialized(
+                write_of(self.device_id, self.election_id, updates), timeout=self.timeout
+            )
         except grpc.aio.AioRpcError as exc:
             raise decode_write_error(exc) from None
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 import grpc
 from finsy.proto import p4i, p4r, p4r_grpc
 
+from cyberstar.p4rt.codec import write_of
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.p4rt.messages import (
     arbitration_request,
@@ -24,7 +25,6 @@ from cyberstar.p4rt.messages import (
     pipeline_request,
     route_stream_message,
     rpc_error,
-    write_request,
 )
 from cyberstar.tls import TlsFiles, secure_or_plain_channel
 
@@ -55,6 +55,10 @@ class P4RuntimeClient:
         self.timeout = timeout
         self.channel = secure_or_plain_channel(address, tls, CHANNEL_OPTIONS, "P4Runtime server")
         self.stub = p4r_grpc.P4RuntimeStub(self.channel)
+        # Write with a request serialized by us (`write_of`)
+        self._write_serialized = self.channel.unary_unary(
+            "/p4.v1.P4Runtime/Write", response_deserializer=p4r.WriteResponse.FromString
+        )
         self.packet_ins: queue.Queue[p4r.PacketIn] = queue.Queue()
         self.idle_notifications: queue.Queue[p4r.IdleTimeoutNotification] = queue.Queue()
         self.arbitrations: queue.Queue[p4r.MasterArbitrationUpdate] = queue.Queue()
@@ -136,12 +140,13 @@ class P4RuntimeClient:
         except grpc.RpcError as exc:
             raise rpc_error("SetForwardingPipelineConfig failed", exc) from None
 
-    def write(self, updates: list[p4r.Update]) -> None:
+    def write(self, updates: list[p4r.Update | bytes]) -> None:
+        """One Write of `updates`, messages or already serialized (`ExactTableEncoder`)."""
         if not updates:
             return
         try:
-            self.stub.Write(
-                write_request(self.device_id, self.election_id, updates), timeout=self.timeout
+            self._write_serialized(
+                write_of(self.device_id, self.election_id, updates), timeout=self.timeout
             )
         except grpc.RpcError as exc:
             raise decode_write_error(exc) from None

