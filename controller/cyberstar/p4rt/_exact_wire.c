@@ -289,14 +289,24 @@ static int Reader_init(Reader *self, PyObject *args, PyObject *kwds) {
     return value_layout == Py_None ? 0 : read_value_layout(self, value_layout);
 }
 
+/* The big-endian value of n <= 8 bytes at p. */
+static unsigned long long load_be(const unsigned char *p, int n) {
+    unsigned long long v = 0;
+    for (int i = 0; i < n; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/* v's low n bytes at p, little-endian (a member of a map key or value). */
+static void store_le(unsigned char *p, unsigned long long v, int n) {
+    for (int k = 0; k < n; k++)
+        p[k] = (unsigned char)(v >> (8 * k));
+}
+
 /* A big-endian value of n bytes as an int; NULL (exception set) only when out of memory. */
 static PyObject *big_endian(const unsigned char *p, int n) {
-    if (n <= 8) {
-        unsigned long long v = 0;
-        for (int i = 0; i < n; i++)
-            v = (v << 8) | p[i];
-        return PyLong_FromUnsignedLongLong(v);
-    }
+    if (n <= 8)
+        return PyLong_FromUnsignedLongLong(load_be(p, n));
     return _PyLong_FromByteArray(p, (size_t)n, 0, 0);
 }
 
@@ -368,11 +378,8 @@ static int key_into(Reader *self, const unsigned char *raw, Py_ssize_t end, Py_s
         Py_ssize_t at = value_group(raw, end, pos, MATCH_HEADER, 4, (int)i + 1, &self->keys[i], &n);
         if (at < 0)
             return -1;
-        unsigned long long v = 0;
-        for (int k = 0; k < n; k++)
-            v = (v << 8) | raw[at + k];
-        for (int k = 0; k < self->key_sizes[i]; k++)
-            out[self->key_offsets[i] + k] = (unsigned char)(v >> (8 * k));
+        unsigned long long v = load_be(raw + at, n);
+        store_le(out + self->key_offsets[i], v, self->key_sizes[i]);
         if (i == self->tenant)
             *tenant = v;
     }
@@ -619,17 +626,12 @@ static int entry_into(Reader *self, const unsigned char *raw, Py_ssize_t end, un
                 return -1;
             if (!value)
                 continue; /* a DELETE's action is read, not used */
-            unsigned long long v = 0;
-            for (int k = 0; k < n; k++)
-                v = (v << 8) | raw[at + k];
-            for (int k = 0; k < a->param_sizes[i]; k++)
-                value[a->param_offsets[i] + k] = (unsigned char)(v >> (8 * k));
+            store_le(value + a->param_offsets[i], load_be(raw + at, n), a->param_sizes[i]);
         }
         if (!action_lengths_agree(raw, pos, p))
             return -1;
         if (value)
-            for (int k = 0; k < self->action_size; k++)
-                value[self->action_off + k] = (unsigned char)(a->aid_value >> (8 * k));
+            store_le(value + self->action_off, a->aid_value, self->action_size);
         pos = p;
     } else if (value) {
         return -1; /* an INSERT names its action */
@@ -645,12 +647,10 @@ static int entry_into(Reader *self, const unsigned char *raw, Py_ssize_t end, un
     *idle = (unsigned long long)v;
     if (metadata_at(raw, end, pos, meta_at, meta_len) < 0)
         return -1;
-    if (value) {
-        for (int k = 0; k < 8 && self->last_hit_off >= 0; k++)
-            value[self->last_hit_off + k] = (unsigned char)(now >> (8 * k));
-        for (int k = 0; k < 8 && self->idle_off >= 0; k++)
-            value[self->idle_off + k] = (unsigned char)(*idle >> (8 * k));
-    }
+    if (value && self->last_hit_off >= 0)
+        store_le(value + self->last_hit_off, now, 8);
+    if (value && self->idle_off >= 0)
+        store_le(value + self->idle_off, *idle, 8);
     return 0;
 }
 
@@ -751,6 +751,8 @@ static PyObject *Reader_batch(Reader *self, PyObject *args) {
         long long k = len < 0 ? 0 : update_entry(raw + body, len, &at);
         if ((k != INSERT && k != DELETE) || (kind && k != kind))
             goto not_shape;
+        if (len - at < self->head_len || memcmp(raw + body + at, self->head, self->head_len) != 0)
+            goto not_shape; /* another table's entry: left before anything is built */
         kind = k;
         n++;
     }
@@ -784,8 +786,7 @@ static PyObject *Reader_batch(Reader *self, PyObject *args) {
                        vout ? vout + i * vsize : NULL, now, &tenant, &idle, &meta_at,
                        &meta_len) < 0)
             goto not_shape;
-        for (int k = 0; k < 8; k++)
-            tout[8 * i + k] = (unsigned char)(tenant >> (8 * k));
+        store_le(tout + 8 * i, tenant, 8);
         if (idle && (!shortest || idle < shortest))
             shortest = idle;
         if (meta_len && vout) {
