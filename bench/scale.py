@@ -31,9 +31,9 @@ import time
 
 from finsy.proto import p4r
 
+from cyberstar.lab.cpu import live_process_cpu_s
 from cyberstar.lab.scale import (
     cookie_of,
-    cpu_seconds,
     etcd,
     fm_takeover,
     map_memory,
@@ -49,9 +49,9 @@ def idle_figures(sn, quiet_s: float, probe_timeout_s: float) -> dict:
     """The agent's CPU over a quiet period (the idle scan walks the table), then how late the
     notification for probe rules with a short idle timeout came."""
     pid = sn.pid
-    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    cpu0, t0 = live_process_cpu_s(pid), time.perf_counter()
     time.sleep(quiet_s)
-    quiet_cpu = (cpu_seconds(pid) - cpu0) / (time.perf_counter() - t0)
+    quiet_cpu = (live_process_cpu_s(pid) - cpu0) / (time.perf_counter() - t0)
     # two probe rules (one connection), idle from the moment they are written
     probe = sn.written
     send = sn.client.channel.unary_unary("/p4.v1.P4Runtime/Write")
@@ -59,7 +59,7 @@ def idle_figures(sn, quiet_s: float, probe_timeout_s: float) -> dict:
     cookie = cookie_of(probe // 2)
     while not sn.client.idle_notifications.empty():
         sn.client.idle_notifications.get_nowait()
-    cpu0 = cpu_seconds(pid)
+    cpu0 = live_process_cpu_s(pid)
     written_at = time.perf_counter()
     send(request, timeout=60)
     sn.written += 2
@@ -73,7 +73,7 @@ def idle_figures(sn, quiet_s: float, probe_timeout_s: float) -> dict:
         if any(te.metadata == cookie for te in note.table_entry):
             late = time.perf_counter() - written_at - probe_timeout_s
             break
-    busy_cpu = (cpu_seconds(pid) - cpu0) / (time.perf_counter() - written_at)
+    busy_cpu = (live_process_cpu_s(pid) - cpu0) / (time.perf_counter() - written_at)
     # The probe has done its job: gone, the table holds the bulk rules only (an FM taking over
     # would release the idle connection and delete its rules itself).
     (delete,) = write_requests(probe, 2, sn.client.election_id, int(probe_timeout_s * 1e9),

@@ -14,14 +14,19 @@ import time
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
+def live_process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads); OSError if it is gone."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * TICK_S  # utime, stime (fields 14, 15)
+
+
 def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads); 0 once it is gone."""
+    """`live_process_cpu_s`, 0 once the process is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        return live_process_cpu_s(pid)
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) * TICK_S  # utime, stime (fields 14, 15)
 
 
 def machine_busy_s() -> tuple[float, float]:

@@ -98,12 +98,6 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def map_memory(name: str) -> int | None:
     """The kernel's memory for a BPF map by name (bpftool's memlock), if bpftool says it."""
     try:
