@@ -15,7 +15,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from finsy.proto import p4i, p4r
@@ -165,9 +165,7 @@ class XdpDevice:
                 try:
                     errors = flows.write_request(request, len(updates), coarse_now_ns())
                 except Exception as exc:  # a bug: these updates fail
-                    log.exception("writing a batch of %d updates to %s", len(updates), flows.name)
-                    errors = [(i, P4RuntimeError(StatusCode.INTERNAL, f"{flows.name}: {exc}"))
-                              for i in range(len(updates))]  # fmt: skip
+                    errors = _failed(flows.name, range(len(updates)), exc)
                 if errors is not None:
                     self.stats["writes_read_whole"] += 1
                     for index, err in errors:
@@ -223,9 +221,7 @@ class XdpDevice:
             else:
                 errors = self._apply_small(table, batch)
         except Exception as exc:  # a bug: these updates fail, the others go on
-            log.exception("writing %d updates to %s", len(batch), table)
-            errors = [(p.index, P4RuntimeError(StatusCode.INTERNAL, f"{table}: {exc}"))
-                      for p in batch]  # fmt: skip
+            errors = _failed(table, [p.index for p in batch], exc)
         for index, err in errors:
             results[index] = err
 
@@ -713,3 +709,9 @@ def _p4info_difference(ours: p4i.P4Info, theirs: p4i.P4Info) -> str:
 
 def _program_source(prog: XdpProgram) -> bytes:
     return prog.source.encode()
+
+
+def _failed(table: str, indices: Sequence[int], exc: Exception) -> list[tuple[int, P4RuntimeError]]:
+    """A bug while writing these updates of `table`: logged once, each answered INTERNAL."""
+    log.exception("writing %d updates to %s", len(indices), table)
+    return [(i, P4RuntimeError(StatusCode.INTERNAL, f"{table}: {exc}")) for i in indices]
