@@ -68,9 +68,8 @@ def contents(device) -> dict:
     for chunk in device.read(entity):
         for e in p4r.ReadResponse.FromString(chunk).entities:
             te = e.table_entry
-            out[bytes(te.match[0].SerializeToString()) + b"".join(
-                m.SerializeToString() for m in te.match[1:])] = (
-                te.action.SerializeToString(), te.idle_timeout_ns, te.metadata)  # fmt: skip
+            key = b"".join(m.SerializeToString() for m in te.match)
+            out[key] = (te.action.SerializeToString(), te.idle_timeout_ns, te.metadata)
     return out
 
 
