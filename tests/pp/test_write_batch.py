@@ -25,18 +25,25 @@ NOW = 123_456_789_000
 
 @pytest.fixture
 def fresh(xdp_target):
-    """A new device on the loaded program, with its maps emptied (and emptied after)."""
+    """A new device on the loaded program, with its maps emptied (and emptied after). The
+    session's program outlives the devices: the tenants a quota marked full are unmarked, or
+    later tests would see their misses dropped (`flow_quota`) instead of punted."""
     from cyberstar.pp.device import XdpDevice
 
     made = []
 
-    def make(quota: FlowQuota | None = None):
+    def empty() -> None:
         xdp_target.prog.clear()
+        for device in made:
+            device.quota.clear()
+
+    def make(quota: FlowQuota | None = None):
+        empty()
         made.append(XdpDevice(xdp_target.prog, [], quota))
         return made[-1]
 
     yield make
-    xdp_target.prog.clear()
+    empty()
 
 
 def flow(i: int, tenant: int = 7, cookie: bytes = b"", idle: int = 0, dnat: bool = False):
