@@ -18,6 +18,7 @@ import re
 import time
 
 import grpc
+import pytest
 from finsy.proto import p4r
 from sc.helpers import ask, engine_from, tcp
 from scapy.layers.inet import IP, TCP
@@ -71,20 +72,31 @@ def packet_in(tenant: int, sport: int) -> p4r.PacketIn:
 
 
 class FailingSession:
-    """A PP session whose writes fail (e.g. its table is full, or it restarted meanwhile)."""
+    """A PP session whose writes fail (e.g. its table is full, or it restarted meanwhile),
+    written by the Write RPC or, for a node that takes them, as StreamWrites (whose packets
+    the node would not send)."""
 
     index, name, packet_ins = 0, "pp1", 0
 
-    def __init__(self) -> None:
+    def __init__(self, stream_writes: bool) -> None:
+        self.stream_writes = stream_writes
+        self.rule_writes = {"stream": 0, "rpc": 0}
         self.written: list[p4r.Update] = []
         self.sent = 0
 
     async def write(self, updates: list[p4r.Update]) -> None:
+        assert not self.stream_writes
         self.written += updates
         errors = [(i, "RESOURCE_EXHAUSTED", "table full") for i in range(len(updates))]
         raise P4RuntimeError(grpc.StatusCode.UNKNOWN, "every update failed", errors)
 
-    async def packet_out(self, payload: bytes, metadata) -> None:
+    async def stream_write(self, updates: list[p4r.Update], packets) -> None:
+        assert self.stream_writes
+        self.written += updates
+        errors = [(i, "RESOURCE_EXHAUSTED", "table full") for i in range(len(updates))]
+        raise P4RuntimeError(grpc.StatusCode.UNKNOWN, "every update failed", errors)
+
+    async def packet_out(self, payload: bytes, metadata, on_sent=None) -> None:
         self.sent += 1
 
 
@@ -121,11 +133,12 @@ class EngineRouter:
         return sc_pb2.ReleaseReply(status=sc_pb2.Status(code=sc_pb2.OK))
 
 
-def test_a_connection_whose_rules_were_not_written_is_released() -> None:
+@pytest.mark.parametrize("stream_writes", [False, True], ids=["write-rpc", "stream-write"])
+def test_a_connection_whose_rules_were_not_written_is_released(stream_writes: bool) -> None:
     async def go() -> None:
         router = EngineRouter()
         slow = SlowPath(RuleCache(PIPELINE), router, 16, 0.0)
-        session = FailingSession()
+        session = FailingSession(stream_writes)
         sweeper = asyncio.create_task(slow.sweep_orphans(interval_s=0.1))
         try:
             await slow._process([(session, packet_in(7, 40000), time.monotonic())])
@@ -180,7 +193,7 @@ def test_a_reply_batch_of_the_wrong_length_leaves_nothing_pending() -> None:
             assert replies[2].status.code == sc_pb2.UNAVAILABLE
             assert re.search(r"answered \d+ replies to \d+ requests", replies[2].status.message)
             slow = SlowPath(RuleCache(PIPELINE), router, 16, 0.0, queue=QueueConfig())
-            session = FailingSession()
+            session = FailingSession(stream_writes=False)
             await slow._process(
                 [(session, packet_in(7, 41000 + i), time.monotonic()) for i in range(3)]
             )
@@ -200,7 +213,8 @@ def test_an_sc_error_leaves_nothing_pending() -> None:
     async def go() -> None:
         slow = SlowPath(RuleCache(PIPELINE), Broken(), 16, 0.0)
         with contextlib.suppress(ConnectionError):
-            await slow._process([(FailingSession(), packet_in(7, 42000), time.monotonic())])
+            session = FailingSession(stream_writes=False)
+            await slow._process([(session, packet_in(7, 42000), time.monotonic())])
         assert slow._pending == {} and slow.stats["sc_unanswered"] == 1
 
     asyncio.run(go())
@@ -210,7 +224,7 @@ def test_packet_ins_queue_by_tenant() -> None:
     async def go() -> None:
         slow = SlowPath(RuleCache(PIPELINE), EngineRouter(), 16, 0.0,
                         queue=QueueConfig(max_packets=100, per_tenant=10))  # fmt: skip
-        session = FailingSession()
+        session = FailingSession(stream_writes=False)
         for i in range(50):
             slow.on_packet_in(session, packet_in(7, 43000 + i))
         slow.on_packet_in(session, packet_in(8, 44000))

@@ -105,6 +105,13 @@ def test_ecmp_spreads_connections_and_asks_sc_once_per_connection(lab) -> None:
     assert all(after[pp] - seen[pp] >= 50 for pp in after), f"ECMP used one PP: {after}"
     # Replies often return through the other PP node: it punts, and FM answers from its cache.
     assert sc_requests(lab) - asked == 400
+    # An XDP node takes each batch's rules and packets as one StreamWrite; bmv2 does not offer
+    # it and gets a Write call and PacketOuts.
+    nodes = lab.fm_get("fm1", "/status")["pp_nodes"]
+    for i, kind in enumerate(lab.pp_kinds):
+        writes = nodes[f"pp{i + 1}"]["rule_writes"]
+        used, unused = ("stream", "rpc") if kind == "xdp" else ("rpc", "stream")
+        assert writes[used] > 0 and writes[unused] == 0, (kind, writes)
 
 
 def test_snat_and_load_balancer_through_the_group(lab) -> None:

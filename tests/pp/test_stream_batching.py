@@ -21,7 +21,7 @@ from cyberstar import netns, packets
 from cyberstar.codegen.p4info import build_p4info
 from cyberstar.p4rt.codec import update
 from cyberstar.p4rt.messages import arbitration_request
-from cyberstar.pipeline.entries import build_entry
+from cyberstar.pipeline.entries import TableEntry, build_entry
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.proto import p4rt_batch_pb2 as pb
 from cyberstar.tls import secure_or_plain_channel
@@ -30,6 +30,8 @@ pytestmark = pytest.mark.root
 BATCHING_URL = "type.googleapis.com/cyberstar.p4rt.v1.StreamBatching"
 IN_BATCH_URL = "type.googleapis.com/cyberstar.p4rt.v1.PacketInBatch"
 OUT_BATCH_URL = "type.googleapis.com/cyberstar.p4rt.v1.PacketOutBatch"
+WRITE_URL = "type.googleapis.com/cyberstar.p4rt.v1.StreamWrite"
+RESULT_URL = "type.googleapis.com/cyberstar.p4rt.v1.StreamWriteResult"
 OUT_FIELDS = {f.name: i for i, f in enumerate(PIPELINE.packet_out.fields, start=1)}
 _election = iter(range(5000, 1 << 30))
 
@@ -37,17 +39,18 @@ _election = iter(range(5000, 1 << 30))
 class RawStream:
     """One StreamChannel with the messages exactly as received."""
 
-    def __init__(self, node) -> None:
+    def __init__(self, node, election_id: int | None = None) -> None:
         self.channel = secure_or_plain_channel(node.address, node.tls, [], "P4Runtime server")
         self.stub = p4r_grpc.P4RuntimeStub(self.channel)
-        self.election_id = next(_election)
+        self.election_id = next(_election) if election_id is None else election_id
         self.requests: queue.Queue = queue.Queue()
         self.messages: queue.Queue[p4r.StreamMessageResponse] = queue.Queue()
         self.call = self.stub.StreamChannel(iter(self.requests.get, None))
         threading.Thread(target=self._read, daemon=True).start()
         self.send(arbitration_request(node.device_id, self.election_id))
-        answer = self.next_message()
-        assert answer.arbitration.status.code == rpc_code.OK
+        self.arbitration = self.next_message().arbitration
+        if election_id is None:
+            assert self.arbitration.status.code == rpc_code.OK
 
     def _read(self) -> None:
         try:
@@ -196,7 +199,9 @@ def test_packet_out_batch_sends_each_packet_and_refuses_a_bad_one_alone(
     assert err.error.packet_out.packet_out.payload == sent[1]
 
 
-@pytest.mark.parametrize("url", [BATCHING_URL, OUT_BATCH_URL, "type.googleapis.com/x.Unknown"])
+@pytest.mark.parametrize(
+    "url", [BATCHING_URL, OUT_BATCH_URL, WRITE_URL, "type.googleapis.com/x.Unknown"]
+)
 def test_garbage_in_other_is_a_stream_error_and_the_stream_lives_on(stream, url) -> None:
     stream.send(p4r.StreamMessageRequest(other=any_pb2.Any(type_url=url, value=b"\xff\xff\xff")))
     err = stream.next_message()
@@ -213,6 +218,168 @@ def test_an_oversized_packet_out_batch_is_refused(stream) -> None:
     batch = pb.PacketOutBatch(packets=[_out(b"\x00" * 60, 2)] * 1000)
     stream.send(p4r.StreamMessageRequest(other=any_pb2.Any(
         type_url=OUT_BATCH_URL, value=batch.SerializeToString())))  # fmt: skip
+    err = stream.next_message()
+    assert err.error.canonical_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "at most" in err.error.message
+
+
+# ---- StreamWrite: a Write and the PacketOuts that wait for it, in one stream message ----------
+
+
+def flow(sport: int) -> TableEntry:
+    return build_entry(PIPELINE, "flow_table", {
+        "tenant_id": 7, "src_addr": "192.168.1.2", "dst_addr": "10.0.0.5", "protocol": 6,
+        "src_port": sport, "dst_port": 80}, "snat",
+        {"src_addr": "203.0.113.9", "src_port": 50000, "nexthop_id": 2})  # fmt: skip
+
+
+def stream_write(stream: RawStream, write_id: int, updates: list[p4r.Update],
+                 packets: list[tuple[bytes, int, int]], election_id: int | None = None
+                 ) -> None:  # fmt: skip
+    eid = p4r.Uint128(low=stream.election_id if election_id is None else election_id)
+    write = p4r.WriteRequest(device_id=1, election_id=eid, updates=updates)
+    send_stream_write(stream, write_id, write.SerializeToString(), packets)
+
+
+def send_stream_write(stream: RawStream, write_id: int, write: bytes,
+                      packets: list[tuple[bytes, int, int]]) -> None:  # fmt: skip
+    msg = pb.StreamWrite(id=write_id, write=write, packets=[
+        pb.DependentPacketOut(packet_out=p, first_update=first, updates=n)
+        for p, first, n in packets])  # fmt: skip
+    stream.send(p4r.StreamMessageRequest(other=any_pb2.Any(
+        type_url=WRITE_URL, value=msg.SerializeToString())))  # fmt: skip
+
+
+def result_of(stream: RawStream) -> tuple[int, int, list[int]]:
+    """The next StreamWriteResult: (id, code, each update's canonical code)."""
+    msg = stream.next_message()
+    assert msg.WhichOneof("update") == "other", msg
+    assert msg.other.type_url == RESULT_URL
+    result = pb.StreamWriteResult.FromString(msg.other.value)
+    return result.id, result.code, [p4r.Error.FromString(e).canonical_code for e in result.errors]
+
+
+def flow_keys(stream: RawStream) -> set[int]:
+    req = p4r.ReadRequest(device_id=1, entities=[p4r.Entity(table_entry=p4r.TableEntry(
+        table_id=PIPELINE.table("flow_table").id))])  # fmt: skip
+    sports = set()
+    for resp in stream.stub.Read(req):
+        for e in resp.entities:
+            (sport,) = [m.exact.value for m in e.table_entry.match if m.field_id == 5]
+            sports.add(int.from_bytes(sport, "big"))
+    return sports
+
+
+def tagged(n: int) -> list[bytes]:
+    """Frames that can be told apart from anything else on peer2."""
+    return [packets.tcp_frame("02:00:00:00:00:01", "02:00:00:00:00:02", "10.0.0.5",
+                              "192.168.1.2", 80, 43000 + i) for i in range(n)]  # fmt: skip
+
+
+class Received:
+    """Which of `expected` leave on peer2 from entering the block until `wait_s` after it."""
+
+    def __init__(self, ns: str, expected: list[bytes], wait_s: float = 1.5) -> None:
+        self.expected, self.wait_s, self.frames = expected, wait_s, []
+        with netns.entered(ns):
+            self.rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        self.rx.bind(("peer2", 0))
+        self.rx.settimeout(0.1)
+
+    def __enter__(self) -> Received:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        deadline = time.monotonic() + self.wait_s
+        with self.rx:
+            while time.monotonic() < deadline:
+                try:
+                    frame = self.rx.recv(4096)
+                except TimeoutError:
+                    continue
+                if frame in self.expected:
+                    self.frames.append(frame)
+
+
+def test_capabilities_offer_stream_writes(shared_pp_node) -> None:
+    s = RawStream(shared_pp_node)
+    try:
+        caps = s.stub.Capabilities(p4r.CapabilitiesRequest(), timeout=10)
+    finally:
+        s.close()
+    assert pb.StreamBatching.FromString(caps.experimental.value).stream_writes
+
+
+def test_a_stream_write_writes_then_sends_the_packets_whose_updates_took_effect(
+    stream, shared_pp_node
+) -> None:
+    frames_ = tagged(4)
+    ins = p4r.Update.INSERT
+    updates = [update(ins, PIPELINE, flow(1001)), update(ins, PIPELINE, flow(1002)),
+               update(p4r.Update.DELETE, PIPELINE, flow(1003))]  # fmt: skip
+    with Received(shared_pp_node.ns, frames_) as got:
+        stream_write(stream, 41, updates, [
+            (_out(frames_[0], 2), 0, 1),  # waits for update 0: sent
+            (_out(frames_[1], 2), 1, 2),  # waits for updates 1 and 2 (2 fails): kept back
+            (_out(frames_[2], 2), 0, 0),  # waits for nothing: sent
+        ])  # fmt: skip
+        # P4Runtime §12.3: UNKNOWN, one error per update, OK for those that took effect
+        assert result_of(stream) == (41, 2, [0, 0, grpc.StatusCode.NOT_FOUND.value[0]])
+    assert got.frames == [frames_[0], frames_[2]]
+    assert flow_keys(stream) == {1001, 1002}
+
+    # An INSERT of a present entry: ALREADY_EXISTS, and the rule its packet waits for is there.
+    with Received(shared_pp_node.ns, frames_) as got:
+        stream_write(stream, 42, [update(ins, PIPELINE, flow(1001))], [(_out(frames_[3], 2), 0, 1)])
+        assert result_of(stream) == (42, 2, [grpc.StatusCode.ALREADY_EXISTS.value[0]])
+    assert got.frames == [frames_[3]]
+
+    with Received(shared_pp_node.ns, frames_) as got:
+        stream_write(stream, 43, [update(ins, PIPELINE, flow(1004))], [(_out(frames_[1], 2), 0, 1)])
+        assert result_of(stream) == (43, 0, [])
+    assert got.frames == [frames_[1]]
+    assert flow_keys(stream) == {1001, 1002, 1004}
+
+
+@pytest.mark.parametrize("case", ["range", "election", "write-garbage", "packet-garbage"])
+def test_a_refused_stream_write_writes_nothing_and_sends_nothing(
+    stream, shared_pp_node, case
+) -> None:
+    frames_ = tagged(1)
+    ups = [update(p4r.Update.INSERT, PIPELINE, flow(2001))]
+    expected = grpc.StatusCode.INVALID_ARGUMENT
+    with Received(shared_pp_node.ns, frames_) as got:
+        if case == "range":  # a PacketOut waiting for an update the Write does not have
+            stream_write(stream, 7, ups, [(_out(frames_[0], 2), 0, 2)])
+        elif case == "election":  # not the primary's election id
+            stream_write(stream, 7, ups, [(_out(frames_[0], 2), 0, 1)], stream.election_id + 1)
+            expected = grpc.StatusCode.PERMISSION_DENIED
+        elif case == "write-garbage":
+            send_stream_write(stream, 7, b"\xff\xff\xff", [(_out(frames_[0], 2), 0, 0)])
+        else:
+            eid = p4r.Uint128(low=stream.election_id)
+            write = p4r.WriteRequest(device_id=1, election_id=eid, updates=ups)
+            send_stream_write(stream, 7, write.SerializeToString(), [(b"\xff\xff\xff", 0, 0)])
+        write_id, code, errors = result_of(stream)
+    assert (write_id, code, errors) == (7, expected.value[0], [])
+    assert got.frames == []
+    assert flow_keys(stream) == set()
+
+
+def test_a_stream_write_from_a_backup_is_refused(stream, shared_pp_node) -> None:
+    backup = RawStream(shared_pp_node, election_id=stream.election_id - 1)
+    try:
+        assert backup.arbitration.status.code != rpc_code.OK  # a backup: the primary is higher
+        stream_write(backup, 9, [update(p4r.Update.INSERT, PIPELINE, flow(3001))], [])
+        write_id, code, _ = result_of(backup)
+    finally:
+        backup.close()
+    assert (write_id, code) == (9, grpc.StatusCode.PERMISSION_DENIED.value[0])
+    assert flow_keys(stream) == set()
+
+
+def test_an_oversized_stream_write_is_a_stream_error(stream) -> None:
+    send_stream_write(stream, 1, b"", [(_out(b"\x00" * 60, 2), 0, 0)] * 1000)
     err = stream.next_message()
     assert err.error.canonical_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "at most" in err.error.message

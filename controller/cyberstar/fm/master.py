@@ -190,6 +190,7 @@ class FabricMaster:
             "shards": {str(k): v for k, v in sorted(self.shard_map.shards.items(), key=str)},
             "pp_nodes": {s.name: {"primary": s.primary, "ready": s.primary and s.ready.is_set(),
                                   "connections": s.connections, "packet_in": s.packet_ins,
+                                  "rule_writes": dict(s.rule_writes),
                                   "lost_primary": s.lost_primary, "election_id": s.election_id}
                          for s in self.sessions},
             "slow_path": dict(self.slowpath.stats),
@@ -398,6 +399,8 @@ class FabricMaster:
             out.append(("cyberstar_fm_pp_stream_dropped_total", {"pp": s.name}, s.stream_dropped))
             out.append(("cyberstar_fm_pp_lost_primary_total", {"pp": s.name}, s.lost_primary))
             out.append(("cyberstar_fm_pp_packet_in_total", {"pp": s.name}, s.packet_ins))
+            for via, n in s.rule_writes.items():
+                out.append(("cyberstar_fm_pp_rule_writes_total", {"pp": s.name, "via": via}, n))
             out.append(("cyberstar_fm_pp_ready", {"pp": s.name}, int(s.ready.is_set())))
         out.append(("cyberstar_fm_queued_packets", {}, len(self.slowpath.queue)))
         for tenant, n in sorted(self.slowpath.queue.shed.items()):

@@ -24,6 +24,7 @@ from finsy.proto import p4r, rpc_code
 
 from cyberstar.codegen.p4info import build_p4info, canonical_p4info
 from cyberstar.fm.config import PpNodeConfig
+from cyberstar.p4rt import batching
 from cyberstar.p4rt.aio_client import AioP4RuntimeClient
 from cyberstar.p4rt.arbitration import election_int
 from cyberstar.p4rt.codec import update
@@ -68,6 +69,8 @@ class PpSession:
         self.ready = asyncio.Event()  # connected, and programmed if primary
         self.connections = 0  # how many times the stream was (re)established
         self.packet_ins = 0
+        # batches of first packets' rules written: as StreamWrites, or Write calls + PacketOuts
+        self.rule_writes = {"stream": 0, "rpc": 0}
         self._task: asyncio.Task | None = None
         self._down_logged = False
 
@@ -221,12 +224,25 @@ class PpSession:
                 raise
             await self.client.write(again)
 
-    async def write(self, updates: list[p4r.Update | bytes]) -> None:
+    def _primary_client(self) -> AioP4RuntimeClient:
         if self.client is None or not self.primary:
             raise P4RuntimeError(
                 grpc.StatusCode.FAILED_PRECONDITION, f"{self.name}: not connected as primary"
             )
-        await self.client.write(updates)
+        return self.client
+
+    async def write(self, updates: list[p4r.Update | bytes]) -> None:
+        await self._primary_client().write(updates)
+
+    @property
+    def stream_writes(self) -> bool:
+        """The node takes a Write and its PacketOuts as one stream message."""
+        return self.client is not None and self.client.stream_writes
+
+    async def stream_write(self, updates: list[p4r.Update | bytes],
+                           packets: list[batching.DependentPacket]) -> None:  # fmt: skip
+        """One Write and the PacketOuts that wait for it (`AioP4RuntimeClient.stream_write`)."""
+        await self._primary_client().stream_write(updates, packets)
 
     async def packet_out(self, payload: bytes, metadata: list[tuple[int, bytes]],
                          on_sent: Callable[[], None] | None = None) -> None:  # fmt: skip

@@ -39,6 +39,7 @@ from cyberstar.fm.cache import (
 from cyberstar.fm.config import QueueConfig
 from cyberstar.fm.fairqueue import FairQueue
 from cyberstar.fm.sessions import PpSession
+from cyberstar.p4rt import batching
 from cyberstar.p4rt.codec import ExactTableEncoder
 from cyberstar.p4rt.decode import PipelineDecoder
 from cyberstar.p4rt.errors import P4RuntimeError
@@ -274,21 +275,38 @@ class SlowPath:
 
     async def _install(self, session: PpSession, items: list[tuple[Connection, Punt]]) -> None:
         """Write the connections' rules to the PP (one batch), cache them, send the packets
-        back. A punt means the PP lacks the rules, whatever FM believed it held."""
+        back. A punt means the PP lacks the rules, whatever FM believed it held. A PP that
+        takes StreamWrites gets the rules and the packets in one stream message and sends each
+        packet once its connection's rules are in."""
         bit = 1 << session.index
-        updates: list[p4r.Update] = []
-        seen: set[int] = set()
+        updates: list[bytes] = []
+        ranges: dict[int, tuple[int, int]] = {}  # connection → its first update, how many
+        conns: dict[int, Connection] = {}
         owner: list[int] = []  # the connection of each update
         for conn, _ in items:
-            if conn.conn_id in seen:
+            if conn.conn_id in ranges:
                 continue
-            seen.add(conn.conn_id)
+            conns[conn.conn_id] = conn
+            ranges[conn.conn_id] = (len(updates), len(conn.rules))
             updates += [FLOW_UPDATES.update(p4r.Update.INSERT, r.entry) for r in conn.rules]
             owner += [conn.conn_id] * len(conn.rules)
+        streamed = bool(updates) and session.stream_writes
+        if streamed:
+            # The PP sends the packets before FM hears back: a reply punted by another PP
+            # meanwhile must find the connection in the cache, not ask SC again.
+            for conn in conns.values():
+                if conn.cacheable and self.cache.get(conn.rules[0].key) is None:
+                    self.cache.put(conn)
         failed: set[int] = set()
         if updates:
+            session.rule_writes["stream" if streamed else "rpc"] += 1
             try:
-                await session.write(updates)
+                if streamed:
+                    await session.stream_write(updates, [
+                        batching.DependentPacket(_packet_out(punt), *ranges[conn.conn_id])
+                        for conn, punt in items])  # fmt: skip
+                else:
+                    await session.write(updates)
             except Exception as exc:
                 errors = getattr(exc, "errors", None) or []
                 real = [i for i, code, _ in errors if code != "ALREADY_EXISTS"]
@@ -299,32 +317,36 @@ class SlowPath:
                 failed = {owner[i] for i in real if 0 <= i < len(owner)} if errors else set(owner)
             self.stats["rules_written"] += sum(1 for c in owner if c not in failed)
         now = time.monotonic()
-        for conn, _ in items:
-            if conn.conn_id not in seen:
-                continue
-            seen.discard(conn.conn_id)
-            for rule in conn.rules:
-                if conn.conn_id in failed:
-                    rule.installed &= ~bit
-                else:
-                    rule.installed |= bit
-            if conn.cacheable:
-                self.cache.put(conn)
-                if not any(r.installed for r in conn.rules):
-                    # No PP holds its rules (the write failed): released in SC after its idle
-                    # timeout unless the flow punts again, when the cache answers.
-                    self.stats["connections_not_installed"] += 1
-                    self._orphan(conn, now)
-        if failed:
-            items = [(c, p) for c, p in items if c.conn_id not in failed]
-        out_meta = (PACKET_OUT_FIELDS["submit_to_ingress"], PACKET_OUT_FIELDS["ingress_port"])
-        for _, punt in items:
-            await session.packet_out(
-                punt.packet.payload,
-                [(out_meta[0], b"\x01"), (out_meta[1], punt.ingress_port.to_bytes(2, "big"))],
-                functools.partial(self._sent, punt.arrived),
-            )
-        self.stats["packet_out"] += len(items)
+        for conn_id, conn in conns.items():
+            self._record_installed(conn, bit, conn_id not in failed, now)
+        sent = [punt for conn, punt in items if conn.conn_id not in failed]
+        self.stats["packet_out"] += len(sent)
+        if streamed:  # the PP has sent them by the time it answered
+            self.latencies += [(now, now - punt.arrived) for punt in sent]
+            return
+        for punt in sent:
+            await session.packet_out(punt.packet.payload, _packet_out_metadata(punt),
+                                     functools.partial(self._sent, punt.arrived))  # fmt: skip
+
+    def _record_installed(self, conn: Connection, bit: int, installed: bool, now: float) -> None:
+        """Set or clear PP `bit` on the connection's rules, in the cache's copy when it holds
+        one: a batch for another PP may have set its own bit there meanwhile."""
+        if not conn.cacheable:
+            return
+        cached = self.cache.get(conn.rules[0].key)
+        if cached is not None and cached.conn_id == conn.conn_id:
+            conn = cached
+        for rule in conn.rules:
+            if installed:
+                rule.installed |= bit
+            else:
+                rule.installed &= ~bit
+        self.cache.put(conn)
+        if not any(r.installed for r in conn.rules):
+            # No PP holds its rules (the write failed): released in SC after its idle
+            # timeout unless the flow punts again, when the cache answers.
+            self.stats["connections_not_installed"] += 1
+            self._orphan(conn, now)
 
     def _sent(self, arrived: float) -> None:
         now = time.monotonic()
@@ -440,6 +462,19 @@ class SlowPath:
     async def close(self) -> None:
         for t in list(self._tasks):
             t.cancel()
+
+
+_OUT_TO_INGRESS = PACKET_OUT_FIELDS["submit_to_ingress"]
+_OUT_PORT = PACKET_OUT_FIELDS["ingress_port"]
+
+
+def _packet_out_metadata(punt: Punt) -> list[tuple[int, bytes]]:
+    """A first packet goes back through the pipeline as if it arrived on its port again."""
+    return [(_OUT_TO_INGRESS, b"\x01"), (_OUT_PORT, punt.ingress_port.to_bytes(2, "big"))]
+
+
+def _packet_out(punt: Punt) -> bytes:
+    return batching.packet_out(punt.packet.payload, _packet_out_metadata(punt))
 
 
 def _tenant_of(pin: p4r.PacketIn) -> int:

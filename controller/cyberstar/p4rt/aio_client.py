@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import NamedTuple
 
 import grpc
 from finsy.proto import p4i, p4r, p4r_grpc
@@ -24,6 +26,7 @@ from cyberstar.p4rt.messages import (
     pipeline_request,
     route_stream_message,
     rpc_error,
+    stream_write_error,
 )
 from cyberstar.tls import TlsFiles, aio_channel
 
@@ -70,6 +73,7 @@ class AioP4RuntimeClient:
             "arbitration": self.arbitrations.put_nowait,
             "packet": self._bounded(self.packet_ins),
             "idle_timeout_notification": self._bounded(self.idle_notifications),
+            "stream_write_result": self._on_stream_write_result,
         }
         self.stream_closed = asyncio.Event()
         # stream requests to write, each with what to call once gRPC has sent it
@@ -79,6 +83,9 @@ class AioP4RuntimeClient:
         self._reader: asyncio.Task | None = None
         self._writer: asyncio.Task | None = None
         self.batch = 1  # packets per stream message, once the server agreed to batches
+        self.stream_writes = False  # the server takes StreamWrites (`stream_write`)
+        self._write_ids = itertools.count(1)
+        self._stream_results: dict[int, asyncio.Future] = {}  # StreamWrites awaiting results
         self._call = None
 
     def _bounded(self, queue: asyncio.Queue):
@@ -115,6 +122,7 @@ class AioP4RuntimeClient:
             log.info("%s: Capabilities: %s; no batching", self.address, exc.details())
             return
         offered = batching.server_max_packets(caps)
+        self.stream_writes = batching.server_takes_stream_writes(caps)
         if offered:
             self.batch = min(offered, batching.MAX_PACKETS)
             await self._out.put((batching.opt_in_request(self.batch), None))
@@ -134,7 +142,9 @@ class AioP4RuntimeClient:
                     break
                 msg, on_sent = item
                 sent = [on_sent]
-                if isinstance(msg, bytes):  # a serialized PacketOut
+                if isinstance(msg, _Serialized):  # a whole StreamMessageRequest (StreamWrite)
+                    msg = msg.request
+                elif isinstance(msg, bytes):  # a serialized PacketOut
                     packets = [msg]
                     while len(packets) < self.batch and not self._out.empty():
                         nxt = self._out.get_nowait()
@@ -162,6 +172,16 @@ class AioP4RuntimeClient:
                 log.info("%s: stream ended: %s", self.address, exc.details())
         finally:
             self.stream_closed.set()
+            ended = f"{self.address}: the stream ended before the StreamWrite's result"
+            for result in self._stream_results.values():
+                if not result.done():
+                    result.set_exception(P4RuntimeError(grpc.StatusCode.UNAVAILABLE, ended))
+            self._stream_results.clear()
+
+    def _on_stream_write_result(self, result) -> None:
+        future = self._stream_results.pop(result.id, None)
+        if future is not None and not future.done():
+            future.set_result(result)
 
     async def packet_out(self, payload: bytes, metadata: list[tuple[int, bytes]],
                          on_sent: Callable[[], None] | None = None) -> None:  # fmt: skip
@@ -202,6 +222,30 @@ class AioP4RuntimeClient:
         except grpc.aio.AioRpcError as exc:
             raise decode_write_error(exc) from None
 
+    async def stream_write(self, updates: list[p4r.Update | bytes],
+                           packets: list[batching.DependentPacket]) -> None:  # fmt: skip
+        """One Write of `updates` and the PacketOuts that wait for it, as one StreamWrite on
+        the stream (the server must take them: `stream_writes`). Returns once the server has
+        written the updates and sent the packets whose updates all took effect; raises
+        P4RuntimeError as `write` does."""
+        write_id = next(self._write_ids)
+        request = write_of(self.device_id, self.election_id, updates)
+        result = asyncio.get_running_loop().create_future()
+        self._stream_results[write_id] = result
+        msg = _Serialized(batching.stream_write_request(write_id, request, packets))
+        await self._out.put((msg, None))
+        try:
+            answer = await asyncio.wait_for(result, self.timeout)
+        except TimeoutError:
+            raise P4RuntimeError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                 f"{self.address}: no StreamWrite result within "
+                                 f"{self.timeout:.0f} s") from None  # fmt: skip
+        finally:
+            self._stream_results.pop(write_id, None)
+        error = stream_write_error(answer)
+        if error is not None:
+            raise error
+
     async def read(self, entities: list[p4r.Entity]) -> list[p4r.Entity]:
         out: list[p4r.Entity] = []
         async for resp in self.read_stream(entities):
@@ -240,6 +284,12 @@ class AioP4RuntimeClient:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         await self.channel.close()
+
+
+class _Serialized(NamedTuple):
+    """A serialized StreamMessageRequest in the writer's queue (plain bytes are PacketOuts)."""
+
+    request: bytes
 
 
 def _serialize(msg: p4r.StreamMessageRequest | bytes) -> bytes:

@@ -4,10 +4,15 @@ The messages are in `cyberstar/proto/p4rt_batch.proto`, which says how they are 
 the server advertises `StreamBatching` in `CapabilitiesResponse.experimental`; a controller
 opts in on its stream with a `StreamBatching` in `StreamMessageRequest.other`; then PacketIns
 travel as `PacketInBatch` (`StreamMessageResponse.other`) and PacketOuts may travel as
-`PacketOutBatch` (`StreamMessageRequest.other`). Everything else is standard P4Runtime.
+`PacketOutBatch` (`StreamMessageRequest.other`). A server whose capability says
+`stream_writes` also takes a `StreamWrite` (a Write and the PacketOuts that wait for it, in one
+stream message) and answers each with a `StreamWriteResult`. Everything else is standard
+P4Runtime.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from finsy.proto import p4r
 from google.protobuf import any_pb2
@@ -21,6 +26,8 @@ _PREFIX = "type.googleapis.com/"
 STREAM_BATCHING = _PREFIX + pb.StreamBatching.DESCRIPTOR.full_name
 PACKET_IN_BATCH = _PREFIX + pb.PacketInBatch.DESCRIPTOR.full_name
 PACKET_OUT_BATCH = _PREFIX + pb.PacketOutBatch.DESCRIPTOR.full_name
+STREAM_WRITE = _PREFIX + pb.StreamWrite.DESCRIPTOR.full_name
+STREAM_WRITE_RESULT = _PREFIX + pb.StreamWriteResult.DESCRIPTOR.full_name
 
 
 def _any(type_url: str, message) -> any_pb2.Any:
@@ -29,7 +36,7 @@ def _any(type_url: str, message) -> any_pb2.Any:
 
 def capability(max_packets: int = MAX_PACKETS) -> any_pb2.Any:
     """What a batching server puts in `CapabilitiesResponse.experimental`."""
-    return _any(STREAM_BATCHING, pb.StreamBatching(max_packets=max_packets))
+    return _any(STREAM_BATCHING, pb.StreamBatching(max_packets=max_packets, stream_writes=True))
 
 
 def server_max_packets(caps: p4r.CapabilitiesResponse) -> int:
@@ -37,6 +44,13 @@ def server_max_packets(caps: p4r.CapabilitiesResponse) -> int:
     if not caps.HasField("experimental") or caps.experimental.type_url != STREAM_BATCHING:
         return 0
     return pb.StreamBatching.FromString(caps.experimental.value).max_packets
+
+
+def server_takes_stream_writes(caps: p4r.CapabilitiesResponse) -> bool:
+    """Whether the server takes StreamWrite messages on the stream."""
+    if not caps.HasField("experimental") or caps.experimental.type_url != STREAM_BATCHING:
+        return False
+    return pb.StreamBatching.FromString(caps.experimental.value).stream_writes
 
 
 def opt_in_request(max_packets: int) -> p4r.StreamMessageRequest:
@@ -101,3 +115,47 @@ def packet_outs_of(other: any_pb2.Any) -> list[p4r.PacketOut]:
         return [p4r.PacketOut.FromString(p) for p in raw]
     except DecodeError:
         raise ValueError("a PacketOutBatch that does not parse") from None
+
+
+class DependentPacket(NamedTuple):
+    """A serialized PacketOut to send once updates [first_update, first_update + updates) of
+    the same StreamWrite all took effect."""
+
+    packet_out: bytes
+    first_update: int
+    updates: int
+
+
+_STREAM_WRITE_URL = field(1, STREAM_WRITE.encode())
+_STREAM_WRITE_RESULT_URL = field(1, STREAM_WRITE_RESULT.encode())
+
+
+def stream_write_request(write_id: int, write: bytes, packets: list[DependentPacket]) -> bytes:
+    """A StreamMessageRequest whose `other` is a StreamWrite of a serialized WriteRequest."""
+    msg = pb.StreamWrite(id=write_id, write=write, packets=[
+        pb.DependentPacketOut(packet_out=p.packet_out, first_update=p.first_update,
+                              updates=p.updates) for p in packets])  # fmt: skip
+    return field(4, _STREAM_WRITE_URL + field(2, msg.SerializeToString()))
+
+
+def stream_write_of(other: any_pb2.Any) -> pb.StreamWrite:
+    """A controller's StreamWrite; ValueError says what is wrong with it."""
+    try:
+        msg = pb.StreamWrite.FromString(other.value)
+    except DecodeError:
+        raise ValueError("a StreamWrite that does not parse") from None
+    if len(msg.packets) > MAX_PACKETS:
+        raise ValueError(f"a StreamWrite of {len(msg.packets)} PacketOuts: at most {MAX_PACKETS}")
+    return msg
+
+
+def stream_write_result_response(write_id: int, code: int, message: str = "",
+                                 errors: list[bytes] | None = None) -> bytes:  # fmt: skip
+    """A StreamMessageResponse whose `other` is the StreamWriteResult of StreamWrite
+    `write_id`."""
+    msg = pb.StreamWriteResult(id=write_id, code=code, message=message, errors=errors or [])
+    return field(5, _STREAM_WRITE_RESULT_URL + field(2, msg.SerializeToString()))
+
+
+def stream_write_result_of(other: any_pb2.Any) -> pb.StreamWriteResult:
+    return pb.StreamWriteResult.FromString(other.value)

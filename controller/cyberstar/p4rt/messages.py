@@ -10,6 +10,7 @@ from finsy.proto import p4i, p4r, rpc_code, rpc_status
 
 from cyberstar.p4rt import batching
 from cyberstar.p4rt.errors import P4RuntimeError
+from cyberstar.proto import p4rt_batch_pb2 as pb
 
 log = logging.getLogger(__name__)
 Action = p4r.SetForwardingPipelineConfigRequest
@@ -66,6 +67,10 @@ def route_stream_message(
     elif kind == "other" and msg.other.type_url == batching.PACKET_IN_BATCH:
         for packet_in in batching.packet_ins_of(msg.other):
             sinks["packet"](packet_in)
+    elif kind == "other" and msg.other.type_url == batching.STREAM_WRITE_RESULT:
+        sink = sinks.get("stream_write_result")
+        if sink is not None:
+            sink(batching.stream_write_result_of(msg.other))
     elif kind == "error":
         log.warning("%s: stream error: %s", address, msg.error.message)
 
@@ -76,16 +81,31 @@ def rpc_error(what: str, exc: grpc.RpcError) -> P4RuntimeError:
 
 def decode_write_error(exc: grpc.RpcError) -> P4RuntimeError:
     """Decode the per-update p4.v1.Error details of a failed batch (P4Runtime §12.3)."""
-    errors: list[tuple[int, str, str]] = []
+    details: list[p4r.Error] = []
     trailers = dict(exc.trailing_metadata() or ())
     raw = trailers.get("grpc-status-details-bin")
     if raw:
-        status = rpc_status.Status.FromString(raw)
-        for i, detail in enumerate(status.details):
+        for detail in rpc_status.Status.FromString(raw).details:
             err = p4r.Error()
-            if detail.Unpack(err) and err.canonical_code != rpc_code.OK:
-                errors.append((i, rpc_code.Code.Name(err.canonical_code), err.message))
-    lines = "; ".join(f"update {i}: {code}: {msg}" for i, code, msg in errors)
+            details.append(err if detail.Unpack(err) else p4r.Error(canonical_code=rpc_code.OK))
+    return write_error(exc.code(), exc.details(), details)
+
+
+def stream_write_error(result: pb.StreamWriteResult) -> P4RuntimeError | None:
+    """The error a StreamWriteResult reports, as the Write RPC's would be; None for OK."""
+    if result.code == rpc_code.OK:
+        return None
+    code = _STATUS_CODES.get(result.code, grpc.StatusCode.UNKNOWN)
+    return write_error(code, result.message, [p4r.Error.FromString(e) for e in result.errors])
+
+
+_STATUS_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def write_error(code: grpc.StatusCode, message: str, details: list[p4r.Error]) -> P4RuntimeError:
+    errors = [(i, rpc_code.Code.Name(e.canonical_code), e.message)
+              for i, e in enumerate(details) if e.canonical_code != rpc_code.OK]  # fmt: skip
+    lines = "; ".join(f"update {i}: {c}: {msg}" for i, c, msg in errors)
     return P4RuntimeError(
-        exc.code(), f"Write failed: {exc.details()}" + (f" ({lines})" if lines else ""), errors
+        code, f"Write failed: {message}" + (f" ({lines})" if lines else ""), errors
     )

@@ -30,6 +30,7 @@ from typing import Protocol
 import grpc
 from finsy.proto import p4r, rpc_code, rpc_status
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 
 from cyberstar.listen import GrpcLimits, bind, server_options
 from cyberstar.p4rt import batching
@@ -54,7 +55,7 @@ MAX_SINCE_SAVE = 1 << 20  # updates written after VERIFY_AND_SAVE, replayed by C
 CONTROLLER_ROLES = frozenset({"fm", "admin"})  # certificate roles that may use the service
 Action = p4r.SetForwardingPipelineConfigRequest
 _END = object()
-_EXTENSIONS = (batching.STREAM_BATCHING, batching.PACKET_OUT_BATCH)
+_EXTENSIONS = (batching.STREAM_BATCHING, batching.PACKET_OUT_BATCH, batching.STREAM_WRITE)
 
 
 class Device(Protocol):
@@ -220,58 +221,52 @@ class P4RuntimeServer:
         return p4r.GetForwardingPipelineConfigResponse(config=out)
 
     async def Write(self, request, context):
-        assert self._gate is not None
         raw = None
         if isinstance(request, SerializedWrite):
             request, raw = request.message, request.raw
         try:
-            self._check_device(request.device_id)
-            async with self._gate:
-                self.arbitration.check_writer(_election_id(request), peer_of(context))
-                self._check_pipeline()
-                if request.atomicity != p4r.WriteRequest.CONTINUE_ON_ERROR:
-                    raise P4RuntimeError(
-                        grpc.StatusCode.UNIMPLEMENTED,
-                        "only CONTINUE_ON_ERROR batches are supported",
-                    )
-                updates = request.updates
-                saving = self._saved is not None
-                if saving and len(self._since_save) + len(updates) > MAX_SINCE_SAVE:
-                    raise P4RuntimeError(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"{MAX_SINCE_SAVE} updates were written since VERIFY_AND_SAVE: "
-                        "COMMIT the saved config (or commit another) before writing more",
-                    )
-                results = None
-                if len(updates) <= INLINE_WRITE_UPDATES:
-                    results = self.device.write_if_idle(updates, raw)
-                if results is None:
-                    results = await self._on_device(self.device.write, updates, raw)
-                if saving:
-                    done = zip(updates, results, strict=True)
-                    self._since_save += [u for u, r in done if r is None]
+            results = await self._write(request, raw, peer_of(context))
         except P4RuntimeError as err:
             await context.abort(err.code, err.message)
-        failed = sum(r is not None for r in results)
-        if not failed:
+        status = _write_status(results)
+        if status is None:
             return p4r.WriteResponse()
-        self.stats["write_errors"] += failed
-        status = rpc_status.Status(
-            code=rpc_code.UNKNOWN, message=f"{failed} of {len(results)} updates failed"
-        )
-        for r in results:
-            err = p4r.Error(canonical_code=rpc_code.OK)
-            if r is not None:
-                err = p4r.Error(
-                    canonical_code=r.code.value[0], message=r.message, space="cyberstar"
-                )
-            detail = any_pb2.Any()
-            detail.Pack(err)
-            status.details.append(detail)
         context.set_trailing_metadata((("grpc-status-details-bin", status.SerializeToString()),))
         context.set_code(grpc.StatusCode.UNKNOWN)
         context.set_details(status.message)
         return p4r.WriteResponse()
+
+    async def _write(self, request: p4r.WriteRequest, raw: bytes | None, peer: str
+                     ) -> list[P4RuntimeError | None]:  # fmt: skip
+        """A WriteRequest applied (the Write RPC's and a StreamWrite's): each update's error or
+        None; P4RuntimeError when the request as a whole is refused."""
+        assert self._gate is not None
+        self._check_device(request.device_id)
+        async with self._gate:
+            self.arbitration.check_writer(_election_id(request), peer)
+            self._check_pipeline()
+            if request.atomicity != p4r.WriteRequest.CONTINUE_ON_ERROR:
+                raise P4RuntimeError(
+                    grpc.StatusCode.UNIMPLEMENTED, "only CONTINUE_ON_ERROR batches are supported"
+                )
+            updates = request.updates
+            saving = self._saved is not None
+            if saving and len(self._since_save) + len(updates) > MAX_SINCE_SAVE:
+                raise P4RuntimeError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{MAX_SINCE_SAVE} updates were written since VERIFY_AND_SAVE: "
+                    "COMMIT the saved config (or commit another) before writing more",
+                )
+            results = None
+            if len(updates) <= INLINE_WRITE_UPDATES:
+                results = self.device.write_if_idle(updates, raw)
+            if results is None:
+                results = await self._on_device(self.device.write, updates, raw)
+            if saving:
+                done = zip(updates, results, strict=True)
+                self._since_save += [u for u, r in done if r is None]
+        self.stats["write_errors"] += sum(r is not None for r in results)
+        return results
 
     async def Read(self, request, context):
         try:
@@ -367,6 +362,8 @@ class P4RuntimeServer:
             )
         if kind == "packet":
             self._packet_outs(controller, [req.packet], outbox)
+        elif kind == "other" and req.other.type_url == batching.STREAM_WRITE:
+            await self._stream_write(controller, req.other, state.peer, outbox)
         elif kind == "other" and req.other.type_url in _EXTENSIONS:
             try:  # cyberstar's stream batching (p4rt/batching.py)
                 if req.other.type_url == batching.STREAM_BATCHING:
@@ -383,6 +380,49 @@ class P4RuntimeServer:
             outbox.put_urgent(
                 _stream_error(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not supported")
             )
+
+    async def _stream_write(
+        self, controller: Controller, other: any_pb2.Any, peer: str, outbox: Outbox
+    ) -> None:
+        """A StreamWrite (p4rt/batching.py): its Write as the Write RPC does it, then the
+        PacketOuts whose updates all took effect, then its StreamWriteResult."""
+        try:
+            msg = batching.stream_write_of(other)
+        except ValueError as exc:
+            outbox.put_urgent(_stream_error(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+            return
+        try:
+            request = _parse(p4r.WriteRequest, msg.write, "WriteRequest in the StreamWrite")
+            ranges = [(p.first_update, p.first_update + p.updates) for p in msg.packets]
+            bad = [r for r in ranges if r[1] > len(request.updates)]
+            if bad:
+                raise P4RuntimeError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"a PacketOut waits for updates {bad[0][0]}..{bad[0][1] - 1} of a Write of "
+                    f"{len(request.updates)}: name updates of this StreamWrite's Write",
+                )
+            packets = [
+                _parse(p4r.PacketOut, p.packet_out, "PacketOut in the StreamWrite")
+                for p in msg.packets
+            ]
+            results = await self._write(request, msg.write, peer)
+        except P4RuntimeError as err:
+            outbox.put_urgent(
+                batching.stream_write_result_response(msg.id, err.code.value[0], err.message)
+            )
+            return
+        took = [r is None or r.code == grpc.StatusCode.ALREADY_EXISTS for r in results]
+        ready = [p for p, (a, b) in zip(packets, ranges, strict=True) if all(took[a:b])]
+        if ready:
+            self._packet_outs(controller, ready, outbox)
+        status = _write_status(results)
+        if status is None:
+            outbox.put_urgent(batching.stream_write_result_response(msg.id, rpc_code.OK))
+            return
+        errors = [d.value for d in status.details]
+        outbox.put_urgent(
+            batching.stream_write_result_response(msg.id, status.code, status.message, errors)
+        )
 
     def _packet_outs(
         self, controller: Controller, packets: list[p4r.PacketOut], outbox: Outbox
@@ -444,6 +484,25 @@ def _election_id(request) -> p4r.Uint128 | None:
     return request.election_id if request.HasField("election_id") else None
 
 
+def _write_status(results: list[P4RuntimeError | None]) -> rpc_status.Status | None:
+    """A Write's status when some updates failed (P4Runtime §12.3: UNKNOWN, one p4.v1.Error
+    per update in the details, OK for those that took effect); None when none failed."""
+    failed = sum(r is not None for r in results)
+    if not failed:
+        return None
+    status = rpc_status.Status(
+        code=rpc_code.UNKNOWN, message=f"{failed} of {len(results)} updates failed"
+    )
+    for r in results:
+        err = p4r.Error(canonical_code=rpc_code.OK)
+        if r is not None:
+            err = p4r.Error(canonical_code=r.code.value[0], message=r.message, space="cyberstar")
+        detail = any_pb2.Any()
+        detail.Pack(err)
+        status.details.append(detail)
+    return status
+
+
 def _stream_error(
     code: grpc.StatusCode, message: str, packet: p4r.PacketOut | None = None
 ) -> p4r.StreamMessageResponse:
@@ -451,6 +510,16 @@ def _stream_error(
     if packet is not None:
         err.packet_out.packet_out.CopyFrom(packet)
     return p4r.StreamMessageResponse(error=err)
+
+
+def _parse(message_type, raw: bytes, what: str):
+    """`raw` parsed as `message_type`; INVALID_ARGUMENT naming `what` if it does not parse."""
+    try:
+        return message_type.FromString(raw)
+    except DecodeError as exc:
+        raise P4RuntimeError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"the {what} does not parse: {exc}"
+        ) from None
 
 
 def _serialize(msg: object) -> bytes:

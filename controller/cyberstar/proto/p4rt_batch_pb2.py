@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n cyberstar/proto/p4rt_batch.proto\x12\x11\x63yberstar.p4rt.v1\"%\n\x0eStreamBatching\x12\x13\n\x0bmax_packets\x18\x01 \x01(\r\" \n\rPacketInBatch\x12\x0f\n\x07packets\x18\x01 \x03(\x0c\"!\n\x0ePacketOutBatch\x12\x0f\n\x07packets\x18\x01 \x03(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n cyberstar/proto/p4rt_batch.proto\x12\x11\x63yberstar.p4rt.v1\"<\n\x0eStreamBatching\x12\x13\n\x0bmax_packets\x18\x01 \x01(\r\x12\x15\n\rstream_writes\x18\x02 \x01(\x08\" \n\rPacketInBatch\x12\x0f\n\x07packets\x18\x01 \x03(\x0c\"!\n\x0ePacketOutBatch\x12\x0f\n\x07packets\x18\x01 \x03(\x0c\"`\n\x0bStreamWrite\x12\n\n\x02id\x18\x01 \x01(\x04\x12\r\n\x05write\x18\x02 \x01(\x0c\x12\x36\n\x07packets\x18\x03 \x03(\x0b\x32%.cyberstar.p4rt.v1.DependentPacketOut\"O\n\x12\x44\x65pendentPacketOut\x12\x12\n\npacket_out\x18\x01 \x01(\x0c\x12\x14\n\x0c\x66irst_update\x18\x02 \x01(\r\x12\x0f\n\x07updates\x18\x03 \x01(\r\"N\n\x11StreamWriteResult\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0e\n\x06\x65rrors\x18\x04 \x03(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,9 +32,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cyberstar.proto.p4rt_batch_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STREAMBATCHING']._serialized_start=55
-  _globals['_STREAMBATCHING']._serialized_end=92
-  _globals['_PACKETINBATCH']._serialized_start=94
-  _globals['_PACKETINBATCH']._serialized_end=126
-  _globals['_PACKETOUTBATCH']._serialized_start=128
-  _globals['_PACKETOUTBATCH']._serialized_end=161
+  _globals['_STREAMBATCHING']._serialized_end=115
+  _globals['_PACKETINBATCH']._serialized_start=117
+  _globals['_PACKETINBATCH']._serialized_end=149
+  _globals['_PACKETOUTBATCH']._serialized_start=151
+  _globals['_PACKETOUTBATCH']._serialized_end=184
+  _globals['_STREAMWRITE']._serialized_start=186
+  _globals['_STREAMWRITE']._serialized_end=282
+  _globals['_DEPENDENTPACKETOUT']._serialized_start=284
+  _globals['_DEPENDENTPACKETOUT']._serialized_end=363
+  _globals['_STREAMWRITERESULT']._serialized_start=365
+  _globals['_STREAMWRITERESULT']._serialized_end=443
 # @@protoc_insertion_point(module_scope)
