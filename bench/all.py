@@ -23,6 +23,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 # Options of a short run, per script; scripts not listed run with no option.
 QUICK = {
+    "cold_write": ["--calls", "50"],
     "xdp_fastpath": ["--runs", "3", "--repeat", "50000", "--flows", "100000"],
     "p4rt_write": ["--entries", "20000", "--seconds", "2"],
     "slowpath": ["--seconds", "2"],
