@@ -7,6 +7,7 @@ the messages as they are on the wire (the clients unpack batches)."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import socket
 import threading
@@ -20,6 +21,7 @@ from google.protobuf import any_pb2
 from cyberstar import netns, packets
 from cyberstar.codegen.p4info import build_p4info
 from cyberstar.p4rt.codec import update
+from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.p4rt.messages import arbitration_request
 from cyberstar.pipeline.entries import TableEntry, build_entry
 from cyberstar.pipeline.pp import PIPELINE
@@ -40,6 +42,7 @@ class RawStream:
     """One StreamChannel with the messages exactly as received."""
 
     def __init__(self, node, election_id: int | None = None) -> None:
+        self.node = node
         self.channel = secure_or_plain_channel(node.address, node.tls, [], "P4Runtime server")
         self.stub = p4r_grpc.P4RuntimeStub(self.channel)
         self.election_id = next(_election) if election_id is None else election_id
@@ -127,7 +130,7 @@ def packet_ins(stream: RawStream, count: int) -> list[tuple[str, list[p4r.Packet
     return got
 
 
-def test_capabilities_offer_batching(shared_pp_node) -> None:
+def test_capabilities_offer_batching_and_stream_writes(shared_pp_node) -> None:
     s = RawStream(shared_pp_node)
     try:
         caps = s.stub.Capabilities(p4r.CapabilitiesRequest(), timeout=10)
@@ -136,6 +139,7 @@ def test_capabilities_offer_batching(shared_pp_node) -> None:
     assert caps.p4runtime_api_version
     assert caps.experimental.type_url == BATCHING_URL
     assert pb.StreamBatching.FromString(caps.experimental.value).max_packets >= 64
+    assert pb.StreamBatching.FromString(caps.experimental.value).stream_writes
 
 
 def test_a_controller_that_opts_in_gets_every_punt_in_batches_in_order(
@@ -301,15 +305,6 @@ class Received:
                     self.frames.append(frame)
 
 
-def test_capabilities_offer_stream_writes(shared_pp_node) -> None:
-    s = RawStream(shared_pp_node)
-    try:
-        caps = s.stub.Capabilities(p4r.CapabilitiesRequest(), timeout=10)
-    finally:
-        s.close()
-    assert pb.StreamBatching.FromString(caps.experimental.value).stream_writes
-
-
 def test_a_stream_write_writes_then_sends_the_packets_whose_updates_took_effect(
     stream, shared_pp_node
 ) -> None:
@@ -383,3 +378,36 @@ def test_an_oversized_stream_write_is_a_stream_error(stream) -> None:
     err = stream.next_message()
     assert err.error.canonical_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "at most" in err.error.message
+
+
+def test_the_asyncio_client_reports_a_stream_write_as_the_write_rpc_does(stream) -> None:
+    """FM's client: the same P4RuntimeError (code, per-update errors) for the same updates
+    sent as a StreamWrite and as a Write call, and OK for a StreamWrite that took."""
+    from cyberstar.p4rt.aio_client import AioP4RuntimeClient
+
+    node_address, tls = stream.node.address, stream.node.tls
+    ins, delete = p4r.Update.INSERT, p4r.Update.DELETE
+
+    async def go() -> tuple[P4RuntimeError, P4RuntimeError]:
+        client = AioP4RuntimeClient(node_address, 1, stream.election_id + 1, tls=tls)
+        try:
+            await client.open_stream()  # the new primary
+            assert client.stream_writes
+            await client.stream_write([update(ins, PIPELINE, flow(4001))], [])
+            bad = [update(ins, PIPELINE, flow(4001)), update(ins, PIPELINE, flow(4002)),
+                   update(delete, PIPELINE, flow(4003))]  # fmt: skip
+            with pytest.raises(P4RuntimeError) as streamed:
+                await client.stream_write(bad, [])
+            await client.write([update(delete, PIPELINE, flow(4002))])
+            with pytest.raises(P4RuntimeError) as called:
+                await client.write(bad)
+            return streamed.value, called.value
+        finally:
+            await client.close()
+
+    streamed, called = asyncio.run(go())
+    expected = [(0, "ALREADY_EXISTS"), (2, "NOT_FOUND")]
+    for err in (streamed, called):
+        assert err.code == grpc.StatusCode.UNKNOWN
+        assert [(i, code) for i, code, _ in err.errors] == expected
+    assert streamed.errors == called.errors
