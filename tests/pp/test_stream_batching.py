@@ -411,3 +411,35 @@ def test_the_asyncio_client_reports_a_stream_write_as_the_write_rpc_does(stream)
         assert err.code == grpc.StatusCode.UNKNOWN
         assert [(i, code) for i, code, _ in err.errors] == expected
     assert streamed.errors == called.errors
+
+
+def test_a_controller_that_never_reads_its_stream_is_not_read_either(shared_pp_node) -> None:
+    """Every refused PacketOut gets a StreamError (carrying the packet) that is never dropped:
+    a controller that sends them without reading its answers must stall in gRPC's flow
+    control, not make the node queue its answers without end."""
+    offered, consumed = 20_000, [0]
+    eid = p4r.Uint128(low=1)  # below the primary of other tests: a backup, refused packets
+    big = p4r.StreamMessageRequest(packet=p4r.PacketOut(payload=b"\x00" * 12_000))
+
+    def requests():
+        yield p4r.StreamMessageRequest(
+            arbitration=p4r.MasterArbitrationUpdate(device_id=1, election_id=eid)
+        )
+        for _ in range(offered):
+            consumed[0] += 1
+            yield big
+
+    channel = secure_or_plain_channel(
+        shared_pp_node.address, shared_pp_node.tls, [], "P4Runtime server"
+    )
+    call = p4r_grpc.P4RuntimeStub(channel).StreamChannel(requests())  # never read
+    try:
+        last, deadline = -1, time.monotonic() + 60
+        while consumed[0] != last and time.monotonic() < deadline:
+            last = consumed[0]
+            time.sleep(2)
+        print("CONSUMED", consumed[0])
+        assert consumed[0] < offered // 2, consumed[0]  # stalled, not taken in whole
+    finally:
+        call.cancel()
+        channel.close()

@@ -3,7 +3,9 @@
 The punt and idle-timeout threads publish without waiting for the event loop; the loop is woken
 only when the stream's writer is asleep, so a burst costs one wake-up, not one per message.
 The limit is on the messages' total weight (by default one each; the server weighs a batch of
-PacketIns by its packets).
+PacketIns by its packets). Urgent messages (answers, errors) are never dropped; instead the
+stream's reader waits (`urgent_below`) while too many of them wait for a controller that does
+not read its stream, so that controller's requests wait in gRPC's flow control, not in memory.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class Outbox:
         self._asleep = False
         self._weight = weight
         self._load = 0  # the queued items' total weight
+        self._urgent = 0  # urgent items queued
+        self._taken = asyncio.Event()  # set when the writer takes what is queued
         self._lock = threading.Lock()  # producers run on several threads
         self.limit = limit
 
@@ -47,8 +51,15 @@ class Outbox:
         w = self._weight(msg)
         with self._lock:
             self._load += w
+            self._urgent += 1
             self._items.append(msg)
         self._wake_writer()
+
+    async def urgent_below(self, count: int) -> None:
+        """Wait (on the event loop) until fewer than `count` urgent messages are queued."""
+        while self._urgent >= count:
+            self._taken.clear()
+            await self._taken.wait()
 
     def _wake_writer(self) -> None:
         if self._asleep:
@@ -67,5 +78,6 @@ class Outbox:
         with self._lock:
             items = list(self._items)
             self._items.clear()
-            self._load = 0
+            self._load = self._urgent = 0
+        self._taken.set()
         return items

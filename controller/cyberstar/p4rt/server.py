@@ -47,6 +47,7 @@ SEND_TIMEOUT_S = 30.0  # a Read response the client has not taken by then ends t
 ARBITRATION_TIMEOUT_S = 10.0  # a stream must arbitrate this soon after it opens
 MAX_STREAMS = 32  # open StreamChannels, arbitrated or not
 OUTBOX_LIMIT = 65536  # messages queued for one stream (PacketIns beyond it are dropped)
+MAX_UNREAD_ANSWERS = 4096  # a stream's answers and errors queued before its reading pauses
 MAX_MESSAGE_BYTES = 16 << 20
 # A Write of at most this many updates runs on the event loop when the device is not busy: a
 # thread hand-off costs more than the write (most of a small Write's CPU in a profile).
@@ -331,6 +332,8 @@ class P4RuntimeServer:
     async def _read_stream(self, requests, state: _StreamState, outbox: Outbox) -> None:
         try:
             async for req in requests:
+                # A controller that leaves its answers unread is not read either.
+                await outbox.urgent_below(MAX_UNREAD_ANSWERS)
                 await self._on_stream_request(req, state, outbox)
         except P4RuntimeError as err:
             outbox.put_urgent(err)
