@@ -438,7 +438,6 @@ def test_a_controller_that_never_reads_its_stream_is_not_read_either(shared_pp_n
         while consumed[0] != last and time.monotonic() < deadline:
             last = consumed[0]
             time.sleep(2)
-        print("CONSUMED", consumed[0])
         assert consumed[0] < offered // 2, consumed[0]  # stalled, not taken in whole
     finally:
         call.cancel()
