@@ -39,18 +39,21 @@ def capability(max_packets: int = MAX_PACKETS) -> any_pb2.Any:
     return _any(STREAM_BATCHING, pb.StreamBatching(max_packets=max_packets, stream_writes=True))
 
 
+def _offered(caps: p4r.CapabilitiesResponse) -> pb.StreamBatching:
+    """The server's StreamBatching capability; an empty one (nothing offered) if it has none."""
+    if not caps.HasField("experimental") or caps.experimental.type_url != STREAM_BATCHING:
+        return pb.StreamBatching()
+    return pb.StreamBatching.FromString(caps.experimental.value)
+
+
 def server_max_packets(caps: p4r.CapabilitiesResponse) -> int:
     """How many packets per message the server batches (0: it does not)."""
-    if not caps.HasField("experimental") or caps.experimental.type_url != STREAM_BATCHING:
-        return 0
-    return pb.StreamBatching.FromString(caps.experimental.value).max_packets
+    return _offered(caps).max_packets
 
 
 def server_takes_stream_writes(caps: p4r.CapabilitiesResponse) -> bool:
     """Whether the server takes StreamWrite messages on the stream."""
-    if not caps.HasField("experimental") or caps.experimental.type_url != STREAM_BATCHING:
-        return False
-    return pb.StreamBatching.FromString(caps.experimental.value).stream_writes
+    return _offered(caps).stream_writes
 
 
 def opt_in_request(max_packets: int) -> p4r.StreamMessageRequest:

@@ -56,7 +56,7 @@ MAX_SINCE_SAVE = 1 << 20  # updates written after VERIFY_AND_SAVE, replayed by C
 CONTROLLER_ROLES = frozenset({"fm", "admin"})  # certificate roles that may use the service
 Action = p4r.SetForwardingPipelineConfigRequest
 _END = object()
-_EXTENSIONS = (batching.STREAM_BATCHING, batching.PACKET_OUT_BATCH, batching.STREAM_WRITE)
+_EXTENSIONS = (batching.STREAM_BATCHING, batching.PACKET_OUT_BATCH)  # StreamWrite: its own
 
 
 class Device(Protocol):
