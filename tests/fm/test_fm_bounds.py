@@ -86,12 +86,13 @@ class FailingSession:
 
     async def write(self, updates: list[p4r.Update]) -> None:
         assert not self.stream_writes
-        self.written += updates
-        errors = [(i, "RESOURCE_EXHAUSTED", "table full") for i in range(len(updates))]
-        raise P4RuntimeError(grpc.StatusCode.UNKNOWN, "every update failed", errors)
+        self._refuse(updates)
 
     async def stream_write(self, updates: list[p4r.Update], packets) -> None:
         assert self.stream_writes
+        self._refuse(updates)
+
+    def _refuse(self, updates: list[p4r.Update]) -> None:
         self.written += updates
         errors = [(i, "RESOURCE_EXHAUSTED", "table full") for i in range(len(updates))]
         raise P4RuntimeError(grpc.StatusCode.UNKNOWN, "every update failed", errors)

@@ -23,10 +23,11 @@ from cyberstar.codegen.p4info import build_p4info
 from cyberstar.p4rt.codec import update
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.p4rt.messages import arbitration_request
-from cyberstar.pipeline.entries import TableEntry, build_entry
+from cyberstar.pipeline.entries import build_entry
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.proto import p4rt_batch_pb2 as pb
 from cyberstar.tls import secure_or_plain_channel
+from pp.test_p4rt_server import flow_entry
 
 pytestmark = pytest.mark.root
 BATCHING_URL = "type.googleapis.com/cyberstar.p4rt.v1.StreamBatching"
@@ -230,11 +231,8 @@ def test_an_oversized_packet_out_batch_is_refused(stream) -> None:
 # ---- StreamWrite: a Write and the PacketOuts that wait for it, in one stream message ----------
 
 
-def flow(sport: int) -> TableEntry:
-    return build_entry(PIPELINE, "flow_table", {
-        "tenant_id": 7, "src_addr": "192.168.1.2", "dst_addr": "10.0.0.5", "protocol": 6,
-        "src_port": sport, "dst_port": 80}, "snat",
-        {"src_addr": "203.0.113.9", "src_port": 50000, "nexthop_id": 2})  # fmt: skip
+def flow_update(kind: int, sport: int) -> p4r.Update:
+    return update(kind, PIPELINE, flow_entry(sport))
 
 
 def stream_write(stream: RawStream, write_id: int, updates: list[p4r.Update],
@@ -310,8 +308,8 @@ def test_a_stream_write_writes_then_sends_the_packets_whose_updates_took_effect(
 ) -> None:
     frames_ = tagged(4)
     ins = p4r.Update.INSERT
-    updates = [update(ins, PIPELINE, flow(1001)), update(ins, PIPELINE, flow(1002)),
-               update(p4r.Update.DELETE, PIPELINE, flow(1003))]  # fmt: skip
+    updates = [flow_update(ins, 1001), flow_update(ins, 1002),
+               flow_update(p4r.Update.DELETE, 1003)]  # fmt: skip
     with Received(shared_pp_node.ns, frames_) as got:
         stream_write(stream, 41, updates, [
             (_out(frames_[0], 2), 0, 1),  # waits for update 0: sent
@@ -325,12 +323,12 @@ def test_a_stream_write_writes_then_sends_the_packets_whose_updates_took_effect(
 
     # An INSERT of a present entry: ALREADY_EXISTS, and the rule its packet waits for is there.
     with Received(shared_pp_node.ns, frames_) as got:
-        stream_write(stream, 42, [update(ins, PIPELINE, flow(1001))], [(_out(frames_[3], 2), 0, 1)])
+        stream_write(stream, 42, [flow_update(ins, 1001)], [(_out(frames_[3], 2), 0, 1)])
         assert result_of(stream) == (42, 2, [grpc.StatusCode.ALREADY_EXISTS.value[0]])
     assert got.frames == [frames_[3]]
 
     with Received(shared_pp_node.ns, frames_) as got:
-        stream_write(stream, 43, [update(ins, PIPELINE, flow(1004))], [(_out(frames_[1], 2), 0, 1)])
+        stream_write(stream, 43, [flow_update(ins, 1004)], [(_out(frames_[1], 2), 0, 1)])
         assert result_of(stream) == (43, 0, [])
     assert got.frames == [frames_[1]]
     assert flow_keys(stream) == {1001, 1002, 1004}
@@ -341,7 +339,7 @@ def test_a_refused_stream_write_writes_nothing_and_sends_nothing(
     stream, shared_pp_node, case
 ) -> None:
     frames_ = tagged(1)
-    ups = [update(p4r.Update.INSERT, PIPELINE, flow(2001))]
+    ups = [flow_update(p4r.Update.INSERT, 2001)]
     expected = grpc.StatusCode.INVALID_ARGUMENT
     with Received(shared_pp_node.ns, frames_) as got:
         if case == "range":  # a PacketOut waiting for an update the Write does not have
@@ -365,7 +363,7 @@ def test_a_stream_write_from_a_backup_is_refused(stream, shared_pp_node) -> None
     backup = RawStream(shared_pp_node, election_id=stream.election_id - 1)
     try:
         assert backup.arbitration.status.code != rpc_code.OK  # a backup: the primary is higher
-        stream_write(backup, 9, [update(p4r.Update.INSERT, PIPELINE, flow(3001))], [])
+        stream_write(backup, 9, [flow_update(p4r.Update.INSERT, 3001)], [])
         write_id, code, _ = result_of(backup)
     finally:
         backup.close()
@@ -393,12 +391,12 @@ def test_the_asyncio_client_reports_a_stream_write_as_the_write_rpc_does(stream)
         try:
             await client.open_stream()  # the new primary
             assert client.stream_writes
-            await client.stream_write([update(ins, PIPELINE, flow(4001))], [])
-            bad = [update(ins, PIPELINE, flow(4001)), update(ins, PIPELINE, flow(4002)),
-                   update(delete, PIPELINE, flow(4003))]  # fmt: skip
+            await client.stream_write([flow_update(ins, 4001)], [])
+            bad = [flow_update(ins, 4001), flow_update(ins, 4002),
+                   flow_update(delete, 4003)]  # fmt: skip
             with pytest.raises(P4RuntimeError) as streamed:
                 await client.stream_write(bad, [])
-            await client.write([update(delete, PIPELINE, flow(4002))])
+            await client.write([flow_update(delete, 4002)])
             with pytest.raises(P4RuntimeError) as called:
                 await client.write(bad)
             return streamed.value, called.value
