@@ -8,7 +8,9 @@
  * SYN) to its return (the SYN-ACK arrived), `total` to the close.
  *
  * usage: cps_client DST_IP DST_PORT THREADS SECONDS SRC_BASE SRC_COUNT PORT_LO PORT_HI RATE
- *   RATE: connections per second over all threads, paced (0: as fast as they go)
+ *   RATE: connections per second over all threads, paced (0: as fast as they go): thread i
+ *   of N starts i/RATE s after the first and then every N/RATE s, so the connections are
+ *   evenly spaced, 1/RATE s apart (threads started in step would send bursts of N)
  * Prints one JSON object on stdout.
  */
 #define _GNU_SOURCE
@@ -34,13 +36,14 @@ struct worker {
     uint32_t src_first, src_count; /* host order */
     uint32_t port_lo, port_hi, next_src, next_port;
     double interval_s; /* 0: unpaced */
+    double phase_s;    /* paced: when this thread's first connection starts, after `start` */
     uint64_t attempts, done, errors, refused, timeouts, exhausted, bad_answers;
     float *connect_us, *total_us;
     size_t samples;
 };
 
 static struct sockaddr_in dst;
-static double deadline;
+static double start, deadline;
 
 static double now_s(void) {
     struct timespec ts;
@@ -132,7 +135,7 @@ static void one_connection(struct worker *w) {
 
 static void *run(void *arg) {
     struct worker *w = arg;
-    double next = now_s();
+    double next = start + w->phase_s;
     while (now_s() < deadline) {
         if (w->interval_s > 0) {
             double wait = next - now_s();
@@ -206,10 +209,11 @@ int main(int argc, char **argv) {
         w->port_lo = w->next_port = port_lo;
         w->port_hi = port_hi;
         w->interval_s = rate > 0 ? threads / rate : 0;
+        w->phase_s = rate > 0 ? i / rate : 0;
         w->connect_us = malloc(MAX_SAMPLES / threads * sizeof(float) + sizeof(float));
         w->total_us = malloc(MAX_SAMPLES / threads * sizeof(float) + sizeof(float));
     }
-    double start = now_s();
+    start = now_s();
     deadline = start + seconds;
     for (int i = 0; i < threads; i++)
         pthread_create(&ws[i].thread, NULL, run, &ws[i]);

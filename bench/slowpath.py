@@ -233,7 +233,8 @@ def saturate(args, lab: SlowPathLab, sources: Sources, threads: int, cpu: CpuMet
     SC requests (asserted one per connection), FM's first-packet latency."""
     head = sc_head(lab)
     sc_before = asyncio.run(sc_requests(head, lab.sc.client_tls))
-    fm_before = lab.fm_get("fm1", "/status")["slow_path"]
+    before = lab.fm_get("fm1", "/status")
+    fm_before, timings_before = before["slow_path"], before["timings_s"]
     profiler = None
     if profile:
         assert lab.pp is not None
@@ -263,6 +264,14 @@ def saturate(args, lab: SlowPathLab, sources: Sources, threads: int, cpu: CpuMet
     out["fm_packets_per_batch"] = round(
         fm.get("batched_packets", 0) / max(fm.get("batches", 0), 1), 1
     )
+    # Where a batch's time goes inside FM: awaiting SC's answer, then writing the rules (and,
+    # through a StreamWrite, the PP sending the packets).
+    sc_batches = max(fm.get("sc_batches", 0), 1)
+    out["fm_ms_per_sc_batch"] = {
+        phase: round((status["timings_s"].get(key, 0) - timings_before.get(key, 0))
+                     / sc_batches * 1e3, 2)
+        for phase, key in (("sc_round_trip", "sc_seconds"), ("install", "install_seconds"))
+    }  # fmt: skip
     return out
 
 
