@@ -63,6 +63,29 @@ def test_cache_packs_and_unpacks_connections() -> None:
     assert parse_cookie(connection_cookie(1, 2)) == (1, 2)
 
 
+def test_cache_marks_a_pp_bit_in_the_packed_record() -> None:
+    cache = RuleCache(PIPELINE)
+    conn = Connection(
+        42, 777,
+        [flow(40000, "snat", {"src_addr": "203.0.113.9", "src_port": 20000, "nexthop_id": 2}),
+         flow(40001, "nat", {"src_addr": "203.0.113.9", "src_port": 20001,
+                             "dst_addr": "10.2.0.3", "dst_port": 8080, "nexthop_id": 2})],
+    )  # fmt: skip
+    cache.put(conn)  # both rules installed on PPs 0 and 2 (0b101)
+    assert cache.mark(42, conn.rules[1].key, 0b010, True) == 0b111
+    assert cache.mark(42, conn.rules[0].key, 0b001, False) == 0b110
+    for key in conn.rule_keys():  # both keys see the change, and nothing else moved
+        back = cache.get(key)
+        assert back is not None and (back.conn_id, back.slot) == (42, 777)
+        assert [r.installed for r in back.rules] == [0b110, 0b110]
+        assert [(r.key, r.entry.action, r.entry.params) for r in back.rules] == [
+            (r.key, r.entry.action, r.entry.params) for r in conn.rules]  # fmt: skip
+    assert cache.mark(43, conn.rules[0].key, 0b001, True) is None  # another connection's
+    assert cache.mark(42, b"\0" * 15, 0b001, True) is None  # not cached
+    assert cache.mark(42, conn.rules[0].key, 0b110, False) == 0
+    assert len(cache) == 2 and cache.connections == 1
+
+
 # The first three lines of every FM.yaml below: plaintext on loopback, a local etcd.
 BASE = "fm_id: fm1\nplaintext: true\netcd: {endpoints: [127.0.0.1:2379], plaintext: true}\n"
 

@@ -27,6 +27,7 @@ from cyberstar.pipeline.model import Pipeline
 KEY = struct.Struct(">HIIBHH")
 _HEAD = struct.Struct(">QHB")
 _RULE = struct.Struct(">15sQIB")
+_INSTALLED = struct.Struct(">Q")  # a rule's installed bits, at offset KEY.size of its _RULE
 FLOW_TABLE = "flow_table"
 
 
@@ -268,6 +269,27 @@ class RuleCache:
         for key in conn.rule_keys():
             self._records[key] = record
         self.connections += fresh
+
+    def mark(self, conn_id: int, key: bytes, bit: int, installed: bool) -> int | None:
+        """Set (or clear) PP `bit` on every rule of connection `conn_id`, cached under `key`,
+        in its packed record, without unpacking it. Returns the rules' bits ORed together, or
+        None when the cache holds no connection `conn_id` there."""
+        record = self._records.get(key)
+        if record is None or _HEAD.unpack_from(record)[0] != conn_id:
+            return None
+        buf = bytearray(record)
+        off, keys, held = _HEAD.size, [], 0
+        for _ in range(_HEAD.unpack_from(buf)[2]):
+            rule_key, bits, _, action = _RULE.unpack_from(buf, off)
+            bits = bits | bit if installed else bits & ~bit
+            _INSTALLED.pack_into(buf, off + KEY.size, bits)
+            keys.append(rule_key)
+            held |= bits
+            off += _RULE.size + self.codec.params[action].size
+        record = bytes(buf)
+        for rule_key in keys:
+            self._records[rule_key] = record
+        return held
 
     def record(self, key: bytes) -> bytes:
         return self._records[key]

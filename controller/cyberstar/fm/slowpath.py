@@ -333,16 +333,16 @@ class SlowPath:
         one: a batch for another PP may have set its own bit there meanwhile."""
         if not conn.cacheable:
             return
-        cached = self.cache.get(conn.rules[0].key)
-        if cached is not None and cached.conn_id == conn.conn_id:
-            conn = cached
-        for rule in conn.rules:
-            if installed:
-                rule.installed |= bit
-            else:
-                rule.installed &= ~bit
-        self.cache.put(conn)
-        if not any(r.installed for r in conn.rules):
+        held = self.cache.mark(conn.conn_id, conn.rules[0].key, bit, installed)
+        if held is None:  # not cached yet (the Write RPC's way) or no longer
+            for rule in conn.rules:
+                if installed:
+                    rule.installed |= bit
+                else:
+                    rule.installed &= ~bit
+            self.cache.put(conn)
+            held = any(r.installed for r in conn.rules)
+        if not held:
             # No PP holds its rules (the write failed): released in SC after its idle
             # timeout unless the flow punts again, when the cache answers.
             self.stats["connections_not_installed"] += 1
