@@ -1,8 +1,7 @@
 """A stream's outgoing messages: filled from any thread, drained by the stream's coroutine.
 
-Punts (read in the loop's thread) and the idle-timeout thread publish without waiting for the
-event loop; the writer is woken only when asleep, so a burst costs one wake-up, not one per
-message, and one from another thread goes through the loop's self-pipe.
+The punt and idle-timeout threads publish without waiting for the event loop; the loop is woken
+only when the stream's writer is asleep, so a burst costs one wake-up, not one per message.
 The limit is on the messages' total weight (by default one each; the server weighs a batch of
 PacketIns by its packets). Urgent messages (answers, errors) are never dropped; instead the
 stream's reader waits (`urgent_below`) while too many of them wait for a controller that does
@@ -34,7 +33,6 @@ class Outbox:
         self._urgent = 0  # urgent items queued
         self._taken = asyncio.Event()  # set when the writer takes what is queued
         self._lock = threading.Lock()  # producers run on several threads
-        self._loop_thread = threading.get_ident()  # made by the stream, in the loop's thread
         self.limit = limit
 
     def put(self, msg: object) -> bool:
@@ -66,10 +64,7 @@ class Outbox:
     def _wake_writer(self) -> None:
         if self._asleep:
             self._asleep = False
-            if threading.get_ident() == self._loop_thread:
-                self._wake.set()  # the loop's own thread (punts read there): no self-pipe
-            else:
-                self._loop.call_soon_threadsafe(self._wake.set)
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     async def take(self) -> list:
         """Everything queued, waiting for at least one message."""

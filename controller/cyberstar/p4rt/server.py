@@ -24,7 +24,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Protocol
 
 import grpc
@@ -686,11 +686,6 @@ class ServingThread:
             os.chmod(self.address.removeprefix("unix:"), 0o600)
         await server.start()
         self._server = server
-
-    def watch(self, fds: list[int], on_readable: Callable[[], None]) -> None:
-        """Call `on_readable` in the server's event loop whenever one of `fds` is readable."""
-        for fd in fds:
-            self._loop.call_soon_threadsafe(self._loop.add_reader, fd, on_readable)
 
     def stop(self, grace: float = 1.0) -> None:
         if self._server is not None and self._thread.is_alive():

@@ -85,7 +85,7 @@ class PpAgent:
         self.prog.install_defaults()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._punted = PacketIns()  # PacketIns of the current perf-buffer read
+        self._punted = PacketIns()  # PacketIns of the current perf-buffer poll
         self.modes: dict[str, str] = {}
         try:
             self.ports = self._open_ports(ports)
@@ -97,9 +97,7 @@ class PpAgent:
         except BaseException:
             self.close()
             raise
-        # Punts are read in the P4Runtime server's event loop, which sends them: no thread of
-        # their own to wake and hand them over (a wake-up costs a first packet ~0.1-0.3 ms here).
-        self.grpc.watch(self.prog.punt_fds(), self._drain_punts)
+        self._spawn(self._punt_loop, "punts")
         self._spawn(self._idle_loop, "idle-timeouts")
         self.rates: RateManager | None = None
         if rate_policy is not None:
@@ -149,15 +147,14 @@ class PpAgent:
     def _on_punt(self, punted) -> None:
         self._punted.append(self.device.packet_in(punted))
 
-    def _drain_punts(self) -> None:
-        """Every punt one read of the perf buffer delivers goes to the primary as one item: its
+    def _punt_loop(self) -> None:
+        """Every punt a poll of the perf buffer delivers goes to the primary as one item: its
         stream sends them in PacketInBatch messages if its controller asked, else one by one."""
-        if self._stop.is_set():  # closing: the perf buffer may be freed already
-            return
-        self.prog.consume_punts()
-        if self._punted:
-            self.server.publish(self._punted)
-            self._punted = PacketIns()
+        while not self._stop.is_set():
+            self.prog.poll_punts(100)
+            if self._punted:
+                self.server.publish(self._punted)
+                self._punted = PacketIns()
 
     def _idle_loop(self) -> None:
         """Walk the tables for idle entries a slice at a time, so that a full pass takes the

@@ -287,17 +287,6 @@ class XdpProgram(TableMaps):
     def poll_punts(self, timeout_ms: int = 0) -> None:
         self.bpf.perf_buffer_poll(timeout=timeout_ms)
 
-    def punt_fds(self) -> list[int]:
-        """The punt perf buffer's descriptors, one per CPU: readable when punts wait there
-        (`consume_punts` then delivers them), for an event loop to watch."""
-        from bcc.libbcc import lib
-
-        return [lib.perf_reader_fd(reader) for reader in self.bpf.perf_buffers.values()]
-
-    def consume_punts(self) -> None:
-        """Deliver every punt waiting in the perf buffer, without waiting for more."""
-        self.bpf.perf_buffer_consume()
-
     # ---- running --------------------------------------------------------------------------
 
     def run(
