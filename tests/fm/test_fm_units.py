@@ -39,14 +39,19 @@ def flow(sport: int, action: str, params: dict, src: str = "10.1.0.2") -> Cached
     return CachedRule(entry_key(e), 0b101, e)
 
 
-def test_cache_packs_and_unpacks_connections() -> None:
-    cache = RuleCache(PIPELINE)
-    conn = Connection(
+def two_rule_connection() -> Connection:
+    """Connection 42 in slot 777: an SNAT rule and a NAT rule, each on PPs 0 and 2."""
+    return Connection(
         42, 777,
         [flow(40000, "snat", {"src_addr": "203.0.113.9", "src_port": 20000, "nexthop_id": 2}),
          flow(40001, "nat", {"src_addr": "203.0.113.9", "src_port": 20001,
                              "dst_addr": "10.2.0.3", "dst_port": 8080, "nexthop_id": 2})],
     )  # fmt: skip
+
+
+def test_cache_packs_and_unpacks_connections() -> None:
+    cache = RuleCache(PIPELINE)
+    conn = two_rule_connection()
     cache.put(conn)
     assert len(cache) == 2 and cache.connections == 1
     back = cache.get(conn.rules[1].key)
@@ -65,12 +70,7 @@ def test_cache_packs_and_unpacks_connections() -> None:
 
 def test_cache_marks_a_pp_bit_in_the_packed_record() -> None:
     cache = RuleCache(PIPELINE)
-    conn = Connection(
-        42, 777,
-        [flow(40000, "snat", {"src_addr": "203.0.113.9", "src_port": 20000, "nexthop_id": 2}),
-         flow(40001, "nat", {"src_addr": "203.0.113.9", "src_port": 20001,
-                             "dst_addr": "10.2.0.3", "dst_port": 8080, "nexthop_id": 2})],
-    )  # fmt: skip
+    conn = two_rule_connection()
     cache.put(conn)  # both rules installed on PPs 0 and 2 (0b101)
     assert cache.mark(42, conn.rules[1].key, 0b010, True) == 0b111
     assert cache.mark(42, conn.rules[0].key, 0b001, False) == 0b110
