@@ -861,9 +861,171 @@ static PyTypeObject ReaderType = {
     .tp_new = PyType_GenericNew,
 };
 
+
+/* ---- the writer: FM's Updates, the encoder of p4rt/codec.py's ExactTableEncoder ---------- */
+
+static int put_varint(unsigned char *p, unsigned long long v) {
+    int n = 0;
+    while (v >= 0x80) {
+        p[n++] = (unsigned char)(v | 0x80);
+        v >>= 7;
+    }
+    p[n++] = (unsigned char)v;
+    return n;
+}
+
+static int varint_size(unsigned long long v) {
+    int n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+/* `v` big-endian in as few bytes as hold it, at least one (P4Runtime's canonical bytes). */
+static int put_canonical(unsigned char *p, unsigned long long v) {
+    int n = 0;
+    for (unsigned long long t = v; t; t >>= 8)
+        n++;
+    if (n == 0)
+        n = 1;
+    for (int i = n - 1; i >= 0; i--, v >>= 8)
+        p[i] = (unsigned char)(v & 0xff);
+    return n;
+}
+
+/* The (id, value) pairs of `ids` and the sequence `values`, each as
+ *   <outer> <n+4 or n+6> <idtag> <id> <innertag> ... value[n]
+ * in the shape of a FieldMatch (exact) when `match`, else of an Action.Param. */
+static Py_ssize_t put_pairs(unsigned char *p, const char *ids, Py_ssize_t count, PyObject *values,
+                            int match) {
+    PyObject *fast = PySequence_Fast(values, "values must be a sequence");
+    if (!fast)
+        return -1;
+    if (PySequence_Fast_GET_SIZE(fast) != count) {
+        PyErr_Format(PyExc_ValueError, "%zd ids but %zd values", count,
+                     PySequence_Fast_GET_SIZE(fast));
+        Py_DECREF(fast);
+        return -1;
+    }
+    Py_ssize_t off = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        unsigned long long v = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        unsigned char value[8];
+        int n = put_canonical(value, v);
+        if (match) { /* 12 <n+6> 08 <id> 12 <n+2> 0a <n> value */
+            p[off++] = 0x12, p[off++] = (unsigned char)(n + 6), p[off++] = 0x08;
+            p[off++] = (unsigned char)ids[i];
+            p[off++] = 0x12, p[off++] = (unsigned char)(n + 2), p[off++] = 0x0a;
+        } else { /* 22 <n+4> 10 <id> 1a <n> value */
+            p[off++] = 0x22, p[off++] = (unsigned char)(n + 4), p[off++] = 0x10;
+            p[off++] = (unsigned char)ids[i];
+            p[off++] = 0x1a;
+        }
+        p[off++] = (unsigned char)n;
+        memcpy(p + off, value, n);
+        off += n;
+    }
+    Py_DECREF(fast);
+    return off;
+}
+
+static PyObject *encode_update(PyObject *module, PyObject *args) {
+    int kind;
+    unsigned long long priority, idle;
+    const char *head, *field_ids, *action_head, *param_ids, *meta;
+    Py_ssize_t head_n, nfields, action_head_n, nparams, meta_n;
+    PyObject *values, *params;
+    if (!PyArg_ParseTuple(args, "iy#y#Oy#y#OKKy#", &kind, &head, &head_n, &field_ids, &nfields,
+                          &values, &action_head, &action_head_n, &param_ids, &nparams, &params,
+                          &priority, &idle, &meta, &meta_n))
+        return NULL;
+    if (kind < 0 || kind > 127 || nfields > 127 || nparams > 127 || head_n > 16 ||
+        action_head_n > 16) {
+        PyErr_SetString(PyExc_ValueError, "encode_update: kind, ids or heads out of range");
+        return NULL;
+    }
+    /* body: head, fields (<= 8 + 7 bytes each), 1a L1 0a L2 action (L <= 10 + 16 + 15 per
+     * param), priority and idle (<= 11 each), 5a <varint> metadata */
+    Py_ssize_t cap = head_n + 16 * nfields + 24 + action_head_n + 16 * nparams + 22 + 11 + meta_n;
+    unsigned char *buf = PyMem_Malloc(cap + 32);
+    if (!buf)
+        return PyErr_NoMemory();
+    unsigned char *body = buf + 32, *action = NULL;
+    Py_ssize_t off = 0;
+    memcpy(body, head, head_n);
+    off += head_n;
+    Py_ssize_t n = put_pairs(body + off, field_ids, nfields, values, 1);
+    if (n < 0)
+        goto fail;
+    off += n;
+    action = PyMem_Malloc(action_head_n + 16 * nparams + 1);
+    if (!action) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    memcpy(action, action_head, action_head_n);
+    Py_ssize_t action_n = put_pairs(action + action_head_n, param_ids, nparams, params, 0);
+    if (action_n < 0)
+        goto fail;
+    action_n += action_head_n;
+    Py_ssize_t inner = 1 + varint_size(action_n) + action_n; /* Action inside TableAction */
+    body[off++] = 0x1a;
+    off += put_varint(body + off, inner);
+    body[off++] = 0x0a;
+    off += put_varint(body + off, action_n);
+    memcpy(body + off, action, action_n);
+    off += action_n;
+    if (priority) {
+        body[off++] = 0x20;
+        off += put_varint(body + off, priority);
+    }
+    if (idle) {
+        body[off++] = 0x48;
+        off += put_varint(body + off, idle);
+    }
+    if (meta_n) {
+        body[off++] = 0x5a;
+        off += put_varint(body + off, meta_n);
+        memcpy(body + off, meta, meta_n);
+        off += meta_n;
+    }
+    /* Update: 08 kind, 12 <entity>; Entity: 12 <table entry> */
+    Py_ssize_t entity_n = 1 + varint_size(off) + off;
+    unsigned char top[24];
+    int top_n = 0;
+    top[top_n++] = 0x08, top[top_n++] = (unsigned char)kind, top[top_n++] = 0x12;
+    top_n += put_varint(top + top_n, entity_n);
+    top[top_n++] = 0x12;
+    top_n += put_varint(top + top_n, off);
+    memcpy(body - top_n, top, top_n);
+    PyObject *out = PyBytes_FromStringAndSize((const char *)(body - top_n), top_n + off);
+    PyMem_Free(action);
+    PyMem_Free(buf);
+    return out;
+fail:
+    PyMem_Free(action);
+    PyMem_Free(buf);
+    return NULL;
+}
+
+static PyMethodDef module_methods[] = {
+    {"encode_update", encode_update, METH_VARARGS,
+     "encode_update(kind, table head, field ids, values, action head, param ids, params, "
+     "priority, idle_timeout_ns, metadata): a serialized Update of an all-exact table's entry "
+     "(ExactTableEncoder.update)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_exact_wire",
-    "Serialized P4Runtime exact table entries, read in C (see exact_wire.py).", -1, NULL,
+    "Serialized P4Runtime exact table entries, read and written in C (see exact_wire.py).", -1,
+    module_methods,
 };
 
 PyMODINIT_FUNC PyInit__exact_wire(void) {
