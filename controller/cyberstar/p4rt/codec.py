@@ -70,8 +70,8 @@ def update(kind: int, pipeline: Pipeline, entry: TableEntry) -> p4r.Update:
 class ExactTableEncoder:
     """Serialized Updates for entries of one all-exact table, written in C (`_exact_wire`'s
     `encode_update`) with every id and tag computed once: what FM writes per new connection.
-    `p4r.Update.FromString` of the result equals `update(kind, pipeline, entry)`, at about a
-    tenth of that's cost. Fields and parameters of at most 64 bits, ids below 128."""
+    `p4r.Update.FromString` of the result equals `update(kind, pipeline, entry)`, built at a
+    fraction of its cost. Fields and parameters of at most 64 bits, ids below 128."""
 
     def __init__(self, pipeline: Pipeline, table: str) -> None:
         t = pipeline.table(table)
