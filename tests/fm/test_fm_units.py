@@ -72,17 +72,22 @@ def test_cache_marks_a_pp_bit_in_the_packed_record() -> None:
     cache = RuleCache(PIPELINE)
     conn = two_rule_connection()
     cache.put(conn)  # both rules installed on PPs 0 and 2 (0b101)
-    assert cache.mark(42, conn.rules[1].key, 0b010, True) == 0b111
-    assert cache.mark(42, conn.rules[0].key, 0b001, False) == 0b110
+    assert cache.mark(conn, 0b010, True) == 0b111
+    assert cache.mark(conn, 0b001, False) == 0b110
     for key in conn.rule_keys():  # both keys see the change, and nothing else moved
         back = cache.get(key)
         assert back is not None and (back.conn_id, back.slot) == (42, 777)
         assert [r.installed for r in back.rules] == [0b110, 0b110]
         assert [(r.key, r.entry.action, r.entry.params) for r in back.rules] == [
             (r.key, r.entry.action, r.entry.params) for r in conn.rules]  # fmt: skip
-    assert cache.mark(43, conn.rules[0].key, 0b001, True) is None  # another connection's
-    assert cache.mark(42, b"\0" * 15, 0b001, True) is None  # not cached
-    assert cache.mark(42, conn.rules[0].key, 0b110, False) == 0
+    assert cache.mark(Connection(43, 777, conn.rules), 0b001, True) is None  # another's
+    other = Connection(
+        42,
+        777,
+        [flow(40002, "snat", {"src_addr": "203.0.113.9", "src_port": 20002, "nexthop_id": 2})],
+    )
+    assert cache.mark(other, 0b001, True) is None  # not cached
+    assert cache.mark(conn, 0b110, False) == 0
     assert len(cache) == 2 and cache.connections == 1
 
 

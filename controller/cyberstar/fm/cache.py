@@ -157,6 +157,18 @@ class RuleCodec:
             off += _RULE.size + self.params[i].size
         return _HEAD.pack(conn_id, slot, n + 1) + record[_HEAD.size :] + rule
 
+    def with_bit(self, record: bytes, bit: int, installed: bool) -> tuple[bytes, int]:
+        """`record` with PP `bit` set (or cleared) on every rule, and the rules' bits ORed."""
+        buf = bytearray(record)
+        off, held = _HEAD.size, 0
+        for _ in range(_HEAD.unpack_from(buf)[2]):
+            _, bits, _, i = _RULE.unpack_from(buf, off)
+            bits = bits | bit if installed else bits & ~bit
+            _INSTALLED.pack_into(buf, off + KEY.size, bits)
+            held |= bits
+            off += _RULE.size + self.params[i].size
+        return bytes(buf), held
+
     def unpack(self, record: bytes) -> Connection:
         conn_id, slot, n = _HEAD.unpack_from(record)
         off, rules = _HEAD.size, []
@@ -270,25 +282,16 @@ class RuleCache:
             self._records[key] = record
         self.connections += fresh
 
-    def mark(self, conn_id: int, key: bytes, bit: int, installed: bool) -> int | None:
-        """Set (or clear) PP `bit` on every rule of connection `conn_id`, cached under `key`,
-        in its packed record, without unpacking it. Returns the rules' bits ORed together, or
-        None when the cache holds no connection `conn_id` there."""
-        record = self._records.get(key)
-        if record is None or _HEAD.unpack_from(record)[0] != conn_id:
+    def mark(self, conn: Connection, bit: int, installed: bool) -> int | None:
+        """Set (or clear) PP `bit` on every rule of the cached copy of `conn`, in its packed
+        record, without unpacking it. Returns the rules' bits ORed together, or None when the
+        cache holds no connection `conn.conn_id` under its rules' keys."""
+        record = self._records.get(conn.rules[0].key)
+        if record is None or _HEAD.unpack_from(record)[0] != conn.conn_id:
             return None
-        buf = bytearray(record)
-        off, keys, held = _HEAD.size, [], 0
-        for _ in range(_HEAD.unpack_from(buf)[2]):
-            rule_key, bits, _, action = _RULE.unpack_from(buf, off)
-            bits = bits | bit if installed else bits & ~bit
-            _INSTALLED.pack_into(buf, off + KEY.size, bits)
-            keys.append(rule_key)
-            held |= bits
-            off += _RULE.size + self.codec.params[action].size
-        record = bytes(buf)
-        for rule_key in keys:
-            self._records[rule_key] = record
+        record, held = self.codec.with_bit(record, bit, installed)
+        for key in conn.rule_keys():  # a connection's rules are fixed when FM makes it
+            self._records[key] = record
         return held
 
     def record(self, key: bytes) -> bytes:

@@ -333,7 +333,7 @@ class SlowPath:
         one: a batch for another PP may have set its own bit there meanwhile."""
         if not conn.cacheable:
             return
-        held = self.cache.mark(conn.conn_id, conn.rules[0].key, bit, installed)
+        held = self.cache.mark(conn, bit, installed)
         if held is None:  # not cached yet (the Write RPC's way) or no longer
             for rule in conn.rules:
                 if installed:
