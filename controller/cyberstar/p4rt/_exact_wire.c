@@ -956,7 +956,8 @@ static PyObject *encode_update(PyObject *module, PyObject *args) {
     unsigned char *buf = PyMem_Malloc(cap + 32);
     if (!buf)
         return PyErr_NoMemory();
-    unsigned char *body = buf + 32, *action = NULL;
+    unsigned char *body = buf + 32;
+    unsigned char action[16 + 16 * 127]; /* its head and at most 127 params, checked above */
     Py_ssize_t off = 0;
     memcpy(body, head, head_n);
     off += head_n;
@@ -964,11 +965,6 @@ static PyObject *encode_update(PyObject *module, PyObject *args) {
     if (n < 0)
         goto fail;
     off += n;
-    action = PyMem_Malloc(action_head_n + 16 * nparams + 1);
-    if (!action) {
-        PyErr_NoMemory();
-        goto fail;
-    }
     memcpy(action, action_head, action_head_n);
     Py_ssize_t action_n = put_pairs(action + action_head_n, param_ids, nparams, params, 0);
     if (action_n < 0)
@@ -1005,11 +1001,9 @@ static PyObject *encode_update(PyObject *module, PyObject *args) {
     top_n += put_varint(top + top_n, off);
     memcpy(body - top_n, top, top_n);
     PyObject *out = PyBytes_FromStringAndSize((const char *)(body - top_n), top_n + off);
-    PyMem_Free(action);
     PyMem_Free(buf);
     return out;
 fail:
-    PyMem_Free(action);
     PyMem_Free(buf);
     return NULL;
 }
