@@ -32,6 +32,8 @@ def serve(*args: str) -> subprocess.CompletedProcess:
           "/nope/a.crt", "--tls-key", "/nope/a.key"], "cannot read the TLS CA certificate"),
         (["--iface", "x", "--grpc", "127.0.0.1:1", "--plaintext", "--netns", "no-such-ns-8"],
          "no network namespace 'no-such-ns-8'"),
+        (["--iface", "x", "--grpc", "127.0.0.1:1", "--plaintext", "--punt-coalesce-us",
+          "200000"], "--punt-coalesce-us 200000: expected 0..100000"),
     ],
 )  # fmt: skip
 def test_bad_arguments_exit_2_saying_what_to_do(args: list[str], words: str) -> None:

@@ -81,7 +81,13 @@ class RawStream:
 
 @pytest.fixture
 def stream(shared_pp_node):
-    s = RawStream(shared_pp_node)
+    s = primed(RawStream(shared_pp_node))
+    yield s
+    s.close()
+
+
+def primed(s: RawStream) -> RawStream:
+    """The stream's node with the pipeline committed and tenant 7 classified on port 1."""
     s.stub.SetForwardingPipelineConfig(p4r.SetForwardingPipelineConfigRequest(
         device_id=1, election_id=p4r.Uint128(low=s.election_id),
         action=p4r.SetForwardingPipelineConfigRequest.VERIFY_AND_COMMIT,
@@ -89,8 +95,7 @@ def stream(shared_pp_node):
     s.write([update(p4r.Update.INSERT, PIPELINE, build_entry(
         PIPELINE, "tenant_classify", {"ingress_port": 1, "vni": 0, "dst_addr": "10.0.0.0/8"},
         "set_tenant", {"tenant_id": 7}))])  # fmt: skip
-    yield s
-    s.close()
+    return s
 
 
 def opt_in(max_packets: int) -> p4r.StreamMessageRequest:

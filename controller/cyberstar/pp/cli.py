@@ -10,6 +10,10 @@ from cyberstar.errors import RuntimeFailure, UsageError
 from cyberstar.tls import TlsFiles
 from cyberstar.verbs import Verb
 
+# The agent's pause after a poll of its punt buffer that found several punts (pp/agent.py).
+PUNT_COALESCE_US = 500
+MAX_PUNT_COALESCE_US = 100_000
+
 
 def arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
@@ -50,6 +54,15 @@ def arguments(serve: argparse.ArgumentParser) -> None:
         help="flow-table entries a tenant may hold on this node: N for every tenant, "
         "TENANT=N for one (repeat); beyond it INSERTs are RESOURCE_EXHAUSTED and the "
         "tenant's misses are dropped (counted as flow_quota). Default: no quota",
+    )
+    serve.add_argument(
+        "--punt-coalesce-us",
+        type=int,
+        default=PUNT_COALESCE_US,
+        metavar="US",
+        help="after a poll of the kernel's punt buffer that found several punts (a busy "
+        "node), wait this long before the next, so that punts leave in fewer, larger "
+        f"messages; a lone punt is never delayed. 0 disables (default {PUNT_COALESCE_US})",
     )
     serve.add_argument(
         "--rate-policy",
@@ -96,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     policy = load_rate_policy(args.rate_policy) if args.rate_policy else None
     return run_agent(
         args.iface, args.grpc, args.device_id, args.mode, args.netns, args.metrics, tls,
-        args.flow_quota, policy, args.flow_table_size,
+        args.flow_quota, policy, args.flow_table_size, args.punt_coalesce_us,
     )  # fmt: skip
 
 

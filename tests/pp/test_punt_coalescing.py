@@ -1,0 +1,67 @@
+"""A busy PP node coalesces its punts: after a poll of the kernel's punt buffer that found
+several, the agent waits `--punt-coalesce-us` before the next, so the punts that arrive
+meanwhile leave together; a lone punt is sent at once. A real agent with a long pause (100 ms)
+makes both visible on the wire, through a controller that asked for PacketInBatch messages."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import needs
+import pytest
+
+from cyberstar import netns
+from cyberstar.lab.pp_process import start_agent
+from pp.test_stream_batching import RawStream, frames, opt_in, packet_ins, primed, send_burst
+
+pytestmark = pytest.mark.root
+PAUSE_S = 0.1
+
+
+@pytest.fixture(scope="module")
+def coalescing_node():
+    needs.root()
+    with netns.with_pp_ports(f"cs-ppc-{os.getpid()}") as ns:
+        node = start_agent(
+            ns, ["pp1", "pp2"], extra=["--punt-coalesce-us", str(int(PAUSE_S * 1e6))]
+        )
+        try:
+            yield node
+        finally:
+            code = node.stop()
+    assert code == 0, f"agent exited with {code}; log: {node.log.read_text()[-2000:]}"
+
+
+@pytest.fixture
+def batching_stream(coalescing_node):
+    s = primed(RawStream(coalescing_node))
+    s.send(opt_in(64))
+    time.sleep(PAUSE_S * 2)  # the opt-in is read, and a pause left by an earlier test is over
+    yield s
+    s.close()
+
+
+def test_punts_arriving_while_the_node_is_busy_leave_together(batching_stream, coalescing_node):
+    ns = coalescing_node.ns
+    burst, paced = frames(10, 31000), frames(100, 32000)
+    send_burst(ns, burst)  # one poll finds several: the node pauses
+    for frame in paced:  # one every 2 ms or more: without the pause, one poll each
+        send_burst(ns, [frame])
+        time.sleep(0.002)
+    got = packet_ins(batching_stream, len(burst) + len(paced))
+    # Every punt once (the kernel keeps one punt ring per CPU: the sender may have moved).
+    assert sorted(p.payload for _, pins in got for p in pins) == sorted(burst + paced)
+    # ≥ 200 ms of paced punts in pauses of 100 ms: a handful of messages, not ~100.
+    assert len(got) <= 15, [len(pins) for _, pins in got]
+
+
+def test_a_lone_punt_is_sent_at_once(batching_stream, coalescing_node):
+    for port in (33000, 33001):  # the second right after the first: no pause after a lone one
+        frame = frames(1, port)
+        t0 = time.monotonic()
+        send_burst(coalescing_node.ns, frame)
+        (got,) = packet_ins(batching_stream, 1)
+        took = time.monotonic() - t0
+        assert [p.payload for p in got[1]] == frame
+        assert took < PAUSE_S / 2, f"a lone punt took {took * 1e3:.0f} ms"
