@@ -33,7 +33,7 @@ from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.proto import sc_pb2
 from cyberstar.sc.client import Request
 from cyberstar.sc.flows import FlowKey, Packet, ShardId
-from cyberstar.sc.routing import Route, ScRouter
+from cyberstar.sc.routing import Released, Route, ScRouter
 from cyberstar.sc.server import reply_of
 
 TENANTS = """\
@@ -129,9 +129,9 @@ class EngineRouter:
             out.append(reply_of(r.request_id, result))
         return out
 
-    async def release(self, keys) -> sc_pb2.ReleaseReply:
+    async def release(self, keys) -> Released:
         self.released += keys
-        return sc_pb2.ReleaseReply(status=sc_pb2.Status(code=sc_pb2.OK))
+        return Released(sc_pb2.ReleaseReply(status=sc_pb2.Status(code=sc_pb2.OK)), [])
 
 
 @pytest.mark.parametrize("stream_writes", [False, True], ids=["write-rpc", "stream-write"])

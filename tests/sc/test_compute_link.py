@@ -13,7 +13,7 @@ import pytest
 from cyberstar.lab.procs import free_port
 from cyberstar.lab.sc import ScLab, ScProcess
 from cyberstar.proto import sc_pb2
-from cyberstar.sc.client import Request, ScClient
+from cyberstar.sc.client import ReleaseKey, Request, ScClient
 from cyberstar.sc.compute_link import ComputeLinkClient, ComputeLinkError
 from cyberstar.sc.flows import FlowKey, Packet
 from cyberstar.sc.routing import ScRouter, ShardMap
@@ -203,3 +203,40 @@ def test_connections_are_capped_and_idle_ones_closed(lab: ScLab) -> None:
             s.close()
     info = run(inspect(head.address, lab.client_tls))
     assert info.counters["refused_calls"] == 1
+
+
+def test_fm_releases_more_keys_than_one_call_may_carry(lab: ScLab) -> None:
+    """A PP's idle scan may report thousands of rules at once; SC refuses a Release of more
+    than its max_batch (1024) items whole, so FM's router must split it."""
+    head = run(chain_of(lab)).nodes[0]
+    n = 600  # connections: 1 200 keys, forward and return
+
+    async def go():
+        smap = ShardMap(lab.etcd_config())
+        await smap.start()
+        router = ScRouter(smap, lab.certs.files("fm", "fm-release"))
+        try:
+            keys = []
+            for first in range(0, n, 200):
+                reqs = [Request(i + 1, Packet(7, 1, 0, FlowKey(6, 0x0A100000 + i, 0x5DB8D801,
+                                                               40000, 443)))
+                        for i in range(first, first + 200)]  # fmt: skip
+                for reply in await router.compute(reqs):
+                    assert reply.status.code == sc_pb2.OK, reply.status
+                    keys += [ReleaseKey(7, rule_key(r), reply.slot) for r in reply.rules]
+            return await router.release(keys)
+        finally:
+            await router.close()
+            await smap.close()
+
+    before = run(inspect(head.address, lab.client_tls)).counters
+    done = run(go())
+    assert done.failed == [] and done.reply.status.code == sc_pb2.OK, done.reply.status
+    assert (done.reply.released_keys, done.reply.freed_connections) == (2 * n, n), done.reply
+    after = run(inspect(head.address, lab.client_tls)).counters
+    assert after["freed_connections"] - before["freed_connections"] == n
+
+
+def rule_key(rule: sc_pb2.Rule) -> FlowKey:
+    m = {f.name: f.value for f in rule.match}
+    return FlowKey(m["protocol"], m["src_addr"], m["dst_addr"], m["src_port"], m["dst_port"])

@@ -399,10 +399,11 @@ class SlowPath:
                 await self._release(releases)
 
     async def _release(self, keys: list[ReleaseKey]) -> None:
-        reply = await self.router.release(keys)
-        self.stats["sc_releases"] += len(keys)
-        if reply.status.code != sc_pb2.OK:
-            log.warning("release: %s", reply.status.message)
+        done = await self.router.release(keys)
+        self.stats["sc_releases"] += len(keys) - len(done.failed)
+        if done.failed:
+            self.stats["sc_releases_failed"] += len(done.failed)
+            log.warning("release: %s", done.reply.status.message)
 
     async def _expire(self, session: PpSession, entries: list[p4r.TableEntry]) -> None:
         bit = 1 << session.index

@@ -284,9 +284,9 @@ class SnatLoad:
         for k in keys:
             slot, rule_keys, _ = self.live[k]
             items += [ReleaseKey(self.tenant_id, rk, slot) for rk in rule_keys]
-        reply = await self.router.release(items)
-        if reply.status.code != 0:
-            self.failed.append(f"release: {reply.status.message}")
+        done = await self.router.release(items)
+        if done.failed:
+            self.failed.append(f"release: {done.reply.status.message}")
             return
         for k in keys:
             _, _, elem = self.live.pop(k)

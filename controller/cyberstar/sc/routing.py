@@ -126,16 +126,30 @@ class ShardMap:
         return self.route_slot(tenant_id, slot_of(tenant_id, key))
 
 
+# Items per Release call: an SC node refuses more than its `limits.max_batch` (1024 unless
+# configured lower) whole, and a PP's idle scan may report thousands of rules at once.
+RELEASE_CHUNK = 256
+
+
+@dataclass
+class Released:
+    """What a release did: the summed replies, and the keys no SC group took (after retries)."""
+
+    reply: sc_pb2.ReleaseReply
+    failed: list[ReleaseKey]
+
+
 class ScRouter:
     """Batches requests per SCG over one `ScClient` per head (Compute on the head's compute
     link when it publishes one); retries bounced requests."""
 
     def __init__(self, shard_map: ShardMap, tls: TlsFiles | None, attempts: int = 40,
-                 pause_s: float = 0.05) -> None:  # fmt: skip
+                 pause_s: float = 0.05, release_chunk: int = RELEASE_CHUNK) -> None:  # fmt: skip
         self.map = shard_map
         self.tls = tls
         self.attempts = attempts
         self.pause_s = pause_s
+        self.release_chunk = release_chunk
         self._clients: dict[str, ScClient] = {}
         self._links: dict[str, ComputeLinkClient] = {}
         self._link_ssl = client_ssl(tls) if tls is not None else None
@@ -230,7 +244,9 @@ class ScRouter:
         return [by_id.get(r.request_id) or sc_pb2.RuleReply(request_id=r.request_id, status=st)
                 for r in reqs]  # fmt: skip
 
-    async def release(self, keys: Sequence[ReleaseKey]) -> sc_pb2.ReleaseReply:
+    async def release(self, keys: Sequence[ReleaseKey]) -> Released:
+        """Release `keys` in the SC groups owning them, at most `release_chunk` per call;
+        a key whose group is in flux or does not answer is retried."""
         total = sc_pb2.ReleaseReply(status=sc_pb2.Status(code=sc_pb2.OK))
         todo = list(keys)
         for attempt in range(self.attempts):
@@ -243,17 +259,19 @@ class ScRouter:
                     todo.append(k)  # no owner with a live head right now: try again
                 else:
                     groups[route.head].append(k)
-            for head, ks in groups.items():
-                try:
-                    got = await self.client(head).release([release_proto(k) for k in ks])
-                except Exception:
-                    todo += ks
-                    continue
-                if got.status.code in RETRY_CODES:
-                    todo += ks
-                    continue
-                for f in ("released_keys", "freed_connections", "unknown_keys", "forwarded"):
-                    setattr(total, f, getattr(total, f) + getattr(got, f))
+            for head, all_ks in groups.items():
+                for i in range(0, len(all_ks), self.release_chunk):
+                    ks = all_ks[i : i + self.release_chunk]
+                    try:
+                        got = await self.client(head).release([release_proto(k) for k in ks])
+                    except Exception:
+                        todo += ks
+                        continue
+                    if got.status.code in RETRY_CODES:
+                        todo += ks
+                        continue
+                    for f in ("released_keys", "freed_connections", "unknown_keys", "forwarded"):
+                        setattr(total, f, getattr(total, f) + getattr(got, f))
             if not todo or attempt == self.attempts - 1:
                 break
             await asyncio.sleep(self.pause_s)
@@ -261,4 +279,4 @@ class ScRouter:
             total.status.CopyFrom(
                 sc_pb2.Status(code=sc_pb2.UNAVAILABLE, message=f"{len(todo)} keys not released")
             )
-        return total
+        return Released(total, todo)
