@@ -25,7 +25,7 @@ from cyberstar.errors import RuntimeFailure, UsageError
 from cyberstar.metrics import Sample, serve_metrics
 from cyberstar.p4rt.server import P4RuntimeServer, PacketIns, serve
 from cyberstar.pipeline.pp import PIPELINE
-from cyberstar.pp.cli import MAX_PUNT_COALESCE_US, PUNT_COALESCE_US
+from cyberstar.pp import MAX_PUNT_COALESCE_US, PUNT_COALESCE_US
 from cyberstar.pp.device import FLOW_TABLE, Port, XdpDevice
 from cyberstar.pp.quota import FlowQuota, parse_quotas
 from cyberstar.pp.ratemanager import RateManager, RatePolicyFile

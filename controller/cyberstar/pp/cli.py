@@ -7,12 +7,9 @@ import argparse
 from pathlib import Path
 
 from cyberstar.errors import RuntimeFailure, UsageError
+from cyberstar.pp import PUNT_COALESCE_US
 from cyberstar.tls import TlsFiles
 from cyberstar.verbs import Verb
-
-# The agent's pause after a poll of its punt buffer that found several punts (pp/agent.py).
-PUNT_COALESCE_US = 500
-MAX_PUNT_COALESCE_US = 100_000
 
 
 def arguments(serve: argparse.ArgumentParser) -> None:
