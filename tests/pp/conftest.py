@@ -14,10 +14,12 @@ from cyberstar.lab.procs import free_port
 from cyberstar.pipeline.pp import PIPELINE
 
 
-def _pp_node(name: str, address: str | None = None):
+def agent_node(name: str, address: str | None = None, extra: list[str] | None = None):
+    """A `pp serve` process on pp1 and pp2 of a fresh namespace (`extra`: more flags),
+    stopped after use; fails the test if it did not exit cleanly."""
     needs.root()
     with netns.with_pp_ports(f"cs-{name}-{os.getpid()}") as ns:
-        node = start_agent(ns, ["pp1", "pp2"], address=address)
+        node = start_agent(ns, ["pp1", "pp2"], address=address, extra=extra)
         try:
             yield node
         finally:
@@ -28,19 +30,19 @@ def _pp_node(name: str, address: str | None = None):
 @pytest.fixture
 def pp_node():
     """A PP agent of its own on two veths (pp1, pp2) whose peers share its namespace."""
-    yield from _pp_node("pp")
+    yield from agent_node("pp")
 
 
 @pytest.fixture
 def tcp_pp_node():
     """A PP agent serving P4Runtime on loopback TCP, where every client connection has its own
     peer address (on a unix socket all clients look alike)."""
-    yield from _pp_node("ppt", f"127.0.0.1:{free_port()}")
+    yield from agent_node("ppt", f"127.0.0.1:{free_port()}")
 
 
 @pytest.fixture(scope="module")
 def shared_pp_node():
-    yield from _pp_node("pps")
+    yield from agent_node("pps")
 
 
 _election = iter(range(100, 1 << 30))

@@ -5,14 +5,11 @@ makes both visible on the wire, through a controller that asked for PacketInBatc
 
 from __future__ import annotations
 
-import os
 import time
 
-import needs
 import pytest
 
-from cyberstar import netns
-from cyberstar.lab.pp_process import start_agent
+from pp.conftest import agent_node
 from pp.test_stream_batching import RawStream, frames, opt_in, packet_ins, primed, send_burst
 
 pytestmark = pytest.mark.root
@@ -21,16 +18,7 @@ PAUSE_S = 0.1
 
 @pytest.fixture(scope="module")
 def coalescing_node():
-    needs.root()
-    with netns.with_pp_ports(f"cs-ppc-{os.getpid()}") as ns:
-        node = start_agent(
-            ns, ["pp1", "pp2"], extra=["--punt-coalesce-us", str(int(PAUSE_S * 1e6))]
-        )
-        try:
-            yield node
-        finally:
-            code = node.stop()
-    assert code == 0, f"agent exited with {code}; log: {node.log.read_text()[-2000:]}"
+    yield from agent_node("ppc", extra=["--punt-coalesce-us", str(int(PAUSE_S * 1e6))])
 
 
 @pytest.fixture
