@@ -11,7 +11,7 @@ import time
 import pytest
 
 from cyberstar.lab.procs import free_port
-from cyberstar.lab.sc import ScLab, ScProcess
+from cyberstar.lab.sc import ScLab, ScProcess, rule_key
 from cyberstar.proto import sc_pb2
 from cyberstar.sc.client import ReleaseKey, Request, ScClient
 from cyberstar.sc.compute_link import ComputeLinkClient, ComputeLinkError
@@ -235,8 +235,3 @@ def test_fm_releases_more_keys_than_one_call_may_carry(lab: ScLab) -> None:
     assert (done.reply.released_keys, done.reply.freed_connections) == (2 * n, n), done.reply
     after = run(inspect(head.address, lab.client_tls)).counters
     assert after["freed_connections"] - before["freed_connections"] == n
-
-
-def rule_key(rule: sc_pb2.Rule) -> FlowKey:
-    m = {f.name: f.value for f in rule.match}
-    return FlowKey(m["protocol"], m["src_addr"], m["dst_addr"], m["src_port"], m["dst_port"])

@@ -268,7 +268,7 @@ class SnatLoad:
                 if elem in self.held:
                     self.failed.append(f"element {elem:#x} handed out twice")
                     continue
-                keys = [_key_of(r) for r in rep.rules]
+                keys = [rule_key(r) for r in rep.rules]
                 self.live[req.packet.key] = (rep.slot, keys, elem)
                 self.held[elem] = req.packet.key
                 self.ok += 1
@@ -294,7 +294,8 @@ class SnatLoad:
             self.released += 1
 
 
-def _key_of(rule) -> FlowKey:
+def rule_key(rule) -> FlowKey:
+    """The 5-tuple of a flow_table rule SC returned (`sc_pb2.Rule`): the key it is released by."""
     m = {f.name: f.value for f in rule.match}
     return FlowKey(m["protocol"], m["src_addr"], m["dst_addr"], m["src_port"], m["dst_port"])
 
