@@ -205,25 +205,27 @@ def test_connections_are_capped_and_idle_ones_closed(lab: ScLab) -> None:
     assert info.counters["refused_calls"] == 1
 
 
-def test_fm_releases_more_keys_than_one_call_may_carry(lab: ScLab) -> None:
-    """A PP's idle scan may report thousands of rules at once; SC refuses a Release of more
-    than its max_batch (1024) items whole, so FM's router must split it."""
+def test_fm_computes_and_releases_more_than_one_call_may_carry(lab: ScLab) -> None:
+    """FM's batches may hold more first packets than an SC node takes in one Compute (its
+    max_batch, 1024), and a PP's idle scan may report thousands of rules at once: SC refuses
+    such a call whole, so FM's router must split both."""
     head = run(chain_of(lab)).nodes[0]
-    n = 600  # connections: 1 200 keys, forward and return
+    n = 1300  # connections in one Compute batch, then 2 600 keys (forward, return) released
 
     async def go():
         smap = ShardMap(lab.etcd_config())
         await smap.start()
-        router = ScRouter(smap, lab.certs.files("fm", "fm-release"))
+        router = ScRouter(smap, lab.certs.files("fm", "fm-release"), attempts=2)
         try:
+            reqs = [Request(i + 1, Packet(7, 1, 0, FlowKey(6, 0x0A100000 + i, 0x5DB8D801,
+                                                           40000, 443)))
+                    for i in range(n)]  # fmt: skip
+            replies = await router.compute(reqs)
+            assert [r.request_id for r in replies] == list(range(1, n + 1))
             keys = []
-            for first in range(0, n, 200):
-                reqs = [Request(i + 1, Packet(7, 1, 0, FlowKey(6, 0x0A100000 + i, 0x5DB8D801,
-                                                               40000, 443)))
-                        for i in range(first, first + 200)]  # fmt: skip
-                for reply in await router.compute(reqs):
-                    assert reply.status.code == sc_pb2.OK, reply.status
-                    keys += [ReleaseKey(7, rule_key(r), reply.slot) for r in reply.rules]
+            for reply in replies:
+                assert reply.status.code == sc_pb2.OK, reply.status
+                keys += [ReleaseKey(7, rule_key(r), reply.slot) for r in reply.rules]
             return await router.release(keys)
         finally:
             await router.close()
@@ -235,3 +237,4 @@ def test_fm_releases_more_keys_than_one_call_may_carry(lab: ScLab) -> None:
     assert (done.reply.released_keys, done.reply.freed_connections) == (2 * n, n), done.reply
     after = run(inspect(head.address, lab.client_tls)).counters
     assert after["freed_connections"] - before["freed_connections"] == n
+    assert after["refused_calls"] == before["refused_calls"]

@@ -153,6 +153,9 @@ def test_two_nfs_of_one_tenant_may_not_share_a_pool() -> None:
          "etcd: {endpoints: [127.0.0.1:2379], plaintext: true, user: sc}", "password_file"),
         ("listen: 127.0.0.1:7101", "listen: 10.0.0.1:7101", "not a loopback address"),
         ("plaintext: true\n", "plaintext: true\nlimits: {max_batch: 0}\n", "max_batch"),
+        # FM's router sends up to 256 items per call: a node taking fewer would refuse them.
+        ("plaintext: true\n", "plaintext: true\nlimits: {max_batch: 255}\n",
+         "max_batch: expected an integer in 256..1048576, found 255"),
     ],
 )  # fmt: skip
 def test_security_settings_are_explicit(old: str, new: str, words: str) -> None:

@@ -16,3 +16,8 @@ Module map (docs/sc.md has the prose):
 * `rules`    — rules on the wire and as pipeline `TableEntry`s; `metrics` — counters.
 * `lab`      — a private etcd and SC processes on loopback (tests, benchmarks, trying it out).
 """
+
+# Items per Compute or Release call FM's router sends (`routing`): an SC node refuses more than
+# its `limits.max_batch` whole, so that limit may not be set below this (`config`), while FM's
+# batches may be larger (`batch.max_packets`) and a PP's idle scan may report thousands of rules.
+CALL_CHUNK = 256

@@ -16,7 +16,7 @@ scg: scg1                    # the SC group this node belongs to
 idle_timeout_s: 30           # default idle timeout of the rules (per tenant overridable)
 lease_ttl_s: 10              # membership lease (refreshed from its own thread)
 limits:                      # optional; the defaults below
-  max_batch: 1024            # requests in one Compute, items in one Release
+  max_batch: 1024            # requests in one Compute, items in one Release (at least 256)
   max_message_mb: 64         # one gRPC message
   max_connections: 256       # gRPC connections
   max_calls: 256             # concurrent gRPC calls (more: RESOURCE_EXHAUSTED)
@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cyberstar.listen import GrpcLimits
+from cyberstar.sc import CALL_CHUNK
 from cyberstar.sc.coord import EtcdConfig, parse_etcd
 from cyberstar.sc.nf import NF_KINDS, NetworkFunction
 from cyberstar.sc.pool import split_element
@@ -197,7 +198,7 @@ def _limits(sec: Section) -> ScLimits:
         idle_timeout_s=sec.number("idle_timeout_s", 300.0, lo=1.0),
     )
     limits = ScLimits(
-        max_batch=sec.int("max_batch", 1024, lo=1, hi=1 << 20),
+        max_batch=sec.int("max_batch", 1024, lo=CALL_CHUNK, hi=1 << 20),
         grpc=grpc,
         chain_frame_bytes=sec.int("chain_frame_mb", 512, lo=1, hi=4095) * mb,
     )

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import aetcd
 
 from cyberstar.proto import sc_pb2
-from cyberstar.sc import coord
+from cyberstar.sc import CALL_CHUNK, coord
 from cyberstar.sc.client import ReleaseKey, Request, ScClient, release_proto, request_proto
 from cyberstar.sc.compute_link import ComputeLinkClient, ComputeLinkUnreachable
 from cyberstar.sc.flows import FlowKey, ShardId, slot_of
@@ -126,11 +126,6 @@ class ShardMap:
         return self.route_slot(tenant_id, slot_of(tenant_id, key))
 
 
-# Items per Release call: an SC node refuses more than its `limits.max_batch` (1024 unless
-# configured lower) whole, and a PP's idle scan may report thousands of rules at once.
-RELEASE_CHUNK = 256
-
-
 @dataclass
 class Released:
     """What a release did: the summed replies, and the keys no SC group took (after retries)."""
@@ -144,12 +139,12 @@ class ScRouter:
     link when it publishes one); retries bounced requests."""
 
     def __init__(self, shard_map: ShardMap, tls: TlsFiles | None, attempts: int = 40,
-                 pause_s: float = 0.05, release_chunk: int = RELEASE_CHUNK) -> None:  # fmt: skip
+                 pause_s: float = 0.05, chunk: int = CALL_CHUNK) -> None:  # fmt: skip
         self.map = shard_map
         self.tls = tls
         self.attempts = attempts
         self.pause_s = pause_s
-        self.release_chunk = release_chunk
+        self.chunk = chunk
         self._clients: dict[str, ScClient] = {}
         self._links: dict[str, ComputeLinkClient] = {}
         self._link_ssl = client_ssl(tls) if tls is not None else None
@@ -224,6 +219,14 @@ class ScRouter:
         return [r for r in replies if r is not None]
 
     async def _send(self, head: str, reqs: list[Request]) -> list[sc_pb2.RuleReply]:
+        """One reply per request, in order, in calls of at most `chunk` requests at once."""
+        if len(reqs) <= self.chunk:
+            return await self._send_call(head, reqs)
+        parts = await asyncio.gather(*(self._send_call(head, reqs[i : i + self.chunk])
+                                       for i in range(0, len(reqs), self.chunk)))  # fmt: skip
+        return [rep for part in parts for rep in part]
+
+    async def _send_call(self, head: str, reqs: list[Request]) -> list[sc_pb2.RuleReply]:
         """One reply per request, in order, whatever the node answered: a missing, extra or
         mismatched reply becomes UNAVAILABLE for its request (retried), never a crash."""
         try:
@@ -245,7 +248,7 @@ class ScRouter:
                 for r in reqs]  # fmt: skip
 
     async def release(self, keys: Sequence[ReleaseKey]) -> Released:
-        """Release `keys` in the SC groups owning them, at most `release_chunk` per call;
+        """Release `keys` in the SC groups owning them, at most `chunk` per call;
         a key whose group is in flux or does not answer is retried."""
         total = sc_pb2.ReleaseReply(status=sc_pb2.Status(code=sc_pb2.OK))
         todo = list(keys)
@@ -260,8 +263,8 @@ class ScRouter:
                 else:
                     groups[route.head].append(k)
             for head, all_ks in groups.items():
-                for i in range(0, len(all_ks), self.release_chunk):
-                    ks = all_ks[i : i + self.release_chunk]
+                for i in range(0, len(all_ks), self.chunk):
+                    ks = all_ks[i : i + self.chunk]
                     try:
                         got = await self.client(head).release([release_proto(k) for k in ks])
                     except Exception:
