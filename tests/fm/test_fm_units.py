@@ -103,6 +103,9 @@ def test_fm_config_errors_name_the_line(tmp_path) -> None:
     assert parse_fm_config(good + "batch: {max_in_flight: 1}\n").max_in_flight == 1
     cases = [
         (BASE + "batch: {max_in_flight: 0}\n", "fm.yaml:4", "max_in_flight"),
+        # A PP takes at most 256 PacketOuts in one StreamWrite: a larger batch would be refused.
+        (BASE + "batch: {max_packets: 257}\n", "fm.yaml:4",
+         "max_packets: expected an integer in 1..256, found 257"),
         (BASE + "pp_nodes:\n  - id: pp1\n    adress: x\n", "fm.yaml:5", "missing"),
         (BASE + "batchh: {}\n", "fm.yaml:4", "unknown key"),
         (BASE.replace("[127.0.0.1:2379]", "[nohost]"), "fm.yaml:3", "expected host:port"),

@@ -339,7 +339,9 @@ def test_a_stream_write_writes_then_sends_the_packets_whose_updates_took_effect(
     assert flow_keys(stream) == {1001, 1002, 1004}
 
 
-@pytest.mark.parametrize("case", ["range", "election", "write-garbage", "packet-garbage"])
+@pytest.mark.parametrize(
+    "case", ["range", "election", "write-garbage", "packet-garbage", "too-many"]
+)
 def test_a_refused_stream_write_writes_nothing_and_sends_nothing(
     stream, shared_pp_node, case
 ) -> None:
@@ -354,6 +356,8 @@ def test_a_refused_stream_write_writes_nothing_and_sends_nothing(
             expected = grpc.StatusCode.PERMISSION_DENIED
         elif case == "write-garbage":
             send_stream_write(stream, 7, b"\xff\xff\xff", [(_out(frames_[0], 2), 0, 0)])
+        elif case == "too-many":  # 257 packets: the capability's limit is 256
+            stream_write(stream, 7, ups, [(_out(frames_[0], 2), 0, 1)] * 257)
         else:
             eid = p4r.Uint128(low=stream.election_id)
             write = p4r.WriteRequest(device_id=1, election_id=eid, updates=ups)

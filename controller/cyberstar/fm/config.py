@@ -147,7 +147,8 @@ def parse_fm_config(text: str, name: str = "<fm config>", base: Path = Path(".")
     max_batch, max_delay, in_flight = 256, 0.001, 2
     if top.has("batch"):
         b = top.section("batch")
-        max_batch = b.int("max_packets", 256, lo=1, hi=65536)
+        # A PP takes at most 256 PacketOuts in one StreamWrite (`p4rt.batching.MAX_PACKETS`).
+        max_batch = b.int("max_packets", 256, lo=1, hi=256)
         max_delay = b.number("max_delay_ms", 1.0) / 1000
         in_flight = b.int("max_in_flight", 2, lo=1, hi=64)
         b.done()

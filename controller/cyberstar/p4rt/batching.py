@@ -142,14 +142,12 @@ def stream_write_request(write_id: int, write: bytes, packets: list[DependentPac
 
 
 def stream_write_of(other: any_pb2.Any) -> pb.StreamWrite:
-    """A controller's StreamWrite; ValueError says what is wrong with it."""
+    """A controller's StreamWrite; ValueError when it does not parse (it has no id to answer).
+    The server answers one of more than `MAX_PACKETS` packets with its StreamWriteResult."""
     try:
-        msg = pb.StreamWrite.FromString(other.value)
+        return pb.StreamWrite.FromString(other.value)
     except DecodeError:
         raise ValueError("a StreamWrite that does not parse") from None
-    if len(msg.packets) > MAX_PACKETS:
-        raise ValueError(f"a StreamWrite of {len(msg.packets)} PacketOuts: at most {MAX_PACKETS}")
-    return msg
 
 
 def stream_write_result_response(write_id: int, code: int, message: str = "",

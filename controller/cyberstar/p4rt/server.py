@@ -395,6 +395,12 @@ class P4RuntimeServer:
             outbox.put_urgent(_stream_error(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
             return
         try:
+            if len(msg.packets) > batching.MAX_PACKETS:
+                raise P4RuntimeError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"a StreamWrite of {len(msg.packets)} PacketOuts: at most "
+                    f"{batching.MAX_PACKETS}; split it",
+                )
             request = _parse(p4r.WriteRequest, msg.write, "WriteRequest in the StreamWrite")
             ranges = [(p.first_update, p.first_update + p.updates) for p in msg.packets]
             bad = [r for r in ranges if r[1] > len(request.updates)]
