@@ -380,13 +380,6 @@ def test_a_stream_write_from_a_backup_is_refused(stream, shared_pp_node) -> None
     assert flow_keys(stream) == set()
 
 
-def test_an_oversized_stream_write_is_a_stream_error(stream) -> None:
-    send_stream_write(stream, 1, b"", [(_out(b"\x00" * 60, 2), 0, 0)] * 1000)
-    err = stream.next_message()
-    assert err.error.canonical_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    assert "at most" in err.error.message
-
-
 def test_the_asyncio_client_reports_a_stream_write_as_the_write_rpc_does(stream) -> None:
     """FM's client: the same P4RuntimeError (code, per-update errors) for the same updates
     sent as a StreamWrite and as a Write call, and OK for a StreamWrite that took."""
