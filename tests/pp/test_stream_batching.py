@@ -8,6 +8,7 @@ the messages as they are on the wire (the clients unpack batches)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import socket
 import threading
@@ -109,12 +110,19 @@ def frames(count: int, first_port: int) -> list[bytes]:
 
 
 def send_burst(ns: str, burst: list[bytes]) -> None:
+    """Send from one CPU: the punts' perf buffer has a ring per CPU, so frames sent from two
+    (the thread migrated mid-burst) may be read out of order — as distinct flows may be."""
     with netns.entered(ns):
         tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-    with tx:
-        tx.bind(("peer1", 0))
-        for f in burst:
-            tx.send(f)
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        with tx:
+            tx.bind(("peer1", 0))
+            for f in burst:
+                tx.send(f)
+    finally:
+        os.sched_setaffinity(0, cpus)
 
 
 def packet_ins(stream: RawStream, count: int) -> list[tuple[str, list[p4r.PacketIn]]]:
