@@ -12,6 +12,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import os
 import socket
 import threading
 import time
@@ -587,20 +588,42 @@ class XdpDevice:
 
     # ---- packet I/O ---------------------------------------------------------------------------
 
+    def packet_outs_if_bounded(self, packets: list[p4r.PacketOut]
+                               ) -> list[P4RuntimeError | None] | None:  # fmt: skip
+        """`packet_outs` when every packet enters the pipeline (a test run: the kernel's own
+        work, it does not wait); None, sending nothing, when one is for a port's socket, whose
+        send may wait for a congested port."""
+        for packet in packets:
+            try:
+                if not self._packet_out_target(packet)[2]:
+                    return None
+            except P4RuntimeError:
+                pass
+        return self.packet_outs(packets)
+
     def packet_outs(self, packets: list[p4r.PacketOut]) -> list[P4RuntimeError | None]:
-        """Send PacketOuts in order (in our network namespace once for all); one result each."""
-        results: list[P4RuntimeError | None] = []
+        """Send PacketOuts in order (in our network namespace once for all); one result each.
+        Consecutive ones to the pipeline's ingress go through the program in one call."""
+        results: list[P4RuntimeError | None] = [None] * len(packets)
+        ingress: list[tuple[int, bytes, Port]] = []  # (position, frame, port), not yet run
         with self.run_in_namespace():  # the kernel resolves ingress ifindexes in our netns
-            for packet in packets:
+            for i, packet in enumerate(packets):
                 try:
-                    self._packet_out(packet)
+                    payload, port, to_ingress = self._packet_out_target(packet)
                 except P4RuntimeError as err:
-                    results.append(err)
+                    results[i] = err
                     continue
-                results.append(None)
+                if to_ingress:
+                    ingress.append((i, payload, port))
+                    continue
+                self._run_ingress(ingress, results)
+                ingress = []
+                results[i] = self._send(port, payload)
+            self._run_ingress(ingress, results)
         return results
 
-    def _packet_out(self, packet: p4r.PacketOut) -> None:
+    def _packet_out_target(self, packet: p4r.PacketOut) -> tuple[bytes, Port, bool]:
+        """A PacketOut's frame, its port, and whether it enters the pipeline there."""
         size, limit = len(packet.payload), self.pipeline.constants["MAX_FRAME"]
         if not ETHERNET_HEADER <= size <= limit:
             raise P4RuntimeError(
@@ -617,24 +640,34 @@ class XdpDevice:
                 )
             f = meta_fields[m.metadata_id - 1]
             meta[f.name] = int.from_bytes(m.value, "big") if m.value else 0
-        port_no = meta.get("ingress_port" if meta.get("submit_to_ingress") else "egress_port", 0)
+        to_ingress = bool(meta.get("submit_to_ingress"))
+        port_no = meta.get("ingress_port" if to_ingress else "egress_port", 0)
         port = self.ports.get(port_no)
         if port is None:
             raise P4RuntimeError(StatusCode.INVALID_ARGUMENT, f"no port {port_no} on this PP node")
-        try:
-            if meta.get("submit_to_ingress"):
-                self.prog.run(packet.payload, ingress_ifindex=port.ifindex)
+        if not to_ingress and port.sock is None:
+            raise P4RuntimeError(StatusCode.UNAVAILABLE, f"port {port_no} has no transmit socket")
+        return packet.payload, port, to_ingress
+
+    def _run_ingress(self, pending: list[tuple[int, bytes, Port]],
+                     results: list[P4RuntimeError | None]) -> None:  # fmt: skip
+        if not pending:
+            return
+        errnos = self.prog.run_live([f for _, f, _ in pending], [p.ifindex for _, _, p in pending])
+        for (i, _, port), err in zip(pending, errnos, strict=True):
+            if err:
+                results[i] = _unavailable(port.number, f"BPF_PROG_TEST_RUN failed: "
+                                                       f"{os.strerror(err)}")  # fmt: skip
             else:
-                if port.sock is None:
-                    raise P4RuntimeError(
-                        StatusCode.UNAVAILABLE, f"port {port_no} has no transmit socket"
-                    )
-                port.sock.send(packet.payload)
+                self.stats["packet_out"] += 1
+
+    def _send(self, port: Port, payload: bytes) -> P4RuntimeError | None:
+        try:
+            port.sock.send(payload)
         except OSError as exc:
-            raise P4RuntimeError(
-                StatusCode.UNAVAILABLE, f"PacketOut on port {port_no}: {exc.strerror or exc}"
-            ) from None
+            return _unavailable(port.number, exc.strerror or str(exc))
         self.stats["packet_out"] += 1
+        return None
 
     def packet_in(self, punted: Punted) -> bytes:
         """A serialized PacketIn: built as bytes, since the punt path is hot and protobuf
@@ -715,3 +748,7 @@ def _failed(table: str, indices: Sequence[int], exc: Exception) -> list[tuple[in
     """A bug while writing these updates of `table`: logged once, each answered INTERNAL."""
     log.exception("writing %d updates to %s", len(indices), table)
     return [(i, P4RuntimeError(StatusCode.INTERNAL, f"{table}: {exc}")) for i in indices]
+
+
+def _unavailable(port_no: int, why: str) -> P4RuntimeError:
+    return P4RuntimeError(StatusCode.UNAVAILABLE, f"PacketOut on port {port_no}: {why}")

@@ -32,7 +32,7 @@ from cyberstar.pipeline.meters import Gcra, MeterConfig, gcra_pair
 from cyberstar.pipeline.model import Pipeline
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.xdp.tables import TableMaps
-from cyberstar.xdp.testrun import ProgRunResult, prog_test_run
+from cyberstar.xdp.testrun import ProgRunResult, prog_test_run, run_live
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +293,11 @@ class XdpProgram(TableMaps):
         self, frame: bytes, repeat: int = 1, ingress_ifindex: int | None = None
     ) -> ProgRunResult:
         return prog_test_run(self.fd, frame, repeat, ingress_ifindex)
+
+    def run_live(self, frames: list[bytes], ifindexes: list[int]) -> list[int]:
+        """Each frame through the program as if it arrived on its ifindex, in order: 0 or the
+        errno per frame (`testrun.run_live`)."""
+        return run_live(self.fd, frames, ifindexes)
 
     def attach(self, ifname: str, mode: str | None = None) -> str:
         """Attach to an interface in native mode, falling back to skb (generic) mode.

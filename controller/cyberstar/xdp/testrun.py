@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 
 from cyberstar.pipeline.pp import CONSTANTS
+from cyberstar.xdp._live_frames import run_live as _run_live
 
 _SYS_BPF = 321  # x86_64
 _BPF_PROG_TEST_RUN = 10
@@ -96,3 +97,14 @@ def prog_test_run(
     action = XDP_ACTIONS.get(attr.retval, f"XDP_{attr.retval}")
     out = data_out.raw[: attr.data_size_out] if data_out is not None else b""
     return ProgRunResult(action, out, attr.duration)
+
+
+def run_live(prog_fd: int, frames: list[bytes], ifindexes: list[int]) -> list[int]:
+    """Run the program on each frame in live-frames mode, as if it arrived on its ifindex, in
+    order, in one call without the GIL (`_live_frames.c`): 0 or the errno, per frame."""
+    for frame in frames:
+        if not MIN_FRAME <= len(frame) <= MAX_FRAME:
+            raise ValueError(
+                f"XDP test runs take frames of {MIN_FRAME}..{MAX_FRAME} bytes, found {len(frame)}"
+            )
+    return _run_live(prog_fd, frames, ifindexes)
