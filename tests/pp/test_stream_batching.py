@@ -11,6 +11,7 @@ import asyncio
 import os
 import queue
 import socket
+import subprocess
 import threading
 import time
 
@@ -450,3 +451,56 @@ def test_a_controller_that_never_reads_its_stream_is_not_read_either(shared_pp_n
     finally:
         call.cancel()
         channel.close()
+
+
+@pytest.fixture
+def shaped(pp_node):
+    """The module's node with port 2 shaped to 1 kB/s: a PacketOut's send(2) to it blocks
+    once the socket's buffer is full (~90 frames of 1.4 kB). Unshaped after the test."""
+    tc = ["ip", "netns", "exec", pp_node.ns, "tc", "qdisc"]
+    subprocess.run([*tc, "add", "dev", "pp2", "root", "tbf", "rate", "8kbit", "burst", "1600",
+                    "limit", "100000000"], check=True)  # fmt: skip
+    s = primed(RawStream(pp_node))
+    try:
+        yield s, lambda: subprocess.run([*tc, "del", "dev", "pp2", "root"], check=False)
+    finally:
+        subprocess.run([*tc, "del", "dev", "pp2", "root"], check=False, capture_output=True)
+        s.close()
+
+
+def send_packet_outs(s: RawStream, count: int) -> None:
+    """`count` PacketOuts of 1.4 kB to port 2, in PacketOutBatches of up to 256."""
+    for at in range(0, count, 256):
+        batch = pb.PacketOutBatch(packets=[_out(f + bytes(1400 - len(f)), 2)
+                                           for f in tagged(min(256, count - at))])  # fmt: skip
+        s.send(p4r.StreamMessageRequest(other=any_pb2.Any(
+            type_url=OUT_BATCH_URL, value=batch.SerializeToString())))  # fmt: skip
+
+
+def test_a_port_that_drains_slowly_does_not_hold_up_the_node(shaped) -> None:
+    """PacketOuts leave from a thread of their own: while the shaped port takes minutes for
+    what the controller sent it, the node still answers the next StreamWrite and Reads."""
+    s, _ = shaped
+    send_packet_outs(s, 200)
+    time.sleep(0.5)  # the transmit thread is blocked in send(2) by now
+    t0 = time.monotonic()
+    stream_write(s, 77, [flow_update(p4r.Update.INSERT, 1077)], [])
+    assert result_of(s) == (77, rpc_code.OK, [])
+    assert flow_keys(s) == {1077}
+    assert time.monotonic() - t0 < 3
+
+
+def test_a_stream_is_not_read_while_4096_packet_outs_wait(shaped) -> None:
+    """The transmit thread's queue is bounded: past 4 096 unsent PacketOuts the node stops
+    reading the stream (the controller waits in gRPC's flow control), and reads on once the
+    port drains."""
+    s, unshape = shaped
+    send_packet_outs(s, 4096 + 256)
+    time.sleep(1.0)
+    stream_write(s, 78, [flow_update(p4r.Update.INSERT, 1078)], [])
+    with pytest.raises(queue.Empty):
+        s.next_message(timeout=2)  # not read: no result
+    assert flow_keys(s) == set()  # and not written
+    unshape()
+    assert result_of(s) == (78, rpc_code.OK, [])
+    assert flow_keys(s) == {1078}

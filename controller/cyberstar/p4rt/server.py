@@ -9,7 +9,11 @@ No client can block another: the server runs on its own event loop, so an idle s
 no thread; device work runs in a small thread pool and takes the device's lock one chunk at a
 time, so a Read whose client stops consuming holds no lock (and is cancelled when one chunk
 waits longer than `SEND_TIMEOUT_S`); streams are capped, and one that does not arbitrate
-within `ARBITRATION_TIMEOUT_S` is closed.
+within `ARBITRATION_TIMEOUT_S` is closed. A PacketOut to a port's socket may wait as long as
+the port is congested, so those leave from a transmit thread (its queue bounded: a stream's
+reading pauses while `MAX_UNSENT_PACKET_OUTS` wait); PacketOuts into the pipeline are the
+kernel's own work, which does not wait, and are sent on the loop unless the thread still holds
+earlier ones (order is kept). A StreamWrite is answered once its packets are sent.
 
 The door (`serve`): mutual TLS with certificates of a CA (`cyberstar certs init`), only callers
 of certificate role `fm` or `admin`, or plaintext on loopback or a unix socket when asked for;
@@ -48,6 +52,7 @@ ARBITRATION_TIMEOUT_S = 10.0  # a stream must arbitrate this soon after it opens
 MAX_STREAMS = 32  # open StreamChannels, arbitrated or not
 OUTBOX_LIMIT = 65536  # messages queued for one stream (PacketIns beyond it are dropped)
 MAX_UNREAD_ANSWERS = 4096  # a stream's answers and errors queued before its reading pauses
+MAX_UNSENT_PACKET_OUTS = 4096  # PacketOuts waiting for the transmit thread; reading pauses here
 MAX_MESSAGE_BYTES = 16 << 20
 # A Write of at most this many updates runs on the event loop when the device is not busy: a
 # thread hand-off costs more than the write (most of a small Write's CPU in a profile).
@@ -69,6 +74,8 @@ class Device(Protocol):
                       ) -> list[P4RuntimeError | None] | None: ...  # fmt: skip
     def read(self, entity: p4r.Entity) -> Iterator[bytes]: ...  # serialized ReadResponses
     def packet_outs(self, packets: list[p4r.PacketOut]) -> list[P4RuntimeError | None]: ...
+    def packet_outs_if_bounded(self, packets: list[p4r.PacketOut]
+                               ) -> list[P4RuntimeError | None] | None: ...  # fmt: skip
     def packet_in(self, punted: Punted) -> bytes: ...
 
 
@@ -95,12 +102,18 @@ class P4RuntimeServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._gate: asyncio.Lock | None = None  # writes, pipeline changes, arbitration
         self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="p4rt-device")
+        self._tx = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="p4rt-packet-out")
+        self._tx_lock = threading.Lock()
+        self._unsent = 0  # PacketOuts handed to the transmit thread, not sent yet
+        self._tx_room: asyncio.Event | None = None  # set when a paused reader may go on
+        self._tx_paused = False
         self._streams = 0
         self.stats = {"write_errors": 0, "packet_in": 0, "packet_in_dropped": 0}
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._gate = asyncio.Lock()
+        self._tx_room = asyncio.Event()
 
     # ---- helpers ------------------------------------------------------------------------------
 
@@ -332,8 +345,10 @@ class P4RuntimeServer:
     async def _read_stream(self, requests, state: _StreamState, outbox: Outbox) -> None:
         try:
             async for req in requests:
-                # A controller that leaves its answers unread is not read either.
+                # A controller that leaves its answers unread is not read either, nor one
+                # whose PacketOuts the device cannot send as fast as they come.
                 await outbox.urgent_below(MAX_UNREAD_ANSWERS)
+                await self._packet_outs_below(MAX_UNSENT_PACKET_OUTS)
                 await self._on_stream_request(req, state, outbox)
         except P4RuntimeError as err:
             outbox.put_urgent(err)
@@ -422,20 +437,21 @@ class P4RuntimeServer:
             return
         took = [r is None or r.code == grpc.StatusCode.ALREADY_EXISTS for r in results]
         ready = [p for p, (a, b) in zip(packets, ranges, strict=True) if all(took[a:b])]
-        if ready:
-            self._packet_outs(controller, ready, outbox)
         status = _write_status(results)
         if status is None:
-            outbox.put_urgent(batching.stream_write_result_response(msg.id, rpc_code.OK))
-            return
-        errors = [d.value for d in status.details]
-        outbox.put_urgent(
-            batching.stream_write_result_response(msg.id, status.code, status.message, errors)
-        )
+            answer = batching.stream_write_result_response(msg.id, rpc_code.OK)
+        else:
+            errors = [d.value for d in status.details]
+            answer = batching.stream_write_result_response(
+                msg.id, status.code, status.message, errors
+            )
+        self._packet_outs(controller, ready, outbox, then=answer)
 
-    def _packet_outs(
-        self, controller: Controller, packets: list[p4r.PacketOut], outbox: Outbox
-    ) -> None:
+    def _packet_outs(self, controller: Controller, packets: list[p4r.PacketOut], outbox: Outbox,
+                     then: bytes | None = None) -> None:  # fmt: skip
+        """Send `packets` in order, each failure as a stream error, then queue the answer
+        `then` (a StreamWrite's result) once they are all sent: on the loop when the device
+        can send them without waiting, else from the transmit thread."""
         try:
             if not self.arbitration.is_primary(controller):
                 raise P4RuntimeError(
@@ -445,15 +461,65 @@ class P4RuntimeServer:
         except P4RuntimeError as err:
             for packet in packets:
                 outbox.put_urgent(_stream_error(err.code, err.message, packet))
+            if then is not None:
+                outbox.put_urgent(then)
             return
+        if not packets:
+            if then is not None:
+                outbox.put_urgent(then)
+            return
+        if self._unsent == 0:  # nothing queued to overtake: on the loop if it cannot wait
+            try:
+                results = self.device.packet_outs_if_bounded(packets)
+            except Exception as exc:  # a bug: answer these PacketOuts, keep the stream
+                results = _internal(packets, exc)
+            if results is not None:
+                _answer(packets, results, outbox, then)
+                return
+        with self._tx_lock:
+            self._unsent += len(packets)
+        self._tx.submit(self._transmit, packets, outbox, then)
+
+    def _transmit(self, packets: list[p4r.PacketOut], outbox: Outbox, then: bytes | None) -> None:
+        """On the transmit thread: the device sends the packets; errors and `then` queued."""
         try:
             results = self.device.packet_outs(packets)
         except Exception as exc:  # a bug: answer these PacketOuts, keep the stream
-            log.exception("PacketOut failed")
-            results = [P4RuntimeError(grpc.StatusCode.INTERNAL, str(exc))] * len(packets)
-        for packet, err in zip(packets, results, strict=True):
-            if err is not None:
-                outbox.put_urgent(_stream_error(err.code, err.message, packet))
+            results = _internal(packets, exc)
+        _answer(packets, results, outbox, then)
+        with self._tx_lock:
+            self._unsent -= len(packets)
+            wake = self._tx_paused and self._unsent < MAX_UNSENT_PACKET_OUTS
+            if wake:
+                self._tx_paused = False
+        if wake and self._loop is not None and self._tx_room is not None:
+            self._loop.call_soon_threadsafe(self._tx_room.set)
+
+    async def _packet_outs_below(self, count: int) -> None:
+        """Wait (on the event loop) until fewer than `count` PacketOuts wait to be sent."""
+        assert self._tx_room is not None
+        while True:
+            with self._tx_lock:
+                if self._unsent < count:
+                    return
+                self._tx_paused = True
+                self._tx_room.clear()
+            await self._tx_room.wait()
+
+
+def _internal(packets: list[p4r.PacketOut], exc: Exception) -> list[P4RuntimeError | None]:
+    log.error("PacketOut failed", exc_info=exc)
+    return [P4RuntimeError(grpc.StatusCode.INTERNAL, str(exc))] * len(packets)
+
+
+def _answer(packets: list[p4r.PacketOut], results: list[P4RuntimeError | None], outbox: Outbox,
+            then: bytes | None) -> None:  # fmt: skip
+    """Each refused PacketOut as a stream error, then `then` (a StreamWrite's result)."""
+    for packet, err in zip(packets, results, strict=True):
+        if err is not None:
+            outbox.put_urgent(_stream_error(err.code, err.message, packet))
+    if then is not None:
+        outbox.put_urgent(then)
 
 
 class _StreamState:
