@@ -593,26 +593,26 @@ class XdpDevice:
         """`packet_outs` when every packet enters the pipeline (a test run: the kernel's own
         work, it does not wait); None, sending nothing, when one is for a port's socket, whose
         send may wait for a congested port."""
-        for packet in packets:
-            try:
-                if not self._packet_out_target(packet)[2]:
-                    return None
-            except P4RuntimeError:
-                pass
-        return self.packet_outs(packets)
+        targets = [self._packet_out_target(p) for p in packets]
+        if any(not isinstance(t, P4RuntimeError) and not t[2] for t in targets):
+            return None
+        return self._send_packets(targets)
 
     def packet_outs(self, packets: list[p4r.PacketOut]) -> list[P4RuntimeError | None]:
         """Send PacketOuts in order (in our network namespace once for all); one result each.
         Consecutive ones to the pipeline's ingress go through the program in one call."""
-        results: list[P4RuntimeError | None] = [None] * len(packets)
+        return self._send_packets([self._packet_out_target(p) for p in packets])
+
+    def _send_packets(self, targets: list[tuple[bytes, Port, bool] | P4RuntimeError]
+                      ) -> list[P4RuntimeError | None]:  # fmt: skip
+        results: list[P4RuntimeError | None] = [None] * len(targets)
         ingress: list[tuple[int, bytes, Port]] = []  # (position, frame, port), not yet run
         with self.run_in_namespace():  # the kernel resolves ingress ifindexes in our netns
-            for i, packet in enumerate(packets):
-                try:
-                    payload, port, to_ingress = self._packet_out_target(packet)
-                except P4RuntimeError as err:
-                    results[i] = err
+            for i, target in enumerate(targets):
+                if isinstance(target, P4RuntimeError):
+                    results[i] = target
                     continue
+                payload, port, to_ingress = target
                 if to_ingress:
                     ingress.append((i, payload, port))
                     continue
@@ -622,8 +622,16 @@ class XdpDevice:
             self._run_ingress(ingress, results)
         return results
 
-    def _packet_out_target(self, packet: p4r.PacketOut) -> tuple[bytes, Port, bool]:
-        """A PacketOut's frame, its port, and whether it enters the pipeline there."""
+    def _packet_out_target(self, packet: p4r.PacketOut
+                           ) -> tuple[bytes, Port, bool] | P4RuntimeError:  # fmt: skip
+        """A PacketOut's frame, its port, and whether it enters the pipeline there; or why it
+        cannot be sent."""
+        try:
+            return self._target(packet)
+        except P4RuntimeError as err:
+            return err
+
+    def _target(self, packet: p4r.PacketOut) -> tuple[bytes, Port, bool]:
         size, limit = len(packet.payload), self.pipeline.constants["MAX_FRAME"]
         if not ETHERNET_HEADER <= size <= limit:
             raise P4RuntimeError(

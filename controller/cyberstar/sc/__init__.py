@@ -18,6 +18,6 @@ Module map (docs/sc.md has the prose):
 """
 
 # Items per Compute or Release call FM's router sends (`routing`): an SC node refuses more than
-# its `limits.max_batch` whole, so that limit may not be set below this (`config`), while FM's
-# batches may be larger (`batch.max_packets`) and a PP's idle scan may report thousands of rules.
+# its `limits.max_batch` whole, so that limit may not be set below this (`config`); a PP's idle
+# scan may report thousands of rules at once, and no batch's size is trusted to be small.
 CALL_CHUNK = 256

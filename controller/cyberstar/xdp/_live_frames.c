@@ -33,14 +33,18 @@ static PyObject *run_live(PyObject *Py_UNUSED(module), PyObject *args) {
     uint32_t *sizes = PyMem_RawMalloc(sizeof(uint32_t) * slots);
     struct xdp_md *ctxs = PyMem_RawCalloc(slots, sizeof(struct xdp_md));
     int *errs = PyMem_RawCalloc(slots, sizeof(int));
-    PyObject *out = NULL;
+    PyObject *out = NULL, *held = NULL;
     if (!data || !sizes || !ctxs || !errs) {
         PyErr_NoMemory();
         goto done;
     }
-    /* The list holds the frames: they live until the call returns. */
+    /* A tuple of the frames holds them while the GIL is released, whatever happens to the
+     * list meanwhile. */
+    held = PyList_AsTuple(frames);
+    if (!held)
+        goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *f = PyList_GET_ITEM(frames, i);
+        PyObject *f = PyTuple_GET_ITEM(held, i);
         if (!PyBytes_Check(f)) {
             PyErr_Format(PyExc_TypeError, "frame %zd: expected bytes, found %s", i,
                          Py_TYPE(f)->tp_name);
@@ -80,6 +84,7 @@ static PyObject *run_live(PyObject *Py_UNUSED(module), PyObject *args) {
         PyList_SET_ITEM(out, i, e);
     }
 done:
+    Py_XDECREF(held);
     PyMem_RawFree(data);
     PyMem_RawFree(sizes);
     PyMem_RawFree(ctxs);
