@@ -455,7 +455,7 @@ def test_a_controller_that_never_reads_its_stream_is_not_read_either(shared_pp_n
 
 @pytest.fixture
 def shaped(pp_node):
-    """The module's node with port 2 shaped to 1 kB/s: a PacketOut's send(2) to it blocks
+    """A node of its own with port 2 shaped to 1 kB/s: a PacketOut's send(2) to it blocks
     once the socket's buffer is full (~90 frames of 1.4 kB). Unshaped after the test."""
     tc = ["ip", "netns", "exec", pp_node.ns, "tc", "qdisc"]
     subprocess.run([*tc, "add", "dev", "pp2", "root", "tbf", "rate", "8kbit", "burst", "1600",

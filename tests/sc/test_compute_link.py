@@ -206,9 +206,9 @@ def test_connections_are_capped_and_idle_ones_closed(lab: ScLab) -> None:
 
 
 def test_fm_computes_and_releases_more_than_one_call_may_carry(lab: ScLab) -> None:
-    """FM's batches may hold more first packets than an SC node takes in one Compute (its
-    max_batch, 1024), and a PP's idle scan may report thousands of rules at once: SC refuses
-    such a call whole, so FM's router must split both."""
+    """Whatever a caller hands FM's router — first packets, or the thousands of rules a PP's
+    idle scan may report at once — it must split: an SC node refuses a call of more than its
+    max_batch (1024) items whole."""
     head = run(chain_of(lab)).nodes[0]
     n = 1300  # connections in one Compute batch, then 2 600 keys (forward, return) released
 
