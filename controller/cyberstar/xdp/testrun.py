@@ -72,10 +72,7 @@ def prog_test_run(
     """Run the program on `frame`. With `ingress_ifindex`, run it in live-frames mode as if the
     frame had arrived on that interface: redirects really transmit, XDP_PASS reaches the stack
     (kernel ≥ 5.18), and there is no output frame (`data` is empty)."""
-    if not MIN_FRAME <= len(frame) <= MAX_FRAME:
-        raise ValueError(
-            f"XDP test runs take frames of {MIN_FRAME}..{MAX_FRAME} bytes, found {len(frame)}"
-        )
+    _check_frame(frame)
     data_in = ctypes.create_string_buffer(frame, len(frame))
     attr = _TestAttr(
         prog_fd=prog_fd, data_size_in=len(frame), data_in=ctypes.addressof(data_in), repeat=repeat
@@ -103,8 +100,12 @@ def run_live(prog_fd: int, frames: list[bytes], ifindexes: list[int]) -> list[in
     """Run the program on each frame in live-frames mode, as if it arrived on its ifindex, in
     order, in one call without the GIL (`_live_frames.c`): 0 or the errno, per frame."""
     for frame in frames:
-        if not MIN_FRAME <= len(frame) <= MAX_FRAME:
-            raise ValueError(
-                f"XDP test runs take frames of {MIN_FRAME}..{MAX_FRAME} bytes, found {len(frame)}"
-            )
+        _check_frame(frame)
     return _run_live(prog_fd, frames, ifindexes)
+
+
+def _check_frame(frame: bytes) -> None:
+    if not MIN_FRAME <= len(frame) <= MAX_FRAME:
+        raise ValueError(
+            f"XDP test runs take frames of {MIN_FRAME}..{MAX_FRAME} bytes, found {len(frame)}"
+        )
