@@ -29,18 +29,20 @@ from dataclasses import dataclass
 from finsy.proto import p4r
 
 from cyberstar.fm.cache import (
+    KEY,
     CachedRule,
     Connection,
     RuleCache,
     connection_cookie,
     entry_key,
     flow_key,
+    record_slot,
 )
 from cyberstar.fm.config import QueueConfig
 from cyberstar.fm.fairqueue import FairQueue
 from cyberstar.fm.sessions import PpSession
 from cyberstar.p4rt import batching
-from cyberstar.p4rt.codec import ExactTableEncoder
+from cyberstar.p4rt.codec import ExactTableEncoder, delete_of
 from cyberstar.p4rt.decode import PipelineDecoder
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.pipeline.entries import TableEntry
@@ -408,10 +410,24 @@ class SlowPath:
     async def _expire(self, session: PpSession, entries: list[p4r.TableEntry]) -> None:
         bit = 1 << session.index
         dpu = self.dpu_of.get(session.index)
+        # Neither a DPU nor behind one: nothing about offloads to check, so a rule of the usual
+        # shape is read from its wire form and cleared in its packed record.
+        plain = dpu is None and session.index not in self.dpu_of.values()
+        wire, codec = self.cache.codec.wire, self.cache.codec
         deletes, releases = [], []
         for te in entries:
             if te.table_id != FLOW_TABLE_ID:
                 continue
+            if plain:
+                raw = te.SerializeToString()
+                parsed = wire.parse(raw)
+                if parsed is not None:
+                    deletes.append(delete_of(raw))
+                    record = self.cache.uninstall(KEY.pack(*parsed[0]), bit)
+                    if record is not None:
+                        slot = record_slot(record)
+                        releases += [_release_key(k, slot) for k in codec.record_keys(record)]
+                    continue
             try:
                 match = self.decoder.table(FLOW_TABLE_ID).decode_match(te)
             except P4RuntimeError:
@@ -490,9 +506,9 @@ _TENANT_FIELD = PACKET_IN_FIELDS["tenant_id"]
 
 def _release_keys(conn: Connection) -> list[ReleaseKey]:
     """What SC needs to free a connection: each of its rule keys, with the connection's slot."""
-    keys = []
-    for rule in conn.rules:
-        m = rule.entry.match
-        flow = FlowKey(m["protocol"], m["src_addr"], m["dst_addr"], m["src_port"], m["dst_port"])
-        keys.append(ReleaseKey(m["tenant_id"], flow, conn.slot))
-    return keys
+    return [_release_key(rule.key, conn.slot) for rule in conn.rules]
+
+
+def _release_key(key: bytes, slot: int) -> ReleaseKey:
+    tenant, src, dst, protocol, sport, dport = KEY.unpack(key)
+    return ReleaseKey(tenant, FlowKey(protocol, src, dst, sport, dport), slot)

@@ -109,6 +109,16 @@ class ExactTableEncoder:
         )  # fmt: skip
 
 
+_DELETE = tag(1, 0) + varint(p4r.Update.DELETE)  # Update.type
+
+
+def delete_of(table_entry: bytes) -> bytes:
+    """A serialized DELETE Update of a serialized TableEntry (Update.entity is field 2,
+    Entity.table_entry field 2): what FM sends for each rule a PP node reports idle, without
+    copying the entry into new messages."""
+    return _DELETE + field(2, field(2, table_entry))
+
+
 def write_of(device_id: int, election_id: int, updates: list[p4r.Update | bytes]) -> bytes:
     """A serialized WriteRequest of Updates given as messages or already serialized: each
     message's bytes framed into it, a third of the cost of a WriteRequest message built from
