@@ -340,7 +340,7 @@ CHECK = Verb(
     run=cmd_check,
 )
 TRAIN = Verb(
-    help="train the Double-DQN agent (progress on stderr)",
+    help="train the DRL agent's network: a recipe, or Double DQN on --instances",
     arguments=train_arguments,
     run=cmd_train,
 )

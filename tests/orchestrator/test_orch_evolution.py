@@ -1,0 +1,78 @@
+"""Evolution strategies on the placement cost (evolution.py): the update, the model it keeps and
+its reproducibility, with real placements and real torch networks."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from orch_cases import cli
+
+from cyberstar.orchestrator.drl import AgentConfig, DrlPolicy, load_model
+from cyberstar.orchestrator.evolution import EvolveSettings, centred_ranks, evolve, weights
+from cyberstar.orchestrator.generator import generate
+from cyberstar.orchestrator.heuristics import BestFit
+from cyberstar.orchestrator.search import place_all
+
+TINY = EvolveSettings(generations=3, pairs=3, instances=2, sigma=0.2, validate_every=1, workers=1)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return [generate("nat50", 90 + s, tenants=40, machines=16) for s in range(6)]
+
+
+@pytest.fixture(scope="module")
+def validation():
+    return [generate("paper-a", 80 + s, tenants=40, machines=16) for s in range(2)]
+
+
+def test_centred_ranks_by_hand():
+    # Scores 0.9, 1.1, 1.0, 0.95: ranks 0, 3, 2, 1 over 3 steps, minus a half.
+    got = centred_ranks(np.array([0.9, 1.1, 1.0, 0.95]))
+    assert got.tolist() == pytest.approx([-0.5, 0.5, 1 / 6, -1 / 6])
+
+
+def test_evolution_moves_the_weights_and_is_the_same_in_two_processes(pool):
+    runs = [
+        evolve(
+            lambda k: pool[k % 6], replace(TINY, workers=w), AgentConfig(hidden=8), progress=False
+        )
+        for w in (1, 2)
+    ]
+    one, two = (weights(net) for net, _ in runs)
+    assert np.array_equal(one, two)
+    last_layer = runs[0][0][-1].weight.detach().numpy()
+    assert np.any(last_layer != 0)  # W is no longer the untrained agent's 0
+    assert [h["generation"] for h in runs[0][1]["history"]] == [1, 2, 3]
+
+
+def test_the_kept_network_is_the_best_on_validation(pool, validation):
+    net, info = evolve(lambda k: pool[k % 6], TINY, AgentConfig(hidden=8), validation, False)
+    bf = np.array([place_all(v, BestFit()).cost for v in validation])
+
+    def relative(policy) -> float:
+        return float(np.mean([place_all(v, policy).cost for v in validation] / bf))
+
+    untrained = relative(DrlPolicy(None, AgentConfig(hidden=8)))
+    seen = [h["validation_cost_vs_bf"] for h in info["history"]]
+    assert len(seen) == 3 and info["untrained_validation_cost_vs_bf"] == round(untrained, 4)
+    kept = relative(DrlPolicy(net, AgentConfig(hidden=8)))
+    assert kept == pytest.approx(min([untrained, *seen]), abs=1e-4)
+    if info["kept_generation"] == 0:
+        assert not np.any(net[-1].weight.detach().numpy())
+
+
+def test_train_command_by_evolution_recipe(tmp_path, capsys):
+    out = tmp_path / "es.pt"
+    assert cli("place", "train", "--recipe", "smoke-es", "--out", out, "--quiet") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [h["generation"] for h in summary["history"]] == [1, 2]
+    recipe = json.loads(out.with_suffix(".json").read_text())
+    assert recipe["method"] == "evolution strategies" and recipe["agent"]["hidden"] == 8
+    assert recipe["recipe"]["train_seeds"] == "100000..100003"
+    policy, info = load_model(out)
+    assert info["recipe"] == recipe["recipe"]
+    assert policy.config.hidden == 8
