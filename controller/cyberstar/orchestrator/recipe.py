@@ -1,4 +1,5 @@
-"""The training recipe of the packaged placement model, reproducible from one command:
+"""The training recipe of the packaged placement model, from one command (not yet bit-for-bit:
+evolution.py says why):
 
   make placement-model      # = cyberstar place train --recipe packaged --out models/drl.pt
 
@@ -62,7 +63,7 @@ RECIPES: dict[str, Recipe] = {
         family_sizes=((100, 400), (20, 100)),
     ),
     # The earlier packaged model: Double-DQN with rollout targets (no gain over the untrained
-    # agent; kept for the ablation and to reproduce its figures).
+    # agent; kept for the ablation and to rerun its figures).
     "dqn": Recipe(TrainSettings(episodes=200, seed=0)),
     # Seconds on small instances: for trying the pipelines, not for use.
     "smoke-es": Recipe(
