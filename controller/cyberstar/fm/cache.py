@@ -157,19 +157,20 @@ class RuleCodec:
             off += _RULE.size + self.params[i].size
         return _HEAD.pack(conn_id, slot, n + 1) + record[_HEAD.size :] + rule
 
-    def without_bit(self, record: bytes, key: bytes, bit: int) -> tuple[bytes, int]:
-        """`record` with PP `bit` cleared on the rule of `key` only, and the rules' bits ORed
-        afterwards (0: no PP holds any rule of the connection)."""
+    def without_bit(self, record: bytes, key: bytes, bit: int) -> tuple[bytes, int, list[bytes]]:
+        """`record` with PP `bit` cleared on the rule of `key` only, the rules' bits ORed
+        afterwards (0: no PP holds any rule of the connection), and the rules' keys."""
         buf = bytearray(record)
-        off, held = _HEAD.size, 0
+        off, held, keys = _HEAD.size, 0, []
         for _ in range(_HEAD.unpack_from(buf)[2]):
             k, bits, _, i = _RULE.unpack_from(buf, off)
             if k == key:
                 bits &= ~bit
                 _INSTALLED.pack_into(buf, off + KEY.size, bits)
             held |= bits
+            keys.append(k)
             off += _RULE.size + self.params[i].size
-        return bytes(buf), held
+        return bytes(buf), held, keys
 
     def with_bit(self, record: bytes, bit: int, installed: bool) -> tuple[bytes, int]:
         """`record` with PP `bit` set (or cleared) on every rule, and the rules' bits ORed."""
@@ -204,11 +205,6 @@ class RuleCodec:
             )  # fmt: skip
             rules.append(CachedRule(key, installed, entry))
         return Connection(conn_id, slot, rules)
-
-
-def record_slot(record: bytes) -> int:
-    """The SC slot of a packed connection record."""
-    return _HEAD.unpack_from(record)[1]
 
 
 class CacheBuilder:
@@ -313,16 +309,15 @@ class RuleCache:
             self._records[key] = record
         return held
 
-    def uninstall(self, key: bytes, bit: int) -> bytes | None:
+    def uninstall(self, key: bytes, bit: int) -> tuple[int, list[bytes]] | None:
         """PP `bit` no longer holds the rule of `key`: clear it in the cached connection's record,
         without unpacking it. When no PP holds any of the connection's rules any more, the
-        connection leaves the cache and its last record is returned (to release it in SC);
-        otherwise, or when no connection has that key, None."""
+        connection leaves the cache and its SC slot and rule keys are returned (to release it
+        in SC); otherwise, or when no connection has that key, None."""
         record = self._records.get(key)
         if record is None:
             return None
-        record, held = self.codec.without_bit(record, key, bit)
-        keys = self.codec.record_keys(record)
+        record, held, keys = self.codec.without_bit(record, key, bit)
         if held:
             for k in keys:
                 self._records[k] = record
@@ -330,7 +325,7 @@ class RuleCache:
         for k in keys:
             self._records.pop(k, None)
         self.connections -= 1
-        return record
+        return _HEAD.unpack_from(record)[1], keys
 
     def record(self, key: bytes) -> bytes:
         return self._records[key]

@@ -36,7 +36,6 @@ from cyberstar.fm.cache import (
     connection_cookie,
     entry_key,
     flow_key,
-    record_slot,
 )
 from cyberstar.fm.config import QueueConfig
 from cyberstar.fm.fairqueue import FairQueue
@@ -413,7 +412,7 @@ class SlowPath:
         # Neither a DPU nor behind one: nothing about offloads to check, so a rule of the usual
         # shape is read from its wire form and cleared in its packed record.
         plain = dpu is None and session.index not in self.dpu_of.values()
-        wire, codec = self.cache.codec.wire, self.cache.codec
+        wire = self.cache.codec.wire
         deletes, releases = [], []
         for te in entries:
             if te.table_id != FLOW_TABLE_ID:
@@ -423,10 +422,10 @@ class SlowPath:
                 parsed = wire.parse(raw)
                 if parsed is not None:
                     deletes.append(delete_of(raw))
-                    record = self.cache.uninstall(KEY.pack(*parsed[0]), bit)
-                    if record is not None:
-                        slot = record_slot(record)
-                        releases += [_release_key(k, slot) for k in codec.record_keys(record)]
+                    released = self.cache.uninstall(KEY.pack(*parsed[0]), bit)
+                    if released is not None:
+                        slot, keys = released
+                        releases += [_release_key(k, slot) for k in keys]
                     continue
             try:
                 match = self.decoder.table(FLOW_TABLE_ID).decode_match(te)
