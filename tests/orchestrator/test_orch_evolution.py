@@ -4,6 +4,9 @@ its reproducibility, with real placements and real torch networks."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -33,6 +36,40 @@ def test_centred_ranks_by_hand():
     # Scores 0.9, 1.1, 1.0, 0.95: ranks 0, 3, 2, 1 over 3 steps, minus a half.
     got = centred_ranks(np.array([0.9, 1.1, 1.0, 0.95]))
     assert got.tolist() == pytest.approx([-0.5, 0.5, 1 / 6, -1 / 6])
+
+
+def test_equal_scores_share_their_mean_rank():
+    # Scores 1.0, 0.9, 1.0, 1.2, 1.0: 0.9 ranks 0, the three 1.0s share (1 + 2 + 3) / 3 = 2,
+    # 1.2 ranks 4; over 4 steps, minus a half. An antithetic pair that placed alike cancels.
+    got = centred_ranks(np.array([1.0, 0.9, 1.0, 1.2, 1.0]))
+    assert got.tolist() == pytest.approx([0.0, -0.5, 0.0, 0.5, 0.0])
+    assert centred_ranks(np.array([1.0, 1.0])).tolist() == [0.0, 0.0]
+
+
+COST_IN_A_PROCESS = """
+from cyberstar.orchestrator.model import Instance, Machine, Request, placement_cost
+machines = [Machine(f"m{i}", 1.0, 1.0, 1.0, price) for i, price in enumerate((0.1, 0.2, 0.3))]
+request = Request("r", "t", "nat", 1.0, 1.0, 1.0)
+print(repr(placement_cost(Instance(1.0, 3, 3, 0, machines, [request]), {"r": ["m0", "m1", "m2"]})))
+"""
+
+
+def test_a_placement_costs_the_same_bits_in_every_process():
+    # Worker processes iterate sets of machine ids in different orders (Python's hash seed);
+    # 0.1 + 0.2 + 0.3 is 0.6000000000000001 in some orders and 0.6 in others. Training ranks
+    # costs computed in different processes, so the sum must not depend on the order: the
+    # correctly rounded sum of the three prices is the double nearest 0.6.
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", COST_IN_A_PROCESS],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for seed in range(12)
+    }
+    assert seen == {"0.6"}
 
 
 def test_evolution_moves_the_weights_and_is_the_same_in_two_processes(pool):

@@ -76,9 +76,12 @@ def placement_costs(job: tuple[np.ndarray | None, AgentConfig, list[Instance]]) 
 
 def centred_ranks(scores: np.ndarray) -> np.ndarray:
     """Ranks mapped to [-0.5, 0.5], lowest score -0.5: the update ignores how far apart scores
-    are, so one instance's outlier cost does not steer a generation."""
-    ranks = np.empty(len(scores))
-    ranks[np.argsort(scores, kind="stable")] = np.arange(len(scores))
+    are, so one instance's outlier cost does not steer a generation. Equal scores share their
+    mean rank: two perturbations that place alike (common: a small step often changes no
+    decision) push theta nowhere, instead of along whichever came first."""
+    _, tie, count = np.unique(scores, return_inverse=True, return_counts=True)
+    first = np.cumsum(count) - count
+    ranks = (first + (count - 1) / 2)[tie]
     return ranks / (len(scores) - 1) - 0.5
 
 

@@ -8,6 +8,7 @@ Resources are always ordered (bandwidth, compute, memory) in arrays.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -102,7 +103,9 @@ class Placement:
 
 
 def placement_cost(instance: Instance, assignments: dict[str, list[str]]) -> float:
-    """Sum of the prices of the machines that host at least one request."""
+    """Sum of the prices of the machines that host at least one request, correctly rounded: the
+    same machines cost the same bits whatever order a set of ids iterates in (it differs from
+    process to process with Python's hash seed, and training compares costs across processes)."""
     price = {m.id: m.price for m in instance.machines}
     used = {mid for machines in assignments.values() for mid in machines}
-    return float(sum(price[mid] for mid in used))
+    return math.fsum(price[mid] for mid in used)
