@@ -231,8 +231,10 @@ def blast(ns: str, ifname: str, dst_mac: str, seconds: float, sent) -> None:
 
 def bench_cyberstar(args) -> dict:
     sources = Sources()
+    asked = {"max_in_flight": args.fm_in_flight, "max_delay_ms": args.fm_max_delay_ms}
+    fm_batch = {k: v for k, v in asked.items() if v is not None}
     with SlowPathLab(scgs=1, nodes_per_scg=3, mode="native", public_net=PUBLIC_NET,
-                     idle_timeout_s=IDLE_TIMEOUT_S) as lab:  # fmt: skip
+                     idle_timeout_s=IDLE_TIMEOUT_S, fm_batch=fm_batch) as lab:  # fmt: skip
         wait_until(lambda: lab.fm_get("fm1", "/status")["leader"], 60, "fm1 to lead")
         add_client_addresses(lab.ns["client"], "c0")
         assert lab.pp is not None and lab.sc.etcd is not None
@@ -242,7 +244,7 @@ def bench_cyberstar(args) -> dict:
             "sc_group": [n.proc.pid for n in lab.sc.nodes.values() if n.proc is not None],
             "etcd": [lab.sc.etcd.proc.pid],
         }
-        out: dict = {"idle_timeout_s": IDLE_TIMEOUT_S}
+        out: dict = {"idle_timeout_s": IDLE_TIMEOUT_S, "fm_batch": fm_batch or "FM defaults"}
         # With no rules and no traffic the daemons still use some CPU (timers, leases):
         # subtracted from the teardown windows, which last tens of seconds.
         idle = CpuMeter(daemons)
@@ -459,6 +461,18 @@ def main() -> int:
         type=Path,
         metavar="DIR",
         help="py-spy profiles of the daemons during cyberstar's saturating run",
+    )
+    ap.add_argument(
+        "--fm-in-flight",
+        type=int,
+        metavar="N",
+        help="FM's SC batches outstanding at once (default: FM's own default)",
+    )
+    ap.add_argument(
+        "--fm-max-delay-ms",
+        type=float,
+        metavar="MS",
+        help="how long a busy FM waits to fill a batch (default: FM's own default)",
     )
     ap.add_argument("--only", choices=("routing", "nftables", "cyberstar"), action="append",
                     help="run only these middles (default: all three)")  # fmt: skip

@@ -122,9 +122,10 @@ class SlowPathLab:
                  pp_kinds: Sequence[str] | None = None,
                  offload: dict | None = None, extra_tenants: Sequence[dict] = (),
                  extra_rules: Callable[[SlowPathLab, int], list[dict]] | None = None,
-                 public_net: str | None = None) -> None:  # fmt: skip
-        """`extra_tenants` are more SC tenant configurations; `extra_rules(lab, i)` gives more
-        static entries for PP node i (benchmarks add a tenant behind a VXLAN next hop).
+                 public_net: str | None = None, fm_batch: dict | None = None) -> None:  # fmt: skip
+        """`fm_batch` is FM's `batch` section (its defaults when None). `extra_tenants` are
+        more SC tenant configurations; `extra_rules(lab, i)` gives more static entries for PP
+        node i (benchmarks add a tenant behind a VXLAN next hop).
         `public_net` (a prefix outside 203.0.113.16/28) replaces tenant 7's one-address
         SNAT pool, PUBLIC_IP ports 20000-59999, by every address of the prefix, ports
         1024-65535: benchmarks need more than 40 000 connections."""
@@ -133,6 +134,7 @@ class SlowPathLab:
         if offload is not None and self.pp_kinds != ["xdp"]:
             raise ValueError("a DPU stands in front of exactly one XDP PP node")
         self.offload = offload
+        self.fm_batch = fm_batch
         # XDP_REDIRECT into a veth in native mode needs GRO on its peer, and bmv2 would then
         # capture coalesced frames larger than the MTU: the host runs in skb mode.
         mode = "skb" if offload is not None else mode
@@ -311,6 +313,8 @@ class SlowPathLab:
             },
             "pp_nodes": nodes,
         }
+        if self.fm_batch:
+            config["batch"] = dict(self.fm_batch)
         if len(self.pps) > 1:
             config["fabric"] = self.fabric()
         if self.dpu is not None:
