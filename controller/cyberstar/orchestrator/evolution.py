@@ -14,9 +14,10 @@ placements per step, which one network of a few hundred weights on two cores can
 
 The network kept is the one with the lowest mean validation cost relative to best fit, measured
 every `validate_every` generations; the zero network (the untrained agent) competes too.
-A run is bit-reproducible for its seed, whatever the number of worker processes: two full runs
-of the packaged recipe give identical weights. (They did not while a placement's cost summed
-prices in set order, which follows each process's hash seed: `model.placement_cost`.)
+On one machine a run is bit-reproducible for its seed, whatever the number of worker
+processes: two full runs of the packaged recipe gave identical weights. (They did not while a
+placement's cost summed prices in set order, which follows each process's hash seed:
+`model.placement_cost`.)
 """
 
 from __future__ import annotations
