@@ -1,5 +1,5 @@
-"""The training recipe of the packaged placement model, from one command (not yet bit-for-bit:
-evolution.py says why):
+"""The training recipe of the packaged placement model, reproducible from one command (bit for
+bit on one machine: evolution.py says what that took):
 
   make placement-model      # = cyberstar place train --recipe packaged --out models/drl.pt
 
