@@ -5,9 +5,12 @@ against the ones FM uses.
 Per connection FM parses the punted frame, turns SC's two rules into table entries, encodes
 them as two P4Runtime Updates of one WriteRequest, and builds the PacketOut. `general` does it
 with the general paths (`frame_metadata`, `table_entry`, `codec.update`, protobuf messages);
-`fm` with FM's (`frame_flow`, `flow_table_entry`, `ExactTableEncoder`, bytes built by hand),
-which tests hold equal to the general ones. CPU time, not wall time: a loaded machine slows
-both alike. Prints one JSON object (best and median of `--runs`).
+`fm_protobuf_rules` with FM's (`frame_flow`, `flow_table_entry`, `ExactTableEncoder`, bytes
+built by hand) from SC's protobuf rules, `fm` from the packed rules FM asks SC for
+(`RuleCodec.from_packed`); tests hold them equal to the general ones. The reply is parsed
+before the clock in all three. `sc_reply` times the SC head's side of the same reply: the
+`RuleReply` built (`reply_of`) and serialized, with protobuf or packed rules. CPU time, not wall
+time: a loaded machine slows all alike. Prints one JSON object (best and median of `--runs`).
 
 A connection's teardown has FM's share too: `teardown` times `SlowPath._expire` on idle
 notifications of N cached connections' rules (512 per notification, as a PP's idle scan sends
@@ -42,8 +45,10 @@ from cyberstar.pipeline.entries import TableEntry
 from cyberstar.pipeline.frames import frame_flow, frame_metadata
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.proto import sc_pb2
+from cyberstar.sc.engine import Outcome
 from cyberstar.sc.flows import FlowKey
-from cyberstar.sc.rules import fill_rule, flow_table_entry, table_entry
+from cyberstar.sc.rules import flow_table_entry, table_entry
+from cyberstar.sc.server import reply_of
 from cyberstar.sc.state import FlowRule
 
 FRAME = packets.tcp_frame("02:00:00:00:00:0a", "02:00:00:00:00:01", "10.1.0.2", "10.2.0.2",
@@ -52,21 +57,30 @@ META = [(1, b"\x01"), (2, b"\x00\x01")]  # submit_to_ingress, ingress_port
 INSERT = p4r.Update.INSERT
 
 
-def sc_reply() -> sc_pb2.RuleReply:
-    reply = sc_pb2.RuleReply(request_id=1, slot=5)
-    fill_rule(
-        reply.rules.add(),
-        7,
+OUTCOME = Outcome(
+    sc_pb2.OK,
+    rules=[
         FlowRule(FlowKey(6, 0x0A010002, 0x0A020002, 40000, 80), "snat", (0xCB007109, 50000, 2)),
-        30_000_000_000,
-    )
-    fill_rule(
-        reply.rules.add(),
-        7,
         FlowRule(FlowKey(6, 0x0A020002, 0xCB007109, 80, 50000), "dnat", (0x0A010002, 40000, 1)),
-        30_000_000_000,
-    )
-    return reply  # fmt: skip
+    ],
+    tenant_id=7,
+    timeout_ns=30_000_000_000,
+    slot=5,
+)
+CODEC = RuleCache(PIPELINE).codec
+
+
+def sc_reply(packed: bool = False) -> sc_pb2.RuleReply:
+    reply = reply_of(1, OUTCOME, packed)
+    assert bool(reply.packed_rules) == packed
+    return reply
+
+
+def sc_side(packed: bool, n: int, runs: int) -> dict:
+    def one(_reply: sc_pb2.RuleReply, i: int) -> None:
+        reply_of(i, OUTCOME, packed).SerializeToString()
+
+    return measure(one, sc_pb2.RuleReply(), n, runs)
 
 
 def general(reply: sc_pb2.RuleReply, i: int) -> None:
@@ -82,11 +96,18 @@ def general(reply: sc_pb2.RuleReply, i: int) -> None:
     packet_out_request(FRAME, META).SerializeToString()
 
 
-def fm(reply: sc_pb2.RuleReply, i: int) -> None:
+def fm_protobuf_rules(reply: sc_pb2.RuleReply, i: int) -> None:
     frame_flow(FRAME, 1)
     cookie = connection_cookie(i, 5)
     rules = [CachedRule(entry_key(e), 0, e) for e in (flow_table_entry(r, cookie)
                                                       for r in reply.rules)]  # fmt: skip
+    write_request_bytes(1, 1 << 33, [FLOW_UPDATES.update(INSERT, r.entry) for r in rules])
+    batching.packet_out_request(batching.packet_out(FRAME, META))
+
+
+def fm(reply: sc_pb2.RuleReply, i: int) -> None:
+    frame_flow(FRAME, 1)
+    rules = CODEC.from_packed(i, reply.slot, reply.packed_rules).rules
     write_request_bytes(1, 1 << 33, [FLOW_UPDATES.update(INSERT, r.entry) for r in rules])
     batching.packet_out_request(batching.packet_out(FRAME, META))
 
@@ -147,16 +168,22 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=5000, help="per run")
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
-    reply = sc_reply()
-    out = {"per_connection_cpu": {}}
-    for _ in range(2):  # interleaved: a change of load hits both
-        for name, fn in (("general", general), ("fm", fm)):
+    reply, packed = sc_reply(), sc_reply(packed=True)
+    out: dict = {"per_connection_cpu": {}, "sc_reply": {}}
+    for _ in range(2):  # interleaved: a change of load hits all alike
+        for name, fn, given in (("general", general, reply),
+                                ("fm_protobuf_rules", fm_protobuf_rules, reply),
+                                ("fm", fm, packed)):  # fmt: skip
             out["per_connection_cpu"].setdefault(name, []).append(
-                measure(fn, reply, args.connections, args.runs)
+                measure(fn, given, args.connections, args.runs)
             )
+        for name, pack in (("protobuf_rules", False), ("packed_rules", True)):
+            out["sc_reply"].setdefault(name, []).append(sc_side(pack, args.connections, args.runs))
     best = {k: min(r["best_us"] for r in v) for k, v in out["per_connection_cpu"].items()}
     out["best_us"] = best
     out["fm_over_general"] = round(best["fm"] / best["general"], 2)
+    out["sc_reply_best_us"] = {k: min(r["best_us"] for r in v) for k, v in out["sc_reply"].items()}
+    out["reply_bytes"] = {"protobuf_rules": reply.ByteSize(), "packed_rules": packed.ByteSize()}
     runs: dict[str, list[float]] = {"host": [], "offload_aware": []}
     for _ in range(args.runs):
         for name in runs:

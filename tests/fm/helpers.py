@@ -54,8 +54,9 @@ def open_connections(lab: SlowPathLab, dst: str, port: int, n: int, workers: int
     return sockets, errors
 
 
-def sc_requests(lab: SlowPathLab) -> int:
-    """Compute requests the SC nodes have answered (heads count requests they received)."""
+def sc_requests(lab: SlowPathLab, counter: str = "requests") -> int:
+    """Compute requests the SC nodes have answered (heads count requests they received), or
+    another of their counters summed."""
 
     async def census() -> int:
         total = 0
@@ -64,7 +65,7 @@ def sc_requests(lab: SlowPathLab) -> int:
                 continue
             async with ScClient(node.config["listen"], lab.sc.client_tls) as c:
                 reply = await c.inspect()
-            total += reply.counters.get("requests", 0)
+            total += reply.counters.get(counter, 0)
         return total
 
     return asyncio.run(census())

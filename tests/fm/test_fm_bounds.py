@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import time
 
@@ -117,16 +118,21 @@ class OneHeadMap:
 class EngineRouter:
     """A router in front of a real SC engine: what an SC group would answer."""
 
-    def __init__(self) -> None:
+    def __init__(self, packed: bool = False, damage=None) -> None:
         self.engine = engine_from(TENANTS)
         self.map = OneHeadMap("here")
         self.released: list = []
+        self.packed = packed  # answer with packed rules, as SC does when FM asks
+        self.damage = damage  # what to do to the packed rules on the way
 
     async def compute(self, requests: list[Request]) -> list[sc_pb2.RuleReply]:
         out = []
         for r in requests:
             result = ask(self.engine, r.packet.tenant_id, r.packet.key)
-            out.append(reply_of(r.request_id, result))
+            reply = reply_of(r.request_id, result, self.packed)
+            if self.damage is not None:
+                reply.packed_rules = self.damage(reply.packed_rules)
+            out.append(reply)
         return out
 
     async def release(self, keys) -> Released:
@@ -180,6 +186,29 @@ async def _short_sc() -> tuple[grpc.aio.Server, int]:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, port
+
+
+def test_fm_writes_the_same_updates_from_packed_rules() -> None:
+    """SC's packed rules (what FM asks for) and its protobuf rules become the same P4Runtime
+    updates; packed rules that break the layout are refused like a bad protobuf rule: counted,
+    nothing written, nothing left pending."""
+
+    async def written(router: EngineRouter) -> tuple[list, SlowPath]:
+        slow = SlowPath(RuleCache(PIPELINE), router, 16, 0.0)
+        slow._conn_ids = itertools.count(1 << 40)  # the cookies' connection ids, in both runs
+        session = FailingSession(stream_writes=True)
+        await slow._process([(session, packet_in(7, 43000 + i), time.monotonic())
+                             for i in range(3)])  # fmt: skip
+        return session.written, slow
+
+    async def go() -> None:
+        plain, _ = await written(EngineRouter())
+        packed, _ = await written(EngineRouter(packed=True))
+        assert len(plain) == 6 and packed == plain
+        bad, slow = await written(EngineRouter(packed=True, damage=lambda b: b[:-1]))
+        assert bad == [] and slow.stats["sc_bad_rules"] == 3 and slow._pending == {}
+
+    asyncio.run(go())
 
 
 def test_a_reply_batch_of_the_wrong_length_leaves_nothing_pending() -> None:

@@ -16,7 +16,7 @@ from cyberstar.pipeline.entries import EntryError, TableEntry
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.proto import sc_pb2
 from cyberstar.sc.flows import FlowKey
-from cyberstar.sc.rules import fill_rule, flow_table_entry, table_entry
+from cyberstar.sc.rules import fill_rule, flow_table_entry, packed_rules, table_entry
 from cyberstar.sc.state import FlowRule
 
 TABLE = PIPELINE.table("flow_table")
@@ -135,3 +135,113 @@ def test_fm_reads_a_rule_from_its_wire_form_as_from_its_fields(te: p4r.TableEntr
         return  # read field by field, as before
     assert packed == outcome(codec.rule_bytes, te, 5, decoder)
     assert parsed[4] == te.metadata
+
+
+# ---- packed rules: what SC answers FM with when FM asks (`pipeline/flow_records.py`) ---------
+
+
+def _packed_entry(entry: TableEntry) -> FlowRule:
+    key = FlowKey(*(entry.match[n] for n in ("protocol", "src_addr", "dst_addr", "src_port",
+                                              "dst_port")))  # fmt: skip
+    params = tuple(entry.params[p.name] for p in PIPELINE.action(entry.action).params)
+    return FlowRule(key, entry.action, params)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(entries(), min_size=1, max_size=3),
+       st.sampled_from([0, 1_000_000, 30_000_000_000, 4_294_967_295_000_000]),
+       st.integers(0, (1 << 64) - 1), st.integers(0, 0xFFFF))  # fmt: skip
+def test_packed_rules_read_back_as_the_protobuf_rules(
+    batch: list[TableEntry], idle_ns: int, conn_id: int, slot: int
+) -> None:
+    """FM's connection from SC's packed rules equals the one the general parser builds from
+    the protobuf rules SC sends otherwise (same tenant for all: one connection's rules)."""
+    from cyberstar.fm.cache import RuleCodec, connection_cookie
+
+    tenant = batch[0].match["tenant_id"]
+    rules = [_packed_entry(e) for e in batch]
+    packed = packed_rules(tenant, rules, idle_ns)
+    assert packed is not None
+    conn = RuleCodec(PIPELINE).from_packed(conn_id, slot, packed)
+    cookie = connection_cookie(conn_id, slot)
+    expected = []
+    for rule in rules:
+        msg = sc_pb2.Rule()
+        fill_rule(msg, tenant, rule, idle_ns)
+        general = table_entry(msg)
+        expected.append(TableEntry(general.table, general.match, general.action, general.params,
+                                   0, False, idle_ns, cookie))  # fmt: skip
+    assert (conn.conn_id, conn.slot) == (conn_id, slot)
+    assert [r.entry for r in conn.rules] == expected
+    assert all(r.installed == 0 for r in conn.rules)
+
+
+def test_a_packed_rule_byte_by_byte() -> None:
+    """The layout written out by hand from the module's description and the pipeline spec:
+    snat is the flow table's second action (index 1); its parameters src_addr (32 bits),
+    src_port (16) and nexthop_id (16) take 4, 2 and 2 bytes."""
+    key = FlowKey(6, 0x0A010002, 0x0A020002, 40000, 80)
+    packed = packed_rules(7, [FlowRule(key, "snat", (0xCB007109, 50000, 2))], 30_000_000_000)
+    assert packed == bytes.fromhex(
+        "0007" "0a010002" "0a020002" "06" "9c40" "0050"  # tenant, src, dst, proto, ports
+        "0000000000000000"  # installed on no PP yet
+        "00007530"  # idle timeout: 30 000 ms
+        "01"  # snat
+        "cb007109" "c350" "0002"  # src_addr, src_port 50 000, nexthop 2
+    )  # fmt: skip
+
+
+def test_rules_that_do_not_fit_the_layout_go_as_protobuf() -> None:
+    key = FlowKey(6, 0x0A010002, 0x0A020002, 40000, 80)
+    rule = FlowRule(key, "snat", (0xCB007109, 50000, 2))
+    assert packed_rules(7, [rule], 1_500_000) is None  # not whole milliseconds
+    assert packed_rules(7, [rule], (1 << 32) * 1_000_000) is None  # beyond 32-bit milliseconds
+    assert packed_rules(7, [rule._replace(params=(1 << 32, 50000, 2))], 0) is None
+    assert packed_rules(7, [rule._replace(action="no_such_action")], 0) is None
+    assert packed_rules(1 << 16, [rule], 0) is None  # a tenant beyond 16 bits
+
+
+def _snat(tenant: int = 7) -> bytes:
+    key = FlowKey(6, 0x0A010002, 0x0A020002, 40000, 80)
+    packed = packed_rules(tenant, [FlowRule(key, "snat", (0xCB007109, 50000, 2))], 0)
+    assert packed is not None
+    return packed
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (lambda b: b[:-1], "parameters are cut short"),
+        (lambda b: b + b"\x00", "1 bytes left"),
+        (lambda b: b[:27] + bytes([6]) + b[28:], "action index 6"),  # the table has 6
+        (lambda b: b[:27] + bytes([5]) + b[28:], "punt_miss is the table's default only"),
+    ],
+)
+def test_fm_refuses_packed_rules_that_break_the_layout(damage, said: str) -> None:
+    from cyberstar.fm.cache import RuleCodec
+
+    codec = RuleCodec(PIPELINE)
+    assert len(codec.from_packed(1, 2, _snat() + _snat(8)).rules) == 2
+    with pytest.raises(ValueError, match=said):
+        codec.from_packed(1, 2, damage(_snat()))
+
+
+def test_the_layout_digest_names_the_pipeline() -> None:
+    """Another flow table (here: one parameter wider) has another digest, so an SC node of
+    another pipeline answers FM with protobuf rules rather than records FM misreads."""
+    import copy
+
+    from cyberstar.pipeline.flow_records import FlowLayout
+
+    other = copy.deepcopy(PIPELINE)
+    param = other.action("snat").params[1]
+    object.__setattr__(param, "width", 24)
+    assert FlowLayout(other).digest != FlowLayout(PIPELINE).digest
+    assert FlowLayout(copy.deepcopy(PIPELINE)).digest == FlowLayout(PIPELINE).digest != 0
+    # ... and reads its own widths: a 24-bit parameter takes 4 bytes, and 2**24 does not fit.
+    key = bytes.fromhex("0007" "0a010002" "0a020002" "06" "9c40" "0050")  # fmt: skip
+    wide = FlowLayout(other)
+    fits = wide.pack_rule(key, 0, "snat", (1, (1 << 24) - 1, 2))
+    assert wide.count_checked(fits) == 1
+    with pytest.raises(ValueError, match=r"snat src_port=16777216 does not fit in 24 bits"):
+        wide.count_checked(wide.pack_rule(key, 0, "snat", (1, 1 << 24, 2)))

@@ -54,8 +54,11 @@ def test_membership_in_etcd(lab) -> None:
 
 def test_a_thousand_connections_through_snat(lab) -> None:
     before = len(lab.accepted)
+    asked, packed = sc_requests(lab), sc_requests(lab, "packed_replies")
     _, errors = open_connections(lab, SERVERS[0], SERVER_PORT, 1000)
     assert errors == []
+    # FM asked for its packed records, and every new connection's rules came that way.
+    assert sc_requests(lab, "packed_replies") - packed == sc_requests(lab) - asked >= 1000
     seen = [peer for _, peer in lab.accepted[before:]]
     assert len(seen) == 1000
     assert {ip for ip, _ in seen} == {PUBLIC_IP}

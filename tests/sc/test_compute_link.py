@@ -5,6 +5,7 @@ was most of FM's CPU per batch; every listening socket is a door)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 
@@ -75,6 +76,44 @@ def test_the_link_answers_as_the_grpc_compute(lab: ScLab) -> None:
     assert after["link_calls"] - before["link_calls"] == 40
     assert after["connections_created"] - before["connections_created"] == n
     assert after["cache_hits"] - before["cache_hits"] == n
+
+
+def test_packed_replies_carry_the_rules_of_the_protobuf_ones(lab: ScLab) -> None:
+    """FM asks for its packed records (`RuleBatch.packed_layout`); the rules they hold are the
+    protobuf replies' rules, read by the general parser. A caller of another layout gets
+    protobuf rules."""
+    from cyberstar.fm.cache import RuleCodec, connection_cookie
+    from cyberstar.pipeline.pp import PIPELINE
+    from cyberstar.sc.rules import table_entry
+
+    head = run(chain_of(lab)).nodes[0]
+    fm = lab.certs.files("fm", "fm-packed")
+    codec = RuleCodec(PIPELINE)
+    batch = flows(3000, 6)
+
+    async def calls() -> tuple[list, list, list]:
+        client = ComputeLinkClient(head.compute, client_ssl(fm), timeout_s=10)
+        try:
+            packed = await client.compute(batch, packed_layout=codec.layout.digest)
+            other = await client.compute(batch, packed_layout=codec.layout.digest ^ 1)
+        finally:
+            await client.close()
+        return packed, other, await grpc_compute(head.address, fm, batch)
+
+    before = run(inspect(head.address, lab.client_tls)).counters
+    packed, other, plain = run(calls())
+    after = run(inspect(head.address, lab.client_tls)).counters
+    assert after["packed_replies"] - before["packed_replies"] == len(batch)
+    assert other == plain and all(r.rules and not r.packed_rules for r in plain)
+    for p, r in zip(packed, plain, strict=True):
+        assert p.packed_rules and not p.rules
+        assert (p.request_id, p.status, p.slot, p.shard) == (r.request_id, r.status, r.slot,
+                                                             r.shard)  # fmt: skip
+        conn = codec.from_packed(9, p.slot, p.packed_rules)
+        cookie = connection_cookie(9, r.slot)
+        assert [c.entry for c in conn.rules] == [
+            dataclasses.replace(table_entry(rule), metadata=cookie) for rule in r.rules
+        ]
 
 
 def test_fm_routes_compute_over_the_link(lab: ScLab) -> None:

@@ -22,13 +22,12 @@ from finsy.proto import p4r
 
 from cyberstar.p4rt.exact_wire import ExactWire, ParsedEntry
 from cyberstar.pipeline.entries import TableEntry
+from cyberstar.pipeline.flow_records import FLOW_TABLE, KEY, RULE, FlowLayout
 from cyberstar.pipeline.model import Pipeline
 
-KEY = struct.Struct(">HIIBHH")
 _HEAD = struct.Struct(">QHB")
-_RULE = struct.Struct(">15sQIB")
+_RULE = RULE
 _INSTALLED = struct.Struct(">Q")  # a rule's installed bits, at offset KEY.size of its _RULE
-FLOW_TABLE = "flow_table"
 
 
 def flow_key(tenant: int, protocol: int, src: int, dst: int, sport: int, dport: int) -> bytes:
@@ -65,12 +64,11 @@ class RuleCodec:
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
         table = pipeline.table(FLOW_TABLE)
-        self.actions = [pipeline.action(r.action) for r in table.actions]
-        self.index = {a.name: i for i, a in enumerate(self.actions)}
+        self.layout = FlowLayout(pipeline)
+        self.actions = self.layout.actions
+        self.index = self.layout.index
         self.by_id = {a.id: i for i, a in enumerate(self.actions)}
-        self.params = [
-            struct.Struct(">" + "".join(_code(p.width) for p in a.params)) for a in self.actions
-        ]
+        self.params = self.layout.params
         self.wire = ExactWire(
             table.id,
             [k.width for k in table.key],
@@ -184,6 +182,12 @@ class RuleCodec:
             off += _RULE.size + self.params[i].size
         return bytes(buf), held
 
+    def from_packed(self, conn_id: int, slot: int, packed: bytes) -> Connection:
+        """Connection `conn_id` of rules packed as SC sends them (`flow_records`), each checked
+        against the layout. ValueError says what is wrong."""
+        n = self.layout.count_checked(packed)
+        return self.unpack(_HEAD.pack(conn_id, slot, n) + packed)
+
     def unpack(self, record: bytes) -> Connection:
         conn_id, slot, n = _HEAD.unpack_from(record)
         off, rules = _HEAD.size, []
@@ -250,13 +254,6 @@ class CacheBuilder:
         """The connections rebuilt; the builder's index is dropped."""
         self._first_key.clear()
         return self.cache.connections
-
-
-def _code(width: int) -> str:
-    for size, code in ((8, "B"), (16, "H"), (32, "I"), (64, "Q")):
-        if width <= size:
-            return code
-    raise ValueError(f"{width}-bit parameter")
 
 
 COOKIE = struct.Struct(">4sQH")

@@ -79,7 +79,8 @@ class FabricMaster:
         self.keys = coord.Keys(config.etcd_prefix)
         self.cache = RuleCache(PIPELINE)
         self.shard_map = ShardMap(config.etcd, config.etcd_prefix)
-        self.router = ScRouter(self.shard_map, config.tls)
+        layout = self.cache.codec.layout.digest  # SC answers with FM's packed records
+        self.router = ScRouter(self.shard_map, config.tls, packed_layout=layout)
         self.slowpath = SlowPath(
             self.cache,
             self.router,

@@ -264,6 +264,8 @@ class SlowPath:
         conn_id = next(self._conn_ids)
         rules = []
         try:
+            if reply.packed_rules:
+                return self.cache.codec.from_packed(conn_id, reply.slot, reply.packed_rules)
             cookie = connection_cookie(conn_id, reply.slot)
             for rule in reply.rules:
                 entry = flow_table_entry(rule, cookie)

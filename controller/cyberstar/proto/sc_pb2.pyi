@@ -69,10 +69,12 @@ class RuleRequest(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., flow: _Optional[_Union[Flow, _Mapping]] = ..., shard: _Optional[str] = ...) -> None: ...
 
 class RuleBatch(_message.Message):
-    __slots__ = ("requests",)
+    __slots__ = ("requests", "packed_layout")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_LAYOUT_FIELD_NUMBER: _ClassVar[int]
     requests: _containers.RepeatedCompositeFieldContainer[RuleRequest]
-    def __init__(self, requests: _Optional[_Iterable[_Union[RuleRequest, _Mapping]]] = ...) -> None: ...
+    packed_layout: int
+    def __init__(self, requests: _Optional[_Iterable[_Union[RuleRequest, _Mapping]]] = ..., packed_layout: _Optional[int] = ...) -> None: ...
 
 class MatchField(_message.Message):
     __slots__ = ("name", "value", "prefix_len", "mask")
@@ -110,18 +112,20 @@ class Rule(_message.Message):
     def __init__(self, table: _Optional[str] = ..., match: _Optional[_Iterable[_Union[MatchField, _Mapping]]] = ..., action: _Optional[str] = ..., params: _Optional[_Mapping[str, int]] = ..., priority: _Optional[int] = ..., idle_timeout_ns: _Optional[int] = ...) -> None: ...
 
 class RuleReply(_message.Message):
-    __slots__ = ("request_id", "status", "rules", "slot", "shard")
+    __slots__ = ("request_id", "status", "rules", "slot", "shard", "packed_rules")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     RULES_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
+    PACKED_RULES_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     status: Status
     rules: _containers.RepeatedCompositeFieldContainer[Rule]
     slot: int
     shard: str
-    def __init__(self, request_id: _Optional[int] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., slot: _Optional[int] = ..., shard: _Optional[str] = ...) -> None: ...
+    packed_rules: bytes
+    def __init__(self, request_id: _Optional[int] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., slot: _Optional[int] = ..., shard: _Optional[str] = ..., packed_rules: _Optional[bytes] = ...) -> None: ...
 
 class RuleReplyBatch(_message.Message):
     __slots__ = ("replies",)

@@ -67,9 +67,14 @@ def request_proto(r: Request) -> sc_pb2.RuleRequest:
     )
 
 
-def rule_batch(requests: Iterable[Request | sc_pb2.RuleRequest]) -> sc_pb2.RuleBatch:
+def rule_batch(
+    requests: Iterable[Request | sc_pb2.RuleRequest], packed_layout: int = 0
+) -> sc_pb2.RuleBatch:
+    """`packed_layout`: the digest of the packed rules the caller reads (`FlowLayout`), or 0
+    for protobuf rules."""
     return sc_pb2.RuleBatch(
-        requests=[r if isinstance(r, sc_pb2.RuleRequest) else request_proto(r) for r in requests]
+        requests=[r if isinstance(r, sc_pb2.RuleRequest) else request_proto(r) for r in requests],
+        packed_layout=packed_layout,
     )
 
 
@@ -97,11 +102,17 @@ class ScClient:
         await self.close()
 
     async def compute(
-        self, requests: Iterable[Request | sc_pb2.RuleRequest], hops: int = 0
+        self,
+        requests: Iterable[Request | sc_pb2.RuleRequest],
+        hops: int = 0,
+        packed_layout: int = 0,
     ) -> list[sc_pb2.RuleReply]:
-        """One reply per request, in order (`sc_pb2.RuleReply`: status, rules, slot, shard)."""
+        """One reply per request, in order (`sc_pb2.RuleReply`: status, rules or packed rules,
+        slot, shard)."""
         reply = await self.stub.Compute(
-            rule_batch(requests), timeout=self.timeout_s, metadata=((HOPS_METADATA, str(hops)),)
+            rule_batch(requests, packed_layout),
+            timeout=self.timeout_s,
+            metadata=((HOPS_METADATA, str(hops)),),
         )
         return list(reply.replies)
 

@@ -198,10 +198,13 @@ class ComputeLinkClient:
         self._ids = itertools.count(1)
 
     async def compute(
-        self, requests: Iterable[Request | sc_pb2.RuleRequest], hops: int = 0
+        self,
+        requests: Iterable[Request | sc_pb2.RuleRequest],
+        hops: int = 0,
+        packed_layout: int = 0,
     ) -> list[sc_pb2.RuleReply]:
         """One reply per request, in order."""
-        batch = rule_batch(requests)
+        batch = rule_batch(requests, packed_layout)
         link = await self._connected()
         call_id = next(self._ids)
         loop = asyncio.get_running_loop()

@@ -8,6 +8,7 @@ from collections import Counter
 COUNTERS = {
     "requests": "rule requests received (Compute items)",
     "link_calls": "Compute calls received on the compute link (the others came over gRPC)",
+    "packed_replies": "replies whose rules went as packed records (the caller asked: FM does)",
     "rules_ok": "requests answered with rules and status OK",
     "connections_created": "connections stored (state replicated through the chain)",
     "cache_hits": "requests answered from a stored connection",

@@ -136,11 +136,14 @@ class Released:
 
 class ScRouter:
     """Batches requests per SCG over one `ScClient` per head (Compute on the head's compute
-    link when it publishes one); retries bounced requests."""
+    link when it publishes one); retries bounced requests. With `packed_layout` (a
+    `FlowLayout.digest`) it asks for packed rules: replies carry `rules` or `packed_rules`."""
 
     def __init__(self, shard_map: ShardMap, tls: TlsFiles | None, attempts: int = 40,
-                 pause_s: float = 0.05, chunk: int = CALL_CHUNK) -> None:  # fmt: skip
+                 pause_s: float = 0.05, chunk: int = CALL_CHUNK,
+                 packed_layout: int = 0) -> None:  # fmt: skip
         self.map = shard_map
+        self.packed_layout = packed_layout
         self.tls = tls
         self.attempts = attempts
         self.pause_s = pause_s
@@ -174,13 +177,13 @@ class ScRouter:
         """Compute on the head's compute link, or over gRPC when the link cannot be reached
         (a firewall between FM and SC that lets only the gRPC port through, say)."""
         try:
-            return await self.compute_client(head).compute(reqs)
+            return await self.compute_client(head).compute(reqs, packed_layout=self.packed_layout)
         except ComputeLinkUnreachable as exc:
             now = time.monotonic()
             if now - self._unreachable_logged.get(head, -1e9) > 60:
                 self._unreachable_logged[head] = now
                 log.warning("SC compute link %s; using gRPC to %s", exc, head)
-            return await self.client(head).compute(reqs)
+            return await self.client(head).compute(reqs, packed_layout=self.packed_layout)
 
     async def compute(self, requests: Sequence[Request]) -> list[sc_pb2.RuleReply]:
         """One reply per request, in order; a request is retried while its SCG is in flux."""

@@ -5,7 +5,11 @@ Field and parameter names come from the pipeline spec, never from a second list 
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Sequence
+
 from cyberstar.pipeline.entries import EntryError, TableEntry, build_entry
+from cyberstar.pipeline.flow_records import KEY, FlowLayout
 from cyberstar.pipeline.model import ActionScope
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.proto import sc_pb2
@@ -47,6 +51,31 @@ def fill_rule(msg: sc_pb2.Rule, tenant_id: int, rule: FlowRule, idle_timeout_ns:
     msg.action = rule.action
     msg.params.update(zip(_PARAMS[rule.action], rule.params, strict=True))
     msg.idle_timeout_ns = idle_timeout_ns
+
+
+LAYOUT = FlowLayout(PIPELINE)
+
+
+def packed_rules(tenant_id: int, rules: Sequence[FlowRule], idle_timeout_ns: int) -> bytes | None:
+    """The rules as FM's packed records hold them (`flow_records`), or None when they do not
+    fit that layout (a timeout that is not whole milliseconds, a value too wide): then the
+    reply carries them as protobuf rules."""
+    idle_ms, sub_ms = divmod(idle_timeout_ns, 1_000_000)
+    if sub_ms:
+        return None
+    try:
+        return b"".join(
+            LAYOUT.pack_rule(
+                KEY.pack(tenant_id, k.src_addr, k.dst_addr, k.protocol, k.src_port, k.dst_port),
+                idle_ms,
+                r.action,
+                r.params,
+            )
+            for r in rules
+            for k in (r.key,)
+        )
+    except (struct.error, KeyError):
+        return None
 
 
 def table_entry(rule: sc_pb2.Rule) -> TableEntry:

@@ -37,7 +37,7 @@ from cyberstar.sc.engine import Engine, Outcome, validate_flow
 from cyberstar.sc.flows import FlowKey, Packet, ShardId
 from cyberstar.sc.metrics import Counters
 from cyberstar.sc.replication import HELLO_TIMEOUT_S, Replicator, encode_ops
-from cyberstar.sc.rules import fill_rule
+from cyberstar.sc.rules import LAYOUT, fill_rule, packed_rules
 from cyberstar.sc.scale import ScaleDriver
 from cyberstar.sc.state import NodeState
 from cyberstar.tls import client_ssl, grpc_peer, server_ssl, warn_plaintext
@@ -63,11 +63,18 @@ def status(code: int, message: str = "") -> sc_pb2.Status:
     return sc_pb2.Status(code=code, message=message)
 
 
-def reply_of(request_id: int, out: Outcome) -> sc_pb2.RuleReply:
+def reply_of(request_id: int, out: Outcome, packed: bool = False) -> sc_pb2.RuleReply:
+    """The reply to one request; its rules packed (`flow_records`) when `packed` and they
+    fit, else as protobuf rules."""
     reply = sc_pb2.RuleReply(request_id=request_id, slot=out.slot, shard=out.shard)
     reply.status.code = out.code
     if out.message:
         reply.status.message = out.message
+    if packed and out.rules:
+        data = packed_rules(out.tenant_id, out.rules, out.timeout_ns)
+        if data is not None:
+            reply.packed_rules = data
+            return reply
     add = reply.rules.add
     for rule in out.rules:
         fill_rule(add(), out.tenant_id, rule, out.timeout_ns)
@@ -522,16 +529,21 @@ class ScNode:
         ops: list = []
         replies: list[sc_pb2.RuleReply] = []
         proxied: dict[str, list[int]] = defaultdict(list)
+        packed = request.packed_layout == LAYOUT.digest
         for i, r in enumerate(reqs):
             out = self._compute_one(r, ops)
             if out.proxy_to and hops < MAX_HOPS:
                 proxied[out.proxy_to].append(i)
-            replies.append(reply_of(r.request_id, out))
+            replies.append(reply_of(r.request_id, out, packed))
+        if packed:
+            self.counters.inc("packed_replies", sum(1 for rep in replies if rep.packed_rules))
         seq = self.replicator.submit(*encode_ops(ops)) if ops else self.replicator.applied
         if proxied:
             await asyncio.gather(
                 *(
-                    self._proxy_compute(scg, [reqs[i] for i in idx], idx, replies, hops)
+                    self._proxy_compute(
+                        scg, [reqs[i] for i in idx], idx, replies, hops, request.packed_layout
+                    )
                     for scg, idx in proxied.items()
                 )
             )
@@ -542,6 +554,7 @@ class ScNode:
                 if rep.status.code == Code.OK:
                     rep.status.CopyFrom(st)
                     del rep.rules[:]
+                    rep.ClearField("packed_rules")
         return sc_pb2.RuleReplyBatch(replies=replies)
 
     def _compute_one(self, r: sc_pb2.RuleRequest, ops: list) -> Outcome:
@@ -567,13 +580,15 @@ class ScNode:
         return self.engine.compute(Packet(f.tenant_id, f.ingress_port, f.vni, key), ops)
 
     async def _proxy_compute(
-        self, scg: str, reqs: list, idx: list[int], replies: list, hops: int
+        self, scg: str, reqs: list, idx: list[int], replies: list, hops: int, packed_layout: int
     ) -> None:
         address = self.head_address(scg)
         try:
             if address is None:
                 raise ConnectionError(f"SCG {scg} has no head")
-            got = await self.client_for(address).compute(reqs, hops=hops + 1)
+            got = await self.client_for(address).compute(
+                reqs, hops=hops + 1, packed_layout=packed_layout
+            )
             self.counters.inc("proxied", len(reqs))
             for i, rep in zip(idx, got, strict=True):
                 replies[i] = rep
