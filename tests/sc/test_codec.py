@@ -17,7 +17,6 @@ from cyberstar.sc.state import (
     Shard,
     StateError,
     pack_connections,
-    replicated,
     unpack_connections,
 )
 from sc.helpers import ask, engine_from, tcp
@@ -89,44 +88,6 @@ def test_snapshot_with_blobs_restores_the_same_state() -> None:
     (snap,) = decode_ops(data, blobs)
     restored = NodeState.restore(snap)
     assert restored.snapshot() == eng.state.snapshot()
-
-
-def test_a_replica_of_the_replicated_ops_holds_the_heads_state() -> None:
-    """The head notes new connections as `new` ops; the chain carries runs of them (one shard,
-    one shape) packed as `conns`. A replica applying what the chain carries ends with the
-    head's state, connections in the same order."""
-    tenants = SNAT + FULL
-    head, replica = engine_from(tenants), engine_from(tenants)
-    ops: list = []
-    for i in range(3):  # snat (tenant 7): one shape
-        assert ask(head, 7, tcp("10.0.0.1", 1000 + i, "198.51.100.10", 443), ops).code == 0
-    for i in range(2):  # fw, nat, lb (tenant 9): another shard
-        assert ask(head, 9, tcp("10.0.0.2", 2000 + i, "198.51.100.10", 80), ops).code == 0
-    first = tcp("10.0.0.1", 1000, "198.51.100.10", 443)
-    assert head.release(7, first, None, ops) == "released"  # a key idles out ...
-    assert ask(head, 7, first, ops).code == 0  # ... and is asked for again
-    assert ask(head, 9, tcp("10.66.0.1", 3000, "198.51.100.10", 80), ops).code == 0  # denied
-    assert ask(head, 7, tcp("10.0.0.1", 1003, "198.51.100.10", 443), ops).code == 0
-    wire = replicated(ops)
-    shard7, shard9 = (str(s.id) for s in sorted(head.state.shards.values(),
-                                                 key=lambda s: s.id.tenant_id))  # fmt: skip
-    assert [(op[0], op[1]) for op in wire] == [
-        ("conns", shard7), ("conns", shard9), ("rel", shard7), ("live", shard7),
-        ("conns", shard7),
-    ]  # fmt: skip
-    assert [len(unpack_connections(op[2])[0]) for op in wire if op[0] == "conns"] == [3, 2, 1]
-    for op in decode_ops(*encode_ops(wire)):
-        replica.state.apply(op)
-    assert replica.state.snapshot() == head.state.snapshot()
-    for sid, shard in head.state.shards.items():
-        assert list(replica.state.shards[sid].conns) == list(shard.conns)
-
-
-def test_garbage_in_packed_connections_is_a_state_error() -> None:
-    eng = engine_from(SNAT)
-    (shard,) = eng.state.shards.values()
-    with pytest.raises(StateError, match="bad packed connections"):
-        eng.state.apply(["conns", str(shard.id), b"\x00\x00\x00\x02[]garbage"])
 
 
 def test_ops_without_bytes_are_plain_json() -> None:

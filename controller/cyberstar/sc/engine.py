@@ -173,8 +173,9 @@ class Engine:
             conn = Connection(
                 pkt.tenant_id, slot, tenant.idle_timeout_ns, forward, reverse, tuple(ctx.holdings)
             )
+            # what `state.apply(op)` does, without decoding the wire form we just built
             shard.insert(conn, take=True)
-            ops.append(["new", str(shard.id), conn])  # sent packed: `state.replicated`
+            ops.append(["conn", str(shard.id), conn.wire()])
             self.counters.inc("connections_created")
         self.counters.inc("rules_ok")
         return base

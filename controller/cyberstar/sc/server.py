@@ -39,7 +39,7 @@ from cyberstar.sc.metrics import Counters
 from cyberstar.sc.replication import HELLO_TIMEOUT_S, Replicator, encode_ops
 from cyberstar.sc.rules import LAYOUT, fill_rule, packed_rules
 from cyberstar.sc.scale import ScaleDriver
-from cyberstar.sc.state import NodeState, replicated
+from cyberstar.sc.state import NodeState
 from cyberstar.tls import client_ssl, grpc_peer, server_ssl, warn_plaintext
 
 log = logging.getLogger(__name__)
@@ -537,8 +537,7 @@ class ScNode:
             replies.append(reply_of(r.request_id, out, packed))
         if packed:
             self.counters.inc("packed_replies", sum(1 for rep in replies if rep.packed_rules))
-        applied = self.replicator.applied
-        seq = self.replicator.submit(*encode_ops(replicated(ops))) if ops else applied
+        seq = self.replicator.submit(*encode_ops(ops)) if ops else self.replicator.applied
         if proxied:
             await asyncio.gather(
                 *(

@@ -3,16 +3,12 @@
 Every change to the state is an *operation*, a JSON-ready list, applied by `NodeState.apply`.
 The chain head decides (runs the NFs, picks pool elements) and applies its own operations; the
 middle and tail apply the same operations in the same order, never re-deciding, so the three
-copies stay identical (packet-pass-through, paper §3.2). The head's engine notes a connection
-it stored as `["new", shard, Connection]`; `replicated(ops)` turns runs of those into `conns`
-ops before they are sent (a packed connection costs ~1-2 µs each way against ~8 µs as JSON).
-Operations:
+copies stay identical (packet-pass-through, paper §3.2). Operations:
 
 | op | effect |
 |---|---|
 | `["create", shard, pools]` | a tenant's first shard, claimed from the configuration |
 | `["conn", shard, conn]` | store a connection; its pool elements leave the shard's pools |
-| `["conns", shard, packed]` | the same for connections in a row, packed (`pack_connections`) |
 | `["rel", shard, key]` | a rule key idled out; the last key frees the connection and elements |
 | `["live", shard, key]` | the connection was requested again: all its keys are live again |
 | `["split", shard]` | two halves of the slots (connections by slot, pools by value) |
@@ -161,7 +157,11 @@ def pack_connections(conns: Iterable[Connection], released: dict | None = None) 
     key), e.g. with the bits of the instant a moving shard froze."""
     groups: dict[tuple, list[Connection]] = {}
     for c in conns:
-        shape = _shape(c)
+        f, r = c.forward, c.reverse
+        if r is None:
+            shape = (f.action, len(f.params), None, 0, len(c.holdings))
+        else:
+            shape = (f.action, len(f.params), r.action, len(r.params), len(c.holdings))
         group = groups.get(shape)
         if group is None:
             group = groups[shape] = []
@@ -201,37 +201,6 @@ def pack_connections(conns: Iterable[Connection], released: dict | None = None) 
             body.append(a.tobytes())
     head = json.dumps([header, list(names)], separators=(",", ":")).encode()
     return b"".join([_HEAD.pack(len(head)), head, *body])
-
-
-def _shape(c: Connection) -> tuple:
-    f, r = c.forward, c.reverse
-    if r is None:
-        return (f.action, len(f.params), None, 0, len(c.holdings))
-    return (f.action, len(f.params), r.action, len(r.params), len(c.holdings))
-
-
-def replicated(ops: list) -> list:
-    """The ops as the chain carries them: each run of `["new", shard, Connection]` of one shard
-    and one shape becomes `["conns", shard, packed]` (one shape keeps their order: packed
-    connections come back grouped by shape)."""
-    if not any(op[0] == "new" for op in ops):
-        return ops
-    out: list = []
-    run: list[Connection] = []
-    run_key: tuple | None = None
-    for op in ops:
-        key = (op[1], _shape(op[2])) if op[0] == "new" else None
-        if run and key != run_key:
-            out.append(["conns", run_key[0], pack_connections(run)])  # type: ignore[index]
-            run = []
-        if key is None:
-            out.append(op)
-        else:
-            run.append(op[2])
-            run_key = key
-    if run:
-        out.append(["conns", run_key[0], pack_connections(run)])  # type: ignore[index]
-    return out
 
 
 def unpack_connections(
@@ -467,14 +436,6 @@ class NodeState:
             self.add_shard(Shard(ShardId.parse(op[1]), pools=pools))
         elif kind == "conn":
             self.get(op[1]).insert(Connection.from_wire(op[2]), take=True)
-        elif kind == "conns":
-            shard = self.get(op[1])
-            try:
-                conns = unpack_connections(op[2])[0]
-            except (struct.error, ValueError, TypeError, IndexError) as exc:
-                raise StateError(f"shard {shard.id}: bad packed connections ({exc})") from None
-            for conn in conns:
-                shard.insert(conn, take=True)
         elif kind == "rel":
             self._release(self.get(op[1]), FlowKey(*op[2]))
         elif kind == "live":
