@@ -149,16 +149,20 @@ def test_fm_uses_grpc_when_the_link_cannot_be_reached(lab: ScLab, caplog) -> Non
         router = ScRouter(smap, lab.certs.files("fm", "fm-fallback"))
         try:
             key = FlowKey(6, 0x0A000098, 0x5DB8D801, 40002, 443)
-            return await router.compute([Request(1, Packet(7, 1, 0, key))])
+            (reply,) = await router.compute([Request(1, Packet(7, 1, 0, key))])
+            keys = [ReleaseKey(7, rule_key(r), reply.slot) for r in reply.rules]
+            return reply, await router.release(keys)
         finally:
             await router.close()
             await smap.close()
 
     before = run(inspect(head.address, lab.client_tls)).counters
-    (reply,) = run(route())
+    reply, released = run(route())
     assert reply.status.code == sc_pb2.OK and reply.rules
+    assert (released.failed, released.reply.freed_connections) == ([], 1)
     after = run(inspect(head.address, lab.client_tls)).counters
     assert after["requests"] == before["requests"] + 1
+    assert after["freed_connections"] == before["freed_connections"] + 1
     assert after["link_calls"] == before["link_calls"]
     assert re.search(r"SC compute link 127\.0\.0\.1:\d+: cannot connect: .*; using gRPC to "
                      + re.escape(head.address), caplog.text)  # fmt: skip
@@ -207,8 +211,18 @@ def test_garbage_oversized_frames_and_batches_are_refused(lab: ScLab) -> None:
         chainwire.send_frame(sock, ok.SerializeToString())
         answer = sc_pb2.ComputeAnswer.FromString(chainwire.read_frame(sock))
         assert answer.call_id == 6 and answer.batch.replies[0].status.code == sc_pb2.OK
+        # So is a Release over max_batch.
+        items = [sc_pb2.ReleaseItem(flow=r.flow) for r in flows(0, 1025)]
+        huge = sc_pb2.ComputeCall(call_id=7, release=sc_pb2.ReleaseBatch(items=items))
+        chainwire.send_frame(sock, huge.SerializeToString())
+        answer = sc_pb2.ComputeAnswer.FromString(chainwire.read_frame(sock))
+        assert answer.call_id == 7 and answer.error.code == sc_pb2.MALFORMED
+        assert (
+            answer.error.message == "Release of 1025 items: at most 1024 per call; split the batch"
+        )
+        assert not answer.HasField("released")
     info = run(inspect(head.address, lab.client_tls))
-    assert info.counters["refused_calls"] == refused + 3
+    assert info.counters["refused_calls"] == refused + 4
     assert info.role == "head" and "Traceback" not in lab.nodes[head.id].log.read_text()
 
 
@@ -277,3 +291,6 @@ def test_fm_computes_and_releases_more_than_one_call_may_carry(lab: ScLab) -> No
     after = run(inspect(head.address, lab.client_tls)).counters
     assert after["freed_connections"] - before["freed_connections"] == n
     assert after["refused_calls"] == before["refused_calls"]
+    # Both went over the compute link, in calls of at most 256 items: 1 300 requests in 6
+    # Computes, 2 600 keys in 11 Releases.
+    assert after["link_calls"] - before["link_calls"] == 6 + 11

@@ -340,21 +340,25 @@ class TransferReply(_message.Message):
     def __init__(self, status: _Optional[_Union[Status, _Mapping]] = ..., shard: _Optional[str] = ...) -> None: ...
 
 class ComputeCall(_message.Message):
-    __slots__ = ("call_id", "hops", "batch")
+    __slots__ = ("call_id", "hops", "batch", "release")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     HOPS_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     hops: int
     batch: RuleBatch
-    def __init__(self, call_id: _Optional[int] = ..., hops: _Optional[int] = ..., batch: _Optional[_Union[RuleBatch, _Mapping]] = ...) -> None: ...
+    release: ReleaseBatch
+    def __init__(self, call_id: _Optional[int] = ..., hops: _Optional[int] = ..., batch: _Optional[_Union[RuleBatch, _Mapping]] = ..., release: _Optional[_Union[ReleaseBatch, _Mapping]] = ...) -> None: ...
 
 class ComputeAnswer(_message.Message):
-    __slots__ = ("call_id", "batch", "error")
+    __slots__ = ("call_id", "batch", "error", "released")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     batch: RuleReplyBatch
     error: Status
-    def __init__(self, call_id: _Optional[int] = ..., batch: _Optional[_Union[RuleReplyBatch, _Mapping]] = ..., error: _Optional[_Union[Status, _Mapping]] = ...) -> None: ...
+    released: ReleaseReply
+    def __init__(self, call_id: _Optional[int] = ..., batch: _Optional[_Union[RuleReplyBatch, _Mapping]] = ..., error: _Optional[_Union[Status, _Mapping]] = ..., released: _Optional[_Union[ReleaseReply, _Mapping]] = ...) -> None: ...

@@ -78,6 +78,12 @@ def rule_batch(
     )
 
 
+def release_batch(keys: Iterable[ReleaseKey | sc_pb2.ReleaseItem]) -> sc_pb2.ReleaseBatch:
+    return sc_pb2.ReleaseBatch(
+        items=[k if isinstance(k, sc_pb2.ReleaseItem) else release_proto(k) for k in keys]
+    )
+
+
 def release_proto(r: ReleaseKey) -> sc_pb2.ReleaseItem:
     item = sc_pb2.ReleaseItem(flow=flow_proto(r.tenant_id, r.key))
     if r.slot is not None:
@@ -119,11 +125,8 @@ class ScClient:
     async def release(
         self, keys: Iterable[ReleaseKey | sc_pb2.ReleaseItem], hops: int = 0
     ) -> sc_pb2.ReleaseReply:
-        batch = sc_pb2.ReleaseBatch(
-            items=[k if isinstance(k, sc_pb2.ReleaseItem) else release_proto(k) for k in keys]
-        )
         return await self.stub.Release(
-            batch, timeout=self.timeout_s, metadata=((HOPS_METADATA, str(hops)),)
+            release_batch(keys), timeout=self.timeout_s, metadata=((HOPS_METADATA, str(hops)),)
         )
 
     async def scale_out(self, shard: str, target_scg: str, op_id: str | None = None) -> str:

@@ -1,4 +1,5 @@
-"""Compute over a framed TCP link: FM → SC chain head without a gRPC call per batch.
+"""Compute and Release over a framed TCP link: FM → SC chain head without a gRPC call per
+batch.
 
 A Compute through grpc.aio costs ~1.2-1.5 ms of CPU, caller and node together, where a frame
 on an asyncio TCP connection costs ~50 µs (`bench/grpc_floor.py`); FM makes one per batch of
@@ -9,14 +10,18 @@ one (gRPC otherwise; the gRPC Compute stays, for other SCGs and tools).
 Frames are the chain link's (`replication.ChainLink`: a 4-byte big-endian length, then one
 protobuf message): `ComputeCall` (call_id, hops, RuleBatch) from the caller, `ComputeAnswer`
 (call_id, RuleReplyBatch, or an error Status for a call refused whole) back, in the order the
-calls end. The node serves a call exactly as the gRPC Compute (`ScNode.compute_batch`).
+calls end. The node serves a call exactly as the gRPC Compute (`ScNode.compute_batch`). A call
+with a `release` (ReleaseBatch) instead is a Release, answered with `released` (ReleaseReply),
+exactly as the gRPC Release (`ScNode.release_batch`): FM releases a few hundred keys a call
+when rules idle out, and a grpc.aio call costs more than its keys do.
 
 The listener is a door like the gRPC one: over TLS, a connection must show a certificate of
 a role Compute is open to (else it is closed at once); at most `max_connections` connections;
 frames of at most `max_message_bytes`; at most `MAX_IN_FLIGHT` calls of one connection at a
 time (more: the node stops reading that connection until one ends); batches of at most
-`max_batch` requests (more: the call is refused with MALFORMED); a connection without a call
-for `idle_timeout_s` is closed; a frame that is not a ComputeCall closes its connection.
+`max_batch` requests or release items (more: the call is refused with MALFORMED); a connection
+without a call for `idle_timeout_s` is closed; a frame that is not a ComputeCall closes its
+connection.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from google.protobuf.message import DecodeError
 
 from cyberstar.listen import PeerLog
 from cyberstar.proto import sc_pb2
-from cyberstar.sc.client import Request, rule_batch
+from cyberstar.sc.client import ReleaseKey, Request, release_batch, rule_batch
 from cyberstar.sc.metrics import Counters
 from cyberstar.sc.replication import HELLO_TIMEOUT_S, ChainLink
 
@@ -43,15 +48,17 @@ MAX_IN_FLIGHT = 16  # calls of one connection served at once
 IDLE_CHECK_S = 5.0
 
 Serve = Callable[[sc_pb2.RuleBatch, int], Awaitable[sc_pb2.RuleReplyBatch]]
+ServeRelease = Callable[[sc_pb2.ReleaseBatch, int], Awaitable[sc_pb2.ReleaseReply]]
 
 
 class ComputeService:
     """The node's side: `accept` is the listener's protocol factory."""
 
-    def __init__(self, serve: Serve, *, tls: bool, allowed: set[str], counters: Counters,
-                 max_batch: int, max_frame: int, max_connections: int,
+    def __init__(self, serve: Serve, release: ServeRelease, *, tls: bool, allowed: set[str],
+                 counters: Counters, max_batch: int, max_frame: int, max_connections: int,
                  idle_timeout_s: float) -> None:  # fmt: skip
         self._serve = serve
+        self._release = release
         self._tls = tls
         self._allowed = allowed
         self._counters = counters
@@ -132,13 +139,17 @@ class ComputeService:
 
     async def _answer(self, link: ChainLink, calls: _Calls, call: sc_pb2.ComputeCall) -> None:
         answer = sc_pb2.ComputeAnswer(call_id=call.call_id)
+        releasing = call.HasField("release")
         try:
-            n = len(call.batch.requests)
+            n = len(call.release.items) if releasing else len(call.batch.requests)
             if n > self.max_batch:
                 self._counters.inc("refused_calls")
                 answer.error.code = sc_pb2.MALFORMED
-                answer.error.message = (f"Compute of {n} items: at most {self.max_batch} "
+                what = "Release" if releasing else "Compute"
+                answer.error.message = (f"{what} of {n} items: at most {self.max_batch} "
                                         "per call; split the batch")  # fmt: skip
+            elif releasing:
+                answer.released.CopyFrom(await self._release(call.release, call.hops))
             else:
                 answer.batch.CopyFrom(await self._serve(call.batch, call.hops))
         except Exception as exc:  # a bug: this call fails, the link goes on
@@ -183,8 +194,9 @@ class ComputeLinkUnreachable(ComputeLinkError):
 
 
 class ComputeLinkClient:
-    """The caller's side, with `ScClient.compute`'s signature: one connection, opened on the
-    first call and again after it closes; calls in flight fail when it closes."""
+    """The caller's side, with `ScClient.compute`'s and `ScClient.release`'s signatures: one
+    connection, opened on the first call and again after it closes; calls in flight fail when
+    it closes."""
 
     def __init__(self, address: str, ssl_context: ssl.SSLContext | None,
                  timeout_s: float = 30.0, max_frame: int = 512 << 20) -> None:  # fmt: skip
@@ -205,23 +217,33 @@ class ComputeLinkClient:
     ) -> list[sc_pb2.RuleReply]:
         """One reply per request, in order."""
         batch = rule_batch(requests, packed_layout)
+        answer = await self._call(sc_pb2.ComputeCall(hops=hops, batch=batch))
+        return list(answer.batch.replies)
+
+    async def release(
+        self, keys: Iterable[ReleaseKey | sc_pb2.ReleaseItem], hops: int = 0
+    ) -> sc_pb2.ReleaseReply:
+        """Release the keys, as `ScClient.release`."""
+        answer = await self._call(sc_pb2.ComputeCall(hops=hops, release=release_batch(keys)))
+        return answer.released
+
+    async def _call(self, call: sc_pb2.ComputeCall) -> sc_pb2.ComputeAnswer:
         link = await self._connected()
-        call_id = next(self._ids)
+        call.call_id = call_id = next(self._ids)
         loop = asyncio.get_running_loop()
         answered = self._calls[call_id] = loop.create_future()
         timer = loop.call_later(self.timeout_s, _fail, answered,
                                 ComputeLinkError(f"{self.address}: no answer in "
                                                  f"{self.timeout_s:g} s"))  # fmt: skip
         try:
-            link.send(sc_pb2.ComputeCall(call_id=call_id, hops=hops, batch=batch)
-                      .SerializeToString())  # fmt: skip
+            link.send(call.SerializeToString())
             answer: sc_pb2.ComputeAnswer = await answered
         finally:
             timer.cancel()
             self._calls.pop(call_id, None)
         if answer.HasField("error"):
             raise ComputeLinkError(f"{self.address}: {answer.error.message}")
-        return list(answer.batch.replies)
+        return answer
 
     async def close(self) -> None:
         if self._link is not None:

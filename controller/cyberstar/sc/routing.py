@@ -173,16 +173,27 @@ class ScRouter:
         for c in [*self._clients.values(), *self._links.values()]:
             await c.close()
 
+    async def _release(self, head: str, items: list[sc_pb2.ReleaseItem]) -> sc_pb2.ReleaseReply:
+        """Release on the head's compute link, or over gRPC when the link cannot be reached."""
+        try:
+            return await self.compute_client(head).release(items)
+        except ComputeLinkUnreachable as exc:
+            self._log_unreachable(head, exc)
+            return await self.client(head).release(items)
+
+    def _log_unreachable(self, head: str, exc: ComputeLinkUnreachable) -> None:
+        now = time.monotonic()
+        if now - self._unreachable_logged.get(head, -1e9) > 60:
+            self._unreachable_logged[head] = now
+            log.warning("SC compute link %s; using gRPC to %s", exc, head)
+
     async def _compute(self, head: str, reqs: list[sc_pb2.RuleRequest]) -> list[sc_pb2.RuleReply]:
         """Compute on the head's compute link, or over gRPC when the link cannot be reached
         (a firewall between FM and SC that lets only the gRPC port through, say)."""
         try:
             return await self.compute_client(head).compute(reqs, packed_layout=self.packed_layout)
         except ComputeLinkUnreachable as exc:
-            now = time.monotonic()
-            if now - self._unreachable_logged.get(head, -1e9) > 60:
-                self._unreachable_logged[head] = now
-                log.warning("SC compute link %s; using gRPC to %s", exc, head)
+            self._log_unreachable(head, exc)
             return await self.client(head).compute(reqs, packed_layout=self.packed_layout)
 
     async def compute(self, requests: Sequence[Request]) -> list[sc_pb2.RuleReply]:
@@ -269,7 +280,7 @@ class ScRouter:
                 for i in range(0, len(all_ks), self.chunk):
                     ks = all_ks[i : i + self.chunk]
                     try:
-                        got = await self.client(head).release([release_proto(k) for k in ks])
+                        got = await self._release(head, [release_proto(k) for k in ks])
                     except Exception:
                         todo += ks
                         continue

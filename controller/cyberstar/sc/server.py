@@ -142,6 +142,7 @@ class ScNode:
         grpc_limits = config.limits.grpc
         self.compute_service = ComputeService(
             self.compute_batch,
+            self.release_batch,
             tls=tls is not None,
             allowed=ALLOWED["Compute"],
             counters=self.counters,
@@ -599,10 +600,13 @@ class ScNode:
                 replies[i].status.CopyFrom(st)
 
     async def Release(self, request: sc_pb2.ReleaseBatch, context) -> sc_pb2.ReleaseReply:
+        return await self.release_batch(request, _hops(context))
+
+    async def release_batch(self, request: sc_pb2.ReleaseBatch, hops: int) -> sc_pb2.ReleaseReply:
+        """A Release, from gRPC or the compute link (`hops`: SCGs it was passed through)."""
         if not self.replicator.is_head:
             self.counters.inc("not_head")
             return sc_pb2.ReleaseReply(status=status(Code.NOT_HEAD, self.not_head_message()))
-        hops = _hops(context)
         ops: list = []
         out = sc_pb2.ReleaseReply(status=status(Code.OK))
         proxied: dict[str, list] = defaultdict(list)
