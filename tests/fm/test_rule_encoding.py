@@ -140,7 +140,7 @@ def test_fm_reads_a_rule_from_its_wire_form_as_from_its_fields(te: p4r.TableEntr
 # ---- packed rules: what SC answers FM with when FM asks (`pipeline/flow_records.py`) ---------
 
 
-def _packed_entry(entry: TableEntry) -> FlowRule:
+def _flow_rule(entry: TableEntry) -> FlowRule:
     key = FlowKey(*(entry.match[n] for n in ("protocol", "src_addr", "dst_addr", "src_port",
                                               "dst_port")))  # fmt: skip
     params = tuple(entry.params[p.name] for p in PIPELINE.action(entry.action).params)
@@ -159,7 +159,7 @@ def test_packed_rules_read_back_as_the_protobuf_rules(
     from cyberstar.fm.cache import RuleCodec, connection_cookie
 
     tenant = batch[0].match["tenant_id"]
-    rules = [_packed_entry(e) for e in batch]
+    rules = [_flow_rule(e) for e in batch]
     packed = packed_rules(tenant, rules, idle_ns)
     assert packed is not None
     conn = RuleCodec(PIPELINE).from_packed(conn_id, slot, packed)
