@@ -26,12 +26,7 @@ from cyberstar.pipeline.flow_records import FLOW_TABLE, KEY, RULE, FlowLayout
 from cyberstar.pipeline.model import Pipeline
 
 _HEAD = struct.Struct(">QHB")
-_RULE = RULE
-_INSTALLED = struct.Struct(">Q")  # a rule's installed bits, at offset KEY.size of its _RULE
-
-
-def flow_key(tenant: int, protocol: int, src: int, dst: int, sport: int, dport: int) -> bytes:
-    return KEY.pack(tenant, src, dst, protocol, sport, dport)
+_INSTALLED = struct.Struct(">Q")  # a rule's installed bits, at offset KEY.size of its RULE
 
 
 def entry_key(entry: TableEntry) -> bytes:
@@ -80,7 +75,7 @@ class RuleCodec:
         for r in conn.rules:
             i = self.index[r.entry.action]
             idle_ms = r.entry.idle_timeout_ns // 1_000_000
-            out.append(_RULE.pack(r.key, r.installed, idle_ms, i))
+            out.append(RULE.pack(r.key, r.installed, idle_ms, i))
             out.append(
                 self.params[i].pack(*(r.entry.params[p.name] for p in self.actions[i].params))
             )
@@ -120,7 +115,7 @@ class RuleCodec:
                 params: list[int]) -> tuple[bytes, bytes]:  # fmt: skip
         """(key, packed rule) of match values in field-id order and action `i`'s params."""
         key = KEY.pack(*values)
-        return key, _RULE.pack(key, installed, idle_ns // 1_000_000, i) + self.params[i].pack(
+        return key, RULE.pack(key, installed, idle_ns // 1_000_000, i) + self.params[i].pack(
             *params
         )
 
@@ -130,15 +125,15 @@ class RuleCodec:
         i = self.index[entry.action]
         key = entry_key(entry)
         params = self.params[i].pack(*(entry.params[p.name] for p in self.actions[i].params))
-        return key, _RULE.pack(key, installed, entry.idle_timeout_ns // 1_000_000, i) + params
+        return key, RULE.pack(key, installed, entry.idle_timeout_ns // 1_000_000, i) + params
 
     def record_keys(self, record: bytes) -> list[bytes]:
         _, _, n = _HEAD.unpack_from(record)
         off, keys = _HEAD.size, []
         for _ in range(n):
-            key, _, _, i = _RULE.unpack_from(record, off)
+            key, _, _, i = RULE.unpack_from(record, off)
             keys.append(key)
-            off += _RULE.size + self.params[i].size
+            off += RULE.size + self.params[i].size
         return keys
 
     def with_rule(self, record: bytes, key: bytes, rule: bytes) -> bytes:
@@ -147,12 +142,12 @@ class RuleCodec:
         conn_id, slot, n = _HEAD.unpack_from(record)
         off = _HEAD.size
         for _ in range(n):
-            k, installed, idle_ms, i = _RULE.unpack_from(record, off)
+            k, installed, idle_ms, i = RULE.unpack_from(record, off)
             if k == key:
-                more = _RULE.unpack_from(rule)[1]
-                merged = _RULE.pack(k, installed | more, idle_ms, i)
-                return record[:off] + merged + record[off + _RULE.size :]
-            off += _RULE.size + self.params[i].size
+                more = RULE.unpack_from(rule)[1]
+                merged = RULE.pack(k, installed | more, idle_ms, i)
+                return record[:off] + merged + record[off + RULE.size :]
+            off += RULE.size + self.params[i].size
         return _HEAD.pack(conn_id, slot, n + 1) + record[_HEAD.size :] + rule
 
     def without_bit(self, record: bytes, key: bytes, bit: int) -> tuple[bytes, int, list[bytes]]:
@@ -161,13 +156,13 @@ class RuleCodec:
         buf = bytearray(record)
         off, held, keys = _HEAD.size, 0, []
         for _ in range(_HEAD.unpack_from(buf)[2]):
-            k, bits, _, i = _RULE.unpack_from(buf, off)
+            k, bits, _, i = RULE.unpack_from(buf, off)
             if k == key:
                 bits &= ~bit
                 _INSTALLED.pack_into(buf, off + KEY.size, bits)
             held |= bits
             keys.append(k)
-            off += _RULE.size + self.params[i].size
+            off += RULE.size + self.params[i].size
         return bytes(buf), held, keys
 
     def with_bit(self, record: bytes, bit: int, installed: bool) -> tuple[bytes, int]:
@@ -175,11 +170,11 @@ class RuleCodec:
         buf = bytearray(record)
         off, held = _HEAD.size, 0
         for _ in range(_HEAD.unpack_from(buf)[2]):
-            _, bits, _, i = _RULE.unpack_from(buf, off)
+            _, bits, _, i = RULE.unpack_from(buf, off)
             bits = bits | bit if installed else bits & ~bit
             _INSTALLED.pack_into(buf, off + KEY.size, bits)
             held |= bits
-            off += _RULE.size + self.params[i].size
+            off += RULE.size + self.params[i].size
         return bytes(buf), held
 
     def from_packed(self, conn_id: int, slot: int, packed: bytes) -> Connection:
@@ -192,8 +187,8 @@ class RuleCodec:
         conn_id, slot, n = _HEAD.unpack_from(record)
         off, rules = _HEAD.size, []
         for _ in range(n):
-            key, installed, idle_ms, i = _RULE.unpack_from(record, off)
-            off += _RULE.size
+            key, installed, idle_ms, i = RULE.unpack_from(record, off)
+            off += RULE.size
             action = self.actions[i]
             values = self.params[i].unpack_from(record, off)
             off += self.params[i].size

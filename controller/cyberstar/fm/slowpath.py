@@ -28,15 +28,7 @@ from dataclasses import dataclass
 
 from finsy.proto import p4r
 
-from cyberstar.fm.cache import (
-    KEY,
-    CachedRule,
-    Connection,
-    RuleCache,
-    connection_cookie,
-    entry_key,
-    flow_key,
-)
+from cyberstar.fm.cache import CachedRule, Connection, RuleCache, connection_cookie, entry_key
 from cyberstar.fm.config import QueueConfig
 from cyberstar.fm.fairqueue import FairQueue
 from cyberstar.fm.sessions import PpSession
@@ -45,6 +37,7 @@ from cyberstar.p4rt.codec import ExactTableEncoder, delete_of
 from cyberstar.p4rt.decode import PipelineDecoder
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.pipeline.entries import TableEntry
+from cyberstar.pipeline.flow_records import KEY, flow_key
 from cyberstar.pipeline.frames import frame_flow
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.proto import sc_pb2

@@ -25,6 +25,11 @@ KEY_FIELDS = ("tenant_id", "src_addr", "dst_addr", "protocol", "src_port", "dst_
 _FORMAT = 1  # bumped whenever the layout above changes
 
 
+def flow_key(tenant: int, protocol: int, src: int, dst: int, sport: int, dport: int) -> bytes:
+    """A rule's key: tenant and the 5-tuple in an SC `FlowKey`'s order, packed as `KEY`."""
+    return KEY.pack(tenant, src, dst, protocol, sport, dport)
+
+
 def param_code(width: int) -> str:
     for size, code in ((8, "B"), (16, "H"), (32, "I"), (64, "Q")):
         if width <= size:
@@ -48,7 +53,6 @@ class FlowLayout:
             struct.Struct(">" + "".join(param_code(p.width) for p in a.params))
             for a in self.actions
         ]
-        self.param_widths = [tuple(p.width for p in a.params) for a in self.actions]
         actions = [(a.name, [(p.name, p.width) for p in a.params]) for a in self.actions]
         described = repr((_FORMAT, KEY_FIELDS, self.key_widths, actions))
         self.digest = zlib.crc32(described.encode()) or 1  # 0 means "no packed rules"
@@ -81,12 +85,11 @@ class FlowLayout:
                 raise ValueError(f"rule {n}: {self.actions[i].name}'s parameters are cut short")
             values = fmt.unpack_from(packed, off)
             off += fmt.size
-            for p, value, width in zip(self.actions[i].params, values, self.param_widths[i],
-                                       strict=True):  # fmt: skip
-                if value >> width:
+            for p, value in zip(self.actions[i].params, values, strict=True):
+                if value >> p.width:
                     raise ValueError(
                         f"rule {n}: {self.actions[i].name} {p.name}={value} does not fit in "
-                        f"{width} bits"
+                        f"{p.width} bits"
                     )
             n += 1
         if n > 255:

@@ -9,7 +9,7 @@ import struct
 from collections.abc import Sequence
 
 from cyberstar.pipeline.entries import EntryError, TableEntry, build_entry
-from cyberstar.pipeline.flow_records import KEY, FlowLayout
+from cyberstar.pipeline.flow_records import FlowLayout, flow_key
 from cyberstar.pipeline.model import ActionScope
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.proto import sc_pb2
@@ -65,14 +65,8 @@ def packed_rules(tenant_id: int, rules: Sequence[FlowRule], idle_timeout_ns: int
         return None
     try:
         return b"".join(
-            LAYOUT.pack_rule(
-                KEY.pack(tenant_id, k.src_addr, k.dst_addr, k.protocol, k.src_port, k.dst_port),
-                idle_ms,
-                r.action,
-                r.params,
-            )
+            LAYOUT.pack_rule(flow_key(tenant_id, *r.key), idle_ms, r.action, r.params)
             for r in rules
-            for k in (r.key,)
         )
     except (struct.error, KeyError):
         return None
