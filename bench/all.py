@@ -29,6 +29,7 @@ QUICK = {
     "slowpath": ["--seconds", "2"],
     "fm_cache": ["--rules", "200000", "--lookups", "50000"],
     "fm_encoding": ["--connections", "1000", "--runs", "3"],
+    "packet_out": ["--packets", "2000", "--runs", "1"],
     "grpc_floor": ["--calls", "500", "--rounds", "1"],
     "sc_scale": ["--mappings", "20000", "--seconds", "1", "--window", "1"],
     "placement": ["--seeds", "0", "--ilp-time-limit", "10", "--no-dynamic"],

@@ -24,6 +24,7 @@
 #define V_PASS 3
 #define V_UNDECIDED 255
 #define PORT_SLOTS 256
+#define REPLAY_FRAMES 256
 #define R_TRUNCATED_ETHERNET 0
 #define R_TRUNCATED_VLAN 1
 #define R_TRUNCATED_IPV4 2
@@ -1490,6 +1491,60 @@ static __always_inline int forward(struct xdp_md *ctx, struct parsed *ps, struct
     return 0;
 }
 
+// ---- PacketOuts into the pipeline: a batch in one live-frames test run ----
+// Each live-frames run builds and tears down a page pool (~10 us), and one that repeats
+// installs its program in the kernel's XDP dispatcher and takes it out again (two RCU grace
+// periods, ~24 ms) unless the program is attached somewhere: pp_xdp always is in a PP node. So
+// the agent writes a batch's frames into replay_frames (memory-mapped, no system call per
+// frame) and runs pp_xdp once with `repeat` = the batch's length, on a buffer as long as its
+// longest frame behind 4 bytes of metadata naming the run. Slot 0 holds the batch's length,
+// the next frame to run and the run's number; slot i + 1 holds frame i. Each repetition takes
+// its frame here and goes on through the pipeline as the frame alone would have.
+struct replay_slot {
+    __u32 len;   // slot 0: frames in the batch; slot i + 1: frame i's length
+    __u32 next;  // slot 0: frames taken so far
+    __u32 run;   // slot 0: the run's number, which its frames' metadata carries
+    __u32 pad;
+    __u8 data[MAX_FRAME];
+};
+BPF_F_TABLE("array", u32, struct replay_slot, replay_frames, REPLAY_FRAMES + 1, BPF_F_MMAPABLE);
+
+// 0: not a replay run (frames from a port carry no metadata); 1: the repetition's frame is in
+// place; -1: it could not be.
+static __always_inline int replay_take(struct xdp_md *ctx) {
+    void *meta = (void *)(long)ctx->data_meta;
+    void *data = (void *)(long)ctx->data;
+    if (meta + sizeof(__u32) > data)
+        return 0;
+    __u32 run = *(__u32 *)meta;
+    __u32 zero = 0;
+    struct replay_slot *batch = replay_frames.lookup(&zero);
+    if (!batch || !run || run != batch->run)
+        return 0;
+    __u32 slot = ++batch->next;  // one run at a time (the agent's lock), on one CPU
+    if (slot > batch->len || slot > REPLAY_FRAMES)
+        return -1;
+    struct replay_slot *f = replay_frames.lookup(&slot);
+    if (!f || bpf_xdp_adjust_meta(ctx, sizeof(__u32)))
+        return -1;
+    data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    __u64 room = data_end - data;
+    // The checks one by one, on 64 bits: clang fuses a range check into one subtraction, and
+    // zero-extends 32-bit copies, and either loses the verifier the bounds on len.
+    __u64 len = f->len;
+    if (len > MAX_FRAME)
+        return -1;
+    asm volatile("" : "+r"(len));
+    if (len < 14 || len > room)
+        return -1;
+    if (len < room && bpf_xdp_adjust_tail(ctx, (int)len - (int)room))
+        return -1;
+    if (bpf_xdp_store_bytes(ctx, 0, f->data, len))
+        return -1;
+    return 1;
+}
+
 // What the node would pass or punt leaves by its `handoff` port, unchanged, if it has one:
 // the verdict, XDP_REDIRECT (or XDP_DROP, port down), or -1 to pass or punt as decided.
 // Called only at the pass and punt exits: a branch before the shared tail doubles the
@@ -1509,6 +1564,8 @@ static __always_inline int hand_off(struct pp_meta *m, __u32 frame_len) {
 }
 
 int pp_xdp(struct xdp_md *ctx) {
+    if (replay_take(ctx) < 0)
+        return XDP_ABORTED;
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
     __u32 frame_len = data_end - data;

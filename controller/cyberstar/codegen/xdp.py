@@ -17,6 +17,7 @@ from cyberstar.codegen.xdp_layout import (
     METER_STATE,
     PORT_SLOT,
     PORT_SLOTS,
+    REPLAY_FRAMES,
     TableKind,
     TableLayout,
     c_size,
@@ -68,6 +69,7 @@ def generate_xdp(p: Pipeline) -> str:
         *(_table_apply(p, t) for t in p.tables),
         *(_meter_c(m) for m in p.meters),
         _FINISH_C,
+        _REPLAY_C,
         _main_c(p),
     ]
     return "\n".join(parts)
@@ -90,6 +92,7 @@ def _constants(p: Pipeline) -> str:
     lines += [f"#define {k} {v}" for k, v in p.constants.items()]
     lines += [f"#define V_{v.upper()} {i}" for i, v in enumerate(p.verdicts)]
     lines += [f"#define V_UNDECIDED {VERDICT_UNDECIDED}", f"#define PORT_SLOTS {PORT_SLOTS}"]
+    lines += [f"#define REPLAY_FRAMES {REPLAY_FRAMES}"]
     lines += [f"#define R_{r.upper()} {i}" for i, r in enumerate(p.drop_reasons)]
     lines += [f"#define PUNT_{r.upper()} {i}" for i, r in enumerate(p.punt_reasons)]
     lines += [f"#define RW_{t.upper()} {b}" for t, b in REWRITE_BITS.items()]
@@ -342,6 +345,63 @@ def _layout_asserts(lay: TableLayout) -> list[str]:
                 f'{lay.map_params_offset}, "{name}_value.p");'
             )
     return lines
+
+
+_REPLAY_C = """\
+// ---- PacketOuts into the pipeline: a batch in one live-frames test run ----
+// Each live-frames run builds and tears down a page pool (~10 us), and one that repeats
+// installs its program in the kernel's XDP dispatcher and takes it out again (two RCU grace
+// periods, ~24 ms) unless the program is attached somewhere: pp_xdp always is in a PP node. So
+// the agent writes a batch's frames into replay_frames (memory-mapped, no system call per
+// frame) and runs pp_xdp once with `repeat` = the batch's length, on a buffer as long as its
+// longest frame behind 4 bytes of metadata naming the run. Slot 0 holds the batch's length,
+// the next frame to run and the run's number; slot i + 1 holds frame i. Each repetition takes
+// its frame here and goes on through the pipeline as the frame alone would have.
+struct replay_slot {
+    __u32 len;   // slot 0: frames in the batch; slot i + 1: frame i's length
+    __u32 next;  // slot 0: frames taken so far
+    __u32 run;   // slot 0: the run's number, which its frames' metadata carries
+    __u32 pad;
+    __u8 data[MAX_FRAME];
+};
+BPF_F_TABLE("array", u32, struct replay_slot, replay_frames, REPLAY_FRAMES + 1, BPF_F_MMAPABLE);
+
+// 0: not a replay run (frames from a port carry no metadata); 1: the repetition's frame is in
+// place; -1: it could not be.
+static __always_inline int replay_take(struct xdp_md *ctx) {
+    void *meta = (void *)(long)ctx->data_meta;
+    void *data = (void *)(long)ctx->data;
+    if (meta + sizeof(__u32) > data)
+        return 0;
+    __u32 run = *(__u32 *)meta;
+    __u32 zero = 0;
+    struct replay_slot *batch = replay_frames.lookup(&zero);
+    if (!batch || !run || run != batch->run)
+        return 0;
+    __u32 slot = ++batch->next;  // one run at a time (the agent's lock), on one CPU
+    if (slot > batch->len || slot > REPLAY_FRAMES)
+        return -1;
+    struct replay_slot *f = replay_frames.lookup(&slot);
+    if (!f || bpf_xdp_adjust_meta(ctx, sizeof(__u32)))
+        return -1;
+    data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    __u64 room = data_end - data;
+    // The checks one by one, on 64 bits: clang fuses a range check into one subtraction, and
+    // zero-extends 32-bit copies, and either loses the verifier the bounds on len.
+    __u64 len = f->len;
+    if (len > MAX_FRAME)
+        return -1;
+    asm volatile("" : "+r"(len));
+    if (len < 14 || len > room)
+        return -1;
+    if (len < room && bpf_xdp_adjust_tail(ctx, (int)len - (int)room))
+        return -1;
+    if (bpf_xdp_store_bytes(ctx, 0, f->data, len))
+        return -1;
+    return 1;
+}
+"""
 
 
 _HELPERS_C = """\
@@ -1128,6 +1188,8 @@ static __always_inline int hand_off(struct pp_meta *m, __u32 frame_len) {
 }
 
 int pp_xdp(struct xdp_md *ctx) {
+    if (replay_take(ctx) < 0)
+        return XDP_ABORTED;
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
     __u32 frame_len = data_end - data;

@@ -307,6 +307,10 @@ def punt_meta_layout(pipeline: Pipeline) -> CStruct:
 
 
 PORT_SLOTS = 256  # direct-mapped ifindex → port cache; collisions go to the `ports_spill` hash
+# PacketOuts into the pipeline run REPLAY_FRAMES at a time (`replay_take` in the generated
+# program); each slot of `replay_frames` is a 16-byte header and a frame of up to MAX_FRAME.
+REPLAY_FRAMES = 256
+REPLAY_HEADER = 16
 PORT_SLOT = CStruct.build("port_slot", [("ifindex", 4), ("port", 4)])
 HIT_CLOCK = CStruct.build("hit_clock", [("tick_ns", 8), ("offset_ns", 8)])
 CLOCK_SAMPLE = CStruct.build("clock_sample", [("jiffies", 8), ("coarse_ns", 8)])

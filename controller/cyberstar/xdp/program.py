@@ -5,9 +5,11 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import mmap
 import os
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +23,8 @@ from cyberstar.codegen.xdp_layout import (
     METER_CONFIG,
     PORT_SLOT,
     PORT_SLOTS,
+    REPLAY_FRAMES,
+    REPLAY_HEADER,
     TableKind,
     punt_meta_layout,
     table_layout,
@@ -32,7 +36,7 @@ from cyberstar.pipeline.meters import Gcra, MeterConfig, gcra_pair
 from cyberstar.pipeline.model import Pipeline
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.xdp.tables import TableMaps
-from cyberstar.xdp.testrun import ProgRunResult, prog_test_run, run_live
+from cyberstar.xdp.testrun import ProgRunResult, prog_test_run, run_replay
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +133,7 @@ class XdpProgram(TableMaps):
         log_path.unlink(missing_ok=True)
         self._check_layouts()
         self._init_tables()
+        self._open_replay()
         self._port_slots: dict[int, int] = {}  # slot of `ports` → the ifindex it holds
         self._configured_meters: dict[str, set[int]] = {}
         self.calibrate_hit_clock()
@@ -294,10 +299,49 @@ class XdpProgram(TableMaps):
     ) -> ProgRunResult:
         return prog_test_run(self.fd, frame, repeat, ingress_ifindex)
 
+    def _open_replay(self) -> None:
+        """Map the slots PacketOut batches go through (`replay_take` in the program)."""
+        slots = self._map("replay_frames")
+        self._slot_size = ctypes.sizeof(slots.Leaf)
+        expected = REPLAY_HEADER + self.pipeline.constants["MAX_FRAME"]
+        if self._slot_size != expected or slots.max_entries != REPLAY_FRAMES + 1:
+            raise XdpLoadError(
+                f"map replay_frames: {slots.max_entries} slots of {self._slot_size} bytes, "
+                f"expected {REPLAY_FRAMES + 1} of {expected}; regenerate with `cyberstar build`"
+            )
+        length = -(-self._slot_size * slots.max_entries // mmap.PAGESIZE) * mmap.PAGESIZE
+        self._slots = mmap.mmap(slots.map_fd, length, mmap.MAP_SHARED,
+                                mmap.PROT_READ | mmap.PROT_WRITE)  # fmt: skip
+        self._replay_lock = threading.Lock()  # one batch in the slots at a time
+        self._replay_runs = 0
+
     def run_live(self, frames: list[bytes], ifindexes: list[int]) -> list[int]:
         """Each frame through the program as if it arrived on its ifindex, in order: 0 or the
-        errno per frame (`testrun.run_live`)."""
-        return run_live(self.fd, frames, ifindexes)
+        errno per frame. Consecutive frames of one ifindex go REPLAY_FRAMES at a time through
+        one live-frames test run (`testrun.run_replay`); one that repeats costs two RCU grace
+        periods (~24 ms) unless the program is attached to an interface, as a PP node's is."""
+        count = len(frames)
+        if count != len(ifindexes):
+            raise ValueError(f"{count} frames and {len(ifindexes)} ifindexes: expected one each")
+        if not count:
+            return []
+        with self._replay_lock:
+            if count <= REPLAY_FRAMES and ifindexes.count(ifindexes[0]) == count:
+                return self._replay(frames, ifindexes[0])  # the usual batch: one run
+            out: list[int] = []
+            start = 0
+            while start < count:
+                ifindex, end = ifindexes[start], start + 1
+                while end < count and end - start < REPLAY_FRAMES and ifindexes[end] == ifindex:
+                    end += 1
+                out += self._replay(frames[start:end], ifindex)
+                start = end
+            return out
+
+    def _replay(self, frames: list[bytes], ifindex: int) -> list[int]:
+        self._replay_runs = self._replay_runs % 0xFFFFFFFF + 1  # 1..2^32-1
+        return run_replay(self.fd, self._slots, self._slot_size, frames, ifindex,
+                          self._replay_runs)  # fmt: skip
 
     def attach(self, ifname: str, mode: str | None = None) -> str:
         """Attach to an interface in native mode, falling back to skb (generic) mode.
@@ -352,4 +396,6 @@ class XdpProgram(TableMaps):
 
     def close(self) -> None:
         self.detach_all()
+        with self._replay_lock:
+            self._slots.close()
         self.bpf.cleanup()

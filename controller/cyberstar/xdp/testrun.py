@@ -6,11 +6,12 @@ Called through the bpf(2) system call directly (BCC's Python API does not wrap i
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from dataclasses import dataclass
 
 from cyberstar.pipeline.pp import CONSTANTS
-from cyberstar.xdp._live_frames import run_live as _run_live
+from cyberstar.xdp._live_frames import run_replay as _run_replay
 
 _SYS_BPF = 321  # x86_64
 _BPF_PROG_TEST_RUN = 10
@@ -96,12 +97,16 @@ def prog_test_run(
     return ProgRunResult(action, out, attr.duration)
 
 
-def run_live(prog_fd: int, frames: list[bytes], ifindexes: list[int]) -> list[int]:
-    """Run the program on each frame in live-frames mode, as if it arrived on its ifindex, in
-    order, in one call without the GIL (`_live_frames.c`): 0 or the errno, per frame."""
-    for frame in frames:
-        _check_frame(frame)
-    return _run_live(prog_fd, frames, ifindexes)
+def run_replay(prog_fd: int, slots: object, slot_size: int, frames: list[bytes], ifindex: int,
+               run: int) -> list[int]:  # fmt: skip
+    """Run the frames through the program in one live-frames test run numbered `run` (not 0),
+    as if they arrived on `ifindex`, in order, without the GIL (`_live_frames.c`); `slots` is
+    its memory-mapped `replay_frames` map, with one slot more than the frames. 0 or the errno,
+    per frame: the frames a failed or interrupted run did not reach get its errno."""
+    ran, err = _run_replay(prog_fd, slots, slot_size, frames, ifindex, run)  # checks the sizes
+    if ran == len(frames):
+        return [0] * ran
+    return [0] * ran + [err or errno.EIO] * (len(frames) - ran)
 
 
 def _check_frame(frame: bytes) -> None:
