@@ -649,6 +649,14 @@ class XdpDevice:
             f = meta_fields[m.metadata_id - 1]
             meta[f.name] = int.from_bytes(m.value, "big") if m.value else 0
         to_ingress = bool(meta.get("submit_to_ingress"))
+        if to_ingress and size > self.prog.live_frame_limit:
+            raise P4RuntimeError(
+                StatusCode.INVALID_ARGUMENT,
+                f"PacketOut into the pipeline (submit_to_ingress) of {size} bytes: this "
+                f"kernel's live-frames test runs take at most {self.prog.live_frame_limit} "
+                "(MAX_FRAME less the page header the kernel keeps); send it out of a port "
+                "(egress_port) instead",
+            )
         port_no = meta.get("ingress_port" if to_ingress else "egress_port", 0)
         port = self.ports.get(port_no)
         if port is None:

@@ -15,11 +15,10 @@ from cyberstar.pipeline.entries import TableEntry
 from cyberstar.pipeline.frames import Punted
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.targets import Outcome
-from cyberstar.xdp.program import XdpProgram
+from cyberstar.xdp.program import LOOPBACK_IFINDEX, XdpProgram
 from cyberstar.xdp.testrun import MAX_FRAME, MIN_FRAME
 
 log = logging.getLogger(__name__)
-LOOPBACK_IFINDEX = 1  # test runs see frames as received on the loopback device
 
 
 class XdpTarget:
