@@ -336,13 +336,16 @@ class XdpProgram(TableMaps):
     def run_live(self, frames: list[bytes], ifindexes: list[int]) -> list[int]:
         """Each frame through the program as if it arrived on its ifindex, in order: 0 or the
         errno per frame. Consecutive frames of one ifindex go REPLAY_FRAMES at a time through
-        one live-frames test run (`testrun.run_replay`); one that repeats costs two RCU grace
-        periods (~24 ms) unless the program is attached to an interface, as a PP node's is."""
+        one live-frames test run (`testrun.run_replay`). A run that repeats costs two RCU grace
+        periods (~24 ms) unless the program is attached to an interface, as a PP node's is: a
+        program attached nowhere runs each frame alone."""
         count = len(frames)
         if count != len(ifindexes):
             raise ValueError(f"{count} frames and {len(ifindexes)} ifindexes: expected one each")
         if not count:
             return []
+        if not self.attached:
+            return [self._replay([f], i)[0] for f, i in zip(frames, ifindexes, strict=True)]
         with self._replay_lock:
             if count <= REPLAY_FRAMES and ifindexes.count(ifindexes[0]) == count:
                 return self._replay(frames, ifindexes[0])  # the usual batch: one run
