@@ -1,4 +1,5 @@
-"""Shared fixtures: the XDP program loaded once per session, bmv2 when installed.
+"""Shared fixtures: the XDP program (once per session, or per test with a PP's ports), bmv2
+when installed.
 
 A test needs bmv2 when it carries the `bmv2` marker or uses a bmv2 fixture. Without the tools
 such a test is skipped with the reason; with CYBERSTAR_REQUIRE_BMV2=1 (CI sets it) a skipped
@@ -39,6 +40,28 @@ def xdp_target():
     target = XdpTarget()
     yield target
     target.close()
+
+
+@pytest.fixture
+def pp_ns():
+    """A fresh namespace holding a PP node's two ports (pp1, pp2) and their peers."""
+    import needs
+
+    from cyberstar import netns
+
+    needs.root()
+    with netns.with_pp_ports(f"cs-ports-{os.getpid()}") as ns:
+        yield ns
+
+
+@pytest.fixture
+def prog():
+    """The XDP program, loaded for this test alone (its own maps)."""
+    from cyberstar.xdp.program import XdpProgram
+
+    p = XdpProgram()
+    yield p
+    p.close()
 
 
 REQUIRE_BMV2 = os.environ.get("CYBERSTAR_REQUIRE_BMV2") == "1"

@@ -3,11 +3,9 @@ attached program forwards real frames between namespaces."""
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 
-import needs
 import pytest
 
 from cyberstar import netns
@@ -15,22 +13,6 @@ from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.pipeline.rules import parse_rules
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def pp_ns():
-    needs.root()
-    with netns.with_pp_ports(f"cs-attach-{os.getpid()}") as ns:
-        yield ns
-
-
-@pytest.fixture
-def prog():
-    from cyberstar.xdp.program import XdpProgram
-
-    p = XdpProgram()
-    yield p
-    p.close()
 
 
 @pytest.mark.parametrize("mode", ["native", "skb"])

@@ -1,42 +1,25 @@
-"""PacketOuts into the pipeline run a batch at a time through `pp_replay` (one live-frames test
-run per batch): every frame must leave as the pipeline alone makes it, in order, whatever the
-batch's lengths, size and ingress interfaces."""
+"""PacketOuts into the pipeline run a batch at a time (one live-frames test run of the program,
+whose `replay_take` prologue puts each repetition's frame in place): every frame must leave as
+the pipeline alone makes it, in order, whatever the batch's lengths, size and ingress
+interfaces."""
 
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import time
 
-import needs
 import pytest
 
 from cyberstar import netns
 from cyberstar.codegen.xdp_layout import REPLAY_FRAMES
 from cyberstar.pipeline.pp import PIPELINE
 from cyberstar.pipeline.rules import parse_rules
+from cyberstar.xdp.program import LOOPBACK_IFINDEX
 
 pytestmark = pytest.mark.root
 PACKET_OUTGOING = 4
-LOOPBACK_IFINDEX = 1
 SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>; Python does not name it
-
-
-@pytest.fixture
-def pp_ns():
-    needs.root()
-    with netns.with_pp_ports(f"cs-replay-{os.getpid()}") as ns:
-        yield ns
-
-
-@pytest.fixture
-def prog():
-    from cyberstar.xdp.program import XdpProgram
-
-    p = XdpProgram()
-    yield p
-    p.close()
 
 
 def _snat_frames(count: int) -> list[bytes]:
