@@ -104,6 +104,52 @@ def test_a_batch_leaves_as_the_pipeline_makes_each_frame_in_order(pp_ns, prog) -
     assert len(frames) > 2 * REPLAY_FRAMES
 
 
+def _counters(prog) -> list[tuple[int, int]]:
+    return [cell for c in PIPELINE.counters for cell in prog.counter(c.name)]
+
+
+def test_garbage_in_a_batch_is_counted_as_each_frame_alone(pp_ns, prog) -> None:
+    """400 frames, each a valid SNAT frame cut short, with bytes overwritten, or random bytes
+    (seeded): every counter of the pipeline (verdicts, drop reasons, per port) moves by as much
+    for the frames run as one batch as for the same frames run one by one, without live
+    frames, through the pipeline alone."""
+    import random
+
+    from conformance.cases import client_tcp
+
+    pp1, rx = _forwarding(prog, pp_ns)
+    rx.close()
+    prog.set_ingress_port(LOOPBACK_IFINDEX, 1)
+    rnd = random.Random(7)
+    valid = bytes(client_tcp())
+    frames = []
+    for _ in range(400):
+        kind = rnd.randrange(3)
+        if kind == 0:
+            frames.append(valid[: rnd.randrange(14, len(valid) + 1)])
+        elif kind == 1:
+            f = bytearray(valid)
+            for _ in range(rnd.randrange(1, 6)):
+                f[rnd.randrange(len(f))] = rnd.randrange(256)
+            frames.append(bytes(f))
+        else:
+            frames.append(rnd.randbytes(rnd.randrange(14, 1500)))
+    before = _counters(prog)
+    try:
+        with netns.entered(pp_ns):
+            assert prog.run_live(frames, [pp1] * len(frames)) == [0] * len(frames)
+    finally:
+        with netns.entered(pp_ns):
+            prog.detach_all()
+    batched = [(p - p0, b - b0) for (p, b), (p0, b0) in zip(_counters(prog), before, strict=True)]
+    before = _counters(prog)
+    for f in frames:
+        prog.run(f)
+    alone = [(p - p0, b - b0) for (p, b), (p0, b0) in zip(_counters(prog), before, strict=True)]
+    assert sum(p for p, _ in batched) >= len(frames)  # every frame counted somewhere
+    assert batched == alone
+
+
 def test_a_long_frame_beside_short_ones_keeps_every_length(pp_ns, prog) -> None:
     """The run's buffer is the batch's longest frame behind 4 bytes of metadata; each shorter
     one is cut to its length. The pipeline counts each forwarded frame's bytes. (3 400 bytes:
