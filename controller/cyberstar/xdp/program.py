@@ -244,7 +244,7 @@ class XdpProgram(TableMaps):
 
     def _live_frame_limit(self) -> int:
         """The longest frame a live-frames test run takes on this kernel: MAX_FRAME, less the
-        page header the kernel keeps in front of each frame since 6.x (3 408 bytes on 6.18).
+        page header recent kernels keep in front of each live frame (3 408 bytes on 6.18).
         Found by running the clock sampler (XDP_DROP: nothing leaves) on frames of the lengths
         tried, as if they arrived on the loopback."""
         sampler = self.bpf.load_func(CLOCK_SAMPLER.encode(), self._bpf_cls.XDP)
