@@ -8,6 +8,8 @@ from __future__ import annotations
 import errno
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -32,9 +34,10 @@ def _snat_frames(count: int) -> list[bytes]:
             enumerate(lengths)]  # fmt: skip
 
 
-def _forwarding(prog, pp_ns) -> tuple[int, socket.socket]:
-    """Rules that SNAT the frames from port 1 (pp1) to port 2 (pp2); pp1's ifindex and a
-    socket capturing what leaves pp2."""
+@contextmanager
+def _forwarding(prog, pp_ns) -> Iterator[int]:
+    """Rules that SNAT the frames from port 1 (pp1) to port 2 (pp2), the program attached to
+    both (so a batch is one test run) until the block ends; pp1's ifindex."""
     from conformance.cases import BASE_RULES, SNAT
 
     prog.install_defaults()
@@ -47,12 +50,21 @@ def _forwarding(prog, pp_ns) -> tuple[int, socket.socket]:
         prog.attach("pp2")
     # native XDP_REDIRECT into a veth needs GRO on its peer
     netns.exec_in(pp_ns, "ethtool", "-K", "peer2", "gro", "on")
+    try:
+        yield pp1
+    finally:
+        with netns.entered(pp_ns):
+            prog.detach_all()
+
+
+def _capture(pp_ns) -> socket.socket:
+    """A socket capturing what leaves pp2."""
     with netns.entered(pp_ns):
         rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
         rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
         rx.bind(("peer2", 0))
     rx.settimeout(5)
-    return pp1, rx
+    return rx
 
 
 def _forwarded(prog) -> int:
@@ -74,29 +86,24 @@ def test_a_batch_leaves_as_the_pipeline_makes_each_frame_in_order(pp_ns, prog) -
     interface that is not a port between them (XDP_PASS, they stay in the namespace): each
     frame of port 1 leaves pp2 exactly as a test run of the pipeline alone on that frame
     gives it."""
-    pp1, rx = _forwarding(prog, pp_ns)
-    with netns.entered(pp_ns):
-        peer1 = socket.if_nametoindex("peer1")
-    frames = _snat_frames(600)
-    prog.set_ingress_port(LOOPBACK_IFINDEX, 1)  # where a test run without live frames enters
-    alone = [prog.run(f) for f in frames]
-    assert {r.action for r in alone} == {"XDP_REDIRECT"}
-    batch, ifindexes = [], []
-    for i, f in enumerate(frames):
-        batch.append(f)
-        ifindexes.append(pp1)
-        if i in (10, 300, 301):
-            batch.append(frames[0])
-            ifindexes.append(peer1)  # not one of the pipeline's ports
-    forwarded_before = _forwarded(prog)
-    try:
+    with _forwarding(prog, pp_ns) as pp1, _capture(pp_ns) as rx:
+        with netns.entered(pp_ns):
+            peer1 = socket.if_nametoindex("peer1")
+        frames = _snat_frames(600)
+        prog.set_ingress_port(LOOPBACK_IFINDEX, 1)  # where a test run without live frames enters
+        alone = [prog.run(f) for f in frames]
+        assert {r.action for r in alone} == {"XDP_REDIRECT"}
+        batch, ifindexes = [], []
+        for i, f in enumerate(frames):
+            batch.append(f)
+            ifindexes.append(pp1)
+            if i in (10, 300, 301):
+                batch.append(frames[0])
+                ifindexes.append(peer1)  # not one of the pipeline's ports
+        forwarded_before = _forwarded(prog)
         with netns.entered(pp_ns):
             assert prog.run_live(batch, ifindexes) == [0] * len(batch)
         got = _received(rx, len(frames))
-    finally:
-        with netns.entered(pp_ns):
-            prog.detach_all()
-        rx.close()
     assert len(got) == len(frames)
     for i, (seen, want) in enumerate(zip(got, alone, strict=True)):
         assert seen == want.data, f"frame {i}: {len(seen)} bytes, expected {len(want.data)}"
@@ -117,8 +124,6 @@ def test_garbage_in_a_batch_is_counted_as_each_frame_alone(pp_ns, prog) -> None:
 
     from conformance.cases import client_tcp
 
-    pp1, rx = _forwarding(prog, pp_ns)
-    rx.close()
     prog.set_ingress_port(LOOPBACK_IFINDEX, 1)
     rnd = random.Random(7)
     valid = bytes(client_tcp())
@@ -134,13 +139,9 @@ def test_garbage_in_a_batch_is_counted_as_each_frame_alone(pp_ns, prog) -> None:
             frames.append(bytes(f))
         else:
             frames.append(rnd.randbytes(rnd.randrange(14, 1500)))
-    before = _counters(prog)
-    try:
-        with netns.entered(pp_ns):
-            assert prog.run_live(frames, [pp1] * len(frames)) == [0] * len(frames)
-    finally:
-        with netns.entered(pp_ns):
-            prog.detach_all()
+    with _forwarding(prog, pp_ns) as pp1, netns.entered(pp_ns):
+        before = _counters(prog)
+        assert prog.run_live(frames, [pp1] * len(frames)) == [0] * len(frames)
     batched = [(p - p0, b - b0) for (p, b), (p0, b0) in zip(_counters(prog), before, strict=True)]
     before = _counters(prog)
     for f in frames:
@@ -156,18 +157,12 @@ def test_a_long_frame_beside_short_ones_keeps_every_length(pp_ns, prog) -> None:
     live-frames runs take up to MAX_FRAME less the kernel's page header, 3 408 on 6.18.)"""
     from conformance.cases import client_tcp
 
-    pp1, rx = _forwarding(prog, pp_ns)
-    rx.close()
     headers = len(client_tcp(payload=b""))  # Ethernet, IPv4, TCP: 54 bytes
     frames = [bytes(client_tcp()), bytes(client_tcp(payload=bytes(3400 - headers))),
               bytes(client_tcp(payload=bytes(100)))]  # fmt: skip
-    before = prog.counter("verdicts")[PIPELINE.verdicts.index("forward")]
-    try:
-        with netns.entered(pp_ns):
-            assert prog.run_live(frames, [pp1] * len(frames)) == [0] * len(frames)
-    finally:
-        with netns.entered(pp_ns):
-            prog.detach_all()
+    with _forwarding(prog, pp_ns) as pp1, netns.entered(pp_ns):
+        before = prog.counter("verdicts")[PIPELINE.verdicts.index("forward")]
+        assert prog.run_live(frames, [pp1] * len(frames)) == [0] * len(frames)
     after = prog.counter("verdicts")[PIPELINE.verdicts.index("forward")]
     assert (after[0] - before[0], after[1] - before[1]) == (3, 72 + 3400 + 154)
 
@@ -175,16 +170,10 @@ def test_a_long_frame_beside_short_ones_keeps_every_length(pp_ns, prog) -> None:
 def test_a_run_that_fails_gives_each_of_its_frames_the_errno(pp_ns, prog) -> None:
     """An ingress interface that does not exist: the kernel refuses the run (ENODEV), and
     only that run's frames carry the error."""
-    pp1, rx = _forwarding(prog, pp_ns)  # attached: batches run as one test run each
-    rx.close()
     frames = _snat_frames(5)
-    try:
-        with netns.entered(pp_ns):
-            assert prog.run_live(frames, [pp1, pp1, 0x7FFFFFF0, 0x7FFFFFF0, pp1]) == [
-                0, 0, errno.ENODEV, errno.ENODEV, 0]  # fmt: skip
-    finally:
-        with netns.entered(pp_ns):
-            prog.detach_all()
+    with _forwarding(prog, pp_ns) as pp1, netns.entered(pp_ns):
+        assert prog.run_live(frames, [pp1, pp1, 0x7FFFFFF0, 0x7FFFFFF0, pp1]) == [
+            0, 0, errno.ENODEV, errno.ENODEV, 0]  # fmt: skip
 
 
 def test_a_program_attached_nowhere_runs_each_frame_alone(pp_ns, prog) -> None:
