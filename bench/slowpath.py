@@ -13,13 +13,15 @@ Three middles between the same client and server namespaces:
 * `nftables`: the router with an nftables `snat` rule (conntrack) to the same public pool;
 * `cyberstar`: the XDP PP node, FM and an SC group of three (SNAT to the same pool).
 For each: connections per second at saturation, the client's connect() latency (SYN sent to
-SYN-ACK received) and whole-connection latency, and CPU per connection of every process
-involved, from /proc (the machine's busy time too, softirq included). For cyberstar also:
-SC requests counted by the SC head and by FM (asserted equal to the connections the client
-made, so no connection was answered from a cache), FM's PacketIn-arrival → PacketOut-sent
-latency, a paced run at half the saturating rate (first-packet latency there), and the rule
-requests per second FM + SC sustain when a flood of new flows from the SNAT NF's own sources
-hits the PP.
+SYN-ACK received) and whole-connection latency, CPU per connection of every process involved,
+from /proc (the machine's busy time too, softirq included), and the connect() latency of a
+lone connection (`lone`: one client thread at `LONE_CPS`, so no connection waits for another:
+the path's own latency). For cyberstar also: SC requests counted by the SC head and by FM
+(asserted equal to the connections the client made, so no connection was answered from a
+cache), FM's PacketIn-arrival → PacketOut-sent latency and where a batch's time goes (each run,
+the lone one included), a paced run at half the saturating rate (first-packet latency there),
+and the rule requests per second FM + SC sustain when a flood of new flows from the SNAT NF's
+own sources hits the PP.
 
 A connection's slow-path work does not end with its first packet: its rules idle out
 (`IDLE_TIMEOUT_S`, SC's default 30 s), the PP notifies FM, FM deletes them and releases the
@@ -159,6 +161,7 @@ def bench_router(args, nat: bool) -> dict:
                     cpu.stop()
                     runs.append(summary(run, cpu))
                 out[f"threads_{threads}"] = median_run(runs)
+            out["lone"] = {"connect_us": lone(args, line.client, sources)["connect_us"]}
             if nat:
                 out["conntrack_entries"] = _conntrack_count(line.middle)
             return out
@@ -168,6 +171,7 @@ def bench_router(args, nat: bool) -> dict:
 # run of 5 s at 40 000 connections/s leaves 200 000. The limit is the host's (a network
 # namespace cannot raise it), 262 144 by default here; a full table drops new connections.
 CONNTRACK_MAX = 4_000_000
+LONE_CPS = 100  # the lone-connection run: 10 ms apart, far longer than one takes
 _CONNTRACK_MAX_PATH = Path("/proc/sys/net/netfilter/nf_conntrack_max")
 
 
@@ -272,6 +276,7 @@ def bench_cyberstar(args) -> dict:
                 out[f"threads_{threads}"] = median_run(runs)
             best = max(r["cps"] for k, r in out.items() if k.startswith("threads_"))
             before = fm_counters(lab)
+            out["lone"] = lone_cyberstar(args, lab, sources)
             out["half_load"] = half_load(args, lab, sources, best)
             drained(lab, before)
         out["flood"] = flood(args, lab, CpuMeter(daemons))
@@ -285,7 +290,7 @@ def saturate(args, lab: SlowPathLab, sources: Sources, threads: int, cpu: CpuMet
     head = sc_head(lab)
     sc_before = asyncio.run(sc_requests(head, lab.sc.client_tls))
     before = lab.fm_get("fm1", "/status")
-    fm_before, timings_before = before["slow_path"], before["timings_s"]
+    fm_before = before["slow_path"]
     profiler = None
     if profile:
         assert lab.pp is not None
@@ -311,19 +316,28 @@ def saturate(args, lab: SlowPathLab, sources: Sources, threads: int, cpu: CpuMet
     out["every_connection_asked_sc"] = (
         out["sc_requests_at_sc_head"] == run["attempts"] == out["sc_requests_from_fm"]
     )
-    out["fm_packet_in_to_packet_out_us"] = status["first_packet_us"]
-    out["fm_packets_per_batch"] = round(
-        fm.get("batched_packets", 0) / max(fm.get("batches", 0), 1), 1
-    )
-    # Where a batch's time goes inside FM: awaiting SC's answer, then writing the rules (and,
-    # through a StreamWrite, the PP sending the packets).
-    sc_batches = max(fm.get("sc_batches", 0), 1)
-    out["fm_ms_per_sc_batch"] = {
-        phase: round((status["timings_s"].get(key, 0) - timings_before.get(key, 0))
-                     / sc_batches * 1e3, 2)
-        for phase, key in (("sc_round_trip", "sc_seconds"), ("install", "install_seconds"))
-    }  # fmt: skip
+    out.update(fm_batches(before, status))
     return out
+
+
+def fm_batches(before: dict, after: dict) -> dict:
+    """FM's first-packet latency (PacketIn arrival → the PP's answer to the StreamWrite that
+    sent its packet), its batches' size and where a batch's time goes between two /status
+    snapshots: awaiting SC's answer, then writing the rules and, through a StreamWrite, the PP
+    sending the packets."""
+    fm = {k: v - before["slow_path"].get(k, 0) for k, v in after["slow_path"].items()}
+    sc_batches = max(fm.get("sc_batches", 0), 1)
+    return {
+        "fm_packet_in_to_packet_out_us": after["first_packet_us"],
+        "fm_packets_per_batch": round(
+            fm.get("batched_packets", 0) / max(fm.get("batches", 0), 1), 1
+        ),
+        "fm_ms_per_sc_batch": {
+            phase: round((after["timings_s"].get(key, 0) - before["timings_s"].get(key, 0))
+                         / sc_batches * 1e3, 2)
+            for phase, key in (("sc_round_trip", "sc_seconds"), ("install", "install_seconds"))
+        },
+    }  # fmt: skip
 
 
 def fm_counters(lab: SlowPathLab) -> dict[str, int]:
@@ -382,6 +396,7 @@ def half_load(args, lab: SlowPathLab, sources: Sources, saturating_cps: float) -
     """A paced run at half the saturating rate: the first packet's latency when FM and SC are
     not queueing."""
     rate = max(saturating_cps / 2, 1)
+    before = lab.fm_get("fm1", "/status")
     t0 = time.monotonic()
     run = load(args, lab.ns["client"], sources, args.paced_threads, rate=rate)
     return {
@@ -390,10 +405,25 @@ def half_load(args, lab: SlowPathLab, sources: Sources, saturating_cps: float) -
         "failed": run["attempts"] - run["connections"],
         "client_threads": args.paced_threads,
         "connect_us": run["connect_us"],
-        "fm_packet_in_to_packet_out_us": lab.fm_get("fm1", f"/status?since={t0}")[
-            "first_packet_us"
-        ],
+        **fm_batches(before, lab.fm_get("fm1", f"/status?since={t0}")),
     }
+
+
+def lone(args, ns: str, sources: Sources) -> dict:
+    """One client thread paced at LONE_CPS: every connection alone on the path, so its
+    latency is the path's own, with no batch or queue to wait for."""
+    run = load(args, ns, sources, 1, rate=LONE_CPS)
+    return {"offered_cps": LONE_CPS, "connect_us": run["connect_us"],
+            "failed": run["attempts"] - run["connections"]}  # fmt: skip
+
+
+def lone_cyberstar(args, lab: SlowPathLab, sources: Sources) -> dict:
+    """`lone` through cyberstar, with FM's view of each connection's batch (one first packet):
+    the floor under every other latency figure of the slow path."""
+    before = lab.fm_get("fm1", "/status")
+    t0 = time.monotonic()
+    out = lone(args, lab.ns["client"], sources)
+    return {**out, **fm_batches(before, lab.fm_get("fm1", f"/status?since={t0}"))}
 
 
 def flood(args, lab: SlowPathLab, cpu: CpuMeter) -> dict:
