@@ -37,7 +37,7 @@ from finsy.proto import p4r
 
 from cyberstar import packets
 from cyberstar.fm.cache import CachedRule, Connection, RuleCache, connection_cookie, entry_key
-from cyberstar.fm.slowpath import FLOW_UPDATES, SlowPath
+from cyberstar.fm.slowpath import SlowPath
 from cyberstar.p4rt import batching
 from cyberstar.p4rt.codec import update, write_request_bytes
 from cyberstar.p4rt.messages import packet_out_request, write_request
@@ -101,14 +101,14 @@ def fm_protobuf_rules(reply: sc_pb2.RuleReply, i: int) -> None:
     cookie = connection_cookie(i, 5)
     rules = [CachedRule(entry_key(e), 0, e) for e in (flow_table_entry(r, cookie)
                                                       for r in reply.rules)]  # fmt: skip
-    write_request_bytes(1, 1 << 33, [FLOW_UPDATES.update(INSERT, r.entry) for r in rules])
+    write_request_bytes(1, 1 << 33, [CODEC.encoder.update(INSERT, r.entry) for r in rules])
     batching.packet_out_request(batching.packet_out(FRAME, META))
 
 
 def fm(reply: sc_pb2.RuleReply, i: int) -> None:
     frame_flow(FRAME, 1)
     rules = CODEC.from_packed(i, reply.slot, reply.packed_rules).rules
-    write_request_bytes(1, 1 << 33, [FLOW_UPDATES.update(INSERT, r.entry) for r in rules])
+    write_request_bytes(1, 1 << 33, [CODEC.insert_update(r) for r in rules])
     batching.packet_out_request(batching.packet_out(FRAME, META))
 
 

@@ -176,6 +176,44 @@ def test_packed_rules_read_back_as_the_protobuf_rules(
     assert all(r.installed == 0 for r in conn.rules)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(entries(), min_size=1, max_size=3),
+       st.sampled_from([0, 1_000_000, 30_000_000_000, 4_294_967_295_000_000]),
+       st.integers(0, (1 << 64) - 1), st.integers(0, 0xFFFF),
+       st.integers(0, (1 << 64) - 1))  # fmt: skip
+def test_a_connection_from_packed_rules_is_written_and_cached_without_its_entries(
+    batch: list[TableEntry], idle_ns: int, conn_id: int, slot: int, installed: int
+) -> None:
+    """FM writes and caches a new connection from SC's packed rules without building their
+    table entries: each INSERT it writes is the general encoder's for the entry the protobuf
+    rules give, and its cache record (the installed bits changed) is the one the entries
+    pack into."""
+    from cyberstar.fm.cache import CachedRule, Connection, RuleCodec, connection_cookie
+
+    tenant = batch[0].match["tenant_id"]
+    rules = [_flow_rule(e) for e in batch]
+    packed = packed_rules(tenant, rules, idle_ns)
+    assert packed is not None
+    codec = RuleCodec(PIPELINE)
+    conn = codec.from_packed(conn_id, slot, packed)
+    cookie = connection_cookie(conn_id, slot)
+    expected = []
+    for rule in rules:
+        msg = sc_pb2.Rule()
+        fill_rule(msg, tenant, rule, idle_ns)
+        general = table_entry(msg)
+        expected.append(TableEntry(general.table, general.match, general.action, general.params,
+                                   0, False, idle_ns, cookie))  # fmt: skip
+    written = [p4r.Update.FromString(codec.insert_update(r)) for r in conn.rules]
+    assert written == [update(p4r.Update.INSERT, PIPELINE, e) for e in expected]
+    for r in conn.rules:
+        r.installed = installed
+    pairs = zip(conn.rules, expected, strict=True)
+    eager = Connection(conn_id, slot, [CachedRule(r.key, installed, e) for r, e in pairs])
+    assert codec.pack(conn) == codec.pack(eager)
+    assert codec.unpack(codec.pack(conn)) == eager
+
+
 def test_a_packed_rule_byte_by_byte() -> None:
     """The layout written out by hand from the module's description and the pipeline spec:
     snat is the flow table's second action (index 1); its parameters src_addr (32 bits),

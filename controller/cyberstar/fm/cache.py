@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 from finsy.proto import p4r
 
+from cyberstar.p4rt.codec import ExactTableEncoder
 from cyberstar.p4rt.exact_wire import ExactWire, ParsedEntry
 from cyberstar.pipeline.entries import TableEntry
-from cyberstar.pipeline.flow_records import FLOW_TABLE, KEY, RULE, FlowLayout
+from cyberstar.pipeline.flow_records import FLOW_TABLE, KEY, KEY_FIELDS, RULE, FlowLayout
 from cyberstar.pipeline.model import Pipeline
 
 _HEAD = struct.Struct(">QHB")
@@ -35,11 +36,45 @@ def entry_key(entry: TableEntry) -> bytes:
                     m["src_port"], m["dst_port"])  # fmt: skip
 
 
-@dataclass
 class CachedRule:
-    key: bytes
-    installed: int  # bitmask of PP indices
-    entry: TableEntry
+    """One rule of a connection: its key, the PP nodes holding it (a bitmask of PP indices)
+    and its flow_table entry. A rule read from a packed record (`RuleCodec.unpack`) keeps its
+    packed form and builds the entry only when something asks for it: the slow path writes
+    and caches a new connection from the packed form alone."""
+
+    __slots__ = ("_codec", "_entry", "cookie", "installed", "key", "packed")
+
+    def __init__(self, key: bytes, installed: int, entry: TableEntry | None = None) -> None:
+        self.key = key
+        self.installed = installed
+        self._entry = entry
+        self.packed = b""  # RULE + the action's params, as a packed record holds them
+        self.cookie = b""  # the connection's cookie, for the entry built from `packed`
+        self._codec: RuleCodec | None = None
+
+    @classmethod
+    def from_record(cls, codec: RuleCodec, key: bytes, installed: int, packed: bytes,
+                    cookie: bytes) -> CachedRule:  # fmt: skip
+        rule = cls(key, installed)
+        rule.packed, rule.cookie, rule._codec = packed, cookie, codec
+        return rule
+
+    @property
+    def entry(self) -> TableEntry:
+        if self._entry is None:
+            assert self._codec is not None, "a CachedRule needs an entry or a packed form"
+            self._entry = self._codec.entry_of(self.packed, self.cookie)
+        return self._entry
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CachedRule):
+            return NotImplemented
+        return (self.key, self.installed, self.entry) == (other.key, other.installed, other.entry)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it replaces
+
+    def __repr__(self) -> str:
+        return f"CachedRule(key={self.key!r}, installed={self.installed:#x}, entry={self.entry!r})"
 
 
 @dataclass
@@ -69,10 +104,17 @@ class RuleCodec:
             [k.width for k in table.key],
             {a.id: [p.width for p in a.params] for a in self.actions},
         )
+        self.encoder = ExactTableEncoder(pipeline, FLOW_TABLE)
+        # the table's key fields, in its key's order, as positions in a packed KEY
+        self._key_order = [KEY_FIELDS.index(k.name) for k in table.key]
 
     def pack(self, conn: Connection) -> bytes:
         out = [_HEAD.pack(conn.conn_id, conn.slot, len(conn.rules))]
         for r in conn.rules:
+            if r.packed:  # as read from a record: only the installed bits may have changed
+                out += (r.packed[: KEY.size], _INSTALLED.pack(r.installed),
+                        r.packed[KEY.size + _INSTALLED.size :])  # fmt: skip
+                continue
             i = self.index[r.entry.action]
             idle_ms = r.entry.idle_timeout_ns // 1_000_000
             out.append(RULE.pack(r.key, r.installed, idle_ms, i))
@@ -184,26 +226,44 @@ class RuleCodec:
         return self.unpack(_HEAD.pack(conn_id, slot, n) + packed)
 
     def unpack(self, record: bytes) -> Connection:
+        """The connection of a packed record; its rules build their entries when asked."""
         conn_id, slot, n = _HEAD.unpack_from(record)
+        cookie = connection_cookie(conn_id, slot)
         off, rules = _HEAD.size, []
         for _ in range(n):
-            key, installed, idle_ms, i = RULE.unpack_from(record, off)
-            off += RULE.size
-            action = self.actions[i]
-            values = self.params[i].unpack_from(record, off)
-            off += self.params[i].size
-            tenant, src, dst, proto, sport, dport = KEY.unpack(key)
-            entry = TableEntry(
-                FLOW_TABLE,
-                {"tenant_id": tenant, "src_addr": src, "dst_addr": dst, "protocol": proto,
-                 "src_port": sport, "dst_port": dport},
-                action.name,
-                {p.name: v for p, v in zip(action.params, values, strict=True)},
-                idle_timeout_ns=idle_ms * 1_000_000,
-                metadata=connection_cookie(conn_id, slot),
-            )  # fmt: skip
-            rules.append(CachedRule(key, installed, entry))
+            key, installed, _, i = RULE.unpack_from(record, off)
+            end = off + RULE.size + self.params[i].size
+            rules.append(CachedRule.from_record(self, key, installed, record[off:end], cookie))
+            off = end
         return Connection(conn_id, slot, rules)
+
+    def entry_of(self, packed: bytes, cookie: bytes) -> TableEntry:
+        """The flow_table entry of one packed rule (RULE + params)."""
+        key, _, idle_ms, i = RULE.unpack_from(packed)
+        action = self.actions[i]
+        values = self.params[i].unpack_from(packed, RULE.size)
+        tenant, src, dst, proto, sport, dport = KEY.unpack(key)
+        return TableEntry(
+            FLOW_TABLE,
+            {"tenant_id": tenant, "src_addr": src, "dst_addr": dst, "protocol": proto,
+             "src_port": sport, "dst_port": dport},
+            action.name,
+            {p.name: v for p, v in zip(action.params, values, strict=True)},
+            idle_timeout_ns=idle_ms * 1_000_000,
+            metadata=cookie,
+        )  # fmt: skip
+
+    def insert_update(self, rule: CachedRule) -> bytes:
+        """A serialized INSERT Update of `rule`, from its packed form when it has one."""
+        if not rule.packed:
+            return self.encoder.update(p4r.Update.INSERT, rule.entry)
+        key, _, idle_ms, i = RULE.unpack_from(rule.packed)
+        match = KEY.unpack(key)
+        return self.encoder.update_of(
+            p4r.Update.INSERT, self.actions[i].name, [match[j] for j in self._key_order],
+            self.params[i].unpack_from(rule.packed, RULE.size), idle_ms * 1_000_000,
+            rule.cookie,
+        )  # fmt: skip
 
 
 class CacheBuilder:

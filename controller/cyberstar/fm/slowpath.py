@@ -33,7 +33,7 @@ from cyberstar.fm.config import QueueConfig
 from cyberstar.fm.fairqueue import FairQueue
 from cyberstar.fm.sessions import PpSession
 from cyberstar.p4rt import batching
-from cyberstar.p4rt.codec import ExactTableEncoder, delete_of
+from cyberstar.p4rt.codec import delete_of
 from cyberstar.p4rt.decode import PipelineDecoder
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.pipeline.entries import TableEntry
@@ -51,7 +51,6 @@ PACKET_IN_FIELDS = {f.name: i for i, f in enumerate(PIPELINE.packet_in.fields, s
 PACKET_OUT_FIELDS = {f.name: i for i, f in enumerate(PIPELINE.packet_out.fields, start=1)}
 FLOW_TABLE_ID = PIPELINE.table("flow_table").id
 NO_TENANT = -1  # the queue of PacketIns without tenant metadata (dropped when classified)
-FLOW_UPDATES = ExactTableEncoder(PIPELINE, "flow_table")
 LATENCY_SAMPLES = 200_000  # first-packet latencies kept for /status
 HOST_REASON = PIPELINE.punt_reasons.index("host")
 
@@ -284,7 +283,7 @@ class SlowPath:
                 continue
             conns[conn.conn_id] = conn
             ranges[conn.conn_id] = (len(updates), len(conn.rules))
-            updates += [FLOW_UPDATES.update(p4r.Update.INSERT, r.entry) for r in conn.rules]
+            updates += [self.cache.codec.insert_update(r) for r in conn.rules]
             owner += [conn.conn_id] * len(conn.rules)
         streamed = bool(updates) and session.stream_writes
         if streamed:

@@ -6,6 +6,8 @@ padded form, as the P4Runtime specification asks of clients and servers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from finsy.proto import p4r
 
 from cyberstar.p4rt._exact_wire import encode_update
@@ -107,6 +109,14 @@ class ExactTableEncoder:
             action_head, param_ids, [params[n] for n in names], entry.priority,
             entry.idle_timeout_ns, entry.metadata,
         )  # fmt: skip
+
+    def update_of(self, kind: int, action: str, match: Sequence[int], params: Sequence[int],
+                  idle_timeout_ns: int = 0, metadata: bytes = b"") -> bytes:  # fmt: skip
+        """`update` of an entry given by its values: the match fields in the table's key order,
+        the action's params in its order (no dicts to build when they come packed)."""
+        action_head, param_ids, _ = self._actions[action]
+        return encode_update(kind, self._head, self._field_ids, list(match), action_head,
+                             param_ids, list(params), 0, idle_timeout_ns, metadata)  # fmt: skip
 
 
 _DELETE = tag(1, 0) + varint(p4r.Update.DELETE)  # Update.type
