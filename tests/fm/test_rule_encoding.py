@@ -147,6 +147,28 @@ def _flow_rule(entry: TableEntry) -> FlowRule:
     return FlowRule(key, entry.action, params)
 
 
+def _packed_and_general(batch: list[TableEntry], idle_ns: int, conn_id: int, slot: int
+                        ) -> tuple[bytes, list[TableEntry]]:  # fmt: skip
+    """SC's packed rules for the entries of `batch` (the first one's tenant for all: one
+    connection's rules), and the entries the general parser reads from the protobuf rules SC
+    sends otherwise, with FM's cookie for connection `conn_id`."""
+    from cyberstar.fm.cache import connection_cookie
+
+    tenant = batch[0].match["tenant_id"]
+    rules = [_flow_rule(e) for e in batch]
+    packed = packed_rules(tenant, rules, idle_ns)
+    assert packed is not None
+    cookie = connection_cookie(conn_id, slot)
+    expected = []
+    for rule in rules:
+        msg = sc_pb2.Rule()
+        fill_rule(msg, tenant, rule, idle_ns)
+        general = table_entry(msg)
+        expected.append(TableEntry(general.table, general.match, general.action, general.params,
+                                   0, False, idle_ns, cookie))  # fmt: skip
+    return packed, expected
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(entries(), min_size=1, max_size=3),
        st.sampled_from([0, 1_000_000, 30_000_000_000, 4_294_967_295_000_000]),
@@ -156,21 +178,10 @@ def test_packed_rules_read_back_as_the_protobuf_rules(
 ) -> None:
     """FM's connection from SC's packed rules equals the one the general parser builds from
     the protobuf rules SC sends otherwise (same tenant for all: one connection's rules)."""
-    from cyberstar.fm.cache import RuleCodec, connection_cookie
+    from cyberstar.fm.cache import RuleCodec
 
-    tenant = batch[0].match["tenant_id"]
-    rules = [_flow_rule(e) for e in batch]
-    packed = packed_rules(tenant, rules, idle_ns)
-    assert packed is not None
+    packed, expected = _packed_and_general(batch, idle_ns, conn_id, slot)
     conn = RuleCodec(PIPELINE).from_packed(conn_id, slot, packed)
-    cookie = connection_cookie(conn_id, slot)
-    expected = []
-    for rule in rules:
-        msg = sc_pb2.Rule()
-        fill_rule(msg, tenant, rule, idle_ns)
-        general = table_entry(msg)
-        expected.append(TableEntry(general.table, general.match, general.action, general.params,
-                                   0, False, idle_ns, cookie))  # fmt: skip
     assert (conn.conn_id, conn.slot) == (conn_id, slot)
     assert [r.entry for r in conn.rules] == expected
     assert all(r.installed == 0 for r in conn.rules)
@@ -188,22 +199,11 @@ def test_a_connection_from_packed_rules_is_written_and_cached_without_its_entrie
     table entries: each INSERT it writes is the general encoder's for the entry the protobuf
     rules give, and its cache record (the installed bits changed) is the one the entries
     pack into."""
-    from cyberstar.fm.cache import CachedRule, Connection, RuleCodec, connection_cookie
+    from cyberstar.fm.cache import CachedRule, Connection, RuleCodec
 
-    tenant = batch[0].match["tenant_id"]
-    rules = [_flow_rule(e) for e in batch]
-    packed = packed_rules(tenant, rules, idle_ns)
-    assert packed is not None
+    packed, expected = _packed_and_general(batch, idle_ns, conn_id, slot)
     codec = RuleCodec(PIPELINE)
     conn = codec.from_packed(conn_id, slot, packed)
-    cookie = connection_cookie(conn_id, slot)
-    expected = []
-    for rule in rules:
-        msg = sc_pb2.Rule()
-        fill_rule(msg, tenant, rule, idle_ns)
-        general = table_entry(msg)
-        expected.append(TableEntry(general.table, general.match, general.action, general.params,
-                                   0, False, idle_ns, cookie))  # fmt: skip
     written = [p4r.Update.FromString(codec.insert_update(r)) for r in conn.rules]
     assert written == [update(p4r.Update.INSERT, PIPELINE, e) for e in expected]
     for r in conn.rules:
