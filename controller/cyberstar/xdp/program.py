@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import itertools
 import json
 import logging
 import mmap
@@ -346,18 +347,15 @@ class XdpProgram(TableMaps):
             return []
         if not self.attached:
             return [self._replay([f], i)[0] for f, i in zip(frames, ifindexes, strict=True)]
+        out: list[int] = []
+        start = 0
         with self._replay_lock:
-            if count <= REPLAY_FRAMES and ifindexes.count(ifindexes[0]) == count:
-                return self._replay(frames, ifindexes[0])  # the usual batch: one run
-            out: list[int] = []
-            start = 0
-            while start < count:
-                ifindex, end = ifindexes[start], start + 1
-                while end < count and end - start < REPLAY_FRAMES and ifindexes[end] == ifindex:
-                    end += 1
-                out += self._replay(frames[start:end], ifindex)
+            for ifindex, group in itertools.groupby(ifindexes):
+                end = start + sum(1 for _ in group)
+                for first in range(start, end, REPLAY_FRAMES):
+                    out += self._replay(frames[first : min(first + REPLAY_FRAMES, end)], ifindex)
                 start = end
-            return out
+        return out
 
     def _replay(self, frames: list[bytes], ifindex: int) -> list[int]:
         self._replay_runs = self._replay_runs % 0xFFFFFFFF + 1  # 1..2^32-1
