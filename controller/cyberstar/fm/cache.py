@@ -237,12 +237,16 @@ class RuleCodec:
             off = end
         return Connection(conn_id, slot, rules)
 
+    def _fields(self, packed: bytes) -> tuple[tuple[int, ...], int, int, tuple[int, ...]]:
+        """One packed rule (RULE + params) read: its KEY's fields, idle timeout in ms, action
+        index and the action's params."""
+        key, _, idle_ms, i = RULE.unpack_from(packed)
+        return KEY.unpack(key), idle_ms, i, self.params[i].unpack_from(packed, RULE.size)
+
     def entry_of(self, packed: bytes, cookie: bytes) -> TableEntry:
         """The flow_table entry of one packed rule (RULE + params)."""
-        key, _, idle_ms, i = RULE.unpack_from(packed)
+        (tenant, src, dst, proto, sport, dport), idle_ms, i, values = self._fields(packed)
         action = self.actions[i]
-        values = self.params[i].unpack_from(packed, RULE.size)
-        tenant, src, dst, proto, sport, dport = KEY.unpack(key)
         return TableEntry(
             FLOW_TABLE,
             {"tenant_id": tenant, "src_addr": src, "dst_addr": dst, "protocol": proto,
@@ -257,12 +261,10 @@ class RuleCodec:
         """A serialized INSERT Update of `rule`, from its packed form when it has one."""
         if not rule.packed:
             return self.encoder.update(p4r.Update.INSERT, rule.entry)
-        key, _, idle_ms, i = RULE.unpack_from(rule.packed)
-        match = KEY.unpack(key)
+        match, idle_ms, i, params = self._fields(rule.packed)
         return self.encoder.update_of(
             p4r.Update.INSERT, self.actions[i].name, [match[j] for j in self._key_order],
-            self.params[i].unpack_from(rule.packed, RULE.size), idle_ms * 1_000_000,
-            rule.cookie,
+            params, idle_ms * 1_000_000, rule.cookie,
         )  # fmt: skip
 
 
