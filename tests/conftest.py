@@ -14,9 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from cyberstar.grpc_transport import select_transports
+
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 sys.path.insert(0, str(TESTS))
+
+# The suite's own gRPC clients and servers run on the transports the daemons choose (and every
+# test that calls the CLI's main would otherwise choose them for the rest of the session).
+select_transports()
 
 
 def _xdp_missing() -> str | None:

@@ -15,6 +15,7 @@ import logging
 import sys
 
 from cyberstar.errors import RuntimeFailure, UsageError
+from cyberstar.grpc_transport import select_transports
 from cyberstar.verbs import Verb
 
 # object → (its help, {verb: "module:attribute" of a Verb}); the verb None is the object's
@@ -107,6 +108,7 @@ def _attach(parser: argparse.ArgumentParser, verb: Verb) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv`, log as `-v` asks, run the chosen command and turn its errors into the
     exit codes above."""
+    select_transports()  # before a verb's module imports gRPC
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
