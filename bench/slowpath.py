@@ -19,7 +19,8 @@ lone connection (`lone`: one client thread at `LONE_CPS`, so no connection waits
 the path's own latency). For cyberstar also: SC requests counted by the SC head and by FM
 (asserted equal to the connections the client made, so no connection was answered from a
 cache), FM's PacketIn-arrival → PacketOut-sent latency and where a batch's time goes (each run,
-the lone one included), a paced run at half the saturating rate (first-packet latency there),
+the lone one included, whose CPU per connection above the daemons' idle rate is what one batch
+costs whatever its size), a paced run at half the saturating rate (first-packet latency there),
 and the rule requests per second FM + SC sustain when a flood of new flows from the SNAT NF's
 own sources hits the PP.
 
@@ -278,7 +279,7 @@ def bench_cyberstar(args) -> dict:
                 out[f"threads_{threads}"] = median_run(runs)
             best = max(r["cps"] for k, r in out.items() if k.startswith("threads_"))
             before = fm_counters(lab)
-            out["lone"] = lone_cyberstar(args, lab, sources)
+            out["lone"] = lone_cyberstar(args, lab, sources, daemons, idle_rate)
             out["half_load"] = half_load(args, lab, sources, best)
             drained(lab, before)
         out["flood"] = flood(args, lab, CpuMeter(daemons))
@@ -296,9 +297,7 @@ def saturate(args, lab: SlowPathLab, sources: Sources, threads: int, cpu: CpuMet
     profiler = None
     if profile:
         assert lab.pp is not None
-        sc = {n.node_id: n.proc.pid for n in lab.sc.nodes.values() if n.proc}
-        pids = {"pp_agent": lab.pp.proc.pid, "fm": lab.fms["fm1"].pid, **sc}
-        profiler = Profiler(profile / f"threads_{threads}", pids, args.seconds)
+        profiler = Profiler(profile / f"threads_{threads}", profiled_pids(lab), args.seconds)
         profiler.start()
     cpu.start()
     t0 = time.monotonic()
@@ -320,6 +319,12 @@ def saturate(args, lab: SlowPathLab, sources: Sources, threads: int, cpu: CpuMet
     )
     out.update(fm_batches(before, status))
     return out
+
+
+def profiled_pids(lab: SlowPathLab) -> dict[str, int]:
+    assert lab.pp is not None
+    sc = {n.node_id: n.proc.pid for n in lab.sc.nodes.values() if n.proc}
+    return {"pp_agent": lab.pp.proc.pid, "fm": lab.fms["fm1"].pid, **sc}
 
 
 def fm_batches(before: dict, after: dict) -> dict:
@@ -419,13 +424,33 @@ def lone(args, ns: str, sources: Sources) -> dict:
             "failed": run["attempts"] - run["connections"]}  # fmt: skip
 
 
-def lone_cyberstar(args, lab: SlowPathLab, sources: Sources) -> dict:
+def lone_cyberstar(args, lab: SlowPathLab, sources: Sources, daemons: dict[str, list[int]],
+                   idle_rate: dict[str, float]) -> dict:  # fmt: skip
     """`lone` through cyberstar, with FM's view of each connection's batch (one first packet):
-    the floor under every other latency figure of the slow path."""
+    the floor under every other latency figure of the slow path. Its CPU per connection above
+    the daemons' idle rate is what one batch costs whatever its size (a batch of one), and
+    `--profile` samples the daemons over it (`DIR/lone`)."""
     before = lab.fm_get("fm1", "/status")
+    profiler = None
+    if args.profile:
+        profiler = Profiler(args.profile / "lone", profiled_pids(lab), args.seconds)
+        profiler.start()
+    cpu = CpuMeter(daemons)
+    cpu.start()
     t0 = time.monotonic()
-    out = lone(args, lab.ns["client"], sources)
-    return {**out, **fm_batches(before, lab.fm_get("fm1", f"/status?since={t0}"))}
+    run = load(args, lab.ns["client"], sources, 1, rate=LONE_CPS)
+    cpu.stop()
+    used = {k: max(v - idle_rate.get(k, 0.0) * cpu.wall_s, 0.0) for k, v in cpu.used.items()}
+    per = {k: round(v * 1e6 / max(run["connections"], 1), 1) for k, v in used.items()}
+    out = {"offered_cps": LONE_CPS, "connect_us": run["connect_us"],
+           "failed": run["attempts"] - run["connections"],
+           "cpu_us_per_connection_above_idle": per,
+           "cpu_us_per_connection_pp_fm_sc": round(
+               per["pp_agent"] + per["fm"] + per["sc_group"], 1)}  # fmt: skip
+    out.update(fm_batches(before, lab.fm_get("fm1", f"/status?since={t0}")))
+    if profiler is not None:
+        out["profile"] = {"dir": str(profiler.out_dir), "top": profiler.finish()}
+    return out
 
 
 def flood(args, lab: SlowPathLab, cpu: CpuMeter) -> dict:
@@ -492,7 +517,7 @@ def main() -> int:
         "--profile",
         type=Path,
         metavar="DIR",
-        help="py-spy profiles of the daemons during cyberstar's saturating run",
+        help="py-spy profiles of the daemons: cyberstar's last saturating run, its lone run",
     )
     ap.add_argument(
         "--fm-in-flight",
