@@ -374,6 +374,12 @@ def drained(lab: SlowPathLab, before: dict[str, int]) -> dict[str, int]:
         time.sleep(0.5)
 
 
+def above_idle(cpu: CpuMeter, idle_rate: dict[str, float], connections: int) -> dict:
+    """`cpu`'s use beyond the daemons' idle rate over its window, in µs per connection."""
+    used = {k: max(v - idle_rate.get(k, 0.0) * cpu.wall_s, 0.0) for k, v in cpu.used.items()}
+    return {k: round(v * 1e6 / max(connections, 1), 1) for k, v in used.items()}
+
+
 def teardown(lab: SlowPathLab, daemons: dict[str, list[int]], idle_rate: dict[str, float],
              before: dict[str, int], run: dict) -> dict:  # fmt: skip
     """The daemons' CPU for `run`'s connections after it (FM's counters `before` it): from
@@ -384,9 +390,7 @@ def teardown(lab: SlowPathLab, daemons: dict[str, list[int]], idle_rate: dict[st
     cpu.start()
     after = drained(lab, before)
     cpu.stop()
-    used = {k: max(v - idle_rate.get(k, 0.0) * cpu.wall_s, 0.0) for k, v in cpu.used.items()}
-    conns = max(run["connections"], 1)
-    per = {k: round(v * 1e6 / conns, 1) for k, v in used.items()}
+    per = above_idle(cpu, idle_rate, run["connections"])
     pp_fm_sc = round(per["pp_agent"] + per["fm"] + per["sc_group"], 1)
     run["cpu_us_per_connection_lifecycle_pp_fm_sc"] = round(
         run["cpu_us_per_connection_pp_fm_sc"] + pp_fm_sc, 1
@@ -440,8 +444,7 @@ def lone_cyberstar(args, lab: SlowPathLab, sources: Sources, daemons: dict[str, 
     t0 = time.monotonic()
     run = load(args, lab.ns["client"], sources, 1, rate=LONE_CPS)
     cpu.stop()
-    used = {k: max(v - idle_rate.get(k, 0.0) * cpu.wall_s, 0.0) for k, v in cpu.used.items()}
-    per = {k: round(v * 1e6 / max(run["connections"], 1), 1) for k, v in used.items()}
+    per = above_idle(cpu, idle_rate, run["connections"])
     out = {"offered_cps": LONE_CPS, "connect_us": run["connect_us"],
            "failed": run["attempts"] - run["connections"],
            "cpu_us_per_connection_above_idle": per,
