@@ -194,3 +194,17 @@ def test_frames_outside_the_test_run_sizes_are_refused_before_any_runs(prog) -> 
         prog.run_live([bytes(60), bytes(13)], [1, 1])
     with pytest.raises(ValueError, match="one each"):
         prog.run_live([bytes(60)], [1, 1])
+
+
+def test_the_c_batch_runner_agrees_with_the_generated_program_on_the_slots() -> None:
+    """The C runner writes each frame after its own slot header and refuses frames shorter
+    than its own minimum: the header must be the one the generated program reads, and the
+    minimum an Ethernet header (the kernel's bound for XDP test frames)."""
+    from scapy.layers.l2 import Ether
+
+    from cyberstar.codegen.xdp_layout import REPLAY_HEADER
+    from cyberstar.xdp import _live_frames
+    from cyberstar.xdp.testrun import MIN_FRAME
+
+    assert _live_frames.SLOT_HEADER == REPLAY_HEADER
+    assert _live_frames.MIN_FRAME == MIN_FRAME == len(Ether())

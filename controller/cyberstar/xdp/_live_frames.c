@@ -141,4 +141,16 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_live_frames", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__live_frames(void) { return PyModule_Create(&module); }
+/* The constants are the module's too: Python takes MIN_FRAME from here, and the test suite
+ * holds SLOT_HEADER equal to the generated program's replay slot header. */
+PyMODINIT_FUNC PyInit__live_frames(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "SLOT_HEADER", SLOT_HEADER) < 0 ||
+        PyModule_AddIntConstant(m, "MIN_FRAME", MIN_FRAME) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

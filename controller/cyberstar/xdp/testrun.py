@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 from cyberstar.pipeline.pp import CONSTANTS
+from cyberstar.xdp._live_frames import MIN_FRAME as _C_MIN_FRAME
 from cyberstar.xdp._live_frames import run_replay as _run_replay
 
 _SYS_BPF = 321  # x86_64
@@ -18,7 +19,9 @@ _BPF_PROG_TEST_RUN = 10
 # XDP test runs take at most a page minus XDP headroom and skb_shared_info: the pipeline's
 # maximum frame size is that limit.
 MAX_FRAME = CONSTANTS["MAX_FRAME"]
-MIN_FRAME = 14  # the kernel refuses XDP test frames shorter than an Ethernet header
+# The kernel refuses XDP test frames shorter than an Ethernet header (14 bytes); the C batch
+# runner checks the same bound, and is its one definition.
+MIN_FRAME = _C_MIN_FRAME
 
 XDP_ACTIONS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: "XDP_REDIRECT"}
 
