@@ -50,6 +50,20 @@ async def _echo_stream(requests, _context):
         yield request
 
 
+def _tls_server(server: grpc.aio.Server, certs: LabCerts) -> int:
+    s = certs.files("pp", "pp")
+    return server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
+        [(s.key.read_bytes(), s.cert.read_bytes())], s.ca.read_bytes(), True))  # fmt: skip
+
+
+def _tls_channel(port: int, certs: LabCerts) -> grpc.aio.Channel:
+    c = certs.files("fm", "fm")
+    creds = grpc.ssl_channel_credentials(c.ca.read_bytes(), c.key.read_bytes(),
+                                         c.cert.read_bytes())  # fmt: skip
+    options = [("grpc.ssl_target_name_override", "pp")]
+    return grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=options)
+
+
 async def grpc_call_cost(calls: int, tls: bool, certs: LabCerts,
                          stream: bool = False) -> dict[str, float]:  # fmt: skip
     """Per unary call, or per request and response on one open stream (`stream`)."""
@@ -58,13 +72,7 @@ async def grpc_call_cost(calls: int, tls: bool, certs: LabCerts,
                 "S": grpc.stream_stream_rpc_method_handler(_echo_stream)}  # fmt: skip
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.T", handlers),))
     if tls:
-        s, c = certs.files("pp", "pp"), certs.files("fm", "fm")
-        port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
-            [(s.key.read_bytes(), s.cert.read_bytes())], s.ca.read_bytes(), True))  # fmt: skip
-        creds = grpc.ssl_channel_credentials(c.ca.read_bytes(), c.key.read_bytes(),
-                                             c.cert.read_bytes())  # fmt: skip
-        options = [("grpc.ssl_target_name_override", "pp")]
-        channel = grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=options)
+        channel = _tls_channel(_tls_server(server, certs), certs)
     else:
         port = server.add_insecure_port("127.0.0.1:0")
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -112,12 +120,6 @@ async def tcp_round_trip_cost(trips: int) -> dict[str, float]:
     return {"wall_us": round(wall / trips * 1e6, 1), "cpu_us": round(cpu / trips * 1e6, 1)}
 
 
-def _tls_server(server: grpc.aio.Server, certs: LabCerts) -> int:
-    s = certs.files("pp", "pp")
-    return server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
-        [(s.key.read_bytes(), s.cert.read_bytes())], s.ca.read_bytes(), True))  # fmt: skip
-
-
 async def echo_server(certs: LabCerts) -> None:
     """The other process of the two-process round trip: prints its port, serves until its
     standard input closes."""
@@ -140,12 +142,7 @@ async def two_process_round_trip(trips: int, certs: LabCerts, certs_dir: Path) -
     server = subprocess.Popen([sys.executable, __file__, "--echo-server", str(certs_dir)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        port = int(server.stdout.readline())
-        c = certs.files("fm", "fm")
-        creds = grpc.ssl_channel_credentials(c.ca.read_bytes(), c.key.read_bytes(),
-                                             c.cert.read_bytes())  # fmt: skip
-        options = [("grpc.ssl_target_name_override", "pp")]
-        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=options) as ch:
+        async with _tls_channel(int(server.stdout.readline()), certs) as ch:
             stream = ch.stream_stream("/t.T/S")()
             for _ in range(50):
                 await stream.write(PAYLOAD)
