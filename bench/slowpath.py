@@ -424,7 +424,8 @@ def lone(args, ns: str, sources: Sources) -> dict:
     """One client thread paced at LONE_CPS: every connection alone on the path, so its
     latency is the path's own, with no batch or queue to wait for."""
     run = load(args, ns, sources, 1, rate=LONE_CPS)
-    return {"offered_cps": LONE_CPS, "connect_us": run["connect_us"],
+    return {"offered_cps": LONE_CPS, "connections": run["connections"],
+            "connect_us": run["connect_us"],
             "failed": run["attempts"] - run["connections"]}  # fmt: skip
 
 
@@ -442,14 +443,11 @@ def lone_cyberstar(args, lab: SlowPathLab, sources: Sources, daemons: dict[str, 
     cpu = CpuMeter(daemons)
     cpu.start()
     t0 = time.monotonic()
-    run = load(args, lab.ns["client"], sources, 1, rate=LONE_CPS)
+    out = lone(args, lab.ns["client"], sources)
     cpu.stop()
-    per = above_idle(cpu, idle_rate, run["connections"])
-    out = {"offered_cps": LONE_CPS, "connect_us": run["connect_us"],
-           "failed": run["attempts"] - run["connections"],
-           "cpu_us_per_connection_above_idle": per,
-           "cpu_us_per_connection_pp_fm_sc": round(
-               per["pp_agent"] + per["fm"] + per["sc_group"], 1)}  # fmt: skip
+    per = above_idle(cpu, idle_rate, out["connections"])
+    out["cpu_us_per_connection_above_idle"] = per
+    out["cpu_us_per_connection_pp_fm_sc"] = round(per["pp_agent"] + per["fm"] + per["sc_group"], 1)
     out.update(fm_batches(before, lab.fm_get("fm1", f"/status?since={t0}")))
     if profiler is not None:
         out["profile"] = {"dir": str(profiler.out_dir), "top": profiler.finish()}
