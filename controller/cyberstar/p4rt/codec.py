@@ -102,21 +102,22 @@ class ExactTableEncoder:
     def update(self, kind: int, entry: TableEntry) -> bytes:
         """A serialized Update of `kind` for a non-default entry of the table."""
         assert entry.table == self.table and not entry.is_default
-        action_head, param_ids, names = self._actions[entry.action]
+        names = self._actions[entry.action][2]
         match, params = entry.match, entry.params
-        return encode_update(
-            kind, self._head, self._field_ids, [match[n] for n in self._field_names],
-            action_head, param_ids, [params[n] for n in names], entry.priority,
-            entry.idle_timeout_ns, entry.metadata,
+        return self.update_of(
+            kind, entry.action, [match[n] for n in self._field_names],
+            [params[n] for n in names], entry.idle_timeout_ns, entry.metadata, entry.priority,
         )  # fmt: skip
 
     def update_of(self, kind: int, action: str, match: Sequence[int], params: Sequence[int],
-                  idle_timeout_ns: int = 0, metadata: bytes = b"") -> bytes:  # fmt: skip
+                  idle_timeout_ns: int = 0, metadata: bytes = b"",
+                  priority: int = 0) -> bytes:  # fmt: skip
         """`update` of an entry given by its values: the match fields in the table's key order,
         the action's params in its order (no dicts to build when they come packed)."""
         action_head, param_ids, _ = self._actions[action]
         return encode_update(kind, self._head, self._field_ids, list(match), action_head,
-                             param_ids, list(params), 0, idle_timeout_ns, metadata)  # fmt: skip
+                             param_ids, list(params), priority, idle_timeout_ns,
+                             metadata)  # fmt: skip
 
 
 _DELETE = tag(1, 0) + varint(p4r.Update.DELETE)  # Update.type
