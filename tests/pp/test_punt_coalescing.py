@@ -1,7 +1,8 @@
 """A busy PP node coalesces its punts: after a poll of the kernel's punt buffer that found
 several, the agent waits `--punt-coalesce-us` before the next, so the punts that arrive
 meanwhile leave together; a lone punt is sent at once. A real agent with a long pause (100 ms)
-makes both visible on the wire, through a controller that asked for PacketInBatch messages."""
+makes both visible on the wire, through a controller that asked for PacketInBatch messages,
+and shows that what came during a pause leaves when it ends."""
 
 from __future__ import annotations
 
@@ -53,3 +54,16 @@ def test_a_lone_punt_is_sent_at_once(batching_stream, coalescing_node):
         took = time.monotonic() - t0
         assert [p.payload for p in got[1]] == frame
         assert took < PAUSE_S / 2, f"a lone punt took {took * 1e3:.0f} ms"
+
+
+def test_a_punt_that_comes_during_the_pause_leaves_when_it_ends(batching_stream, coalescing_node):
+    # Nothing comes after it: only the end of the pause can send it.
+    burst, late = frames(10, 34000), frames(1, 34100)
+    t0 = time.monotonic()
+    send_burst(coalescing_node.ns, burst)  # several in one read: the node pauses
+    time.sleep(PAUSE_S / 4)
+    send_burst(coalescing_node.ns, late)
+    got = packet_ins(batching_stream, len(burst) + len(late))
+    took = time.monotonic() - t0
+    assert sorted(p.payload for _, pins in got for p in pins) == sorted(burst + late)
+    assert took < PAUSE_S * 5, f"the punt sent during the pause came {took * 1e3:.0f} ms later"

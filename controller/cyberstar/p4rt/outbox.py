@@ -1,7 +1,8 @@
 """A stream's outgoing messages: filled from any thread, drained by the stream's coroutine.
 
-The punt and idle-timeout threads publish without waiting for the event loop; the loop is woken
-only when the stream's writer is asleep, so a burst costs one wake-up, not one per message.
+The idle-timeout thread publishes without waiting for the event loop; the loop is woken only
+when the stream's writer is asleep, so a burst costs one wake-up, not one per message. Punts
+are published from the loop itself (a reader callback), which sets the writer's event directly.
 The limit is on the messages' total weight (by default one each; the server weighs a batch of
 PacketIns by its packets). Urgent messages (answers, errors) are never dropped; instead the
 stream's reader waits (`urgent_below`) while too many of them wait for a controller that does
@@ -18,6 +19,13 @@ from collections.abc import Callable
 
 def _one(_: object) -> int:
     return 1
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class Outbox:
@@ -64,7 +72,10 @@ class Outbox:
     def _wake_writer(self) -> None:
         if self._asleep:
             self._asleep = False
-            self._loop.call_soon_threadsafe(self._wake.set)
+            if _running_loop() is self._loop:  # a reader callback of the loop itself
+                self._wake.set()
+            else:
+                self._loop.call_soon_threadsafe(self._wake.set)
 
     async def take(self) -> list:
         """Everything queued, waiting for at least one message."""

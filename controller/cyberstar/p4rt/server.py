@@ -759,6 +759,11 @@ class ServingThread:
         await server.start()
         self._server = server
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the server runs on (its callbacks must be scheduled thread-safely)."""
+        return self._loop
+
     def stop(self, grace: float = 1.0) -> None:
         if self._server is not None and self._thread.is_alive():
             fut = asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop)

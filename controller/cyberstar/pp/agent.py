@@ -100,7 +100,8 @@ class PpAgent:
         except BaseException:
             self.close()
             raise
-        self._spawn(self._punt_loop, "punts")
+        self._punt_fds = self.prog.punt_fds()
+        self.grpc.loop.call_soon_threadsafe(self._watch_punts)
         self._spawn(self._idle_loop, "idle-timeouts")
         self.rates: RateManager | None = None
         if rate_policy is not None:
@@ -150,23 +151,35 @@ class PpAgent:
     def _on_punt(self, punted) -> None:
         self._punted.append(self.device.packet_in(punted))
 
-    def _punt_loop(self) -> None:
-        """Every punt a poll of the perf buffer delivers goes to the primary as one item: its
-        stream sends them in PacketInBatch messages if its controller asked, else one by one.
+    def _watch_punts(self) -> None:
+        """Read the punt buffer from the server's event loop whenever it is readable (and once
+        now, for punts that came while it was not watched)."""
+        for fd in self._punt_fds:
+            self.grpc.loop.add_reader(fd, self._read_punts)
+        self._read_punts()
 
-        A poll that found several punts (the node is busy: they queued while the last ones
-        were sent) is followed by a pause of `punt_coalesce_s` before the next, so that under
-        load punts leave in fewer, larger messages: fewer wake-ups of this thread, the
-        server's loop and the controller, each of which costs more than a punt's own work. A
-        lone punt (a quiet node) is sent at once and does not delay the next one."""
-        while not self._stop.is_set():
-            self.prog.poll_punts(100)
-            punted = self._punted
-            if punted:
-                self._punted = PacketIns()
-                self.server.publish(punted)
-                if len(punted) > 1 and self.punt_coalesce_s:
-                    self._stop.wait(self.punt_coalesce_s)
+    def _read_punts(self) -> None:
+        """Every punt the buffer holds goes to the primary as one item: its stream sends them
+        in PacketInBatch messages if its controller asked, else one by one. Read on the loop
+        that sends them, a punt costs one wake-up of the agent, not a thread's and then the
+        loop's.
+
+        A read that found several punts (the node is busy: they queued while the last ones
+        were sent) stops the watch for `punt_coalesce_s`, so that under load punts leave in
+        fewer, larger messages: fewer wake-ups of the server's loop and the controller, each
+        of which costs more than a punt's own work. A lone punt (a quiet node) is sent at once
+        and does not delay the next one."""
+        self.prog.read_punts()
+        punted = self._punted
+        if not punted:
+            return
+        self._punted = PacketIns()
+        self.server.publish(punted)
+        if len(punted) > 1 and self.punt_coalesce_s:
+            loop = self.grpc.loop
+            for fd in self._punt_fds:
+                loop.remove_reader(fd)
+            loop.call_later(self.punt_coalesce_s, self._watch_punts)
 
     def _idle_loop(self) -> None:
         """Walk the tables for idle entries a slice at a time, so that a full pass takes the

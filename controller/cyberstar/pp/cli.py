@@ -57,7 +57,7 @@ def arguments(serve: argparse.ArgumentParser) -> None:
         type=int,
         default=PUNT_COALESCE_US,
         metavar="US",
-        help="after a poll of the kernel's punt buffer that found several punts (a busy "
+        help="after a read of the kernel's punt buffer that found several punts (a busy "
         "node), wait this long before the next, so that punts leave in fewer, larger "
         f"messages; a lone punt is never delayed. 0 disables (default {PUNT_COALESCE_US})",
     )

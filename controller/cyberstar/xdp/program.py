@@ -311,6 +311,18 @@ class XdpProgram(TableMaps):
     def poll_punts(self, timeout_ms: int = 0) -> None:
         self.bpf.perf_buffer_poll(timeout=timeout_ms)
 
+    def punt_fds(self) -> list[int]:
+        """The punt buffer's file descriptors (one ring per CPU), readable when punts wait:
+        an event loop watches them and calls `read_punts`, where a thread would block in
+        `poll_punts` and then have to wake the loop."""
+        from bcc.libbcc import lib
+
+        return [lib.perf_reader_fd(reader) for reader in self.bpf.perf_buffers.values()]
+
+    def read_punts(self) -> None:
+        """Deliver every punt waiting in the buffer to `on_punt`, without waiting."""
+        self.bpf.perf_buffer_consume()
+
     # ---- running --------------------------------------------------------------------------
 
     def run(
