@@ -1,4 +1,4 @@
-"""A busy PP node coalesces its punts: after a poll of the kernel's punt buffer that found
+"""A busy PP node coalesces its punts: after a read of the kernel's punt buffer that found
 several, the agent waits `--punt-coalesce-us` before the next, so the punts that arrive
 meanwhile leave together; a lone punt is sent at once. A real agent with a long pause (100 ms)
 makes both visible on the wire, through a controller that asked for PacketInBatch messages,

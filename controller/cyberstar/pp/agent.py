@@ -96,12 +96,12 @@ class PpAgent:
             self.server = P4RuntimeServer(self.device, device_id)
             self.device.run_in_namespace = self.in_namespace
             self.prog.open_punts(self._on_punt)
+            self._punt_fds = self.prog.punt_fds()
             self.grpc = serve(self.server, grpc_address, tls)
+            self.grpc.loop.call_soon_threadsafe(self._watch_punts)
         except BaseException:
             self.close()
             raise
-        self._punt_fds = self.prog.punt_fds()
-        self.grpc.loop.call_soon_threadsafe(self._watch_punts)
         self._spawn(self._idle_loop, "idle-timeouts")
         self.rates: RateManager | None = None
         if rate_policy is not None:
