@@ -116,3 +116,5 @@ async def _kill_each_node_in_turn() -> None:
             assert max(everything.values()) == 1, f"{node_id} holds an element twice"
             assert len(everything) == UNIVERSE, f"{node_id} leaked elements"
         assert load.ok > 500 and load.released > 100
+        # The tails answered (packet-pass-through) through all this, whoever was the tail.
+        assert sum(c[3].counters["answers_delivered"] for c in census.values()) > 0

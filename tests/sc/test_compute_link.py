@@ -13,10 +13,12 @@ import pytest
 
 from cyberstar.lab.procs import free_port
 from cyberstar.lab.sc import ScLab, ScProcess, rule_key
+from cyberstar.lab.wait import wait_until_async
 from cyberstar.proto import sc_pb2
 from cyberstar.sc.client import ReleaseKey, Request, ScClient
 from cyberstar.sc.compute_link import ComputeLinkClient, ComputeLinkError
 from cyberstar.sc.flows import FlowKey, Packet
+from cyberstar.sc.replication import ChainLink
 from cyberstar.sc.routing import ScRouter, ShardMap
 from cyberstar.tls import client_ssl
 from sc import chainwire
@@ -294,3 +296,155 @@ def test_fm_computes_and_releases_more_than_one_call_may_carry(lab: ScLab) -> No
     # Both went over the compute link, in calls of at most 256 items: 1 300 requests in 6
     # Computes, 2 600 keys in 11 Releases.
     assert after["link_calls"] - before["link_calls"] == 6 + 11
+
+
+async def listening_client(head, tail_compute: str, tls) -> ComputeLinkClient:
+    client = ComputeLinkClient(head.compute, client_ssl(tls), timeout_s=10)
+    client.use_tail(tail_compute)
+    await wait_until_async(lambda: client.listening, 10, "the tail to register the token")
+    return client
+
+
+def test_the_tail_answers_a_client_that_listens_there(lab: ScLab) -> None:
+    """Packet-pass-through (paper §3.2): the head puts the answer in the update and the tail
+    sends it once it applied the update; the head neither answers nor waits for the
+    acknowledgement, which comes later, for several updates at once."""
+    chain = run(chain_of(lab))
+    head, tail = chain.nodes[0], chain.nodes[-1]
+    fm = lab.certs.files("fm", "fm-passthrough")
+    batches = [flows(6000 + 10 * i, 1 + i % 4) for i in range(6)]
+
+    async def calls() -> list:
+        client = await listening_client(head, tail.compute, fm)
+        try:
+            return [await client.compute(b) for b in batches]
+        finally:
+            await client.close()
+
+    before = {n.id: run(inspect(n.address, lab.client_tls)).counters for n in chain.nodes}
+    answers = run(calls())
+    # The answers are the gRPC Compute's for the same flows (stored connections by now).
+    again = run(grpc_compute(head.address, fm, [r for b in batches for r in b]))
+    assert again == [r for a in answers for r in a]
+    assert all(r.status.code == sc_pb2.OK and r.rules for a in answers for r in a)
+    after = {n.id: run(inspect(n.address, lab.client_tls)).counters for n in chain.nodes}
+
+    def grew(node, counter: str) -> int:
+        return after[node.id][counter] - before[node.id][counter]
+
+    assert grew(head, "answers_passed_on") == 6
+    assert grew(tail, "answers_delivered") == 6
+    assert grew(head, "answers_sent_by_head") == 0
+    assert grew(tail, "answers_undelivered") == 0
+
+    # The held-back acknowledgement reaches the head: everything it applied is committed.
+    async def committed() -> bool:
+        info = await inspect(head.address, lab.client_tls)
+        return info.committed_seq == info.applied_seq
+
+    run(wait_until_async(committed, 5, "the head to learn the tail applied it all"))
+
+
+def test_the_head_answers_when_the_tail_has_no_listener(lab: ScLab) -> None:
+    """A client that registered its token on the middle instead (as FM may, the moment the
+    chain changes): the tail finds nobody to send to, says so in its acknowledgement, and the
+    head answers once the update is committed."""
+    chain = run(chain_of(lab))
+    head, middle, tail = chain.nodes
+    fm = lab.certs.files("fm", "fm-no-listener")
+    batch = flows(7000, 3)
+
+    async def call() -> list:
+        client = await listening_client(head, middle.compute, fm)
+        try:
+            return await client.compute(batch)
+        finally:
+            await client.close()
+
+    before = {n.id: run(inspect(n.address, lab.client_tls)).counters for n in chain.nodes}
+    replies = run(call())
+    assert [r.request_id for r in replies] == [r.request_id for r in batch]
+    assert all(r.status.code == sc_pb2.OK and r.rules for r in replies)
+    after = {n.id: run(inspect(n.address, lab.client_tls)).counters for n in chain.nodes}
+    assert after[head.id]["answers_passed_on"] - before[head.id]["answers_passed_on"] == 1
+    assert after[tail.id]["answers_undelivered"] - before[tail.id]["answers_undelivered"] == 1
+    assert after[head.id]["answers_sent_by_head"] - before[head.id]["answers_sent_by_head"] == 1
+    assert after[middle.id]["answers_delivered"] == before[middle.id]["answers_delivered"]
+
+
+def test_listen_takes_tokens_of_bounded_size_and_number(lab: ScLab) -> None:
+    tail = run(chain_of(lab)).nodes[-1]
+    fm = lab.certs.files("fm", "fm-listen")
+    refused = run(inspect(tail.address, lab.client_tls)).counters["refused_calls"]
+    with chainwire.connect(tail.compute, fm) as sock:
+
+        def listen(call_id: int, token: bytes) -> sc_pb2.ComputeAnswer:
+            call = sc_pb2.ComputeCall(call_id=call_id, listen=token)
+            chainwire.send_frame(sock, call.SerializeToString())
+            return sc_pb2.ComputeAnswer.FromString(chainwire.read_frame(sock))
+
+        for call_id, size in ((1, 15), (2, 65)):
+            answer = listen(call_id, b"t" * size)
+            assert answer.call_id == call_id and answer.error.code == sc_pb2.MALFORMED
+            assert f"a token of {size} bytes" in answer.error.message
+        for i in range(16):  # MAX_TOKENS
+            assert not listen(10 + i, bytes([i]) * 16).HasField("error")
+        assert not listen(40, bytes([3]) * 16).HasField("error")  # again: not a new one
+        answer = listen(41, b"\xee" * 16)
+        assert answer.error.code == sc_pb2.MALFORMED and "at most 16" in answer.error.message
+        # The connection goes on: a Compute on it is answered.
+        ok = sc_pb2.ComputeCall(call_id=42, batch=sc_pb2.RuleBatch(requests=flows(7100, 1)))
+        chainwire.send_frame(sock, ok.SerializeToString())
+        answer = sc_pb2.ComputeAnswer.FromString(chainwire.read_frame(sock))
+        assert answer.call_id == 42 and answer.batch.replies[0].status.code == sc_pb2.NOT_HEAD
+    info = run(inspect(tail.address, lab.client_tls))
+    assert info.counters["refused_calls"] == refused + 3
+
+
+def test_a_call_fails_at_once_when_the_tail_connection_it_awaits_closes() -> None:
+    """The answer of a call that named the token may have been on its way over the tail's
+    connection when it closed: the call fails then (the router retries it, answered from the
+    stored connection) instead of waiting out its timeout. A head that never answers and a
+    tail that closes stand in for the failure."""
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        calls: list[sc_pb2.ComputeCall] = []
+        tails: list[ChainLink] = []
+        heard = asyncio.Event()
+
+        def head_frames(_link: ChainLink, frames: list[bytes]) -> None:
+            calls.extend(sc_pb2.ComputeCall.FromString(f) for f in frames)
+            heard.set()
+
+        def tail_frames(link: ChainLink, frames: list[bytes]) -> None:
+            for frame in frames:
+                call = sc_pb2.ComputeCall.FromString(frame)
+                link.send(sc_pb2.ComputeAnswer(call_id=call.call_id).SerializeToString())
+                tails.append(link)
+
+        head = await loop.create_server(lambda: ChainLink(head_frames, 1 << 20), "127.0.0.1", 0)
+        tail = await loop.create_server(lambda: ChainLink(tail_frames, 1 << 20), "127.0.0.1", 0)
+        client = ComputeLinkClient(address_of(head), None, timeout_s=30)
+        try:
+            client.use_tail(address_of(tail))
+            await wait_until_async(lambda: client.listening, 5, "the tail to register")
+            call = asyncio.create_task(client.compute(flows(1, 2)))
+            await asyncio.wait_for(heard.wait(), 5)
+            assert calls[0].answer_token == client.token and len(client.token) == 16
+            t0 = time.monotonic()
+            tails[0].close()
+            with pytest.raises(ComputeLinkError, match="the tail's connection closed"):
+                await asyncio.wait_for(call, 10)
+            assert time.monotonic() - t0 < 2
+        finally:
+            await client.close()
+            head.close()
+            tail.close()
+
+    asyncio.run(go())
+
+
+def address_of(server: asyncio.Server) -> str:
+    host, port = server.sockets[0].getsockname()[:2]
+    return f"{host}:{port}"

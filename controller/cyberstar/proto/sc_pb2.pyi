@@ -270,18 +270,22 @@ class ChainHello(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., from_node: _Optional[str] = ...) -> None: ...
 
 class ChainUpdate(_message.Message):
-    __slots__ = ("seq", "ops", "snapshot", "blobs", "digest")
+    __slots__ = ("seq", "ops", "snapshot", "blobs", "digest", "answer", "answer_token")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     OPS_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     BLOBS_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_TOKEN_FIELD_NUMBER: _ClassVar[int]
     seq: int
     ops: bytes
     snapshot: bool
     blobs: _containers.RepeatedScalarFieldContainer[bytes]
     digest: int
-    def __init__(self, seq: _Optional[int] = ..., ops: _Optional[bytes] = ..., snapshot: _Optional[bool] = ..., blobs: _Optional[_Iterable[bytes]] = ..., digest: _Optional[int] = ...) -> None: ...
+    answer: bytes
+    answer_token: bytes
+    def __init__(self, seq: _Optional[int] = ..., ops: _Optional[bytes] = ..., snapshot: _Optional[bool] = ..., blobs: _Optional[_Iterable[bytes]] = ..., digest: _Optional[int] = ..., answer: _Optional[bytes] = ..., answer_token: _Optional[bytes] = ...) -> None: ...
 
 class ChainMessage(_message.Message):
     __slots__ = ("hello", "update")
@@ -292,18 +296,20 @@ class ChainMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[ChainHello, _Mapping]] = ..., update: _Optional[_Union[ChainUpdate, _Mapping]] = ...) -> None: ...
 
 class ChainAck(_message.Message):
-    __slots__ = ("acked_seq", "applied_seq", "fresh", "refused", "digest")
+    __slots__ = ("acked_seq", "applied_seq", "fresh", "refused", "digest", "undelivered")
     ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
     APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
     FRESH_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    UNDELIVERED_FIELD_NUMBER: _ClassVar[int]
     acked_seq: int
     applied_seq: int
     fresh: bool
     refused: str
     digest: int
-    def __init__(self, acked_seq: _Optional[int] = ..., applied_seq: _Optional[int] = ..., fresh: _Optional[bool] = ..., refused: _Optional[str] = ..., digest: _Optional[int] = ...) -> None: ...
+    undelivered: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, acked_seq: _Optional[int] = ..., applied_seq: _Optional[int] = ..., fresh: _Optional[bool] = ..., refused: _Optional[str] = ..., digest: _Optional[int] = ..., undelivered: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TransferRequest(_message.Message):
     __slots__ = ("op_id", "kind", "shard", "payload", "coalesce_with", "from_scg", "part")
@@ -340,16 +346,20 @@ class TransferReply(_message.Message):
     def __init__(self, status: _Optional[_Union[Status, _Mapping]] = ..., shard: _Optional[str] = ...) -> None: ...
 
 class ComputeCall(_message.Message):
-    __slots__ = ("call_id", "hops", "batch", "release")
+    __slots__ = ("call_id", "hops", "batch", "release", "answer_token", "listen")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     HOPS_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LISTEN_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     hops: int
     batch: RuleBatch
     release: ReleaseBatch
-    def __init__(self, call_id: _Optional[int] = ..., hops: _Optional[int] = ..., batch: _Optional[_Union[RuleBatch, _Mapping]] = ..., release: _Optional[_Union[ReleaseBatch, _Mapping]] = ...) -> None: ...
+    answer_token: bytes
+    listen: bytes
+    def __init__(self, call_id: _Optional[int] = ..., hops: _Optional[int] = ..., batch: _Optional[_Union[RuleBatch, _Mapping]] = ..., release: _Optional[_Union[ReleaseBatch, _Mapping]] = ..., answer_token: _Optional[bytes] = ..., listen: _Optional[bytes] = ...) -> None: ...
 
 class ComputeAnswer(_message.Message):
     __slots__ = ("call_id", "batch", "error", "released")

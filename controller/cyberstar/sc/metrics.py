@@ -25,6 +25,13 @@ COUNTERS = {
     "freed_connections": "connections freed (every key released)",
     "unknown_release": "releases of keys without state (idempotent no-ops)",
     "replicated_updates": "chain updates applied from the predecessor",
+    "answers_passed_on": "Compute answers the head put in the chain for the tail to send "
+    "(packet-pass-through: the caller listens on the tail)",
+    "answers_delivered": "passed-through answers this node sent as the tail",
+    "answers_undelivered": "passed-through answers this node could not send as the tail (no "
+    "connection for the token): the head sends them",
+    "answers_sent_by_head": "passed-through answers the head sent itself: the tail may not have "
+    "(a chain change, no listener) or the update was not committed in time",
     "snapshots_sent": "state snapshots sent to a successor joining the chain",
     "resyncs_incremental": "successors caught up with the updates they lacked (no snapshot)",
     "chain_refused": "chain-link connections refused (no or wrong hello, too many, too slow)",

@@ -2,9 +2,21 @@
 
 The head decides and applies a batch of state operations, gives it the next sequence number
 and sends it to its successor, which passes it on and applies it; the tail acknowledges, and
-acknowledgements flow back up the chain. The head answers FM only when the batch's sequence
-number is acknowledged, i.e. when every node of the chain holds the change — so losing any one
-node loses nothing that FM was told.
+acknowledgements flow back up the chain. FM is answered only once every node of the chain
+holds the change — so losing any one node loses nothing that FM was told: by the tail, when
+FM listens there (the update carries the answer: `submit(answer=...)`, then the tail sends it
+on the compute-link connection FM registered for the answer's token), else by the head when
+the update is acknowledged.
+
+When the tail answers, nobody waits for the acknowledgement any more, so while such updates
+keep coming the tail acknowledges them at most every `LAZY_ACK_S`, several at once, in the
+wake-up of a later update (`ACK_HOLD_S` after the last when none follows); an update without
+an answer — a Release, a scale step — is acknowledged at once, and so are all before it.
+An answer the tail may not have delivered goes up the chain as `undelivered` in the
+acknowledgement: the tail had no connection for the token, or a node resent the update to a
+new successor (which may have taken it in a snapshot, or may have had it already); the head
+then sends it itself once the update is acknowledged. The caller takes the first answer of
+a call and ignores a second.
 
 Each node keeps the updates it sent but that are not yet acknowledged. When the chain changes
 (etcd, `coord`), a node reconnects to its new successor; the successor says which sequence
@@ -40,6 +52,7 @@ import json
 import logging
 import ssl
 import struct
+import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -58,6 +71,16 @@ FRAME = struct.Struct(">I")
 HELLO_MAX_FRAME = 4096  # a ChainHello, or its answer, is a few dozen bytes
 HELLO_TIMEOUT_S = 10.0
 RETAIN_BYTES = 64 << 20  # acknowledged updates kept to catch a rejoining successor up
+# The tail acknowledges answered updates at most every LAZY_ACK_S while more keep coming (in
+# the wake-up of a later update), and ACK_HOLD_S after the last one when none follows.
+LAZY_ACK_S = 0.005
+ACK_HOLD_S = 0.02
+UNDELIVERED_PER_ACK = 256  # seqs named in one ChainAck (a link reads 4 KB acks at most)
+
+# What became of an update's answer (`submit(settled=...)`, called once, on the head):
+DELIVERED = "delivered"  # the tail sent it
+UNDELIVERED = "undelivered"  # acknowledged, but the tail may not have sent it: send it now
+FAILED = "failed"  # not acknowledged in time, or the node left the chain: not committed
 
 _blobs: list[bytes] = []
 
@@ -95,9 +118,16 @@ def decode_ops(data: bytes, blobs: Sequence[bytes]) -> list:
 
 
 def update_frame(
-    seq: int, data: bytes, blobs: Sequence[bytes] = (), snapshot: bool = False, digest: int = 0
+    seq: int,
+    data: bytes,
+    blobs: Sequence[bytes] = (),
+    snapshot: bool = False,
+    digest: int = 0,
+    answer: bytes = b"",
+    answer_token: bytes = b"",
 ) -> bytes:
-    update = sc_pb2.ChainUpdate(seq=seq, ops=data, blobs=blobs, snapshot=snapshot, digest=digest)
+    update = sc_pb2.ChainUpdate(seq=seq, ops=data, blobs=blobs, snapshot=snapshot, digest=digest,
+                                answer=answer, answer_token=answer_token)  # fmt: skip
     return sc_pb2.ChainMessage(update=update).SerializeToString()
 
 
@@ -188,8 +218,13 @@ class Replicator:
         client_ssl: ssl.SSLContext | None = None,
         max_frame: int = 512 << 20,
         max_unauthenticated: int = 8,
+        deliver: Callable[[bytes, bytes], bool] | None = None,
+        answer_timeout_s: float = 5.0,
     ) -> None:
         self.node_id = node_id
+        # The tail's way to FM: deliver(token, answer) sends it, False when it cannot.
+        self.deliver = deliver
+        self.answer_timeout_s = answer_timeout_s
         self._get_state = get_state
         self._set_state = set_state
         self.counters = counters
@@ -217,6 +252,13 @@ class Replicator:
         self._down: ChainLink | None = None  # the link to the successor, once it is in sync
         self._upstreams: set[ChainLink] = set()  # links from the predecessor (after its hello)
         self._holding_acks = False  # while frames are handled: acks go out once, at the end
+        # The head's answers in the chain: seq → (settled callback, its timeout), in seq order.
+        self._answers: dict[int, tuple[Callable[[str], None], asyncio.TimerHandle]] = {}
+        self._uncertain: set[int] = set()  # the head's answered seqs the tail may not have sent
+        self._undelivered: list[int] = []  # another node's: seqs to name in the next ack up
+        self._lazy_read = False  # the tail, in a read: every update so far answered by it
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._acks_sent_at = 0.0  # time.monotonic() of the last flush
 
     # -- roles ---------------------------------------------------------------------------------
     @property
@@ -282,7 +324,11 @@ class Replicator:
             if succ is not None:
                 self._start_downstream(succ)
         if succ is None:
+            # What this node passed on may have died with its old successor, answers too.
+            self._answer_uncertain([seq for seq, _, _ in self.pending])
             self._on_ack(self.applied)
+            if self._undelivered:
+                self._flush_acks()
         if self.role() != old_role:
             order = " → ".join(n.id for n in chain.nodes)
             log.info("%s: %s of %s (epoch %d: %s)", self.node_id, self.role(), chain.scg,
@@ -294,6 +340,7 @@ class Replicator:
         self.digest = 0
         self.fresh = True
         self.pending.clear()
+        self._undelivered.clear()
         self._clear_retained()
         self._fail_waiters()
 
@@ -323,18 +370,38 @@ class Replicator:
         self._stop_downstream()
         self._close_upstreams()
         self._fail_waiters()
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
 
     # -- the head's side -----------------------------------------------------------------------
-    def submit(self, data: bytes, blobs: Sequence[bytes] = ()) -> int:
-        """Queue an update the head already applied, send it on; returns its sequence number."""
+    def submit(
+        self,
+        data: bytes,
+        blobs: Sequence[bytes] = (),
+        answer: bytes = b"",
+        answer_token: bytes = b"",
+        settled: Callable[[str], None] | None = None,
+    ) -> int:
+        """Queue an update the head already applied, send it on; returns its sequence number.
+
+        With an `answer` (a serialized ComputeAnswer) for the connection registered for
+        `answer_token` on the tail, the tail sends it; `settled` is called once with what
+        became of it: DELIVERED, UNDELIVERED (committed, the head must send it) or FAILED (not
+        committed within `answer_timeout_s`, or this node left the chain)."""
         self.applied += 1
         seq = self.applied
-        frame = update_frame(seq, data, blobs)
+        frame = update_frame(seq, data, blobs, answer=answer, answer_token=answer_token)
+        if settled is not None:
+            timer = asyncio.get_running_loop().call_later(
+                self.answer_timeout_s, self._answer_timed_out, seq
+            )
+            self._answers[seq] = (settled, timer)
         self.pending.append((seq, frame, self.digest))
         self.digest = zlib.crc32(frame, self.digest)
         if self._down is not None:
             self._down.send(frame)
         if self.successor is None:
+            self._answer_uncertain([seq])  # nobody after this node to answer
             self._on_ack(seq)
         return seq
 
@@ -367,21 +434,69 @@ class Replicator:
             _, _, fut = heapq.heappop(self._waiters)
             if not fut.done():
                 fut.set_result(True)
+        if self._answers:
+            self._settle_answers(seq)
         if not self._holding_acks:
             self._flush_acks()
 
     def _flush_acks(self) -> None:
-        acked = self.acked
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        self._acks_sent_at = time.monotonic()
+        acked, undelivered = self.acked, self._undelivered
         for link in self._upstreams:
-            if link.acked_sent != acked:
+            if link.acked_sent != acked or undelivered:
                 link.acked_sent = acked
-                link.send(sc_pb2.ChainAck(acked_seq=acked).SerializeToString())
+                for i in range(0, max(len(undelivered), 1), UNDELIVERED_PER_ACK):
+                    ack = sc_pb2.ChainAck(
+                        acked_seq=acked, undelivered=undelivered[i : i + UNDELIVERED_PER_ACK]
+                    )
+                    link.send(ack.SerializeToString())
+        # With no link up, the predecessor resends what it lacks and names it itself.
+        undelivered.clear()
+
+    def _flush_acks_later(self) -> None:
+        if self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_HOLD_S, self._flush_acks)
 
     def _fail_waiters(self) -> None:
         while self._waiters:
             _, _, fut = heapq.heappop(self._waiters)
             if not fut.done():
                 fut.set_result(False)
+        for seq in list(self._answers):
+            self._settle(seq, FAILED)
+
+    # -- answers passed through the chain (packet-pass-through) ------------------------------
+    def _answer_uncertain(self, seqs: Sequence[int]) -> None:
+        """The answers of these updates may not have reached the caller: the head sends them
+        itself once they are acknowledged; another node says so upstream."""
+        if self.index == 0:
+            self._uncertain.update(s for s in seqs if s in self._answers)
+        else:
+            self._undelivered.extend(seqs)
+
+    def _settle_answers(self, acked: int) -> None:
+        answers = self._answers
+        for seq in list(itertools.takewhile(lambda s: s <= acked, answers)):
+            self._settle(seq, UNDELIVERED if seq in self._uncertain else DELIVERED)
+
+    def _settle(self, seq: int, outcome: str) -> None:
+        entry = self._answers.pop(seq, None)
+        self._uncertain.discard(seq)
+        if entry is None:
+            return
+        settled, timer = entry
+        timer.cancel()
+        try:
+            settled(outcome)
+        except Exception:
+            log.exception("settling the answer of update %d", seq)
+
+    def _answer_timed_out(self, seq: int) -> None:
+        if seq in self._answers and seq > self.acked:
+            self._settle(seq, FAILED)
 
     # -- sending to the successor --------------------------------------------------------------
     async def _downstream_loop(self, succ: ChainNode) -> None:
@@ -413,9 +528,13 @@ class Replicator:
                     first.set_result(ack)
                     continue
                 acked = max(acked, ack.acked_seq)
+                if ack.undelivered:
+                    self._answer_uncertain(ack.undelivered)
             if acked:  # acks are cumulative: the last one says it all
                 self._down_acked = max(self._down_acked, acked)
                 self._on_ack(acked)
+            if self._undelivered:
+                self._flush_acks()
 
         _, link = await loop.create_connection(
             lambda: ChainLink(on_acks),
@@ -445,12 +564,17 @@ class Replicator:
             for seq, frame, _ in self.pending:
                 if seq > sent:
                     link.send(frame)
+            # The new successor took these in a snapshot, again, or for the first time: their
+            # answers may or may not have reached the caller.
+            self._answer_uncertain([seq for seq, _, _ in self.pending])
             self._down = link
             if not snapshot:
                 # The successor's history is a prefix of ours: what it says reached the tail
                 # did (it may have nothing new to acknowledge for a while).
                 self._down_acked = max(self._down_acked, ack.acked_seq)
                 self._on_ack(ack.acked_seq)
+            if self._undelivered:
+                self._flush_acks()
             await link.closed
             log.info("replication link to %s closed", succ.id)
         finally:
@@ -512,12 +636,14 @@ class Replicator:
 
     def _from_predecessor(self, link: ChainLink, frames: list[bytes]) -> None:
         self._holding_acks = True
+        self._lazy_read = True
         try:
             for frame in frames:
                 if link.transport is None or link.transport.is_closing():
                     return
                 msg = sc_pb2.ChainMessage.FromString(frame)
                 if link not in self._upstreams:
+                    self._lazy_read = False
                     self._hello(link, msg)
                 elif msg.HasField("update"):
                     self._receive(msg.update, frame)
@@ -535,7 +661,15 @@ class Replicator:
             link.close()
         finally:
             self._holding_acks = False
-            self._flush_acks()
+            if (
+                self._lazy_read
+                and self.successor is None
+                and not self._undelivered
+                and time.monotonic() - self._acks_sent_at < LAZY_ACK_S
+            ):
+                self._flush_acks_later()  # nobody waits for these: FM has its answers
+            else:
+                self._flush_acks()
 
     def _hello(self, link: ChainLink, msg: sc_pb2.ChainMessage) -> None:
         pred = self.predecessor
@@ -569,6 +703,7 @@ class Replicator:
 
     def _receive(self, update: sc_pb2.ChainUpdate, frame: bytes) -> None:
         if update.snapshot:
+            self._lazy_read = False
             (snapshot,) = decode_ops(update.ops, update.blobs)
             self._set_state(NodeState.restore(snapshot))
             self.applied = update.seq
@@ -600,8 +735,21 @@ class Replicator:
             self.applied = update.seq
             self.digest = zlib.crc32(frame, self.digest)
             self.counters.inc("replicated_updates")
+            if not update.answer:
+                self._lazy_read = False
+            elif self.successor is None:
+                self._deliver(update)
         # An ack may have come back while we applied; it counts only from now on.
         self._on_ack(self.applied if self.successor is None else self._down_acked)
+
+    def _deliver(self, update: sc_pb2.ChainUpdate) -> None:
+        """The tail: send the update's answer to the caller, or have the head send it."""
+        if self.deliver is not None and self.deliver(update.answer_token, update.answer):
+            self.counters.inc("answers_delivered")
+            return
+        self.counters.inc("answers_undelivered")
+        self._undelivered.append(update.seq)
+        self._lazy_read = False
 
 
 def _resolve(fut: asyncio.Future, value: object) -> None:
@@ -613,4 +761,12 @@ def _brief(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-__all__ = ["ChainLink", "Replicator", "decode_ops", "encode_ops"]
+__all__ = [
+    "DELIVERED",
+    "FAILED",
+    "UNDELIVERED",
+    "ChainLink",
+    "Replicator",
+    "decode_ops",
+    "encode_ops",
+]

@@ -116,6 +116,14 @@ class ShardMap:
                 return chain.head.compute
         return ""
 
+    def tail_compute_address(self, head: str) -> str:
+        """The compute link of the tail of the chain whose head's gRPC address is `head`, where
+        FM listens for the answers the chain passes through ("" = none, or the head is alone)."""
+        for chain in self.chains.values():
+            if chain.head is not None and chain.head.address == head:
+                return chain.nodes[-1].compute if len(chain.nodes) > 1 else ""
+        return ""
+
     def route_slot(self, tenant_id: int, slot: int) -> Route | None:
         for sid, scg in self.shards.items():
             if sid.tenant_id == tenant_id and sid.holds(slot):
@@ -136,13 +144,15 @@ class Released:
 
 class ScRouter:
     """Batches requests per SCG over one `ScClient` per head (Compute on the head's compute
-    link when it publishes one); retries bounced requests. With `packed_layout` (a
+    link when it publishes one, the chain's tail answering: `pass_through`); retries bounced
+    requests. With `packed_layout` (a
     `FlowLayout.digest`) it asks for packed rules: replies carry `rules` or `packed_rules`."""
 
     def __init__(self, shard_map: ShardMap, tls: TlsFiles | None, attempts: int = 40,
                  pause_s: float = 0.05, chunk: int = CALL_CHUNK,
-                 packed_layout: int = 0) -> None:  # fmt: skip
+                 packed_layout: int = 0, pass_through: bool = True) -> None:  # fmt: skip
         self.map = shard_map
+        self.pass_through = pass_through  # listen on each chain's tail for its answers
         self.packed_layout = packed_layout
         self.tls = tls
         self.attempts = attempts
@@ -167,6 +177,8 @@ class ScRouter:
         c = self._links.get(address)
         if c is None:
             c = self._links[address] = ComputeLinkClient(address, self._link_ssl, timeout_s=10)
+        if self.pass_through:
+            c.use_tail(self.map.tail_compute_address(head))
         return c
 
     async def close(self) -> None:

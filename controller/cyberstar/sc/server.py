@@ -20,7 +20,7 @@ import json
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import aetcd
 import grpc
@@ -31,12 +31,12 @@ from cyberstar.metrics import HttpServer, Route
 from cyberstar.proto import sc_pb2
 from cyberstar.sc import coord
 from cyberstar.sc.client import HOPS_METADATA, ScClient
-from cyberstar.sc.compute_link import ComputeService
+from cyberstar.sc.compute_link import AnswerRoute, ComputeService
 from cyberstar.sc.config import ScConfig
 from cyberstar.sc.engine import Engine, Outcome, validate_flow
 from cyberstar.sc.flows import FlowKey, Packet, ShardId
 from cyberstar.sc.metrics import Counters
-from cyberstar.sc.replication import HELLO_TIMEOUT_S, Replicator, encode_ops
+from cyberstar.sc.replication import DELIVERED, FAILED, HELLO_TIMEOUT_S, Replicator, encode_ops
 from cyberstar.sc.rules import LAYOUT, fill_rule, packed_rules
 from cyberstar.sc.scale import ScaleDriver
 from cyberstar.sc.state import NodeState
@@ -128,6 +128,7 @@ class ScNode:
             client_ssl(tls) if tls else None,
             config.limits.chain_frame_bytes,
             config.limits.chain_connections,
+            answer_timeout_s=config.commit_timeout_s,
         )
         self.chains: dict[str, coord.Chain] = {}
         self.bad_values = coord.BadValues()
@@ -151,6 +152,7 @@ class ScNode:
             max_connections=grpc_limits.max_connections,
             idle_timeout_s=grpc_limits.idle_timeout_s,
         )
+        self.replicator.deliver = self.compute_service.deliver  # the tail answers FM
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._lease: aetcd.leases.Lease | None = None
@@ -518,8 +520,14 @@ class ScNode:
     async def Compute(self, request: sc_pb2.RuleBatch, context) -> sc_pb2.RuleReplyBatch:
         return await self.compute_batch(request, _hops(context))
 
-    async def compute_batch(self, request: sc_pb2.RuleBatch, hops: int) -> sc_pb2.RuleReplyBatch:
-        """A Compute, from gRPC or the compute link (`hops`: SCGs it was passed through)."""
+    async def compute_batch(
+        self, request: sc_pb2.RuleBatch, hops: int, route: AnswerRoute | None = None
+    ) -> sc_pb2.RuleReplyBatch | None:
+        """A Compute, from gRPC or the compute link (`hops`: SCGs it was passed through).
+
+        With a `route` (the caller listens on the tail) and a change to replicate or one under
+        way, the answer goes down the chain in an update and None is returned: the tail sends
+        it, or this node does through `route` when the tail could not (`_settle_answer`)."""
         reqs = request.requests
         if not self.replicator.is_head:
             self.counters.inc("not_head", len(reqs))
@@ -538,6 +546,19 @@ class ScNode:
             replies.append(reply_of(r.request_id, out, packed))
         if packed:
             self.counters.inc("packed_replies", sum(1 for rep in replies if rep.packed_rules))
+        repl = self.replicator
+        under_way = repl.acked < repl.applied  # a reply may depend on an update under way
+        if route is not None and not proxied and repl.successor is not None and (ops or under_way):
+            batch = sc_pb2.RuleReplyBatch(replies=replies)
+            answer = sc_pb2.ComputeAnswer(call_id=route.call_id, batch=batch).SerializeToString()
+            repl.submit(
+                *encode_ops(ops),
+                answer=answer,
+                answer_token=route.token,
+                settled=lambda outcome: self._settle_answer(route, answer, batch, outcome),
+            )
+            self.counters.inc("answers_passed_on")
+            return None
         seq = self.replicator.submit(*encode_ops(ops)) if ops else self.replicator.applied
         if proxied:
             await asyncio.gather(
@@ -549,14 +570,31 @@ class ScNode:
                 )
             )
         if not await self.replicator.commit(seq, self.config.commit_timeout_s):
-            self.counters.inc("unavailable", len(reqs))
-            st = status(Code.UNAVAILABLE, "the SC group could not replicate in time; retry")
-            for rep in replies:
-                if rep.status.code == Code.OK:
-                    rep.status.CopyFrom(st)
-                    del rep.rules[:]
-                    rep.ClearField("packed_rules")
+            self._not_replicated(replies)
         return sc_pb2.RuleReplyBatch(replies=replies)
+
+    def _not_replicated(self, replies: Sequence[sc_pb2.RuleReply]) -> None:
+        self.counters.inc("unavailable", len(replies))
+        st = status(Code.UNAVAILABLE, "the SC group could not replicate in time; retry")
+        for rep in replies:
+            if rep.status.code == Code.OK:
+                rep.status.CopyFrom(st)
+                del rep.rules[:]
+                rep.ClearField("packed_rules")
+
+    def _settle_answer(
+        self, route: AnswerRoute, answer: bytes, batch: sc_pb2.RuleReplyBatch, outcome: str
+    ) -> None:
+        """What the head does once a passed-through answer's update is settled: nothing when
+        the tail sent it; send it when the tail may not have; UNAVAILABLE when the update was
+        not committed (the caller ignores an answer to a call it has its answer to)."""
+        if outcome == DELIVERED:
+            return
+        if outcome == FAILED:
+            self._not_replicated(batch.replies)
+            answer = sc_pb2.ComputeAnswer(call_id=route.call_id, batch=batch).SerializeToString()
+        self.counters.inc("answers_sent_by_head")
+        route.send(answer)
 
     def _compute_one(self, r: sc_pb2.RuleRequest, ops: list) -> Outcome:
         f = r.flow
