@@ -17,9 +17,11 @@ then prints one JSON object:
 * `scale_in`: the moved half merges back (whole-shard move), same figures.
 * `compute_latency`: milliseconds per Compute call of 1, 3 and 10 new-connection requests
   (one caller, one call at a time: FM's latency for a small slow-path batch), and with 4
-  callers of 3 (median and the requests per second they got); through gRPC and through the
-  compute link FM uses (`compute_link`), run after each other, the gRPC figures first, with
-  the CPU time per call of the caller (this process) and of the three SC nodes (/proc).
+  callers of 3 (median and the requests per second they got); through gRPC, through the
+  compute link with the head answering (`compute_link`) and with the chain's tail answering as
+  it does FM (`compute_link_tail_answers`: the caller listens on the tail, packet-pass-through),
+  run after each other in that order, with the CPU time per call of the caller (this process)
+  and of the three SC nodes (/proc).
 
 Run from the repository: .venv/bin/python bench/sc_scale.py [--mappings 100000]
 """
@@ -36,6 +38,7 @@ from pathlib import Path
 
 from cyberstar.lab.cpu import process_cpu_s
 from cyberstar.lab.sc import ScLab
+from cyberstar.lab.wait import wait_until_async
 from cyberstar.sc.client import Request, ScClient
 from cyberstar.sc.compute_link import ComputeLinkClient
 from cyberstar.sc.flows import FlowKey, Packet
@@ -243,9 +246,16 @@ async def main(args: argparse.Namespace) -> dict:
         assert head is not None and head.compute, "the SC head publishes no compute link"
         sc_pids = [p.proc.pid for n, p in lab.nodes.items() if n.startswith("scg1") and p.proc]
         link = ComputeLinkClient(head.compute, client_ssl(lab.client_tls), timeout_s=120)
+        passing = ComputeLinkClient(head.compute, client_ssl(lab.client_tls), timeout_s=120)
+        passing.use_tail(shard_map.chains["scg1"].nodes[-1].compute)
+        await wait_until_async(lambda: passing.listening, 30, "the tail to take the token")
         result["compute_latency"] = {}
         async with ScClient(head.address, lab.client_tls, timeout_s=120) as client:
-            for name, via in (("grpc", client), ("compute_link", link)):
+            for name, via in (
+                ("grpc", client),
+                ("compute_link", link),
+                ("compute_link_tail_answers", passing),
+            ):
                 result["compute_latency"][name] = {
                     f"batch_{batch}" + ("" if callers == 1 else f"_x{callers}"): await latency(
                         via, flows, batch, callers, args.seconds, sc_pids
@@ -253,6 +263,7 @@ async def main(args: argparse.Namespace) -> dict:
                     for batch, callers in ((1, 1), (3, 1), (10, 1), (3, 4))
                 }
         await link.close()
+        await passing.close()
         await shard_map.close()
         return result
 
