@@ -418,9 +418,9 @@ class ComputeLinkClient:
             if waiter is not None and not waiter.done():
                 waiter.set_result(answer)
 
-    def _on_oversized(self, _link: ChainLink, size: int) -> None:
+    def _on_oversized(self, link: ChainLink, size: int) -> None:
         log.warning("compute link to %s: a frame of %d bytes (at most %d); closing",
-                    self.address, size, self._max_frame)  # fmt: skip
+                    link.remote, size, self._max_frame)  # fmt: skip
 
     def _lost(self, link: ChainLink) -> None:
         if self._link is link:
