@@ -3,10 +3,11 @@
 The head decides and applies a batch of state operations, gives it the next sequence number
 and sends it to its successor, which passes it on and applies it; the tail acknowledges, and
 acknowledgements flow back up the chain. FM is answered only once every node of the chain
-holds the change — so losing any one node loses nothing that FM was told: by the tail, when
-FM listens there (the update carries the answer: `submit(answer=...)`, then the tail sends it
-on the compute-link connection FM registered for the answer's token), else by the head when
-the update is acknowledged.
+has the change — so losing any one node loses nothing that FM was told: by the tail, when FM
+listens there (the update carries the answer: `submit(answer=...)`, then the tail sends it on
+the compute-link connection FM registered for the answer's token, once it applied the update;
+a middle node passes an update on before applying it, so it may still be applying it), else
+by the head when the update is acknowledged.
 
 When the tail answers, nobody waits for the acknowledgement any more, so while such updates
 keep coming the tail acknowledges them at most every `LAZY_ACK_S`, several at once, in the
