@@ -4,6 +4,17 @@ package, so pytest puts this directory on sys.path)."""
 from __future__ import annotations
 
 from cyberstar.cli import main
+from cyberstar.errors import UsageError
+from cyberstar.orchestrator.azure import trace_dir
+
+
+def azure_available() -> bool:
+    """The Azure trace the azure families read is where `trace_dir` looks."""
+    try:
+        trace_dir()
+    except UsageError:
+        return False
+    return True
 
 
 def cli(*args) -> int:

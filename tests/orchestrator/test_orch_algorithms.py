@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from orch_cases import azure_available
 
-from cyberstar.errors import UsageError
-from cyberstar.orchestrator.azure import trace_dir
+from cyberstar.orchestrator.azure import AZURE_FAMILIES
 from cyberstar.orchestrator.checker import check_placement
 from cyberstar.orchestrator.cli import generate_family
 from cyberstar.orchestrator.distribution import DISTRIBUTIONS
@@ -15,23 +15,17 @@ from cyberstar.orchestrator.heuristics import BestFit, FirstFit
 from cyberstar.orchestrator.ilp import solve_ilp
 from cyberstar.orchestrator.search import place_all
 
-
-def azure_available() -> bool:
-    try:
-        trace_dir()
-    except UsageError:
-        return False
-    return True
-
-
 FAMILY_NAMES = [
     *FAMILIES,
     "mix-small",
-    pytest.param(
-        "azure",
-        marks=pytest.mark.skipif(
-            not azure_available(), reason="Azure trace not found (set AZURE_TRACE_DIR)"
-        ),
+    *(
+        pytest.param(
+            name,
+            marks=pytest.mark.skipif(
+                not azure_available(), reason="Azure trace not found (set AZURE_TRACE_DIR)"
+            ),
+        )
+        for name in AZURE_FAMILIES
     ),
 ]
 

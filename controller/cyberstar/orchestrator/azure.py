@@ -13,6 +13,11 @@ into the repository. Mapping to NF requests (documented in docs/orchestration.md
 - the load profile is the generator's diurnal curve on the trace's hour of day.
 An instance is the requests of a `steps`-hour window starting at a random 5-minute line, thinned
 uniformly at random to `tenants` requests, in arrival order.
+
+Family `azure-heavy` is the same mapping with every request's demand ten times as large (800 Mbit/s
+per vCPU, 1.2 GB per VM GB, before the cap): at the base scale the shuffle-sharding overlap limit,
+not the load, sets how many machines a step needs, so no reservation can change the cost; at ten
+times the load sets it.
 """
 
 from __future__ import annotations
@@ -115,12 +120,18 @@ def load_batches(directory: Path) -> tuple[Batch, ...]:
 
 
 AZURE = FamilySettings(tenants=600, steps=72)
+# family → multiplier of every request's demand (drawn as for `azure`, then capped)
+AZURE_FAMILIES = {"azure": 1.0, "azure-heavy": 10.0}
 
 
 def azure_instance(
-    seed: int, settings: FamilySettings = AZURE, path: str | Path | None = None
+    seed: int,
+    settings: FamilySettings = AZURE,
+    path: str | Path | None = None,
+    family: str = "azure",
 ) -> Instance:
     s = settings
+    scale = AZURE_FAMILIES[family]
     batches = load_batches(trace_dir(path))
     rng = np.random.default_rng([zlib.crc32(b"azure"), seed])
     first, last = batches[0].arrival, batches[-1].arrival + BIN_SECONDS
@@ -138,12 +149,12 @@ def azure_instance(
         noise = float(rng.lognormal(0.0, 0.5))
         if rng.random() < s.nat_fraction:
             nf = "nat"
-            bandwidth = 80.0 * b.vcpu * noise
+            bandwidth = 80.0 * scale * b.vcpu * noise
             memory = 0.1 + 0.4 * bandwidth / 1000 * rng.uniform(0.5, 1.5)
             compute = 0.05 + 0.3 * bandwidth / 1000 * rng.uniform(0.5, 1.5)
         else:
             nf = "lb"
-            memory = 0.12 * b.memory_gb * noise
+            memory = 0.12 * scale * b.memory_gb * noise
             bandwidth = 15.0 * memory * rng.uniform(0.5, 1.5)
             compute = 0.05 + 0.04 * memory * rng.uniform(0.5, 1.5)
         requests.append(
@@ -164,9 +175,10 @@ def azure_instance(
         lives[rid] = Lifetime(int(arrive), depart, tuple(float(v) for v in load))
     requests, clipped = cap_demands(requests, machines, s)
     meta = {
-        "family": "azure",
+        "family": family,
         "seed": seed,
         "settings": asdict(s),
+        "demand_scale": scale,
         "clipped": clipped,
         "trace": {"window_start_seconds": start, "batches_in_window": len(inside)},
     }

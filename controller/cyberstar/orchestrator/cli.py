@@ -211,14 +211,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def generate_family(family: str, seed: int, trace: str | None = None, **overrides):
     from dataclasses import replace
 
-    from cyberstar.orchestrator.azure import AZURE, azure_instance
+    from cyberstar.orchestrator.azure import AZURE, AZURE_FAMILIES, azure_instance
     from cyberstar.orchestrator.distribution import DISTRIBUTIONS, draw
     from cyberstar.orchestrator.generator import generate
 
-    if family == "azure":
+    if family in AZURE_FAMILIES:
         settings = replace(AZURE, **{k: v for k, v in overrides.items() if v is not None})
         settings.validate()
-        return azure_instance(seed, settings, trace)
+        return azure_instance(seed, settings, trace, family)
     if family in DISTRIBUTIONS:
         if any(v is not None for v in overrides.values()):
             raise UsageError(f"--family {family}: draws its own sizes; drop the overrides")
@@ -282,10 +282,13 @@ def train_arguments(train: argparse.ArgumentParser) -> None:
 
 
 def generate_arguments(gen: argparse.ArgumentParser) -> None:
+    from cyberstar.orchestrator.azure import AZURE_FAMILIES
     from cyberstar.orchestrator.distribution import DISTRIBUTIONS
     from cyberstar.orchestrator.generator import FAMILIES
 
-    gen.add_argument("--family", required=True, choices=[*FAMILIES, *DISTRIBUTIONS, "azure"])
+    gen.add_argument(
+        "--family", required=True, choices=[*FAMILIES, *DISTRIBUTIONS, *AZURE_FAMILIES]
+    )
     gen.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     gen.add_argument(
         "--count", type=int, default=1, help="instances to write; above 1, --out is a directory"
@@ -296,7 +299,7 @@ def generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--nat-fraction", type=float, help="override the family's NAT share")
     gen.add_argument(
         "--trace",
-        help="azure family: trace directory (default $AZURE_TRACE_DIR or "
+        help="azure families: trace directory (default $AZURE_TRACE_DIR or "
         "/work/shared/data/azure-v1-tenant-arrivals)",
     )
 
