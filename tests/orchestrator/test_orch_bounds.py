@@ -1,17 +1,20 @@
 """The column-generation bound: never above the optimum, and tighter than the cover LP where
-pieces are large (hand-computed cases and the exact MILP as the independent references)."""
+pieces are large (hand-computed cases and the exact MILP as the independent references); the
+dynamic-mode bound (hand-computed cases, and never above a simulated run without overloads)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cyberstar.orchestrator.bounds import column_generation_bound
+from cyberstar.orchestrator.bounds import column_generation_bound, dynamic_bound
 from cyberstar.orchestrator.distribution import draw
+from cyberstar.orchestrator.generator import generate
 from cyberstar.orchestrator.heuristics import BestFit, FirstFit
 from cyberstar.orchestrator.ilp import cover_bound, solve_ilp
-from cyberstar.orchestrator.model import Instance, Machine, Request
+from cyberstar.orchestrator.model import Dynamic, Instance, Lifetime, Machine, Request
 from cyberstar.orchestrator.search import place_all
+from cyberstar.orchestrator.simulator import SimSettings, simulate
 
 
 def best_heuristic(instance: Instance):
@@ -60,3 +63,44 @@ def test_tighter_than_the_cover_lp_on_a_drawn_instance():
     assert result.lagrangian > 1.1 * cover_bound(inst)
     assert result.bound <= place_all(inst, BestFit()).cost + 1e-9
     assert np.isfinite(result.master) and result.lagrangian <= result.master + 1e-6
+
+
+def dynamic_instance(step_seconds: float, lifetimes: dict, requests: list[Request]) -> Instance:
+    # Four machines of price 1 with 50 Mbit/s usable (threshold 0.5), groups of exactly 2, and
+    # two requests may share one machine (O = 1): n requests need m machines with C(m, 2) >= n.
+    machines = [Machine(f"m{i}", 100, 100, 100, 1.0) for i in range(4)]
+    steps = max(life.depart for life in lifetimes.values())
+    return Instance(0.5, 2, 2, 1, machines, requests, Dynamic(step_seconds, steps, lifetimes))
+
+
+def test_dynamic_bound_counts_the_machines_the_sharding_rule_needs():
+    # Tiny loads. Step 0: one request, a group of 2 → 2 machines. Step 1: two requests, which
+    # must not share both machines → C(m, 2) >= 2 → 3 machines. 2 + 3 machine-hours at price 1.
+    requests = [Request(f"r{i}", f"t{i}", "nat", 1, 0.1, 0.1) for i in range(2)]
+    lifetimes = {"r0": Lifetime(0, 2, (1.0, 0.5)), "r1": Lifetime(1, 2, (1.0,))}
+    assert dynamic_bound(dynamic_instance(3600.0, lifetimes, requests)) == pytest.approx(5.0)
+    # Half-hour steps: half the machine-hours.
+    assert dynamic_bound(dynamic_instance(1800.0, lifetimes, requests)) == pytest.approx(2.5)
+
+
+def test_dynamic_bound_follows_the_actual_load():
+    # 150 Mbit/s declared against 50 usable per machine. Step 0 at full load: 3 machines'
+    # worth. Step 1 at half load: 1.5 machines' worth, but a group of 2 needs 2. Total 5.
+    requests = [Request("r0", "t0", "nat", 150, 0.1, 0.1)]
+    lifetimes = {"r0": Lifetime(0, 2, (1.0, 0.5))}
+    assert dynamic_bound(dynamic_instance(3600.0, lifetimes, requests)) == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("predictor", ["peak", "holt-winters"])
+def test_dynamic_bound_is_below_a_run_without_overloads(predictor):
+    instance = generate("paper-a", 21, tenants=120, machines=40, steps=48)
+    result = simulate(instance, FirstFit(), SimSettings(predictor=predictor, headroom=0.3))
+    assert result.overload_machine_steps == 0 and result.rejected == 0
+    bound = dynamic_bound(instance)
+    assert 0 < bound <= result.cost
+
+
+def test_dynamic_bound_needs_a_dynamic_instance():
+    instance = Instance(0.5, 2, 2, 1, [Machine("m0", 1, 1, 1, 1.0)], [])
+    with pytest.raises(ValueError, match="no `dynamic` section"):
+        dynamic_bound(instance)

@@ -34,7 +34,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
@@ -435,3 +435,38 @@ def column_generation_bound(
         converged,
         {"kmax": p.kmax, "need": p.need},
     )
+
+
+def dynamic_bound(instance: Instance) -> float:
+    """Lower bound on the dynamic-mode cost (price x hours of the machines in use, summed over
+    the steps) of any run that places every request and never overloads a machine: at each
+    step, the cover LP (`ilp.cover_bound`) of the requests active then, at their actual load —
+    fractional machines covering it on every resource, and at least the machines the sharding
+    rule needs for that many requests. Reservations, moves and the order of arrivals only add
+    to it."""
+    if instance.dynamic is None:
+        raise ValueError("dynamic_bound: the instance has no `dynamic` section")
+    dyn = instance.dynamic
+    hours = dyn.step_seconds / 3600.0
+    requests = {r.id: r for r in instance.requests}
+    total = 0.0
+    for t in range(dyn.steps):
+        active = []
+        for rid, life in dyn.lifetimes.items():
+            if life.arrive <= t < life.depart:
+                r, level = requests[rid], life.load[t - life.arrive]
+                active.append(
+                    replace(
+                        r,
+                        bandwidth=r.bandwidth * level,
+                        compute=r.compute * level,
+                        memory=r.memory * level,
+                    )
+                )
+        if not active:
+            continue
+        step = cover_bound(replace(instance, requests=active, dynamic=None))
+        if step is None:
+            raise ValueError(f"dynamic_bound: step {t}: the active requests fit on no pool")
+        total += step * hours
+    return total
