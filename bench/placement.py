@@ -11,7 +11,9 @@ every family and test seed:
   bound           the best lower bound: the MILP optimum on `small`; elsewhere the larger of the
                   cover LP and the column-generation (Lagrangian/Farley) bound (--bound-time)
 Dynamic mode (families with a `dynamic` section; cost = price x machine-hours): ff, bf and drl
-with the reactive reservation (trailing 6-hour peak), and drl with Holt-Winters prediction.
+with the reactive reservation (trailing 6-hour peak), bf and drl with Holt-Winters prediction, at
+each reservation headroom of --headrooms; and the dynamic lower bound (bounds.dynamic_bound: per
+step, the cover LP of the requests then active at their actual load).
 Per family: mean and 95 % confidence interval (Student t over the seeds) of each cost, of the
 trained agent's saving against the best of ff, bf and bf_tuned on the same seed, of its gain
 over the untrained agent, of its distance to the bound, and of prediction's gain.
@@ -19,9 +21,11 @@ Seeds: tests 0..N (never used for training, validation or tuning; training seeds
 100 000, validation at 50 000, tuning at 10 000).
 
   .venv/bin/python bench/placement.py [--families paper-a,mix] [--seeds 0,1,2] [--draws 10]
-      [--model F] [--bound-time S] [--no-dynamic] [--table out.md] [--plot out.png]
+      [--model F] [--bound-time S] [--no-dynamic] [--headrooms 0.1,0.2] [--table out.md]
+      [--plot out.png]
 
-JSON on stdout; the ablation table (markdown) on stderr, and in --table FILE.
+JSON on stdout; the ablation table and the dynamic table (markdown) on stderr, and in --table
+FILE.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from cyberstar.orchestrator.bounds import column_generation_bound
+from cyberstar.orchestrator.azure import AZURE_FAMILIES
+from cyberstar.orchestrator.bounds import column_generation_bound, dynamic_bound
 from cyberstar.orchestrator.checker import check_placement
 from cyberstar.orchestrator.cli import generate_family
 from cyberstar.orchestrator.distribution import DISTRIBUTIONS
@@ -57,15 +62,20 @@ DEFAULT_FAMILIES = (
     "nat70",
     "nat90",
     "azure",
+    "azure-heavy",
     "small",
     "mix",
     "mix-wide",
 )
+# Families whose requests, all placed at once at their declared demand, exceed the pool: only
+# dynamic mode (requests come and go) is meaningful for them.
+DYNAMIC_ONLY = ("azure-heavy",)
 TUNING_SEED_BASE = 10_000
 STATIC = ("ff", "bf", "bf_tuned", "drl_untrained", "drl")
 DYNAMIC = {
     "ff": ("ff", "peak"),
     "bf": ("bf", "peak"),
+    "bf+prediction": ("bf", "holt-winters"),
     "drl": ("drl", "peak"),
     "drl+prediction": ("drl", "holt-winters"),
 }
@@ -127,19 +137,27 @@ def bound_run(instance, family: str, best, args) -> dict:
     return result.to_json()
 
 
-def dynamic_runs(instance, policies: dict) -> dict:
-    out = {}
-    for name, (algo, predictor) in DYNAMIC.items():
-        r = simulate(instance, policies[algo], SimSettings(predictor=predictor))
-        out[name] = {
-            "cost": round(r.cost, 2),
-            "machine_hours": round(r.machine_hours, 1),
-            "reallocations": r.reallocations,
-            "overload_machine_steps": r.overload_machine_steps,
-            "rejected": r.rejected,
-            "predictor": predictor,
-            "ms_per_decision": r.decisions.get("decision_ms_mean"),
-        }
+def dynamic_runs(instance, policies: dict, headrooms: list[float]) -> dict:
+    """Each dynamic policy at each headroom, and the dynamic lower bound (`dynamic_bound`)."""
+    bound = dynamic_bound(instance)
+    out = {"bound": round(bound, 2), "by_headroom": {}}
+    for headroom in headrooms:
+        runs = {}
+        for name, (algo, predictor) in DYNAMIC.items():
+            settings = SimSettings(predictor=predictor, headroom=headroom)
+            r = simulate(instance, policies[algo], settings)
+            runs[name] = {
+                "cost": round(r.cost, 2),
+                "above_bound": round(r.cost / bound - 1, 4) if bound > 0 else None,
+                "machine_hours": round(r.machine_hours, 1),
+                "reallocations": r.reallocations,
+                "overload_machine_steps": r.overload_machine_steps,
+                "rejected": r.rejected,
+                "predictor": predictor,
+                "ms_per_decision": r.decisions.get("decision_ms_mean"),
+            }
+        gain = 1 - runs["drl+prediction"]["cost"] / runs["drl"]["cost"]
+        out["by_headroom"][str(headroom)] = {"runs": runs, "prediction_gain": round(gain, 4)}
     return out
 
 
@@ -160,7 +178,62 @@ def mean_ci(values: list[float]) -> dict | None:
     }
 
 
+def collect_rows(rows: list[dict], path: list[str]) -> list:
+    """The value at `path` in each row (None where a row lacks it)."""
+    out = []
+    for row in rows:
+        v = row
+        for key in path:
+            v = v.get(key) if isinstance(v, dict) else None
+        out.append(v)
+    return out
+
+
+def dynamic_summary(rows: list[dict], headrooms: list[float]) -> dict:
+    def collect(path: list[str]) -> list:
+        return collect_rows(rows, path)
+
+    out = {
+        "prediction_gain": mean_ci(collect(["prediction_gain"])),
+        "dynamic_bound": mean_ci(collect(["dynamic", "bound"])),
+        "dynamic": {},
+    }
+    for h in map(str, headrooms):
+        at = ["dynamic", "by_headroom", h]
+        out["dynamic"][h] = {
+            "prediction_gain": mean_ci(collect([*at, "prediction_gain"])),
+            **{
+                name: {
+                    key: mean_ci(collect([*at, "runs", name, key]))
+                    for key in ("cost", "above_bound", "overload_machine_steps")
+                }
+                for name in DYNAMIC
+            },
+        }
+    return out
+
+
+def run_dynamic_family(family: str, seeds: list[int], policies: dict, args) -> dict:
+    """Dynamic mode only (a family whose requests all at once exceed the pool)."""
+    rows = []
+    for seed in seeds:
+        start = time.monotonic()
+        instance = generate_family(family, seed)
+        row = {"seed": seed, "requests": len(instance.requests)}
+        row["dynamic"] = dynamic_runs(instance, policies, args.headrooms)
+        row["prediction_gain"] = row["dynamic"]["by_headroom"][str(args.headrooms[0])][
+            "prediction_gain"
+        ]
+        rows.append(row)
+        first = row["dynamic"]["by_headroom"][str(args.headrooms[0])]["runs"]
+        costs = " ".join(f"{name} {r['cost']}" for name, r in first.items())
+        log(f"{family} seed {seed}: dynamic {costs} ({time.monotonic() - start:.0f}s)")
+    return {"summary": dynamic_summary(rows, args.headrooms), "seeds": rows}
+
+
 def run_family(family: str, seeds: list[int], policies: dict, args) -> dict:
+    if family in DYNAMIC_ONLY:
+        return run_dynamic_family(family, seeds, policies, args)
     tuning = tune_bf(family, [TUNING_SEED_BASE + k for k in range(args.tuning_seeds)])
     tuned = BestFit(tuple(tuning["weights"]))
     rows = []
@@ -200,9 +273,9 @@ def run_family(family: str, seeds: list[int], policies: dict, args) -> dict:
             else None,
         }
         if not args.no_dynamic and instance.dynamic is not None and family not in DISTRIBUTIONS:
-            row["dynamic"] = dynamic_runs(instance, policies)
-            d = row["dynamic"]
-            row["prediction_gain"] = round(1 - d["drl+prediction"]["cost"] / d["drl"]["cost"], 4)
+            row["dynamic"] = dynamic_runs(instance, policies, args.headrooms)
+            first = row["dynamic"]["by_headroom"][str(args.headrooms[0])]
+            row["prediction_gain"] = first["prediction_gain"]
         rows.append(row)
         s = row["static"]
         log(
@@ -212,13 +285,7 @@ def run_family(family: str, seeds: list[int], policies: dict, args) -> dict:
         )
 
     def collect(path: list[str]) -> list:
-        out = []
-        for row in rows:
-            v = row
-            for key in path:
-                v = v.get(key) if isinstance(v, dict) else None
-            out.append(v)
-        return out
+        return collect_rows(rows, path)
 
     summary = {name: mean_ci(collect(["static", name, "cost"])) for name in STATIC}
     summary["bound"] = mean_ci(collect(["bound", "bound"]))
@@ -240,13 +307,7 @@ def run_family(family: str, seeds: list[int], policies: dict, args) -> dict:
     summary["drl_ms_p99"] = mean_ci(collect(["static", "drl", "ms_p99"]))
     summary["drl_cpu_ms_per_decision"] = mean_ci(collect(["static", "drl", "cpu_ms_per_decision"]))
     if any("dynamic" in r for r in rows):
-        for name in DYNAMIC:
-            summary[f"dynamic_{name}"] = mean_ci(collect(["dynamic", name, "cost"]))
-        summary["prediction_gain"] = mean_ci(collect(["prediction_gain"]))
-        summary["dynamic_overloads_drl_vs_pred"] = [
-            mean_ci(collect(["dynamic", "drl", "overload_machine_steps"])),
-            mean_ci(collect(["dynamic", "drl+prediction", "overload_machine_steps"])),
-        ]
+        summary.update(dynamic_summary(rows, args.headrooms))
     out = {"summary": summary, "bf_tuning": tuning, "seeds": rows}
     if family not in DISTRIBUTIONS:
         lifetimes = generate_family(family, seeds[0]).dynamic.lifetimes.values()
@@ -277,6 +338,8 @@ def table(results: dict) -> str:
     lines = [head, "|" + "---|" * 14]
     for family, r in results.items():
         s = r["summary"]
+        if "drl" not in s:
+            continue  # dynamic mode only
         rel = s["relative_to_best_heuristic"]
         cells = [_cell(rel[k], digits=3) for k in ("ff", "bf", "bf_tuned", "drl_untrained", "drl")]
         lines.append(
@@ -289,6 +352,31 @@ def table(results: dict) -> str:
             f"{_cell(s['drl_cpu_ms_per_decision'], digits=2)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def dynamic_table(results: dict) -> str:
+    """One row per family and headroom: the dynamic lower bound and each policy's cost (price x
+    machine-hours, mean ± 95 % CI over seeds), prediction's saving, and the overloaded
+    machine-steps (actual load above the usable capacity) without and with prediction."""
+    head = (
+        "| family | headroom | seeds | dynamic bound | FF | BF | BF + prediction | DRL "
+        "| DRL + prediction "
+        "| prediction gain | DRL + prediction above bound | overloaded machine-steps: "
+        "DRL / DRL + prediction |"
+    )
+    lines = [head, "|" + "---|" * 12]
+    for family, r in results.items():
+        s = r["summary"]
+        for h, d in s.get("dynamic", {}).items():
+            costs = " | ".join(_cell(d[name]["cost"]) for name in DYNAMIC)
+            lines.append(
+                f"| {family} | {h} | {s['dynamic_bound']['n']} | {_cell(s['dynamic_bound'])} | "
+                f"{costs} | {_cell(d['prediction_gain'], True)} | "
+                f"{_cell(d['drl+prediction']['above_bound'], True)} | "
+                f"{_cell(d['drl']['overload_machine_steps'])} / "
+                f"{_cell(d['drl+prediction']['overload_machine_steps'])} |"
+            )
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
 def pyplot():
@@ -309,7 +397,7 @@ def plot(results: dict, path: str) -> None:
     """(a) static cost of every ablation row relative to the best heuristic of the same seed,
     mean and 95 % CI over seeds; (b) dynamic mode: DRL with prediction relative to without."""
     plt = pyplot()
-    families = list(results)
+    families = [f for f in results if "relative_to_best_heuristic" in results[f]["summary"]]
     bars = [
         ("FF", "ff"),
         ("BF", "bf"),
@@ -333,7 +421,7 @@ def plot(results: dict, path: str) -> None:
     a.set_title("(a) static placement: ablation (mean, 95 % CI over seeds)")
     a.set_ylim(0, 1.5)
     a.legend(ncol=3, fontsize="small", loc="upper left")
-    dyn = [f for f in families if "prediction_gain" in results[f]["summary"]]
+    dyn = [f for f in results if "prediction_gain" in results[f]["summary"]]
     if dyn:
         gains = [results[f]["summary"]["prediction_gain"] for f in dyn]
         b.bar(
@@ -354,9 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    known = [*FAMILIES, *DISTRIBUTIONS, "azure"]
+    known = [*FAMILIES, *DISTRIBUTIONS, *AZURE_FAMILIES]
     parser.add_argument(
-        "--families", default=",".join(DEFAULT_FAMILIES), help=f"from {', '.join(known)}"
+        "--families",
+        help=f"from {', '.join(known)} (default: all but {', '.join(DYNAMIC_ONLY)} with "
+        "--no-dynamic)",
     )
     parser.add_argument("--seeds", default="0,1,2", help="test seeds of the families (0,1,2)")
     parser.add_argument(
@@ -369,14 +459,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--ilp-time-limit", type=float, default=120.0)
     parser.add_argument("--no-dynamic", action="store_true", help="static mode only")
+    parser.add_argument(
+        "--headrooms",
+        default="0.1",
+        help="dynamic mode: reservation headrooms to run, comma-separated; the first is the "
+        "main table's (0.1)",
+    )
     parser.add_argument("--table", help="also write the ablation table (markdown) here")
     parser.add_argument("--plot", help="draw the ablation as a PNG (needs matplotlib)")
     args = parser.parse_args(argv)
-    families = [f for f in args.families.split(",") if f]
+    if args.families is None:
+        skip = DYNAMIC_ONLY if args.no_dynamic else ()
+        families = [f for f in DEFAULT_FAMILIES if f not in skip]
+    else:
+        families = [f for f in args.families.split(",") if f]
     unknown = [f for f in families if f not in known]
     if unknown:
         parser.error(f"--families: unknown {', '.join(unknown)}")
+    if args.no_dynamic and any(f in DYNAMIC_ONLY for f in families):
+        parser.error(f"--no-dynamic: {', '.join(DYNAMIC_ONLY)} run in dynamic mode only")
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    try:
+        args.headrooms = [float(h) for h in args.headrooms.split(",") if h]
+    except ValueError:
+        parser.error(f"--headrooms: expected numbers separated by commas, got {args.headrooms}")
+    if not args.headrooms or min(args.headrooms) < 0:
+        parser.error(f"--headrooms: expected numbers >= 0, got {args.headrooms}")
     if args.plot:
         pyplot()  # fail before the long run, not after it
     drl, info = load_model(args.model)
@@ -400,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     json.dump(output, sys.stdout, indent=1)
     sys.stdout.write("\n")
-    text = table(results)
+    text = table(results) + "\n" + dynamic_table(results)
     log(text)
     if args.table:
         Path(args.table).write_text(text)
