@@ -45,6 +45,7 @@ from cyberstar.sc.client import ReleaseKey, Request
 from cyberstar.sc.flows import FlowKey, Packet
 from cyberstar.sc.routing import ScRouter
 from cyberstar.sc.rules import flow_table_entry
+from cyberstar.timeline import mark
 
 log = logging.getLogger(__name__)
 PACKET_IN_FIELDS = {f.name: i for i, f in enumerate(PIPELINE.packet_in.fields, start=1)}
@@ -114,6 +115,7 @@ class SlowPath:
     # ---- inputs (called from the sessions' pumps) --------------------------------------------
 
     def on_packet_in(self, session: PpSession, pin: p4r.PacketIn) -> None:
+        mark("fm.packet_in")
         self.stats["packet_in"] += 1
         session.packet_ins += 1
         if not self.queue.put(_tenant_of(pin), (session, pin, time.monotonic())):
@@ -154,6 +156,7 @@ class SlowPath:
         task.add_done_callback(done)
 
     async def _process(self, batch: list[tuple[PpSession, p4r.PacketIn, float]]) -> None:
+        mark("fm.batch_started")
         hits: dict[PpSession, list[tuple[Connection, Punt]]] = defaultdict(list)
         requests: list[Request] = []
         waiting: dict[int, bytes] = {}
@@ -196,7 +199,9 @@ class SlowPath:
             self.stats["sc_batches"] += 1
             try:
                 t0 = time.monotonic()
+                mark("fm.sc_asked")
                 replies = await self.router.compute(requests)
+                mark("fm.sc_answered")
                 self.timings["sc_seconds"] += time.monotonic() - t0
                 t0 = time.monotonic()
                 await self._answer(replies, waiting)

@@ -28,6 +28,7 @@ from cyberstar.p4rt.messages import (
     rpc_error,
     stream_write_error,
 )
+from cyberstar.timeline import mark
 from cyberstar.tls import TlsFiles, aio_channel
 
 log = logging.getLogger(__name__)
@@ -233,9 +234,11 @@ class AioP4RuntimeClient:
         result = asyncio.get_running_loop().create_future()
         self._stream_results[write_id] = result
         msg = _Serialized(batching.stream_write_request(write_id, request, packets))
+        mark("fm.stream_write_queued")
         await self._out.put((msg, None))
         try:
             answer = await asyncio.wait_for(result, self.timeout)
+            mark("fm.stream_write_result")
         except TimeoutError:
             raise P4RuntimeError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                  f"{self.address}: no StreamWrite result within "

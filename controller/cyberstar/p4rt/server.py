@@ -42,6 +42,7 @@ from cyberstar.p4rt.arbitration import Arbitration, Controller
 from cyberstar.p4rt.errors import P4RuntimeError
 from cyberstar.p4rt.outbox import Outbox
 from cyberstar.pipeline.frames import Punted
+from cyberstar.timeline import mark
 from cyberstar.tls import TlsFiles, grpc_peer
 
 log = logging.getLogger(__name__)
@@ -404,6 +405,7 @@ class P4RuntimeServer:
     ) -> None:
         """A StreamWrite (p4rt/batching.py): its Write as the Write RPC does it, then the
         PacketOuts whose updates all took effect, then its StreamWriteResult."""
+        mark("pp.stream_write_received")
         try:
             msg = batching.stream_write_of(other)
         except ValueError as exc:
@@ -435,6 +437,7 @@ class P4RuntimeServer:
                 batching.stream_write_result_response(msg.id, err.code.value[0], err.message)
             )
             return
+        mark("pp.write_applied")
         took = [r is None or r.code == grpc.StatusCode.ALREADY_EXISTS for r in results]
         ready = [p for p, (a, b) in zip(packets, ranges, strict=True) if all(took[a:b])]
         status = _write_status(results)
@@ -515,6 +518,7 @@ def _internal(packets: list[p4r.PacketOut], exc: Exception) -> list[P4RuntimeErr
 def _answer(packets: list[p4r.PacketOut], results: list[P4RuntimeError | None], outbox: Outbox,
             then: bytes | None) -> None:  # fmt: skip
     """Each refused PacketOut as a stream error, then `then` (a StreamWrite's result)."""
+    mark("pp.packet_outs_sent")
     for packet, err in zip(packets, results, strict=True):
         if err is not None:
             outbox.put_urgent(_stream_error(err.code, err.message, packet))

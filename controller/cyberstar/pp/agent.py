@@ -29,6 +29,7 @@ from cyberstar.pp import MAX_PUNT_COALESCE_US, PUNT_COALESCE_US
 from cyberstar.pp.device import FLOW_TABLE, Port, XdpDevice
 from cyberstar.pp.quota import FlowQuota, parse_quotas
 from cyberstar.pp.ratemanager import RateManager, RatePolicyFile
+from cyberstar.timeline import mark
 from cyberstar.tls import TlsFiles, require_local, server_ssl
 from cyberstar.verbs import serve_until_signalled
 from cyberstar.xdp.program import XdpProgram
@@ -173,8 +174,10 @@ class PpAgent:
         punted = self._punted
         if not punted:
             return
+        mark("pp.punts_read")
         self._punted = PacketIns()
         self.server.publish(punted)
+        mark("pp.packet_ins_queued")
         if len(punted) > 1 and self.punt_coalesce_s:
             loop = self.grpc.loop
             for fd in self._punt_fds:

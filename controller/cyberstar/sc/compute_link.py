@@ -52,6 +52,7 @@ from cyberstar.proto import sc_pb2
 from cyberstar.sc.client import ReleaseKey, Request, release_batch, rule_batch
 from cyberstar.sc.metrics import Counters
 from cyberstar.sc.replication import HELLO_TIMEOUT_S, ChainLink
+from cyberstar.timeline import mark
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ class ComputeService:
     def deliver(self, token: bytes, answer: bytes) -> bool:
         """Send a passed-through answer to the connection listening for `token`; False when
         none is (the head sends it then)."""
+        mark("sc.tail_answering")
         link = self._listeners.get(token)
         if link is None or link.transport is None or link.transport.is_closing():
             return False
@@ -167,6 +169,7 @@ class ComputeService:
                                    f"most {self.max_frame}); closing")  # fmt: skip
 
     def _on_frames(self, link: ChainLink, frames: list[bytes]) -> None:
+        mark("sc.compute_frames_received")
         calls = self._links.get(link)
         if calls is None:
             return
@@ -406,6 +409,7 @@ class ComputeLinkClient:
         return link
 
     def _on_frames(self, link: ChainLink, frames: list[bytes]) -> None:
+        mark("fm.sc_frames_received")
         for frame in frames:
             try:
                 answer = sc_pb2.ComputeAnswer.FromString(frame)

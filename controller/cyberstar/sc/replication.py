@@ -64,6 +64,7 @@ from cyberstar.proto import sc_pb2
 from cyberstar.sc.coord import Chain, ChainNode
 from cyberstar.sc.metrics import Counters
 from cyberstar.sc.state import NodeState, StateError
+from cyberstar.timeline import mark
 from cyberstar.tls import Peer, ssl_peer
 
 log = logging.getLogger(__name__)
@@ -636,6 +637,7 @@ class Replicator:
             link.close()
 
     def _from_predecessor(self, link: ChainLink, frames: list[bytes]) -> None:
+        mark("sc.chain_frames_received")
         self._holding_acks = True
         self._lazy_read = True
         try:
