@@ -36,6 +36,15 @@ With `--repeat N`, every saturating run is made N times in a row and the run wit
 rate is reported, with every run's rate beside it (`cps_runs`): on a small VM the spread
 between runs is larger than many changes.
 
+With `--timeline` the daemons write a timestamp at each hop of a first packet
+(`cyberstar/timeline.py`: the PP agent reading the punt and queueing the PacketIn, FM receiving
+it, starting the batch, asking SC, the SC head receiving the call, the middle and the tail
+receiving the chain update, the tail answering, FM receiving the answer, queueing the
+StreamWrite, the PP receiving it, applying the Write, sending the packet, FM receiving the
+result), and `lone.timeline` gives each event's P50 and P90 after the punt was read over the
+lone run's connections (`lab/hops.py`): where a first packet's latency goes. The marks cost the
+daemons a formatted line each (buffered), so leave the flag off for the rates.
+
 Goals (issue 9): cyberstar's cps >= nftables' (floor 0.25x); <= 300 µs of CPU per new
 connection over PP agent + FM + SC group; connect P99 < 5 ms at half the saturating load.
 
@@ -50,13 +59,16 @@ import contextlib
 import json
 import multiprocessing
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from cyberstar import netns, packets
+from cyberstar import netns, packets, timeline
+from cyberstar.lab import hops
 from cyberstar.lab.cpu import CpuMeter
 from cyberstar.lab.endpoints import Nginx, run_client
 from cyberstar.lab.profile import Profiler
@@ -238,6 +250,8 @@ def blast(ns: str, ifname: str, dst_mac: str, seconds: float, sent) -> None:
 
 def bench_cyberstar(args) -> dict:
     sources = Sources()
+    if args.timeline:
+        os.environ[timeline.ENV] = tempfile.mkdtemp(prefix="cyberstar-timeline-")
     asked = {"max_in_flight": args.fm_in_flight, "max_delay_ms": args.fm_max_delay_ms}
     fm_batch = {k: v for k, v in asked.items() if v is not None}
     with SlowPathLab(scgs=1, nodes_per_scg=3, mode="native", public_net=PUBLIC_NET,
@@ -279,11 +293,17 @@ def bench_cyberstar(args) -> dict:
                 out[f"threads_{threads}"] = median_run(runs)
             best = max(r["cps"] for k, r in out.items() if k.startswith("threads_"))
             before = fm_counters(lab)
+            lone_start = time.monotonic()
             out["lone"] = lone_cyberstar(args, lab, sources, daemons, idle_rate)
+            lone_end = time.monotonic()
             out["half_load"] = half_load(args, lab, sources, best)
             drained(lab, before)
         out["flood"] = flood(args, lab, CpuMeter(daemons))
-        return out
+    if args.timeline:  # the daemons have stopped: their timeline files are complete
+        directory = Path(os.environ.pop(timeline.ENV))
+        out["lone"]["timeline"] = hops.timeline(directory, lone_start, lone_end)
+        shutil.rmtree(directory, ignore_errors=True)
+    return out
 
 
 def saturate(args, lab: SlowPathLab, sources: Sources, threads: int, cpu: CpuMeter,
@@ -531,6 +551,12 @@ def main() -> int:
         type=float,
         metavar="MS",
         help="how long a busy FM waits to fill a batch (default: FM's own default)",
+    )
+    ap.add_argument(
+        "--timeline",
+        action="store_true",
+        help="the daemons mark each hop of a first packet (cyberstar/timeline.py); the lone "
+        "run's hops are printed as lone.timeline (P50/P90 after the punt was read)",
     )
     ap.add_argument("--only", choices=("routing", "nftables", "cyberstar"), action="append",
                     help="run only these middles (default: all three)")  # fmt: skip

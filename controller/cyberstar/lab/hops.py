@@ -1,0 +1,77 @@
+"""Where a lone first packet's time goes, hop by hop, from the daemons' timeline files
+(`cyberstar/timeline.py`; `bench/slowpath.py --timeline`).
+
+Each connection of a lone run starts at the PP agent's `pp.punts_read` (its SYN read from the
+punt buffer) and lasts until the next one. Within it, every event is taken at its first
+occurrence; an event seen again in the same connection is the next hop's (`name#2`: the chain's
+tail receiving the update after the middle did). Connections whose events are not the run's most
+common set (a stray punt, a connection cut by the window) are left out and counted.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from pathlib import Path
+
+ANCHOR = "pp.punts_read"
+
+
+def read_events(directory: Path, start_s: float, end_s: float) -> list[tuple[int, str]]:
+    """(nanoseconds, event) of every daemon's file in `directory` within [start_s, end_s] (the
+    CLOCK_MONOTONIC seconds of `time.monotonic()`), in time order."""
+    lo, hi = int(start_s * 1e9), int(end_s * 1e9)
+    events = []
+    for path in sorted(directory.glob("*.events")):
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) != 2 or not parts[1].isdigit():
+                continue  # a line cut short when its daemon was killed
+            t = int(parts[1])
+            if lo <= t <= hi:
+                events.append((t, parts[0]))
+    events.sort()
+    return events
+
+
+def connections(events: list[tuple[int, str]]) -> list[dict[str, int]]:
+    """Per connection: each event's offset in ns from its anchor (`name#k` for the k-th time)."""
+    out: list[dict[str, int]] = []
+    current: dict[str, int] | None = None
+    t0, seen = 0, Counter()
+    for t, name in events:
+        if name == ANCHOR:
+            current, t0, seen = {}, t, Counter()
+            out.append(current)
+        if current is None:
+            continue
+        seen[name] += 1
+        label = name if seen[name] == 1 else f"{name}#{seen[name]}"
+        current[label] = t - t0
+    return out
+
+
+def timeline(directory: Path, start_s: float, end_s: float) -> dict:
+    """Median and P90 of each event's time after the punt was read (µs), in order of the
+    median, with the median step from the event before; how many connections it rests on."""
+    conns = connections(read_events(directory, start_s, end_s))
+    if not conns:
+        return {"connections": 0, "left_out": 0, "events": []}
+    shape = Counter(frozenset(c) for c in conns).most_common(1)[0][0]
+    kept = [c for c in conns if frozenset(c) == shape]
+    rows = []
+    for label in shape:
+        values = sorted(c[label] / 1e3 for c in kept)
+        rows.append(
+            {
+                "event": label,
+                "p50_us": round(statistics.median(values), 1),
+                "p90_us": round(values[min(len(values) - 1, int(len(values) * 0.9))], 1),
+            }
+        )
+    rows.sort(key=lambda r: r["p50_us"])
+    previous = 0.0
+    for row in rows:
+        row["step_us"] = round(row["p50_us"] - previous, 1)
+        previous = row["p50_us"]
+    return {"connections": len(kept), "left_out": len(conns) - len(kept), "events": rows}
