@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,8 +16,40 @@ class LabError(RuntimeError):
     pass
 
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PORT = 20000  # where free_port looks, up to the start of the ephemeral range
+_handed_out: set[int] = set()
+_random = random.SystemRandom()  # not the `random` module's state, which tests may seed
+
+
+def ephemeral_start() -> int:
+    """The first port the kernel hands out as a connection's source port."""
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback TCP port that is free now, below the kernel's ephemeral range and not
+    handed out before by this process. A port the kernel picked (bind to 0) could become some
+    connection's source port between this call and the bind of the process it is meant for
+    (etcd failed that way: "bind: address already in use"); ports below the range are never
+    picked for connections."""
+    top = ephemeral_start()
+    candidates = range(LOWEST_PORT, top)
+    for _ in range(200 if len(candidates) > 1000 else 0):
+        port = _random.choice(candidates)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # an unusual ephemeral range leaves no room below it
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
