@@ -42,8 +42,10 @@ it, starting the batch, asking SC, the SC head receiving the call, the middle an
 receiving the chain update, the tail answering, FM receiving the answer, queueing the
 StreamWrite, the PP receiving it, applying the Write, sending the packet, FM receiving the
 result), and `lone.timeline` gives each event's P50 and P90 after the punt was read over the
-lone run's connections (`lab/hops.py`): where a first packet's latency goes. The marks cost the
-daemons a formatted line each (buffered), so leave the flag off for the rates.
+lone run's connections (`lab/hops.py`): where a first packet's latency goes; each saturating
+run and the half-load run get `install_timeline`, the steps of FM's StreamWrites (to the PP,
+the Write applied, the packets sent, the result back to FM): where a batch's install goes. The
+marks cost the daemons a formatted line each (buffered), so leave the flag off for the rates.
 
 Goals (issue 9): cyberstar's cps >= nftables' (floor 0.25x); <= 300 µs of CPU per new
 connection over PP agent + FM + SC group; connect P99 < 5 ms at half the saturating load.
@@ -280,8 +282,10 @@ def bench_cyberstar(args) -> dict:
             if not warm["connections"]:
                 raise SystemExit(f"no connection through cyberstar: {warm}; see {lab.workdir}")
             drained(lab, before)  # no run is charged with an earlier one's teardown
+            windows: dict[str, tuple[float, float]] = {}
             for i, threads in enumerate(args.threads):
                 runs = []
+                started = time.monotonic()
                 for r in range(args.repeat):
                     last = i == len(args.threads) - 1 and r == 0
                     profile = args.profile if last else None
@@ -291,17 +295,21 @@ def bench_cyberstar(args) -> dict:
                     run["teardown"] = teardown(lab, daemons, idle_rate, before, run)
                     runs.append(run)
                 out[f"threads_{threads}"] = median_run(runs)
+                windows[f"threads_{threads}"] = (started, time.monotonic())
             best = max(r["cps"] for k, r in out.items() if k.startswith("threads_"))
             before = fm_counters(lab)
             lone_start = time.monotonic()
             out["lone"] = lone_cyberstar(args, lab, sources, daemons, idle_rate)
             lone_end = time.monotonic()
             out["half_load"] = half_load(args, lab, sources, best)
+            windows["half_load"] = (lone_end, time.monotonic())
             drained(lab, before)
         out["flood"] = flood(args, lab, CpuMeter(daemons))
     if args.timeline:  # the daemons have stopped: their timeline files are complete
         directory = Path(os.environ.pop(timeline.ENV))
         out["lone"]["timeline"] = hops.timeline(directory, lone_start, lone_end)
+        for key, (start, end) in windows.items():
+            out[key]["install_timeline"] = hops.stream_writes(directory, start, end)
         shutil.rmtree(directory, ignore_errors=True)
     return out
 

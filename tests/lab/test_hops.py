@@ -51,3 +51,27 @@ def test_the_window_and_incomplete_connections(tmp_path) -> None:
 
 def test_no_files(tmp_path) -> None:
     assert hops.timeline(tmp_path, 0.0, 1.0) == {"connections": 0, "left_out": 0, "events": []}
+
+
+def test_stream_writes_are_matched_in_order(tmp_path) -> None:
+    # Two StreamWrites in flight at once: FM queues both, the PP takes, applies and answers
+    # them in order. Per StreamWrite (µs): to the PP 100 / 300, apply 50 / 70, send 200 / 400,
+    # back to FM 150 / 250.
+    write(tmp_path, "fm", [
+        ("fm.stream_write_queued", 10 * MS), ("fm.stream_write_queued", 10 * MS + 10_000),
+        ("fm.stream_write_result", 10 * MS + 500_000),
+        ("fm.stream_write_result", 10 * MS + 10_000 + 1_020_000),
+    ])  # fmt: skip
+    write(tmp_path, "pp", [
+        ("pp.stream_write_received", 10 * MS + 100_000),
+        ("pp.write_applied", 10 * MS + 150_000),
+        ("pp.stream_write_received", 10 * MS + 10_000 + 300_000),
+        ("pp.packet_outs_sent", 10 * MS + 350_000),
+        ("pp.write_applied", 10 * MS + 10_000 + 370_000),
+        ("pp.packet_outs_sent", 10 * MS + 10_000 + 770_000),
+    ])  # fmt: skip
+    found = hops.stream_writes(tmp_path, 0.0, 1.0)
+    assert found["stream_writes"] == 2
+    assert [(s["p50_us"], s["p90_us"]) for s in found["steps"]] == [
+        (200.0, 300.0), (60.0, 70.0), (300.0, 400.0), (200.0, 250.0),
+    ]  # fmt: skip

@@ -1,15 +1,20 @@
-"""Where a lone first packet's time goes, hop by hop, from the daemons' timeline files
+"""Where a first packet's time goes, hop by hop, from the daemons' timeline files
 (`cyberstar/timeline.py`; `bench/slowpath.py --timeline`).
 
-Each connection of a lone run starts at the PP agent's `pp.punts_read` (its SYN read from the
-punt buffer) and lasts until the next one. Within it, every event is taken at its first
-occurrence; an event seen again in the same connection is the next hop's (`name#2`: the chain's
-tail receiving the update after the middle did). Connections whose events are not the run's most
-common set (a stray punt, a connection cut by the window) are left out and counted.
+`timeline`: each connection of a lone run starts at the PP agent's `pp.punts_read` (its SYN
+read from the punt buffer) and lasts until the next one. Within it, every event is taken at its
+first occurrence; an event seen again in the same connection is the next hop's (`name#2`: the
+chain's tail receiving the update after the middle did). Connections whose events are not the
+run's most common set (a stray punt, a connection cut by the window) are left out and counted.
+
+`stream_writes`: under load, where FM's batches of rules and packets spend their install. FM
+queues its StreamWrites on one stream, the PP takes them in that order and answers them in that
+order, so the k-th of each of those events in a window belongs to the k-th StreamWrite.
 """
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -75,3 +80,36 @@ def timeline(directory: Path, start_s: float, end_s: float) -> dict:
         row["step_us"] = round(row["p50_us"] - previous, 1)
         previous = row["p50_us"]
     return {"connections": len(kept), "left_out": len(conns) - len(kept), "events": rows}
+
+
+# A StreamWrite's events, in the order they happen, and what each step between two is.
+STREAM_WRITE = (
+    ("fm.stream_write_queued", "FM queued it"),
+    ("pp.stream_write_received", "FM → PP (gRPC stream, the PP's queue)"),
+    ("pp.write_applied", "the PP applied the Write"),
+    ("pp.packet_outs_sent", "the PP sent the packets"),
+    ("fm.stream_write_result", "PP → FM result (gRPC stream, FM's queue)"),
+)
+
+
+def stream_writes(directory: Path, start_s: float, end_s: float) -> dict:
+    """P50 and P90 of each step of the StreamWrites FM queued within the window (µs), the
+    k-th of every event taken as the k-th StreamWrite's."""
+    times: dict[str, list[int]] = {name: [] for name, _ in STREAM_WRITE}
+    for t, name in read_events(directory, start_s, end_s):
+        if name in times:
+            times[name].append(t)
+    count = min(len(v) for v in times.values())
+    steps = []
+    for (before, _), (after, what) in itertools.pairwise(STREAM_WRITE):
+        values = sorted((times[after][k] - times[before][k]) / 1e3 for k in range(count))
+        steps.append(
+            {
+                "step": what,
+                "p50_us": round(statistics.median(values), 1) if values else None,
+                "p90_us": round(values[min(len(values) - 1, int(len(values) * 0.9))], 1)
+                if values
+                else None,
+            }
+        )
+    return {"stream_writes": count, "steps": steps}
