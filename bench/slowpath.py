@@ -563,8 +563,9 @@ def main() -> int:
     ap.add_argument(
         "--timeline",
         action="store_true",
-        help="the daemons mark each hop of a first packet (cyberstar/timeline.py); the lone "
-        "run's hops are printed as lone.timeline (P50/P90 after the punt was read)",
+        help="the daemons mark each hop of a first packet (cyberstar/timeline.py); printed: "
+        "the lone run's hops (lone.timeline) and the steps of FM's installs in each loaded run "
+        "(install_timeline)",
     )
     ap.add_argument("--only", choices=("routing", "nftables", "cyberstar"), action="append",
                     help="run only these middles (default: all three)")  # fmt: skip

@@ -9,7 +9,9 @@ run's most common set (a stray punt, a connection cut by the window) are left ou
 
 `stream_writes`: under load, where FM's batches of rules and packets spend their install. FM
 queues its StreamWrites on one stream, the PP takes them in that order and answers them in that
-order, so the k-th of each of those events in a window belongs to the k-th StreamWrite.
+order, so the k-th of each of those events in a window belongs to the k-th StreamWrite (one FM
+and one PP node, as in the bench; a StreamWrite refused as a whole or never answered marks no
+apply, send or result and would shift the rest: the bench's runs have none).
 """
 
 from __future__ import annotations

@@ -467,6 +467,10 @@ def dynamic_bound(instance: Instance) -> float:
             continue
         step = cover_bound(replace(instance, requests=active, dynamic=None))
         if step is None:
-            raise ValueError(f"dynamic_bound: step {t}: the active requests fit on no pool")
+            raise ValueError(
+                f"dynamic_bound: the {len(active)} requests live at step {t} need more than the "
+                "whole pool at their actual load, so no run carries them; drop the step or "
+                "enlarge the pool"
+            )
         total += step * hours
     return total
