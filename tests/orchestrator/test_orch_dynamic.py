@@ -81,6 +81,19 @@ def test_simulate_command(tmp_path, capsys, instance):
     result = json.loads(capsys.readouterr().out)
     assert result["algo"] == "bf" and result["settings"]["predictor"] == "seasonal"
     assert result["steps"] == instance.dynamic.steps and result["cost"] > 0
+    assert "dynamic_bound" not in result
+
+
+def test_simulate_command_prints_the_dynamic_bound(tmp_path, capsys, instance):
+    path = tmp_path / "i.json"
+    save_instance(instance, path)
+    args = ("place", "simulate", "--instance", path, "--algo", "ff", "--headroom", "0.3")
+    assert cli(*args, "--bound") == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["overload_machine_steps"] == 0 and result["rejected"] == 0
+    assert 0 < result["dynamic_bound"] <= result["cost"]
+    assert result["above_bound"] == pytest.approx(result["cost"] / result["dynamic_bound"] - 1,
+                                                  abs=1e-3)  # fmt: skip
 
 
 def test_static_instance_cannot_simulate(tmp_path, capsys):

@@ -241,7 +241,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     settings = SimSettings(
         predictor=args.predictor, horizon=args.horizon, headroom=args.headroom, lower=args.lower
     )
-    _emit(simulate(instance, policy, settings).to_json())
+    result = simulate(instance, policy, settings).to_json()
+    if args.bound:
+        from cyberstar.orchestrator.bounds import dynamic_bound
+
+        bound = dynamic_bound(instance)
+        result["dynamic_bound"] = round(bound, 4)
+        result["above_bound"] = round(result["cost"] / bound - 1, 4) if bound > 0 else None
+    _emit(result)
     return 0
 
 
@@ -320,6 +327,12 @@ def simulate_arguments(sim: argparse.ArgumentParser) -> None:
     sim.add_argument("--horizon", type=int, default=2, help="forecast steps reserved (default 2)")
     sim.add_argument("--headroom", type=float, default=0.1, help="reservation margin (0.1)")
     sim.add_argument("--lower", type=float, default=0.3, help="scale-down threshold (0.3)")
+    sim.add_argument(
+        "--bound",
+        action="store_true",
+        help="also print the dynamic lower bound (per step, the cover LP of the live requests "
+        "at their actual load) and how far above it the run's cost is",
+    )
 
 
 PLACE = Verb(
