@@ -20,15 +20,24 @@ SERVE = """
 import signal, sys, threading
 from cyberstar.verbs import serve_until_signalled
 
-class HeldWhileSignalled(threading.Event):
+class Announcing(threading.Event):
+    # "ready" once the server waits, so its handlers are in place: a signal sent before would
+    # meet Python's default handler and kill the process, which is not what is tested.
+    announced = False
+    def wait(self, timeout=None):
+        if not self.announced:
+            self.announced = True
+            print("ready", flush=True)
+        return super().wait(timeout)
+
+class HeldWhileSignalled(Announcing):
     # The race made certain: a signal handled while this thread holds the Event's lock.
     def wait(self, timeout=None):
         with self._cond:
             signal.raise_signal(signal.SIGTERM)
         return super().wait(timeout)
 
-stop = HeldWhileSignalled() if sys.argv[1] == "held" else threading.Event()
-print("ready", flush=True)
+stop = HeldWhileSignalled() if sys.argv[1] == "held" else Announcing()
 serve_until_signalled(stop)
 print("stopped", stop.is_set(), flush=True)
 """
