@@ -307,9 +307,10 @@ def bench_cyberstar(args) -> dict:
         out["flood"] = flood(args, lab, CpuMeter(daemons))
     if args.timeline:  # the daemons have stopped: their timeline files are complete
         directory = Path(os.environ.pop(timeline.ENV))
-        out["lone"]["timeline"] = hops.timeline(directory, lone_start, lone_end)
+        events = hops.read_events(directory, min(s for s, _ in windows.values()), time.monotonic())
+        out["lone"]["timeline"] = hops.timeline(hops.within(events, lone_start, lone_end))
         for key, (start, end) in windows.items():
-            out[key]["install_timeline"] = hops.stream_writes(directory, start, end)
+            out[key]["install_timeline"] = hops.stream_writes(hops.within(events, start, end))
         shutil.rmtree(directory, ignore_errors=True)
     return out
 

@@ -56,7 +56,7 @@ def test_a_lone_first_packet_marks_every_hop_in_order(tmp_path) -> None:
             end = time.monotonic()
     finally:
         del os.environ[timeline.ENV]
-    found = hops.timeline(tmp_path, start, end)
+    found = hops.timeline(hops.read_events(tmp_path, start, end))
     assert found["connections"] >= 25, found
     order = [row["event"] for row in found["events"]]
     assert order == PATH, found

@@ -24,7 +24,7 @@ def test_medians_steps_and_repeated_events(tmp_path) -> None:
     for a in anchors:
         chain += [("sc.chain_frames_received", a + d) for d in (600_000, 900_000)]
     write(tmp_path, "300", chain)
-    found = hops.timeline(tmp_path, 0.0, 1.0)
+    found = hops.timeline(hops.read_events(tmp_path, 0.0, 1.0))
     assert found["connections"] == 3 and found["left_out"] == 0
     assert found["events"] == [
         {"event": "pp.punts_read", "p50_us": 0.0, "p90_us": 0.0, "step_us": 0.0},
@@ -43,14 +43,21 @@ def test_the_window_and_incomplete_connections(tmp_path) -> None:
         f"fm.packet_in {5 * MS + 100_000}\nfm.packet_in {20 * MS + 200_000}\n"
         f"fm.packet_in {30 * MS + 400_000}\nfm.packet_in 4"
     )
-    found = hops.timeline(tmp_path, 0.010, 0.050)
+    found = hops.timeline(hops.read_events(tmp_path, 0.010, 0.050))
+    # Read once, cut by window: the same events as reading the window.
+    everything = hops.read_events(tmp_path, 0.0, 1.0)
+    assert len(everything) == 8
+    assert hops.within(everything, 0.010, 0.050) == hops.read_events(tmp_path, 0.010, 0.050)
+    assert [t for t, _ in hops.within(everything, 0.020, 0.030)] == [20 * MS, 20 * MS + 200_000,
+                                                                      30 * MS]  # fmt: skip
     assert found["connections"] == 2 and found["left_out"] == 1
     assert [r["event"] for r in found["events"]] == ["pp.punts_read", "fm.packet_in"]
     assert found["events"][1]["p50_us"] == 300.0  # the median of 200 and 400
 
 
 def test_no_files(tmp_path) -> None:
-    assert hops.timeline(tmp_path, 0.0, 1.0) == {"connections": 0, "left_out": 0, "events": []}
+    empty = {"connections": 0, "left_out": 0, "events": []}
+    assert hops.timeline(hops.read_events(tmp_path, 0.0, 1.0)) == empty
 
 
 def test_stream_writes_are_matched_in_order(tmp_path) -> None:
@@ -70,7 +77,7 @@ def test_stream_writes_are_matched_in_order(tmp_path) -> None:
         ("pp.write_applied", 10 * MS + 10_000 + 370_000),
         ("pp.packet_outs_sent", 10 * MS + 10_000 + 770_000),
     ])  # fmt: skip
-    found = hops.stream_writes(tmp_path, 0.0, 1.0)
+    found = hops.stream_writes(hops.read_events(tmp_path, 0.0, 1.0))
     assert found["stream_writes"] == 2
     assert [(s["p50_us"], s["p90_us"]) for s in found["steps"]] == [
         (200.0, 300.0), (60.0, 70.0), (300.0, 400.0), (200.0, 250.0),

@@ -16,6 +16,7 @@ apply, send or result and would shift the rest: the bench's runs have none).
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import statistics
 from collections import Counter
@@ -41,6 +42,24 @@ def read_events(directory: Path, start_s: float, end_s: float) -> list[tuple[int
     return events
 
 
+def within(events: list[tuple[int, str]], start_s: float, end_s: float) -> list[tuple[int, str]]:
+    """The events (in time order, as `read_events` gives them) within [start_s, end_s]."""
+    lo = bisect.bisect_left(events, (int(start_s * 1e9), ""))
+    hi = bisect.bisect_right(events, (int(end_s * 1e9), "\uffff"))
+    return events[lo:hi]
+
+
+def _p50_p90(values: list[float]) -> dict[str, float | None]:
+    """Median and P90 (the value at 90 % of the sorted list) in µs, rounded; None if empty."""
+    if not values:
+        return {"p50_us": None, "p90_us": None}
+    values = sorted(values)
+    return {
+        "p50_us": round(statistics.median(values), 1),
+        "p90_us": round(values[min(len(values) - 1, int(len(values) * 0.9))], 1),
+    }
+
+
 def connections(events: list[tuple[int, str]]) -> list[dict[str, int]]:
     """Per connection: each event's offset in ns from its anchor (`name#k` for the k-th time)."""
     out: list[dict[str, int]] = []
@@ -58,24 +77,15 @@ def connections(events: list[tuple[int, str]]) -> list[dict[str, int]]:
     return out
 
 
-def timeline(directory: Path, start_s: float, end_s: float) -> dict:
+def timeline(events: list[tuple[int, str]]) -> dict:
     """Median and P90 of each event's time after the punt was read (µs), in order of the
     median, with the median step from the event before; how many connections it rests on."""
-    conns = connections(read_events(directory, start_s, end_s))
+    conns = connections(events)
     if not conns:
         return {"connections": 0, "left_out": 0, "events": []}
     shape = Counter(frozenset(c) for c in conns).most_common(1)[0][0]
     kept = [c for c in conns if frozenset(c) == shape]
-    rows = []
-    for label in shape:
-        values = sorted(c[label] / 1e3 for c in kept)
-        rows.append(
-            {
-                "event": label,
-                "p50_us": round(statistics.median(values), 1),
-                "p90_us": round(values[min(len(values) - 1, int(len(values) * 0.9))], 1),
-            }
-        )
+    rows = [{"event": label, **_p50_p90([c[label] / 1e3 for c in kept])} for label in shape]
     rows.sort(key=lambda r: r["p50_us"])
     previous = 0.0
     for row in rows:
@@ -94,24 +104,19 @@ STREAM_WRITE = (
 )
 
 
-def stream_writes(directory: Path, start_s: float, end_s: float) -> dict:
-    """P50 and P90 of each step of the StreamWrites FM queued within the window (µs), the
-    k-th of every event taken as the k-th StreamWrite's."""
+def stream_writes(events: list[tuple[int, str]]) -> dict:
+    """P50 and P90 of each step of the StreamWrites among `events` (µs), the k-th of every
+    event taken as the k-th StreamWrite's."""
     times: dict[str, list[int]] = {name: [] for name, _ in STREAM_WRITE}
-    for t, name in read_events(directory, start_s, end_s):
+    for t, name in events:
         if name in times:
             times[name].append(t)
     count = min(len(v) for v in times.values())
-    steps = []
-    for (before, _), (after, what) in itertools.pairwise(STREAM_WRITE):
-        values = sorted((times[after][k] - times[before][k]) / 1e3 for k in range(count))
-        steps.append(
-            {
-                "step": what,
-                "p50_us": round(statistics.median(values), 1) if values else None,
-                "p90_us": round(values[min(len(values) - 1, int(len(values) * 0.9))], 1)
-                if values
-                else None,
-            }
-        )
+    steps = [
+        {
+            "step": what,
+            **_p50_p90([(times[after][k] - times[before][k]) / 1e3 for k in range(count)]),
+        }
+        for (before, _), (after, what) in itertools.pairwise(STREAM_WRITE)
+    ]
     return {"stream_writes": count, "steps": steps}
