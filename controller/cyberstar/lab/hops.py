@@ -31,10 +31,14 @@ def read_events(directory: Path, start_s: float, end_s: float) -> list[tuple[int
     lo, hi = int(start_s * 1e9), int(end_s * 1e9)
     events = []
     for path in sorted(directory.glob("*.events")):
-        for line in path.read_text().splitlines():
+        text = path.read_text()
+        lines = text.splitlines()
+        if not text.endswith("\n"):
+            lines = lines[:-1]  # cut short when its daemon was killed, perhaps inside a number
+        for line in lines:
             parts = line.split()
             if len(parts) != 2 or not parts[1].isdigit():
-                continue  # a line cut short when its daemon was killed
+                continue
             t = int(parts[1])
             if lo <= t <= hi:
                 events.append((t, parts[0]))
