@@ -21,7 +21,8 @@ p4-tools:
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml setup.py controller/cyberstar/p4rt/_exact_wire.c \
-		controller/cyberstar/pp/_metadata.c controller/cyberstar/xdp/_bpf_update.c
+		controller/cyberstar/pp/_metadata.c controller/cyberstar/xdp/_slots.c \
+		controller/cyberstar/xdp/_live_frames.c
 	test -x $(PY) || $(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev]'

@@ -1,8 +1,8 @@
 """The C part of the package (everything else is in pyproject.toml): the P4Runtime wire reader
 of a PP node's Writes and FM's cache, `cyberstar.p4rt._exact_wire` (see p4rt/exact_wire.py),
 the hash table of a PP node's entry metadata, `cyberstar.pp._metadata` (pp/metadata.py), the
-per-entry map update loop, `cyberstar.xdp._bpf_update` (xdp/batch.py), and the PacketOuts' test
-runs, `cyberstar.xdp._live_frames` (xdp/testrun.py)."""
+writer of the flow table's slots, `cyberstar.xdp._slots` (xdp/slots.py), and the PacketOuts'
+test runs, `cyberstar.xdp._live_frames` (xdp/testrun.py)."""
 
 from setuptools import Extension, setup
 
@@ -19,8 +19,8 @@ setup(
             extra_compile_args=["-O2", "-Wall"],
         ),
         Extension(
-            "cyberstar.xdp._bpf_update",
-            ["controller/cyberstar/xdp/_bpf_update.c"],
+            "cyberstar.xdp._slots",
+            ["controller/cyberstar/xdp/_slots.c"],
             extra_compile_args=["-O2", "-Wall"],
         ),
         Extension(

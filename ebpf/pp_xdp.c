@@ -25,6 +25,7 @@
 #define V_UNDECIDED 255
 #define PORT_SLOTS 256
 #define REPLAY_FRAMES 256
+#define SLOT_TOMB 0xffffffffu
 #define R_TRUNCATED_ETHERNET 0
 #define R_TRUNCATED_VLAN 1
 #define R_TRUNCATED_IPV4 2
@@ -514,10 +515,28 @@ struct flow_table_value {
         struct nat_params nat;
     } p;
 };
-#ifndef FLOW_TABLE_SIZE  // the loader may size the map (pp serve)
+#ifndef FLOW_TABLE_SIZE  // the loader may size the table (pp serve)
 #define FLOW_TABLE_SIZE 1048576
 #endif
-BPF_F_TABLE("hash", struct flow_table_key, struct flow_table_value, flow_table, FLOW_TABLE_SIZE, BPF_F_NO_PREALLOC);
+#ifndef FLOW_TABLE_SEED  // the loader draws one per load
+#define FLOW_TABLE_SEED 0
+#endif
+#define FLOW_TABLE_SLOTS (2 * FLOW_TABLE_SIZE)  // home slots: at most half used
+#define FLOW_TABLE_PROBES 64  // a key is at most this far from its home
+struct flow_table_slot {
+    struct flow_table_key k;
+    struct flow_table_value v;
+};
+BPF_F_TABLE("array", u32, struct flow_table_slot, flow_table, FLOW_TABLE_SLOTS + FLOW_TABLE_PROBES - 1, BPF_F_MMAPABLE);
+static __always_inline __u32 flow_table_home(const struct flow_table_key *k) {
+    const __u64 *w = (const __u64 *)k;
+    __u64 h = FLOW_TABLE_SEED;
+    h = (h ^ w[0]) * 0x9E3779B97F4A7C15ULL;
+    h ^= h >> 32;
+    h = (h ^ w[1]) * 0x9E3779B97F4A7C15ULL;
+    h ^= h >> 32;
+    return (__u32)(((h >> 32) * (__u64)FLOW_TABLE_SLOTS) >> 32);
+}
 BPF_ARRAY(flow_table_default, struct flow_table_value, 1);
 
 struct next_hop_key {
@@ -1128,7 +1147,7 @@ static __always_inline void run_flow_table(struct pp_meta *m, struct flow_table_
 
 // The entry matching the packet, or NULL.
 static __always_inline struct flow_table_value *lookup_flow_table(struct pp_meta *m) {
-    struct flow_table_key k;
+    struct flow_table_key k __attribute__((aligned(8)));
     __builtin_memset(&k, 0, sizeof(k));
     k.tenant_id = m->tenant_id;
     k.src_addr = m->l3_src;
@@ -1136,7 +1155,23 @@ static __always_inline struct flow_table_value *lookup_flow_table(struct pp_meta
     k.protocol = m->l3_proto;
     k.src_port = m->l4_src;
     k.dst_port = m->l4_dst;
-    struct flow_table_value *v = flow_table.lookup(&k);
+    struct flow_table_value *v = NULL;
+    const __u64 *kw = (const __u64 *)&k;
+    __u32 i = flow_table_home(&k);
+    for (int n = 0; n < FLOW_TABLE_PROBES; n++, i++) {
+        struct flow_table_slot *s = flow_table.lookup(&i);
+        if (!s)
+            break;
+        __u32 state = *(volatile __u32 *)&s->v.h.action;  // before the key (_slots.c)
+        if (!state)
+            break;  // an empty slot ends the search
+        asm volatile("" ::: "memory");
+        const __u64 *sw = (const __u64 *)&s->k;
+        if (state != SLOT_TOMB && sw[0] == kw[0] && sw[1] == kw[1]) {
+            v = &s->v;
+            break;
+        }
+    }
     return v;
 }
 

@@ -18,6 +18,8 @@ from cyberstar.codegen.xdp_layout import (
     PORT_SLOT,
     PORT_SLOTS,
     REPLAY_FRAMES,
+    SLOT_PROBES,
+    SLOT_TOMB,
     TableKind,
     TableLayout,
     c_size,
@@ -92,7 +94,7 @@ def _constants(p: Pipeline) -> str:
     lines += [f"#define {k} {v}" for k, v in p.constants.items()]
     lines += [f"#define V_{v.upper()} {i}" for i, v in enumerate(p.verdicts)]
     lines += [f"#define V_UNDECIDED {VERDICT_UNDECIDED}", f"#define PORT_SLOTS {PORT_SLOTS}"]
-    lines += [f"#define REPLAY_FRAMES {REPLAY_FRAMES}"]
+    lines += [f"#define REPLAY_FRAMES {REPLAY_FRAMES}", f"#define SLOT_TOMB 0x{SLOT_TOMB:08x}u"]
     lines += [f"#define R_{r.upper()} {i}" for i, r in enumerate(p.drop_reasons)]
     lines += [f"#define PUNT_{r.upper()} {i}" for i, r in enumerate(p.punt_reasons)]
     lines += [f"#define RW_{t.upper()} {b}" for t, b in REWRITE_BITS.items()]
@@ -299,12 +301,7 @@ def _table_maps(lay: TableLayout) -> str:
         f"{t.size}, BPF_F_NO_PREALLOC);"
     )
     if lay.kind is TableKind.HASH:
-        return (
-            f"#ifndef {size_macro(t.name)}  // the loader may size the map (pp serve)\n"
-            f"#define {size_macro(t.name)} {t.size}\n#endif\n"
-            f'BPF_F_TABLE("hash", struct {t.name}_key, struct {t.name}_value, {t.name}, '
-            f"{size_macro(t.name)}, BPF_F_NO_PREALLOC);"
-        )
+        return _slot_table_maps(lay)
     if lay.kind is TableKind.LPM:
         cached = "\n".join(
             [
@@ -836,11 +833,52 @@ def _fill_key(t: Table, var: str, skip: str | None = None) -> str:
     return "".join(f"{line}\n" for line in lines)
 
 
+def _slot_table_maps(lay: TableLayout) -> str:
+    """An exact table as an open-addressed array the agent writes through a mapping
+    (xdp/slots.py, _slots.c): slot state is the value's action (0 empty, SLOT_TOMB deleted)."""
+    t = lay.table
+    n = t.name.upper()
+    if lay.key.size % 8:
+        raise ValueError(f"{t.name}: a slot table's key must be a multiple of 8 bytes")
+    words = lay.key.size // 8
+    mix = "".join(
+        f"    h = (h ^ w[{i}]) * 0x9E3779B97F4A7C15ULL;\n    h ^= h >> 32;\n" for i in range(words)
+    )
+    return (
+        f"#ifndef {size_macro(t.name)}  // the loader may size the table (pp serve)\n"
+        f"#define {size_macro(t.name)} {t.size}\n#endif\n"
+        f"#ifndef {n}_SEED  // the loader draws one per load\n#define {n}_SEED 0\n#endif\n"
+        f"#define {n}_SLOTS (2 * {size_macro(t.name)})  // home slots: at most half used\n"
+        f"#define {n}_PROBES {SLOT_PROBES}  // a key is at most this far from its home\n"
+        f"struct {t.name}_slot {{\n    struct {t.name}_key k;\n"
+        f"    struct {t.name}_value v;\n}};\n"
+        f'BPF_F_TABLE("array", u32, struct {t.name}_slot, {t.name}, '
+        f"{n}_SLOTS + {n}_PROBES - 1, BPF_F_MMAPABLE);\n"
+        f"static __always_inline __u32 {t.name}_home(const struct {t.name}_key *k) {{\n"
+        f"    const __u64 *w = (const __u64 *)k;\n    __u64 h = {n}_SEED;\n{mix}"
+        f"    return (__u32)(((h >> 32) * (__u64){n}_SLOTS) >> 32);\n}}"
+    )
+
+
 def _lookup_hash(lay: TableLayout) -> str:
     t = lay.table
+    n = t.name.upper()
+    words = lay.key.size // 8
+    same = " && ".join(f"sw[{i}] == kw[{i}]" for i in range(words))
     return (
-        f"    struct {t.name}_key k;\n{_fill_key(t, 'k')}"
-        f"    struct {t.name}_value *v = {t.name}.lookup(&k);\n"
+        f"    struct {t.name}_key k __attribute__((aligned(8)));\n{_fill_key(t, 'k')}"
+        f"    struct {t.name}_value *v = NULL;\n"
+        f"    const __u64 *kw = (const __u64 *)&k;\n"
+        f"    __u32 i = {t.name}_home(&k);\n"
+        f"    for (int n = 0; n < {n}_PROBES; n++, i++) {{\n"
+        f"        struct {t.name}_slot *s = {t.name}.lookup(&i);\n"
+        "        if (!s)\n            break;\n"
+        "        __u32 state = *(volatile __u32 *)&s->v.h.action;  // before the key (_slots.c)\n"
+        "        if (!state)\n            break;  // an empty slot ends the search\n"
+        '        asm volatile("" ::: "memory");\n'
+        "        const __u64 *sw = (const __u64 *)&s->k;\n"
+        f"        if (state != SLOT_TOMB && {same}) {{\n"
+        "            v = &s->v;\n            break;\n        }\n    }\n"
     )
 
 

@@ -29,6 +29,8 @@ _C_TYPES = {1: "__u8", 2: "__u16", 4: "__u32", 8: "__u64"}
 PACK_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
 DIRECT_MAX_BITS = 16  # an exact table keyed by one field this narrow is an array
 TERNARY_LIST_FACTOR = 8  # room for a ternary table's per-partition lists, in table sizes
+SLOT_PROBES = 64  # the HASH kind (an open-addressed array): slots a key may be from its home
+SLOT_TOMB = 0xFFFFFFFF  # the HASH kind: a deleted slot's action
 LPM_CACHE_SLOTS = 1024  # per CPU: recent packet keys of an LPM-kind table and their results
 
 

@@ -39,9 +39,9 @@ def arguments(serve: argparse.ArgumentParser) -> None:
         "--flow-table-size",
         type=int,
         metavar="N",
-        help="flow-table entries the node holds (its kernel map's size; default: the "
-        "pipeline's 1048576). About 170 bytes of kernel memory and 90 of the agent's "
-        "each (bench/scale.py at 1M entries)",
+        help="flow-table entries the node holds (default: the pipeline's 1048576). The "
+        "kernel array takes 160 bytes per entry of N at start; the agent about 90 per entry "
+        "held (bench/scale.py at 1M entries)",
     )
     serve.add_argument(
         "--flow-quota",

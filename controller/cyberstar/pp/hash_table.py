@@ -1,9 +1,10 @@
-"""An exact table kept in a BPF hash map, served over P4Runtime without a copy of it.
+"""An exact table kept in the slots of a BPF array (xdp/slots.py), served over P4Runtime
+without a copy of it.
 
-The kernel map is the table: it says whether an entry exists (an INSERT is written with
-BPF_NOEXIST, a MODIFY with BPF_EXIST, and the batch call names the entry it stopped at), it
-holds the action, params, counters and idle state that reads give back, and it is walked chunk
-by chunk for reads and idle scans. The agent keeps only what the map cannot give back: the
+The kernel's memory is the table: it says whether an entry exists (an INSERT is written as new
+only, a MODIFY as existing only, and each refused entry is named), it holds the action, params,
+counters and idle state that reads give back, and it is walked slot range by slot range for
+reads and idle scans. The agent keeps only what the map cannot give back: the
 controller's metadata of each entry (`MetadataStore`), how many entries there are, and per
 tenant for quotas. A table of millions of entries costs the agent tens of bytes an entry.
 """
@@ -29,19 +30,18 @@ from cyberstar.pipeline.entries import TableEntry
 from cyberstar.pipeline.model import ActionScope, Pipeline, Table
 from cyberstar.pp.metadata import MetadataStore
 from cyberstar.pp.quota import FlowQuota
-from cyberstar.xdp import batch
 from cyberstar.xdp.maps import head_names, key_struct, value_struct
-from cyberstar.xdp.program import HashMap, coarse_now_ns
+from cyberstar.xdp.program import coarse_now_ns
+from cyberstar.xdp.slots import EXIST, NOEXIST, SlotTable, SlotWalk
 
 INSERT, MODIFY, DELETE = p4r.Update.INSERT, p4r.Update.MODIFY, p4r.Update.DELETE
 _HEAD_ARGS = ("action", "packets", "bytes", "last_hit_ns", "idle_timeout_ns")
 _INSERT_CODES = {
     errno.EEXIST: (StatusCode.ALREADY_EXISTS, "entry exists"),
-    errno.E2BIG: (StatusCode.RESOURCE_EXHAUSTED, "the table is full"),
-    errno.ENOMEM: (StatusCode.RESOURCE_EXHAUSTED, "no kernel memory for the entry"),
+    errno.E2BIG: (StatusCode.RESOURCE_EXHAUSTED, "no free slot within reach of the key's hash"),
 }
-READ_CHUNK = 1000  # entries a read gathers per step
-SCAN_CHUNK = 8192  # entries an idle scan reads per kernel call
+READ_CHUNK = 2000  # slots a read gathers per step (at most half hold entries)
+SCAN_CHUNK = 16384  # slots an idle scan reads per step
 
 
 @dataclass(slots=True)
@@ -73,7 +73,7 @@ class _Action:
 class IdleScan:
     """Where the walk for idle entries is, and what the last full pass found."""
 
-    walk: batch.Walk | None = None
+    walk: SlotWalk | None = None
     shortest_ns: int = 0  # the shortest idle timeout seen (0: no entry has one)
     pass_shortest_ns: int = 0
     inserted_ns: list[int] = field(default_factory=list)  # timeouts written since the pass began
@@ -83,7 +83,7 @@ class IdleScan:
 
 class HashTable:
     def __init__(
-        self, pipeline: Pipeline, table: Table, kmap: HashMap, prog, quota: FlowQuota | None
+        self, pipeline: Pipeline, table: Table, kmap: SlotTable, prog, quota: FlowQuota | None
     ) -> None:
         self.pipeline = pipeline
         self.table = table
@@ -301,7 +301,7 @@ class HashTable:
             ks, vs = self.kmap.key_size, self.kmap.value_size
             keys = b"".join(keys[i * ks : (i + 1) * ks] for i in admitted)
             values = b"".join(values[i * vs : (i + 1) * vs] for i in admitted)
-        refused = self._write_packed(keys, values, len(admitted), batch.BPF_NOEXIST, _INSERT_CODES)
+        refused = self._write_packed(keys, values, len(admitted), NOEXIST, _INSERT_CODES)
         failed = {admitted[i] for i, _ in refused}
         errors += [(admitted[i], err) for i, err in refused]
         written = [i for i in admitted if i not in failed] if failed else admitted
@@ -348,7 +348,7 @@ class HashTable:
         errors += [(items[i].index, err) for i, err in refusals]
         value = self._value
         values = b"".join(value(u, *(u.counters or (0, 0)), now) for u in accepted)
-        written = self._write(accepted, values, batch.BPF_NOEXIST, errors, _INSERT_CODES)
+        written = self._write(accepted, values, NOEXIST, errors, _INSERT_CODES)
         self.count += len(written)
         if self.quota is not None:
             for tenant, n in Counter(u.tenant for u in written).items():
@@ -370,7 +370,7 @@ class HashTable:
             packets, nbytes = u.counters or (head.get("packets", 0), head.get("bytes", 0))
             values.append(self._value(u, packets, nbytes, head.get("last_hit_ns", now)))
             present.append(u)
-        written = self._write(present, b"".join(values), batch.BPF_EXIST, errors, {
+        written = self._write(present, b"".join(values), EXIST, errors, {
             errno.ENOENT: (StatusCode.NOT_FOUND, "no such entry"),
         })  # fmt: skip
         self._kept(written, replace_metadata=True)
@@ -385,7 +385,7 @@ class HashTable:
         """Delete `count` packed keys (of these tenants); each missing one gets its error."""
         ksize, start, deleted = self.kmap.key_size, 0, []
         while start < count:
-            n, err = batch.delete(self.kmap.fd, keys, ksize, start, count - start)
+            n, err = self.kmap.delete(keys, start, count - start)
             deleted += range(start, start + n)
             start += n
             if err:
@@ -415,8 +415,7 @@ class HashTable:
                       codes: dict[int, tuple[StatusCode, str]]
                       ) -> list[tuple[int, P4RuntimeError]]:  # fmt: skip
         """Write `count` packed entries; (position, error) of each the kernel refuses."""
-        refused = batch.update(self.kmap.fd, keys, values, self.kmap.key_size,
-                               self.kmap.value_size, count, flags)  # fmt: skip
+        refused = self.kmap.update(keys, values, count, flags)
         out = []
         for i, err in refused:
             code, message = codes.get(err, (StatusCode.INTERNAL, os.strerror(err)))
@@ -484,7 +483,7 @@ class HashTable:
             if raw is not None:
                 yield from self._entities([key], [raw], action, counters, idle)
             return
-        walk = batch.Walk(self.kmap.fd, self.kmap.key_size, self.kmap.value_size, READ_CHUNK)
+        walk = self.kmap.walk(READ_CHUNK)
         ksize, vsize = self.kmap.key_size, self.kmap.value_size
         while not walk.done:
             kraw, vraw, n = walk.next()
@@ -519,8 +518,7 @@ class HashTable:
         if not scan.shortest_ns:
             return []
         if scan.walk is None:
-            scan.walk = batch.Walk(self.kmap.fd, self.kmap.key_size, self.kmap.value_size,
-                                   SCAN_CHUNK)  # fmt: skip
+            scan.walk = self.kmap.walk(SCAN_CHUNK)
             scan.pass_shortest_ns = 0
             scan.inserted_ns = []
         expired: list[bytes] = []
@@ -556,17 +554,12 @@ class HashTable:
         keys = [kraw[i * ksize : (i + 1) * ksize] for i in hits.tolist()]
         values = [vraw[i * vsize : (i + 1) * vsize] for i in hits.tolist()]
         entities = list(self._entities(keys, values, 0, False, False))
-        self._reset_timers(b"".join(keys), b"".join(values), len(keys), now)
+        self._reset_timers(b"".join(keys), len(keys), now)
         return entities
 
-    def _reset_timers(self, keys: bytes, values: bytes, n: int, now: int) -> None:
-        """Last hit = now, for entries still in the map (BPF_EXIST skips deleted ones)."""
-        # Set the field in place: copying the structured array would zero the bytes between
-        # its fields (the action and params), and write them back so.
-        raw = bytearray(values)
-        np.frombuffer(raw, dtype=self._now_cols)["last_hit_ns"] = now
-        batch.update(self.kmap.fd, keys, bytes(raw), self.kmap.key_size,
-                     self.kmap.value_size, n, batch.BPF_EXIST)  # fmt: skip
+    def _reset_timers(self, keys: bytes, n: int, now: int) -> None:
+        """Last hit = now, for entries still in the table."""
+        self.kmap.touch(keys, n, self.lay.value_head.member("last_hit_ns").offset, now)
 
 
 def _head_dtype(lay, value_size: int) -> np.dtype:

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from cyberstar.codegen.xdp import QUOTA_MAP, size_macro
@@ -36,6 +35,7 @@ from cyberstar.pipeline.frames import Punted
 from cyberstar.pipeline.meters import Gcra, MeterConfig, gcra_pair
 from cyberstar.pipeline.model import Pipeline
 from cyberstar.pipeline.pp import PIPELINE
+from cyberstar.xdp.slots import SlotTable, new_seed
 from cyberstar.xdp.tables import TableMaps
 from cyberstar.xdp.testrun import MIN_FRAME, ProgRunResult, prog_test_run, run_replay
 
@@ -58,14 +58,6 @@ CLOCK_MONOTONIC_COARSE = 6  # the clock bpf_ktime_get_coarse_ns reads
 def coarse_now_ns() -> int:
     """Now on the data plane's clock (what `last_hit_ns` is stamped with)."""
     return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
-
-
-@dataclass(frozen=True)
-class HashMap:
-    fd: int
-    key_size: int
-    value_size: int
-    capacity: int  # max_entries
 
 
 class XdpLoadError(RuntimeFailure):
@@ -125,6 +117,11 @@ class XdpProgram(TableMaps):
             try:
                 self.source = source or xdp_source()
                 sizes = [f"-D{size_macro(t)}={n}" for t, n in (table_sizes or {}).items()]
+                seeds = {
+                    t.name: new_seed() for t in pipeline.tables
+                    if table_layout(pipeline, t.name).kind is TableKind.HASH
+                }  # fmt: skip
+                sizes += [f"-D{t.upper()}_SEED={seed}ULL" for t, seed in seeds.items()]
                 self.bpf = BPF(text=self.source.encode(), cflags=["-Wno-unused-function", *sizes])
                 self.fn = self.bpf.load_func(PROGRAM_NAME.encode(), BPF.XDP)
             except Exception as exc:
@@ -134,7 +131,7 @@ class XdpProgram(TableMaps):
                 ) from None
         log_path.unlink(missing_ok=True)
         self._check_layouts()
-        self._init_tables()
+        self._init_tables(seeds)
         self._open_replay()
         self._port_slots: dict[int, int] = {}  # slot of `ports` → the ifindex it holds
         self._configured_meters: dict[str, set[int]] = {}
@@ -146,15 +143,10 @@ class XdpProgram(TableMaps):
     def _map(self, name: str):
         return self.bpf[name.encode()]
 
-    def hash_map(self, name: str) -> HashMap | None:
-        """The kernel side of an exact table kept in a BPF hash map, whose values are the
-        entry values (None for other kinds of table)."""
-        if table_layout(self.pipeline, name).kind is not TableKind.HASH:
-            return None
-        table = self._map(name)
-        return HashMap(
-            table.map_fd, ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf), table.max_entries
-        )
+    def hash_map(self, name: str) -> SlotTable | None:
+        """The kernel side of an exact table kept in slots of a BPF array, whose values are
+        the entry values (None for other kinds of table)."""
+        return self.slot_tables.get(name)
 
     @property
     def fd(self) -> int:
@@ -429,4 +421,6 @@ class XdpProgram(TableMaps):
         self.detach_all()
         with self._replay_lock:
             self._slots.close()
+        for table in self.slot_tables.values():
+            table.close()
         self.bpf.cleanup()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import os
 from collections import Counter
 from collections.abc import Iterable
 
@@ -34,8 +35,7 @@ from cyberstar.xdp.maps import (
     prefix_len_of,
     to_map_value,
 )
-
-BATCH = 65536  # entries per BPF_MAP_UPDATE_BATCH call
+from cyberstar.xdp.slots import ANY, SlotTable
 
 
 class TableMaps:
@@ -46,7 +46,9 @@ class TableMaps:
     def _map(self, name: str):  # provided by XdpProgram
         raise NotImplementedError
 
-    def _init_tables(self) -> None:
+    def _init_tables(self, seeds: dict[str, int]) -> None:
+        """`seeds`: the hash seed each slot table's program was compiled with."""
+        self.slot_tables: dict[str, SlotTable] = {}
         self._ternary: dict[str, list[TableEntry]] = {}
         self._ternary_slots: dict[str, dict[tuple, int]] = {}
         self._lpm_slots: dict[str, dict[bytes, int]] = {}
@@ -69,11 +71,19 @@ class TableMaps:
                 self._lengths[t.name] = Counter()
             elif lay.kind is TableKind.DIRECT:
                 self._direct_used[t.name] = set()
+            elif lay.kind is TableKind.HASH:
+                table = self._map(t.name)
+                self.slot_tables[t.name] = SlotTable(
+                    table.map_fd, table.max_entries, lay.key.size, lay.value_size,
+                    lay.value_head.member("action").offset, seeds[t.name],
+                )  # fmt: skip
 
     def map_sizes(self, lay: TableLayout) -> tuple[int, int]:
         """(key, value) sizes the table's map must have."""
         if lay.kind is TableKind.TERNARY:
             return 4, map_entry_offsets(lay)["size"]
+        if lay.kind is TableKind.HASH:  # an array of key + value slots
+            return 4, lay.key.size + lay.map_value_size
         return lay.key.size, lay.map_value_size
 
     # ---- entries in --------------------------------------------------------------------
@@ -118,20 +128,16 @@ class TableMaps:
         self.write_raw(name, keys, values, len(entries))
 
     def write_raw(self, name: str, keys: bytes, values: bytes, count: int) -> None:
-        """Upsert `count` encoded keys and entry values. Flow (hash) tables take one
-        BPF_MAP_UPDATE_BATCH call per chunk; the others one update per entry."""
+        """Upsert `count` encoded keys and entry values. Flow (slot) tables are written in
+        place (xdp/slots.py); the others take one map update per entry."""
         lay = table_layout(self.pipeline, name)
         table = self._map(name)
         ksize, vsize = lay.key.size, lay.value_size
         if lay.kind is TableKind.HASH:
-            if count == 1:
-                table[table.Key.from_buffer_copy(keys)] = table.Leaf.from_buffer_copy(values)
-                return
-            for start in range(0, count, BATCH):
-                n = min(BATCH, count - start)
-                ct_keys = (table.Key * n).from_buffer_copy(keys, start * ksize)
-                ct_values = (table.Leaf * n).from_buffer_copy(values, start * vsize)
-                table.items_update_batch(ct_keys, ct_values)
+            refused = self.slot_tables[name].update(keys, values, count, ANY)
+            if refused:
+                i, err = refused[0]
+                raise OSError(err, f"{name}: entry {i} of {count}: {os.strerror(err)}")
             return
         try:
             for i in range(count):
@@ -183,12 +189,9 @@ class TableMaps:
         table = self._map(name)
         ksize = lay.key.size
         if lay.kind is TableKind.HASH:
-            if count == 1:
-                del table[table.Key.from_buffer_copy(keys)]
-                return
-            for start in range(0, count, BATCH):
-                n = min(BATCH, count - start)
-                table.items_delete_batch((table.Key * n).from_buffer_copy(keys, start * ksize))
+            deleted, err = self.slot_tables[name].delete(keys, 0, count)
+            if err:
+                raise KeyError(f"{name}: entry {deleted} of {count} is not in the table")
             return
         for i in range(count):
             key = keys[i * ksize : (i + 1) * ksize]
@@ -242,13 +245,13 @@ class TableMaps:
     def lookup_raw(self, name: str, key: bytes) -> bytes | None:
         """The entry value under `key`, or None."""
         lay = table_layout(self.pipeline, name)
+        if lay.kind is TableKind.HASH:
+            return self.slot_tables[name].lookup(key)
         table = self._map(name)
         try:
             value = bytes(table[table.Key.from_buffer_copy(key)])
         except KeyError:
             return None
-        if lay.kind is TableKind.HASH:
-            return value
         if lay.kind is TableKind.DIRECT and not lay.map_head.unpack(value)["action"]:
             return None
         return self._entry_value(lay, value, self._slot_of(lay, key))
@@ -349,7 +352,7 @@ class TableMaps:
                 keys = list(self._lpm_slots[t.name])
                 self.delete_raw(t.name, b"".join(keys), len(keys))
             else:
-                self._map(t.name).clear()
+                self.slot_tables[t.name].clear()
         self.install_defaults()
 
     def install_defaults(self) -> None:

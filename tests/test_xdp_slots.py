@@ -1,0 +1,202 @@
+"""The flow table's open-addressed slots (xdp/slots.py, _slots.c): the writer against a dict,
+its deleted slots reclaimed under churn, walks across moving entries, and the program's search
+against the reference model after inserts, moves and deletes."""
+
+from __future__ import annotations
+
+import errno
+import random
+
+import pytest
+
+from cyberstar import packets
+from cyberstar.pipeline.entries import build_entry
+from cyberstar.pipeline.pp import PIPELINE
+from cyberstar.targets.ref import RefTarget
+from cyberstar.xdp.maps import encode_key, encode_value
+from cyberstar.xdp.slots import ANY, EXIST, NOEXIST, PROBES, SlotTable, home
+
+pytestmark = pytest.mark.root
+
+KEY, VALUE = 16, 16  # the test table's slot: a 16-byte key, a value with its action first
+M64 = (1 << 64) - 1
+
+
+def documented_home(key: bytes, seed: int, slots: int) -> int:
+    """The hash as xdp/slots.py documents it, written out again."""
+    h = seed
+    for i in range(0, len(key), 8):
+        h = ((h ^ int.from_bytes(key[i : i + 8], "little")) * 0x9E3779B97F4A7C15) & M64
+        h ^= h >> 32
+    return ((h >> 32) * slots) >> 32
+
+
+def small_table(capacity: int, seed: int = 7) -> SlotTable:
+    """A slot table of `capacity` entries in a real mmapable BPF array."""
+    from bcc import BPF
+
+    entries = 2 * capacity + PROBES - 1
+    bpf = BPF(text=(
+        f"struct slot {{ __u8 b[{KEY + VALUE}]; }};\n"
+        f'BPF_F_TABLE("array", u32, struct slot, t, {entries}, BPF_F_MMAPABLE);'
+    ).encode())  # fmt: skip
+    table = SlotTable(bpf[b"t"].map_fd, entries, KEY, VALUE, 0, seed)
+    table.bpf = bpf  # keeps the map open
+    return table
+
+
+def key_of(n: int) -> bytes:
+    return n.to_bytes(4, "big") + bytes(12)
+
+
+def value_of(action: int, tag: int = 0) -> bytes:
+    return action.to_bytes(4, "little") + bytes(4) + tag.to_bytes(8, "little")
+
+
+def test_the_home_slot_is_the_documented_hash() -> None:
+    rng = random.Random(1)
+    for _ in range(2000):
+        key = rng.randbytes(16)
+        seed, slots = rng.getrandbits(64), rng.randrange(1, 1 << 32)
+        assert home(key, seed, slots) == documented_home(key, seed, slots)
+
+
+def test_writes_and_lookups_agree_with_a_dict() -> None:
+    """INSERT (new keys only), MODIFY (existing only), upsert and DELETE of 128 keys crowded
+    into a table of 128 entries, in random order: each refusal and each lookup as a dict says."""
+    table = small_table(128)
+    rng = random.Random(2)
+    oracle: dict[bytes, bytes] = {}
+    for step in range(4000):
+        key = key_of(rng.randrange(128))
+        op = rng.choice(["insert", "modify", "upsert", "delete"])
+        value = value_of(rng.randrange(1, 5), step)
+        if op == "delete":
+            deleted, err = table.delete(key, 0, 1)
+            assert (deleted, err) == ((1, 0) if key in oracle else (0, errno.ENOENT))
+            oracle.pop(key, None)
+            continue
+        flags = {"insert": NOEXIST, "modify": EXIST, "upsert": ANY}[op]
+        refused = table.update(key, value, 1, flags)
+        if op == "insert" and key in oracle:
+            assert refused == [(0, errno.EEXIST)]
+        elif op == "modify" and key not in oracle:
+            assert refused == [(0, errno.ENOENT)]
+        else:
+            assert refused == []
+            oracle[key] = value
+        if step % 100 == 0:
+            for n in range(128):
+                assert table.lookup(key_of(n)) == oracle.get(key_of(n))
+    keys, values, n = table.entries(0, table.length)
+    found = {keys[i * KEY : (i + 1) * KEY]: values[i * VALUE : (i + 1) * VALUE] for i in range(n)}
+    assert n == len(found) and found == oracle  # every entry once, in one slot
+
+
+def test_deleted_slots_are_reclaimed_under_churn() -> None:
+    """Half full, then twenty times its size in deletes and inserts: marking deleted slots
+    without ever emptying them would leave every free slot deleted (about half the slots) and
+    each miss would search all PROBES slots."""
+    capacity = 4096
+    table = small_table(capacity)
+    rng = random.Random(3)
+    live = list(range(capacity))
+    for n in live:
+        assert table.update(key_of(n), value_of(1), 1, NOEXIST) == []
+    fresh = capacity
+    for _ in range(20 * capacity):
+        gone = live.pop(rng.randrange(len(live)))
+        assert table.delete(key_of(gone), 0, 1) == (1, 0)
+        assert table.update(key_of(fresh), value_of(1), 1, NOEXIST) == []
+        live.append(fresh)
+        fresh += 1
+    entries, tombs = table.used_slots()
+    assert entries == capacity
+    assert tombs < 0.25 * table.slots, f"{tombs} of {table.slots} slots deleted, not reclaimed"
+    actions = table._actions
+    lengths = []
+    for n in range(10**7, 10**7 + 2000):  # absent keys: a search runs to the first empty slot
+        start = home(key_of(n), table.seed, table.slots)
+        window = actions[start : start + PROBES]
+        empty = [i for i, a in enumerate(window) if a == 0]
+        lengths.append(empty[0] + 1 if empty else PROBES)
+    assert sum(lengths) / len(lengths) < 8
+    assert all(table.lookup(key_of(n)) == value_of(1) for n in live)
+
+
+def test_a_walk_sees_each_entry_once_while_modifies_move_them() -> None:
+    table = small_table(1024)
+    keys = [key_of(n) for n in range(900)]
+    for k in keys:
+        assert table.update(k, value_of(1), 1, NOEXIST) == []
+    walk = table.walk(64)
+    seen: list[bytes] = []
+    step = 0
+    while not walk.done:
+        kraw, _, n = walk.next()
+        seen += [kraw[i * KEY : (i + 1) * KEY] for i in range(n)]
+        step += 1
+        if step % 4 == 0:  # every entry modified: each moves to another slot of its window
+            for k in keys:
+                assert table.update(k, value_of(2 + step % 3), 1, EXIST) == []
+    assert sorted(seen) == sorted(keys)
+
+
+def test_the_program_finds_what_the_agent_wrote(xdp_target) -> None:
+    """3 000 flows written, a third deleted and a fifth modified (moved to another slot) in the
+    program's flow table; a packet of each goes where the reference model, given the same
+    final entries, sends it."""
+    prog = xdp_target.prog
+    prog.clear()
+    hops = [
+        build_entry(PIPELINE, "next_hop", {"nexthop_id": n}, "set_next_hop",
+                    {"port": n, "smac": "02:00:00:00:00:01", "dmac": "02:00:00:00:00:02"})
+        for n in (1, 2, 3)
+    ]  # fmt: skip
+    classify = build_entry(PIPELINE, "tenant_classify",
+                           {"ingress_port": 1, "vni": 0, "dst_addr": "10.1.0.0/16"},
+                           "set_tenant", {"tenant_id": 1})  # fmt: skip
+
+    def flow(n: int, hop: int):
+        return build_entry(
+            PIPELINE, "flow_table",
+            {"tenant_id": 1, "src_addr": f"192.168.{n >> 8}.{n & 255}", "dst_addr": "10.1.0.5",
+             "protocol": 6, "src_port": 40000, "dst_port": 80},
+            "forward", {"nexthop_id": hop},
+        )  # fmt: skip
+
+    flows = {n: flow(n, 1 + n % 3) for n in range(3000)}
+    xdp_target.install([*hops, classify, *flows.values()])
+    gone = [flows.pop(n) for n in range(0, 3000, 3)]
+    prog.delete_raw("flow_table", b"".join(encode_key(PIPELINE, e) for e in gone), len(gone))
+    moved = {n: flow(n, 1 + (n + 1) % 3) for n in list(flows)[::5]}
+    flows.update(moved)
+    prog.write_raw(
+        "flow_table",
+        b"".join(encode_key(PIPELINE, e) for e in moved.values()),
+        b"".join(encode_value(PIPELINE, e) for e in moved.values()),
+        len(moved),
+    )
+    ref = RefTarget()
+    ref.install([*hops, classify, *flows.values()])
+    for n in range(3000):
+        data = packets.tcp_frame("02:00:00:00:00:0a", "02:00:00:00:00:01",
+                                 f"192.168.{n >> 8}.{n & 255}", "10.1.0.5", 40000, 80,
+                                 b"x" * 6, flags=0x10)  # fmt: skip
+        assert xdp_target.process(data, 1) == ref.process(data, 1), f"flow {n}"
+    assert prog.slot_tables["flow_table"].used_slots()[0] == len(flows)
+
+
+def test_garbage_geometry_and_short_buffers_are_refused() -> None:
+    from cyberstar.xdp import _slots
+
+    table = small_table(16)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        _slots.update(table.mem, (32, PROBES, 12, VALUE, 0, 0), b"", b"", 0, ANY, False)
+    with pytest.raises(ValueError, match="need"):
+        _slots.find(table.mem, (1 << 20, PROBES, KEY, VALUE, 0, 0), bytes(KEY))
+    with pytest.raises(ValueError, match="expected 32 bytes"):
+        table.update(bytes(KEY), value_of(1), 2, ANY)
+    with pytest.raises(ValueError, match="flags"):
+        table.update(bytes(KEY), value_of(1), 1, 7)
+    assert table.update(bytes(KEY), value_of(0), 1, ANY) == [(0, errno.EINVAL)]  # not an action
