@@ -91,6 +91,8 @@ def test_writes_and_lookups_agree_with_a_dict() -> None:
     keys, values, n = table.entries(0, table.length)
     found = {keys[i * KEY : (i + 1) * KEY]: values[i * VALUE : (i + 1) * VALUE] for i in range(n)}
     assert n == len(found) and found == oracle  # every entry once, in one slot
+    actions = table._actions
+    assert n == sum(1 for a in actions if a not in (0, 0xFFFFFFFF))  # the live map is the array's
 
 
 def test_deleted_slots_are_reclaimed_under_churn() -> None:
@@ -192,7 +194,9 @@ def test_garbage_geometry_and_short_buffers_are_refused() -> None:
 
     table = small_table(16)
     with pytest.raises(ValueError, match="multiple of 8"):
-        _slots.update(table.mem, (32, PROBES, 12, VALUE, 0, 0), b"", b"", 0, ANY, False)
+        _slots.update(table.mem, table._live, (32, PROBES, 12, VALUE, 0, 0), b"", b"", 0, ANY, 0)
+    with pytest.raises(ValueError, match="live-slot map"):
+        _slots.delete(table.mem, bytearray(3), table.geometry, bytes(KEY), 0, 1)
     with pytest.raises(ValueError, match="need"):
         _slots.find(table.mem, (1 << 20, PROBES, KEY, VALUE, 0, 0), bytes(KEY))
     with pytest.raises(ValueError, match="expected 32 bytes"):

@@ -12,12 +12,14 @@
  * stores in order and loads in order, which the program's reads rely on.
  *
  * home(key, seed, slots) -> slot
- * update(mem, geometry, keys, values, count, flags, want_moves) -> ([(position, errno)],
- *                                                                  [(position, old, new)])
- * delete(mem, geometry, keys, start, count) -> (deleted, errno)
+ * update(mem, live, geometry, keys, values, count, flags, want_moves)
+ *     -> ([(position, errno)], [(position, old slot, new slot)])
+ * delete(mem, live, geometry, keys, start, count) -> (deleted, errno)
  * find(mem, geometry, key) -> slot or -1
  * touch(mem, geometry, keys, count, value_offset, u64) -> stored
- *   geometry: (slots, probes, key_size, value_size, action_offset, seed)
+ *   geometry: (slots, probes, key_size, value_size, action_offset, seed); live: a byte per
+ *   slot, 1 where an entry is, which the writes keep (the agent's walks read it, not the
+ *   array: a scan of the actions touches a line per slot)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -35,6 +37,7 @@ struct geometry {
     uint64_t slots, probes, ksize, vsize, action_off, seed;
     uint64_t length, slot_size;
     char *mem;
+    uint8_t *live;  // the agent's copy of which slots hold an entry (walks read it), or NULL
 };
 
 static uint32_t home_of(const char *key, uint64_t ksize, uint64_t seed, uint64_t slots) {
@@ -71,6 +74,7 @@ static int parse_geometry(PyObject *geo, Py_buffer *mem, struct geometry *g) {
         return -1;
     }
     g->mem = mem->buf;
+    g->live = NULL;
     return 0;
 }
 
@@ -132,6 +136,8 @@ static void write_slot(const struct geometry *g, uint64_t i, const char *key, co
            g->vsize - g->action_off - 4);
     memcpy(&action, value + g->action_off, 4);
     __atomic_store_n(action_at(g, i), action, __ATOMIC_RELEASE);
+    if (g->live)
+        g->live[i] = 1;
 }
 
 /* Does an entry behind deleted slot `t` (up to the next empty slot) need searches to pass it? */
@@ -159,6 +165,8 @@ static void reclaim(const struct geometry *g, uint64_t t) {
 
 static void remove_at(const struct geometry *g, uint64_t i) {
     __atomic_store_n(action_at(g, i), TOMB, __ATOMIC_RELEASE);
+    if (g->live)
+        g->live[i] = 0;
     reclaim(g, i);
 }
 
@@ -201,6 +209,19 @@ static int parse_common(PyObject *geo, Py_buffer *mem, struct geometry *g) {
     return parse_geometry(geo, mem, g);
 }
 
+/* The writes' geometry, with the live-slot map the writer keeps up to date. */
+static int parse_writer(PyObject *geo, Py_buffer *mem, Py_buffer *live, struct geometry *g) {
+    if (parse_common(geo, mem, g))
+        return -1;
+    if (live->readonly || (uint64_t)live->len < g->length) {
+        PyErr_Format(PyExc_ValueError, "the live-slot map: expected %llu writable bytes, found "
+                     "%zd", (unsigned long long)g->length, live->len);
+        return -1;
+    }
+    g->live = live->buf;
+    return 0;
+}
+
 static int check_packed(const Py_buffer *b, Py_ssize_t size, Py_ssize_t count, const char *what) {
     if (count < 0 || count > b->len / size) {
         PyErr_Format(PyExc_ValueError, "%zd %s of %zd bytes: expected %zd bytes, found %zd",
@@ -226,18 +247,18 @@ static PyObject *py_home(PyObject *Py_UNUSED(m), PyObject *args) {
 }
 
 static PyObject *py_update(PyObject *Py_UNUSED(m), PyObject *args) {
-    Py_buffer mem, keys, values;
+    Py_buffer mem, live, keys, values;
     PyObject *geo;
     Py_ssize_t count;
     int flags, want_moves;
-    if (!PyArg_ParseTuple(args, "w*O!y*y*nip", &mem, &PyTuple_Type, &geo, &keys, &values, &count,
-                          &flags, &want_moves))
+    if (!PyArg_ParseTuple(args, "w*w*O!y*y*nip", &mem, &live, &PyTuple_Type, &geo, &keys,
+                          &values, &count, &flags, &want_moves))
         return NULL;
     PyObject *refused = NULL, *moves = NULL, *out = NULL;
     int *errs = NULL;
     int64_t *from = NULL, *to = NULL;
     struct geometry g;
-    if (parse_common(geo, &mem, &g) || check_packed(&keys, g.ksize, count, "keys") ||
+    if (parse_writer(geo, &mem, &live, &g) || check_packed(&keys, g.ksize, count, "keys") ||
         check_packed(&values, g.vsize, count, "values"))
         goto done;
     if (flags != ANY && flags != NOEXIST && flags != EXIST) {
@@ -294,20 +315,22 @@ done:
     PyMem_RawFree(from);
     PyMem_RawFree(to);
     PyBuffer_Release(&mem);
+    PyBuffer_Release(&live);
     PyBuffer_Release(&keys);
     PyBuffer_Release(&values);
     return out;
 }
 
 static PyObject *py_delete(PyObject *Py_UNUSED(m), PyObject *args) {
-    Py_buffer mem, keys;
+    Py_buffer mem, live, keys;
     PyObject *geo;
     Py_ssize_t start, count;
-    if (!PyArg_ParseTuple(args, "w*O!y*nn", &mem, &PyTuple_Type, &geo, &keys, &start, &count))
+    if (!PyArg_ParseTuple(args, "w*w*O!y*nn", &mem, &live, &PyTuple_Type, &geo, &keys, &start,
+                          &count))
         return NULL;
     PyObject *out = NULL;
     struct geometry g;
-    if (parse_common(geo, &mem, &g) || start < 0 ||
+    if (parse_writer(geo, &mem, &live, &g) || start < 0 ||
         check_packed(&keys, g.ksize, start + count, "keys"))
         goto done;
     Py_ssize_t deleted = 0;
@@ -326,6 +349,7 @@ static PyObject *py_delete(PyObject *Py_UNUSED(m), PyObject *args) {
     out = Py_BuildValue("(ni)", deleted, err);
 done:
     PyBuffer_Release(&mem);
+    PyBuffer_Release(&live);
     PyBuffer_Release(&keys);
     return out;
 }
@@ -385,9 +409,9 @@ done:
 static PyMethodDef methods[] = {
     {"home", py_home, METH_VARARGS, "home(key, seed, slots) -> the key's home slot"},
     {"update", py_update, METH_VARARGS,
-     "update(mem, geometry, keys, values, count, flags, want_moves) -> (refused, moves)"},
+     "update(mem, live, geometry, keys, values, count, flags, want_moves) -> (refused, moves)"},
     {"delete", py_delete, METH_VARARGS,
-     "delete(mem, geometry, keys, start, count) -> (deleted, errno)"},
+     "delete(mem, live, geometry, keys, start, count) -> (deleted, errno)"},
     {"find", py_find, METH_VARARGS, "find(mem, geometry, key) -> slot or -1"},
     {"touch", py_touch, METH_VARARGS,
      "touch(mem, geometry, keys, count, value_offset, value) -> entries stored"},

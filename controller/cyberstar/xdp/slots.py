@@ -64,6 +64,7 @@ class SlotTable:
         self._actions = np.ndarray(
             (map_entries,), "<u4", self.mem, key_size + action_offset, (self.slot_size,)
         )
+        self._live = np.zeros(map_entries, np.uint8)  # 1 where an entry is (kept by _slots.c)
         self._walks: weakref.WeakSet[SlotWalk] = weakref.WeakSet()
 
     # ---- writes -------------------------------------------------------------------------------
@@ -74,7 +75,7 @@ class SlotTable:
         window)."""
         walks = list(self._walks)
         refused, moves = _slots.update(
-            self.mem, self.geometry, keys, values, count, flags, bool(walks)
+            self.mem, self._live, self.geometry, keys, values, count, flags, bool(walks)
         )
         ks = self.key_size
         for i, old, new in moves:
@@ -85,7 +86,7 @@ class SlotTable:
     def delete(self, keys: bytes, start: int, count: int) -> tuple[int, int]:
         """Delete entries `start`..`start+count` of the packed `keys`, stopping at the first
         missing one: (deleted, ENOENT or 0)."""
-        return _slots.delete(self.mem, self.geometry, keys, start, count)
+        return _slots.delete(self.mem, self._live, self.geometry, keys, start, count)
 
     def touch(self, keys: bytes, count: int, offset: int, value: int) -> int:
         """Store the u64 `value` at `offset` of the values of those of the `count` keys present
@@ -94,6 +95,7 @@ class SlotTable:
 
     def clear(self) -> None:
         self._actions[:] = 0
+        self._live[:] = 0
 
     # ---- reads --------------------------------------------------------------------------------
 
@@ -110,17 +112,14 @@ class SlotTable:
 
     def entries(self, start: int, stop: int) -> tuple[bytes, bytes, int]:
         """Packed keys and values of the entries in slots `start`..`stop`, and their count."""
-        actions = self._actions[start:stop]
-        at = np.flatnonzero((actions != 0) & (actions != TOMB)) + start
+        at = np.flatnonzero(self._live[start:stop]) + start
         rows = self._rows[at]
         ks = self.key_size
         return rows[:, :ks].tobytes(), rows[:, ks:].tobytes(), len(at)
 
     def used_slots(self) -> tuple[int, int]:
         """(entries, deleted slots still needed by searches)."""
-        actions = self._actions
-        tombs = int(np.count_nonzero(actions == TOMB))
-        return int(np.count_nonzero(actions)) - tombs, tombs
+        return int(np.count_nonzero(self._live)), int(np.count_nonzero(self._actions == TOMB))
 
     def walk(self, chunk: int) -> SlotWalk:
         """A walk over the entries, `chunk` slots a step."""
