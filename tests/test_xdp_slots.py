@@ -88,7 +88,8 @@ def test_writes_and_lookups_agree_with_a_dict() -> None:
         if step % 100 == 0:
             for n in range(128):
                 assert table.lookup(key_of(n)) == oracle.get(key_of(n))
-    keys, values, n = table.entries(0, table.length)
+    keys, values, n, end = table.entries(0, table.length)
+    assert end == table.length
     found = {keys[i * KEY : (i + 1) * KEY]: values[i * VALUE : (i + 1) * VALUE] for i in range(n)}
     assert n == len(found) and found == oracle  # every entry once, in one slot
     actions = table._actions
@@ -204,3 +205,22 @@ def test_garbage_geometry_and_short_buffers_are_refused() -> None:
     with pytest.raises(ValueError, match="flags"):
         table.update(bytes(KEY), value_of(1), 1, 7)
     assert table.update(bytes(KEY), value_of(0), 1, ANY) == [(0, errno.EINVAL)]  # not an action
+
+
+def test_a_key_with_no_free_slot_in_reach_is_refused_and_nothing_else_is_lost() -> None:
+    """A table of 8 entries has 16 home slots and 16 + 63 slots in all: of 100 keys, at least
+    21 find no free slot within PROBES of their home (E2BIG, which the device answers
+    RESOURCE_EXHAUSTED); every key written is there, and no refused one."""
+    table = small_table(8)
+    refused = table.update(
+        b"".join(key_of(n) for n in range(100)),
+        b"".join(value_of(1, n) for n in range(100)),
+        100,
+        NOEXIST,
+    )
+    assert len(refused) >= 100 - table.length
+    assert all(err == errno.E2BIG for _, err in refused)
+    kept = set(range(100)) - {i for i, _ in refused}
+    assert len(kept) <= table.length
+    assert all(table.lookup(key_of(n)) == value_of(1, n) for n in kept)
+    assert all(table.lookup(key_of(i)) is None for i, _ in refused)

@@ -40,8 +40,8 @@ _INSERT_CODES = {
     errno.EEXIST: (StatusCode.ALREADY_EXISTS, "entry exists"),
     errno.E2BIG: (StatusCode.RESOURCE_EXHAUSTED, "no free slot within reach of the key's hash"),
 }
-READ_CHUNK = 2000  # slots a read gathers per step (at most half hold entries)
-SCAN_CHUNK = 16384  # slots an idle scan reads per step
+READ_CHUNK = 1000  # entries a read gathers per step
+SCAN_CHUNK = 8192  # entries an idle scan reads per step
 
 
 @dataclass(slots=True)

@@ -30,6 +30,7 @@ from cyberstar.codegen.xdp_layout import SLOT_TOMB as TOMB
 from cyberstar.xdp import _slots
 
 ANY, NOEXIST, EXIST = 0, 1, 2  # update flags, as BPF's
+SCAN_BLOCK = 65536  # slots of the live map a walk scans at a time
 
 
 def new_seed() -> int:
@@ -110,19 +111,29 @@ class SlotTable:
             return None
         return self._rows[at, self.key_size :].tobytes()
 
-    def entries(self, start: int, stop: int) -> tuple[bytes, bytes, int]:
-        """Packed keys and values of the entries in slots `start`..`stop`, and their count."""
-        at = np.flatnonzero(self._live[start:stop]) + start
-        rows = self._rows[at]
+    def entries(self, start: int, count: int) -> tuple[bytes, bytes, int, int]:
+        """Packed keys and values of up to `count` entries in the slots from `start` on, their
+        number, and the slot after the last one looked at."""
+        found, n, pos = [], 0, start
+        while pos < self.length and n < count:
+            stop = min(pos + SCAN_BLOCK, self.length)
+            at = np.flatnonzero(self._live[pos:stop])
+            if n + len(at) >= count:
+                at = at[: count - n]
+                stop = pos + int(at[-1]) + 1
+            found.append(at + pos)
+            n += len(at)
+            pos = stop
+        rows = self._rows[np.concatenate(found)] if found else self._rows[:0]
         ks = self.key_size
-        return rows[:, :ks].tobytes(), rows[:, ks:].tobytes(), len(at)
+        return rows[:, :ks].tobytes(), rows[:, ks:].tobytes(), n, pos
 
     def used_slots(self) -> tuple[int, int]:
         """(entries, deleted slots still needed by searches)."""
         return int(np.count_nonzero(self._live)), int(np.count_nonzero(self._actions == TOMB))
 
     def walk(self, chunk: int) -> SlotWalk:
-        """A walk over the entries, `chunk` slots a step."""
+        """A walk over the entries, up to `chunk` entries a step."""
         w = SlotWalk(self, chunk)
         self._walks.add(w)
         return w
@@ -135,7 +146,7 @@ class SlotTable:
 
 
 class SlotWalk:
-    """The table's entries, slot range by slot range: an entry is seen once, or not at all
+    """The table's entries, in slot order a chunk at a time: an entry is seen once, or not at all
     when it is inserted or deleted meanwhile. A MODIFY moves its entry; a move across the walk's
     position is made good here (the entry skipped where it is seen again, or read at the end
     where it would be missed)."""
@@ -162,8 +173,7 @@ class SlotWalk:
             self.done = True
             found = [(k, v) for k in self._missed if (v := t.lookup(k)) is not None]
             return b"".join(k for k, _ in found), b"".join(v for _, v in found), len(found)
-        start, self.cursor = self.cursor, min(self.cursor + self.chunk, t.length)
-        keys, values, n = t.entries(start, self.cursor)
+        keys, values, n, self.cursor = t.entries(self.cursor, self.chunk)
         if self._seen_again and n:
             keys, values, n = self._without_seen(keys, values, n)
         if self.cursor >= t.length and not self._missed:
