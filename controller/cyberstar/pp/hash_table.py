@@ -3,8 +3,8 @@ without a copy of it.
 
 The kernel's memory is the table: it says whether an entry exists (an INSERT is written as new
 only, a MODIFY as existing only, and each refused entry is named), it holds the action, params,
-counters and idle state that reads give back, and it is walked slot range by slot range for
-reads and idle scans. The agent keeps only what the map cannot give back: the
+counters and idle state that reads give back, and it is walked a chunk of entries at a time
+for reads and idle scans. The agent keeps only what the map cannot give back: the
 controller's metadata of each entry (`MetadataStore`), how many entries there are, and per
 tenant for quotas. A table of millions of entries costs the agent tens of bytes an entry.
 """

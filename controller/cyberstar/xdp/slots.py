@@ -13,7 +13,8 @@ word, h = (h ^ w) · 0x9E3779B97F4A7C15 mod 2^64, then h ^= h >> 32; home = ((h 
 
 The agent writes the array's memory directly (`BPF_F_MMAPABLE`), without a system call, in C
 (`_slots.c`, which says how each change keeps concurrent searches whole). The hash seed is drawn
-per program load (`-D<TABLE>_SEED`), so no tenant can choose flows that share a window.
+per program load (`-D<TABLE>_SEED`), so which flows share a window is not known in advance (as
+the kernel seeds the jhash of its hash maps).
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ class SlotTable:
         self, map_fd: int, map_entries: int, key_size: int, value_size: int,
         action_offset: int, seed: int,
     ) -> None:  # fmt: skip
-        self.fd = map_fd
         self.key_size, self.value_size = key_size, value_size
         self.slots = map_entries - PROBES + 1
         self.capacity = self.slots // 2
