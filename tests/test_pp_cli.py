@@ -34,6 +34,8 @@ def serve(*args: str) -> subprocess.CompletedProcess:
          "no network namespace 'no-such-ns-8'"),
         (["--iface", "x", "--grpc", "127.0.0.1:1", "--plaintext", "--punt-coalesce-us",
           "200000"], "--punt-coalesce-us 200000: expected 0..100000"),
+        (["--iface", "x", "--grpc", "127.0.0.1:1", "--plaintext", "--flow-table-size",
+          "4294967296"], "expected 1..268435456 (the kernel array takes 160 bytes"),
     ],
 )  # fmt: skip
 def test_bad_arguments_exit_2_saying_what_to_do(args: list[str], words: str) -> None:

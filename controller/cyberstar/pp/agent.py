@@ -36,7 +36,7 @@ from cyberstar.xdp.program import XdpProgram
 
 log = logging.getLogger(__name__)
 ETH_P_ALL = 0x0003
-MAX_FLOW_TABLE = 1 << 28  # a BPF hash map's entries are u32; this is already ~50 GB
+MAX_FLOW_TABLE = 1 << 28  # its 2N + 63 slots are u32-indexed; this is already ~43 GB of them
 IDLE_TICK_S = 0.1  # the idle scan walks a slice of the tables this often
 IDLE_MIN_SLICE = 8192  # entries, at least, per slice
 
@@ -343,7 +343,10 @@ def run_agent(
 ) -> int:
     ports = parse_ports(ifaces)
     if flow_table_size is not None and not 1 <= flow_table_size <= MAX_FLOW_TABLE:
-        raise UsageError(f"--flow-table-size {flow_table_size}: expected 1..{MAX_FLOW_TABLE}")
+        raise UsageError(
+            f"--flow-table-size {flow_table_size}: expected 1..{MAX_FLOW_TABLE} (the kernel "
+            "array takes 160 bytes per entry when the node starts)"
+        )
     if not 0 <= punt_coalesce_us <= MAX_PUNT_COALESCE_US:
         raise UsageError(
             f"--punt-coalesce-us {punt_coalesce_us}: expected 0..{MAX_PUNT_COALESCE_US} "
