@@ -27,7 +27,6 @@ import weakref
 import numpy as np
 
 from cyberstar.codegen.xdp_layout import SLOT_PROBES as PROBES
-from cyberstar.codegen.xdp_layout import SLOT_TOMB as TOMB
 from cyberstar.xdp import _slots
 
 ANY, NOEXIST, EXIST = 0, 1, 2  # update flags, as BPF's
@@ -127,10 +126,6 @@ class SlotTable:
         rows = self._rows[np.concatenate(found)] if found else self._rows[:0]
         ks = self.key_size
         return rows[:, :ks].tobytes(), rows[:, ks:].tobytes(), n, pos
-
-    def used_slots(self) -> tuple[int, int]:
-        """(entries, deleted slots still needed by searches)."""
-        return int(np.count_nonzero(self._live)), int(np.count_nonzero(self._actions == TOMB))
 
     def walk(self, chunk: int) -> SlotWalk:
         """A walk over the entries, up to `chunk` entries a step."""
