@@ -8,30 +8,47 @@
  * search's answer whole: an entry's bytes are written before its action is stored (release), an
  * entry is modified by writing the new version into another free slot of its window and only
  * then marking the old one deleted, and a deleted slot becomes empty only when no entry behind
- * it needs a search to pass it. One writer at a time (the agent's device lock). x86-64 keeps
- * stores in order and loads in order, which the program's reads rely on.
+ * it needs a search to pass it. One writer at a time (the table's lock in slots.py). x86-64
+ * keeps stores in order and loads in order, which the program's reads rely on.
+ *
+ * A deleted slot is not written again until a grace period has passed: a program run that read
+ * the entry before it was deleted may still be comparing its key or reading its value (and
+ * writing its counters), and a new entry written there meanwhile would give that packet another
+ * flow's key or a mix of two flows' actions. Deleting retires the slot (live map RETIRED); the
+ * agent seals what is retired (SEALED), waits for every program run then under way to end
+ * (`synchronize`: membarrier(MEMBARRIER_CMD_GLOBAL), which is synchronize_rcu(), and every XDP
+ * or test run is an RCU read-side section), then releases the sealed slots (FREE) and empties
+ * those no search needs. Searches pass retired slots as any deleted one; a write that finds no
+ * free slot in its window but a retired one stops there (EAGAIN) so that the agent can wait for
+ * a grace period and go on, in order, from that write.
  *
  * home(key, seed, slots) -> slot
- * update(mem, live, geometry, keys, values, count, flags, want_moves)
- *     -> ([(position, errno)], [(position, old slot, new slot)])
+ * update(mem, live, geometry, keys, values, start, count, flags, want_moves)
+ *     -> ([(position, errno)], [(position, old slot, new slot)], stopped at or -1, retired)
  * delete(mem, live, geometry, keys, start, count) -> (deleted, errno)
+ * seal(live) -> slots sealed; release(mem, live, geometry) -> slots released
+ * synchronize() -> None, once every program run under way at the call has ended
  * find(mem, geometry, key) -> slot or -1
  * touch(mem, geometry, keys, count, value_offset, u64) -> stored
  *   geometry: (slots, probes, key_size, value_size, action_offset, seed); live: a byte per
- *   slot, 1 where an entry is, which the writes keep (the agent's walks read it, not the
- *   array: a scan of the actions touches a line per slot)
+ *   slot, which the writes keep: FREE, ENTRY (the agent's walks read these, not the array: a
+ *   scan of the actions touches a line per slot), RETIRED or SEALED
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <linux/membarrier.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #define TOMB 0xFFFFFFFFu
 #define MIX 0x9E3779B97F4A7C15ull
 #define ANY 0
 #define NOEXIST 1
 #define EXIST 2
+enum { FREE, ENTRY, RETIRED, SEALED };  // the live map's bytes
 
 struct geometry {
     uint64_t slots, probes, ksize, vsize, action_off, seed;
@@ -92,11 +109,18 @@ static inline uint32_t state(const struct geometry *g, uint64_t i) {
 
 static inline int live(uint32_t a) { return a && a != TOMB; }
 
-/* The slot holding `key`, or -1; `*free_slot`: the first deleted or empty slot of its window
- * before the search ended (-1: none). */
-static int64_t search(const struct geometry *g, const char *key, int64_t *free_slot) {
+/* A deleted slot waiting for a grace period (only the writer's calls know: find has no map). */
+static inline int held(const struct geometry *g, uint64_t i) {
+    return g->live && g->live[i] >= RETIRED;
+}
+
+/* The slot holding `key`, or -1; `*free_slot`: the first empty or released deleted slot of its
+ * window before the search ended (-1: none); `*waiting`: whether a retired one was passed. */
+static int64_t search(const struct geometry *g, const char *key, int64_t *free_slot,
+                      int *waiting) {
     uint64_t start = home_of(key, g->ksize, g->seed, g->slots);
     *free_slot = -1;
+    *waiting = 0;
     for (uint64_t i = start; i < start + g->probes; i++) {
         uint32_t a = state(g, i);
         if (!a) {
@@ -105,7 +129,9 @@ static int64_t search(const struct geometry *g, const char *key, int64_t *free_s
             return -1;
         }
         if (a == TOMB) {
-            if (*free_slot < 0)
+            if (held(g, i))
+                *waiting = 1;
+            else if (*free_slot < 0)
                 *free_slot = (int64_t)i;
             continue;
         }
@@ -115,12 +141,16 @@ static int64_t search(const struct geometry *g, const char *key, int64_t *free_s
     return -1;
 }
 
-/* The first deleted or empty slot of `key`'s window after `from`, or -1. */
-static int64_t free_after(const struct geometry *g, const char *key, uint64_t from) {
+/* The first empty or released deleted slot of `key`'s window after `from`, or -1;
+ * `*waiting` set if a retired one was passed. */
+static int64_t free_after(const struct geometry *g, const char *key, uint64_t from,
+                          int *waiting) {
     uint64_t start = home_of(key, g->ksize, g->seed, g->slots);
     for (uint64_t i = from + 1; i < start + g->probes; i++) {
         uint32_t a = state(g, i);
-        if (!a || a == TOMB)
+        if (a == TOMB && held(g, i))
+            *waiting = 1;
+        else if (!a || a == TOMB)
             return (int64_t)i;
     }
     return -1;
@@ -136,8 +166,7 @@ static void write_slot(const struct geometry *g, uint64_t i, const char *key, co
            g->vsize - g->action_off - 4);
     memcpy(&action, value + g->action_off, 4);
     __atomic_store_n(action_at(g, i), action, __ATOMIC_RELEASE);
-    if (g->live)
-        g->live[i] = 1;
+    g->live[i] = ENTRY;
 }
 
 /* Does an entry behind deleted slot `t` (up to the next empty slot) need searches to pass it? */
@@ -152,22 +181,23 @@ static int needed(const struct geometry *g, uint64_t t) {
     return 0;
 }
 
-/* Empty the deleted slots of the run ending at `t` that no search needs any more. */
-static void reclaim(const struct geometry *g, uint64_t t) {
+/* Empty the released deleted slots of the run ending at `t` that no search needs any more;
+ * the empty slot before the run (-1: none). */
+static int64_t reclaim(const struct geometry *g, uint64_t t) {
     for (int64_t i = (int64_t)t; i >= 0; i--) {
         uint32_t a = state(g, (uint64_t)i);
         if (!a)
-            return;
-        if (a == TOMB && !needed(g, (uint64_t)i))
+            return i;
+        if (a == TOMB && !held(g, (uint64_t)i) && !needed(g, (uint64_t)i))
             __atomic_store_n(action_at(g, (uint64_t)i), 0, __ATOMIC_RELEASE);
     }
+    return -1;
 }
 
 static void remove_at(const struct geometry *g, uint64_t i) {
     __atomic_store_n(action_at(g, i), TOMB, __ATOMIC_RELEASE);
-    if (g->live)
-        g->live[i] = 0;
-    reclaim(g, i);
+    g->live[i] = RETIRED;
+    reclaim(g, i);  // released slots before it that only this entry needed
 }
 
 /* 0, or the errno of the update; `*moved_from`/`*moved_to` when a MODIFY moved the entry. */
@@ -178,18 +208,21 @@ static int update_one(const struct geometry *g, const char *key, const char *val
     if (!live(action))
         return EINVAL;
     int64_t free_slot;
-    int64_t at = search(g, key, &free_slot);
+    int waiting;
+    int64_t at = search(g, key, &free_slot, &waiting);
     if (at < 0) {
         if (flags == EXIST)
             return ENOENT;
         if (free_slot < 0)
-            return E2BIG;
+            return waiting ? EAGAIN : E2BIG;
         write_slot(g, (uint64_t)free_slot, key, value);
         return 0;
     }
     if (flags == NOEXIST)
         return EEXIST;
-    int64_t to = free_slot >= 0 ? free_slot : free_after(g, key, (uint64_t)at);
+    int64_t to = free_slot >= 0 ? free_slot : free_after(g, key, (uint64_t)at, &waiting);
+    if (to < 0 && waiting)
+        return EAGAIN;
     if (to < 0) {  // no other free slot in the window: searches miss it while it is rewritten
         __atomic_store_n(action_at(g, (uint64_t)at), TOMB, __ATOMIC_RELEASE);
         write_slot(g, (uint64_t)at, key, value);
@@ -249,10 +282,10 @@ static PyObject *py_home(PyObject *Py_UNUSED(m), PyObject *args) {
 static PyObject *py_update(PyObject *Py_UNUSED(m), PyObject *args) {
     Py_buffer mem, live, keys, values;
     PyObject *geo;
-    Py_ssize_t count;
+    Py_ssize_t start, count;
     int flags, want_moves;
-    if (!PyArg_ParseTuple(args, "w*w*O!y*y*nip", &mem, &live, &PyTuple_Type, &geo, &keys,
-                          &values, &count, &flags, &want_moves))
+    if (!PyArg_ParseTuple(args, "w*w*O!y*y*nnip", &mem, &live, &PyTuple_Type, &geo, &keys,
+                          &values, &start, &count, &flags, &want_moves))
         return NULL;
     PyObject *refused = NULL, *moves = NULL, *out = NULL;
     int *errs = NULL;
@@ -261,6 +294,10 @@ static PyObject *py_update(PyObject *Py_UNUSED(m), PyObject *args) {
     if (parse_writer(geo, &mem, &live, &g) || check_packed(&keys, g.ksize, count, "keys") ||
         check_packed(&values, g.vsize, count, "values"))
         goto done;
+    if (start < 0 || start > count) {
+        PyErr_Format(PyExc_ValueError, "start %zd: expected 0..%zd", start, count);
+        goto done;
+    }
     if (flags != ANY && flags != NOEXIST && flags != EXIST) {
         PyErr_Format(PyExc_ValueError, "flags %d: expected 0 (any), 1 (new) or 2 (existing)",
                      flags);
@@ -274,21 +311,26 @@ static PyObject *py_update(PyObject *Py_UNUSED(m), PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    Py_ssize_t nrefused = 0, nmoved = 0;
+    Py_ssize_t nrefused = 0, nmoved = 0, retired = 0, stopped = -1, end = count;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < count; i++) {
+    for (Py_ssize_t i = start; i < count; i++) {
         from[i] = to[i] = -1;
         errs[i] = update_one(&g, (const char *)keys.buf + i * g.ksize,
                              (const char *)values.buf + i * g.vsize, flags, &from[i], &to[i]);
+        if (errs[i] == EAGAIN) {  // wait for a grace period, then go on from here
+            stopped = end = i;
+            break;
+        }
         nrefused += errs[i] != 0;
         nmoved += from[i] >= 0;
     }
+    retired = nmoved;
     Py_END_ALLOW_THREADS
     refused = PyList_New(0);
     moves = PyList_New(0);
     if (!refused || !moves)
         goto done;
-    for (Py_ssize_t i = 0; i < count && (nrefused || (want_moves && nmoved)); i++) {
+    for (Py_ssize_t i = start; i < end && (nrefused || (want_moves && nmoved)); i++) {
         PyObject *item = NULL;
         if (errs[i]) {
             item = Py_BuildValue("(ni)", i, errs[i]);
@@ -307,7 +349,7 @@ static PyObject *py_update(PyObject *Py_UNUSED(m), PyObject *args) {
         Py_XDECREF(item);
         goto done;
     }
-    out = PyTuple_Pack(2, refused, moves);
+    out = Py_BuildValue("(OOnn)", refused, moves, stopped, retired);
 done:
     Py_XDECREF(refused);
     Py_XDECREF(moves);
@@ -337,7 +379,9 @@ static PyObject *py_delete(PyObject *Py_UNUSED(m), PyObject *args) {
     int err = 0;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = start; i < start + count; i++) {
-        int64_t free_slot, at = search(&g, (const char *)keys.buf + i * g.ksize, &free_slot);
+        int64_t free_slot;
+        int waiting;
+        int64_t at = search(&g, (const char *)keys.buf + i * g.ksize, &free_slot, &waiting);
         if (at < 0) {
             err = ENOENT;
             break;
@@ -363,7 +407,8 @@ static PyObject *py_find(PyObject *Py_UNUSED(m), PyObject *args) {
     struct geometry g;
     if (!parse_common(geo, &mem, &g) && !check_packed(&key, g.ksize, 1, "keys")) {
         int64_t free_slot;
-        out = PyLong_FromLongLong(search(&g, key.buf, &free_slot));
+        int waiting;
+        out = PyLong_FromLongLong(search(&g, key.buf, &free_slot, &waiting));
     }
     PyBuffer_Release(&mem);
     PyBuffer_Release(&key);
@@ -391,7 +436,9 @@ static PyObject *py_touch(PyObject *Py_UNUSED(m), PyObject *args) {
     Py_ssize_t stored = 0;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < count; i++) {
-        int64_t free_slot, at = search(&g, (const char *)keys.buf + i * g.ksize, &free_slot);
+        int64_t free_slot;
+        int waiting;
+        int64_t at = search(&g, (const char *)keys.buf + i * g.ksize, &free_slot, &waiting);
         if (at < 0)
             continue;
         uint64_t *field = (uint64_t *)(slot_at(&g, (uint64_t)at) + g.ksize + offset);
@@ -406,15 +453,91 @@ done:
     return out;
 }
 
+static PyObject *py_seal(PyObject *Py_UNUSED(m), PyObject *args) {
+    Py_buffer live;
+    if (!PyArg_ParseTuple(args, "w*", &live))
+        return NULL;
+    Py_ssize_t sealed = 0;
+    uint8_t *b = live.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (uint8_t *p = b, *end = b + live.len; (p = memchr(p, RETIRED, (size_t)(end - p))); p++) {
+        *p = SEALED;
+        sealed++;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&live);
+    return PyLong_FromSsize_t(sealed);
+}
+
+static PyObject *py_release(PyObject *Py_UNUSED(m), PyObject *args) {
+    Py_buffer mem, live;
+    PyObject *geo;
+    if (!PyArg_ParseTuple(args, "w*w*O!", &mem, &live, &PyTuple_Type, &geo))
+        return NULL;
+    PyObject *out = NULL;
+    struct geometry g;
+    if (parse_writer(geo, &mem, &live, &g))
+        goto done;
+    Py_ssize_t released = 0;
+    uint8_t *b = g.live, *end = b + g.length;
+    for (uint8_t *p = b; (p = memchr(p, SEALED, (size_t)(end - p))); p++)
+        released++;
+    uint64_t *at = PyMem_RawMalloc(sizeof(uint64_t) * (size_t)(released ? released : 1));
+    if (!at) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t n = 0;
+    for (uint8_t *p = b; (p = memchr(p, SEALED, (size_t)(end - p))); p++) {
+        *p = FREE;
+        at[n++] = (uint64_t)(p - b);
+    }
+    // Each run holding a released slot, last first, from its end (a deleted slot is needed only
+    // by entries after it, up to the next empty slot).
+    int64_t below = (int64_t)g.length;  // runs from here on were reclaimed
+    while (n--) {
+        uint64_t last = at[n];
+        if ((int64_t)last >= below || state(&g, last) != TOMB)
+            continue;
+        while (last + 1 < g.length && state(&g, last + 1))
+            last++;
+        below = reclaim(&g, last);
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(at);
+    out = PyLong_FromSsize_t(released);
+done:
+    PyBuffer_Release(&mem);
+    PyBuffer_Release(&live);
+    return out;
+}
+
+static PyObject *py_synchronize(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(args)) {
+    long rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0);
+    Py_END_ALLOW_THREADS
+    if (rc < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"home", py_home, METH_VARARGS, "home(key, seed, slots) -> the key's home slot"},
     {"update", py_update, METH_VARARGS,
-     "update(mem, live, geometry, keys, values, count, flags, want_moves) -> (refused, moves)"},
+     "update(mem, live, geometry, keys, values, start, count, flags, want_moves) -> (refused, "
+     "moves, stopped at or -1, retired)"},
     {"delete", py_delete, METH_VARARGS,
      "delete(mem, live, geometry, keys, start, count) -> (deleted, errno)"},
     {"find", py_find, METH_VARARGS, "find(mem, geometry, key) -> slot or -1"},
     {"touch", py_touch, METH_VARARGS,
      "touch(mem, geometry, keys, count, value_offset, value) -> entries stored"},
+    {"seal", py_seal, METH_VARARGS, "seal(live) -> retired slots sealed"},
+    {"release", py_release, METH_VARARGS,
+     "release(mem, live, geometry) -> sealed slots released (and emptied where unneeded)"},
+    {"synchronize", py_synchronize, METH_NOARGS,
+     "synchronize() -> None once every program run under way has ended (synchronize_rcu)"},
     {NULL},
 };
 

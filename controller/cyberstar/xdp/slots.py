@@ -15,6 +15,12 @@ The agent writes the array's memory directly (`BPF_F_MMAPABLE`), without a syste
 (`_slots.c`, which says how each change keeps concurrent searches whole). The hash seed is drawn
 per program load (`-D<TABLE>_SEED`), so which flows share a window is not known in advance (as
 the kernel seeds the jhash of its hash maps).
+
+A deleted slot is written again only after a grace period (`synchronize_rcu`, through
+membarrier), so a packet whose search read an entry just before it was deleted finishes with
+that entry's bytes, never another flow's (the kernel's hash maps reuse a deleted element at
+once: preallocated ones always, the others since Linux 6.1's SLAB_TYPESAFE_BY_RCU). A thread per table runs the grace periods in the background, `GRACE_BATCH_S` after a
+delete; a write that finds nothing free in its window but retired slots waits for one itself.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import threading
+import time
 import weakref
 
 import numpy as np
@@ -31,6 +39,9 @@ from cyberstar.xdp import _slots
 
 ANY, NOEXIST, EXIST = 0, 1, 2  # update flags, as BPF's
 SCAN_BLOCK = 65536  # slots of the live map a walk scans at a time
+ENTRY = 1  # the live map's byte for a slot holding an entry (_slots.c)
+GRACE_BATCH_S = 0.005  # the grace thread waits this long after a delete, to take more at once
+GRACE_IDLE_S = 1.0  # and ends after this long without one
 
 
 def new_seed() -> int:
@@ -48,8 +59,10 @@ class SlotTable:
 
     def __init__(
         self, map_fd: int, map_entries: int, key_size: int, value_size: int,
-        action_offset: int, seed: int,
+        action_offset: int, seed: int, grace_thread: bool = True,
     ) -> None:  # fmt: skip
+        """`grace_thread`: run grace periods in the background after deletes (without it, only
+        a write that needs a retired slot, `grace` and `clear` wait for one)."""
         self.key_size, self.value_size = key_size, value_size
         self.slots = map_entries - PROBES + 1
         self.capacity = self.slots // 2
@@ -64,8 +77,14 @@ class SlotTable:
         self._actions = np.ndarray(
             (map_entries,), "<u4", self.mem, key_size + action_offset, (self.slot_size,)
         )
-        self._live = np.zeros(map_entries, np.uint8)  # 1 where an entry is (kept by _slots.c)
+        self._live = np.zeros(map_entries, np.uint8)  # per slot, kept by _slots.c
         self._walks: weakref.WeakSet[SlotWalk] = weakref.WeakSet()
+        self._lock = threading.Lock()  # one writer: the agent's calls or the grace thread
+        self._retired = threading.Event()
+        self._grace_thread: list[threading.Thread] = []  # the running one, if any
+        self._grace_start = threading.Lock()
+        self._background = grace_thread
+        self.grace_periods = 0
 
     # ---- writes -------------------------------------------------------------------------------
 
@@ -74,28 +93,88 @@ class SlotTable:
         both; (position, errno) of each refused (EEXIST, ENOENT, E2BIG: no free slot in its
         window)."""
         walks = list(self._walks)
-        refused, moves = _slots.update(
-            self.mem, self._live, self.geometry, keys, values, count, flags, bool(walks)
-        )
+        refused: list[tuple[int, int]] = []
+        start, retired = 0, 0
         ks = self.key_size
-        for i, old, new in moves:
-            for w in walks:
-                w.moved(keys[i * ks : (i + 1) * ks], old, new)
+        with self._lock:
+            while True:
+                more, moves, stopped, n = _slots.update(
+                    self.mem, self._live, self.geometry, keys, values, start, count, flags,
+                    bool(walks),
+                )  # fmt: skip
+                refused += more
+                retired += n
+                for i, old, new in moves:
+                    for w in walks:
+                        w.moved(keys[i * ks : (i + 1) * ks], old, new)
+                if stopped < 0:
+                    break
+                self._grace_locked()  # its window's free slots are all retired
+                start = stopped
+        if retired:
+            self._schedule_grace()
         return refused
 
     def delete(self, keys: bytes, start: int, count: int) -> tuple[int, int]:
         """Delete entries `start`..`start+count` of the packed `keys`, stopping at the first
         missing one: (deleted, ENOENT or 0)."""
-        return _slots.delete(self.mem, self._live, self.geometry, keys, start, count)
+        with self._lock:
+            deleted, err = _slots.delete(self.mem, self._live, self.geometry, keys, start, count)
+        if deleted:
+            self._schedule_grace()
+        return deleted, err
 
     def touch(self, keys: bytes, count: int, offset: int, value: int) -> int:
         """Store the u64 `value` at `offset` of the values of those of the `count` keys present
         (a timer reset); how many were."""
-        return _slots.touch(self.mem, self.geometry, keys, count, offset, value)
+        with self._lock:
+            return _slots.touch(self.mem, self.geometry, keys, count, offset, value)
 
     def clear(self) -> None:
-        self._actions[:] = 0
-        self._live[:] = 0
+        """Remove every entry; returns once no program run can still read one."""
+        with self._lock:
+            self._actions[:] = 0
+            self._live[:] = 0
+            _slots.synchronize()
+
+    # ---- grace periods ------------------------------------------------------------------------
+
+    def grace(self) -> int:
+        """Wait until no program run can still read a slot deleted before the call, and make
+        those slots free; how many."""
+        with self._lock:
+            return self._grace_locked()
+
+    def _grace_locked(self) -> int:
+        if not _slots.seal(self._live):
+            return 0
+        _slots.synchronize()
+        self.grace_periods += 1
+        return _slots.release(self.mem, self._live, self.geometry)
+
+    def _grace_once(self) -> None:
+        with self._lock:
+            if self.mem.closed or not _slots.seal(self._live):
+                return
+        _slots.synchronize()  # writes go on meanwhile; what they retire waits for the next one
+        with self._lock:
+            if not self.mem.closed:
+                self.grace_periods += 1
+                _slots.release(self.mem, self._live, self.geometry)
+
+    def _schedule_grace(self) -> None:
+        if not self._background or (self._retired.is_set() and self._grace_thread):
+            return  # one is coming
+        with self._grace_start:
+            self._retired.set()
+            if not self._grace_thread:
+                thread = threading.Thread(
+                    target=_grace_loop,
+                    args=(weakref.ref(self), self._retired, self._grace_start, self._grace_thread),
+                    daemon=True, name="slot-grace",
+                )  # fmt: skip
+                self._grace_thread.append(thread)
+                thread.start()
 
     # ---- reads --------------------------------------------------------------------------------
 
@@ -116,7 +195,7 @@ class SlotTable:
         found, n, pos = [], 0, start
         while pos < self.length and n < count:
             stop = min(pos + SCAN_BLOCK, self.length)
-            at = np.flatnonzero(self._live[pos:stop])
+            at = np.flatnonzero(self._live[pos:stop] == ENTRY)
             if n + len(at) >= count:
                 at = at[: count - n]
                 stop = pos + int(at[-1]) + 1
@@ -135,9 +214,34 @@ class SlotTable:
 
     def close(self) -> None:
         """Unmap the array (the map itself lives while the program holds it)."""
-        self._rows = self._actions = None  # type: ignore[assignment]
-        with contextlib.suppress(BufferError):  # a view still in use: unmapped when freed
-            self.mem.close()
+        with self._lock:
+            self._rows = self._actions = None  # type: ignore[assignment]
+            with contextlib.suppress(BufferError):  # a view still in use: unmapped when freed
+                self.mem.close()
+        self._retired.set()
+
+
+def _grace_loop(
+    ref: weakref.ref[SlotTable], retired: threading.Event, start: threading.Lock,
+    running: list[threading.Thread],
+) -> None:  # fmt: skip
+    """The table's grace periods, while it is open and deletes come (it holds no reference to
+    the table between them, so an unclosed table is still freed)."""
+    while True:
+        if not retired.wait(GRACE_IDLE_S):
+            with start:  # a delete now starts another thread, or this one sees it
+                if not retired.is_set():
+                    running.clear()
+                    return
+        time.sleep(GRACE_BATCH_S)
+        retired.clear()
+        table = ref()
+        if table is None or table.mem.closed:
+            with start:
+                running.clear()
+            return
+        table._grace_once()
+        del table
 
 
 class SlotWalk:
