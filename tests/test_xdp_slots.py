@@ -310,3 +310,18 @@ def test_a_write_whose_window_is_full_of_retired_slots_waits_for_a_grace_period(
     kept = [(i, k) for i, k in enumerate(keys[:PROBES]) if i not in (5, 7)]
     assert all(table.lookup(k) == value_of(1, i) for i, k in kept)
     assert table.lookup(keys[5]) is None
+
+
+def test_a_modify_in_a_full_window_is_never_rewritten_under_a_reader() -> None:
+    """PROBES keys with one home fill its window and none was deleted: a MODIFY has no other
+    slot for its new version, so its entry is deleted and inserted after a grace period (never
+    rewritten in place while a program may be reading it); the next write of the batch follows."""
+    table = small_table(128, grace_thread=False)
+    h, keys = same_home(table, PROBES)
+    for i, k in enumerate(keys):
+        assert table.update(k, value_of(1, i), 1, NOEXIST) == []
+    assert table.update(keys[7] + keys[9], value_of(3, 7) + value_of(3, 9), 2, EXIST) == []
+    assert table.grace_periods == 2
+    assert table.lookup(keys[7]) == value_of(3, 7) and table.lookup(keys[9]) == value_of(3, 9)
+    assert {table.find(k) for k in keys} == set(range(h, h + PROBES))
+    assert all(table.lookup(k) == value_of(1, i) for i, k in enumerate(keys) if i not in (7, 9))

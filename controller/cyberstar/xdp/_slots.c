@@ -20,11 +20,13 @@
  * or test run is an RCU read-side section), then releases the sealed slots (FREE) and empties
  * those no search needs. Searches pass retired slots as any deleted one; a write that finds no
  * free slot in its window but a retired one stops there (EAGAIN) so that the agent can wait for
- * a grace period and go on, in order, from that write.
+ * a grace period and go on, in order, from that write. A MODIFY with no other free slot in its
+ * window deletes the entry and stops (EINPROGRESS): the agent inserts it after a grace period.
  *
  * home(key, seed, slots) -> slot
  * update(mem, live, geometry, keys, values, start, count, flags, want_moves)
- *     -> ([(position, errno)], [(position, old slot, new slot)], stopped at or -1, retired)
+ *     -> ([(position, errno)], [(position, old slot, new slot)], stopped at or -1, retired,
+ *         the slot of the entry deleted for a MODIFY at the stop or -1)
  * delete(mem, live, geometry, keys, start, count) -> (deleted, errno)
  * seal(live) -> slots sealed; release(mem, live, geometry) -> slots released
  * synchronize() -> None, once every program run under way at the call has ended
@@ -223,10 +225,10 @@ static int update_one(const struct geometry *g, const char *key, const char *val
     int64_t to = free_slot >= 0 ? free_slot : free_after(g, key, (uint64_t)at, &waiting);
     if (to < 0 && waiting)
         return EAGAIN;
-    if (to < 0) {  // no other free slot in the window: searches miss it while it is rewritten
-        __atomic_store_n(action_at(g, (uint64_t)at), TOMB, __ATOMIC_RELEASE);
-        write_slot(g, (uint64_t)at, key, value);
-        return 0;
+    if (to < 0) {  // nowhere to write the new version: delete the entry, insert it after a
+        remove_at(g, (uint64_t)at);  // grace period (searches miss it, and punt, meanwhile)
+        *moved_from = at;
+        return EINPROGRESS;
     }
     write_slot(g, (uint64_t)to, key, value);
     remove_at(g, (uint64_t)at);
@@ -312,19 +314,22 @@ static PyObject *py_update(PyObject *Py_UNUSED(m), PyObject *args) {
         goto done;
     }
     Py_ssize_t nrefused = 0, nmoved = 0, retired = 0, stopped = -1, end = count;
+    long long removed = -1;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = start; i < count; i++) {
         from[i] = to[i] = -1;
         errs[i] = update_one(&g, (const char *)keys.buf + i * g.ksize,
                              (const char *)values.buf + i * g.vsize, flags, &from[i], &to[i]);
-        if (errs[i] == EAGAIN) {  // wait for a grace period, then go on from here
+        if (errs[i] == EAGAIN || errs[i] == EINPROGRESS) {  // wait for a grace period
+            if (errs[i] == EINPROGRESS)
+                removed = from[i], retired++;
             stopped = end = i;
             break;
         }
         nrefused += errs[i] != 0;
         nmoved += from[i] >= 0;
     }
-    retired = nmoved;
+    retired += nmoved;
     Py_END_ALLOW_THREADS
     refused = PyList_New(0);
     moves = PyList_New(0);
@@ -349,7 +354,7 @@ static PyObject *py_update(PyObject *Py_UNUSED(m), PyObject *args) {
         Py_XDECREF(item);
         goto done;
     }
-    out = Py_BuildValue("(OOnn)", refused, moves, stopped, retired);
+    out = Py_BuildValue("(OOnnL)", refused, moves, stopped, retired, removed);
 done:
     Py_XDECREF(refused);
     Py_XDECREF(moves);
@@ -527,7 +532,7 @@ static PyMethodDef methods[] = {
     {"home", py_home, METH_VARARGS, "home(key, seed, slots) -> the key's home slot"},
     {"update", py_update, METH_VARARGS,
      "update(mem, live, geometry, keys, values, start, count, flags, want_moves) -> (refused, "
-     "moves, stopped at or -1, retired)"},
+     "moves, stopped at or -1, retired, slot deleted for a MODIFY or -1)"},
     {"delete", py_delete, METH_VARARGS,
      "delete(mem, live, geometry, keys, start, count) -> (deleted, errno)"},
     {"find", py_find, METH_VARARGS, "find(mem, geometry, key) -> slot or -1"},

@@ -19,13 +19,15 @@ the kernel seeds the jhash of its hash maps).
 A deleted slot is written again only after a grace period (`synchronize_rcu`, through
 membarrier), so a packet whose search read an entry just before it was deleted finishes with
 that entry's bytes, never another flow's (the kernel's hash maps reuse a deleted element at
-once: preallocated ones always, the others since Linux 6.1's SLAB_TYPESAFE_BY_RCU). A thread per table runs the grace periods in the background, `GRACE_BATCH_S` after a
-delete; a write that finds nothing free in its window but retired slots waits for one itself.
+once: preallocated ones always, the others since Linux 6.1's SLAB_TYPESAFE_BY_RCU). A thread per
+table runs the grace periods in the background, `GRACE_BATCH_S` after a delete; a write that
+finds nothing free in its window but retired slots waits for one itself.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import threading
@@ -91,14 +93,16 @@ class SlotTable:
     def update(self, keys: bytes, values: bytes, count: int, flags: int) -> list[tuple[int, int]]:
         """Write `count` packed entries: NOEXIST only new keys, EXIST only present ones, ANY
         both; (position, errno) of each refused (EEXIST, ENOENT, E2BIG: no free slot in its
-        window)."""
+        window). A write that needs a slot deleted since the last grace period waits for one;
+        so does a MODIFY with no other free slot in its window, whose entry is missing
+        (searches punt) meanwhile."""
         walks = list(self._walks)
         refused: list[tuple[int, int]] = []
         start, retired = 0, 0
         ks = self.key_size
         with self._lock:
             while True:
-                more, moves, stopped, n = _slots.update(
+                more, moves, stopped, n, removed = _slots.update(
                     self.mem, self._live, self.geometry, keys, values, start, count, flags,
                     bool(walks),
                 )  # fmt: skip
@@ -111,6 +115,17 @@ class SlotTable:
                     break
                 self._grace_locked()  # its window's free slots are all retired
                 start = stopped
+                if removed >= 0:  # a MODIFY with nowhere else to go: deleted, now inserted
+                    lost, _, again, _, _ = _slots.update(
+                        self.mem, self._live, self.geometry, keys, values, stopped, stopped + 1,
+                        ANY, False,
+                    )  # fmt: skip
+                    if lost or again >= 0:  # cannot be: its own slot is free now
+                        refused.append(lost[0] if lost else (stopped, errno.EAGAIN))
+                    key = keys[stopped * ks : (stopped + 1) * ks]
+                    for w in walks:
+                        w.moved(key, removed, self.find(key))
+                    start = stopped + 1
         if retired:
             self._schedule_grace()
         return refused
