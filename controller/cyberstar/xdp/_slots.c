@@ -494,7 +494,7 @@ static PyObject *py_release(PyObject *Py_UNUSED(m), PyObject *args) {
     }
     Py_BEGIN_ALLOW_THREADS
     Py_ssize_t n = 0;
-    for (uint8_t *p = b; (p = memchr(p, SEALED, (size_t)(end - p))); p++) {
+    for (uint8_t *p = b; n < released && (p = memchr(p, SEALED, (size_t)(end - p))); p++) {
         *p = FREE;
         at[n++] = (uint64_t)(p - b);
     }
