@@ -122,9 +122,11 @@ class SlotTable:
                     )  # fmt: skip
                     if lost or again >= 0:  # cannot be: its own slot is free now
                         refused.append(lost[0] if lost else (stopped, errno.EAGAIN))
-                    key = keys[stopped * ks : (stopped + 1) * ks]
-                    for w in walks:
-                        w.moved(key, removed, self.find(key))
+                    if walks:
+                        key = keys[stopped * ks : (stopped + 1) * ks]
+                        new = self.find(key)
+                        for w in walks:
+                            w.moved(key, removed, new)
                     start = stopped + 1
         if retired:
             self._schedule_grace()
