@@ -33,6 +33,7 @@ QUICK = {
     "grpc_floor": ["--calls", "500", "--rounds", "1"],
     "sc_scale": ["--mappings", "20000", "--seconds", "1", "--window", "1"],
     "placement": ["--seeds", "0", "--ilp-time-limit", "10", "--no-dynamic"],
+    "placement_headroom": ["--families", "nat50", "--seeds", "700"],
     "scale": ["--sizes", "10000,100000", "--fm-at", "100000", "--probe-idle-s", "2"],
 }
 
