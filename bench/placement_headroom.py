@@ -27,8 +27,7 @@ import time
 import numpy as np
 
 from cyberstar.orchestrator.cluster import Cluster, Lookahead
-from cyberstar.orchestrator.drl import DrlPolicy, load_model, ranked_groups
-from cyberstar.orchestrator.drl_state import features, immediate, outlook
+from cyberstar.orchestrator.drl import DrlPolicy, load_model, q_values, ranked_groups
 from cyberstar.orchestrator.generator import generate
 from cyberstar.orchestrator.heuristics import BestFit
 from cyberstar.orchestrator.model import Instance
@@ -38,10 +37,7 @@ from cyberstar.orchestrator.search import place_all, queue_demand
 def candidates(cluster: Cluster, demand: np.ndarray, agent: DrlPolicy, k: int) -> list:
     """The agent's best k groups among those newly using the fewest machines, then its best
     group newly using more (if any), in its own order."""
-    view = outlook(cluster, demand)
-    q = immediate(cluster, demand, view)
-    if agent.net is not None:
-        q = q + agent.future(features(cluster, demand, q, view))
+    q, _, _ = q_values(cluster, demand, agent.future if agent.net is not None else None)
     fewest, chosen, wider = None, [], None
     for group, _, _ in ranked_groups(cluster, demand, q, agent.config.top_k, None):
         new = int((~cluster.used[list(group)]).sum())

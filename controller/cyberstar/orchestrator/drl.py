@@ -171,6 +171,17 @@ class DrlPolicy:
         return self.decide(cluster, request, demand, allowed).group
 
 
+def q_values(
+    cluster: Cluster, demand: np.ndarray, future
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(q, r, rows) of every (group size, machine): q = r + W, the immediate rewards r and the
+    feature rows W is computed from, `future` mapping rows to W (None: W = 0)."""
+    view = outlook(cluster, demand)
+    reward = immediate(cluster, demand, view)
+    rows = features(cluster, demand, reward, view)
+    return (reward if future is None else reward + future(rows)), reward, rows
+
+
 def decide(
     cluster: Cluster,
     request: Request,
@@ -181,10 +192,7 @@ def decide(
 ) -> Choice:
     """Filtering choice with q = r + W, `future` mapping feature rows to W (None: W = 0, the
     untrained agent)."""
-    view = outlook(cluster, demand)
-    reward = immediate(cluster, demand, view)
-    rows = features(cluster, demand, reward, view)
-    q = reward if future is None else reward + future(rows)
+    q, reward, rows = q_values(cluster, demand, future)
     group, gi, value = filtering(cluster, demand, q, config.top_k, allowed)
     if not group:
         return Choice(None, np.zeros((0, NUM_FEATURES), np.float32), np.zeros(0), value)

@@ -34,8 +34,15 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from cyberstar.orchestrator.cluster import Cluster, Lookahead
-from cyberstar.orchestrator.drl import AgentConfig, DrlPolicy, QNetwork, decide, ranked_groups
-from cyberstar.orchestrator.drl_state import NUM_FEATURES, features, immediate, outlook
+from cyberstar.orchestrator.drl import (
+    AgentConfig,
+    DrlPolicy,
+    QNetwork,
+    decide,
+    q_values,
+    ranked_groups,
+)
+from cyberstar.orchestrator.drl_state import NUM_FEATURES
 from cyberstar.orchestrator.heuristics import BestFit
 from cyberstar.orchestrator.model import Instance
 from cyberstar.orchestrator.search import place_all, queue_demand
@@ -276,10 +283,8 @@ def train(
         for t, request in enumerate(ep.requests):
             demand = ep.look(cluster, t)
             if rng.random() < settings.branch:
-                view = outlook(cluster, demand)
-                r = immediate(cluster, demand, view)
-                rows = features(cluster, demand, r, view)
-                branch(cluster, ep, t, demand, r + greedy(rows), rows)
+                q, _, rows = q_values(cluster, demand, greedy)
+                branch(cluster, ep, t, demand, q, rows)
             explore = rng.random() < epsilon
             policy = network_policy(online, settings.noise) if explore else greedy
             choice = decide(cluster, request, demand, None, policy, config)
