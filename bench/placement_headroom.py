@@ -39,7 +39,7 @@ def candidates(cluster: Cluster, demand: np.ndarray, agent: DrlPolicy, k: int) -
     group newly using more (if any), in its own order."""
     q, _, _ = q_values(cluster, demand, agent.future if agent.net is not None else None)
     fewest, chosen, wider = None, [], None
-    for group, _, _ in ranked_groups(cluster, demand, q, agent.config.top_k, None):
+    for group, _, _ in ranked_groups(cluster, demand, q, agent.config, None):
         new = int((~cluster.used[list(group)]).sum())
         fewest = new if fewest is None else fewest
         if new == fewest and len(chosen) < k:

@@ -5,10 +5,12 @@ a random one, so this test fails if the packaged model is replaced by either."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from cyberstar.orchestrator.drl import DrlPolicy, QNetwork, load_model
+from cyberstar.orchestrator.drl import AgentConfig, DrlPolicy, QNetwork, load_model
 from cyberstar.orchestrator.generator import generate
 from cyberstar.orchestrator.heuristics import BestFit, FirstFit
 from cyberstar.orchestrator.search import place_all
@@ -33,9 +35,18 @@ def total_cost(instances, policy) -> float:
     return float(sum(place_all(inst, policy).cost for inst in instances))
 
 
+def untrained_cost(instances, config: AgentConfig) -> float:
+    """The better of the agent with its learned term zeroed and the same with Algorithm 2's
+    ranking (no opening penalty): a penalty that helps only the trained agent is learning, one
+    that only hurts the untrained agent must not count as such."""
+    return min(
+        total_cost(instances, DrlPolicy(None, c))
+        for c in (config, dataclasses.replace(config, opening_penalty=None))
+    )
+
+
 def learned_enough(instances, policy) -> bool:
-    untrained = DrlPolicy(None, policy.config)
-    return total_cost(instances, policy) <= (1 - MARGIN) * total_cost(instances, untrained)
+    return total_cost(instances, policy) <= (1 - MARGIN) * untrained_cost(instances, policy.config)
 
 
 # Issue 13 is not done: the packaged model (recipe `packaged`, evolution strategies, kept at
@@ -50,7 +61,7 @@ NOT_YET = pytest.mark.xfail(
 @NOT_YET
 def test_trained_agent_beats_the_untrained_one(instances, packaged):
     trained = total_cost(instances, packaged)
-    untrained = total_cost(instances, DrlPolicy(None, packaged.config))
+    untrained = untrained_cost(instances, packaged.config)
     assert trained <= (1 - MARGIN) * untrained, (trained, untrained)
 
 

@@ -12,8 +12,11 @@ Filtering (Algorithm 2): keep the top-k machines by q, enumerate the combination
 gmin..gmax among them, drop those that violate a constraint, and take the one that newly uses the
 fewest machines (the paper's reward charges exactly those), then the best Q(s, A); so the network
 decides which machines to fill, which flavour to open and how wide to spread a request, never
-whether to open a machine needlessly. If none is feasible, fall back to the first feasible group
-in q order over all machines.
+whether to open a machine needlessly. With an opening penalty lambda (`AgentConfig`) the
+candidates are ranked by Q(s, A) - lambda * (machines A newly uses) instead: a group that opens
+one more machine than another wins when its value is more than lambda higher, which the reward's
+charge for the machine already makes rare. If none is feasible, fall back to the first feasible
+group in q order over all machines.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ class AgentConfig:
     hidden: int = 64
     top_k: int = 12
     gamma: float = 0.99
+    # None: fewest newly used machines first (Algorithm 2); a number: the ranking's price, in
+    # reward units, of each newly used machine on top of Q(s, A).
+    opening_penalty: float | None = None
 
 
 class QNetwork:
@@ -90,11 +96,17 @@ def _combinations(k: int, g: int) -> np.ndarray:
 
 
 def ranked_groups(
-    cluster: Cluster, demand: np.ndarray, q: np.ndarray, top_k: int, allowed: np.ndarray | None
+    cluster: Cluster,
+    demand: np.ndarray,
+    q: np.ndarray,
+    config: AgentConfig,
+    allowed: np.ndarray | None,
 ) -> Iterator[tuple[tuple[int, ...], int, float]]:
     """Algorithm 2's candidates, best first: the groups of sizes gmin..gmax among the top-k
     machines by q that fit and pass the sharding index, ranked by (fewest newly used machines,
-    highest Q(s, A), smallest size, lexicographic). Yields (group, size index, Q(s, group))."""
+    highest Q(s, A), smallest size, lexicographic), or with an opening penalty lambda by
+    (highest Q(s, A) - lambda * newly used machines, fewest newly used, smallest size,
+    lexicographic). Yields (group, size index, Q(s, group))."""
     gmin, gmax = cluster.gmin, cluster.gmax
     fit = np.stack([cluster.fits(demand / g) for g in range(gmin, gmax + 1)])
     if allowed is not None:
@@ -103,7 +115,7 @@ def ranked_groups(
     if len(pool) == 0:
         return
     best_q = q.max(axis=0)
-    top = np.sort(pool[np.argsort(-best_q[pool], kind="stable")[:top_k]])
+    top = np.sort(pool[np.argsort(-best_q[pool], kind="stable")[: config.top_k]])
     unused = ~cluster.used
     groups, sizes, new, value = [], [], [], []
     for gi, g in enumerate(range(gmin, gmax + 1)):
@@ -119,17 +131,25 @@ def ranked_groups(
         return
     new_all, value_all = np.concatenate(new), np.concatenate(value)
     size_all = np.concatenate(sizes)
-    for j in np.lexsort((-value_all, new_all)):
+    if config.opening_penalty is None:
+        order = np.lexsort((-value_all, new_all))
+    else:
+        order = np.lexsort((new_all, -(value_all - config.opening_penalty * new_all)))
+    for j in order:
         if cluster.index.allows(groups[j]):
             yield tuple(groups[j]), int(size_all[j]), float(value_all[j])
 
 
 def filtering(
-    cluster: Cluster, demand: np.ndarray, q: np.ndarray, top_k: int, allowed: np.ndarray | None
+    cluster: Cluster,
+    demand: np.ndarray,
+    q: np.ndarray,
+    config: AgentConfig,
+    allowed: np.ndarray | None,
 ) -> tuple[tuple[int, ...] | None, int, float]:
     """Algorithm 2: the best of `ranked_groups`; if none is feasible, the first feasible group in
     q order over all machines. Returns (group, size index, Q(s, group))."""
-    for found in ranked_groups(cluster, demand, q, top_k, allowed):
+    for found in ranked_groups(cluster, demand, q, config, allowed):
         return found
     best_q = q.max(axis=0)
     order = np.argsort(-best_q, kind="stable").tolist()
@@ -193,7 +213,7 @@ def decide(
     """Filtering choice with q = r + W, `future` mapping feature rows to W (None: W = 0, the
     untrained agent)."""
     q, reward, rows = q_values(cluster, demand, future)
-    group, gi, value = filtering(cluster, demand, q, config.top_k, allowed)
+    group, gi, value = filtering(cluster, demand, q, config, allowed)
     if not group:
         return Choice(None, np.zeros((0, NUM_FEATURES), np.float32), np.zeros(0), value)
     idx = list(group)

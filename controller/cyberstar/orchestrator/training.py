@@ -235,7 +235,7 @@ def train(
         nonlocal branched
         unused = ~cluster.used
         candidates = []
-        for group, gi, _ in ranked_groups(cluster, demand, q, config.top_k, None):
+        for group, gi, _ in ranked_groups(cluster, demand, q, config, None):
             if candidates and unused[list(group)].sum() > unused[list(candidates[0][0])].sum():
                 break
             candidates.append((group, gi))
