@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import torch
 from orch_cases import cli
 
 from cyberstar.orchestrator.checker import check_placement
-from cyberstar.orchestrator.drl import AgentConfig, default_model_path, load_model, save_model
+from cyberstar.orchestrator.drl import (
+    AgentConfig,
+    DrlPolicy,
+    default_model_path,
+    load_model,
+    save_model,
+)
 from cyberstar.orchestrator.files import load_instance, save_instance
 from cyberstar.orchestrator.generator import generate
-from cyberstar.orchestrator.recipe import RECIPES
+from cyberstar.orchestrator.heuristics import BestFit
+from cyberstar.orchestrator.recipe import RECIPES, validation_set
 from cyberstar.orchestrator.search import place_all
 from cyberstar.orchestrator.training import TrainSettings, train
 
@@ -86,7 +93,32 @@ def test_packaged_model_and_recipe_exist():
     # the weights bit for bit depends on the CPU's float kernels: checked on one machine.)
     packaged = RECIPES["packaged"]
     assert recipe["settings"] == asdict(packaged.settings), "retrain: make placement-model"
-    assert recipe["agent"] == asdict(packaged.config), "retrain: make placement-model"
+    agent = dict(recipe["agent"])
+    penalty = agent.pop("opening_penalty")
+    expected = asdict(packaged.config)
+    del expected["opening_penalty"]  # chosen on the validation set after training
+    assert agent == expected, "retrain: make placement-model"
+    tried = recipe["penalty_validation"]
+    assert [t["opening_penalty"] for t in tried] == list(packaged.penalties)
+    best = min(t["validation_cost_vs_bf"] for t in tried)
+    assert (
+        penalty == next(t for t in tried if t["validation_cost_vs_bf"] == best)["opening_penalty"]
+    )
+
+
+def test_packaged_penalty_choice_is_what_the_validation_set_says():
+    """The costs the recipe recorded for its penalties are the ones the packaged network gets on
+    the recipe's validation set (checked for the penalty packaged and for none)."""
+    policy, info = load_model()
+    validation = validation_set(RECIPES["packaged"])
+    bf = [place_all(v, BestFit()).cost for v in validation]
+    recorded = {
+        t["opening_penalty"]: t["validation_cost_vs_bf"] for t in info["penalty_validation"]
+    }
+    for penalty in {None, policy.config.opening_penalty}:
+        agent = DrlPolicy(policy.net, replace(policy.config, opening_penalty=penalty))
+        costs = [place_all(v, agent).cost / b for v, b in zip(validation, bf, strict=True)]
+        assert sum(costs) / len(costs) == pytest.approx(recorded[penalty], abs=1e-4)
 
 
 def test_bad_model_file_is_a_usage_error(tmp_path, capsys):
