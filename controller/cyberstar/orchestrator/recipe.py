@@ -33,7 +33,7 @@ from cyberstar.orchestrator.generator import generate
 from cyberstar.orchestrator.heuristics import BestFit
 from cyberstar.orchestrator.model import Instance
 from cyberstar.orchestrator.search import place_all
-from cyberstar.orchestrator.training import TrainSettings, train
+from cyberstar.orchestrator.training import TrainSettings, relative_cost, train
 
 VALIDATION_SEED_BASE = 50_000
 
@@ -136,17 +136,18 @@ def run(recipe_name: str, progress: bool = True, on_validation=None):
     """Train by the named recipe; returns (network, config, info)."""
     recipe = RECIPES[recipe_name]
     trainer = evolve if isinstance(recipe.settings, EvolveSettings) else train
+    validation = validation_set(recipe)
     net, info = trainer(
         episode_source(recipe),
         recipe.settings,
         recipe.config,
-        validation_set(recipe),
+        validation,
         progress=progress,
         on_validation=on_validation,
     )
     config = recipe.config
     if recipe.penalties:
-        config = chosen_penalty(net, config, recipe.penalties, validation_set(recipe), info)
+        config = chosen_penalty(net, config, recipe.penalties, validation, info)
     info["recipe"] = {
         "name": recipe_name,
         # Lists, not tuples: the .pt keeps what the .json next to it says.
@@ -163,15 +164,12 @@ def chosen_penalty(
 ) -> AgentConfig:  # fmt: skip
     """The config with the opening penalty whose agent (`net`) has the lowest mean validation
     cost relative to best fit; every penalty's cost goes into info["penalty_validation"]."""
-    reference = [place_all(v, BestFit()).cost for v in validation]
+    reference = np.array([place_all(v, BestFit()).cost for v in validation])
     tried = []
     for penalty in penalties:
         candidate = replace(config, opening_penalty=penalty)
-        policy = DrlPolicy(net, candidate)
-        costs = [
-            place_all(v, policy).cost / ref for v, ref in zip(validation, reference, strict=True)
-        ]
-        tried.append((round(float(np.mean(costs)), 4), candidate))
+        cost = relative_cost(validation, DrlPolicy(net, candidate), reference)
+        tried.append((round(cost, 4), candidate))
     info["penalty_validation"] = [
         {"opening_penalty": c.opening_penalty, "validation_cost_vs_bf": cost} for cost, c in tried
     ]

@@ -131,7 +131,8 @@ class Progress:
             sys.stderr.flush()
 
 
-def _relative_cost(instances: list[Instance], policy, reference: np.ndarray) -> float:
+def relative_cost(instances: list[Instance], policy, reference: np.ndarray) -> float:
+    """Mean over the instances of the policy's placement cost / the reference cost (best fit's)."""
     costs = np.array([place_all(v, policy).cost for v in instances])
     return float(np.mean(costs / reference))
 
@@ -200,7 +201,7 @@ def train(
     validation = validation or []
     reference = np.array([place_all(v, BestFit()).cost for v in validation])
     untrained = (
-        _relative_cost(validation, DrlPolicy(None, config), reference) if validation else None
+        relative_cost(validation, DrlPolicy(None, config), reference) if validation else None
     )
     best_state = {k: v.clone() for k, v in online.state_dict().items()}
     best_val, best_episode = (untrained if untrained is not None else math.inf), 0
@@ -252,7 +253,7 @@ def train(
 
     def validate(episode: int, epsilon: float) -> None:
         nonlocal best_state, best_val, best_episode
-        val = _relative_cost(validation, DrlPolicy(online, config), reference)
+        val = relative_cost(validation, DrlPolicy(online, config), reference)
         online.train()
         record = {
             "episode": episode,
