@@ -13,11 +13,12 @@ every family and test seed:
                   what the trained agent is without its network
   drl             the trained agent (the packaged model unless --model)
   bound           the best lower bound: the MILP optimum on `small`; elsewhere the larger of the
-                  cover LP and the column-generation (Lagrangian/Farley) bound (--bound-time)
+                  cover bound (whole machines covering the demand) and the column-generation
+                  (Lagrangian/Farley) bound (--bound-time)
 Dynamic mode (families with a `dynamic` section; cost = price x machine-hours): ff, bf and drl
 with the reactive reservation (trailing 6-hour peak), bf and drl with Holt-Winters prediction, at
 each reservation headroom of --headrooms; and the dynamic lower bound (bounds.dynamic_bound: per
-step, the cover LP of the requests then active at their actual load).
+step, the cover bound of the requests then active at their actual load).
 Per family: mean and 95 % confidence interval (Student t over the seeds) of each cost, of the
 trained agent's saving against the best of ff, bf and bf_tuned on the same seed, of its gain
 over the untrained agent, of its distance to the bound, and of prediction's gain.

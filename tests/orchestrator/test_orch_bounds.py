@@ -1,5 +1,6 @@
-"""The column-generation bound: never above the optimum, and tighter than the cover LP where
-pieces are large (hand-computed cases and the exact MILP as the independent references); the
+"""The cover bound (whole machines covering the demand) and the column-generation bound: never
+above the optimum, and the latter tighter than the former where pieces are large (hand-computed
+cases and the exact MILP as the independent references); the
 dynamic-mode bound (hand-computed cases, and never above a simulated run without overloads)."""
 
 from __future__ import annotations
@@ -23,15 +24,30 @@ def best_heuristic(instance: Instance):
 
 
 def test_one_large_request_per_machine():
-    # Three requests of 60 % of a machine, G = 1: the cover LP buys 1.8 machines; no machine
-    # holds two of them, so any placement (and the configuration LP) needs 3.
+    # Three requests of 60 % of a machine, G = 1: 1.8 machines' worth of demand, so the cover
+    # bound buys 2 whole machines; no machine holds two of them, so any placement (and the
+    # configuration LP) needs 3.
     machines = [Machine(f"m{i}", 1000, 10, 10, 2.0) for i in range(4)]
     requests = [Request(f"r{i}", f"t{i}", "nat", 600, 1, 1) for i in range(3)]
     inst = Instance(1.0, 1, 1, 1, machines, requests)
     result = column_generation_bound(inst, best_heuristic(inst), time_limit=30)
-    assert cover_bound(inst) == pytest.approx(3.6)
+    assert cover_bound(inst) == pytest.approx(4.0)
     assert result.bound == pytest.approx(6.0, abs=1e-4)
     assert result.kind == "column-generation" and result.converged
+
+
+def test_cover_bound_buys_whole_machines_of_the_cheapest_mix():
+    # 130 Mbit/s (threshold 1) over two machines of 100 at price 1.0 and two of 60 at 0.5.
+    # Fractional machines: both small ones (120 for 1.0) and a tenth of a large one, 1.1.
+    # Whole machines: two small ones fall short; one small and one large (160) cost 1.5, two
+    # large or two small and a large 2.0: the bound is 1.5.
+    machines = [Machine(f"l{i}", 100, 10, 10, 1.0) for i in range(2)]
+    machines += [Machine(f"s{i}", 60, 10, 10, 0.5) for i in range(2)]
+    requests = [Request(f"r{i}", f"t{i}", "nat", 65, 0.1, 0.1) for i in range(2)]
+    inst = Instance(1.0, 1, 1, 1, machines, requests)
+    assert cover_bound(inst) == pytest.approx(1.5)
+    # More than the whole pool (320 Mbit/s): no bound, as no placement exists.
+    assert cover_bound(Instance(1.0, 1, 1, 1, machines, requests * 3)) is None
 
 
 def test_degree_cap_of_the_sharding_rule():
@@ -56,7 +72,7 @@ def test_never_above_the_milp_optimum(seed):
     assert result.bound >= (cover_bound(inst) or 0.0) - 1e-9
 
 
-def test_tighter_than_the_cover_lp_on_a_drawn_instance():
+def test_tighter_than_the_cover_bound_on_a_drawn_instance():
     inst = draw("mix-small", 2)
     result = column_generation_bound(inst, best_heuristic(inst), time_limit=60)
     assert result.converged

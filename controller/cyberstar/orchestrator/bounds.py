@@ -48,9 +48,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class BoundResult:
-    bound: float | None  # the best valid lower bound found (max of the cover LP and Lagrangian)
-    kind: str  # which bound gave it: "cover-lp" or "column-generation"
-    cover_lp: float | None
+    bound: float | None  # the best valid lower bound found (max of the cover bound and Lagrangian)
+    kind: str  # which bound gave it: "cover" or "column-generation"
+    cover: float | None  # ilp.cover_bound: whole machines covering the demand
     lagrangian: float | None
     master: float | None  # last master LP value (an upper bound on the configuration LP)
     iterations: int
@@ -66,7 +66,7 @@ class BoundResult:
         return {
             "bound": r(self.bound),
             "kind": self.kind,
-            "cover_lp": r(self.cover_lp),
+            "cover": r(self.cover),
             "lagrangian": r(self.lagrangian),
             "master": r(self.master),
             "iterations": self.iterations,
@@ -420,7 +420,7 @@ def column_generation_bound(
             converged = True
             break
     lagrangian = best_l if np.isfinite(best_l) else None
-    candidates = [(b, k) for b, k in ((cover, "cover-lp"), (lagrangian, "column-generation"))]
+    candidates = [(b, k) for b, k in ((cover, "cover"), (lagrangian, "column-generation"))]
     candidates = [(b, k) for b, k in candidates if b is not None]
     bound, kind = max(candidates) if candidates else (None, "none")
     return BoundResult(
@@ -440,8 +440,8 @@ def column_generation_bound(
 def dynamic_bound(instance: Instance) -> float:
     """Lower bound on the dynamic-mode cost (price x hours of the machines in use, summed over
     the steps) of any run that places every request and never overloads a machine: at each
-    step, the cover LP (`ilp.cover_bound`) of the requests active then, at their actual load —
-    fractional machines covering it on every resource, and at least the machines the sharding
+    step, the cover bound (`ilp.cover_bound`) of the requests active then, at their actual load —
+    whole machines covering it on every resource, and at least the machines the sharding
     rule needs for that many requests. Reservations, moves and the order of arrivals only add
     to it."""
     if instance.dynamic is None:

@@ -330,7 +330,7 @@ def simulate_arguments(sim: argparse.ArgumentParser) -> None:
     sim.add_argument(
         "--bound",
         action="store_true",
-        help="also print the dynamic lower bound (per step, the cover LP of the live requests "
+        help="also print the dynamic lower bound (per step, the cover bound of the live requests "
         "at their actual load) and how far above it the run's cost is",
     )
 

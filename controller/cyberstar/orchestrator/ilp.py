@@ -18,7 +18,7 @@ Model (appendix A.1, linearised; docs/orchestration.md writes it out):
 The pairwise overlap rows are quadratic in the number of requests; beyond `max_pair_rows` they
 are generated lazily: solve, find pairs of requests sharing more than O machines, add their rows,
 solve again. Every intermediate model is a relaxation, so its bound is a valid lower bound.
-Large instances get the LP bound of `cover_bound` instead.
+Large instances get the bound of `cover_bound` (whole machines covering the total demand) instead.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from itertools import combinations, pairwise
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, linprog, milp
+from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
 from cyberstar.orchestrator.cluster import Cluster
@@ -107,9 +107,16 @@ def min_used_machines(n_requests: int, gmin: int, overlap: int) -> int:
     return used
 
 
-def cover_bound(instance: Instance) -> float | None:
-    """LP bound for large instances: fractional machines must cover the total demand on every
-    resource, and at least `min_used_machines` machines are needed by the sharding rule."""
+COVER_TIME_LIMIT_S = 10.0
+
+
+def cover_bound(instance: Instance, time_limit: float = COVER_TIME_LIMIT_S) -> float | None:
+    """Bound for large instances: whole machines must cover the total demand on every resource
+    under the threshold, and at least `min_used_machines` machines are needed by the sharding
+    rule. An integer program over how many machines of each flavour (equal capacity and price)
+    are bought; HiGHS's dual bound on it is returned (its optimum when it finishes within
+    `time_limit`, and never below its LP relaxation, fractional machines). None when the whole
+    pool cannot cover the demand."""
     cap = instance.capacity_matrix()
     price = instance.prices()
     total = instance.demand_matrix().sum(axis=0)
@@ -118,10 +125,32 @@ def cover_bound(instance: Instance) -> float | None:
         if instance.max_overlap < instance.gmin
         else instance.gmin
     )
-    a_ub = np.vstack([-cap.T, -np.ones((1, len(price)))])
-    b_ub = np.concatenate([-total, [-need]])
-    res = linprog(price, A_ub=a_ub, b_ub=b_ub, bounds=(0, 1), method="highs")
-    return float(res.fun) if res.status == 0 else None
+    flavours: dict[tuple, int] = {}
+    for row, p in zip(cap, price, strict=True):
+        key = (*row.tolist(), float(p))
+        flavours[key] = flavours.get(key, 0) + 1
+    kinds = np.array(list(flavours), dtype=float).reshape(-1, 4)
+    counts = np.array(list(flavours.values()), dtype=float)
+    covered = LinearConstraint(
+        np.vstack([kinds[:, :3].T, np.ones((1, len(counts)))]),
+        np.concatenate([total, [need]]),
+        np.inf,
+    )
+    res = milp(
+        kinds[:, 3],
+        constraints=covered,
+        integrality=np.ones(len(counts)),
+        bounds=Bounds(0, counts),
+        options={"time_limit": time_limit},
+    )
+    if res.status not in (0, 1):  # infeasible: the pool is too small
+        return None
+    # The dual bound, not the objective: HiGHS stops within a relative gap of the optimum.
+    dual = getattr(res, "mip_dual_bound", None)
+    if dual is not None and np.isfinite(dual):
+        return float(dual)
+    relaxed = milp(kinds[:, 3], constraints=covered, bounds=Bounds(0, counts))
+    return float(relaxed.fun) if relaxed.status == 0 else None
 
 
 class _Model:
@@ -261,7 +290,7 @@ def solve_ilp(
             bound,
             None,
             time.monotonic() - start,
-            {"bound_kind": "cover-lp", "x_variables": n * m * k},
+            {"bound_kind": "cover", "x_variables": n * m * k},
         )
     model = _Model(instance)
     lazy = model.sharding and n * (n - 1) // 2 * (m + 1) > max_pair_rows
