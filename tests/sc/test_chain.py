@@ -58,6 +58,28 @@ async def watched_group(lab: ScLab, scg: str = "scg1", size: int = 3
         await smap.close()
 
 
+@contextlib.asynccontextmanager
+async def snat_load_on_a_chain_of_three(lab: ScLab) -> AsyncIterator[tuple[ShardMap, SnatLoad]]:
+    """SC group scg1 of three nodes with its chain formed, a shard map watching it, and a load
+    of new SNAT flows and releases through the FM-side router that has answered 200 calls."""
+    lab.add_scg("scg1", 3)
+    shard_map = ShardMap(lab.etcd_config())
+    await shard_map.start()
+    router = ScRouter(shard_map, lab.client_tls, attempts=400, pause_s=0.05)
+    load = SnatLoad(router, 7, batch=10, release_ratio=0.3)
+    try:
+        await shard_map.wait_until(
+            lambda m: len(chain_ids(m, "scg1")) == 3 and len(m.shards) == 1, 30
+        )
+        load.start()
+        await load.wait_for_more(200, 30)
+        yield shard_map, load
+    finally:
+        await load.stop()
+        await router.close()
+        await shard_map.close()
+
+
 async def converged(lab: ScLab, size: int) -> bool:
     """Every live node is in the chain and applied what the head applied."""
     census = await cluster_census(
@@ -76,17 +98,7 @@ def test_kill_each_node_in_turn_under_load() -> None:
 
 async def _kill_each_node_in_turn() -> None:
     with ScLab(TENANTS, lease_ttl_s=2) as lab:
-        lab.add_scg("scg1", 3)
-        shard_map = ShardMap(lab.etcd_config())
-        await shard_map.start()
-        router = ScRouter(shard_map, lab.client_tls, attempts=400, pause_s=0.05)
-        load = SnatLoad(router, 7, batch=10, release_ratio=0.3)
-        try:
-            await shard_map.wait_until(
-                lambda m: len(chain_ids(m, "scg1")) == 3 and len(m.shards) == 1, 30
-            )
-            load.start()
-            await load.wait_for_more(200, 30)
+        async with snat_load_on_a_chain_of_three(lab) as (shard_map, load):
             victims = []
             # A restarted node rejoins at the tail: killing the tail, then the middle, then the
             # head kills every node once and every role once.
@@ -103,10 +115,6 @@ async def _kill_each_node_in_turn() -> None:
             assert sorted(victims) == sorted(lab.nodes)
             await load.stop()
             await wait_until_async(lambda: converged(lab, 3), 20, "the chain to converge")
-        finally:
-            await load.stop()
-            await router.close()
-            await shard_map.close()
         assert not load.failed, load.failed[:5]
         census = await cluster_census([n.address for n in lab.nodes.values()], lab.client_tls)
         expected = Counter(list(load.held))

@@ -21,11 +21,10 @@ from collections import Counter
 import pytest
 
 from cyberstar.lab.certs import LabCerts
-from cyberstar.lab.sc import LocalEtcd, ScLab, SnatLoad, cluster_census
+from cyberstar.lab.sc import LocalEtcd, ScLab, cluster_census
 from cyberstar.lab.wait import wait_until_async
 from cyberstar.sc import coord
-from cyberstar.sc.routing import ScRouter, ShardMap
-from sc.test_chain import TENANTS, chain_ids, converged
+from sc.test_chain import TENANTS, chain_ids, converged, snat_load_on_a_chain_of_three
 
 pytestmark = pytest.mark.usefixtures("need_etcd")
 
@@ -76,17 +75,7 @@ async def _inspect_all(lab: ScLab) -> dict:
 
 async def _rejoin() -> None:
     with ScLab(TENANTS, lease_ttl_s=2) as lab:
-        lab.add_scg("scg1", 3)
-        shard_map = ShardMap(lab.etcd_config())
-        await shard_map.start()
-        router = ScRouter(shard_map, lab.client_tls, attempts=400, pause_s=0.05)
-        load = SnatLoad(router, 7, batch=10, release_ratio=0.3)
-        try:
-            await shard_map.wait_until(
-                lambda m: len(chain_ids(m, "scg1")) == 3 and len(m.shards) == 1, 30
-            )
-            load.start()
-            await load.wait_for_more(200, 30)
+        async with snat_load_on_a_chain_of_three(lab) as (shard_map, load):
             tail, middle = chain_ids(shard_map, "scg1")[2], chain_ids(shard_map, "scg1")[1]
             before = await _inspect_all(lab)
             proc = lab.nodes[tail].proc
@@ -103,10 +92,6 @@ async def _rejoin() -> None:
             await load.stop()
             await wait_until_async(lambda: converged(lab, 3), 30, "the chain to converge")
             after = await _inspect_all(lab)
-        finally:
-            await load.stop()
-            await router.close()
-            await shard_map.close()
         assert not load.failed, load.failed[:5]
         assert after[tail].counters["lease_lost"] == before[tail].counters["lease_lost"] + 1
         sent = sum(after[n].counters["snapshots_sent"] - before[n].counters["snapshots_sent"]
