@@ -1,7 +1,7 @@
 """The training recipe of the packaged placement model, reproducible from one command (bit for
 bit on one machine and one version of the agent's code: evolution.py says what that took; the
 3 December rerun diverged from the model packaged before it at generation 3, after that week's
-changes to drl.py):
+changes to drl.py, and a second run on the same code reproduced the new one):
 
   make placement-model      # = cyberstar place train --recipe packaged --out models/drl.pt
 
