@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -59,25 +59,30 @@ async def watched_group(lab: ScLab, scg: str = "scg1", size: int = 3
 
 
 @contextlib.asynccontextmanager
-async def snat_load_on_a_chain_of_three(lab: ScLab) -> AsyncIterator[tuple[ShardMap, SnatLoad]]:
-    """SC group scg1 of three nodes with its chain formed, a shard map watching it, and a load
-    of new SNAT flows and releases through the FM-side router that has answered 200 calls."""
-    lab.add_scg("scg1", 3)
+async def snat_load_on(
+    lab: ScLab, groups: dict[str, int], ready: Callable[[ShardMap], bool], warmup: int
+) -> AsyncIterator[tuple[ShardMap, ScRouter, SnatLoad]]:
+    """SC groups of the given sizes, a shard map watching them until `ready`, and a load of new
+    SNAT flows and releases through the FM-side router that has then answered `warmup` calls."""
+    for scg, size in groups.items():
+        lab.add_scg(scg, size)
     shard_map = ShardMap(lab.etcd_config())
     await shard_map.start()
     router = ScRouter(shard_map, lab.client_tls, attempts=400, pause_s=0.05)
     load = SnatLoad(router, 7, batch=10, release_ratio=0.3)
     try:
-        await shard_map.wait_until(
-            lambda m: len(chain_ids(m, "scg1")) == 3 and len(m.shards) == 1, 30
-        )
+        await shard_map.wait_until(ready, 30)
         load.start()
-        await load.wait_for_more(200, 30)
-        yield shard_map, load
+        await load.wait_for_more(warmup, 30)
+        yield shard_map, router, load
     finally:
         await load.stop()
         await router.close()
         await shard_map.close()
+
+
+def one_shard_on_a_chain_of_three(shard_map: ShardMap) -> bool:
+    return len(chain_ids(shard_map, "scg1")) == 3 and len(shard_map.shards) == 1
 
 
 async def converged(lab: ScLab, size: int) -> bool:
@@ -98,7 +103,8 @@ def test_kill_each_node_in_turn_under_load() -> None:
 
 async def _kill_each_node_in_turn() -> None:
     with ScLab(TENANTS, lease_ttl_s=2) as lab:
-        async with snat_load_on_a_chain_of_three(lab) as (shard_map, load):
+        group = snat_load_on(lab, {"scg1": 3}, one_shard_on_a_chain_of_three, 200)
+        async with group as (shard_map, _router, load):
             victims = []
             # A restarted node rejoins at the tail: killing the tail, then the middle, then the
             # head kills every node once and every role once.

@@ -24,7 +24,13 @@ from cyberstar.lab.certs import LabCerts
 from cyberstar.lab.sc import LocalEtcd, ScLab, cluster_census
 from cyberstar.lab.wait import wait_until_async
 from cyberstar.sc import coord
-from sc.test_chain import TENANTS, chain_ids, converged, snat_load_on_a_chain_of_three
+from sc.test_chain import (
+    TENANTS,
+    chain_ids,
+    converged,
+    one_shard_on_a_chain_of_three,
+    snat_load_on,
+)
 
 pytestmark = pytest.mark.usefixtures("need_etcd")
 
@@ -75,7 +81,8 @@ async def _inspect_all(lab: ScLab) -> dict:
 
 async def _rejoin() -> None:
     with ScLab(TENANTS, lease_ttl_s=2) as lab:
-        async with snat_load_on_a_chain_of_three(lab) as (shard_map, load):
+        group = snat_load_on(lab, {"scg1": 3}, one_shard_on_a_chain_of_three, 200)
+        async with group as (shard_map, _router, load):
             tail, middle = chain_ids(shard_map, "scg1")[2], chain_ids(shard_map, "scg1")[1]
             before = await _inspect_all(lab)
             proc = lab.nodes[tail].proc

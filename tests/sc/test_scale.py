@@ -12,10 +12,10 @@ from collections import Counter
 
 import pytest
 
-from cyberstar.lab.sc import ScLab, SnatLoad, cluster_census
+from cyberstar.lab.sc import ScLab, cluster_census
 from cyberstar.sc.client import ScClient
 from cyberstar.sc.routing import ScRouter, ShardMap
-from sc.test_chain import TENANTS, UNIVERSE
+from sc.test_chain import TENANTS, UNIVERSE, snat_load_on
 
 NODES_PER_SCG = 2
 
@@ -40,25 +40,20 @@ def test_scale_out_to_four_groups_and_back_to_one_under_load() -> None:
     asyncio.run(_scale_out_and_in())
 
 
+def _formed(shard_map: ShardMap) -> bool:
+    """Four groups of NODES_PER_SCG nodes, one shard."""
+    chains = shard_map.chains.values()
+    return (
+        len(shard_map.shards) == 1
+        and len(chains) == 4
+        and all(len(c.nodes) == NODES_PER_SCG for c in chains)
+    )
+
+
 async def _scale_out_and_in() -> None:
     with ScLab(TENANTS, lease_ttl_s=2) as lab:
-        for scg in ("scg1", "scg2", "scg3", "scg4"):
-            lab.add_scg(scg, NODES_PER_SCG)
-        shard_map = ShardMap(lab.etcd_config())
-        await shard_map.start()
-        router = ScRouter(shard_map, lab.client_tls, attempts=400, pause_s=0.05)
-        load = SnatLoad(router, 7, batch=10, release_ratio=0.3)
-        try:
-            await shard_map.wait_until(
-                lambda m: (
-                    len(m.shards) == 1
-                    and all(len(c.nodes) == NODES_PER_SCG for c in m.chains.values())
-                    and len(m.chains) == 4
-                ),
-                30,
-            )
-            load.start()
-            await load.wait_for_more(300, 30)
+        groups = dict.fromkeys(("scg1", "scg2", "scg3", "scg4"), NODES_PER_SCG)
+        async with snat_load_on(lab, groups, _formed, 300) as (shard_map, router, load):
             # 1 → 2
             await move(router, "out", "7:0-1024", "scg2")
             await shard_map.wait_until(
@@ -88,10 +83,6 @@ async def _scale_out_and_in() -> None:
             await shard_map.wait_until(lambda m: owners(m) == {"7:0-1024": "scg1"}, 10)
             await load.wait_for_more(200, 30)
             await load.stop()
-        finally:
-            await load.stop()
-            await router.close()
-            await shard_map.close()
         assert not load.failed, load.failed[:5]
         census = await cluster_census([n.address for n in lab.nodes.values()], lab.client_tls)
         expected = Counter(list(load.held))
