@@ -40,7 +40,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 from scipy.sparse import coo_matrix, csr_matrix
 
-from cyberstar.orchestrator.ilp import cover_bound, min_used_machines
+from cyberstar.orchestrator.ilp import cover_bound, machine_flavours, min_used_machines
 from cyberstar.orchestrator.model import Instance, Placement
 
 log = logging.getLogger(__name__)
@@ -82,13 +82,7 @@ class _Problem:
 
     def __init__(self, instance: Instance, upper: float):
         self.inst = instance
-        cap = instance.capacity_matrix()
-        price = instance.prices()
-        keys = np.column_stack([cap, price])
-        uniq, flavour = np.unique(keys, axis=0, return_inverse=True)
-        self.cap = uniq[:, :3]  # usable capacity per flavour
-        self.price = uniq[:, 3]
-        self.avail = np.bincount(flavour.ravel(), minlength=len(uniq)).astype(float)
+        self.cap, self.price, self.avail = machine_flavours(instance)
         self.demand = instance.demand_matrix()
         self.n = len(self.demand)
         self.sizes = list(range(instance.gmin, instance.gmax + 1))
@@ -97,7 +91,7 @@ class _Problem:
             min_used_machines(self.n, instance.gmin, self.o) if self.o < instance.gmin else 1
         )
         # The most machines a placement of cost <= upper can use.
-        cheapest = np.sort(price)
+        cheapest = np.sort(instance.prices())
         self.kmax = int(np.searchsorted(np.cumsum(cheapest), upper + 1e-9, side="right"))
         self.kmax = max(self.kmax, instance.gmax)
         self.degree_cap = math.comb(self.kmax - 1, self.o)

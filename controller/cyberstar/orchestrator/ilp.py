@@ -110,6 +110,14 @@ def min_used_machines(n_requests: int, gmin: int, overlap: int) -> int:
 COVER_TIME_LIMIT_S = 10.0
 
 
+def machine_flavours(instance: Instance) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Machines of equal usable capacity and price: per flavour, the capacity (shape (t, 3)),
+    the price and how many machines of it the pool has."""
+    keys = np.column_stack([instance.capacity_matrix(), instance.prices()])
+    uniq, counts = np.unique(keys, axis=0, return_counts=True)
+    return uniq[:, :3], uniq[:, 3], counts.astype(float)
+
+
 def cover_bound(instance: Instance, time_limit: float = COVER_TIME_LIMIT_S) -> float | None:
     """Bound for large instances: whole machines must cover the total demand on every resource
     under the threshold, and at least `min_used_machines` machines are needed by the sharding
@@ -117,27 +125,20 @@ def cover_bound(instance: Instance, time_limit: float = COVER_TIME_LIMIT_S) -> f
     are bought; HiGHS's dual bound on it is returned (its optimum when it finishes within
     `time_limit`, and never below its LP relaxation, fractional machines). None when the whole
     pool cannot cover the demand."""
-    cap = instance.capacity_matrix()
-    price = instance.prices()
+    cap, price, counts = machine_flavours(instance)
     total = instance.demand_matrix().sum(axis=0)
     need = (
         min_used_machines(len(instance.requests), instance.gmin, instance.max_overlap)
         if instance.max_overlap < instance.gmin
         else instance.gmin
     )
-    flavours: dict[tuple, int] = {}
-    for row, p in zip(cap, price, strict=True):
-        key = (*row.tolist(), float(p))
-        flavours[key] = flavours.get(key, 0) + 1
-    kinds = np.array(list(flavours), dtype=float).reshape(-1, 4)
-    counts = np.array(list(flavours.values()), dtype=float)
     covered = LinearConstraint(
-        np.vstack([kinds[:, :3].T, np.ones((1, len(counts)))]),
+        np.vstack([cap.T, np.ones((1, len(counts)))]),
         np.concatenate([total, [need]]),
         np.inf,
     )
     res = milp(
-        kinds[:, 3],
+        price,
         constraints=covered,
         integrality=np.ones(len(counts)),
         bounds=Bounds(0, counts),
@@ -149,7 +150,7 @@ def cover_bound(instance: Instance, time_limit: float = COVER_TIME_LIMIT_S) -> f
     dual = getattr(res, "mip_dual_bound", None)
     if dual is not None and np.isfinite(dual):
         return float(dual)
-    relaxed = milp(kinds[:, 3], constraints=covered, bounds=Bounds(0, counts))
+    relaxed = milp(price, constraints=covered, bounds=Bounds(0, counts))
     return float(relaxed.fun) if relaxed.status == 0 else None
 
 
