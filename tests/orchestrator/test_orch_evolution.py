@@ -102,6 +102,37 @@ def test_the_kept_network_is_the_best_on_validation(pool, validation):
         assert not np.any(net[-1].weight.detach().numpy())
 
 
+def test_the_kept_pair_of_network_and_penalty_is_the_best_on_validation(pool, validation):
+    # Not in increasing order: on these instances the untrained agent is cheapest under 0.5 or
+    # none, never under the first penalty, so a choice made under the first alone shows.
+    penalties = (0.0, 0.5, None, 0.05)
+    config = AgentConfig(hidden=8)
+    net, info = evolve(lambda k: pool[k % 6], TINY, config, validation, False, penalties=penalties)
+    bf = np.array([place_all(v, BestFit()).cost for v in validation])
+
+    def relative(weights_net, penalty) -> float:
+        policy = DrlPolicy(weights_net, replace(config, opening_penalty=penalty))
+        return float(np.mean([place_all(v, policy).cost for v in validation] / bf))
+
+    untrained = {p: relative(None, p) for p in penalties}
+    kept_penalty = info["kept_opening_penalty"]
+    kept = relative(net, kept_penalty)
+    # Every candidate competes: the untrained agent under each penalty, and each generation's
+    # network under its best one.
+    seen = [h["validation_cost_vs_bf"] for h in info["history"]]
+    assert info["untrained_validation_cost_vs_bf"] == round(min(untrained.values()), 4)
+    assert kept == pytest.approx(min([*untrained.values(), *seen]), abs=1e-4)
+    # The kept network's costs as recorded are what it costs under each penalty, and the kept
+    # penalty is the cheapest of them.
+    recorded = {
+        t["opening_penalty"]: t["validation_cost_vs_bf"] for t in info["penalty_validation"]
+    }
+    assert list(recorded) == list(penalties)
+    for penalty in penalties:
+        assert recorded[penalty] == pytest.approx(relative(net, penalty), abs=1e-4)
+    assert recorded[kept_penalty] == min(recorded.values())
+
+
 def test_train_command_by_evolution_recipe(tmp_path, capsys):
     out = tmp_path / "es.pt"
     assert cli("place", "train", "--recipe", "smoke-es", "--out", out, "--quiet") == 0

@@ -13,7 +13,11 @@ learned, so there is no credit to assign across dozens of requests; the price is
 placements per step, which one network of a few hundred weights on two cores can pay.
 
 The network kept is the one with the lowest mean validation cost relative to best fit, measured
-every `validate_every` generations; the zero network (the untrained agent) competes too.
+every `validate_every` generations; the zero network (the untrained agent) competes too. Given
+opening penalties (AgentConfig.opening_penalty), every validated network runs under each of them
+and the pair (network, penalty) with the lowest cost is kept: the penalty is part of the policy,
+and the best penalty for one generation's network is not the best for another's (choosing the
+generation first and its penalty after missed better pairs: docs/orchestration.md).
 On one machine a run is bit-reproducible for its seed, whatever the number of worker
 processes: two full runs of the packaged recipe gave identical weights. (They did not while a
 placement's cost summed prices in set order, which follows each process's hash seed:
@@ -26,7 +30,7 @@ import logging
 import math
 import multiprocessing
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -135,11 +139,14 @@ def evolve(
     validation: list[Instance] | None = None,
     progress: bool = True,
     on_validation: Callable[[dict], None] | None = None,
+    penalties: tuple[float | None, ...] = (),
 ):
     """Returns (network, info). Generation k places `source(k * settings.instances + j)`,
     j < settings.instances. With validation instances, the network kept is the best on them
     relative to best fit (the untrained agent competes: if no network beats it, the zero
-    network is returned); otherwise the last one."""
+    network is returned); otherwise the last one. With `penalties`, each validated network is
+    run under each opening penalty and the best pair is kept: info["kept_opening_penalty"],
+    and the kept network's cost under every penalty in info["penalty_validation"]."""
     import torch
 
     config = config or AgentConfig()
@@ -153,10 +160,13 @@ def evolve(
     history: list[dict] = []
     bar = Progress(settings.generations, progress)
     placer = _Placer(settings.workers)
+    configs = [replace(config, opening_penalty=p) for p in penalties] or [config]
     try:
-        untrained = _validate(placer, None, config, validation, reference)
+        tried = _validate(placer, None, configs, validation, reference)
+        untrained = min(tried)
         # The initial network's last layer is zero (W = 0): it is the untrained agent.
         best_theta, best_val, best_generation = theta.copy(), untrained, 0
+        best_tried = tried
         for generation in range(settings.generations):
             first = generation * settings.instances
             batch = [source(first + j) for j in range(settings.instances)]
@@ -174,10 +184,14 @@ def evolve(
             }
             last = generation + 1 == settings.generations
             if validation and ((generation + 1) % settings.validate_every == 0 or last):
-                val = _validate(placer, theta, config, validation, reference)
+                tried = _validate(placer, theta, configs, validation, reference)
+                val = min(tried)
                 record["validation_cost_vs_bf"] = round(val, 4)
+                if penalties:
+                    record["opening_penalty"] = penalties[tried.index(val)]
                 if val < best_val:
                     best_theta, best_val, best_generation = theta.copy(), val, generation + 1
+                    best_tried = tried
                 bar.end_line()
                 log.info("validation %s", record)
                 if on_validation:
@@ -195,6 +209,12 @@ def evolve(
         "kept_generation": best_generation if validation else settings.generations,
         "untrained_validation_cost_vs_bf": None if not validation else round(untrained, 4),
     }
+    if penalties and validation:
+        info["kept_opening_penalty"] = penalties[best_tried.index(min(best_tried))]
+        info["penalty_validation"] = [
+            {"opening_penalty": p, "validation_cost_vs_bf": round(c, 4)}
+            for p, c in zip(penalties, best_tried, strict=True)
+        ]
     return network_of(kept, config).eval(), info
 
 
@@ -202,9 +222,13 @@ def _jobs(members: list[np.ndarray], config: AgentConfig, batch: list[Instance])
     return [(m.astype(np.float32), config, batch) for m in members]
 
 
-def _validate(placer: _Placer, theta, config, validation, reference) -> float:
+def _validate(
+    placer: _Placer, theta, configs: list[AgentConfig], validation, reference
+) -> list[float]:
+    """The mean validation cost relative to best fit of the network under each config."""
     if not validation:
-        return math.inf
-    job = (None if theta is None else theta.astype(np.float32), config)
-    costs = placer.map([(*job, [v]) for v in validation])
-    return float(np.mean(np.array([c[0] for c in costs]) / reference))
+        return [math.inf] * len(configs)
+    weights_ = None if theta is None else theta.astype(np.float32)
+    costs = placer.map([(weights_, c, [v]) for c in configs for v in validation])
+    per = np.array([c[0] for c in costs]).reshape(len(configs), len(validation))
+    return [float(np.mean(row / reference)) for row in per]

@@ -5,8 +5,9 @@ changes to drl.py, and a second run on the same code reproduced the new one):
 
   make placement-model      # = cyberstar place train --recipe packaged --out models/drl.pt
 
-After training, the recipe runs the kept network on the validation set under each opening
-penalty of `penalties` (drl.py's ranking) and packages the config with the lowest mean cost.
+The opening penalty (drl.py's ranking) is chosen on the validation set with the network: evolution
+validates every kept candidate under each penalty of `penalties` and packages the pair with the
+lowest mean cost (evolution.py); after Double-DQN training the kept network is run under each.
 
 Every episode (or instance of a generation: `evolution.py`) draws a fresh instance: from the
 broad distribution `mix` (distribution.py) with probability 1 - `family_share`, else from one of
@@ -61,9 +62,9 @@ class Recipe:
     family_sizes: tuple[tuple[int, int], tuple[int, int]] | None = None
     validation_draws: int = 8
     validation_families: tuple[str, ...] = ("paper-b", "nat10", "nat50", "nat90")
-    # Opening penalties (AgentConfig.opening_penalty) tried with the trained network on the
-    # validation set once training is done; the lowest mean cost is packaged, ties to the
-    # earlier entry. Empty: the config's own.
+    # Opening penalties (AgentConfig.opening_penalty) tried on the validation set with every
+    # network validated (evolution) or with the trained one (Double-DQN); the lowest mean cost
+    # is packaged, ties to the earlier generation and penalty. Empty: the config's own.
     penalties: tuple[float | None, ...] = ()
 
 
@@ -135,19 +136,19 @@ def validation_set(recipe: Recipe) -> list[Instance]:
 def run(recipe_name: str, progress: bool = True, on_validation=None):
     """Train by the named recipe; returns (network, config, info)."""
     recipe = RECIPES[recipe_name]
-    trainer = evolve if isinstance(recipe.settings, EvolveSettings) else train
     validation = validation_set(recipe)
-    net, info = trainer(
-        episode_source(recipe),
-        recipe.settings,
-        recipe.config,
-        validation,
-        progress=progress,
-        on_validation=on_validation,
-    )
+    args = (episode_source(recipe), recipe.settings, recipe.config, validation)
     config = recipe.config
-    if recipe.penalties:
-        config = chosen_penalty(net, config, recipe.penalties, validation, info)
+    if isinstance(recipe.settings, EvolveSettings):
+        net, info = evolve(
+            *args, progress=progress, on_validation=on_validation, penalties=recipe.penalties
+        )
+        if recipe.penalties:
+            config = replace(config, opening_penalty=info["kept_opening_penalty"])
+    else:
+        net, info = train(*args, progress=progress, on_validation=on_validation)
+        if recipe.penalties:
+            config = chosen_penalty(net, config, recipe.penalties, validation, info)
     info["recipe"] = {
         "name": recipe_name,
         # Lists, not tuples: the .pt keeps what the .json next to it says.
