@@ -96,7 +96,7 @@ def test_packaged_model_and_recipe_exist():
     agent = dict(recipe["agent"])
     penalty = agent.pop("opening_penalty")
     expected = asdict(packaged.config)
-    del expected["opening_penalty"]  # chosen on the validation set after training
+    del expected["opening_penalty"]  # chosen on the validation set with the network
     assert agent == expected, "retrain: make placement-model"
     tried = recipe["penalty_validation"]
     assert [t["opening_penalty"] for t in tried] == list(packaged.penalties)
