@@ -20,7 +20,7 @@ from cyberstar.orchestrator.drl import (
 from cyberstar.orchestrator.files import load_instance, save_instance
 from cyberstar.orchestrator.generator import generate
 from cyberstar.orchestrator.heuristics import BestFit
-from cyberstar.orchestrator.recipe import RECIPES, validation_set
+from cyberstar.orchestrator.recipe import RECIPES, Recipe, validation_set
 from cyberstar.orchestrator.search import place_all
 from cyberstar.orchestrator.training import TrainSettings, train
 
@@ -119,6 +119,13 @@ def test_packaged_penalty_choice_is_what_the_validation_set_says():
         agent = DrlPolicy(policy.net, replace(policy.config, opening_penalty=penalty))
         costs = [place_all(v, agent).cost / b for v, b in zip(validation, bf, strict=True)]
         assert sum(costs) / len(costs) == pytest.approx(recorded[penalty], abs=1e-4)
+
+
+def test_penalties_need_the_evolution_trainer():
+    # Evolution chooses the penalty with the network; the Double-DQN trainer has no such step.
+    with pytest.raises(ValueError, match="EvolveSettings"):
+        Recipe(TrainSettings(episodes=1), penalties=(None, 0.05))
+    assert Recipe(TrainSettings(episodes=1)).penalties == ()
 
 
 def test_bad_model_file_is_a_usage_error(tmp_path, capsys):

@@ -6,8 +6,8 @@ changes to drl.py, and a second run on the same code reproduced the new one):
   make placement-model      # = cyberstar place train --recipe packaged --out models/drl.pt
 
 The opening penalty (drl.py's ranking) is chosen on the validation set with the network: evolution
-validates every kept candidate under each penalty of `penalties` and packages the pair with the
-lowest mean cost (evolution.py); after Double-DQN training the kept network is run under each.
+validates every candidate network under each penalty of `penalties` and packages the pair with
+the lowest mean cost (evolution.py).
 
 Every episode (or instance of a generation: `evolution.py`) draws a fresh instance: from the
 broad distribution `mix` (distribution.py) with probability 1 - `family_share`, else from one of
@@ -28,13 +28,11 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from cyberstar.orchestrator.distribution import TRAIN_SEED_BASE, draw
-from cyberstar.orchestrator.drl import AgentConfig, DrlPolicy
+from cyberstar.orchestrator.drl import AgentConfig
 from cyberstar.orchestrator.evolution import EvolveSettings, evolve
 from cyberstar.orchestrator.generator import generate
-from cyberstar.orchestrator.heuristics import BestFit
 from cyberstar.orchestrator.model import Instance
-from cyberstar.orchestrator.search import place_all
-from cyberstar.orchestrator.training import TrainSettings, relative_cost, train
+from cyberstar.orchestrator.training import TrainSettings, train
 
 VALIDATION_SEED_BASE = 50_000
 
@@ -63,9 +61,17 @@ class Recipe:
     validation_draws: int = 8
     validation_families: tuple[str, ...] = ("paper-b", "nat10", "nat50", "nat90")
     # Opening penalties (AgentConfig.opening_penalty) tried on the validation set with every
-    # network validated (evolution) or with the trained one (Double-DQN); the lowest mean cost
-    # is packaged, ties to the earlier generation and penalty. Empty: the config's own.
+    # network evolution validates; the lowest mean cost is packaged, ties to the earlier
+    # generation and penalty. Empty: the config's own.
     penalties: tuple[float | None, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.penalties and not isinstance(self.settings, EvolveSettings):
+            raise ValueError(
+                "Recipe.penalties are chosen with the network during evolution; the Double-DQN "
+                "trainer (TrainSettings) does not take them: leave penalties empty or use "
+                "EvolveSettings"
+            )
 
 
 RECIPES: dict[str, Recipe] = {
@@ -138,17 +144,15 @@ def run(recipe_name: str, progress: bool = True, on_validation=None):
     recipe = RECIPES[recipe_name]
     validation = validation_set(recipe)
     args = (episode_source(recipe), recipe.settings, recipe.config, validation)
-    config = recipe.config
     if isinstance(recipe.settings, EvolveSettings):
         net, info = evolve(
             *args, progress=progress, on_validation=on_validation, penalties=recipe.penalties
         )
-        if recipe.penalties:
-            config = replace(config, opening_penalty=info["kept_opening_penalty"])
     else:
         net, info = train(*args, progress=progress, on_validation=on_validation)
-        if recipe.penalties:
-            config = chosen_penalty(net, config, recipe.penalties, validation, info)
+    config = recipe.config
+    if recipe.penalties:
+        config = replace(config, opening_penalty=info["kept_opening_penalty"])
     info["recipe"] = {
         "name": recipe_name,
         # Lists, not tuples: the .pt keeps what the .json next to it says.
@@ -157,21 +161,3 @@ def run(recipe_name: str, progress: bool = True, on_validation=None):
         "validation_seed_base": VALIDATION_SEED_BASE,
     }
     return net, config, info
-
-
-def chosen_penalty(
-    net, config: AgentConfig, penalties: tuple[float | None, ...], validation: list[Instance],
-    info: dict,
-) -> AgentConfig:  # fmt: skip
-    """The config with the opening penalty whose agent (`net`) has the lowest mean validation
-    cost relative to best fit; every penalty's cost goes into info["penalty_validation"]."""
-    reference = np.array([place_all(v, BestFit()).cost for v in validation])
-    tried = []
-    for penalty in penalties:
-        candidate = replace(config, opening_penalty=penalty)
-        cost = relative_cost(validation, DrlPolicy(net, candidate), reference)
-        tried.append((round(cost, 4), candidate))
-    info["penalty_validation"] = [
-        {"opening_penalty": c.opening_penalty, "validation_cost_vs_bf": cost} for cost, c in tried
-    ]
-    return min(tried, key=lambda t: t[0])[1]
