@@ -1,6 +1,7 @@
-"""The cover bound (whole machines covering the demand) and the column-generation bound: never
-above the optimum, and the latter tighter than the former where pieces are large (hand-computed
-cases and the exact MILP as the independent references); the
+"""The cover bound (whole machines covering the demand), the flavour bound (the same with each
+request kept to the flavours it fits) and the column-generation bound: never above the optimum,
+and the latter two tighter than the first where flavours are strong on different resources or
+pieces are large (hand-computed cases and the exact MILP as the independent references); the
 dynamic-mode bound (hand-computed cases, and never above a simulated run without overloads)."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from cyberstar.orchestrator.bounds import column_generation_bound, dynamic_bound
 from cyberstar.orchestrator.distribution import draw
 from cyberstar.orchestrator.generator import generate
 from cyberstar.orchestrator.heuristics import BestFit, FirstFit
-from cyberstar.orchestrator.ilp import cover_bound, solve_ilp
+from cyberstar.orchestrator.ilp import cover_bound, flavour_bound, solve_ilp
 from cyberstar.orchestrator.model import Dynamic, Instance, Lifetime, Machine, Request
 from cyberstar.orchestrator.search import place_all
 from cyberstar.orchestrator.simulator import SimSettings, simulate
@@ -50,6 +51,52 @@ def test_cover_bound_buys_whole_machines_of_the_cheapest_mix():
     assert cover_bound(Instance(1.0, 1, 1, 1, machines, requests * 3)) is None
 
 
+def _specialists_and_an_all_rounder() -> list[Machine]:
+    # Two bandwidth machines with almost no memory, two memory machines with almost no bandwidth
+    # (price 1 each) and two all-rounders (price 3).
+    machines = [Machine(f"bw{i}", 100, 10, 1, 1.0) for i in range(2)]
+    machines += [Machine(f"mem{i}", 1, 10, 100, 1.0) for i in range(2)]
+    return machines + [Machine(f"all{i}", 100, 10, 100, 3.0) for i in range(2)]
+
+
+def test_flavour_bound_keeps_each_requests_resources_together():
+    # Two requests of 50 Mbit/s and 50 GB, G = 1: together 100 and 100, which one bandwidth
+    # machine and one memory machine cover (cost 2, the cover bound). Whatever share of a
+    # request a specialist took would bring its memory (or bandwidth) along, which the
+    # specialist has not, so any placement puts both on one all-rounder: 3.
+    requests = [Request(f"r{i}", f"t{i}", "fw", 50, 1, 50) for i in range(2)]
+    inst = Instance(1.0, 1, 1, 1, _specialists_and_an_all_rounder(), requests)
+    assert cover_bound(inst) == pytest.approx(2.0)
+    assert flavour_bound(inst) == pytest.approx(3.0)
+    exact = solve_ilp(inst, time_limit=30)
+    assert exact.status == "optimal" and exact.objective == pytest.approx(3.0)
+    result = column_generation_bound(inst, best_heuristic(inst), time_limit=30)
+    assert result.flavour == pytest.approx(3.0) and result.bound == pytest.approx(3.0, abs=1e-4)
+
+
+def test_flavour_bound_puts_a_piece_only_where_it_fits():
+    # Ten small machines (10 of everything, price 1) and two large (100 Mbit/s, 100 GB, price
+    # 20). One request of 30 Mbit/s and 30 GB, G = 1: three small machines' capacity, but it
+    # fits on no small machine, so any placement pays a large one: 20.
+    machines = [Machine(f"s{i}", 10, 10, 10, 1.0) for i in range(10)]
+    machines += [Machine(f"l{i}", 100, 10, 100, 20.0) for i in range(2)]
+    inst = Instance(1.0, 1, 1, 1, machines, [Request("r0", "t0", "fw", 30, 1, 30)])
+    assert cover_bound(inst) == pytest.approx(3.0)
+    assert flavour_bound(inst) == pytest.approx(20.0)
+    assert place_all(inst, BestFit()).cost == pytest.approx(20.0)
+
+
+def test_flavour_bound_puts_a_requests_pieces_on_distinct_machines():
+    # One request of G = 2 whose halves (25 Mbit/s, 25 GB) fit only the all-rounders, of which
+    # the pool has one: no placement exists. The cover bound still prices one (a bandwidth and
+    # a memory machine cover 50 and 50 on two machines: 2).
+    machines = [m for m in _specialists_and_an_all_rounder() if m.id != "all1"]
+    inst = Instance(1.0, 2, 2, 1, machines, [Request("r0", "t0", "fw", 50, 1, 50)])
+    assert cover_bound(inst) == pytest.approx(2.0)
+    assert flavour_bound(inst) is None
+    assert place_all(inst, BestFit()).rejected == ["r0"]
+
+
 def test_degree_cap_of_the_sharding_rule():
     # O = 0: a machine hosts at most one request. Four tiny requests of G = 1 need four
     # machines although one machine would carry all of them.
@@ -70,6 +117,7 @@ def test_never_above_the_milp_optimum(seed):
     result = column_generation_bound(inst, best_heuristic(inst), time_limit=30)
     assert result.bound <= exact.objective + 1e-6
     assert result.bound >= (cover_bound(inst) or 0.0) - 1e-9
+    assert (cover_bound(inst) or 0.0) - 1e-9 <= flavour_bound(inst) <= exact.objective + 1e-6
 
 
 def test_tighter_than_the_cover_bound_on_a_drawn_instance():

@@ -13,7 +13,7 @@ them, and K is at most `kmax`, the most machines whose prices fit under a known 
   s.t. sum_g z_{i,g} = 1                                  every request gets one group size
        sum_{t,p} a_{p,(i,g)} lambda_{t,p} >= g z_{i,g}     its g pieces are on g machines
        sum_p lambda_{t,p} <= n_t                           machines of flavour t available
-       sum_{t,p} lambda_{t,p} >= need                      the sharding count (`min_used_machines`)
+       sum_{t,p} lambda_{t,p} >= need                      the sharding count (`sharding_need`)
 
 Every placement is a feasible point (one pattern per used machine), so its optimum bounds the cost
 from below. Columns are priced by a multiple-choice knapsack per flavour (greedy first, then
@@ -40,7 +40,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 from scipy.sparse import coo_matrix, csr_matrix
 
-from cyberstar.orchestrator.ilp import cover_bound, machine_flavours, min_used_machines
+from cyberstar.orchestrator.ilp import cover_bound, flavour_bound, machine_flavours, sharding_need
 from cyberstar.orchestrator.model import Instance, Placement
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class BoundResult:
-    bound: float | None  # the best valid lower bound found (max of the cover bound and Lagrangian)
-    kind: str  # which bound gave it: "cover" or "column-generation"
+    bound: float | None  # the best valid lower bound found (max of cover, flavour, Lagrangian)
+    kind: str  # which bound gave it: "cover", "flavour" or "column-generation"
     cover: float | None  # ilp.cover_bound: whole machines covering the demand
+    flavour: float | None  # ilp.flavour_bound: the same, each request on the flavours it fits
     lagrangian: float | None
     master: float | None  # last master LP value (an upper bound on the configuration LP)
     iterations: int
@@ -67,6 +68,7 @@ class BoundResult:
             "bound": r(self.bound),
             "kind": self.kind,
             "cover": r(self.cover),
+            "flavour": r(self.flavour),
             "lagrangian": r(self.lagrangian),
             "master": r(self.master),
             "iterations": self.iterations,
@@ -87,9 +89,7 @@ class _Problem:
         self.n = len(self.demand)
         self.sizes = list(range(instance.gmin, instance.gmax + 1))
         self.o = instance.max_overlap
-        self.need = (
-            min_used_machines(self.n, instance.gmin, self.o) if self.o < instance.gmin else 1
-        )
+        self.need = sharding_need(instance)
         # The most machines a placement of cost <= upper can use.
         cheapest = np.sort(instance.prices())
         self.kmax = int(np.searchsorted(np.cumsum(cheapest), upper + 1e-9, side="right"))
@@ -346,7 +346,7 @@ def column_generation_bound(
     columns of `placement` (a placement of every request, e.g. the best heuristic's), whose cost
     also caps the number of machines an optimal placement uses."""
     start = time.monotonic()
-    cover = cover_bound(instance)
+    cover, flavour = cover_bound(instance), flavour_bound(instance)
     if placement.rejected:
         raise ValueError("column generation needs a placement of every request to start from")
     p = _Problem(instance, placement.cost)
@@ -414,13 +414,16 @@ def column_generation_bound(
             converged = True
             break
     lagrangian = best_l if np.isfinite(best_l) else None
-    candidates = [(b, k) for b, k in ((cover, "cover"), (lagrangian, "column-generation"))]
+    candidates = [(cover, "cover"), (flavour, "flavour"), (lagrangian, "column-generation")]
     candidates = [(b, k) for b, k in candidates if b is not None]
-    bound, kind = max(candidates) if candidates else (None, "none")
+    # The first of equal bounds names it: the flavour bound equals the cover bound where every
+    # request fits every flavour alike.
+    bound, kind = max(candidates, key=lambda c: round(c[0], 6)) if candidates else (None, "none")
     return BoundResult(
         bound,
         kind,
         cover,
+        flavour,
         lagrangian,
         objective,
         iterations,
