@@ -64,6 +64,20 @@ def test_generate_command_writes_a_draw(tmp_path, capsys):
     assert "draws its own sizes" in capsys.readouterr().err
 
 
+def test_generate_command_into_a_directory_or_nowhere(tmp_path, capsys):
+    # An existing directory gets FAMILY-SEED.json, as with --count.
+    assert cli("place", "generate", "--family", "mix-small", "--seed", "3", "--out", tmp_path) == 0
+    written = json.loads(capsys.readouterr().out)["written"]
+    assert [w["path"] for w in written] == [str(tmp_path / "mix-small-3.json")]
+    assert load_instance(tmp_path / "mix-small-3.json").requests == draw("mix-small", 3).requests
+    # A path under a file cannot be written: a usage error that names it, no traceback.
+    blocker = tmp_path / "mix-small-3.json"
+    code = cli("place", "generate", "--family", "mix-small", "--out", blocker / "i.json")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {blocker / 'i.json'}" in err and "Traceback" not in err
+
+
 def test_unknown_distribution_is_a_usage_error():
     with pytest.raises(UsageError, match="unknown distribution"):
         draw("mix-huge", 0)

@@ -190,13 +190,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     }
     out = Path(args.out)
     seeds = range(args.seed, args.seed + args.count)
-    if args.count > 1:
-        out.mkdir(parents=True, exist_ok=True)
+    into_directory = args.count > 1 or out.is_dir()
     written = []
     for seed in seeds:
         instance = generate_family(args.family, seed, args.trace, **overrides)
-        path = out / f"{args.family}-{seed}.json" if args.count > 1 else out
-        save_instance(instance, path)
+        path = out / f"{args.family}-{seed}.json" if into_directory else out
+        try:
+            if into_directory:
+                out.mkdir(parents=True, exist_ok=True)
+            save_instance(instance, path)
+        except OSError as e:
+            raise UsageError(
+                f"--out: cannot write {path}: {e.strerror or e}; give a file in a writable "
+                "directory (or a directory, where each instance is written as FAMILY-SEED.json)"
+            ) from e
         written.append(
             {
                 "path": str(path),
@@ -300,7 +307,11 @@ def generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument(
         "--count", type=int, default=1, help="instances to write; above 1, --out is a directory"
     )
-    gen.add_argument("--out", required=True, help="INSTANCE.json (or directory with --count)")
+    gen.add_argument(
+        "--out",
+        required=True,
+        help="INSTANCE.json, or a directory (always with --count above 1): FAMILY-SEED.json there",
+    )
     gen.add_argument("--tenants", type=int, help="override the family's number of tenants")
     gen.add_argument("--machines", type=int, help="override the family's number of machines")
     gen.add_argument("--nat-fraction", type=float, help="override the family's NAT share")
