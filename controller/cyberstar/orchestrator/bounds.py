@@ -40,7 +40,13 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 from scipy.sparse import coo_matrix, csr_matrix
 
-from cyberstar.orchestrator.ilp import cover_bound, flavour_bound, machine_flavours, sharding_need
+from cyberstar.orchestrator.ilp import (
+    cover_bound,
+    flavour_bound,
+    largest_bound,
+    machine_flavours,
+    sharding_need,
+)
 from cyberstar.orchestrator.model import Instance, Placement
 
 log = logging.getLogger(__name__)
@@ -414,11 +420,9 @@ def column_generation_bound(
             converged = True
             break
     lagrangian = best_l if np.isfinite(best_l) else None
-    candidates = [(cover, "cover"), (flavour, "flavour"), (lagrangian, "column-generation")]
-    candidates = [(b, k) for b, k in candidates if b is not None]
-    # The first of equal bounds names it: the flavour bound equals the cover bound where every
-    # request fits every flavour alike.
-    bound, kind = max(candidates, key=lambda c: round(c[0], 6)) if candidates else (None, "none")
+    bound, kind = largest_bound(
+        [("cover", cover), ("flavour", flavour), ("column-generation", lagrangian)]
+    )
     return BoundResult(
         bound,
         kind,

@@ -209,6 +209,17 @@ def sharding_need(instance: Instance) -> int:
     return instance.gmin
 
 
+def largest_bound(candidates: list[tuple[str, float | None]]) -> tuple[float | None, str]:
+    """(bound, kind) of the largest of named lower bounds, None ones skipped; of equal ones
+    the first names it (the flavour bound equals the cover bound where every request fits every
+    flavour alike). (None, "none") when none is known."""
+    known = [(kind, b) for kind, b in candidates if b is not None]
+    if not known:
+        return None, "none"
+    kind, bound = max(known, key=lambda c: round(c[1], 6))
+    return bound, kind
+
+
 def _dual_bound(res, objective, constraint, bounds) -> float | None:
     """HiGHS's dual bound of a MILP it stopped, not its objective (it stops within a relative
     gap of the optimum); the LP relaxation's value when it gave none."""
@@ -349,13 +360,13 @@ def solve_ilp(
     n, m = len(instance.requests), len(instance.machines)
     k = instance.gmax - instance.gmin + 1
     if n * m * k > MAX_X_VARIABLES:
-        kinds = {"cover": cover_bound(instance), "flavour": flavour_bound(instance)}
-        known = {kind: b for kind, b in kinds.items() if b is not None}
-        kind = max(known, key=lambda k: round(known[k], 6)) if known else "none"
+        bound, kind = largest_bound(
+            [("cover", cover_bound(instance)), ("flavour", flavour_bound(instance))]
+        )
         return IlpResult(
             "too_large",
             None,
-            known.get(kind),
+            bound,
             None,
             time.monotonic() - start,
             {"bound_kind": kind, "x_variables": n * m * k},
