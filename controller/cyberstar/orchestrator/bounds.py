@@ -352,9 +352,9 @@ def column_generation_bound(
     columns of `placement` (a placement of every request, e.g. the best heuristic's), whose cost
     also caps the number of machines an optimal placement uses."""
     start = time.monotonic()
-    cover, flavour = cover_bound(instance), flavour_bound(instance)
     if placement.rejected:
         raise ValueError("column generation needs a placement of every request to start from")
+    cover, flavour = cover_bound(instance), flavour_bound(instance)
     p = _Problem(instance, placement.cost)
     master = _Master(p)
     for t, pieces in _heuristic_columns(p, placement):
