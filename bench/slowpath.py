@@ -22,7 +22,10 @@ cache), FM's PacketIn-arrival → PacketOut-sent latency and where a batch's tim
 the lone one included, whose CPU per connection above the daemons' idle rate is what one batch
 costs whatever its size), a paced run at half the saturating rate (first-packet latency there),
 and the rule requests per second FM + SC sustain when a flood of new flows from the SNAT NF's
-own sources hits the PP.
+own sources hits the PP. With two thread counts or more, `batch_cost` splits a batch's CPU
+over PP + FM + SC into a fixed part and a part per first packet (a least-squares line over the
+saturating runs, `cyberstar/lab/batch_cost.py`) and prints the fixed part per batch the 300 µs
+floor on a connection's whole life would allow at each run's batch size.
 
 A connection's slow-path work does not end with its first packet: its rules idle out
 (`IDLE_TIMEOUT_S`, SC's default 30 s), the PP notifies FM, FM deletes them and releases the
@@ -70,7 +73,7 @@ import time
 from pathlib import Path
 
 from cyberstar import netns, packets, timeline
-from cyberstar.lab import hops
+from cyberstar.lab import batch_cost, hops
 from cyberstar.lab.cpu import CpuMeter
 from cyberstar.lab.endpoints import Nginx, run_client
 from cyberstar.lab.profile import Profiler
@@ -85,6 +88,7 @@ PUBLIC_RANGE = "203.0.113.64-203.0.113.127"
 CLIENT_FIRST, CLIENT_COUNT = "10.1.0.100", 128  # the client's source addresses
 PORT_BLOCK = 7000  # source ports per run: runs never reuse a 5-tuple
 IDLE_TIMEOUT_S = 30  # the rules' idle timeout in the lab (SC's default)
+LIFECYCLE_FLOOR_US = 300  # issue 9: PP + FM + SC CPU over a connection's whole life
 # Waiting for a run's rules to expire: the timeout, up to a pass of the PP's idle scan (a
 # quarter of it) twice, FM's deletes and SC's releases.
 DRAIN_LIMIT_S = IDLE_TIMEOUT_S * 1.5 + 30
@@ -304,6 +308,7 @@ def bench_cyberstar(args) -> dict:
             out["half_load"] = half_load(args, lab, sources, best)
             windows["half_load"] = (lone_end, time.monotonic())
             drained(lab, before)
+            out["batch_cost"] = batch_cost_summary(out)
         out["flood"] = flood(args, lab, CpuMeter(daemons))
     if args.timeline:  # the daemons have stopped: their timeline files are complete
         directory = Path(os.environ.pop(timeline.ENV))
@@ -348,6 +353,39 @@ def saturate(args, lab: SlowPathLab, sources: Sources, threads: int, cpu: CpuMet
     )
     out.update(fm_batches(before, status))
     return out
+
+
+def batch_cost_summary(out: dict) -> dict | None:
+    """A batch's CPU over PP + FM + SC split into its fixed part and its part per first packet
+    (`batch_cost.fit` over the saturating runs, at least two thread counts), the fit's value
+    beside each run's, and the lone run's batch of one beside the fit's value for it (the
+    fixed part under load against a batch alone, every hop a wake-up after 10 ms idle); for
+    each saturating run, the fixed part per batch the floor on a connection's whole life
+    (creation + its teardown) would allow: at the run's batch size, and at one batch holding a
+    first packet of every client thread (the largest a closed loop of that many threads can
+    form). None with a single thread count."""
+    runs = {k: v for k, v in out.items() if k.startswith("threads_")}
+    if len(runs) < 2:
+        return None
+    points = {k: (r["fm_packets_per_batch"], r["cpu_us_per_connection_pp_fm_sc"])
+              for k, r in {**runs, "lone": out["lone"]}.items()}  # fmt: skip
+    cost = batch_cost.fit([points[k] for k in runs])
+    fitted = {k: {"packets_per_batch": b, "cpu_us_per_connection": us,
+                  "fitted_cpu_us_per_connection": round(cost.per_connection_us(b), 1)}
+              for k, (b, us) in points.items()}  # fmt: skip
+    allowed = {}
+    for key, run in runs.items():
+        budget = LIFECYCLE_FLOOR_US - run["teardown"]["cpu_us_per_connection_pp_fm_sc"]
+        sizes = {"at_its_batch_size": run["fm_packets_per_batch"],
+                 "at_a_batch_of_every_thread": run["client_threads"]}  # fmt: skip
+        allowed[key] = {k: round(cost.fixed_allowed_us(budget, b)) for k, b in sizes.items()}
+    return {
+        "fitted_over": list(runs),
+        "fixed_us_per_batch": round(cost.fixed_us),
+        "us_per_first_packet": round(cost.per_packet_us, 1),
+        "runs": fitted,
+        "fixed_us_per_batch_the_floor_allows": allowed,
+    }
 
 
 def profiled_pids(lab: SlowPathLab) -> dict[str, int]:
@@ -599,7 +637,7 @@ def main() -> int:
             )
     out["machine_after"] = machine_load()
     out["goals"] = {"cps_ratio_min": 1.0, "cps_ratio_floor": 0.25,
-                    "cpu_us_per_connection_lifecycle_pp_fm_sc_max": 300,
+                    "cpu_us_per_connection_lifecycle_pp_fm_sc_max": LIFECYCLE_FLOOR_US,
                     "half_load_connect_p99_us_max": 5000}  # fmt: skip
     print(json.dumps(out, indent=1))
     runs = [v for k, v in out.get("cyberstar", {}).items() if k.startswith("threads_")]
