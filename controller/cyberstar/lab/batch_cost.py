@@ -1,7 +1,7 @@
 """What one FM batch of first packets costs the slow path's daemons, split into a part paid
 once per batch (the messages between the processes and each one's wake-up) and a part paid
-per first packet in it, fitted over `bench/slowpath.py`'s runs at different batch sizes (the
-lone run's batches of one, the 8- and 64-thread runs' larger ones).
+per first packet in it, fitted over `bench/slowpath.py`'s saturating runs, whose thread
+counts (8, 16, 64) give FM batches of different sizes.
 
 The CPU a connection costs is then `fixed / batch + per_packet`, and a budget per connection
 allows a fixed cost of at most `(budget - per_packet) * batch` at a given batch size: what the
