@@ -363,15 +363,20 @@ def batch_cost_summary(out: dict) -> dict | None:
     each saturating run, the fixed part per batch the floor on a connection's whole life
     (creation + its teardown) would allow: at the run's batch size, and at one batch holding a
     first packet of every client thread (the largest a closed loop of that many threads can
-    form). None with a single thread count."""
+    form). None with a single thread count; the fit's error where a run formed no batch, so
+    the runs' figures are still printed."""
     runs = {k: v for k, v in out.items() if k.startswith("threads_")}
     if len(runs) < 2:
         return None
     points = {k: (r["fm_packets_per_batch"], r["cpu_us_per_connection_pp_fm_sc"])
               for k, r in {**runs, "lone": out["lone"]}.items()}  # fmt: skip
-    cost = batch_cost.fit([points[k] for k in runs])
+    try:
+        cost = batch_cost.fit([points[k] for k in runs])
+    except ValueError as e:
+        return {"error": str(e)}
     fitted = {k: {"packets_per_batch": b, "cpu_us_per_connection": us,
-                  "fitted_cpu_us_per_connection": round(cost.per_connection_us(b), 1)}
+                  "fitted_cpu_us_per_connection":
+                      round(cost.per_connection_us(b), 1) if b > 0 else None}
               for k, (b, us) in points.items()}  # fmt: skip
     allowed = {}
     for key, run in runs.items():
